@@ -1,0 +1,265 @@
+"""Pure parsers for the cgroup v2 interface file formats.
+
+No I/O here: every function takes the text the kernel produced and returns plain typed
+values, so each one is tested on real kernel output strings (tests/unit/test_parse.py).
+Formats are those of Documentation/admin-guide/cgroup-v2.rst, "Interface Files / Format":
+
+* single value, possibly ``max``            memory.max, pids.max, memory.current
+* newline separated values                  cgroup.procs
+* space separated values                    cgroup.controllers, cgroup.subtree_control
+* flat keyed ``KEY VALUE`` per line          cpu.stat, memory.events, memory.stat, pids.events
+* nested keyed ``KEY SUB=VAL ...`` per line  io.stat, io.max, PSI files (``some``/``full``)
+* ``io.weight``/``io.bfq.weight``: ``default N`` then ``MAJ:MIN N`` lines
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+MAX: Final = "max"
+#: a limit read from the kernel: bytes/count, or the literal "max" (no limit)
+Limit = int | Literal["max"]
+
+
+class ParseError(ValueError):
+    """Text that is not in the expected kernel format (names the format and the text)."""
+
+    def __init__(self, fmt: str, text: str, why: str) -> None:
+        self.fmt = fmt
+        self.text = text
+        super().__init__(f"cannot parse {fmt}: {why}: {text[:200]!r}")
+
+
+def parse_int(text: str, fmt: str = "integer") -> int:
+    s = text.strip()
+    try:
+        return int(s)
+    except ValueError:
+        raise ParseError(fmt, text, "not an integer") from None
+
+
+def parse_limit(text: str, fmt: str = "limit") -> Limit:
+    """``max`` or an integer (memory.max, memory.high, pids.max, memory.swap.max...)."""
+    s = text.strip()
+    if s == MAX:
+        return MAX
+    return parse_int(s, fmt)
+
+
+def format_limit(value: Limit) -> str:
+    return MAX if value == MAX else str(value)
+
+
+def parse_list(text: str) -> list[str]:
+    """Space (or newline) separated tokens: cgroup.controllers, cgroup.subtree_control."""
+    return text.split()
+
+
+def parse_pids(text: str) -> list[int]:
+    """cgroup.procs / cgroup.threads: one pid per line."""
+    try:
+        return [int(x) for x in text.split()]
+    except ValueError:
+        raise ParseError("pid list", text, "a line is not a pid") from None
+
+
+def parse_flat_keyed(text: str, fmt: str = "flat keyed") -> dict[str, int]:
+    """``KEY VALUE`` lines (cpu.stat, memory.events, memory.stat, pids.events, cgroup.events)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ParseError(fmt, text, f"line {line!r} is not 'KEY VALUE'")
+        try:
+            out[parts[0]] = int(parts[1])
+        except ValueError:
+            raise ParseError(fmt, text, f"value of {parts[0]!r} is not an integer") from None
+    return out
+
+
+def parse_nested_keyed(text: str, fmt: str = "nested keyed") -> dict[str, dict[str, Limit]]:
+    """``KEY SUB=VAL SUB=VAL`` lines (io.stat, io.max); values may be ``max``."""
+    out: dict[str, dict[str, Limit]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        fields: dict[str, Limit] = {}
+        for item in parts[1:]:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise ParseError(fmt, text, f"{item!r} is not SUB=VAL")
+            fields[k] = parse_limit(v, fmt)
+        out[parts[0]] = fields
+    return out
+
+
+def parse_io_stat(text: str) -> dict[str, dict[str, int]]:
+    """io.stat: ``MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..``.
+
+    Counters are never ``max``; a device line whose counters are all zero is omitted by the
+    kernel, so a missing device means "no IO seen", not an error.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for dev, fields in parse_nested_keyed(text, "io.stat").items():
+        counters: dict[str, int] = {}
+        for k, v in fields.items():
+            if v == MAX:
+                raise ParseError("io.stat", text, f"counter {k} of {dev} is 'max'")
+            counters[k] = v
+        out[dev] = counters
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class IoWeight:
+    default: int
+    devices: dict[str, int]
+
+
+def parse_io_weight(text: str, fmt: str = "io.weight") -> IoWeight:
+    """io.weight / io.bfq.weight: ``default 100`` then ``MAJ:MIN WEIGHT`` lines."""
+    default: int | None = None
+    devices: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ParseError(fmt, text, f"line {line!r} is not 'KEY WEIGHT'")
+        w = parse_int(parts[1], fmt)
+        if parts[0] == "default":
+            default = w
+        else:
+            devices[parts[0]] = w
+    if default is None:
+        raise ParseError(fmt, text, "no 'default' line")
+    return IoWeight(default, devices)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuMax:
+    quota: Limit  # microseconds per period, or "max"
+    period: int   # microseconds
+
+
+def parse_cpu_max(text: str) -> CpuMax:
+    """cpu.max: ``$MAX $PERIOD`` where $MAX is ``max`` or microseconds."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ParseError("cpu.max", text, "expected '$MAX $PERIOD'")
+    return CpuMax(parse_limit(parts[0], "cpu.max"), parse_int(parts[1], "cpu.max"))
+
+
+@dataclass(frozen=True, slots=True)
+class PsiLine:
+    avg10: float
+    avg60: float
+    avg300: float
+    total: int  # microseconds of stall, monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class Psi:
+    some: PsiLine
+    full: PsiLine | None  # cpu.pressure has a "full" line since 5.13 (all zeros at root)
+
+
+def parse_psi(text: str) -> Psi:
+    """cpu.pressure, memory.pressure, io.pressure (Documentation/accounting/psi.rst)."""
+    lines: dict[str, PsiLine] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        kv: dict[str, str] = {}
+        for item in parts[1:]:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise ParseError("pressure", text, f"{item!r} is not KEY=VALUE")
+            kv[k] = v
+        try:
+            lines[parts[0]] = PsiLine(float(kv["avg10"]), float(kv["avg60"]),
+                                      float(kv["avg300"]), int(kv["total"]))
+        except (KeyError, ValueError) as e:
+            raise ParseError("pressure", text, f"bad or missing field in {line!r}") from e
+    if "some" not in lines:
+        raise ParseError("pressure", text, "no 'some' line")
+    return Psi(lines["some"], lines.get("full"))
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    root: str
+    mount_point: str
+    fstype: str
+    source: str
+    super_options: tuple[str, ...]
+
+
+def _unescape(s: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal
+    if "\\" not in s:
+        return s
+    out = []
+    i = 0
+    while i < len(s):
+        if s[i] == "\\" and i + 3 < len(s) + 1 and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """/proc/self/mountinfo (proc(5)): optional fields end at the ``-`` separator."""
+    out: list[MountEntry] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            raise ParseError("mountinfo", line, "no ' - ' separator")
+        lf = left.split()
+        rf = right.split()
+        if len(lf) < 6 or len(rf) < 3:
+            raise ParseError("mountinfo", line, "too few fields")
+        out.append(MountEntry(
+            mount_id=int(lf[0]), parent_id=int(lf[1]), root=_unescape(lf[3]),
+            mount_point=_unescape(lf[4]), fstype=rf[0], source=_unescape(rf[1]),
+            super_options=tuple(rf[2].split(",")),
+        ))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProcCgroup:
+    unified: str | None                 # the "0::/path" line (cgroup v2)
+    v1: dict[str, str]                  # controller -> path for cgroup v1 hierarchies
+
+
+def parse_proc_cgroup(text: str) -> ProcCgroup:
+    """/proc/PID/cgroup: ``hierarchy-ID:controller-list:cgroup-path`` lines."""
+    unified: str | None = None
+    v1: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            raise ParseError("/proc/PID/cgroup", text, f"line {line!r} has no 3 fields")
+        hid, ctrls, path = parts
+        if hid == "0" and ctrls == "":
+            unified = path
+        else:
+            for c in ctrls.split(","):
+                if c:
+                    v1[c] = path
+    return ProcCgroup(unified, v1)

@@ -1,0 +1,208 @@
+"""The sampler's fast reader: file descriptors kept open, values re-read with pread.
+
+kernfs seq files regenerate their content when read from offset 0, so
+``os.pread(fd, n, 0)`` on a descriptor opened once returns fresh values on every call
+(one syscall per file per pass instead of open+read+close).  When a group is removed its
+open files answer ENODEV: the group is *gone* (:class:`GroupGone`), its counters are not
+zero.  A file that does not exist in a live group (controller not enabled, or a kernel
+without ``memory.peak``) reads as ``None``: missing is not zero either.
+
+This module only reads and parses (the "reader" layer of below): rates and usage are
+derived elsewhere (``governor.metering``) from pairs of these raw values.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.parse import (
+    Limit,
+    Psi,
+    parse_flat_keyed,
+    parse_int,
+    parse_io_stat,
+    parse_limit,
+    parse_psi,
+)
+from governor.errors import GroupGone
+
+_BUF = 65536  # every stat file we read is well below this (memory.stat ~ 1.5 KiB)
+
+#: files read on every pass
+FAST_FILES = (
+    "cpu.stat", "memory.current", "memory.peak", "memory.swap.current", "memory.events",
+    "io.stat", "pids.current", "cpu.pressure", "memory.pressure", "io.pressure",
+)
+#: files read on the slower tier (they cost more to generate in the kernel)
+SLOW_FILES = ("memory.stat",)
+
+
+@dataclass(slots=True)
+class GroupStats:
+    """Raw values of one group at one instant, as the kernel gave them (None: missing)."""
+
+    cgroup_id: int
+    cpu: dict[str, int] | None = None            # cpu.stat: usage_usec, user_usec, ...
+    memory_current: int | None = None
+    memory_peak: int | None = None               # memory.peak: Linux 5.19+
+    swap_current: int | None = None
+    memory_events: dict[str, int] | None = None  # low high max oom oom_kill oom_group_kill
+    memory_stat: dict[str, int] | None = None    # slow tier only
+    io: dict[str, dict[str, int]] | None = None  # "MAJ:MIN" -> rbytes wbytes rios ...
+    pids_current: int | None = None
+    psi: dict[str, Psi] = field(default_factory=dict)  # "cpu"/"memory"/"io" -> Psi
+
+
+_GONE = (errno.ENODEV, errno.ENOENT)
+
+
+class _Group:
+    __slots__ = ("absent", "dirfd", "fds", "ino")
+
+    def __init__(self, dirfd: int, ino: int) -> None:
+        self.dirfd = dirfd
+        self.ino = ino
+        self.fds: dict[str, int] = {}
+        self.absent: set[str] = set()
+
+
+class StatReader:
+    """Reads the stat files of many groups, keeping one fd open per file.
+
+    ``read(rel)`` returns :class:`GroupStats` or raises :class:`GroupGone` (and forgets the
+    group).  A group re-created under the same name is a new incarnation: the reader notices
+    the different cgroup id only after the old one is reported gone, which the sampler sees
+    as ``GroupGone`` first; call :meth:`forget` to drop a group explicitly.
+    """
+
+    def __init__(self, fs: CgroupFS) -> None:
+        self.fs = fs
+        self._groups: dict[str, _Group] = {}
+
+    def __enter__(self) -> StatReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for rel in list(self._groups):
+            self.forget(rel)
+
+    def forget(self, rel: str) -> None:
+        g = self._groups.pop(rel, None)
+        if g is None:
+            return
+        for fd in g.fds.values():
+            os.close(fd)
+        os.close(g.dirfd)
+
+    @property
+    def open_groups(self) -> int:
+        return len(self._groups)
+
+    def _group(self, rel: str) -> _Group:
+        g = self._groups.get(rel)
+        if g is None:
+            try:
+                dirfd = self.fs.open(rel, None, os.O_PATH | os.O_DIRECTORY)
+            except OSError as e:
+                raise self.fs._error("read", rel, None, e) from e
+            g = _Group(dirfd, os.fstat(dirfd).st_ino)
+            self._groups[rel] = g
+        return g
+
+    def _raw(self, rel: str, g: _Group, name: str) -> str | None:
+        fd = g.fds.get(name)
+        if fd is None:
+            if name in g.absent:
+                return None
+            try:
+                # relative to the group's own directory fd: no path walk per pass
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             dir_fd=g.dirfd)
+            except OSError as e:
+                if e.errno == errno.ENOENT and self._alive(g):
+                    g.absent.add(name)  # controller not enabled here: missing, not zero
+                    return None
+                if e.errno in _GONE:
+                    self.forget(rel)
+                    raise GroupGone("read", str(self.fs.path(rel)), name, e.errno or 0,
+                                    hint="the group was removed") from e
+                raise self.fs._error("read", rel, name, e) from e
+            g.fds[name] = fd
+        try:
+            data = os.pread(fd, _BUF, 0)
+        except OSError as e:
+            if e.errno in _GONE:
+                self.forget(rel)
+                raise GroupGone("read", str(self.fs.path(rel)), name, e.errno or 0,
+                                hint="the group was removed") from e
+            raise self.fs._error("read", rel, name, e) from e
+        return data.decode()
+
+    @staticmethod
+    def _alive(g: _Group) -> bool:
+        try:
+            os.close(os.open("cgroup.events", os.O_RDONLY | os.O_CLOEXEC, dir_fd=g.dirfd))
+        except OSError:
+            return False
+        return True
+
+    def refresh(self) -> None:
+        """Forget which files were absent (after controllers were enabled)."""
+        for g in self._groups.values():
+            g.absent.clear()
+
+    def read_file(self, rel: str, name: str) -> str | None:
+        """Raw text of one file through the fd cache (None when the file is absent)."""
+        return self._raw(rel, self._group(rel), name)
+
+    def read(self, rel: str, *, slow: bool = False) -> GroupStats:
+        g = self._group(rel)
+        st = GroupStats(cgroup_id=g.ino)
+        raw = self._raw
+        t = raw(rel, g, "cpu.stat")
+        if t is not None:
+            st.cpu = parse_flat_keyed(t, "cpu.stat")
+        t = raw(rel, g, "memory.current")
+        if t is not None:
+            st.memory_current = parse_int(t, "memory.current")
+        t = raw(rel, g, "memory.peak")
+        if t is not None:
+            st.memory_peak = parse_int(t, "memory.peak")
+        t = raw(rel, g, "memory.swap.current")
+        if t is not None:
+            st.swap_current = parse_int(t, "memory.swap.current")
+        t = raw(rel, g, "memory.events")
+        if t is not None:
+            st.memory_events = parse_flat_keyed(t, "memory.events")
+        t = raw(rel, g, "io.stat")
+        if t is not None:
+            st.io = parse_io_stat(t)
+        t = raw(rel, g, "pids.current")
+        if t is not None:
+            st.pids_current = parse_int(t, "pids.current")
+        for res in ("cpu", "memory", "io"):
+            t = raw(rel, g, f"{res}.pressure")
+            if t is not None:
+                st.psi[res] = parse_psi(t)
+        if slow:
+            t = raw(rel, g, "memory.stat")
+            if t is not None:
+                st.memory_stat = parse_flat_keyed(t, "memory.stat")
+        return st
+
+    def read_limit(self, rel: str, name: str) -> Limit | None:
+        t = self.read_file(rel, name)
+        return None if t is None else parse_limit(t, name)
+
+
+def read_stats_reopen(fs: CgroupFS, rel: str, *, slow: bool = False) -> GroupStats:
+    """The same reads as :meth:`StatReader.read`, reopening every file (the baseline the
+    benchmark compares against, and a one-shot reader for commands like ``status``)."""
+    with StatReader(fs) as r:
+        return r.read(rel, slow=slow)

@@ -1,0 +1,153 @@
+"""Group lifecycle: create with controllers enabled top-down, remove, move processes.
+
+As in containerd's ``cgroup2``: controllers are enabled in every ancestor's
+``cgroup.subtree_control`` from the root down before a child can use them, and a failed
+create removes what it made.  As in runc: only errno-specific retries (EBUSY on rmdir with
+backoff for a group whose last task is still exiting, EINVAL on cgroup.procs for a task
+still being created, EINTR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+from collections.abc import Iterable
+
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.names import check_relpath
+from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
+from governor.errors import CgroupError, GroupBusy, GroupGone
+
+#: the controllers governor manages (cgroup-v2.rst "Controllers")
+MANAGED_CONTROLLERS = ("cpu", "io", "memory", "pids")
+
+
+class MissingControllers(CgroupError):
+    """Controllers asked for are not available in a group's ``cgroup.controllers``."""
+
+
+def ancestors(rel: str) -> list[str]:
+    """``"a/b/c"`` -> ``["", "a", "a/b"]``: the groups above ``rel``, root first."""
+    parts = check_relpath(rel).split("/") if rel else []
+    return ["/".join(parts[:i]) for i in range(len(parts))]
+
+
+def controllers(fs: CgroupFS, rel: str) -> set[str]:
+    """Controllers available to ``rel`` (its ``cgroup.controllers``)."""
+    return set(parse_list(fs.read(rel, "cgroup.controllers")))
+
+
+def subtree_control(fs: CgroupFS, rel: str) -> set[str]:
+    """Controllers ``rel`` enables for its children."""
+    return set(parse_list(fs.read(rel, "cgroup.subtree_control")))
+
+
+def enable_controllers(fs: CgroupFS, rel: str, wanted: Iterable[str]) -> list[str]:
+    """Enable ``wanted`` in ``rel``'s ``cgroup.subtree_control``; returns those it added."""
+    want = sorted(set(wanted))
+    have_avail = controllers(fs, rel)
+    missing = [c for c in want if c not in have_avail]
+    if missing:
+        raise MissingControllers(
+            "enable", str(fs.path(rel)), "cgroup.subtree_control", errno.ENOENT,
+            value=" ".join("+" + c for c in missing),
+            hint=f"controllers {', '.join(missing)} are not in this group's "
+                 f"cgroup.controllers (available: {' '.join(sorted(have_avail)) or 'none'}); "
+                 "on a hybrid host they are held by cgroup v1")
+    enabled = subtree_control(fs, rel)
+    add = [c for c in want if c not in enabled]
+    if add:
+        fs.write(rel, "cgroup.subtree_control", " ".join("+" + c for c in add))
+    return add
+
+
+def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_CONTROLLERS,
+           *, enable_for_children: bool = False) -> list[str]:
+    """Create ``rel`` and any missing ancestors with ``controllers_wanted`` usable in it.
+
+    Controllers are enabled top-down through each ancestor's ``cgroup.subtree_control``
+    (the root of ``fs`` included).  With ``enable_for_children`` they are also enabled in
+    ``rel`` itself (an inner node such as a tenant).  Returns the groups it created; if a
+    step fails, the groups created by this call are removed again before the error is
+    raised.
+    """
+    want = list(controllers_wanted)
+    made: list[str] = []
+    try:
+        for anc in ancestors(rel):
+            if anc and not fs.exists(anc):
+                fs.mkdir(anc)
+                made.append(anc)
+            if want:
+                enable_controllers(fs, anc, want)
+        if not fs.exists(rel):
+            fs.mkdir(rel)
+            made.append(rel)
+        if enable_for_children and want:
+            enable_controllers(fs, rel, want)
+    except BaseException:
+        for g in reversed(made):
+            with contextlib.suppress(CgroupError):  # best effort: the original error matters
+                fs.rmdir(g)
+        raise
+    return made
+
+
+def populated(fs: CgroupFS, rel: str) -> bool:
+    """Whether ``rel`` or any descendant has live processes (``cgroup.events``)."""
+    return parse_flat_keyed(fs.read(rel, "cgroup.events"), "cgroup.events").get(
+        "populated", 0) == 1
+
+
+def procs(fs: CgroupFS, rel: str) -> list[int]:
+    return parse_pids(fs.read(rel, "cgroup.procs"))
+
+
+def remove(fs: CgroupFS, rel: str, *, retries: int = 8, backoff: float = 0.01) -> None:
+    """Remove ``rel`` and its (empty) child groups, deepest first.
+
+    Refuses a populated group (:class:`GroupBusy`): governor never kills a tenant's
+    processes to remove a group.  An EBUSY from rmdir on an unpopulated group (the last
+    task is still exiting) is retried with exponential backoff.
+    """
+    check_relpath(rel)
+    if not rel:
+        raise ValueError("refusing to remove the governor's root")
+    if not fs.exists(rel):
+        raise GroupGone("rmdir", str(fs.path(rel)), None, errno.ENOENT,
+                        hint="the group does not exist")
+    if populated(fs, rel):
+        raise GroupBusy("rmdir", str(fs.path(rel)), None, errno.EBUSY,
+                        hint="the group still has processes; governor does not remove a "
+                             "populated group (move or stop them first)")
+    for child in fs.children(rel):
+        remove(fs, f"{rel}/{child}", retries=retries, backoff=backoff)
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            fs.rmdir(rel)
+            return
+        except GroupBusy:
+            if attempt == retries:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def move(fs: CgroupFS, rel: str, pid: int, *, retries: int = 3) -> None:
+    """Move process ``pid`` (all its threads) into ``rel`` by writing ``cgroup.procs``.
+
+    EINVAL for a task that is still being created is retried a few times (runc does the
+    same); ESRCH (the process exited) is raised as is, for the caller to count.
+    """
+    delay = 0.001
+    for attempt in range(retries + 1):
+        try:
+            fs.write(rel, "cgroup.procs", str(pid))
+            return
+        except CgroupError as e:
+            if e.errno != errno.EINVAL or attempt == retries:
+                raise
+            time.sleep(delay)
+            delay *= 4

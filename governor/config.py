@@ -1,0 +1,277 @@
+"""The daemon's configuration: ``config.toml``, ``GOVERNOR_*`` environment variables and
+command-line overrides, in increasing order of precedence.
+
+Every setting has a default (``config.example.toml`` documents them all); an unknown key,
+a wrong type or a bad value is a :class:`~governor.errors.ConfigError` naming the file, the
+key and the value, with a suggestion for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from governor.cgroupfs.names import check_name
+from governor.errors import ConfigError, InvalidName
+
+DEFAULT_CONFIG = "/etc/governor/config.toml"
+
+
+def parse_duration(value: object, *, key: str, file: str | None) -> float:
+    """``10s``, ``500ms``, ``2m``, ``1h`` or a number of seconds -> seconds (> 0)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    if isinstance(value, bool):
+        raise ConfigError(f"{value!r} is not a duration; use e.g. \"10s\", \"500ms\", \"2m\"",
+                          file=file, key=key)
+    if isinstance(value, int | float):
+        secs = float(value)
+    elif isinstance(value, str):
+        s = value.strip()
+        num, unit = s, "s"
+        for u in ("ms", "s", "m", "h", "d"):
+            if s.endswith(u) and s[: -len(u)].strip():
+                num, unit = s[: -len(u)].strip(), u
+                break
+        try:
+            secs = float(num) * units[unit]
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a duration; use e.g. \"10s\", \"500ms\", "
+                              "\"2m\", \"1h\"", file=file, key=key) from None
+    else:
+        raise ConfigError(f"{value!r} is not a duration", file=file, key=key)
+    if not secs > 0:
+        raise ConfigError(f"{value!r}: a duration must be positive", file=file, key=key)
+    return secs
+
+
+def _listen(value: object, *, key: str, file: str | None) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{value!r} is not HOST:PORT (e.g. \"127.0.0.1:9717\")",
+                          file=file, key=key)
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{value!r}: port must be 1..65535", file=file, key=key)
+    if not host:
+        raise ConfigError(f"{value!r}: give a host; \"127.0.0.1\" keeps it on loopback",
+                          file=file, key=key)
+    return value
+
+
+@dataclass
+class Config:
+    """Resolved settings (after file, environment and overrides)."""
+
+    source: str | None = None
+    # [governor]
+    node: str = field(default_factory=socket.gethostname)
+    cgroup_root: str | None = None          # None: discover the cgroup2 mount
+    subtree: str = "governor.slice"         # relative path under the cgroup root
+    policy: str = "/etc/governor/policy.d"  # a file or a drop-in directory
+    state_dir: str = "/var/lib/governor"
+    log_format: str = "keyvalue"            # keyvalue | json
+    log_level: str = "info"
+    # [database]
+    database_url: str = "sqlite:////var/lib/governor/governor.db"
+    spool_max_bytes: int = 64 * 1024 * 1024
+    retention_raw: float = 14 * 86400.0
+    # [sampling]
+    sample_interval: float = 10.0
+    slow_every: int = 6                     # memory.stat every Nth pass
+    # [enforce]
+    reconcile_interval: float = 30.0
+    iocost_devices: tuple[str, ...] = ()
+    # [exporter]
+    listen: str = "127.0.0.1:9717"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_sha256: str | None = None
+
+    @property
+    def subtree_parts(self) -> list[str]:
+        return [p for p in self.subtree.split("/") if p]
+
+
+# section -> key -> (attribute, converter); the converter gets (value, key, file)
+_Conv = Any
+
+
+def _str(v: object, *, key: str, file: str | None) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{v!r} is not a string", file=file, key=key)
+    return v
+
+
+def _opt_str(v: object, *, key: str, file: str | None) -> str | None:
+    s = _str(v, key=key, file=file)
+    return s or None
+
+
+def _choice(*choices: str) -> _Conv:
+    def conv(v: object, *, key: str, file: str | None) -> str:
+        if v not in choices:
+            raise ConfigError(f"{v!r} is not one of {', '.join(choices)}", file=file, key=key)
+        return str(v)
+    return conv
+
+
+def _pos_int(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{v!r} is not a positive integer", file=file, key=key)
+    return v
+
+
+def _subtree(v: object, *, key: str, file: str | None) -> str:
+    s = _str(v, key=key, file=file).strip("/")
+    if not s:
+        raise ConfigError("the subtree must not be the cgroup root itself; "
+                          "use e.g. \"governor.slice\"", file=file, key=key)
+    for part in s.split("/"):
+        try:
+            check_name(part, what="subtree")
+        except InvalidName as e:
+            raise ConfigError(f"{v!r}: {e.reason}", file=file, key=key) from None
+    return s
+
+
+def _str_list(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{v!r} is not a list of strings", file=file, key=key)
+    return tuple(v)
+
+
+def _duration(v: object, *, key: str, file: str | None) -> float:
+    return parse_duration(v, key=key, file=file)
+
+
+def _db_url(v: object, *, key: str, file: str | None) -> str:
+    s = _str(v, key=key, file=file)
+    if not s.startswith(("sqlite", "postgresql")):
+        raise ConfigError(f"{s!r}: use sqlite:////path/to/file.db or "
+                          "postgresql+psycopg://user@host/dbname", file=file, key=key)
+    return s
+
+
+SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
+    "governor": {
+        "node": ("node", _str),
+        "cgroup_root": ("cgroup_root", _opt_str),
+        "subtree": ("subtree", _subtree),
+        "policy": ("policy", _str),
+        "state_dir": ("state_dir", _str),
+        "log_format": ("log_format", _choice("keyvalue", "json")),
+        "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
+    },
+    "database": {
+        "url": ("database_url", _db_url),
+        "spool_max_bytes": ("spool_max_bytes", _pos_int),
+        "retention_raw": ("retention_raw", _duration),
+    },
+    "sampling": {
+        "interval": ("sample_interval", _duration),
+        "slow_every": ("slow_every", _pos_int),
+    },
+    "enforce": {
+        "reconcile_interval": ("reconcile_interval", _duration),
+        "iocost_devices": ("iocost_devices", _str_list),
+    },
+    "exporter": {
+        "listen": ("listen", _listen),
+        "tls_cert": ("tls_cert", _opt_str),
+        "tls_key": ("tls_key", _opt_str),
+        "basic_auth_user": ("basic_auth_user", _opt_str),
+        "basic_auth_password_sha256": ("basic_auth_password_sha256", _opt_str),
+    },
+}
+
+#: environment variables (GOVERNOR_<NAME>) and the setting each one overrides
+ENV = {
+    "GOVERNOR_POLICY": ("governor", "policy"),
+    "GOVERNOR_DATABASE": ("database", "url"),
+    "GOVERNOR_CGROUP_ROOT": ("governor", "cgroup_root"),
+    "GOVERNOR_SUBTREE": ("governor", "subtree"),
+    "GOVERNOR_NODE": ("governor", "node"),
+    "GOVERNOR_LISTEN": ("exporter", "listen"),
+    "GOVERNOR_SAMPLE_INTERVAL": ("sampling", "interval"),
+}
+
+
+def _apply(cfg: Config, section: str, key: str, value: object, file: str | None) -> None:
+    attr, conv = SCHEMA[section][key]
+    setattr(cfg, attr, conv(value, key=f"{section}.{key}", file=file))
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                overrides: Mapping[str, object] | None = None,
+                environ: Mapping[str, str] | None = None,
+                missing_ok: bool | None = None) -> Config:
+    """Load ``path`` (default ``/etc/governor/config.toml``), then ``GOVERNOR_*``
+    variables, then ``overrides`` (``"section.key" -> value``, e.g. from the command line).
+
+    A missing file is an error when it was named explicitly, and means "all defaults" when
+    it is the default path (``missing_ok`` forces either behaviour).
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None
+    p = Path(path if path is not None else DEFAULT_CONFIG)
+    if missing_ok is None:
+        missing_ok = not explicit
+    cfg = Config()
+    file = str(p)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        if not missing_ok:
+            raise ConfigError("no such file; copy config.example.toml there or pass "
+                              "--config FILE", file=file) from None
+        text = None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=file) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=file) from e
+    if text is not None:
+        cfg.source = file
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"TOML syntax error: {e}", file=file) from e
+        errors: list[str] = []
+        for section, body in data.items():
+            if section not in SCHEMA:
+                errors.append(_unknown(file, section, list(SCHEMA)))
+                continue
+            if not isinstance(body, dict):
+                errors.append(f"{file}: {section}: must be a table [{section}]")
+                continue
+            for key, value in body.items():
+                if key not in SCHEMA[section]:
+                    errors.append(_unknown(file, f"{section}.{key}",
+                                           [f"{section}.{k}" for k in SCHEMA[section]]))
+                    continue
+                try:
+                    _apply(cfg, section, key, value, file)
+                except ConfigError as e:
+                    errors.append(str(e))
+        if errors:
+            raise ConfigError("\n".join(errors))
+    for var, (section, key) in ENV.items():
+        if var in env and env[var] != "":
+            _apply(cfg, section, key, env[var], f"${var}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, value, "command line")
+    return cfg
+
+
+def _unknown(file: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+    return f"{file}: {key}: unknown setting{hint}"

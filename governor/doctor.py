@@ -1,0 +1,191 @@
+"""``governor doctor``: can this host be governed, and if not, exactly why and how to fix it.
+
+Read-only: doctor never creates, writes or removes anything (it checks permissions with
+access(2) and inspects what exists).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from governor.cgroupfs import mount
+from governor.cgroupfs.files import CGROUP2_SUPER_MAGIC, statfs_type
+from governor.cgroupfs.parse import parse_list
+from governor.cgroupfs.tree import MANAGED_CONTROLLERS
+from governor.config import Config
+from governor.errors import GovernorError
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _cgroup_root(cfg: Config, mountinfo: str) -> tuple[Check, Path | None]:
+    if cfg.cgroup_root:
+        root = Path(cfg.cgroup_root)
+        try:
+            ftype = statfs_type(root)
+        except OSError as e:
+            return Check("cgroup2 mount", False, f"{root}: {e.strerror}",
+                         "point --cgroup-root at a cgroup2 mount"), None
+        if ftype != CGROUP2_SUPER_MAGIC:
+            return Check("cgroup2 mount", False,
+                         f"{root} is not cgroup2 (statfs f_type {ftype:#x})",
+                         "point --cgroup-root at a cgroup2 mount"), None
+        return Check("cgroup2 mount", True, f"{root} (from configuration)"), root
+    h = mount.inspect(mountinfo)
+    why = mount.explain_hierarchy(h)
+    if why:
+        detail, _, fix = why.partition(". Fix: ")
+        return Check("cgroup2 mount", False, detail, fix), None
+    assert h.cgroup2 is not None
+    root = Path(h.cgroup2.mount_point)
+    if statfs_type(root) != CGROUP2_SUPER_MAGIC:
+        return Check("cgroup2 mount", False, f"{root} fails the statfs check"), None
+    return Check("cgroup2 mount", True,
+                 f"{root} (controllers: {' '.join(h.cgroup2_controllers)})"), root
+
+
+def _subtree_checks(cfg: Config, root: Path) -> list[Check]:
+    out: list[Check] = []
+    sub = root.joinpath(*cfg.subtree_parts)
+    parent = sub.parent
+    # the controllers the subtree can get: what its parent offers
+    try:
+        offered = set(parse_list((parent / "cgroup.controllers").read_text()))
+    except OSError as e:
+        return [Check("controllers", False, f"{parent}/cgroup.controllers: {e.strerror}")]
+    missing = [c for c in MANAGED_CONTROLLERS if c not in offered]
+    out.append(Check(
+        "controllers available", not missing,
+        f"{parent} offers {' '.join(sorted(offered)) or 'none'}"
+        + (f"; missing {', '.join(missing)}" if missing else ""),
+        "enable them in the parent's ancestors (cgroup.subtree_control), or run under a "
+        "systemd unit with Delegate=yes" if missing else ""))
+    if sub.is_dir():
+        enabled = set(parse_list((sub / "cgroup.controllers").read_text()))
+        lacking = [c for c in MANAGED_CONTROLLERS if c not in enabled]
+        out.append(Check("subtree", True,
+                         f"{sub} exists; controllers enabled for it: "
+                         f"{' '.join(sorted(enabled)) or 'none'}"
+                         + (f" (governor will enable {', '.join(lacking)})" if lacking else ""),
+                         required=True))
+        targets = [sub / "cgroup.procs", sub / "cgroup.subtree_control", sub]
+    else:
+        out.append(Check("subtree", True, f"{sub} does not exist yet; governor creates it",
+                         required=False))
+        targets = [parent, parent / "cgroup.subtree_control"]
+    denied = [str(t) for t in targets if not os.access(t, os.W_OK)]
+    out.append(Check(
+        "write permission", not denied,
+        "governor can write " + ", ".join(str(t) for t in targets) if not denied
+        else "no write permission on " + ", ".join(denied),
+        "" if not denied else "run as root, or delegate the subtree (systemd Delegate=yes, "
+                              "or chown the group directory and its cgroup.procs, "
+                              "cgroup.subtree_control and cgroup.threads to this user)"))
+    return out
+
+
+def _database_check(cfg: Config) -> Check:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(cfg.database_url)
+    except ArgumentError as e:
+        return Check("database", False, f"{cfg.database_url!r}: {e}",
+                     "use sqlite:////var/lib/governor/governor.db or "
+                     "postgresql+psycopg://user@host/db")
+    if url.get_backend_name() == "sqlite":
+        db = url.database or ""
+        if not db or db == ":memory:":
+            return Check("database", False, "an in-memory SQLite database loses every number",
+                         "give a file path")
+        d = Path(db).parent
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        ok = os.access(d, os.W_OK)
+        return Check("database", ok, f"SQLite file {db} (directory {d} "
+                     f"{'writable' if ok else 'not writable'})",
+                     "" if ok else f"make {d} writable or choose another path")
+    try:
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(url, connect_args={"connect_timeout": 3}
+                            if url.get_backend_name() == "postgresql" else {})
+        with eng.connect() as c:
+            version = c.execute(text("select version()")).scalar()
+        eng.dispose()
+        return Check("database", True, f"{url.render_as_string(hide_password=True)}: "
+                                       f"{str(version)[:40]}")
+    except Exception as e:
+        return Check("database", False,
+                     f"{url.render_as_string(hide_password=True)}: {str(e).splitlines()[0]}",
+                     "start the server, or check the URL and credentials")
+
+
+def _policy_check(cfg: Config) -> Check:
+    p = Path(cfg.policy)
+    if not p.exists():
+        return Check("policy", False, f"{p} does not exist",
+                     "write a policy (see examples/policy.d) or pass --policy PATH")
+    try:
+        from governor.policy import load_policy
+    except ImportError:
+        return Check("policy", True, f"{p} exists (validation not available)")
+    try:
+        pol = load_policy([p])
+    except GovernorError as e:
+        first = str(e).splitlines()[:3]
+        return Check("policy", False, f"{p}: " + "; ".join(first),
+                     f"run `governor policy check {p}` for every error")
+    ngroups = sum(len(t.groups) for t in pol.tenants.values())
+    return Check("policy", True, f"{p}: {len(pol.tenants)} tenants, {ngroups} groups")
+
+
+def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[Check]:
+    checks: list[Check] = []
+    c, root = _cgroup_root(cfg, mountinfo)
+    checks.append(c)
+    if root is not None:
+        checks.extend(_subtree_checks(cfg, root))
+    checks.append(Check("running as root", os.geteuid() == 0,
+                        f"euid {os.geteuid()}",
+                        "" if os.geteuid() == 0 else
+                        "fine for a delegated subtree; root is needed for oom_score_adj and "
+                        "the process connector", required=False))
+    checks.append(_database_check(cfg))
+    checks.append(_policy_check(cfg))
+    if root is None:
+        checks.append(Check("sandbox", True,
+                            "meanwhile `governor sandbox setup` then `governor sandbox exec -- "
+                            "governor doctor` runs governor in a VM with a real cgroup v2 "
+                            "kernel", required=False))
+    return checks
+
+
+def render(results: list[Check], echo: Callable[[str], None] | None = None) -> None:
+    import click
+
+    out = echo or click.echo
+    for r in results:
+        mark = "OK  " if r.ok else ("FAIL" if r.required else "WARN")
+        out(f"[{mark}] {r.name}: {r.detail}")
+        if r.fix and not r.ok:
+            out(f"       fix: {r.fix}")
+        elif r.fix and r.name == "sandbox":
+            out(f"       {r.fix}")
+    bad = [r for r in results if not r.ok and r.required]
+    out("doctor: " + ("all checks passed" if not bad else
+                      f"{len(bad)} check(s) failed: {', '.join(r.name for r in bad)}"))
