@@ -1,0 +1,132 @@
+"""The raw sample: what the sampler reads from one group's interface files at one instant.
+
+Only raw kernel counters and gauges, exactly as the kernel reports them (see
+Documentation/admin-guide/cgroup-v2.rst for each file).  A value the sampler could not read is
+``None``: missing is not zero.  Rates and usage are derived later from *pairs* of samples
+(:mod:`governor.metering.usage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Final, TypedDict
+
+#: per-device fields of io.stat kept by the store (io.stat also has dios for discards)
+IO_FIELDS: Final = ("rbytes", "wbytes", "rios", "wios", "dbytes")
+
+#: PSI keys: "<resource>_<some|full>", values are the ``total=`` microsecond counters of
+#: cpu.pressure, memory.pressure, io.pressure (Documentation/accounting/psi.rst)
+PSI_KEYS: Final = ("cpu_some", "cpu_full", "memory_some", "memory_full", "io_some", "io_full")
+
+
+class IoCounters(TypedDict):
+    """Cumulative io.stat counters of one device ("MAJ:MIN")."""
+
+    rbytes: int
+    wbytes: int
+    rios: int
+    wios: int
+    dbytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSample:
+    """One group's raw counters at one instant.
+
+    ``group`` is ``None`` for a tenant-level sample (the tenant's own cgroup).  ``cgroup_id``
+    is the inode number of the cgroup directory: a different id under the same path is a new
+    incarnation whose counters started again from zero.  ``created`` is the incarnation's
+    creation time when the sampler *knows* it (governor made the directory, or saw the
+    creation); ``None`` when it was merely found.
+    """
+
+    node: str
+    tenant: str
+    group: str | None
+    cgroup_id: int
+    wall: datetime
+    monotonic: float
+    # cpu.stat
+    cpu_usage_usec: int | None = None
+    cpu_user_usec: int | None = None
+    cpu_system_usec: int | None = None
+    cpu_nr_periods: int | None = None
+    cpu_nr_throttled: int | None = None
+    cpu_throttled_usec: int | None = None
+    # memory.current, memory.peak, memory.swap.current
+    memory_current: int | None = None
+    memory_peak: int | None = None
+    memory_swap_current: int | None = None
+    # memory.events
+    memory_events_low: int | None = None
+    memory_events_high: int | None = None
+    memory_events_max: int | None = None
+    memory_events_oom: int | None = None
+    memory_events_oom_kill: int | None = None
+    memory_events_oom_group_kill: int | None = None
+    # memory.stat subset
+    memory_stat_anon: int | None = None
+    memory_stat_file: int | None = None
+    memory_stat_kernel: int | None = None
+    memory_stat_sock: int | None = None
+    memory_stat_shmem: int | None = None
+    # pids.current
+    pids_current: int | None = None
+    #: io.stat per device "MAJ:MIN" -> cumulative counters
+    io: Mapping[str, IoCounters] = dataclasses.field(default_factory=dict)
+    #: PSI ``total=`` counters in microseconds, keys from :data:`PSI_KEYS`
+    psi: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    created: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("wall", "created"):
+            value = getattr(self, name)
+            if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+                raise ValueError(f"GroupSample.{name} must be timezone-aware (UTC), got {value!r}")
+        for key in self.psi:
+            if key not in PSI_KEYS:
+                raise ValueError(f"unknown PSI key {key!r}; expected one of {PSI_KEYS}")
+
+    @property
+    def path(self) -> str:
+        """``tenant`` or ``tenant/group``: the group's path below governor's subtree."""
+        return self.tenant if self.group is None else f"{self.tenant}/{self.group}"
+
+
+#: counters (monotonic, cumulative) of a sample; a decrease of any of them is a reset
+COUNTER_FIELDS: Final = (
+    "cpu_usage_usec",
+    "cpu_user_usec",
+    "cpu_system_usec",
+    "cpu_nr_periods",
+    "cpu_nr_throttled",
+    "cpu_throttled_usec",
+    "memory_events_low",
+    "memory_events_high",
+    "memory_events_max",
+    "memory_events_oom",
+    "memory_events_oom_kill",
+    "memory_events_oom_group_kill",
+)
+
+#: gauges (instantaneous values) of a sample
+GAUGE_FIELDS: Final = (
+    "memory_current",
+    "memory_peak",
+    "memory_swap_current",
+    "memory_stat_anon",
+    "memory_stat_file",
+    "memory_stat_kernel",
+    "memory_stat_sock",
+    "memory_stat_shmem",
+    "pids_current",
+)
+
+
+def utc(dt: datetime) -> datetime:
+    """``dt`` as an aware UTC datetime (naive values are taken to be UTC already)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)

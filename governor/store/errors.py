@@ -1,0 +1,37 @@
+"""Errors of the store: the database is missing, unreachable or at the wrong schema."""
+
+from __future__ import annotations
+
+from governor.errors import GovernorError
+
+
+class StoreError(GovernorError):
+    """A database problem a user can act on."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database's schema revision is not the one this governor needs."""
+
+    def __init__(self, current: str | None, needed: str, *, config_hint: str = "FILE") -> None:
+        self.current = current
+        self.needed = needed
+        super().__init__(
+            f"database schema at {current or 'nothing (empty database)'}, governor needs "
+            f"{needed}: run `governor db upgrade --config {config_hint}`"
+        )
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer governor than this one."""
+
+    def __init__(self, current: str, needed: str) -> None:
+        self.current = current
+        self.needed = needed
+        super().__init__(
+            f"database schema at {current}, which this governor does not know (it needs "
+            f"{needed}): the database was upgraded by a newer governor; upgrade governor"
+        )
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached (connection refused, file unreadable...)."""
