@@ -1,0 +1,111 @@
+#!/bin/sh
+# governor sandbox: PID 1 of the throw-away guest (busybox sh, inside the initramfs that
+# `governor sandbox setup` builds).  It
+#   1. loads the virtio / 9p / overlay modules listed in /mods/base.list (in dependency order),
+#   2. mounts the run directory that the host shares as 9p tag "vmrun" and reads its
+#      `config` (shell variables written by governor.sandbox.vm) and `rwdirs`,
+#   3. builds the guest root: the host's / over 9p, read-only, under a tmpfs overlay,
+#      with proc, sys, a PURE cgroup2 /sys/fs/cgroup (nsdelegate,memory_recursiveprot),
+#      devtmpfs (/dev/kmsg, /dev/vda), devpts, /dev/shm, /run and /tmp as tmpfs,
+#   4. mounts the read-write shares (tags rw0, rw1, ...) at their host paths,
+#   5. brings up lo (and eth0 with the static user-net address when ports are forwarded),
+#   6. runs /run/governor-sandbox/cmd.sh chrooted there with stdout/stderr on the
+#      virtio-serial ports vm.out / vm.err, writes its exit code to vmrun/rc, powers off.
+# Lines starting "sandbox-init:" go to the serial console (the host keeps it in
+# console.log and shows its tail when the guest never reports an exit code).
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+
+log() { echo "sandbox-init: $(cut -d' ' -f1 /proc/uptime)s $*" > /dev/console; }
+die() { echo "sandbox-init: FATAL: $*" > /dev/console; sync; poweroff -f; sleep 60; }
+load_modules() {
+  while read -r m; do
+    [ -n "$m" ] || continue
+    insmod "/mods/$m" || die "insmod $m failed"
+  done < "$1"
+}
+
+log start
+load_modules /mods/base.list
+log modules-loaded
+
+P9=trans=virtio,version=9p2000.L,msize=512000
+mkdir -p /vmrun /lower /upper /newroot
+mount -t 9p -o "$P9" vmrun /vmrun || die "9p mount of the run directory failed"
+[ -r /vmrun/config ] || die "no /vmrun/config"
+# VM_CWD, VM_MODULES_DIR, VM_NET, VM_HOSTNAME
+. /vmrun/config
+
+mount -t 9p -o "ro,$P9,cache=loose" hostroot /lower || die "9p mount of the host root failed"
+mount -t tmpfs -o mode=0755 upper /upper
+mkdir -p /upper/u /upper/w
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w,xino=off root /newroot \
+  || die "overlay mount failed"
+R=/newroot
+mount -t proc proc $R/proc
+mount -t sysfs sys $R/sys
+mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup \
+  || die "cgroup2 mount failed"
+mount -t devtmpfs dev $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
+mount -t tmpfs -o mode=1777 shm $R/dev/shm
+mount -t tmpfs -o mode=0755 run $R/run
+
+# the kernel's own modules (pruned set, indexed by depmod) for `busybox modprobe NAME`;
+# bound before /tmp becomes a tmpfs, in case the cache directory lives under /tmp
+if [ -n "$VM_MODULES_DIR" ]; then
+  mkdir -p $R/lib/modules
+  mount -o bind "$R$VM_MODULES_DIR" $R/lib/modules || die "bind of $VM_MODULES_DIR failed"
+fi
+
+# /tmp: a fresh tmpfs.  When the working directory is under /tmp, keep it visible (its
+# host content read-only underneath, guest writes in RAM) by moving a bind of it on top.
+keep=
+case "$VM_CWD" in /tmp|/tmp/*) keep=1; mkdir -p /keep; mount -o bind "$R$VM_CWD" /keep ;; esac
+mount -t tmpfs -o mode=1777 tmp $R/tmp
+if [ -n "$keep" ]; then
+  mkdir -p "$R$VM_CWD"
+  mount -o move /keep "$R$VM_CWD" || die "could not keep $VM_CWD visible under /tmp"
+fi
+
+mkdir -p $R/run/governor-sandbox
+mount -o bind /vmrun $R/run/governor-sandbox
+
+if [ -r /vmrun/rwdirs ]; then
+  while read -r tag dir; do
+    [ -n "$tag" ] || continue
+    mkdir -p "$R$dir" && mount -t 9p -o "$P9" "$tag" "$R$dir" || die "9p mount of $dir failed"
+  done < /vmrun/rwdirs
+fi
+log mounts-done
+
+hostname "${VM_HOSTNAME:-governor-sandbox}"
+ip link set lo up
+if [ "$VM_NET" = 1 ]; then
+  load_modules /mods/net.list
+  # QEMU user networking, no DHCP: the address slirp expects; hostfwd targets it
+  ip addr add 10.0.2.15/24 dev eth0 || die "eth0 address failed"
+  ip link set eth0 up
+  ip route add default via 10.0.2.2
+  log net-up
+fi
+
+out=; err=
+for p in /sys/class/virtio-ports/*; do
+  case "$(cat "$p/name")" in
+    vm.out) out=/dev/${p##*/} ;;
+    vm.err) err=/dev/${p##*/} ;;
+  esac
+done
+[ -n "$out" ] && [ -n "$err" ] || die "virtio-serial ports vm.out/vm.err not found"
+
+log cmd-start
+chroot $R /usr/bin/env -i /bin/bash /run/governor-sandbox/cmd.sh </dev/null >"$out" 2>"$err"
+rc=$?
+echo "$rc" > /vmrun/rc.tmp && mv /vmrun/rc.tmp /vmrun/rc
+log "cmd-done rc=$rc"
+sync
+poweroff -f
