@@ -1,0 +1,249 @@
+"""The validated, typed policy the rest of governor consumes.
+
+Everything here is a frozen dataclass built only by :mod:`governor.policy.loader` after every
+check passed; the enforcer, placement, metering and billing read it and never re-validate.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from governor.policy.units import MAX, CpuMax, Size
+
+if TYPE_CHECKING:
+    from governor.policy.problems import Problem
+
+MemoryBasis: TypeAlias = Literal["usage", "reservation", "max"]
+OomAction: TypeAlias = Literal["log", "alert", "restart"]
+
+
+def _size(value: Size) -> str:
+    return "max" if value is MAX else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class IoMax:
+    """One ``io.max`` line: a device and its four limits (None = ``max``, no limit)."""
+
+    device: str  # as written in the policy: a path or "MAJ:MIN"
+    major: int
+    minor: int
+    rbps: int | None = None
+    wbps: int | None = None
+    riops: int | None = None
+    wiops: int | None = None
+
+    def kernel(self) -> str:
+        """``"253:0 rbps=max wbps=10485760 riops=1000 wiops=max"``."""
+        parts = [f"{self.major}:{self.minor}"]
+        for key in ("rbps", "wbps", "riops", "wiops"):
+            value = getattr(self, key)
+            parts.append(f"{key}={'max' if value is None else value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A typed resource spec; every ``None`` field means "leave this interface file alone".
+
+    Sizes are int bytes or :data:`~governor.policy.units.MAX`.  ``cpu_weight`` and
+    ``io_weight`` already hold converted values when the policy used ``cpu.shares`` or
+    ``io.blkio_weight``.
+    """
+
+    memory_min: Size | None = None
+    memory_low: Size | None = None
+    memory_high: Size | None = None
+    memory_max: Size | None = None
+    memory_swap_max: Size | None = None
+    cpu_weight: int | None = None
+    cpu_max: CpuMax | None = None
+    cpu_max_burst_us: int | None = None
+    io_weight: int | None = None
+    io_max: tuple[IoMax, ...] = ()
+    pids_max: Size | None = None
+    memory_oom_group: bool | None = None
+
+    def files(self) -> list[tuple[str, str]]:
+        """``(interface file, kernel-formatted value)`` pairs in the order to write them.
+
+        Memory protections go first and the hard limit last within the memory controller,
+        so a tightening write never meets a stale higher floor; then cpu, io, pids and
+        ``memory.oom.group``.
+        """
+        out: list[tuple[str, str]] = []
+        for name, value in (
+            ("memory.min", self.memory_min),
+            ("memory.low", self.memory_low),
+            ("memory.high", self.memory_high),
+            ("memory.max", self.memory_max),
+            ("memory.swap.max", self.memory_swap_max),
+        ):
+            if value is not None:
+                out.append((name, _size(value)))
+        if self.cpu_weight is not None:
+            out.append(("cpu.weight", str(self.cpu_weight)))
+        if self.cpu_max is not None:
+            out.append(("cpu.max", self.cpu_max.kernel()))
+        if self.cpu_max_burst_us is not None:
+            out.append(("cpu.max.burst", str(self.cpu_max_burst_us)))
+        if self.io_weight is not None:
+            out.append(("io.weight", f"default {self.io_weight}"))
+        out.extend(("io.max", line.kernel()) for line in self.io_max)
+        if self.pids_max is not None:
+            out.append(("pids.max", _size(self.pids_max)))
+        if self.memory_oom_group is not None:
+            out.append(("memory.oom.group", "1" if self.memory_oom_group else "0"))
+        return out
+
+    def controllers(self) -> frozenset[str]:
+        """The controllers the files of :meth:`files` belong to (memory, cpu, io, pids)."""
+        return frozenset(name.split(".", 1)[0] for name, _ in self.files())
+
+    def is_empty(self) -> bool:
+        """True when no file would be written."""
+        return not self.files()
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMatch:
+    """``container = {pidns = N}`` or ``{init = "name"}``: a process in that container."""
+
+    pidns: int | None = None
+    init: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRule:
+    """A placement rule (reserved: validated now, used by the placement issue).
+
+    A process matches when every field that is set matches: ``exe``, ``comm`` and ``cgroup``
+    are shell globs, ``cmdline`` a Python regex (searched in the NUL-joined command line),
+    ``container`` True/False for "in any container"/"on the host", or a
+    :class:`ContainerMatch`.
+    """
+
+    user: str | None = None
+    uid: int | None = None
+    group: str | None = None
+    gid: int | None = None
+    exe: str | None = None
+    comm: str | None = None
+    cmdline: str | None = None
+    cgroup: str | None = None
+    container: bool | ContainerMatch | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The fields that are set."""
+        names = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup", "container")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class PressureKey(enum.StrEnum):
+    """PSI averages an ``oom.pressure`` threshold may name (memory.pressure fields)."""
+
+    SOME_AVG10 = "some_avg10"
+    SOME_AVG60 = "some_avg60"
+    SOME_AVG300 = "some_avg300"
+    FULL_AVG10 = "full_avg10"
+    FULL_AVG60 = "full_avg60"
+    FULL_AVG300 = "full_avg300"
+
+
+@dataclass(frozen=True, slots=True)
+class OomSettings:
+    """OOM handling of a group: ``group_kill`` (memory.oom.group), reserved ``actions`` and
+    PSI ``pressure`` thresholds in percent (0..100), sorted by key."""
+
+    group_kill: bool | None = None
+    actions: tuple[OomAction, ...] = ()
+    pressure: tuple[tuple[PressureKey, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A leaf cgroup ``<tenant>/<group>`` with its limits and placement rules."""
+
+    name: str
+    tenant: str
+    limits: Limits
+    match: tuple[MatchRule, ...] = ()
+    oom: OomSettings = field(default_factory=OomSettings)
+    source: str = ""
+
+    @property
+    def path(self) -> str:
+        """``"<tenant>/<group>"``, relative to governor's subtree."""
+        return f"{self.tenant}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """An inner cgroup over its groups; its limits cap the groups together."""
+
+    name: str
+    plan: str | None
+    limits: Limits
+    groups: dict[str, Group]
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceVersion:
+    """Prices in force from ``effective`` (UTC; None = from the beginning)."""
+
+    effective: datetime | None
+    cpu_core_hour: Decimal
+    memory_gib_hour: Decimal
+    io_read_gib: Decimal
+    io_write_gib: Decimal
+    oom_kill: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class PricePlan:
+    """A price plan: ``versions`` sorted by effective time, the first one with None."""
+
+    name: str
+    currency: str
+    versions: tuple[PriceVersion, ...]
+    memory_basis: MemoryBasis = "usage"
+
+    def at(self, when: datetime) -> PriceVersion:
+        """The version in force at ``when`` (an aware datetime): the last one whose
+        ``effective`` is not after it.  A naive ``when`` raises ValueError."""
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("PricePlan.at needs an aware datetime (UTC)")
+        when = when.astimezone(UTC)
+        current = self.versions[0]
+        for version in self.versions[1:]:
+            assert version.effective is not None
+            if version.effective <= when:
+                current = version
+            else:
+                break
+        return current
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The whole validated policy.
+
+    ``digest`` is a sha256 over the normalised content (not the file names, layout,
+    comments or whitespace), so moving a tenant between drop-ins keeps it.  ``warnings``
+    holds the problems of severity "warning" found while loading (not in the digest).
+    """
+
+    tenants: dict[str, Tenant]
+    plans: dict[str, PricePlan]
+    sources: tuple[str, ...]
+    digest: str
+    warnings: tuple[Problem, ...] = ()
+
+    def groups(self) -> list[Group]:
+        """Every group of every tenant, in policy order."""
+        return [g for t in self.tenants.values() for g in t.groups.values()]
