@@ -280,12 +280,12 @@ class _Bad(Exception):
     """A value problem; the message names the value (raised inside, reported once)."""
 
 
-def _int(value: object, lo: int, hi: int | None, what: str) -> int:
+def _int(value: object, lo: int, hi: int | None, what: str, extra: str = "") -> int:
+    rng = (f"{lo}..{hi}" if hi is not None else f"{lo} or more") + extra
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"{show(value)} is not an integer; {what}")
+        raise _Bad(f"{show(value)} is not an integer; {what} takes {rng}")
     if value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
-        raise _Bad(f"{show(value)} is out of range; {what} is {rng}")
+        raise _Bad(f"{show(value)} is out of range; {what} takes {rng}")
     return value
 
 
@@ -396,7 +396,7 @@ def _io_max(ctx: _Ctx, path: KeyPath, value: object) -> tuple[IoMax, ...]:
                 elif isinstance(raw, str) and raw.strip().lower() == "max":
                     limit = None
                 else:
-                    limit = _int(raw, 0, 2**63 - 1, f"{key} is IO operations per second")
+                    limit = _int(raw, 0, 2**63 - 1, f"{key} (IO per second)", ' or "max"')
             except _Bad as exc:
                 ctx.add(kpath, raw, str(exc))
                 continue
@@ -475,7 +475,7 @@ def _limits(ctx: _Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
 
     weight = take("cpu.weight", lambda v: _int(v, 1, 10_000, "cpu.weight"))
     shares = take("cpu.shares", lambda v: _int(v, units.SHARES_MIN, units.SHARES_MAX,
-                                               "cpu.shares (cgroup v1 / Docker)"))
+                                               "cpu.shares (cgroup v1/Docker)"))
     if "cpu.shares" in flat and "cpu.weight" in flat:
         ctx.add((*base, "cpu.shares"), flat["cpu.shares"],
                 "cpu.shares and cpu.weight both set the CPU weight; keep one")
@@ -521,7 +521,7 @@ def _limits(ctx: _Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
     def pids(v: object) -> Size:
         if isinstance(v, str) and v.strip().lower() == "max":
             return MAX
-        return _int(v, 1, 2**31 - 1, "pids.max is a number of tasks, or \"max\"")
+        return _int(v, 1, 2**31 - 1, "pids.max", ' or "max"')
 
     fields["pids_max"] = take("pids.max", pids)
 
@@ -564,7 +564,7 @@ def _match_rule(ctx: _Ctx, path: KeyPath, raw: object) -> MatchRule | None:
             continue
         try:
             if key in ("uid", "gid"):
-                values[key] = _int(value, 0, 2**32 - 2, f"{key} is a numeric id")
+                values[key] = _int(value, 0, 2**32 - 2, key)
             elif key in ("user", "group"):
                 values[key] = _str(value, f"{key} is a name")
             elif key in ("exe", "comm", "cgroup"):
@@ -601,7 +601,7 @@ def _container(value: object) -> bool | ContainerMatch:
     pidns = value.get("pidns")
     init = value.get("init")
     if pidns is not None:
-        pidns = _int(pidns, 0, 2**64 - 1, "pidns is a namespace inode number")
+        pidns = _int(pidns, 0, 2**64 - 1, "pidns (a namespace inode number)")
     if init is not None:
         init = _str(init, "init is a process name")
     return ContainerMatch(pidns=pidns, init=init)
