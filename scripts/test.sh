@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# scripts/test.sh: run governor's whole test suite.  On a fresh Debian 12 machine, as root:
+#
+#     bash scripts/test.sh
+#
+# It does everything itself, each step quick when already done:
+#   1. apt: qemu-system-x86 busybox-static cgroup-tools postgresql prometheus
+#      prometheus-alertmanager (skipped when all are installed);
+#   2. the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml or the
+#      Python changed);
+#   3. `governor sandbox setup`: kernel + initramfs of the cgroup v2 test VM;
+#   4. ruff and mypy;
+#   5. the unit tests on the host: pytest -m "not kernel";
+#   6. every `kernel` test inside ONE boot of the sandbox VM (real cgroup v2; the host's
+#      /sys/fs/cgroup is never touched);
+#   7. the counts per suite, then a last line `all: N passed, N failed[, N skipped]`.
+# Exits non-zero when any step fails, when the VM did not boot or report, when no kernel
+# test ran, or (with CI=true) when a kernel test was skipped.
+#
+# Knobs: PYTHON (python3), GOVERNOR_TEST_RESULTS (results/: junit XML files),
+# GOVERNOR_VM_MEM (2048 MiB), GOVERNOR_VM_CPUS (2), GOVERNOR_VM_TIMEOUT (3000 s),
+# GOVERNOR_SANDBOX_DIR (the sandbox cache), GOVERNOR_STRICT_KERNEL=1 (skips fail, as in CI).
+# Extra arguments are passed to both pytest runs (e.g. `-k cgroupfs -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+RESULTS=${GOVERNOR_TEST_RESULTS:-$REPO/results}
+T0=$(date +%s)
+failures=()
+
+step() { printf '\n==> %s\n' "$*"; }
+took() { printf '    (%ss)\n' "$(($(date +%s) - $1))"; }
+die() { echo "test.sh: FAIL: $*" >&2; exit 1; }
+fail() { failures+=("$*"); echo "test.sh: FAIL: $*" >&2; }
+quietly() {  # run a noisy command; show its output only when it fails
+  local log; log=$(mktemp); local rc=0
+  "$@" >"$log" 2>&1 || rc=$?
+  if [ $rc -ne 0 ]; then tail -n 40 "$log" >&2; fi
+  rm -f "$log"; return $rc
+}
+
+# 1. Debian packages
+APT_PKGS=(qemu-system-x86 busybox-static cgroup-tools postgresql prometheus prometheus-alertmanager)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || APT_PKGS+=(python3-venv)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt: installing ${missing[*]}"; t=$(date +%s)
+  [ "$(id -u)" = 0 ] || die "missing Debian packages ${missing[*]}: run as root, or install them: sudo apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  quietly apt-get update || die "apt-get update failed"
+  quietly apt-get install -y --no-install-recommends "${missing[@]}" || die "apt-get install failed"
+  took "$t"
+fi
+
+# 2. the venv
+want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
+   || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
+  step "venv: .venv with pip install -e '.[dev]'"; t=$(date +%s)
+  "$PY" -m venv --clear .venv || die "python3 -m venv failed"
+  quietly .venv/bin/pip install --disable-pip-version-check -e '.[dev]' || die "pip install -e '.[dev]' failed"
+  echo "$want" > .venv/.governor-deps
+  took "$t"
+fi
+VPY=$REPO/.venv/bin/python
+
+# 3. the sandbox VM
+step "sandbox setup"; t=$(date +%s)
+"$VPY" -m governor.sandbox.cli setup || die "governor sandbox setup failed"
+took "$t"
+
+# 4. static checks
+step "ruff"; t=$(date +%s)
+lint_dirs=(); for d in governor tests bench; do [ -d "$d" ] && lint_dirs+=("$d"); done
+.venv/bin/ruff check "${lint_dirs[@]}" || fail "ruff check ${lint_dirs[*]}"
+took "$t"
+step "mypy"; t=$(date +%s)
+.venv/bin/mypy || fail "mypy"
+took "$t"
+
+mkdir -p "$RESULTS"
+rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml"
+
+# 5. unit tests on the host
+step "unit tests (host): pytest -m 'not kernel'"; t=$(date +%s)
+rc=0
+"$VPY" -m pytest -m "not kernel" -p no:cacheprovider -q --junitxml "$RESULTS/unit.xml" "$@" || rc=$?
+[ $rc -eq 0 ] || fail "unit tests: pytest exit $rc"
+took "$t"
+
+# 6. kernel tests: all of them in one VM boot
+step "kernel tests (sandbox VM, one boot): pytest -m kernel"; t=$(date +%s)
+rc=0
+"$VPY" -m governor.sandbox.cli exec \
+  --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
+  --timeout "${GOVERNOR_VM_TIMEOUT:-3000}" --rw "$RESULTS" \
+  --env CI --env GOVERNOR_STRICT_KERNEL --env HYPOTHESIS_PROFILE -- \
+  "$VPY" -m pytest -m kernel -p no:cacheprovider -q --junitxml "$RESULTS/kernel.xml" "$@" \
+  || rc=$?
+case $rc in
+  0) ;;
+  5) fail "kernel tests: pytest collected no kernel test" ;;
+  124) fail "kernel tests: the VM timed out" ;;
+  125) fail "kernel tests: the VM did not boot or reported no exit code" ;;
+  *) fail "kernel tests: pytest exit $rc" ;;
+esac
+took "$t"
+
+# 7. summary: counts per suite, the failures, and the totals as the very last line
+step "summary ($(($(date +%s) - T0))s in all; reports in $RESULTS)"
+for f in "${failures[@]}"; do echo "FAIL $f" >&2; done
+strict=(); [ "${CI:-}" = true ] && strict=(--strict-skips)
+sum_rc=0
+"$VPY" -m governor.sandbox.junit --require-tests "${strict[@]}" \
+  "unit=$RESULTS/unit.xml" "kernel!=$RESULTS/kernel.xml" || sum_rc=$?
+[ ${#failures[@]} -eq 0 ] && [ $sum_rc -eq 0 ]

@@ -1,0 +1,466 @@
+"""The pure parts of the sandbox harness: QEMU command line, guest scripts, initramfs
+pieces, junit counting, and the kernel-marker rules of tests/conftest.py."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from governor.sandbox import junit
+from governor.sandbox.detect import is_cgroup2_mount, statfs_type
+from governor.sandbox.initramfs import (
+    CpioEntry,
+    SandboxBuildError,
+    cpio_newc,
+    elf_is_static,
+    extract_vmlinux,
+    load_order,
+    module_name,
+    parse_modules_dep,
+)
+from governor.sandbox.vm import (
+    CACHE_FORMAT,
+    BootSpec,
+    Cache,
+    SandboxError,
+    SandboxNotReady,
+    _initramfs_digest,
+    command_script,
+    exec_,
+    guest_config,
+    qemu_argv,
+)
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _spec(tmp_path: Path, **kw: object) -> BootSpec:
+    base: dict[str, object] = {
+        "qemu": "qemu-system-x86_64",
+        "vmlinux": tmp_path / "vmlinux",
+        "initramfs": tmp_path / "initramfs.img",
+        "workdir": tmp_path / "run",
+    }
+    base.update(kw)
+    return BootSpec(**base)  # type: ignore[arg-type]
+
+
+def _opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+# --------------------------------------------------------------------------- qemu argv
+
+
+def test_qemu_argv_is_tcg_only_and_sized(tmp_path: Path) -> None:
+    argv = qemu_argv(_spec(tmp_path, mem_mb=2048, cpus=3))
+    assert _opt(argv, "-accel") == ["tcg,thread=multi"]
+    assert not any("kvm" in a for a in argv)
+    assert _opt(argv, "-m") == ["2048"]
+    assert _opt(argv, "-smp") == ["3"]
+    assert _opt(argv, "-kernel") == [str(tmp_path / "vmlinux")]
+    assert "-no-reboot" in argv
+    # host root read-only, the run directory read-write, no network, no disk by default
+    fsdevs = _opt(argv, "-fsdev")
+    assert fsdevs[0].startswith("local,id=fsroot,path=/,") and "readonly=on" in fsdevs[0]
+    assert "readonly" not in fsdevs[1] and f"path={tmp_path / 'run'}," in fsdevs[1]
+    assert _opt(argv, "-netdev") == []
+    assert _opt(argv, "-drive") == []
+    append = _opt(argv, "-append")[0]
+    assert "quiet" in append and "console=ttyS0" in append and "panic=-1" in append
+
+
+def test_qemu_argv_rwdirs_disk_ports_and_escaping(tmp_path: Path) -> None:
+    odd = Path("/srv/a,b")
+    spec = _spec(
+        tmp_path,
+        rwdirs=(Path("/srv/results"), odd),
+        disk=tmp_path / "disk.img",
+        port_forwards=((18000, 9100), (18001, 80)),
+        verbose=True,
+        append="foo=1",
+    )
+    argv = qemu_argv(spec)
+    fsdevs = _opt(argv, "-fsdev")
+    assert "local,id=fsrw0,path=/srv/results,security_model=none,multidevs=remap" in fsdevs
+    # a comma in a path is doubled, or QEMU would read the rest as another option
+    assert "local,id=fsrw1,path=/srv/a,,b,security_model=none,multidevs=remap" in fsdevs
+    devices = _opt(argv, "-device")
+    assert "virtio-9p-pci,fsdev=fsrw0,mount_tag=rw0" in devices
+    assert "virtio-9p-pci,fsdev=fsrw1,mount_tag=rw1" in devices
+    assert "virtio-blk-pci,drive=d0" in devices
+    assert _opt(argv, "-drive")[0].startswith(f"if=none,id=d0,file={tmp_path / 'disk.img'},")
+    (netdev,) = _opt(argv, "-netdev")
+    assert netdev == (
+        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:18000-10.0.2.15:9100"
+        ",hostfwd=tcp:127.0.0.1:18001-10.0.2.15:80"
+    )
+    assert "virtio-net-pci,netdev=n0" in devices
+    append = _opt(argv, "-append")[0]
+    assert "quiet" not in append
+    assert append.endswith(" foo=1")
+
+
+# --------------------------------------------------------------------------- guest scripts
+
+
+def _run_script(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "cmd.sh"
+    f.write_text(script)
+    return subprocess.run(
+        ["/usr/bin/env", "-i", "/bin/bash", str(f)], capture_output=True, text=True, check=False
+    )
+
+
+def test_command_script_quotes_every_argument(tmp_path: Path) -> None:
+    nasty = ["a b", "it's", '"q"', "$HOME", "`id`", "x\ny", "*", "", "--"]
+    script = command_script(
+        [sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *nasty],
+        cwd=tmp_path,
+        env={},
+        path=os.environ["PATH"],
+        home="/root",
+    )
+    r = _run_script(script, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == nasty
+
+
+def test_command_script_env_cwd_and_exit_code(tmp_path: Path) -> None:
+    work = tmp_path / "dir with space"
+    work.mkdir()
+    script = command_script(
+        ["bash", "-c", 'echo "$PWD|$FOO|$GOVERNOR_SANDBOX|$LANG|$HOME"; exit 7'],
+        cwd=work,
+        env={"FOO": "a 'b' $c", "GOVERNOR_SANDBOX": "0"},
+        path=os.environ["PATH"],
+        home="/home/x",
+    )
+    r = _run_script(script, tmp_path)
+    assert r.returncode == 7
+    # the sandbox marker cannot be overridden by the caller's env
+    assert r.stdout.strip() == f"{work}|a 'b' $c|1|C.UTF-8|/home/x"
+
+
+def test_command_script_falls_back_to_root_when_cwd_is_missing(tmp_path: Path) -> None:
+    script = command_script(
+        ["pwd"], cwd=tmp_path / "gone", env={}, path=os.environ["PATH"], home="/root"
+    )
+    r = _run_script(script, tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.strip() == "/"
+    assert "cannot enter" in r.stderr
+
+
+def test_command_script_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="invalid environment variable name"):
+        command_script(["true"], cwd=tmp_path, env={"A-B": "1"}, path="/bin", home="/")
+    with pytest.raises(SandboxError, match="no command"):
+        command_script([], cwd=tmp_path, env={}, path="/bin", home="/")
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
+def test_guest_config_is_read_back_by_busybox_sh(tmp_path: Path) -> None:
+    cwd = Path("/work/it's here")
+    config, rwdirs = guest_config(
+        cwd=cwd,
+        modules_dir=Path("/cache/kernel/lib/modules"),
+        net=True,
+        rwdirs=[Path("/tmp/results"), Path("/srv/a b")],
+    )
+    (tmp_path / "config").write_text(config)
+    (tmp_path / "rwdirs").write_text(rwdirs)
+    # the same reading the guest init does, with the same shell
+    r = subprocess.run(
+        [
+            "busybox", "sh", "-c",
+            '. ./config; printf "%s|%s|%s\\n" "$VM_CWD" "$VM_MODULES_DIR" "$VM_NET"; '
+            'while read -r tag dir; do printf "%s=%s\\n" "$tag" "$dir"; done < rwdirs',
+        ],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    assert r.stdout.splitlines() == [
+        f"{cwd}|/cache/kernel/lib/modules|1",
+        "rw0=/tmp/results",
+        "rw1=/srv/a b",
+    ]
+
+
+def test_guest_config_rejects_paths_the_guest_cannot_read() -> None:
+    for bad in (Path("/a\nb"), Path("/a "), Path("relative")):
+        with pytest.raises(SandboxError):
+            guest_config(cwd=Path("/"), modules_dir=Path("/m"), net=False, rwdirs=[bad])
+
+
+def test_guest_init_is_valid_shell() -> None:
+    init = Path(__file__).resolve().parents[2] / "governor" / "sandbox" / "guest-init.sh"
+    r = subprocess.run(["sh", "-n", str(init)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- cache, exec
+
+
+def test_exec_refuses_an_unprepared_cache(tmp_path: Path) -> None:
+    with pytest.raises(SandboxNotReady, match="governor sandbox setup"):
+        exec_(["true"], cache_dir=tmp_path)
+
+
+def test_cache_is_stale_when_the_init_changes(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
+    (tmp_path / "initramfs.img").write_bytes(b"x")
+    (tmp_path / "kernel" / "lib" / "modules" / "6.1.0-1-amd64").mkdir(parents=True)
+    stamp = {
+        "format": CACHE_FORMAT,
+        "kernel_release": "6.1.0-1-amd64",
+        "initramfs_digest": _initramfs_digest(),
+    }
+    (tmp_path / "stamp.json").write_text(json.dumps(stamp))
+    assert cache.ready()
+    (tmp_path / "stamp.json").write_text(json.dumps({**stamp, "initramfs_digest": "old"}))
+    assert not cache.ready()
+    assert cache.kernel_ready(cache.read_stamp())  # only the initramfs needs rebuilding
+    (tmp_path / "stamp.json").write_text(json.dumps({**stamp, "format": CACHE_FORMAT + 1}))
+    assert not cache.kernel_ready(cache.read_stamp())
+
+
+# --------------------------------------------------------------------------- initramfs parts
+
+
+def _parse_newc(data: bytes) -> list[tuple[str, int, bytes]]:
+    out: list[tuple[str, int, bytes]] = []
+    off = 0
+    while True:
+        assert data[off : off + 6] == b"070701"
+        fields = [int(data[off + 6 + 8 * i : off + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = off + 110
+        name = data[name_start : name_start + namesize - 1].decode()
+        off = name_start + namesize
+        off += -off % 4
+        body = data[off : off + size]
+        off += size
+        off += -off % 4
+        if name == "TRAILER!!!":
+            assert off == len(data)
+            return out
+        out.append((name, mode, body))
+
+
+def test_cpio_newc_round_trip() -> None:
+    entries = [
+        CpioEntry.directory("bin"),
+        CpioEntry.file("bin/busybox", b"\x7fELF" + b"x" * 13, 0o755),
+        CpioEntry.symlink("bin/sh", "busybox"),
+        CpioEntry.file("init", b"#!/bin/sh\n", 0o755),
+    ]
+    data = cpio_newc(entries)
+    assert len(data) % 4 == 0
+    assert _parse_newc(data) == [
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("bin/busybox", stat.S_IFREG | 0o755, b"\x7fELF" + b"x" * 13),
+        ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+        ("init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
+    ]
+    assert cpio_newc(entries) == data  # deterministic
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None and shutil.which("busybox") is None,
+                    reason="no cpio to cross-check with")
+def test_cpio_newc_is_read_by_a_real_cpio(tmp_path: Path) -> None:
+    data = cpio_newc([CpioEntry.directory("d"), CpioEntry.file("d/f", b"hello\n")])
+    tool = ["cpio"] if shutil.which("cpio") else ["busybox", "cpio"]
+    r = subprocess.run([*tool, "-t"], input=data, capture_output=True, check=True)
+    assert r.stdout.decode().split() == ["d", "d/f"]
+
+
+def _elf(interp: bool) -> bytes:
+    # a 64-bit LE ELF header with two program headers: PT_LOAD and, maybe, PT_INTERP
+    phoff, phentsize = 64, 56
+    hdr = bytearray(64)
+    hdr[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", hdr, 0x20, phoff)
+    struct.pack_into("<HH", hdr, 0x36, phentsize, 2)
+    ph = bytearray(phentsize * 2)
+    struct.pack_into("<I", ph, 0, 1)
+    struct.pack_into("<I", ph, phentsize, 3 if interp else 4)
+    return bytes(hdr + ph)
+
+
+def test_elf_is_static() -> None:
+    assert elf_is_static(_elf(interp=False))
+    assert not elf_is_static(_elf(interp=True))
+    assert not elf_is_static(b"#!/bin/sh\n" + b"\0" * 100)
+
+
+def test_extract_vmlinux_skips_false_magic() -> None:
+    kernel = b"\x7fELF" + bytes(range(256)) * 40
+    payload = lzma.compress(kernel, format=lzma.FORMAT_XZ)
+    # a stray xz magic before the real payload must not fool it; trailing bytes are fine
+    image = b"MZ" + b"\0" * 100 + b"\xfd7zXZ\x00garbage" + b"\0" * 50 + payload + b"\0" * 64
+    assert extract_vmlinux(image) == kernel
+    with pytest.raises(SandboxBuildError):
+        extract_vmlinux(b"MZ" + b"\0" * 1000)
+
+
+MODULES_DEP = """\
+kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/net/9p/9pnet.ko
+kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko \
+kernel/drivers/virtio/virtio.ko
+kernel/net/9p/9pnet.ko:
+kernel/fs/netfs/netfs.ko: kernel/fs/fscache/fscache.ko
+kernel/fs/fscache/fscache.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/net-failover.ko.xz:
+"""
+
+
+def test_module_load_order_puts_dependencies_first() -> None:
+    deps = parse_modules_dep(MODULES_DEP)
+    assert module_name("kernel/drivers/net/net-failover.ko.xz") == "net_failover"
+    assert "net_failover" in deps
+    order = load_order(["9pnet_virtio", "9p", "overlay"], deps, builtin=["kernel/fs/overlay.ko"])
+    assert sorted(order) == sorted(set(order))
+    pos = {Path(p).name: i for i, p in enumerate(order)}
+    assert pos["virtio_ring.ko"] < pos["virtio.ko"] < pos["9pnet_virtio.ko"]
+    assert pos["9pnet.ko"] < pos["9pnet_virtio.ko"]
+    assert pos["fscache.ko"] < pos["netfs.ko"] < pos["9p.ko"]
+    assert "overlay.ko" not in pos  # built in: nothing to load
+    with pytest.raises(SandboxBuildError, match="neither built in"):
+        load_order(["virtio_blk"], deps)
+
+
+def test_module_dependency_cycle_is_reported() -> None:
+    deps = parse_modules_dep("kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\n")
+    with pytest.raises(SandboxBuildError, match="cycle"):
+        load_order(["a"], deps)
+
+
+# --------------------------------------------------------------------------- detect
+
+
+def test_statfs_type_and_cgroup2_detection() -> None:
+    assert statfs_type("/proc") == 0x9FA0  # PROC_SUPER_MAGIC
+    assert not is_cgroup2_mount("/proc")
+    assert not is_cgroup2_mount("/nonexistent/path")
+    with pytest.raises(OSError):
+        statfs_type("/nonexistent/path")
+
+
+# --------------------------------------------------------------------------- junit summary
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="2" tests="7">
+<testcase classname="t" name="ok1" time="0.1"/>
+<testcase classname="t" name="ok2" time="0.1"><system-out>x</system-out></testcase>
+<testcase classname="t" name="bad"><failure message="assert 0">tb</failure></testcase>
+<testcase classname="t" name="bad_teardown_too"><failure message="f"/><error message="e"/>
+</testcase>
+<testcase classname="" name="tests.kernel.test_broken"><error message="collection failure"/>
+</testcase>
+<testcase classname="t" name="sk"><skipped type="pytest.skip" message="no"/></testcase>
+<testcase classname="t" name="xf"><skipped type="pytest.xfail" message="known"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_junit_counts_each_testcase_once() -> None:
+    c = junit.count_xml(JUNIT)
+    assert (c.passed, c.failed, c.skipped, c.xfailed) == (2, 3, 1, 1)
+    assert c.line("kernel") == "kernel: 2 passed, 3 failed, 2 skipped"
+    assert junit.Counts(3, 0).line("all") == "all: 3 passed, 0 failed"
+
+
+def _report(tmp_path: Path, name: str, cases: str) -> Path:
+    p = tmp_path / name
+    p.write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+    return p
+
+
+def test_junit_main_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unit = _report(tmp_path, "u.xml", '<testcase name="a"/><testcase name="b"/>')
+    kern = _report(
+        tmp_path, "k.xml", '<testcase name="c"/><testcase name="d"><skipped/></testcase>'
+    )
+    empty = _report(tmp_path, "e.xml", "")
+
+    assert junit.main([f"unit={unit}", f"kernel!={kern}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["unit: 2 passed, 0 failed", "kernel: 1 passed, 0 failed, 1 skipped",
+                   "all: 3 passed, 0 failed, 1 skipped"]
+
+    assert junit.main(["--strict-skips", f"unit={unit}", f"kernel!={kern}"]) == 1
+    captured = capsys.readouterr()
+    assert "kernel: 1 skipped" in captured.err
+    assert captured.out.splitlines()[-1] == "all: 3 passed, 0 failed, 1 skipped"
+
+    assert junit.main(["--require-tests", f"kernel!={empty}"]) == 1
+    assert "kernel: no test ran" in capsys.readouterr().err
+    # the option only applies to LABEL!= reports
+    assert junit.main(["--require-tests", f"unit={empty}"]) == 0
+    capsys.readouterr()
+
+    assert junit.main([f"kernel!={tmp_path / 'missing.xml'}"]) == 1
+    captured = capsys.readouterr()
+    assert "no readable report" in captured.err
+    assert captured.out.splitlines()[-1] == "all: 0 passed, 0 failed"
+
+
+# --------------------------------------------------------------------------- conftest rules
+
+
+def _run_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A child pytest on a copy of tests/conftest.py and a file of kernel tests."""
+    (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    kernel: real kernel\n")
+    (tmp_path / "test_k.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.kernel\n"
+        "def test_needs_kernel(cgroup2_mount):\n"
+        "    assert cgroup2_mount.name == 'cgroup'\n"
+        "def test_plain():\n"
+        "    pass\n"
+    )
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("CI", "GOVERNOR_SANDBOX", "GOVERNOR_STRICT_KERNEL")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
+        cwd=tmp_path, env={**base, **env}, capture_output=True, text=True, check=False,
+    )
+
+
+@pytest.mark.skipif(is_cgroup2_mount("/sys/fs/cgroup") and os.environ.get("GOVERNOR_SANDBOX")
+                    == "1", reason="checks the behaviour outside the sandbox")
+def test_kernel_tests_are_skipped_outside_the_sandbox_with_the_reason(tmp_path: Path) -> None:
+    r = _run_pytest(tmp_path, {"CI": "true"})
+    assert r.returncode == 0, r.stdout
+    assert "1 passed, 1 skipped" in r.stdout
+    assert "run inside `governor sandbox exec`" in r.stdout
+
+
+@pytest.mark.skipif(is_cgroup2_mount("/sys/fs/cgroup"),
+                    reason="needs a host whose /sys/fs/cgroup is not cgroup2")
+def test_a_skipped_kernel_test_fails_in_the_sandbox_under_ci(tmp_path: Path) -> None:
+    # GOVERNOR_SANDBOX=1 without a cgroup2 mount: the kernel test is skipped, and strict
+    # mode (CI=true or GOVERNOR_STRICT_KERNEL=1) turns that skip into a failure
+    for strict in ({"CI": "true"}, {"GOVERNOR_STRICT_KERNEL": "1"}):
+        r = _run_pytest(tmp_path, {"GOVERNOR_SANDBOX": "1", **strict})
+        assert r.returncode == 1, r.stdout
+        # the skip came from the setup phase, so pytest calls the failure an error
+        assert "1 passed, 1 error" in r.stdout
+        assert "a skip here is a failure" in r.stdout
+    r = _run_pytest(tmp_path, {"GOVERNOR_SANDBOX": "1"})
+    assert r.returncode == 0, r.stdout
+    assert "1 passed, 1 skipped" in r.stdout
