@@ -1,0 +1,313 @@
+"""Usage reports and invoices, read from hourly rollups (see :mod:`.quantities`).
+
+**Rounding rule** (the only one): every invoice line's amount is computed exactly (integer
+usage times the Decimal unit price, as a fraction), then rounded once, half-even, to the
+currency's minor unit (2 decimals unless listed in :data:`MINOR_UNITS`).  The total is the sum
+of the rounded lines, so the lines always add up to the total.  Displayed quantities are
+rounded to 9 decimals for reading only; amounts use the exact quantity.
+
+**Lines**: one per group, resource and price version (a price change inside the period gives
+two lines with their own unit prices and charge periods), summed across nodes and group
+incarnations.  Zero-quantity lines are left out; a period without usage is an invoice with no
+lines and a total of 0.
+
+**Memory basis** (``PricePlan.memory_basis``):
+
+* ``usage`` -- the memory integral (GiB-hours of ``memory.current``);
+* ``reservation`` -- the reserved amount (``memory.min``, else ``memory.low``, as last written
+  by an applied policy on that node) times the time the group existed (covered time);
+* ``max`` -- per node and hour, the larger of the two.
+A reservation written as ``max`` protects all the group uses, so it is billed as usage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Final, Literal
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from governor.billing.errors import InvalidPeriod, UnknownTenant
+from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
+from governor.billing.quantities import HOUR_US, KeyColumn, Totals, hourly_rows, sum_range
+from governor.store.models import AppliedPolicy, Group, HourlyRollup, Node, Tenant
+
+GIB: Final = 1 << 30
+#: minor-unit exponents that differ from 2 (ISO 4217)
+MINOR_UNITS: Final = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "VND": 0, "BHD": 3, "KWD": 3,
+                      "OMR": 3, "JOD": 3, "TND": 3}
+
+#: resource -> (unit, divisor turning the integer quantity into that unit, price attribute)
+RESOURCES: Final[dict[str, tuple[str, int, str]]] = {
+    "cpu": ("core-hour", HOUR_US, "cpu_core_hour"),
+    # memory quantities are kept in byte-microseconds so that reservations stay exact
+    "memory": ("GiB-hour", GIB * HOUR_US, "memory_gib_hour"),
+    "io_read": ("GiB", GIB, "io_read_gib"),
+    "io_write": ("GiB", GIB, "io_write_gib"),
+    "oom_kill": ("kill", 1, "oom_kill"),
+}
+QUANTITY_PLACES: Final = Decimal("1e-9")
+
+By = Literal["hour", "day", "group", "node"]
+
+
+def minor_exponent(currency: str) -> int:
+    return MINOR_UNITS.get(currency.upper(), 2)
+
+
+def round_money(exact: Fraction, currency: str) -> Decimal:
+    """``exact`` rounded half-even to the currency's minor unit."""
+    exp = minor_exponent(currency)
+    return Decimal(round(exact * 10**exp)).scaleb(-exp)
+
+
+def _check_period(start: datetime, end: datetime) -> None:
+    for name, value in (("start", start), ("end", end)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidPeriod(f"the {name} of a period must be an aware UTC time, got {value}")
+    if start >= end:
+        raise InvalidPeriod(f"empty or inverted period: from {start.isoformat()} "
+                            f"to {end.isoformat()}")
+
+
+def _known_tenants(session: Session) -> set[str]:
+    return set(session.execute(select(Tenant.name)).scalars())
+
+
+def _group_label(path: str) -> str:
+    return path.split("/", 1)[1] if "/" in path else "(tenant)"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    group: str
+    path: str
+    resource: str
+    #: the quantity in ``unit``, rounded to 9 decimals for reading
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal
+    amount: Decimal
+    charge_start: datetime
+    charge_end: datetime
+    price_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invoice:
+    tenant: str
+    plan: str
+    currency: str
+    memory_basis: str
+    start: datetime
+    end: datetime
+    lines: tuple[InvoiceLine, ...]
+    total: Decimal
+
+
+Reservation = int | None  # bytes; None: "max" (everything used is protected)
+
+
+def _reservation_value(files: dict[str, str]) -> Reservation:
+    def parse(v: str | None) -> Reservation:
+        if v is None:
+            return 0
+        if v.strip() == "max":
+            return None
+        return int(v)
+
+    mn = parse(files.get("memory.min"))
+    if mn is None or mn > 0:
+        return mn
+    return parse(files.get("memory.low"))
+
+
+def reservations(*, session: Session, tenant: str, until: datetime
+                 ) -> dict[tuple[int, str], list[tuple[datetime, Reservation]]]:
+    """Reservation history per ``(node_id, path)`` of ``tenant``'s groups from the applied
+    policies: ``[(from, bytes or None), ...]`` in time order."""
+    state: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
+    out: dict[tuple[int, str], list[tuple[datetime, Reservation]]] = defaultdict(list)
+    rows = session.execute(
+        select(AppliedPolicy.node_id, AppliedPolicy.applied_at, AppliedPolicy.writes)
+        .where(AppliedPolicy.applied_at < until)
+        .order_by(AppliedPolicy.applied_at, AppliedPolicy.id))
+    for node_id, applied_at, writes in rows:
+        touched = set()
+        for w in writes:
+            path = w.get("path", "")
+            if w.get("file") in ("memory.min", "memory.low") and (
+                    path == tenant or path.startswith(tenant + "/")):
+                state[(node_id, path)][w["file"]] = w["value"]
+                touched.add((node_id, path))
+        for key in touched:
+            value = _reservation_value(state[key])
+            hist = out[key]
+            if hist and hist[-1][0] == applied_at:
+                hist[-1] = (applied_at, value)
+            elif not hist or hist[-1][1] != value:
+                hist.append((applied_at, value))
+    return dict(out)
+
+
+def _reservation_at(hist: list[tuple[datetime, Reservation]], when: datetime) -> Reservation:
+    value: Reservation = 0
+    for t, v in hist:
+        if t <= when:
+            value = v
+        else:
+            break
+    return value
+
+
+def invoice(*, session: Session, policy: PolicyLike, tenant: str, start: datetime,
+            end: datetime) -> Invoice:
+    """The invoice of ``tenant`` for ``[start, end)``, summed across nodes (rules above)."""
+    _check_period(start, end)
+    plan = plan_for(policy, tenant, known_tenants=_known_tenants(session))
+    basis = plan.memory_basis
+    segments = version_segments(plan, start, end)
+    res = ({} if basis == "usage" else reservations(session=session, tenant=tenant, until=end))
+    cuts = sorted({t for hist in res.values() for t, _ in hist if start < t < end})
+    pieces: list[tuple[datetime, datetime, int, PriceVersionLike]] = []
+    for a, b, idx, version in segments:
+        points = [a, *(c for c in cuts if a < c < b), b]
+        pieces.extend((p, q, idx, version) for p, q in itertools.pairwise(points))
+
+    # (path, resource, version index) -> integer quantity, charge span
+    qty: dict[tuple[str, str, int], int] = defaultdict(int)
+    span: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
+    where: list[ColumnElement[bool]] = [Tenant.name == tenant]
+    for a, b, idx, _version in pieces:
+        totals = sum_range(session=session, start=a, end=b,
+                           keys=[Group.path, HourlyRollup.node_id], where=where)
+        hourly: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        if basis == "max" and any(_reservation_at(h, a) for h in res.values()):
+            for node_id, path, _hour, covered, mem in hourly_rows(
+                    session=session, start=a, end=b, where=where):
+                hourly[(node_id, path)].append((covered, mem))
+        for (path, node_id), t in totals.items():
+            r = _reservation_at(res.get((node_id, path), []), a) if res else 0
+            usage_bus = t.memory_byte_seconds * 1_000_000
+            if basis == "usage" or r is None:
+                mem_bus = usage_bus
+            elif basis == "reservation":
+                mem_bus = r * t.covered_us
+            elif r == 0:
+                mem_bus = usage_bus
+            else:
+                mem_bus = sum(max(m * 1_000_000, r * c) for c, m in hourly[(node_id, path)])
+            for resource, value in (("cpu", t.cpu_usec), ("memory", mem_bus),
+                                    ("io_read", t.io_rbytes), ("io_write", t.io_wbytes),
+                                    ("oom_kill", t.oom_kills)):
+                key = (path, resource, idx)
+                qty[key] += value
+                s = span.get(key)
+                span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
+
+    lines: list[InvoiceLine] = []
+    order = list(RESOURCES)
+    for key in sorted(qty, key=lambda k: (k[0], order.index(k[1]), k[2])):
+        path, resource, idx = key
+        units = qty[key]
+        if units == 0:
+            continue
+        unit, divisor, attr = RESOURCES[resource]
+        price: Decimal = getattr(plan.versions[idx], attr)
+        exact = Fraction(units, divisor) * Fraction(price)
+        quantity = (Decimal(units) / Decimal(divisor)).quantize(QUANTITY_PLACES)
+        lines.append(InvoiceLine(
+            group=_group_label(path), path=path, resource=resource, quantity=quantity,
+            unit=unit, unit_price=price, amount=round_money(exact, plan.currency),
+            charge_start=span[key][0], charge_end=span[key][1], price_version=idx))
+    total = sum((line.amount for line in lines), Decimal(0))
+    total = total.quantize(Decimal(1).scaleb(-minor_exponent(plan.currency)))
+    return Invoice(tenant=tenant, plan=plan.name, currency=plan.currency, memory_basis=basis,
+                   start=start, end=end, lines=tuple(lines), total=total)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageRow:
+    key: str
+    tenant: str
+    cpu_core_hours: Decimal
+    memory_gib_hours: Decimal
+    io_read_gib: Decimal
+    io_write_gib: Decimal
+    oom_kills: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageReport:
+    by: str
+    start: datetime
+    end: datetime
+    rows: tuple[UsageRow, ...]
+
+
+def _usage_row(key: str, tenant: str, t: Totals) -> UsageRow:
+    def q(value: int, divisor: int) -> Decimal:
+        return (Decimal(value) / Decimal(divisor)).quantize(QUANTITY_PLACES)
+
+    return UsageRow(key=key, tenant=tenant, cpu_core_hours=q(t.cpu_usec, HOUR_US),
+                    memory_gib_hours=q(t.memory_byte_seconds, GIB * 3600),
+                    io_read_gib=q(t.io_rbytes, GIB), io_write_gib=q(t.io_wbytes, GIB),
+                    oom_kills=t.oom_kills)
+
+
+def usage_report(*, session: Session, tenant: str | None = None, start: datetime,
+                 end: datetime, by: By = "group") -> UsageReport:
+    """Usage (no prices) over ``[start, end)`` per tenant and ``by`` (hour, day, group, node).
+
+    Hours and days are UTC; the first and last hour take their exact share when the period
+    does not start or end on the hour.
+    """
+    _check_period(start, end)
+    where: list[ColumnElement[bool]] = []
+    if tenant is not None:
+        if tenant not in _known_tenants(session):
+            raise UnknownTenant(tenant)
+        where.append(Tenant.name == tenant)
+    keys: Sequence[KeyColumn]
+    if by in ("hour", "day"):
+        keys = [Tenant.name, HourlyRollup.hour]
+    elif by == "group":
+        keys = [Tenant.name, Group.path]
+    elif by == "node":
+        keys = [Tenant.name, HourlyRollup.node_id]
+    else:
+        raise InvalidPeriod(f"--by must be hour, day, group or node, not {by!r}")
+    totals = sum_range(session=session, start=start, end=end, keys=keys, where=where)
+    names: dict[int, str] = {}
+    if by == "node":
+        names = dict(session.execute(select(Node.id, Node.name)).tuples().all())
+    merged: dict[tuple[str, Any], Totals] = {}
+    for (tname, k), t in totals.items():
+        key: Any = k
+        if by == "day":
+            key = date(k.year, k.month, k.day)
+        elif by == "node":
+            key = names.get(k, str(k))
+        merged.setdefault((tname, key), Totals()).add(t)
+    rows = [_usage_row(k.isoformat() if isinstance(k, date | datetime) else str(k), tname, t)
+            for (tname, k), t in sorted(merged.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))]
+    return UsageReport(by=by, start=start, end=end, rows=tuple(rows))
+
+
+def invoices(*, session: Session, policy: PolicyLike, tenants: Sequence[str],
+             start: datetime, end: datetime,
+             progress: Callable[[str], None] | None = None) -> list[Invoice]:
+    """:func:`invoice` for several tenants; ``progress`` is called after each one."""
+    out = []
+    for t in tenants:
+        out.append(invoice(session=session, policy=policy, tenant=t, start=start, end=end))
+        if progress is not None:
+            progress(t)
+    return out

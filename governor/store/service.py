@@ -1,0 +1,392 @@
+"""Store services: every function takes the session as a keyword-only argument.
+
+The caller owns the transaction (commit or roll back); nothing here commits, nothing here
+keeps a global.  A sampler calls :func:`record_samples` with the raw samples of one tick, and a
+periodic job calls :func:`meter` to turn new raw samples into interval usage and hourly
+rollups (the pairing rules are in :mod:`governor.metering.usage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, delete, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
+
+from governor.metering.rollup import ROLLUP_QUANTITIES, split_by_hour
+from governor.metering.sample import GAUGE_FIELDS, GroupSample, IoCounters
+from governor.metering.usage import IntervalUsage, usage_between
+from governor.store.errors import StoreError
+from governor.store.models import (
+    AppliedPolicy,
+    Gap,
+    Group,
+    HourlyRollup,
+    IntervalUsageRow,
+    Node,
+    OomEvent,
+    Sample,
+    SampleIo,
+    Tenant,
+)
+
+_SAMPLES: Table = Sample.__table__  # type: ignore[assignment]
+_SAMPLE_IO: Table = SampleIo.__table__  # type: ignore[assignment]
+_GROUPS: Table = Group.__table__  # type: ignore[assignment]
+_USAGE: Table = IntervalUsageRow.__table__  # type: ignore[assignment]
+_ROLLUPS: Table = HourlyRollup.__table__  # type: ignore[assignment]
+_NODES: Table = Node.__table__  # type: ignore[assignment]
+_TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
+_GAPS: Table = Gap.__table__  # type: ignore[assignment]
+
+#: sample columns copied as they are from GroupSample attributes of the same name
+_COUNTER_COLUMNS = (
+    "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_nr_periods",
+    "cpu_nr_throttled", "cpu_throttled_usec",
+    "memory_events_low", "memory_events_high", "memory_events_max", "memory_events_oom",
+    "memory_events_oom_kill", "memory_events_oom_group_kill",
+    *GAUGE_FIELDS,
+)
+_PSI_COLUMNS = {key: f"psi_{key}_usec" for key in
+                ("cpu_some", "cpu_full", "memory_some", "memory_full", "io_some", "io_full")}
+
+#: rows per statement chunk for IN lists (SQLite's variable limit is 32766 since 3.32)
+_CHUNK = 500
+
+
+def _insert(session: Session, table: Table) -> Insert:
+    """A dialect-specific INSERT that knows ON CONFLICT (SQLite >= 3.24, PostgreSQL)."""
+    name = session.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    raise StoreError(f"unsupported database dialect {name!r}")
+
+
+def insert_ignore(session: Session, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` on either dialect."""
+    stmt = _insert(session, table)
+    return stmt.on_conflict_do_nothing()  # type: ignore[attr-defined, no-any-return]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ensure_node(*, session: Session, name: str) -> int:
+    """The id of node ``name``, creating the row if needed."""
+    found = session.execute(select(Node.id).where(Node.name == name)).scalar_one_or_none()
+    if found is not None:
+        return found
+    session.execute(insert_ignore(session, _NODES).values(name=name, first_seen=_now()))
+    return session.execute(select(Node.id).where(Node.name == name)).scalar_one()
+
+
+def ensure_tenant(*, session: Session, name: str) -> int:
+    """The id of tenant ``name``, creating the row if needed."""
+    found = session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one_or_none()
+    if found is not None:
+        return found
+    session.execute(insert_ignore(session, _TENANTS).values(name=name))
+    return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def incarnation_ids(
+    *, session: Session, node_id: int, samples: Iterable[GroupSample]
+) -> dict[tuple[str, int], int]:
+    """Map ``(path, cgroup_id)`` of ``samples`` to group incarnation ids, creating rows."""
+    wanted: dict[tuple[str, int], GroupSample] = {}
+    for s in samples:
+        wanted.setdefault((s.path, s.cgroup_id), s)
+    ids: dict[tuple[str, int], int] = {}
+
+    def lookup(keys: Sequence[tuple[str, int]]) -> None:
+        for chunk in _chunks(keys):
+            rows = session.execute(
+                select(Group.path, Group.cgroup_id, Group.id).where(
+                    Group.node_id == node_id,
+                    tuple_(Group.path, Group.cgroup_id).in_(list(chunk)),
+                )
+            )
+            for path, cgroup_id, gid in rows:
+                ids[(path, cgroup_id)] = gid
+
+    lookup(list(wanted))
+    missing = [k for k in wanted if k not in ids]
+    if missing:
+        tenants = {wanted[k].tenant for k in missing}
+        tenant_ids = {t: ensure_tenant(session=session, name=t) for t in sorted(tenants)}
+        now = _now()
+        session.execute(insert_ignore(session, _GROUPS), [
+            {
+                "node_id": node_id,
+                "tenant_id": tenant_ids[wanted[k].tenant],
+                "name": wanted[k].group,
+                "path": k[0],
+                "cgroup_id": k[1],
+                "created_at": wanted[k].created,
+                "first_seen": min(now, wanted[k].wall),
+                "removed_at": None,
+                "metered_until": None,
+            }
+            for k in missing
+        ])
+        lookup(missing)
+    return ids
+
+
+def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample]) -> int:
+    """Store raw samples of ``node``; a sample already stored (same node, incarnation and
+    time) is skipped, so replaying a batch is harmless.  Returns the number of samples given.
+    """
+    if not samples:
+        return 0
+    for s in samples:
+        if s.node != node:
+            raise ValueError(f"sample of node {s.node!r} passed to record_samples for {node!r}")
+    node_id = ensure_node(session=session, name=node)
+    ids = incarnation_ids(session=session, node_id=node_id, samples=samples)
+    rows: list[dict[str, Any]] = []
+    io_rows: list[dict[str, Any]] = []
+    for s in samples:
+        gid = ids[(s.path, s.cgroup_id)]
+        row: dict[str, Any] = {"node_id": node_id, "group_id": gid, "ts": s.wall,
+                               "mono": s.monotonic}
+        for col in _COUNTER_COLUMNS:
+            row[col] = getattr(s, col)
+        for key, col in _PSI_COLUMNS.items():
+            row[col] = s.psi.get(key)
+        rows.append(row)
+        for dev, c in s.io.items():
+            io_rows.append({"node_id": node_id, "group_id": gid, "ts": s.wall, "device": dev,
+                            "rbytes": c["rbytes"], "wbytes": c["wbytes"], "rios": c["rios"],
+                            "wios": c["wios"], "dbytes": c["dbytes"]})
+    session.execute(insert_ignore(session, _SAMPLES), rows)
+    if io_rows:
+        session.execute(insert_ignore(session, _SAMPLE_IO), io_rows)
+    return len(rows)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeterResult:
+    samples: int
+    intervals: int
+    skipped: int
+    rollup_rows: int
+
+
+_SAMPLE_COLS = [c for c in _SAMPLES.c if c.name not in ("node_id",)]
+
+
+def _to_sample(row: Any, group: Group, node: str, tenant: str,
+               io: Mapping[str, IoCounters]) -> GroupSample:
+    values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
+    psi = {key: row[col] for key, col in _PSI_COLUMNS.items() if row[col] is not None}
+    return GroupSample(node=node, tenant=tenant, group=group.name, cgroup_id=group.cgroup_id,
+                       wall=row["ts"], monotonic=row["mono"], io=dict(io), psi=psi,
+                       created=group.created_at, **values)
+
+
+def meter(*, session: Session, node: str) -> MeterResult:
+    """Turn the raw samples of ``node`` stored since the last run into interval usage and
+    hourly rollups, then move each incarnation's anchor (``groups.metered_until``).
+
+    Each incarnation's new samples are paired with the previous one, the first with the
+    anchor: after a restart the first new sample pairs with the last stored sample, so the
+    downtime is counted once.  Samples older than the anchor (arriving late) are ignored.
+    """
+    node_id = session.execute(select(Node.id).where(Node.name == node)).scalar_one_or_none()
+    if node_id is None:
+        return MeterResult(0, 0, 0, 0)
+    groups = {g.id: g for g in session.execute(
+        select(Group).where(Group.node_id == node_id)).scalars()}
+    tenants = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+    anchor_ok = (Group.metered_until.is_(None)) | (Sample.ts >= Group.metered_until)
+    rows = session.execute(
+        select(*_SAMPLE_COLS).join(Group, Group.id == Sample.group_id)
+        .where(Sample.node_id == node_id, anchor_ok)
+        .order_by(Sample.group_id, Sample.ts)
+    ).mappings().all()
+    if not rows:
+        return MeterResult(0, 0, 0, 0)
+    io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
+    io_anchor_ok = (Group.metered_until.is_(None)) | (SampleIo.ts >= Group.metered_until)
+    for r in session.execute(
+        select(SampleIo).join(Group, Group.id == SampleIo.group_id)
+        .where(SampleIo.node_id == node_id, io_anchor_ok)
+    ).scalars():
+        io[(r.group_id, r.ts)][r.device] = IoCounters(
+            rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios, dbytes=r.dbytes)
+
+    by_group: dict[int, list[GroupSample]] = defaultdict(list)
+    for row in rows:
+        g = groups[row["group_id"]]
+        by_group[g.id].append(_to_sample(row, g, node, tenants[g.tenant_id],
+                                         io.get((g.id, row["ts"]), {})))
+
+    usages: list[tuple[int, IntervalUsage]] = []
+    skipped = 0
+    new_anchor: dict[int, datetime] = {}
+    for gid, samples in by_group.items():
+        g = groups[gid]
+        prev: GroupSample | None = None
+        todo = samples
+        if g.metered_until is not None and samples[0].wall == g.metered_until:
+            prev, todo = samples[0], samples[1:]
+        elif g.metered_until is None:
+            prev = _previous_incarnation_sample(session=session, node=node, group=g,
+                                                tenant=tenants[g.tenant_id],
+                                                before=samples[0].wall)
+        for cur in todo:
+            u = usage_between(prev, cur)
+            if u is None:
+                skipped += 1
+            else:
+                usages.append((gid, u))
+            prev = cur
+        if todo:
+            new_anchor[gid] = todo[-1].wall
+
+    rollups: dict[tuple[int, datetime], dict[str, int]] = {}
+    usage_rows: list[dict[str, Any]] = []
+    for gid, u in usages:
+        usage_rows.append({
+            "node_id": node_id, "group_id": gid, "end_ts": u.end, "start_ts": u.start,
+            "duration_us": u.duration_us, "from_creation": u.from_creation,
+            **{q: getattr(u, q) or 0 for q in ROLLUP_QUANTITIES},
+        })
+        for hour, covered, quantities in split_by_hour(u):
+            acc = rollups.setdefault((gid, hour), {"covered_us": 0, "intervals": 0,
+                                                  **dict.fromkeys(ROLLUP_QUANTITIES, 0)})
+            acc["covered_us"] += covered
+            acc["intervals"] += 1
+            for name, value in quantities.items():
+                acc[name] += value
+    if usage_rows:
+        session.execute(insert_ignore(session, _USAGE), usage_rows)
+    if rollups:
+        upsert_rollups(session=session, node_id=node_id, rollups=rollups)
+    for gid, ts in new_anchor.items():
+        session.execute(update(Group).where(Group.id == gid).values(metered_until=ts))
+    return MeterResult(len(rows), len(usages), skipped, len(rollups))
+
+
+def upsert_rollups(*, session: Session, node_id: int,
+                   rollups: Mapping[tuple[int, datetime], Mapping[str, int]]) -> None:
+    """Add ``rollups`` (keyed by group id and hour) into ``rollups_hourly``."""
+    stmt: Any = _insert(session, _ROLLUPS)
+    names = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["node_id", "group_id", "hour"],
+        set_={n: _ROLLUPS.c[n] + stmt.excluded[n] for n in names},
+    )
+    session.execute(stmt, [
+        {"node_id": node_id, "group_id": gid, "hour": hour, **values}
+        for (gid, hour), values in rollups.items()
+    ])
+
+
+def _previous_incarnation_sample(*, session: Session, node: str, group: Group, tenant: str,
+                                 before: datetime) -> GroupSample | None:
+    """The last sample of an earlier incarnation of the same path on the same node."""
+    row = session.execute(
+        select(*_SAMPLE_COLS, Group.cgroup_id.label("prev_cgroup_id"))
+        .join(Group, Group.id == Sample.group_id)
+        .where(Group.node_id == group.node_id, Group.path == group.path,
+               Group.id != group.id, Sample.ts < before)
+        .order_by(Sample.ts.desc()).limit(1)
+    ).mappings().first()
+    if row is None:
+        return None
+    values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
+    return GroupSample(node=node, tenant=tenant, group=group.name,
+                       cgroup_id=row["prev_cgroup_id"], wall=row["ts"], monotonic=row["mono"],
+                       **values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetentionResult:
+    samples: int
+    sample_io: int
+    intervals: int
+
+
+def apply_retention(*, session: Session, before: datetime) -> RetentionResult:
+    """Drop raw samples, their io rows and interval usage older than ``before``.
+
+    Hourly rollups are kept (bills read only them), and so are samples not yet metered and
+    each incarnation's anchor sample (the last metered one), which the next pairing needs.
+    """
+    anchor = select(Group.metered_until).where(Group.id == SampleIo.group_id).scalar_subquery()
+    io = session.execute(delete(SampleIo).where(SampleIo.ts < before, SampleIo.ts < anchor))
+    anchor = select(Group.metered_until).where(Group.id == Sample.group_id).scalar_subquery()
+    s = session.execute(delete(Sample).where(Sample.ts < before, Sample.ts < anchor))
+    u = session.execute(delete(IntervalUsageRow).where(IntervalUsageRow.end_ts < before))
+    return RetentionResult(s.rowcount, io.rowcount, u.rowcount)  # type: ignore[attr-defined]
+
+
+def record_gap(*, session: Session, node: str, from_ts: datetime, to_ts: datetime,
+               reason: str, rows_lost: int) -> None:
+    """Record that the samples of ``node`` between ``from_ts`` and ``to_ts`` were lost."""
+    node_id = ensure_node(session=session, name=node)
+    session.execute(insert_ignore(session, _GAPS).values(
+        node_id=node_id, from_ts=from_ts, to_ts=to_ts, reason=reason, rows_lost=rows_lost,
+        recorded_at=_now()))
+
+
+def record_applied_policy(*, session: Session, node: str, applied_at: datetime,
+                          policy_hash: str, trigger: str,
+                          writes: Sequence[Mapping[str, str]]) -> int:
+    """Record a policy version applied on ``node`` and the writes it made; returns its id.
+
+    ``writes`` are ``{"path": "tenant/group", "file": "memory.min", "value": "..."}``.
+    """
+    node_id = ensure_node(session=session, name=node)
+    row = AppliedPolicy(node_id=node_id, applied_at=applied_at, policy_hash=policy_hash,
+                        trigger=trigger, writes=[dict(w) for w in writes])
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def record_oom_event(*, session: Session, node: str, tenant: str, group: str | None,
+                     cgroup_id: int | None, ts: datetime, kind: str, count: int,
+                     pid: int | None = None, comm: str | None = None,
+                     rss_bytes: int | None = None, missed_while_down: bool = False) -> int:
+    """Record an OOM event (``kind`` is the memory.events key); returns its id."""
+    node_id = ensure_node(session=session, name=node)
+    tenant_id = ensure_tenant(session=session, name=tenant)
+    group_id = None
+    if cgroup_id is not None:
+        path = tenant if group is None else f"{tenant}/{group}"
+        group_id = session.execute(select(Group.id).where(
+            Group.node_id == node_id, Group.path == path, Group.cgroup_id == cgroup_id,
+        )).scalar_one_or_none()
+    row = OomEvent(node_id=node_id, tenant_id=tenant_id, group_id=group_id, ts=ts, kind=kind,
+                   count=count, pid=pid, comm=comm, rss_bytes=rss_bytes,
+                   missed_while_down=missed_while_down)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def mark_group_removed(*, session: Session, node: str, path: str, cgroup_id: int,
+                       removed_at: datetime) -> bool:
+    """Note that an incarnation's directory is gone; False when it was never recorded."""
+    node_id = ensure_node(session=session, name=node)
+    result = session.execute(update(Group).where(
+        Group.node_id == node_id, Group.path == path, Group.cgroup_id == cgroup_id,
+    ).values(removed_at=removed_at))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
