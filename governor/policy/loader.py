@@ -881,6 +881,15 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Files in reading order, then by line (problems without a line last, in the order
+    they were found): the order an operator fixes them in."""
+    rank: dict[str, int] = {}
+    for p in problems:
+        rank.setdefault(p.file, len(rank))
+    return sorted(problems, key=lambda p: (rank[p.file], p.line is None, p.line or 0))
+
+
 def _build(docs: Sequence[_Doc], problems: list[Problem],
            device_resolver: DeviceResolver | None) -> Policy:
     ctx = _Ctx(resolver=device_resolver or stat_block_device, problems=problems)
@@ -934,10 +943,11 @@ def _build(docs: Sequence[_Doc], problems: list[Problem],
             ctx.add(("tenants", tenant_name, "plan"), plan_name,
                     f"plan {show(plan_name)} does not exist{hint}", doc=doc)
     _overlaps(ctx, rules)
+    problems[:] = _in_file_order(problems)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
     if errors:
-        raise PolicyInvalid(errors + warnings)
+        raise PolicyInvalid(problems)
     return Policy(tenants=tenants, plans=plans, sources=tuple(d.name for d in docs),
                   digest=_digest(tenants, plans), warnings=tuple(warnings))
 

@@ -64,7 +64,7 @@ def jsonable(value: object) -> object:
 
 
 class PolicyInvalid(GovernorError):
-    """The policy has errors: ``problems`` lists every one (errors first, then warnings)."""
+    """The policy has errors: ``problems`` lists every one, warnings too, in file order."""
 
     exit_code = 1
 
