@@ -129,6 +129,8 @@ def explain(op: str, file: str | None, err: int) -> str | None:
         return "the group already exists"
     if err == errno.EINVAL:
         return "the kernel rejected the value: out of range or malformed for this file"
+    if err == errno.ERANGE:
+        return "the kernel rejected the value: out of range for this file"
     if err == errno.EOPNOTSUPP:
         return ("not supported: this kernel or this group cannot take this setting "
                 "(e.g. a limit on the root group)")

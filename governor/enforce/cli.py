@@ -1,0 +1,117 @@
+"""``governor policy plan`` and ``governor policy apply`` (joined to the ``policy`` group)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.mount import find_cgroup2
+from governor.config import Config
+from governor.enforce.apply import Outcome, apply_plan
+from governor.enforce.desired import desired_state
+from governor.enforce.plan import make_plan
+from governor.policy import load_policy
+
+log = logging.getLogger("governor.enforce")
+
+
+def open_cgroup(cfg: Config) -> CgroupFS:
+    """The cgroup2 mount (from the configuration, or discovered), verified with statfs."""
+    root = Path(cfg.cgroup_root) if cfg.cgroup_root else find_cgroup2()
+    return CgroupFS(root)
+
+
+def db_recorder(cfg: Config) -> tuple[Callable[[str, str, list[Outcome]], None] | None, str]:
+    """A recorder writing applied policies to the database, or None with the reason."""
+    try:
+        from governor.store import db, service
+    except ImportError as e:
+        return None, f"store unavailable ({e})"
+    try:
+        engine = db.make_engine(cfg.database_url)
+        db.check_schema(engine, config_hint=cfg.source or "FILE")
+    except Exception as e:  # any store problem: fall back to the log
+        return None, str(e).splitlines()[0]
+    sessions = db.session_factory(engine)
+
+    def record(digest: str, trigger: str, outcomes: list[Outcome]) -> None:
+        from governor.enforce.keeper import now
+
+        writes = [{"path": o.action.path, "file": o.action.file or "", "kind": o.action.kind,
+                   "value": o.action.new or "", "ok": "yes" if o.ok else f"no: {o.error}"}
+                  for o in outcomes]
+        with sessions.begin() as session:
+            service.record_applied_policy(session=session, node=cfg.node, applied_at=now(),
+                                          policy_hash=digest, trigger=trigger, writes=writes)
+
+    return record, ""
+
+
+def register(main: click.Group) -> None:
+    from governor.cli import FORMAT, config_options, emit_json
+
+    group = main.commands.get("policy")
+    if not isinstance(group, click.Group):
+        return
+
+    @group.command("plan")
+    @config_options
+    @FORMAT
+    def plan_cmd(cfg: Callable[[], Config], fmt: str) -> None:
+        """Show the writes that would make the kernel match the policy (nothing is written)."""
+        c = cfg()
+        pol = load_policy([c.policy])
+        with open_cgroup(c) as fs:
+            plan = make_plan(fs, c.subtree, desired_state(pol), iocost_devices=c.iocost_devices)
+        if fmt == "json":
+            emit_json({"digest": plan.digest, "summary": plan.summary(),
+                       "actions": [a.as_dict() for a in plan.actions]})
+            return
+        for a in plan.actions:
+            click.echo(str(a))
+        click.echo(plan.summary_line())
+
+    @group.command("apply")
+    @config_options
+    @FORMAT
+    def apply_cmd(cfg: Callable[[], Config], fmt: str) -> None:
+        """Validate the policy, then make the kernel match it once, reporting each write.
+
+        Exit 0 when every write succeeded, 1 when one failed (the others were still made).
+        """
+        c = cfg()
+        pol = load_policy([c.policy])   # validation finishes before the first write
+        with open_cgroup(c) as fs:
+            plan = make_plan(fs, c.subtree, desired_state(pol), iocost_devices=c.iocost_devices)
+            outcomes = apply_plan(fs, plan)
+        recorder, why = db_recorder(c)
+        trigger = f"cli:{getpass.getuser()}@pid{os.getpid()}"
+        if recorder is not None:
+            recorder(plan.digest, trigger, outcomes)
+            where = f"recorded in {c.database_url.split('@')[-1]}"
+        else:
+            where = f"not recorded in the database ({why})"
+            for o in outcomes:
+                log.info("applied write", extra={"outcome": str(o)})
+        failed = [o for o in outcomes if not o.ok]
+        if fmt == "json":
+            emit_json({"digest": plan.digest, "outcomes": [o.as_dict() for o in outcomes],
+                       "notes": [a.reason for a in plan.actions if a.kind == "note"],
+                       "failed": len(failed), "recorded": recorder is not None})
+        else:
+            for a in plan.actions:
+                if a.kind in ("note", "keep"):
+                    click.echo(str(a))
+            for o in outcomes:
+                click.echo(str(o))
+            click.echo(f"Applied policy {plan.digest[:12]}: {len(outcomes) - len(failed)} "
+                       f"writes ok, {len(failed)} failed; {where}.")
+        if failed:
+            sys.exit(1)

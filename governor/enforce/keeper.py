@@ -1,0 +1,140 @@
+"""Keeping the kernel true to the policy on a live system.
+
+* :meth:`Enforcer.reload` (SIGHUP, or a change seen by :class:`PolicyWatcher`): a new
+  version is validated completely before anything is written; if it fails, every problem is
+  logged, the failure is counted, and the policy in force stays exactly as it was.
+* :meth:`Enforcer.reconcile` (at an interval): plans against the kernel again; with an
+  unchanged policy any write it has to make is drift (a file edited by hand, a group
+  removed behind governor's back) and is restored and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from governor.cgroupfs.files import CgroupFS
+from governor.enforce.apply import Outcome, apply_plan
+from governor.enforce.desired import DesiredState, desired_state
+from governor.enforce.plan import Plan, make_plan
+from governor.policy import Policy, PolicyInvalid, load_policy
+
+log = logging.getLogger("governor.enforce")
+
+#: called with (policy digest, trigger, outcomes) after each apply
+Recorder = Callable[[str, str, list[Outcome]], None]
+
+
+class Enforcer:
+    def __init__(self, fs: CgroupFS, subtree: str, policy_path: str, *,
+                 iocost_devices: tuple[str, ...] = (), recorder: Recorder | None = None,
+                 sys_block: str = "/sys/block") -> None:
+        self.fs = fs
+        self.subtree = subtree
+        self.policy_path = policy_path
+        self.iocost_devices = iocost_devices
+        self.recorder = recorder
+        self.sys_block = sys_block
+        self.policy: Policy | None = None
+        self.applied: DesiredState | None = None
+        self.reloads: Counter[str] = Counter()         # result -> count
+        self.drift: Counter[str] = Counter()           # interface file (or "group") -> count
+        self.write_errors = 0
+        self._lock = threading.Lock()
+
+    # -- policy versions -----------------------------------------------------------------
+    def reload(self, trigger: str = "reload") -> bool:
+        """Load and validate the policy; apply it if valid.  Returns whether it was taken."""
+        try:
+            new = load_policy([self.policy_path])
+        except PolicyInvalid as e:
+            self.reloads["invalid"] += 1
+            for p in e.problems:
+                log.error("policy rejected", extra={"problem": str(p), "trigger": trigger})
+            log.error("policy rejected; the policy in force is unchanged", extra={
+                "errors": len(e.problems), "trigger": trigger,
+                "in_force": self.policy.digest[:12] if self.policy else "none"})
+            return False
+        for w in new.warnings:
+            log.warning("policy warning", extra={"problem": str(w)})
+        with self._lock:
+            changed = self.policy is None or new.digest != self.policy.digest
+            self.policy = new
+            self.reloads["ok" if changed else "unchanged"] += 1
+            self._apply(trigger, drift=False)
+        return True
+
+    def plan(self) -> Plan:
+        assert self.policy is not None
+        return make_plan(self.fs, self.subtree, desired_state(self.policy),
+                         previous=self.applied, iocost_devices=self.iocost_devices,
+                         sys_block=self.sys_block)
+
+    def _apply(self, trigger: str, *, drift: bool) -> list[Outcome]:
+        assert self.policy is not None
+        desired = desired_state(self.policy)
+        plan = make_plan(self.fs, self.subtree, desired, previous=self.applied,
+                         iocost_devices=self.iocost_devices, sys_block=self.sys_block)
+        outcomes = apply_plan(self.fs, plan)
+        for o in outcomes:
+            if not o.ok:
+                self.write_errors += 1
+                log.error("write failed", extra={"path": o.action.path, "file": o.action.file,
+                                                 "value": o.action.new, "error": o.error})
+            elif drift:
+                self.drift[o.action.file or "group"] += 1
+                log.warning("drift corrected", extra={
+                    "path": o.action.path, "file": o.action.file, "was": o.action.old,
+                    "now": o.action.new, "kind": o.action.kind})
+        self.applied = desired
+        if outcomes or not drift:
+            log.info("policy applied", extra={
+                "digest": plan.digest[:12], "trigger": trigger, "writes": len(outcomes),
+                "failed": sum(not o.ok for o in outcomes)})
+            if self.recorder is not None and not drift:
+                self.recorder(plan.digest, trigger, outcomes)
+        return outcomes
+
+    def reconcile(self) -> list[Outcome]:
+        """Restore anything that drifted from the policy in force (no reload)."""
+        if self.policy is None:
+            return []
+        with self._lock:
+            return self._apply("reconcile", drift=True)
+
+
+class PolicyWatcher:
+    """Notices a change to the policy file or drop-in directory by polling a cheap
+    signature (name, inode, size, mtime of every ``*.toml``): it works for editors that
+    save by rename and for files replaced by configuration management."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._sig = self.signature()
+
+    def signature(self) -> tuple[tuple[str, int, int, int], ...]:
+        files = sorted(self.path.glob("*.toml")) if self.path.is_dir() else [self.path]
+        out = []
+        for f in files:
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            out.append((f.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        sig = self.signature()
+        if sig != self._sig:
+            self._sig = sig
+            return True
+        return False
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

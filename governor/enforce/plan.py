@@ -1,0 +1,362 @@
+"""Diff the desired state against what the kernel has: an ordered plan of writes.
+
+Ordering rules (each a kernel constraint or a safety choice):
+
+* a group is created (controllers enabled top-down through every ancestor's
+  ``cgroup.subtree_control``) before any of its files is written, parents before children;
+* memory: protections (``memory.min``, ``memory.low``) first; when the hard limit goes
+  *down*, ``memory.high`` is written before ``memory.max`` so the group is throttled and
+  reclaimed before it can be OOM-killed at the new ceiling; when it goes *up*,
+  ``memory.max`` is raised first;
+* ``cpu.max`` before ``cpu.max.burst`` (the kernel refuses a burst above the quota), except
+  when the quota goes below the current burst: then the burst is lowered first;
+* groups that left the policy are removed deepest first, and only when empty: a populated
+  one is kept with its limits as they are (governor never kills a tenant's processes
+  because a file changed).
+
+Values are compared as the kernel reads them back: memory sizes are rounded down to the
+page size (the kernel stores pages), ``io.max`` lines compared field by field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from governor.cgroupfs import parse
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.tree import populated
+from governor.enforce.desired import DesiredGroup, DesiredState
+from governor.errors import CgroupError, GroupGone
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: what the kernel has in a new group, used when a key leaves the policy
+KERNEL_DEFAULTS = {
+    "memory.min": "0", "memory.low": "0", "memory.high": "max", "memory.max": "max",
+    "memory.swap.max": "max", "cpu.weight": "100", "cpu.max": "max 100000",
+    "cpu.max.burst": "0", "io.weight": "default 100", "pids.max": "max",
+    "memory.oom.group": "0",
+}
+_MEMORY_SIZES = ("memory.min", "memory.low", "memory.high", "memory.max", "memory.swap.max")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan.  ``kind``: create | enable | set | remove | keep | note."""
+
+    kind: str
+    path: str                    # relative to the cgroup mount ("" = the mount root)
+    file: str | None = None
+    old: str | None = None       # None: the file or group does not exist yet
+    new: str | None = None
+    reason: str = ""
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind in ("create", "enable", "set", "remove")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        sym = {"create": "+", "enable": "+", "set": "~", "remove": "-", "keep": "=",
+               "note": "!"}[self.kind]
+        where = "/" + self.path + (f" {self.file}" if self.file else "")
+        if self.kind == "set":
+            old = "(absent)" if self.old is None else self.old
+            text = f"{sym} set     {where}: {old} -> {self.new}"
+        elif self.kind == "note":
+            return f"{sym} note    {self.reason}"
+        else:
+            text = f"{sym} {self.kind:<7} {where}"
+            if self.new:
+                text += f" {self.new}"
+        return text + (f"  ({self.reason})" if self.reason else "")
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    digest: str = ""
+
+    @property
+    def writes(self) -> list[Action]:
+        return [a for a in self.actions if a.is_write]
+
+    def summary(self) -> dict[str, int]:
+        out = dict.fromkeys(("create", "enable", "set", "remove", "keep", "note"), 0)
+        for a in self.actions:
+            out[a.kind] += 1
+        return out
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        if not self.writes:
+            return ("No changes: the kernel matches the policy"
+                    + (f" ({s['keep']} kept, {s['note']} notes)" if s["keep"] or s["note"]
+                       else "") + ".")
+        return (f"Plan: {s['create']} to create, {s['set']} to change, {s['enable']} "
+                f"controller enables, {s['remove']} to remove, {s['keep']} kept, "
+                f"{s['note']} notes.")
+
+
+# -- comparing values as the kernel reads them ---------------------------------------------
+def _norm_size(text: str) -> parse.Limit:
+    v = parse.parse_limit(text)
+    return v if v == parse.MAX else (int(v) // PAGE) * PAGE
+
+
+def same(file: str, current: str, desired: str) -> bool:
+    """Whether the kernel's ``current`` text already holds ``desired``."""
+    try:
+        if file in _MEMORY_SIZES:
+            return _norm_size(current) == _norm_size(desired)
+        if file == "pids.max":
+            return parse.parse_limit(current) == parse.parse_limit(desired)
+        if file == "cpu.max":
+            return parse.parse_cpu_max(current) == parse.parse_cpu_max(desired)
+        if file == "io.weight":
+            return parse.parse_io_weight(current).default == parse.parse_io_weight(
+                desired).default
+        if file == "io.max":
+            want = parse.parse_nested_keyed(desired)
+            have = parse.parse_nested_keyed(current)
+            for dev, fields in want.items():
+                cur = have.get(dev, {})
+                for k, v in fields.items():
+                    if cur.get(k, parse.MAX) != v:
+                        return False
+            return True
+        return current.split() == desired.split()
+    except parse.ParseError:
+        return False
+
+
+def _io_max_line(current: str, dev: str) -> str | None:
+    for line in current.splitlines():
+        if line.split(" ", 1)[0] == dev:
+            return line.strip()
+    return None
+
+
+def _order_group_sets(sets: list[Action], current: dict[str, str]) -> list[Action]:
+    """Apply the memory.high/memory.max and cpu.max/cpu.max.burst ordering rules."""
+    by_file = {a.file: a for a in sets if a.file not in ("io.max",)}
+    order = [a.file for a in sets]
+
+    def before(first: str, second: str) -> None:
+        if first in by_file and second in by_file:
+            i, j = order.index(first), order.index(second)
+            if i > j:
+                order.insert(j, order.pop(i))
+
+    mx = by_file.get("memory.max")
+    if mx is not None and mx.new is not None:
+        cur = current.get("memory.max")
+        lowering = cur is not None and _lower(mx.new, cur)
+        if lowering:
+            before("memory.high", "memory.max")
+        else:
+            before("memory.max", "memory.high")
+    cm = by_file.get("cpu.max")
+    burst = current.get("cpu.max.burst")
+    if cm is not None and cm.new is not None and burst is not None:
+        quota = parse.parse_cpu_max(cm.new).quota
+        if quota != parse.MAX and int(quota) < int(burst.strip() or 0):
+            before("cpu.max.burst", "cpu.max")
+        else:
+            before("cpu.max", "cpu.max.burst")
+    else:
+        before("cpu.max", "cpu.max.burst")
+    # stable re-assembly (io.max lines keep their place)
+    ranked: list[Action] = []
+    io = [a for a in sets if a.file == "io.max"]
+    for f in order:
+        if f == "io.max":
+            if io:
+                ranked.extend(io)
+                io = []
+        else:
+            ranked.append(by_file[f])
+    return ranked
+
+
+def _lower(new: str, cur: str) -> bool:
+    n, c = _norm_size(new), _norm_size(cur.strip())
+    if n == parse.MAX:
+        return False
+    return c == parse.MAX or int(n) < int(c)
+
+
+# -- the diff -----------------------------------------------------------------------------
+def _group_actions(fs: CgroupFS, path: str, want: DesiredGroup,
+                   previous: DesiredGroup | None) -> list[Action]:
+    out: list[Action] = []
+    files = list(want.files)
+    # keys that were in the previously applied policy and are gone now: back to the
+    # kernel's default (a removed limit must not linger)
+    if previous is not None:
+        wanted_files = {f for f, _ in files}
+        wanted_dev = {v.split(" ", 1)[0] for f, v in files if f == "io.max"}
+        for f, v in previous.files:
+            if f == "io.max":
+                dev = v.split(" ", 1)[0]
+                if dev not in wanted_dev:
+                    files.append((f, f"{dev} rbps=max wbps=max riops=max wiops=max"))
+            elif f not in wanted_files and f in KERNEL_DEFAULTS:
+                files.append((f, KERNEL_DEFAULTS[f]))
+    if not fs.exists(path):
+        out.append(Action("create", path, new=(
+            "enable " + " ".join(want.enable) + " for children") if want.enable else None,
+            reason=want.kind))
+        new_sets = [Action("set", path, f, None, v) for f, v in files]
+        return out + _order_group_sets(new_sets, {})
+    if want.enable:
+        try:
+            have = set(parse.parse_list(fs.read(path, "cgroup.subtree_control")))
+        except CgroupError:
+            have = set()
+        missing = [c for c in want.enable if c not in have]
+        if missing:
+            out.append(Action("enable", path, "cgroup.subtree_control",
+                              " ".join(sorted(have)) or None,
+                              " ".join("+" + c for c in missing)))
+    current: dict[str, str] = {}
+    sets: list[Action] = []
+    for f, v in files:
+        if f not in current:
+            try:
+                current[f] = fs.read(path, f)
+            except GroupGone:
+                raise
+            except CgroupError:
+                current[f] = ""  # absent (controller not enabled yet): must be written
+        cur = current[f]
+        if cur and same(f, cur, v):
+            continue
+        old = _io_max_line(cur, v.split(" ", 1)[0]) if f == "io.max" else cur.strip() or None
+        sets.append(Action("set", path, f, old, v))
+    return out + _order_group_sets(sets, {k: v for k, v in current.items() if v})
+
+
+def _removals(fs: CgroupFS, subtree: str, desired: DesiredState) -> list[Action]:
+    out: list[Action] = []
+    wanted = {f"{subtree}/{p}" for p in desired.groups}
+
+    def visit(path: str) -> None:
+        for child in fs.children(path):
+            cpath = f"{path}/{child}"
+            if cpath in wanted:
+                visit(cpath)
+                continue
+            try:
+                busy = populated(fs, cpath)
+            except CgroupError:
+                continue
+            if busy:
+                out.append(Action("keep", cpath, reason="left the policy but has processes: "
+                                  "its limits stay as they are until it is empty"))
+            else:
+                out.append(Action("remove", cpath, reason="left the policy, empty"))
+
+    if fs.exists(subtree):
+        visit(subtree)
+    return out
+
+
+def _block_devices(sys_block: Path) -> dict[str, str]:
+    """MAJ:MIN -> name of real block devices (those with a queue scheduler)."""
+    out: dict[str, str] = {}
+    try:
+        entries = sorted(sys_block.iterdir())
+    except OSError:
+        return out
+    for d in entries:
+        if d.name.startswith(("loop", "ram", "zram", "nbd", "sr")):
+            continue
+        try:
+            dev = (d / "dev").read_text().strip()
+            (d / "queue" / "scheduler").stat()
+        except OSError:
+            continue
+        out[dev] = d.name
+    return out
+
+
+def _iocost_actions(fs: CgroupFS, desired: DesiredState, iocost_devices: Iterable[str],
+                    sys_block: Path) -> list[Action]:
+    uses_weight = any(f == "io.weight" for g in desired.groups.values() for f, _ in g.files)
+    devices = _block_devices(sys_block)
+    try:
+        qos = parse.parse_nested_keyed(fs.read("", "io.cost.qos"))
+    except (CgroupError, parse.ParseError):
+        qos = {}
+    out: list[Action] = []
+    enable: set[str] = set()
+    for d in iocost_devices:
+        dev = d
+        if d.startswith("/"):
+            try:
+                st = os.stat(d)
+                dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            except OSError:
+                out.append(Action("note", "", reason=f"enforce.iocost_devices: {d} does not "
+                                  "exist; iocost not enabled on it"))
+                continue
+        enable.add(dev)
+        if qos.get(dev, {}).get("enable") != 1:
+            out.append(Action("set", "", "io.cost.qos", None, f"{dev} enable=1",
+                              reason="iocost so that io.weight takes effect "
+                                     "(enforce.iocost_devices)"))
+    if uses_weight:
+        for dev, name in devices.items():
+            if dev in enable or qos.get(dev, {}).get("enable") == 1:
+                continue
+            try:
+                sched = (sys_block / name / "queue" / "scheduler").read_text()
+            except OSError:
+                sched = ""
+            if "[bfq]" in sched:
+                continue
+            out.append(Action("note", "", reason=(
+                f"io.weight has no effect on {dev} ({name}): neither iocost nor BFQ is "
+                f"active there; set enforce.iocost_devices = [\"/dev/{name}\"] to have "
+                "governor enable iocost")))
+    return out
+
+
+def make_plan(fs: CgroupFS, subtree: str, desired: DesiredState, *,
+              previous: DesiredState | None = None, iocost_devices: Iterable[str] = (),
+              sys_block: str | Path = "/sys/block") -> Plan:
+    """Read the kernel's current state below ``subtree`` and diff it with ``desired``.
+
+    ``fs`` is rooted at the cgroup mount; every path in the plan is ``subtree/...``.
+    ``previous`` is the desired state last applied (keys it had that ``desired`` lacks are
+    reset to the kernel's defaults).  Reads only: nothing is written.
+    """
+    plan = Plan(digest=desired.digest)
+    plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
+    if not fs.exists(subtree):
+        plan.actions.append(Action("create", subtree, new="enable cpu io memory pids for "
+                                   "children", reason="the governor's subtree"))
+    else:
+        from governor.cgroupfs.tree import MANAGED_CONTROLLERS
+
+        have = set(parse.parse_list(fs.read(subtree, "cgroup.subtree_control")))
+        missing = [c for c in MANAGED_CONTROLLERS if c not in have]
+        if missing:
+            plan.actions.append(Action("enable", subtree, "cgroup.subtree_control",
+                                       " ".join(sorted(have)) or None,
+                                       " ".join("+" + c for c in missing)))
+    prev = previous.groups if previous is not None else {}
+    for rel, want in desired.groups.items():
+        path = f"{subtree}/{rel}"
+        plan.actions.extend(_group_actions(fs, path, want, prev.get(rel)))
+    removals = _removals(fs, subtree, desired)
+    # deepest first
+    removals.sort(key=lambda a: -a.path.count("/"))
+    plan.actions.extend(removals)
+    return plan
