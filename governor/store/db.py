@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +178,16 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def scope_factory(engine: Engine) -> Callable[[], AbstractContextManager[Session]]:
+    """A ``session_scope()`` for ``engine``: a session in a transaction, committed on
+    success and rolled back on error (``with scope() as session: ...``)."""
+    factory = session_factory(engine)
+
+    @contextmanager
+    def scope() -> Iterator[Session]:
+        with factory() as session, session.begin():
+            yield session
+
+    return scope

@@ -1,0 +1,152 @@
+"""Rendering usage reports and invoices: table (rich), csv, json and FinOps FOCUS.
+
+FOCUS (https://focus.finops.org) rows are one per invoice line; governor bills list prices
+with no discounts or commitments, so BilledCost = EffectiveCost = ListCost.  Output as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from governor.billing.report import Invoice, UsageReport
+
+FORMATS: Final = ("table", "csv", "json", "focus")
+
+FOCUS_COLUMNS: Final = (
+    "BilledCost", "EffectiveCost", "ListCost", "ListUnitPrice", "ConsumedQuantity",
+    "ConsumedUnit", "PricingQuantity", "PricingUnit", "ChargePeriodStart", "ChargePeriodEnd",
+    "BillingPeriodStart", "BillingPeriodEnd", "BillingCurrency", "ChargeCategory",
+    "ChargeDescription", "ResourceId", "ResourceName", "ServiceName", "ServiceCategory",
+    "SkuId", "ProviderName", "PublisherName", "InvoiceIssuerName", "SubAccountId", "Tags",
+)
+
+_LINE_FIELDS: Final = ("tenant", "group", "resource", "quantity", "unit", "unit_price",
+                       "amount", "currency", "charge_start", "charge_end")
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, datetime):
+        return _iso(v)
+    return v
+
+
+def invoice_rows(inv: Invoice) -> list[dict[str, Any]]:
+    return [{"tenant": inv.tenant, "group": line.group, "resource": line.resource,
+             "quantity": line.quantity, "unit": line.unit, "unit_price": line.unit_price,
+             "amount": line.amount, "currency": inv.currency,
+             "charge_start": line.charge_start, "charge_end": line.charge_end}
+            for line in inv.lines]
+
+
+def focus_rows(inv: Invoice) -> list[dict[str, Any]]:
+    rows = []
+    for line in inv.lines:
+        rows.append({
+            "BilledCost": line.amount, "EffectiveCost": line.amount, "ListCost": line.amount,
+            "ListUnitPrice": line.unit_price,
+            "ConsumedQuantity": line.quantity, "ConsumedUnit": line.unit,
+            "PricingQuantity": line.quantity, "PricingUnit": line.unit,
+            "ChargePeriodStart": line.charge_start, "ChargePeriodEnd": line.charge_end,
+            "BillingPeriodStart": inv.start, "BillingPeriodEnd": inv.end,
+            "BillingCurrency": inv.currency, "ChargeCategory": "Usage",
+            "ChargeDescription": f"{line.resource} of {line.path} ({inv.plan}, "
+                                 f"memory basis {inv.memory_basis})" if line.resource == "memory"
+                                 else f"{line.resource} of {line.path} ({inv.plan})",
+            "ResourceId": f"governor:{line.path}", "ResourceName": line.path,
+            "ServiceName": "governor", "ServiceCategory": "Compute",
+            "SkuId": f"{inv.plan}/{line.resource}/v{line.price_version}",
+            "ProviderName": "governor", "PublisherName": "governor",
+            "InvoiceIssuerName": "governor", "SubAccountId": inv.tenant,
+            "Tags": json.dumps({"tenant": inv.tenant, "group": line.group}, sort_keys=True),
+        })
+    return rows
+
+
+def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO) -> None:
+    w = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _plain(v) for k, v in r.items()})
+
+
+def render_invoices(invoices: Sequence[Invoice], fmt: str, out: TextIO) -> None:
+    if fmt == "csv":
+        _csv([r for inv in invoices for r in invoice_rows(inv)], _LINE_FIELDS, out)
+    elif fmt == "focus":
+        _csv([r for inv in invoices for r in focus_rows(inv)], FOCUS_COLUMNS, out)
+    elif fmt == "json":
+        doc = [{"tenant": inv.tenant, "plan": inv.plan, "currency": inv.currency,
+                "memory_basis": inv.memory_basis, "start": _iso(inv.start),
+                "end": _iso(inv.end), "total": str(inv.total),
+                "lines": [{k: _plain(v) for k, v in r.items()} for r in invoice_rows(inv)]}
+               for inv in invoices]
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    elif fmt == "table":
+        console = Console(file=out, width=120 if not out.isatty() else None)
+        for inv in invoices:
+            t = Table(title=f"{inv.tenant}: {_iso(inv.start)} to {_iso(inv.end)} "
+                            f"(plan {inv.plan}, {inv.currency})")
+            for col, justify in (("group", "left"), ("resource", "left"),
+                                 ("quantity", "right"), ("unit", "left"),
+                                 ("unit price", "right"), ("amount", "right")):
+                t.add_column(col, justify=justify)  # type: ignore[arg-type]
+            for line in inv.lines:
+                t.add_row(line.group, line.resource, str(line.quantity.normalize()),
+                          line.unit, str(line.unit_price), str(line.amount))
+            if not inv.lines:
+                t.add_row("(no usage in this period)", "", "", "", "", "")
+            t.add_section()
+            t.add_row("total", "", "", "", "", f"{inv.total} {inv.currency}")
+            console.print(t)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_usage(report: UsageReport, fmt: str, out: TextIO) -> None:
+    columns = (report.by, "tenant", "cpu_core_hours", "memory_gib_hours", "io_read_gib",
+               "io_write_gib", "oom_kills")
+    rows = [{report.by: r.key, "tenant": r.tenant, "cpu_core_hours": r.cpu_core_hours,
+             "memory_gib_hours": r.memory_gib_hours, "io_read_gib": r.io_read_gib,
+             "io_write_gib": r.io_write_gib, "oom_kills": r.oom_kills} for r in report.rows]
+    if fmt in ("csv", "focus"):
+        if fmt == "focus":
+            raise ValueError("the focus format is for bills (it needs prices): use csv or json")
+        _csv(rows, columns, out)
+    elif fmt == "json":
+        json.dump({"by": report.by, "start": _iso(report.start), "end": _iso(report.end),
+                   "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]}, out, indent=2)
+        out.write("\n")
+    elif fmt == "table":
+        console = Console(file=out, width=120 if not out.isatty() else None)
+        t = Table(title=f"usage by {report.by}: {_iso(report.start)} to {_iso(report.end)}")
+        for c in columns:
+            t.add_column(c, justify="left" if c in (report.by, "tenant") else "right")
+        for r in rows:
+            t.add_row(*(str(_plain(r[c])) for c in columns))
+        if not rows:
+            t.add_row("(no usage in this period)", *[""] * (len(columns) - 1))
+        console.print(t)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_to_string(invoices: Sequence[Invoice], fmt: str) -> str:
+    buf = io.StringIO()
+    render_invoices(invoices, fmt, buf)
+    return buf.getvalue()

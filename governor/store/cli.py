@@ -1,0 +1,60 @@
+"""``governor db upgrade`` and ``governor db current``.
+
+The lead's ``governor/cli.py`` adds :data:`db_group` and provides ``ctx.obj.database_url``;
+the work is in :func:`run_db_upgrade` and :func:`run_db_current`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from governor.store.db import current_revision, head_revision, make_engine, upgrade
+
+
+def run_db_upgrade(database_url: str) -> tuple[str | None, str | None]:
+    """Migrate to the newest schema; returns ``(revision before, revision after)``."""
+    engine = make_engine(database_url)
+    try:
+        before = current_revision(engine)
+        after = upgrade(engine)
+        return before, after
+    finally:
+        engine.dispose()
+
+
+def run_db_current(database_url: str) -> tuple[str | None, str]:
+    """``(revision of the database or None, revision this governor needs)``."""
+    engine = make_engine(database_url)
+    try:
+        return current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+
+
+@click.group("db")
+def db_group() -> None:
+    """The metering database: schema migrations."""
+
+
+@db_group.command("upgrade")
+@click.pass_obj
+def upgrade_command(obj: Any) -> None:
+    """Create or migrate the database schema to this governor's version."""
+    before, after = run_db_upgrade(obj.database_url)
+    if before == after:
+        click.echo(f"database schema already at {after}")
+    else:
+        click.echo(f"database schema upgraded from {before or 'nothing'} to {after}")
+
+
+@db_group.command("current")
+@click.pass_obj
+def current_command(obj: Any) -> None:
+    """Show the database's schema revision and the one this governor needs."""
+    current, head = run_db_current(obj.database_url)
+    state = "up to date" if current == head else "needs `governor db upgrade`"
+    click.echo(f"database schema at {current or 'nothing'}, governor needs {head}: {state}")
+    if current != head:
+        raise SystemExit(1)
