@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from governor.metering.sample import GroupSample
 from governor.store.db import make_engine, normalize_url, session_factory, upgrade
 
 PG_ENV = "GOVERNOR_TEST_PG_URL"
@@ -67,3 +69,26 @@ def session(engine: Engine) -> Iterator[Session]:
     """A session on ``engine``; tests commit when they need to."""
     with session_factory(engine)() as s:
         yield s
+
+
+def make_sample(*, node: str = "n1", tenant: str = "acme", group: str | None = "web",
+                cgroup_id: int = 100, wall: datetime, mono: float | None = None,
+                cpu: int = 0, mem: int = 0, rbytes: int = 0, wbytes: int = 0,
+                oom_kill: int = 0, created: datetime | None = None) -> GroupSample:
+    """A sample with the counters tests care about (user/system split 3:1)."""
+    return GroupSample(
+        node=node, tenant=tenant, group=group, cgroup_id=cgroup_id, wall=wall,
+        monotonic=mono if mono is not None else wall.timestamp(),
+        cpu_usage_usec=cpu, cpu_user_usec=cpu * 3 // 4, cpu_system_usec=cpu - cpu * 3 // 4,
+        cpu_nr_periods=0, cpu_nr_throttled=0, cpu_throttled_usec=0,
+        memory_current=mem, memory_peak=mem, memory_swap_current=0,
+        memory_events_low=0, memory_events_high=0, memory_events_max=0,
+        memory_events_oom=oom_kill, memory_events_oom_kill=oom_kill,
+        memory_events_oom_group_kill=0,
+        memory_stat_anon=mem, memory_stat_file=0, memory_stat_kernel=0, memory_stat_sock=0,
+        memory_stat_shmem=0, pids_current=1,
+        io={"8:0": {"rbytes": rbytes, "wbytes": wbytes, "rios": rbytes // 4096,
+                    "wios": wbytes // 4096, "dbytes": 0}} if rbytes or wbytes else {},
+        psi={"cpu_some": cpu // 10, "memory_some": 0, "io_some": 0},
+        created=created,
+    )

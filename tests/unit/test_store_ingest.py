@@ -1,0 +1,117 @@
+"""Ingest, idempotency, metering with restart pairing, retention; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from governor.store.models import Gap, Group, HourlyRollup, IntervalUsageRow, Sample, SampleIo
+from governor.store.service import apply_retention, meter, record_gap, record_samples
+from governor.store.testing import db_url, engine, make_sample, session  # noqa: F401
+
+T0 = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+GIB = 1 << 30
+CORE_HOUR = 3_600_000_000
+
+
+def _ticks(n, *, every=timedelta(minutes=10), start=T0, cgroup_id=100, group="web",
+           node="n1", cpu_per_tick=CORE_HOUR // 6, created=None):
+    return [make_sample(node=node, group=group, cgroup_id=cgroup_id, wall=start + i * every,
+                        cpu=i * cpu_per_tick, mem=GIB, rbytes=i * 4096, wbytes=i * 8192,
+                        created=created)
+            for i in range(n)]
+
+
+def _count(session, model):
+    return session.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def _sum(session, col):
+    return session.execute(select(func.coalesce(func.sum(col), 0))).scalar_one()
+
+
+def test_replayed_batch_is_not_doubled(session):  # noqa: F811
+    batch = _ticks(7)
+    assert record_samples(session=session, node="n1", samples=batch) == 7
+    session.commit()
+    record_samples(session=session, node="n1", samples=batch)  # replay after a "crash"
+    session.commit()
+    assert _count(session, Sample) == 7
+    assert _count(session, SampleIo) == 6  # the first tick has no io yet
+    assert _count(session, Group) == 1
+
+
+def test_meter_pairs_and_rolls_up_exactly(session):  # noqa: F811
+    record_samples(session=session, node="n1", samples=_ticks(19))  # 00:00 .. 03:00
+    r = meter(session=session, node="n1")
+    session.commit()
+    assert (r.samples, r.intervals, r.skipped) == (19, 18, 1)  # first: unknown birth
+    assert _sum(session, HourlyRollup.cpu_usec) == 3 * CORE_HOUR
+    assert _sum(session, HourlyRollup.memory_byte_seconds) == 3 * 3600 * GIB
+    assert _sum(session, HourlyRollup.io_rbytes) == 18 * 4096
+    assert _count(session, HourlyRollup) == 3
+    # running again finds nothing new and changes nothing
+    again = meter(session=session, node="n1")
+    session.commit()
+    assert again.intervals == 0
+    assert _sum(session, HourlyRollup.cpu_usec) == 3 * CORE_HOUR
+
+
+def test_restart_pairs_with_last_stored_sample_once(session):  # noqa: F811
+    ticks = _ticks(19)
+    record_samples(session=session, node="n1", samples=ticks[:7])  # until 01:00
+    meter(session=session, node="n1")
+    session.commit()
+    # daemon down from 01:00 to 02:30; the first sample after the restart pairs with 01:00
+    record_samples(session=session, node="n1", samples=ticks[15:])
+    meter(session=session, node="n1")
+    session.commit()
+    assert _sum(session, IntervalUsageRow.cpu_usec) == 3 * CORE_HOUR
+    assert _sum(session, HourlyRollup.cpu_usec) == 3 * CORE_HOUR
+    long = session.execute(select(IntervalUsageRow).where(
+        IntervalUsageRow.start_ts == T0 + timedelta(hours=1))).scalar_one()
+    assert long.end_ts == T0 + timedelta(hours=2, minutes=30)
+
+
+def test_new_incarnation_with_known_birth_counts_from_zero(session):  # noqa: F811
+    old = _ticks(4)  # 00:00..00:30, cgroup 100
+    born = T0 + timedelta(minutes=35)
+    new = [make_sample(cgroup_id=200, wall=T0 + timedelta(minutes=40), cpu=1_000, mem=0,
+                       created=born),
+           make_sample(cgroup_id=200, wall=T0 + timedelta(minutes=50), cpu=5_000, mem=0,
+                       created=born)]
+    record_samples(session=session, node="n1", samples=old + new)
+    meter(session=session, node="n1")
+    session.commit()
+    assert _count(session, Group) == 2
+    assert _sum(session, HourlyRollup.cpu_usec) == 3 * (CORE_HOUR // 6) + 5_000
+
+
+def test_retention_drops_old_raw_data_but_keeps_anchor_and_rollups(session):  # noqa: F811
+    record_samples(session=session, node="n1", samples=_ticks(19))
+    meter(session=session, node="n1")
+    session.commit()
+    before = _sum(session, HourlyRollup.cpu_usec)
+    res = apply_retention(session=session, before=T0 + timedelta(days=30))
+    session.commit()
+    assert res.samples == 18  # all but the anchor (the last metered sample)
+    assert _count(session, Sample) == 1
+    assert _count(session, IntervalUsageRow) == 0
+    assert _sum(session, HourlyRollup.cpu_usec) == before
+
+
+def test_retention_keeps_unmetered_samples(session):  # noqa: F811
+    record_samples(session=session, node="n1", samples=_ticks(5))
+    session.commit()
+    res = apply_retention(session=session, before=T0 + timedelta(days=30))
+    assert res.samples == 0 and _count(session, Sample) == 5
+
+
+def test_gap_recorded_once(session):  # noqa: F811
+    for _ in range(2):
+        record_gap(session=session, node="n1", from_ts=T0, to_ts=T0 + timedelta(hours=1),
+                   reason="spool full", rows_lost=42)
+    session.commit()
+    gap = session.execute(select(Gap)).scalar_one()
+    assert gap.rows_lost == 42 and gap.from_ts == T0
