@@ -33,14 +33,14 @@ def _policy(*versions, basis="usage", currency="EUR", plan="std"):
                   sources=("test",), digest="x")
 
 
-def _meter(session, *, node="n1", group="web", hours=3, cores=1, mem=GIB):
+def _meter(db, *, node="n1", group="web", hours=3, cores=1, mem=GIB):
     ticks = [make_sample(node=node, group=group, wall=T0 + i * timedelta(minutes=10),
                          cpu=i * cores * CORE_HOUR // 6, mem=mem, rbytes=i * GIB // 6,
                          wbytes=i * GIB // 3)
              for i in range(hours * 6 + 1)]
-    record_samples(session=session, node=node, samples=ticks)
-    meter(session=session, node=node)
-    session.commit()
+    record_samples(session=db, node=node, samples=ticks)
+    meter(session=db, node=node)
+    db.commit()
 
 
 def _line(inv, resource, group="web"):

@@ -101,7 +101,7 @@ def test_samples_of_different_groups_refused():
 
 def test_naive_wall_time_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
-        make_sample(wall=datetime(2026, 11, 1, 10, 0))  # noqa: DTZ001
+        make_sample(wall=datetime(2026, 11, 1, 10, 0))
 
 
 @given(st.integers(min_value=0, max_value=10**18),

@@ -23,12 +23,12 @@ def _ticks(n, *, every=timedelta(minutes=10), start=T0, cgroup_id=100, group="we
             for i in range(n)]
 
 
-def _count(session, model):
-    return session.execute(select(func.count()).select_from(model)).scalar_one()
+def _count(db, model):
+    return db.execute(select(func.count()).select_from(model)).scalar_one()
 
 
-def _sum(session, col):
-    return session.execute(select(func.coalesce(func.sum(col), 0))).scalar_one()
+def _sum(db, col):
+    return db.execute(select(func.coalesce(func.sum(col), 0))).scalar_one()
 
 
 def test_replayed_batch_is_not_doubled(session):  # noqa: F811

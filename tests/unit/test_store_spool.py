@@ -55,11 +55,11 @@ def test_unreachable_database_spools_then_drains_in_order(engine, db_url, tmp_pa
 def test_full_spool_records_a_gap_never_silent(engine, db_url, tmp_path):  # noqa: F811
     current = {"engine": _broken_engine(db_url, tmp_path)}
     spool = Spool(tmp_path / "journal.jsonl", max_samples=6)
-    writer = SpoolingWriter(spool=spool, session_scope=lambda: scope_factory(current["engine"])())
+    writer = SpoolingWriter(spool=spool, session_scope=lambda: scope_factory(current["engine"])())  # noqa: PLW0108
     results = [writer.submit("n1", _batch(i)) for i in range(4)]
     assert results == ["spooled", "spooled", "gap", "gap"]
     current["engine"] = engine
-    assert spool.drain(lambda: scope_factory(engine)()) == 4
+    assert spool.drain(scope_factory(engine)) == 4
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Sample)).scalar_one() == 6
         gaps = conn.execute(select(Gap.from_ts, Gap.to_ts, Gap.rows_lost)
