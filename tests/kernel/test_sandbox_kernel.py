@@ -53,6 +53,7 @@ def test_scratch_subtree_teardown_kills_and_removes(cgroup2_mount: Path) -> None
     top = cgroup2_mount / "gtest-teardown"
     child = top / "a" / "b"
     (top / "a").mkdir(parents=True)
+    (top / "cgroup.subtree_control").write_text("+pids")
     (top / "a" / "cgroup.subtree_control").write_text("+pids")
     child.mkdir()
     proc = subprocess.Popen(
