@@ -91,6 +91,7 @@ def _register() -> None:
         ("governor.sandbox.cli", "sandbox"),
         ("governor.policy.cli", "policy"),
         ("governor.enforce.cli", "register"),
+        ("governor.enforce.cli", "register_run"),
         ("governor.store.cli", "db"),
         ("governor.billing.cli", "register"),
     ):

@@ -115,3 +115,24 @@ def register(main: click.Group) -> None:
                        f"writes ok, {len(failed)} failed; {where}.")
         if failed:
             sys.exit(1)
+
+
+def register_run(main: click.Group) -> None:
+    from governor.cli import config_options
+
+    @main.command("run")
+    @config_options
+    @click.option("--reconcile-interval", metavar="DURATION",
+                  help="override enforce.reconcile_interval (e.g. 5s)")
+    def run_cmd(cfg: Callable[[], Config], reconcile_interval: str | None) -> None:
+        """Run the governor: apply the policy, keep it enforced, reload on change/SIGHUP."""
+        from governor.config import parse_duration
+        from governor.daemon import Daemon
+        from governor.log import setup_logging
+
+        c = cfg()
+        if reconcile_interval:
+            c.reconcile_interval = parse_duration(reconcile_interval,
+                                                  key="--reconcile-interval", file=None)
+        setup_logging(c.log_format, c.log_level)
+        sys.exit(Daemon(c).run())
