@@ -51,6 +51,9 @@ class LineIndex:
 
     def __init__(self, text: str) -> None:
         self._lines: dict[str, list[int]] = defaultdict(list)
+        # array-of-tables path -> index of its latest item (O(1) lookups: policies with
+        # thousands of groups must not make this quadratic)
+        self._array_last: dict[str, int] = {}
         counters: dict[str, int] = defaultdict(int)
         table: list[str | int] = []
         in_multiline: str | None = None
@@ -66,6 +69,7 @@ class LineIndex:
                 if header.group(1) == "[[":
                     base = path_key(table)
                     table.append(counters[base])
+                    self._array_last[base] = counters[base]
                     counters[base] += 1
                 self._lines[path_key(table)].append(number)
                 continue
@@ -91,13 +95,7 @@ class LineIndex:
         return out
 
     def _last_index(self, prefix: str) -> int | None:
-        best: int | None = None
-        pattern = re.compile(re.escape(prefix) + r"\[(\d+)\]\Z")
-        for key in self._lines:
-            m = pattern.match(key)
-            if m:
-                best = max(best or 0, int(m.group(1)))
-        return best
+        return self._array_last.get(prefix)
 
     def find(self, path: Sequence[str | int]) -> int | None:
         """The line of ``path`` (or of its nearest parent found), when unambiguous."""
