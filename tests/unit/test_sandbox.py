@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import shlex
 import shutil
 import stat
 import struct
@@ -35,6 +36,7 @@ from governor.sandbox.vm import (
     SandboxNotReady,
     _initramfs_digest,
     command_script,
+    default_cache_dir,
     exec_,
     guest_config,
     qemu_argv,
@@ -464,3 +466,86 @@ def test_a_skipped_kernel_test_fails_in_the_sandbox_under_ci(tmp_path: Path) -> 
     r = _run_pytest(tmp_path, {"GOVERNOR_SANDBOX": "1"})
     assert r.returncode == 0, r.stdout
     assert "1 passed, 1 skipped" in r.stdout
+
+
+# --------------------------------------------------------------------------- a real boot
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(
+    not Cache(default_cache_dir()).ready() or shutil.which("qemu-system-x86_64") is None,
+    reason="the sandbox is not set up here: run `governor sandbox setup`",
+)
+@pytest.mark.skipif(os.environ.get("GOVERNOR_SANDBOX") == "1", reason="no VM inside the VM")
+def test_exec_boots_relays_output_and_returns_the_exit_code(tmp_path: Path) -> None:
+    """One real boot (about 5 s): exit code, both streams, env, cwd, rw share, port."""
+    import io
+    import threading
+    import urllib.request
+
+    shared = tmp_path / "shared dir"
+    shared.mkdir()
+    port = _free_port()
+    guest_py = (
+        "import http.server, os, socketserver, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'guest-ok')\n"
+        "    def log_message(self, *a): pass\n"
+        "srv = socketserver.TCPServer(('0.0.0.0', 9100), H)\n"
+        "open(os.path.join(sys.argv[1], 'listening'), 'w').close()\n"
+        "srv.timeout = 60; srv.handle_request()\n"
+    )
+    script = (
+        'echo "out:$GOVERNOR_SANDBOX:$FOO:$PWD"; echo "err:$(hostname)" >&2; '
+        f'echo written > "$1/from-guest"; {shlex.quote(sys.executable)} -c "$2" "$1"; exit 42'
+    )
+    out, err = io.BytesIO(), io.BytesIO()
+    fetched: list[bytes] = []
+
+    def fetch() -> None:
+        for _ in range(600):
+            if (shared / "listening").exists():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+                    fetched.append(r.read())
+                return
+            threading.Event().wait(0.1)
+
+    client = threading.Thread(target=fetch, daemon=True)
+    client.start()
+    rc = exec_(
+        ["bash", "-c", script, "sh", str(shared), guest_py],
+        rwdirs=[shared],
+        env={"FOO": "b a r"},
+        cwd=tmp_path,
+        mem_mb=512,
+        disk_mb=0,
+        timeout=300,
+        port_forwards=[(port, 9100)],
+        stdout=out,
+        stderr=err,
+    )
+    client.join(timeout=30)
+    assert rc == 42, err.getvalue().decode()
+    assert out.getvalue().decode() == f"out:1:b a r:{tmp_path}\n"
+    assert err.getvalue().decode() == "err:governor-sandbox\n"
+    assert (shared / "from-guest").read_text() == "written\n"
+    assert fetched == [b"guest-ok"]
+
+
+def test_port_forward_option_parsing() -> None:
+    import click
+
+    from governor.sandbox.cli import _port_forward
+
+    assert _port_forward("18000:9100") == (18000, 9100)
+    assert _port_forward("9100") == (9100, 9100)
+    with pytest.raises(click.BadParameter):
+        _port_forward("a:b")
