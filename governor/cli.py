@@ -94,6 +94,7 @@ def _register() -> None:
         ("governor.enforce.cli", "register_run"),
         ("governor.store.cli", "db"),
         ("governor.billing.cli", "register"),
+        ("governor.placement.cli", "register"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -86,6 +86,9 @@ class Config:
     # [enforce]
     reconcile_interval: float = 30.0
     iocost_devices: tuple[str, ...] = ()
+    # [placement]
+    rescan_interval: float = 30.0
+    exclude_cgroups: tuple[str, ...] = ("/init.scope", "/system.slice/*", "/user.slice/*")
     # [exporter]
     listen: str = "127.0.0.1:9717"
     tls_cert: str | None = None
@@ -146,6 +149,15 @@ def _str_list(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _cgroup_globs(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
+    globs = _str_list(v, key=key, file=file)
+    for g in globs:
+        if not g.startswith("/"):
+            raise ConfigError(f"{g!r}: a cgroup glob is an absolute cgroup path as in "
+                              "/proc/PID/cgroup, e.g. \"/system.slice/*\"", file=file, key=key)
+    return globs
+
+
 def _duration(v: object, *, key: str, file: str | None) -> float:
     return parse_duration(v, key=key, file=file)
 
@@ -180,6 +192,10 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
     "enforce": {
         "reconcile_interval": ("reconcile_interval", _duration),
         "iocost_devices": ("iocost_devices", _str_list),
+    },
+    "placement": {
+        "rescan_interval": ("rescan_interval", _duration),
+        "exclude_cgroups": ("exclude_cgroups", _cgroup_globs),
     },
     "exporter": {
         "listen": ("listen", _listen),

@@ -154,6 +154,25 @@ def _policy_check(cfg: Config) -> Check:
     return Check("policy", True, f"{p}: {len(pol.tenants)} tenants, {ngroups} groups")
 
 
+def _connector_check(cfg: Config) -> Check:
+    """Read-only probe of the netlink process connector (opens and binds a socket, never
+    subscribes): without it placement still works, by rescans alone."""
+    from governor.placement.netlink import probe
+
+    ok, detail = probe()
+    every = f"{cfg.rescan_interval:g}s"
+    if ok:
+        return Check("process connector", True,
+                     f"{detail}: placement is event-driven (within milliseconds), with a "
+                     f"rescan every {every}", required=False)
+    return Check("process connector", False,
+                 f"{detail}: placement falls back to rescanning /proc every {every}, so a new "
+                 "process may run up to that long outside its group",
+                 "run the daemon as root in the initial pid namespace, on a kernel with "
+                 "CONFIG_PROC_EVENTS; or shorten [placement] rescan_interval",
+                 required=False)
+
+
 def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[Check]:
     checks: list[Check] = []
     c, root = _cgroup_root(cfg, mountinfo)
@@ -165,6 +184,7 @@ def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[
                         "" if os.geteuid() == 0 else
                         "fine for a delegated subtree; root is needed for oom_score_adj and "
                         "the process connector", required=False))
+    checks.append(_connector_check(cfg))
     checks.append(_database_check(cfg))
     checks.append(_policy_check(cfg))
     if root is None:

@@ -66,7 +66,7 @@ _LEAF_TABLES: Final = frozenset({"io.max", "oom.pressure"})
 _IO_MAX_KEYS: Final = ("rbps", "wbps", "riops", "wiops")
 _OOM_ACTIONS: Final = ("log", "alert", "restart")
 _MATCH_FIELDS: Final = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup",
-                        "container")
+                        "container", "on_exec")
 _PRICE_FIELDS: Final = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib",
                         "oom_kill")
 _PLAN_KEYS: Final = ("currency", *_PRICE_FIELDS, "memory_basis", "prices")
@@ -577,6 +577,10 @@ def _match_rule(ctx: _Ctx, path: KeyPath, raw: object) -> MatchRule | None:
                     raise _Bad(f"{show(value)} is not a valid regular expression: {exc}")\
                         from None
                 values[key] = pattern
+            elif key == "on_exec":
+                if not isinstance(value, bool):
+                    raise _Bad(f"{show(value)} is not true or false")
+                values[key] = value
             else:
                 values[key] = _container(value)
         except _Bad as exc:
@@ -584,7 +588,7 @@ def _match_rule(ctx: _Ctx, path: KeyPath, raw: object) -> MatchRule | None:
             ok = False
     if not ok:
         return None
-    if not values:
+    if not set(values) - {"on_exec"}:
         ctx.add(path, raw, "an empty match rule would match every process; give a field")
         return None
     return MatchRule(**values)  # type: ignore[arg-type]

@@ -119,12 +119,14 @@ class ContainerMatch:
 
 @dataclass(frozen=True, slots=True)
 class MatchRule:
-    """A placement rule (reserved: validated now, used by the placement issue).
+    """A placement rule (used by :mod:`governor.placement`; see docs/placement.md).
 
     A process matches when every field that is set matches: ``exe``, ``comm`` and ``cgroup``
-    are shell globs, ``cmdline`` a Python regex (searched in the NUL-joined command line),
-    ``container`` True/False for "in any container"/"on the host", or a
-    :class:`ContainerMatch`.
+    are shell globs, ``cmdline`` a Python regex (searched in the command line, arguments
+    joined by single spaces), ``container`` True/False for "in any container"/"on the host",
+    or a :class:`ContainerMatch`.  ``on_exec`` is not a condition: it lets the rule take a
+    process that already sits in another governed group when it calls exec (children are
+    otherwise sticky: they stay in their parent's group).
     """
 
     user: str | None = None
@@ -136,11 +138,15 @@ class MatchRule:
     cmdline: str | None = None
     cgroup: str | None = None
     container: bool | ContainerMatch | None = None
+    on_exec: bool = False
 
     def fields(self) -> dict[str, object]:
-        """The fields that are set."""
+        """The fields that are set (``on_exec`` only when true)."""
         names = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup", "container")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.on_exec:
+            out["on_exec"] = True
+        return out
 
 
 class PressureKey(enum.StrEnum):

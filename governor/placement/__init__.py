@@ -1,0 +1,8 @@
+"""Placement: process discovery (proc connector + rescan), match rules, moves, ``launch``.
+
+See docs/placement.md for the rules a user writes and the order they are applied in.
+"""
+
+from governor.placement.placer import DEFAULT_EXCLUDE, Counters, Placer
+
+__all__ = ["DEFAULT_EXCLUDE", "Counters", "Placer"]

@@ -1,0 +1,132 @@
+"""``governor launch`` and ``governor ps``."""
+
+from __future__ import annotations
+
+import pwd
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import click
+
+from governor.cgroupfs import tree
+from governor.cgroupfs.files import CgroupFS
+from governor.config import Config
+from governor.errors import GovernorError
+from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, pidns_of
+from governor.policy import Policy, load_policy
+
+
+@dataclass(frozen=True)
+class PsRow:
+    group: str
+    pid: int
+    user: str
+    command: str
+    pidns: int
+    container: bool
+    since: str  # ISO 8601 UTC start time
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def ps_rows(fs: CgroupFS, subtree: str, policy: Policy, *, tenant: str | None = None,
+            proc_root: str = "/proc") -> list[PsRow]:
+    """The processes of each managed group (groups of the policy, in policy order)."""
+    host_ns = pidns_of(proc_root, 1)
+    btime = boot_time(proc_root)
+    rows: list[PsRow] = []
+    for g in policy.groups():
+        if tenant is not None and g.tenant != tenant:
+            continue
+        rel = f"{subtree}/{g.path}"
+        if not fs.exists(rel):
+            continue
+        for pid in tree.procs(fs, rel):
+            p = Proc(proc_root, pid)
+            try:
+                st = p.stat()
+                ns = p.pidns()
+                cmd = p.cmdline() or f"[{st.comm}]"
+                user = _user(p.status().uid)
+            except ProcessGone:
+                continue
+            since = datetime.fromtimestamp(btime + st.starttime / CLK_TCK, UTC)
+            rows.append(PsRow(g.path, pid, user, cmd, ns, ns != host_ns,
+                              since.isoformat(timespec="seconds")))
+    return rows
+
+
+def register(main: click.Group) -> None:
+    from governor.cli import FORMAT, config_options, emit_json
+    from governor.enforce.cli import open_cgroup
+
+    @main.command(context_settings={"ignore_unknown_options": True,
+                                    "allow_interspersed_args": False})
+    @config_options
+    @click.option("--tenant", "-t", required=True, help="tenant of the group")
+    @click.option("--group", "-g", "group", required=True, help="group to run in")
+    @click.option("--unshare", metavar="NS[,NS...]",
+                  help="new namespaces: pid, mount, uts, ipc, net (pid implies mount)")
+    @click.option("--hostname", help="hostname inside the new uts namespace")
+    @click.option("--user", "-u", metavar="USER", help="run as this user (name or uid), "
+                  "with no_new_privs")
+    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+    def launch(*, cfg: Callable[[], Config], tenant: str, group: str, unshare: str | None,
+               hostname: str | None, user: str | None, command: tuple[str, ...]) -> None:
+        """Run COMMAND inside a group from its first instruction.
+
+        \b
+        governor launch --tenant acme --group web --unshare pid,mount,uts,net -- CMD ARGS
+        Exit: the command's code; 128+N if signal N killed it; 125 governor could not
+        launch it; 126 not executable; 127 not found; 2 usage.
+        """
+        from governor.placement.launch import LaunchError
+        from governor.placement.launch import launch as run
+
+        try:
+            c = cfg()
+            pol = load_policy([c.policy])
+        except GovernorError as e:
+            raise LaunchError(str(e)) from e
+        t = pol.tenants.get(tenant)
+        if t is None or group not in t.groups:
+            known = ", ".join(g.path for g in pol.groups()) or "none"
+            raise LaunchError(f"no group {tenant}/{group} in the policy {c.policy} "
+                              f"(groups: {known})")
+        try:
+            fs = open_cgroup(c)
+        except GovernorError as e:
+            raise LaunchError(str(e)) from e
+        with fs:
+            code = run(fs, f"{c.subtree}/{tenant}/{group}", list(command), unshare=unshare,
+                       hostname=hostname, user=user)
+        sys.exit(code)
+
+    @main.command()
+    @config_options
+    @click.option("--tenant", "-t", help="only this tenant's groups")
+    @FORMAT
+    def ps(cfg: Callable[[], Config], tenant: str | None, fmt: str) -> None:
+        """List the processes of each managed group."""
+        c = cfg()
+        pol = load_policy([c.policy])
+        if tenant is not None and tenant not in pol.tenants:
+            raise click.BadParameter(f"no tenant {tenant!r} in the policy", param_hint="--tenant")
+        with open_cgroup(c) as fs:
+            rows = ps_rows(fs, c.subtree, pol, tenant=tenant)
+        if fmt == "json":
+            emit_json({"processes": [asdict(r) for r in rows]})
+            return
+        head = f"{'GROUP':<24} {'PID':>7} {'USER':<10} {'PIDNS':<16} {'SINCE':<25} COMMAND"
+        click.echo(head)
+        for r in rows:
+            ns = f"{r.pidns}" + ("" if r.container else " host")
+            click.echo(f"{r.group:<24} {r.pid:>7} {r.user:<10} {ns:<16} {r.since:<25} "
+                       f"{r.command}")

@@ -1,0 +1,256 @@
+"""``governor launch``: run a command inside a group from its first instruction, optionally
+as a minimal container (new pid, mount, uts, ipc, net namespaces) and as another user.
+
+Sequence in the forked child, before exec: join the group (its own pid written to the
+group's ``cgroup.procs`` through the cgroupfs choke point, so no instant of the command
+runs outside) -> unshare(2) the namespaces -> mount propagation made private, hostname,
+loopback up -> with a new pid namespace, fork once more so the command is pid 1 and mount
+a fresh ``/proc`` -> drop to the user (setgroups, setgid, setuid, then
+``PR_SET_NO_NEW_PRIVS``) -> execvpe.  A failure on the way is sent to the parent through a
+close-on-exec pipe (EOF means exec succeeded), as subprocess does.
+
+Exit codes follow env(1) and ``docker run``: the command's own code; 128+N when signal N
+killed it; 125 when governor could not launch it (missing group, bad user, no permission
+for a namespace); 126 when the command was found but cannot be executed; 127 when it was not
+found.  Usage errors (a missing option) exit 2, as every governor command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import pwd
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Final
+
+from governor.cgroupfs import tree
+from governor.cgroupfs.files import CgroupFS
+from governor.errors import CgroupError, GovernorError
+
+EXIT_LAUNCH_FAILED: Final = 125
+EXIT_NOT_EXECUTABLE: Final = 126
+EXIT_NOT_FOUND: Final = 127
+
+# sched.h
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWUTS: Final = 0x04000000
+CLONE_NEWIPC: Final = 0x08000000
+CLONE_NEWNET: Final = 0x40000000
+CLONE_NEWPID: Final = 0x20000000
+NAMESPACES: Final = {"pid": CLONE_NEWPID, "mount": CLONE_NEWNS, "uts": CLONE_NEWUTS,
+                     "ipc": CLONE_NEWIPC, "net": CLONE_NEWNET}
+# mount.h
+MS_NOSUID: Final = 2
+MS_NODEV: Final = 4
+MS_NOEXEC: Final = 8
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 1 << 18
+PR_SET_NO_NEW_PRIVS: Final = 38
+# sockios.h / if.h
+SIOCGIFFLAGS: Final = 0x8913
+SIOCSIFFLAGS: Final = 0x8914
+IFF_UP: Final = 0x1
+FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+class LaunchError(GovernorError):
+    """governor itself could not start the command (exit 125)."""
+
+    exit_code = EXIT_LAUNCH_FAILED
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+def resolve_user(spec: str) -> User:
+    """A user name or a numeric uid -> its ids and supplementary groups."""
+    try:
+        pw = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+    except (KeyError, OverflowError):
+        raise LaunchError(f"no such user {spec!r}") from None
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid,
+                tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)), pw.pw_dir)
+
+
+def parse_unshare(spec: str | None) -> int:
+    """``"pid,mount,net"`` -> CLONE_* flags; a new pid namespace brings a mount namespace
+    (its fresh ``/proc`` must not cover the host's)."""
+    flags = 0
+    for name in filter(None, (x.strip() for x in (spec or "").split(","))):
+        if name not in NAMESPACES:
+            raise LaunchError(f"unknown namespace {name!r}; use "
+                              f"{', '.join(NAMESPACES)}")
+        flags |= NAMESPACES[name]
+    if flags & CLONE_NEWPID:
+        flags |= CLONE_NEWNS
+    return flags
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def loopback_up() -> None:
+    """``ip link set lo up`` through SIOCSIFFLAGS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def wait_status(status: int) -> int:
+    """A wait status -> an exit code (128+N for signal N)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _forward_to(pid: int) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return wait_status(status)
+        except ChildProcessError:
+            return EXIT_LAUNCH_FAILED
+        except InterruptedError:
+            continue
+
+
+def _fail(wfd: int, stage: str, err: int, detail: str) -> None:
+    """In the child: report a failure to the parent and leave."""
+    try:
+        os.write(wfd, f"{stage}\0{err}\0{detail}".encode("utf-8", "replace"))
+    finally:
+        code = EXIT_LAUNCH_FAILED
+        if stage == "exec":
+            code = EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
+        os._exit(code)
+
+
+def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None,
+           user: User | None, argv: Sequence[str], env: dict[str, str]) -> None:
+    """Runs in the forked child; never returns."""
+    stage = "cgroup"
+    try:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        tree.move(fs, rel, os.getpid())  # join the group: everything after runs inside
+        if flags:
+            stage = "unshare"
+            _check(_libc.unshare(flags), "unshare")
+        if flags & CLONE_NEWNS:
+            stage = "mount"
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None),
+                   "make / private")
+        if flags & CLONE_NEWUTS and hostname:
+            stage = "hostname"
+            name = hostname.encode()
+            _check(_libc.sethostname(name, len(name)), "sethostname")
+        if flags & CLONE_NEWNET:
+            stage = "loopback"
+            loopback_up()
+        if flags & CLONE_NEWPID:
+            # unshare(CLONE_NEWPID) applies to children: fork once more so the command is
+            # pid 1 of the new namespace; this process stays to wait and forward signals
+            pid = os.fork()
+            if pid:
+                os.close(wfd)
+                _forward_to(pid)
+                os._exit(_wait(pid))
+            stage = "proc"
+            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               None), "mount /proc")
+        if user is not None:
+            stage = "user"
+            os.setgroups(list(user.groups))
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        stage = "exec"
+        os.execvpe(argv[0], list(argv), env)  # noqa: S606 - running the user's command is the point
+    except CgroupError as e:
+        _fail(wfd, stage, e.errno, str(e))
+    except OSError as e:
+        _fail(wfd, stage, e.errno or 0, e.strerror or str(e))
+    except BaseException as e:  # never return into the parent's code in the child
+        _fail(wfd, stage, 0, repr(e))
+
+
+def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,
+           hostname: str | None = None, user: str | None = None,
+           env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` in group ``rel`` (relative to ``fs``); returns its exit code.
+
+    Raises :class:`LaunchError` for governor's own failures (exit 125); a command that is
+    not found or not executable is reported on stderr and returns 127 or 126.
+    """
+    if not argv:
+        raise LaunchError("no command given: governor launch ... -- CMD [ARGS...]")
+    flags = parse_unshare(unshare)
+    if hostname and not flags & CLONE_NEWUTS:
+        raise LaunchError("--hostname needs --unshare uts (it would rename the host)")
+    if not fs.exists(rel):
+        raise LaunchError(f"group {rel} does not exist in {fs.root}: run `governor policy "
+                          "apply` to create it")
+    who = resolve_user(user) if user is not None else None
+    environ = dict(os.environ if env is None else env)
+    if who is not None:
+        environ.update(USER=who.name, LOGNAME=who.name, HOME=who.home)
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        _child(wfd, fs=fs, rel=rel, flags=flags, hostname=hostname, user=who, argv=argv,
+               env=environ)
+    os.close(wfd)
+    _forward_to(pid)
+    try:
+        with os.fdopen(rfd, "rb") as r:
+            report = r.read()
+        code = _wait(pid)
+    finally:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+    if report:
+        stage, err_s, detail = report.decode("utf-8", "replace").split("\0", 2)
+        err = int(err_s)
+        if stage == "exec":
+            what = "command not found" if err == errno.ENOENT else "cannot execute"
+            print(f"governor: launch: {argv[0]}: {what}: {detail}", file=sys.stderr)
+            return EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
+        hint = ""
+        if err in (errno.EPERM, errno.EACCES):
+            hint = " (run as root: namespaces, mounts and other users need privileges)"
+        raise LaunchError(f"cannot launch {argv[0]!r} ({stage} step): {detail}{hint}")
+    return code

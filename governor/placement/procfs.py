@@ -1,0 +1,251 @@
+"""Reading what placement needs about a process from procfs (the root is injectable).
+
+Parsers are pure functions tested on real ``/proc`` contents; :class:`Proc` reads lazily
+(only the files a rule asks about) and caches per instance, so classifying one process
+costs a few small reads.  As in psutil's ``_pslinux.py``: ``/proc/PID/stat`` is split on
+the *last* ``)`` (a comm may hold spaces and parentheses), a vanished process
+(ENOENT/ESRCH on any read) becomes :class:`ProcessGone` at this one boundary, and bulk
+scans skip pids that vanish.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Final
+
+#: task flag of kernel threads (include/linux/sched.h PF_KTHREAD), /proc/PID/stat field 9
+PF_KTHREAD: Final = 0x00200000
+#: kthreadd: every kernel thread is it or its child
+KTHREADD_PID: Final = 2
+
+
+class ProcessGone(Exception):
+    """The process exited (or its pid was reused) while it was being read."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        super().__init__(f"process {pid} is gone")
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of ``/proc/PID/stat`` placement uses."""
+
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    starttime: int  # clock ticks after boot (field 22): with the pid, a process's identity
+
+    @property
+    def kthread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+
+def parse_stat(text: str) -> Stat:
+    """``/proc/PID/stat``: ``pid (comm) state ppid ... flags(9) ... starttime(22) ...``."""
+    open_, close = text.index("("), text.rindex(")")
+    rest = text[close + 2:].split()
+    # rest[0] is field 3 (state): field N is rest[N - 3]
+    return Stat(comm=text[open_ + 1:close], state=rest[0], ppid=int(rest[1]),
+                flags=int(rest[6]), starttime=int(rest[19]))
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The fields of ``/proc/PID/status`` placement uses."""
+
+    uid: int        # real uid (the first of Uid's four values), as cgrulesengd uses
+    euid: int
+    gid: int        # real gid
+    egid: int
+    nspid: tuple[int, ...]  # the pid in each pid namespace, outermost first
+
+
+def parse_status(text: str) -> Status:
+    uid = euid = gid = egid = -1
+    nspid: tuple[int, ...] = ()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Uid":
+            parts = value.split()
+            uid, euid = int(parts[0]), int(parts[1])
+        elif key == "Gid":
+            parts = value.split()
+            gid, egid = int(parts[0]), int(parts[1])
+        elif key == "NSpid":
+            nspid = tuple(int(x) for x in value.split())
+    return Status(uid, euid, gid, egid, nspid)
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path (the ``0::`` line) of ``/proc/PID/cgroup``; None when there is
+    none (a cgroup v1 only host)."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def parse_ns_link(target: str) -> int:
+    """``pid:[4026531836]`` (the target of ``/proc/PID/ns/pid``) -> 4026531836."""
+    start, end = target.index("["), target.rindex("]")
+    return int(target[start + 1:end])
+
+
+def parse_cmdline(data: bytes) -> str:
+    """The NUL-separated arguments joined by single spaces (what ``ps -o args`` shows).
+
+    A process that rewrote its argv into one NUL-less string (setproctitle) reads as is.
+    """
+    return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+
+
+def _gone(e: OSError) -> bool:
+    return e.errno in (errno.ENOENT, errno.ESRCH)
+
+
+class Proc:
+    """One process seen through ``root`` (``/proc`` or a fake tree), read lazily.
+
+    Every accessor raises :class:`ProcessGone` when the process vanished; ``exe`` is None
+    when the link cannot be read (kernel threads, permission), ``comm`` comes from
+    ``/proc/PID/comm``.
+    """
+
+    __slots__ = ("_cgroup", "_cmdline", "_comm", "_exe", "_pidns", "_stat", "_status",
+                 "base", "pid")
+
+    def __init__(self, root: str, pid: int) -> None:
+        self.pid = pid
+        self.base = f"{root}/{pid}"
+        self._stat: Stat | None = None
+        self._status: Status | None = None
+        self._cgroup: str | None = None
+        self._exe: str | None = None
+        self._comm: str | None = None
+        self._cmdline: str | None = None
+        self._pidns: int | None = None
+
+    def _read(self, name: str) -> bytes:
+        try:
+            fd = os.open(f"{self.base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if _gone(e):
+                raise ProcessGone(self.pid) from e
+            raise
+        try:
+            chunks = []
+            while True:
+                b = os.read(fd, 65536)
+                if not b:
+                    break
+                chunks.append(b)
+            return b"".join(chunks)
+        except OSError as e:
+            if _gone(e):
+                raise ProcessGone(self.pid) from e
+            raise
+        finally:
+            os.close(fd)
+
+    def stat(self) -> Stat:
+        if self._stat is None:
+            data = self._read("stat")
+            if not data:  # a zombie being reaped reads empty on some kernels
+                raise ProcessGone(self.pid)
+            self._stat = parse_stat(data.decode("utf-8", "surrogateescape"))
+        return self._stat
+
+    def fresh_starttime(self) -> int:
+        """The start time read again now (pid-reuse check just before a move)."""
+        return parse_stat(self._read("stat").decode("utf-8", "surrogateescape")).starttime
+
+    def status(self) -> Status:
+        if self._status is None:
+            self._status = parse_status(self._read("status").decode("utf-8",
+                                                                    "surrogateescape"))
+        return self._status
+
+    def cgroup(self) -> str:
+        """The cgroup v2 path, fresh each call (it is what moves change)."""
+        path = parse_cgroup(self._read("cgroup").decode("utf-8", "surrogateescape"))
+        self._cgroup = path if path is not None else ""
+        return self._cgroup
+
+    def cached_cgroup(self) -> str:
+        return self._cgroup if self._cgroup is not None else self.cgroup()
+
+    def exe(self) -> str | None:
+        if self._exe is None:
+            try:
+                self._exe = os.readlink(f"{self.base}/exe")
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    raise ProcessGone(self.pid) from e
+                if e.errno == errno.ENOENT and not os.path.exists(self.base):
+                    raise ProcessGone(self.pid) from e
+                self._exe = ""  # kernel thread, zombie or no permission: matches no glob
+        return self._exe or None
+
+    def comm(self) -> str:
+        if self._comm is None:
+            self._comm = self._read("comm").decode("utf-8", "surrogateescape").rstrip("\n")
+        return self._comm
+
+    def cmdline(self) -> str:
+        if self._cmdline is None:
+            self._cmdline = parse_cmdline(self._read("cmdline"))
+        return self._cmdline
+
+    def pidns(self) -> int:
+        if self._pidns is None:
+            try:
+                self._pidns = parse_ns_link(os.readlink(f"{self.base}/ns/pid"))
+            except OSError as e:
+                if _gone(e):
+                    raise ProcessGone(self.pid) from e
+                raise
+        return self._pidns
+
+    def children(self) -> list[int]:
+        """Child pids of every thread (``/proc/PID/task/TID/children``, Linux 4.2+)."""
+        out: list[int] = []
+        try:
+            tids = os.listdir(f"{self.base}/task")
+        except OSError as e:
+            if _gone(e):
+                return out
+            raise
+        for tid in tids:
+            try:
+                with open(f"{self.base}/task/{tid}/children", "rb") as f:
+                    out.extend(int(x) for x in f.read().split())
+            except OSError as e:
+                if not _gone(e):
+                    raise
+        return out
+
+
+def pids(root: str) -> list[int]:
+    """Every process (thread group leader) listed in ``root``, ascending."""
+    return sorted(int(n) for n in os.listdir(root) if n.isdigit())
+
+
+def pidns_of(root: str, pid: int | str) -> int:
+    """The pid namespace inode of ``root/PID`` (``"self"`` and ``1`` work too)."""
+    return parse_ns_link(os.readlink(f"{root}/{pid}/ns/pid"))
+
+
+def boot_time(root: str) -> float:
+    """Seconds since the epoch at boot (``btime`` of ``/proc/stat``)."""
+    with open(f"{root}/stat") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise ValueError(f"{root}/stat has no btime line")
+
+
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,506 @@
+"""Placement on a fake /proc (real kernel output, fields rewritten) and a fake cgroupfs:
+parsers, connector messages (bytes captured from a Linux 6.1 kernel), rule matching,
+order, stickiness, containers, exclusions and races the fake can show."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from governor.cgroupfs.files import CgroupFS
+from governor.config import load_config
+from governor.errors import ConfigError
+from governor.placement import netlink
+from governor.placement.launch import (
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    LaunchError,
+    parse_unshare,
+    resolve_user,
+    wait_status,
+)
+from governor.placement.placer import Placer
+from governor.placement.procfs import (
+    Proc,
+    ProcessGone,
+    parse_cgroup,
+    parse_cmdline,
+    parse_ns_link,
+    parse_stat,
+    parse_status,
+)
+from governor.placement.rules import ContainerView, Exclusions, RuleSet
+from governor.policy import PolicyInvalid
+from governor.policy.loader import parse_policy
+from governor.policy.model import Policy
+from tests.unit.procfs_fake import (
+    HOST_NS,
+    REAL_KTHREAD_STAT,
+    REAL_STAT,
+    REAL_STATUS,
+    add_process,
+    cgroup_of,
+    new_proc,
+    set_cgroup,
+)
+
+# --- parsers ------------------------------------------------------------------------------
+
+
+def test_parse_stat_real_line() -> None:
+    st = parse_stat(REAL_STAT)
+    assert (st.comm, st.state, st.ppid, st.flags, st.starttime) == \
+        ("cat", "R", 10796, 4194304, 107672)
+    assert not st.kthread
+    k = parse_stat(REAL_KTHREAD_STAT)
+    assert k.kthread and k.ppid == 2 and k.starttime == 25
+
+
+def test_parse_stat_comm_with_parens_and_spaces() -> None:
+    line = REAL_STAT.replace("(cat)", "(a) b (c))")
+    st = parse_stat(line)
+    assert st.comm == "a) b (c)" and st.ppid == 10796 and st.starttime == 107672
+
+
+def test_parse_status_real() -> None:
+    s = parse_status(REAL_STATUS.replace("Uid:\t0\t0\t0\t0", "Uid:\t1000\t0\t0\t0")
+                     .replace("NSpid:\t10826", "NSpid:\t10826\t7\t1"))
+    assert (s.uid, s.euid, s.gid, s.egid) == (1000, 0, 0, 0)
+    assert s.nspid == (10826, 7, 1)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("0::/system.slice/docker-abc.scope\n", "/system.slice/docker-abc.scope"),
+    ("9:name=systemd:/\n8:pids:/user.slice\n0::/user.slice/user-0.slice\n",
+     "/user.slice/user-0.slice"),
+    ("9:name=systemd:/\n8:pids:/\n", None),
+    ("0::/\n", "/"),
+])
+def test_parse_cgroup(text: str, want: str | None) -> None:
+    assert parse_cgroup(text) == want
+
+
+def test_parse_ns_link_and_cmdline() -> None:
+    assert parse_ns_link("pid:[4026531836]") == 4026531836
+    assert parse_cmdline(b"python3\0-m\0http.server\0") == "python3 -m http.server"
+    assert parse_cmdline(b"nginx: worker process") == "nginx: worker process"
+    assert parse_cmdline(b"") == ""
+
+
+def test_proc_reads_and_gone(tmp_path: Path) -> None:
+    root = new_proc(tmp_path)
+    add_process(root, 42, comm="nginx", uid=33, gid=33, exe="/usr/sbin/nginx",
+                cmdline=["nginx:", "master"], cgroup="/system.slice/nginx.service")
+    p = Proc(str(root), 42)
+    assert p.comm() == "nginx" and p.exe() == "/usr/sbin/nginx"
+    assert p.status().uid == 33 and p.cmdline() == "nginx: master"
+    assert p.cgroup() == "/system.slice/nginx.service" and p.pidns() == HOST_NS
+    with pytest.raises(ProcessGone):
+        Proc(str(root), 4242).stat()
+    k = add_process(root, 3, kthread=True, comm="kworker/0:1")
+    assert Proc(str(root), 3).exe() is None and k.exists()
+
+
+# --- connector messages: bytes captured from a Linux 6.1 guest -------------------------------
+
+FORK = bytes.fromhex(
+    "4c000000030000000400000000000000010000000100000004000000000000002800000001000000"
+    "010000007405d36906000000860000008600000087000000870000000000000000000000")
+EXEC = bytes.fromhex(
+    "4c000000030000000000000000000000010000000100000000000000000000002800000002000000"
+    "010000004055dccf05000000860000008600000000000000000000000000000000000000")
+GID = bytes.fromhex(
+    "4c000000030000003900000000000000010000000100000039000000000000002800000040000000"
+    "010000002861b7a00c0000008600000086000000feff0000feff00000000000000000000")
+UID = bytes.fromhex(
+    "4c000000030000003a0000000000000001000000010000003a000000000000002800000004000000"
+    "0100000042bc0ca10c0000008600000086000000feff0000feff00000000000000000000")
+EXIT = bytes.fromhex(
+    "4c000000030000003b0000000000000001000000010000003b000000000000002800000000000080"
+    "0100000055c1edb10c000000860000008600000000000000110000008400000084000000")
+
+
+def test_parse_real_connector_messages() -> None:
+    (fork,) = netlink.parse_messages(FORK)
+    assert (fork.name, fork.ppid, fork.ptgid, fork.pid, fork.tgid) == \
+        ("fork", 0x86, 0x86, 0x87, 0x87)
+    (ex,) = netlink.parse_messages(EXEC)
+    assert (ex.name, ex.pid, ex.tgid) == ("exec", 0x86, 0x86)
+    (g,) = netlink.parse_messages(GID)
+    assert (g.name, g.tgid, g.a, g.b) == ("gid", 0x86, 65534, 65534)
+    (u,) = netlink.parse_messages(UID)
+    assert (u.name, u.tgid, u.a, u.b) == ("uid", 0x86, 65534, 65534)
+    (x,) = netlink.parse_messages(EXIT)
+    assert (x.name, x.pid, x.a, x.b) == ("exit", 0x86, 0, 17)  # exit code 0, SIGCHLD
+    assert x.timestamp_ns == 0x0CB1EDC155
+
+
+def test_parse_batched_and_foreign_messages() -> None:
+    both = netlink.parse_messages(FORK + EXEC)
+    assert [e.name for e in both] == ["fork", "exec"]
+    foreign = bytearray(EXEC)
+    foreign[16:20] = (7).to_bytes(4, "little")  # another connector index
+    assert netlink.parse_messages(bytes(foreign)) == []
+    assert netlink.parse_messages(EXEC[:30]) == []
+
+
+def test_control_message_layout() -> None:
+    msg = netlink.control_message(netlink.PROC_CN_MCAST_LISTEN, port=1234)
+    assert len(msg) == 40
+    length, mtype, _flags, _seq, port = netlink.NLMSGHDR.unpack_from(msg)
+    assert (length, mtype, port) == (40, netlink.NLMSG_DONE, 1234)
+    idx, val, _s, _a, plen, _f = netlink.CN_MSG.unpack_from(msg, 16)
+    assert (idx, val, plen) == (1, 1, 4)
+    assert int.from_bytes(msg[36:40], "little") == netlink.PROC_CN_MCAST_LISTEN
+
+
+# --- rules --------------------------------------------------------------------------------
+
+POLICY = """
+[tenants.acme.groups.web]
+[[tenants.acme.groups.web.match]]
+user = "www-data"
+comm = "nginx*"
+[[tenants.acme.groups.web.match]]
+exe = "/usr/bin/python3*"
+cmdline = 'manage\\.py runserver'
+[tenants.acme.groups.batch]
+[[tenants.acme.groups.batch.match]]
+uid = 1000
+[tenants.globex.groups.ctr]
+[[tenants.globex.groups.ctr.match]]
+container = { init = "sleep" }
+[tenants.globex.groups.adopt]
+[[tenants.globex.groups.adopt.match]]
+cgroup = "/system.slice/docker-*.scope"
+[tenants.globex.groups.host]
+[[tenants.globex.groups.host.match]]
+gid = 50
+container = false
+"""
+
+USERS = {"www-data": 33, "alice": 1000}
+
+
+def rules_of(text: str) -> RuleSet:
+    return RuleSet.from_policy(parse_policy([("p.toml", text)]),
+                               user_uid=USERS.get, group_gid=lambda _n: None)
+
+
+def first(rules: RuleSet, root: Path, pid: int) -> str | None:
+    cv = ContainerView(HOST_NS, lambda p, ns: "sleep" if ns == 99 else None)
+    r = rules.first(Proc(str(root), pid), cv)
+    return r.label if r else None
+
+
+@pytest.mark.parametrize(("proc", "want"), [
+    ({"comm": "nginx", "uid": 33}, "acme/web#1"),
+    ({"comm": "nginx", "uid": 34}, None),
+    ({"comm": "nginx", "uid": 0, "euid": 33}, None),  # real uid counts, not effective
+    ({"comm": "python3", "exe": "/usr/bin/python3.11",
+      "cmdline": ["python3", "manage.py", "runserver"]}, "acme/web#2"),
+    ({"comm": "python3", "exe": "/usr/bin/python3.11", "cmdline": ["python3", "x.py"]}, None),
+    ({"comm": "bash", "uid": 1000}, "acme/batch#1"),  # web's rules come first
+    ({"comm": "nginx", "uid": 33, "ns": 99, "nspid": (50, 1)}, "acme/web#1"),
+    ({"comm": "sh", "ns": 99}, "globex/ctr#1"),
+    ({"comm": "sh", "ns": 98}, None),
+    ({"comm": "dockerd-child", "cgroup": "/system.slice/docker-0a1b.scope"}, "globex/adopt#1"),
+    # anchored: the whole path must match (a sub-group needs its own `*` at the end)
+    ({"comm": "x", "cgroup": "/system.slice/docker-0a1b.scope/init"}, None),
+    ({"comm": "x", "gid": 50}, "globex/host#1"),
+    ({"comm": "x", "gid": 50, "ns": 98}, None),  # container = false
+    ({"comm": "x"}, None),
+])
+def test_first_match_in_policy_order(tmp_path: Path, proc: dict[str, object],
+                                     want: str | None) -> None:
+    root = new_proc(tmp_path)
+    add_process(root, 100, **proc)  # type: ignore[arg-type]
+    assert first(rules_of(POLICY), root, 100) == want
+
+
+def test_order_is_tenants_groups_rules_as_written(tmp_path: Path) -> None:
+    text = """
+[tenants.zeta.groups.b]
+[[tenants.zeta.groups.b.match]]
+comm = "w*"
+[tenants.zeta.groups.a]
+[[tenants.zeta.groups.a.match]]
+comm = "worker"
+[tenants.alpha.groups.a]
+[[tenants.alpha.groups.a.match]]
+comm = "worker"
+"""
+    rules = rules_of(text)
+    assert [r.label for r in rules.rules] == ["zeta/b#1", "zeta/a#1", "alpha/a#1"]
+    root = new_proc(tmp_path)
+    add_process(root, 100, comm="worker")
+    assert first(rules, root, 100) == "zeta/b#1"
+
+
+def test_unknown_user_never_matches_and_is_reported(tmp_path: Path) -> None:
+    rules = rules_of('[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\nuser = "nobody-x"\n')
+    assert rules.unresolved == [("t/g#1", "user 'nobody-x' does not exist")]
+    root = new_proc(tmp_path)
+    add_process(root, 100, uid=0)
+    assert first(rules, root, 100) is None
+
+
+def test_exclusions_globs() -> None:
+    ex = Exclusions(["/init.scope", "/system.slice/*", "/user.slice/*"])
+    assert ex("/init.scope") and ex("/system.slice/cron.service")
+    assert ex("/user.slice/user-1000.slice/session-3.scope")
+    assert not ex("/") and not ex("/machine.slice/x.scope") and not ex("/system.slice")
+    assert not Exclusions([])("/init.scope")
+
+
+# --- on_exec in the policy ----------------------------------------------------------------
+
+def test_on_exec_is_validated_and_in_the_digest() -> None:
+    base = '[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\ncomm = "x"\n'
+    a = parse_policy([("p", base)])
+    b = parse_policy([("p", base + "on_exec = true\n")])
+    assert b.tenants["t"].groups["g"].match[0].on_exec is True
+    assert a.tenants["t"].groups["g"].match[0].on_exec is False
+    assert a.digest != b.digest
+    with pytest.raises(PolicyInvalid, match="not true or false"):
+        parse_policy([("p", base + 'on_exec = "yes"\n')])
+    with pytest.raises(PolicyInvalid, match="empty match rule"):
+        parse_policy([("p", "[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\n"
+                            "on_exec = true\n")])
+
+
+# --- the placer on the fakes ----------------------------------------------------------------
+
+class RecordingFS(CgroupFS):
+    """The fake cgroupfs plays the kernel's part of a move: the process's cgroup file in
+    the fake /proc changes; a pid missing from /proc gets ESRCH, as from the kernel."""
+
+    def __init__(self, root: Path, proc: Path) -> None:
+        super().__init__(root, verify=False)
+        self.proc = proc
+        self.moves: list[tuple[int, str]] = []
+
+    def write(self, rel: str, file: str, value: str) -> None:
+        if file == "cgroup.procs":
+            pid = int(value)
+            if not (self.proc / value).exists():
+                from governor.errors import CgroupError
+                raise CgroupError("write", rel, file, errno.ESRCH, value=value)
+            self.moves.append((pid, rel))
+            set_cgroup(self.proc, pid, "/" + rel)
+            return
+        super().write(rel, file, value)
+
+
+PLACER_POLICY = """
+[tenants.t.groups.web]
+[[tenants.t.groups.web.match]]
+comm = "nginx"
+[tenants.t.groups.batch]
+[[tenants.t.groups.batch.match]]
+comm = "make"
+on_exec = true
+[[tenants.t.groups.batch.match]]
+comm = "cc1"
+[tenants.t.groups.ctr]
+[[tenants.t.groups.ctr.match]]
+container = { init = "tini" }
+[tenants.t.groups.svc]
+[[tenants.t.groups.svc.match]]
+cgroup = "/system.slice/adopt.service"
+"""
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, RecordingFS, Placer]:
+    proc = new_proc(tmp_path)
+    cg = tmp_path / "cg"
+    for g in ("web", "batch", "ctr", "svc"):
+        (cg / "gov" / "t" / g).mkdir(parents=True)
+        (cg / "gov" / "t" / g / "cgroup.procs").write_text("")
+    fs = RecordingFS(cg, proc)
+    pol: Policy = parse_policy([("p.toml", PLACER_POLICY)])
+    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=999_999)
+    return proc, fs, placer
+
+
+def test_rescan_places_matching_and_leaves_the_rest(world: tuple[Path, RecordingFS, Placer]
+                                                    ) -> None:
+    proc, fs, placer = world
+    add_process(proc, 10, comm="nginx", cgroup="/")
+    add_process(proc, 11, comm="bash", cgroup="/")
+    add_process(proc, 12, comm="nginx", cgroup="/system.slice/nginx.service")  # excluded
+    add_process(proc, 13, comm="nginx", kthread=True, cgroup="/")               # kernel thread
+    add_process(proc, 14, comm="anything", cgroup="/system.slice/adopt.service")  # named
+    done = placer.rescan()
+    assert fs.moves == [(10, "gov/t/web"), (14, "gov/t/svc")]
+    assert done == {"moved": 2}
+    assert cgroup_of(proc, 11) == "/" and cgroup_of(proc, 12) == "/system.slice/nginx.service"
+    # a second pass finds nothing to do and counts nothing new
+    assert placer.rescan() == {} and placer.counters.rescans == 2
+
+
+def test_events_count_excluded_and_already(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    add_process(proc, 12, comm="nginx", cgroup="/system.slice/nginx.service")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 12, 12))
+    add_process(proc, 20, comm="cc1", cgroup="/gov/t/batch")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 20, 20))
+    assert fs.moves == []
+    assert placer.counters.placements["excluded"] == 1
+    assert placer.counters.events == {"exec": 2}
+
+
+def test_the_governor_itself_is_never_moved(tmp_path: Path) -> None:
+    proc = new_proc(tmp_path)
+    (tmp_path / "cg" / "gov" / "t" / "web").mkdir(parents=True)
+    fs = RecordingFS(tmp_path / "cg", proc)
+    pol = parse_policy([("p.toml", PLACER_POLICY)])
+    add_process(proc, 77, comm="nginx")
+    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=77)
+    placer.rescan()
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 77, 77))
+    assert fs.moves == []
+
+
+def test_children_are_sticky_unless_on_exec(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    # a child of a web process execs cc1 (a batch rule without on_exec): stays in web
+    add_process(proc, 30, comm="cc1", cgroup="/gov/t/web")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 30, 30))
+    # ... but `make` has on_exec = true: it is re-classified at exec
+    add_process(proc, 31, comm="make", cgroup="/gov/t/web")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 31, 31))
+    # a uid change is not an exec: sticky even for on_exec rules
+    add_process(proc, 32, comm="make", cgroup="/gov/t/web")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_UID, 32, 32, a=5, b=5))
+    assert fs.moves == [(31, "gov/t/batch")]
+
+
+def test_moved_process_takes_its_children(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    add_process(proc, 40, comm="nginx", cgroup="/", children=[41, 42])
+    add_process(proc, 41, comm="nginx-worker", ppid=40, cgroup="/", children=[43])
+    add_process(proc, 42, comm="other", ppid=40, cgroup="/elsewhere")  # moved away before
+    add_process(proc, 43, comm="helper", ppid=41, cgroup="/")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 40, 40))
+    assert fs.moves == [(40, "gov/t/web"), (41, "gov/t/web"), (43, "gov/t/web")]
+    # a fork of the just-moved parent that landed outside (forked mid-move) follows it
+    add_process(proc, 44, comm="nginx", ppid=40, cgroup="/")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_FORK, 44, 44, 40, 40))
+    assert fs.moves[-1] == (44, "gov/t/web")
+    # thread creation (pid != tgid) is ignored
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_FORK, 45, 40, 40, 40))
+    assert len(fs.moves) == 4
+
+
+def test_container_placed_whole_by_its_init(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    ns = 4026532500
+    add_process(proc, 50, comm="unshare", cgroup="/")
+    add_process(proc, 51, comm="tini", ppid=50, ns=ns, nspid=(51, 1), cgroup="/")
+    # a member that would match web's rule on its own goes with its container
+    add_process(proc, 52, comm="nginx", ppid=51, ns=ns, nspid=(52, 2), cgroup="/")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 52, 52))
+    assert fs.moves == [(52, "gov/t/ctr")]
+    # a process that joined the namespace with setns (cgroup of its outside parent) forks
+    add_process(proc, 53, comm="sh", ppid=60, ns=ns, nspid=(53, 3), cgroup="/")
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_FORK, 53, 53, 60, 60))
+    assert fs.moves[-1] == (53, "gov/t/ctr")
+    placer.rescan()
+    assert cgroup_of(proc, 51) == "/gov/t/ctr"
+    assert cgroup_of(proc, 50) == "/"  # the host-side parent is not the container
+
+
+def test_container_of_a_launched_init_stays_in_its_group(
+        world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    ns = 4026532600
+    add_process(proc, 51, comm="tini", ns=ns, nspid=(51, 1), cgroup="/gov/t/web")
+    add_process(proc, 52, comm="sh", ppid=51, ns=ns, nspid=(52, 2), cgroup="/")
+    placer.rescan()
+    assert fs.moves == [(52, "gov/t/web")]
+
+
+def test_pid_reuse_and_exit_before_the_move(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    add_process(proc, 70, comm="nginx", cgroup="/", starttime=500)
+    p = Proc(str(proc), 70)
+    st = p.stat()
+    add_process(proc, 70, comm="nginx", cgroup="/", starttime=501)  # exited, pid reused
+    assert placer._move(70, "t/web", st.starttime, p) == "gone"
+    add_process(proc, 71, comm="nginx", cgroup="/")
+    q = Proc(str(proc), 71)
+    st = q.stat()
+    os.rename(proc / "71", proc.parent / "dead71")  # exited between the match and the move
+    assert placer._move(71, "t/web", st.starttime, q) == "gone"
+    assert fs.moves == []
+    assert placer.counters.placements["gone"] == 2
+    assert placer.counters.placements["error"] == 0
+    # an exec event for a pid already gone is no error either
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 71, 71))
+    assert placer.counters.placements["error"] == 0
+
+
+def test_missing_group_is_an_error_counted_once_logged(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    proc = new_proc(tmp_path)
+    (tmp_path / "cg" / "gov").mkdir(parents=True)
+    fs = CgroupFS(tmp_path / "cg", verify=False)
+    pol = parse_policy([("p.toml", PLACER_POLICY)])
+    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=1)
+    add_process(proc, 80, comm="nginx")
+    add_process(proc, 81, comm="nginx")
+    placer.rescan()
+    assert placer.counters.placements["error"] == 2
+    msgs = [r.getMessage() for r in caplog.records if r.name == "governor.placement"]
+    assert msgs == ["cannot place process (run `governor policy apply`)"]
+
+
+def test_policy_reload_recompiles(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, fs, placer = world
+    current: list[Policy | None] = [None]
+    placer.policy_fn = lambda: current[0]
+    add_process(proc, 90, comm="nginx")
+    placer.rescan()
+    assert fs.moves == []
+    current[0] = parse_policy([("p.toml", PLACER_POLICY)])
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 90, 90))
+    assert fs.moves == [(90, "gov/t/web")]
+
+
+# --- config, launch helpers ------------------------------------------------------------------
+
+def test_placement_config(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[placement]\nrescan_interval = "5s"\nexclude_cgroups = ["/init.scope"]\n')
+    cfg = load_config(p, environ={})
+    assert cfg.rescan_interval == 5.0 and cfg.exclude_cgroups == ("/init.scope",)
+    d = load_config(None, environ={}, missing_ok=True)
+    assert d.rescan_interval == 30.0
+    assert d.exclude_cgroups == ("/init.scope", "/system.slice/*", "/user.slice/*")
+    p.write_text('[placement]\nexclude_cgroups = ["system.slice/*"]\n')
+    with pytest.raises(ConfigError, match="absolute cgroup path"):
+        load_config(p, environ={})
+
+
+def test_parse_unshare_and_users() -> None:
+    assert parse_unshare("pid") == CLONE_NEWPID | CLONE_NEWNS  # pid brings mount
+    assert parse_unshare("net, mount") == CLONE_NEWNET | CLONE_NEWNS
+    assert parse_unshare(None) == 0
+    with pytest.raises(LaunchError, match="unknown namespace 'user'"):
+        parse_unshare("pid,user")
+    assert resolve_user("root").uid == 0 and resolve_user("0").name == "root"
+    with pytest.raises(LaunchError, match="no such user") as e:
+        resolve_user("no-such-user-x")
+    assert e.value.exit_code == 125
+
+
+def test_wait_status() -> None:
+    assert wait_status(7 << 8) == 7
+    assert wait_status(signal.SIGKILL) == 128 + 9
