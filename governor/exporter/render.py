@@ -1,0 +1,401 @@
+"""The fast renderer of the Prometheus text exposition format (version 0.0.4).
+
+The sampler renders once per pass (:func:`render`) and every scrape is served from that
+rendering (:class:`Rendering`, with a gzip copy made on the first gzip request), so a scrape
+costs a memcpy, not a walk over the groups.  The input is plain data, never the store:
+the latest :class:`~governor.cgroupfs.reader.GroupStats` per group path (``Sampler.latest``),
+the policy's :class:`~governor.policy.model.Limits` per path, billed cost per tenant and
+currency, and the governor's own health counters (:class:`Snapshot`).
+
+The output is byte-for-byte what prometheus-client's ``generate_latest`` writes for the same
+families (labels in sorted name order, values through client_python's ``floatToGoString``,
+HELP escaped the same way): ``tests/unit/test_exporter_render.py`` compares the two, and
+``bench/exporter.py`` times them.  Every metric is documented in ``docs/metrics.md``.
+
+Label conventions: ``tenant``, ``group``, ``node`` and, for IO, ``device`` (``MAJ:MIN``).  A
+tenant's own cgroup (which contains all its groups) has ``group=""``, so ``{group=""}``
+selects tenant totals and ``{group!=""}`` the groups (summing both would count twice).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Final
+
+from governor.cgroupfs.reader import GroupStats
+from governor.policy.model import Limits
+from governor.policy.units import MAX
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+_INF: Final = math.inf
+_NINF: Final = -math.inf
+
+
+def fmt_value(v: float | int) -> str:
+    """A sample value exactly as client_python's ``floatToGoString`` writes it."""
+    d = float(v)
+    s = repr(d)
+    if d > 0:
+        dot = s.find(".")
+        if dot > 6:  # Go switches to exponent notation sooner than Python
+            mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+            return f"{mantissa}e+{dot - 1:02d}"
+        if d == _INF:
+            return "+Inf"
+        return s
+    if d == d and d != _NINF:  # noqa: PLR0124 (NaN is the value not equal to itself)
+        return s
+    return "NaN" if d != d else "-Inf"  # noqa: PLR0124
+
+
+def escape_label(v: str) -> str:
+    """A label value escaped for the text format: backslash, double quote, newline."""
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
+
+
+def escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The governor's own health, as plain values (None: not known / not wired)."""
+
+    #: wall seconds of the last sampling pass
+    pass_duration: float | None = None
+    #: unix time of the last sampling pass that read at least one group without error
+    last_success: float | None = None
+    #: groups read in the last pass
+    groups_sampled: int | None = None
+    #: placement outcomes by result ("moved", "excluded", "gone", ...): cumulative counts
+    placements: Mapping[str, int] = field(default_factory=dict)
+    #: policy reloads by result ("ok", "unchanged", "invalid"): ``Enforcer.reloads``
+    reloads: Mapping[str, int] = field(default_factory=dict)
+    #: drift corrections by interface file: ``Enforcer.drift``
+    drift: Mapping[str, int] = field(default_factory=dict)
+    #: failed cgroup writes of the enforcer: ``Enforcer.write_errors``
+    enforce_write_errors: int | None = None
+    #: failed database writes (samples spooled, OOM events not stored)
+    db_write_errors: int | None = None
+    #: samples waiting in the local spool
+    spool_depth: int | None = None
+    #: OOM webhook deliveries by result ("ok", "failed", "dropped")
+    alerts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one rendering shows."""
+
+    node: str
+    #: ``Sampler.latest``: "tenant" or "tenant/group" -> raw stats
+    groups: Mapping[str, GroupStats]
+    #: the policy's limits per path (groups not in the policy get no limit series)
+    limits: Mapping[str, Limits] = field(default_factory=dict)
+    #: billed cost so far in the current period: (tenant, currency) -> amount
+    costs: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
+    #: memory early warnings (PSI trigger or memory.high event) per path, cumulative
+    pressure_warnings: Mapping[str, int] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
+
+
+# --- the metric table: (name, type, help) -------------------------------------------------
+# Counters carry their ``_total`` suffix here; the TYPE line names the sample name, as
+# client_python writes it for the 0.0.4 text format.
+
+COUNTER: Final = "counter"
+GAUGE: Final = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    type: str
+    help: str
+
+
+def _m(name: str, typ: str, help_: str) -> Metric:
+    return Metric(name, typ, help_)
+
+
+#: cpu.stat key -> metric; True: microseconds rendered as seconds
+CPU_METRICS: Final[tuple[tuple[Metric, str, bool], ...]] = (
+    (_m("governor_cpu_usage_seconds_total", COUNTER,
+        "CPU time used by the group's tasks (cpu.stat usage_usec)."), "usage_usec", True),
+    (_m("governor_cpu_user_seconds_total", COUNTER,
+        "CPU time in user mode (cpu.stat user_usec)."), "user_usec", True),
+    (_m("governor_cpu_system_seconds_total", COUNTER,
+        "CPU time in kernel mode (cpu.stat system_usec)."), "system_usec", True),
+    (_m("governor_cpu_periods_total", COUNTER,
+        "Enforcement periods elapsed under cpu.max (cpu.stat nr_periods)."),
+     "nr_periods", False),
+    (_m("governor_cpu_throttled_periods_total", COUNTER,
+        "Periods in which the group was throttled by cpu.max (cpu.stat nr_throttled)."),
+     "nr_throttled", False),
+    (_m("governor_cpu_throttled_seconds_total", COUNTER,
+        "Time the group's tasks were throttled by cpu.max (cpu.stat throttled_usec)."),
+     "throttled_usec", True),
+)
+#: GroupStats attribute -> gauge
+MEMORY_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
+    (_m("governor_memory_usage_bytes", GAUGE,
+        "Memory charged to the group (memory.current)."), "memory_current"),
+    (_m("governor_memory_peak_bytes", GAUGE,
+        "Highest memory usage since the group was created (memory.peak)."), "memory_peak"),
+    (_m("governor_memory_swap_usage_bytes", GAUGE,
+        "Swap used by the group (memory.swap.current)."), "swap_current"),
+    (_m("governor_pids_current", GAUGE, "Tasks in the group (pids.current)."),
+     "pids_current"),
+)
+#: memory.events key -> counter
+EVENT_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
+    (_m("governor_memory_low_events_total", COUNTER,
+        "Times reclaim ran below memory.low (memory.events low)."), "low"),
+    (_m("governor_memory_high_events_total", COUNTER,
+        "Times the group was throttled for exceeding memory.high (memory.events high)."),
+     "high"),
+    (_m("governor_memory_max_events_total", COUNTER,
+        "Times usage was about to exceed memory.max (memory.events max)."), "max"),
+    (_m("governor_oom_events_total", COUNTER,
+        "Times the group hit its limit and the OOM killer was invoked (memory.events oom)."),
+     "oom"),
+    (_m("governor_oom_kills_total", COUNTER,
+        "Processes in the group killed by the OOM killer (memory.events oom_kill)."),
+     "oom_kill"),
+    (_m("governor_oom_group_kills_total", COUNTER,
+        "Whole-group OOM kills, memory.oom.group (memory.events oom_group_kill)."),
+     "oom_group_kill"),
+)
+#: PSI resource and line -> counter of the ``total=`` stall time, in seconds
+PSI_METRICS: Final[tuple[tuple[Metric, str, str], ...]] = tuple(
+    (_m(f"governor_{res}_pressure_{line}_seconds_total", COUNTER,
+        f"Time {'some' if line == 'some' else 'all'} tasks stalled on {what} "
+        f"({res}.pressure {line} total)."), res, line)
+    for res, what in (("cpu", "CPU"), ("memory", "memory"), ("io", "IO"))
+    for line in ("some", "full"))
+
+_CPU = CPU_METRICS
+_MEM = MEMORY_METRICS
+_EVENTS = EVENT_METRICS
+_PSI = PSI_METRICS
+
+#: io.stat field -> metric (labels add ``device``)
+IO_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
+    (_m("governor_io_read_bytes_total", COUNTER, "Bytes read from the device (io.stat rbytes)."),
+     "rbytes"),
+    (_m("governor_io_written_bytes_total", COUNTER,
+        "Bytes written to the device (io.stat wbytes)."), "wbytes"),
+    (_m("governor_io_reads_total", COUNTER, "Read operations on the device (io.stat rios)."),
+     "rios"),
+    (_m("governor_io_writes_total", COUNTER, "Write operations on the device (io.stat wios)."),
+     "wios"),
+    (_m("governor_io_discarded_bytes_total", COUNTER,
+        "Bytes discarded on the device (io.stat dbytes)."), "dbytes"),
+)
+
+#: Limits attribute -> metric ("max" is rendered as +Inf)
+LIMIT_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
+    (_m("governor_memory_max_bytes", GAUGE,
+        "Hard memory limit from the policy (memory.max; +Inf: no limit)."), "memory_max"),
+    (_m("governor_memory_high_bytes", GAUGE,
+        "Memory throttling threshold from the policy (memory.high; +Inf: none)."),
+     "memory_high"),
+    (_m("governor_memory_low_bytes", GAUGE,
+        "Best-effort memory protection from the policy (memory.low)."), "memory_low"),
+    (_m("governor_memory_min_bytes", GAUGE,
+        "Hard memory protection from the policy (memory.min)."), "memory_min"),
+    (_m("governor_memory_swap_max_bytes", GAUGE,
+        "Swap limit from the policy (memory.swap.max; +Inf: no limit)."), "memory_swap_max"),
+    (_m("governor_pids_max", GAUGE,
+        "Task limit from the policy (pids.max; +Inf: no limit)."), "pids_max"),
+)
+
+PRESSURE_WARNINGS: Final = _m(
+    "governor_memory_pressure_warnings_total", COUNTER,
+    "Early OOM warnings raised for the group (PSI trigger on memory.pressure or a "
+    "memory.high event).")
+COST: Final = _m("governor_billed_cost", GAUGE,
+                 "Cost billed to the tenant so far in the current billing period, in the "
+                 "currency named by the label.")
+PASS_DURATION: Final = _m("governor_sampling_duration_seconds", GAUGE,
+                          "Wall time of the last sampling pass.")
+LAST_SUCCESS: Final = _m("governor_last_sample_timestamp_seconds", GAUGE,
+                         "Unix time of the last successful sampling pass.")
+GROUPS_SAMPLED: Final = _m("governor_sampled_groups", GAUGE,
+                           "Groups read in the last sampling pass.")
+PLACEMENTS: Final = _m("governor_placements_total", COUNTER,
+                       "Process placement outcomes by result.")
+RELOADS: Final = _m("governor_policy_reloads_total", COUNTER, "Policy reloads by result.")
+DRIFT: Final = _m("governor_drift_corrections_total", COUNTER,
+                  "Interface files restored after they drifted from the policy, by file.")
+ENFORCE_ERRORS: Final = _m("governor_enforce_write_errors_total", COUNTER,
+                           "cgroup writes of the enforcer that failed.")
+DB_ERRORS: Final = _m("governor_database_write_errors_total", COUNTER,
+                      "Database writes that failed (samples spooled, events not stored).")
+SPOOL_DEPTH: Final = _m("governor_spool_depth", GAUGE,
+                        "Samples waiting in the local spool for the database.")
+ALERTS: Final = _m("governor_oom_alerts_total", COUNTER,
+                   "OOM alert webhook deliveries by result.")
+
+ALL_METRICS: Final[tuple[Metric, ...]] = (
+    *(m for m, _, _ in CPU_METRICS), *(m for m, _ in MEMORY_METRICS),
+    *(m for m, _ in EVENT_METRICS), *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
+    *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
+    GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, DB_ERRORS, SPOOL_DEPTH, ALERTS,
+)
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``"acme/web"`` -> ``("acme", "web")``; a tenant path gets group ``""``."""
+    tenant, _, group = path.partition("/")
+    return tenant, group
+
+
+def _limit_value(v: object) -> float | int | None:
+    if v is None:
+        return None
+    if v is MAX:
+        return _INF
+    assert isinstance(v, int)
+    return v
+
+
+def _family(out: list[str], m: Metric, lines: list[str]) -> None:
+    """Append one family; a family without samples is left out entirely."""
+    if lines:
+        out.append(f"# HELP {m.name} {escape_help(m.help)}\n# TYPE {m.name} {m.type}\n")
+        out.append("\n".join(lines))
+        out.append("\n")
+
+
+def render(snap: Snapshot) -> bytes:
+    """The whole exposition for ``snap`` as UTF-8 bytes.
+
+    Hot loops build each family with one list comprehension over pre-escaped label sets.
+    Integer values are written as exact decimal integers and finite floats with ``repr``
+    (shortest round-trip): both parse to exactly the value client_python's
+    ``floatToGoString`` spelling parses to.  Values that may be infinite (limits) go through
+    :func:`fmt_value`.
+    """
+    node = escape_label(snap.node)
+    out: list[str] = []
+    fam = _family
+    # label sets of every group, escaped once ("device" < "group" < "node" < "tenant")
+    rows: list[tuple[str, GroupStats]] = []
+    for path in sorted(snap.groups):
+        tenant, group = split_path(path)
+        rows.append((f'group="{escape_label(group)}",node="{node}",'
+                     f'tenant="{escape_label(tenant)}"}} ', snap.groups[path]))
+    cpu = [(lbl, st.cpu) for lbl, st in rows if st.cpu is not None]
+    for m, key, seconds in _CPU:
+        p = m.name + "{"
+        if seconds:
+            fam(out, m, [f"{p}{lbl}{c[key] / 1e6!r}" for lbl, c in cpu if key in c])
+        else:
+            fam(out, m, [f"{p}{lbl}{c[key]}" for lbl, c in cpu if key in c])
+    for m, attr in _MEM:
+        p = m.name + "{"
+        vals = [(lbl, getattr(st, attr)) for lbl, st in rows]
+        fam(out, m, [f"{p}{lbl}{v}" for lbl, v in vals if v is not None])
+    ev = [(lbl, st.memory_events) for lbl, st in rows if st.memory_events is not None]
+    for m, key in _EVENTS:
+        p = m.name + "{"
+        fam(out, m, [f"{p}{lbl}{e[key]}" for lbl, e in ev if key in e])
+    for m, res, line in _PSI:
+        p = m.name + "{"
+        psi = [(lbl, st.psi.get(res)) for lbl, st in rows]
+        if line == "some":
+            fam(out, m, [f"{p}{lbl}{x.some.total / 1e6!r}" for lbl, x in psi if x is not None])
+        else:
+            fam(out, m, [f"{p}{lbl}{x.full.total / 1e6!r}" for lbl, x in psi
+                         if x is not None and x.full is not None])
+    io_rows: list[tuple[str, Mapping[str, int]]] = []
+    for lbl, st in rows:
+        if st.io:
+            for dev in sorted(st.io):
+                io_rows.append((f'device="{escape_label(dev)}",{lbl}', st.io[dev]))
+    for m, key in IO_METRICS:
+        p = m.name + "{"
+        fam(out, m, [f"{p}{lbl}{c[key]}" for lbl, c in io_rows if key in c])
+    limit_rows: list[tuple[str, Limits]] = []
+    for path in sorted(snap.limits):
+        tenant, group = split_path(path)
+        limit_rows.append((f'group="{escape_label(group)}",node="{node}",'
+                           f'tenant="{escape_label(tenant)}"}} ', snap.limits[path]))
+    for m, attr in LIMIT_METRICS:
+        p = m.name + "{"
+        lim = [(lbl, getattr(li, attr)) for lbl, li in limit_rows]
+        fam(out, m, [f"{p}{lbl}{'+Inf' if v is MAX else v}" for lbl, v in lim
+                     if v is not None])
+    fam(out, PRESSURE_WARNINGS, [
+        f'{PRESSURE_WARNINGS.name}{{group="{escape_label(g)}",node="{node}",'
+        f'tenant="{escape_label(t)}"}} {snap.pressure_warnings[p]}'
+        for p in sorted(snap.pressure_warnings) for t, g in (split_path(p),)])
+    fam(out, COST, [
+        f'{COST.name}{{currency="{escape_label(cur)}",node="{node}",'
+        f'tenant="{escape_label(t)}"}} {fmt_value(float(snap.costs[(t, cur)]))}'
+        for t, cur in sorted(snap.costs)])
+    h = snap.health
+    own = f'{{node="{node}"}} '
+    for m, v in ((PASS_DURATION, h.pass_duration), (LAST_SUCCESS, h.last_success),
+                 (GROUPS_SAMPLED, h.groups_sampled)):
+        if v is not None:
+            fam(out, m, [f"{m.name}{own}{fmt_value(v)}"])
+    for m, label, counts in ((PLACEMENTS, "result", h.placements),
+                             (RELOADS, "result", h.reloads), (DRIFT, "file", h.drift)):
+        fam(out, m, _by_label(m.name, label, node, counts))
+    for m, v in ((ENFORCE_ERRORS, h.enforce_write_errors), (DB_ERRORS, h.db_write_errors),
+                 (SPOOL_DEPTH, h.spool_depth)):
+        if v is not None:
+            fam(out, m, [f"{m.name}{own}{fmt_value(v)}"])
+    fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
+    return "".join(out).encode()
+
+
+def _by_label(name: str, label: str, node: str, counts: Mapping[str, int]) -> list[str]:
+    # label names sort: "file" < "node", "node" < "result"
+    if label < "node":
+        return [f'{name}{{{label}="{escape_label(k)}",node="{node}"}} {fmt_value(counts[k])}'
+                for k in sorted(counts)]
+    return [f'{name}{{node="{node}",{label}="{escape_label(k)}"}} {fmt_value(counts[k])}'
+            for k in sorted(counts)]
+
+
+class Rendering:
+    """One rendered exposition, served to every scrape until the next pass replaces it.
+
+    The gzip copy is made on the first request that asks for it (most scrapers do, some
+    never), once, under a lock.
+    """
+
+    __slots__ = ("_gz", "_lock", "body", "created")
+
+    def __init__(self, body: bytes, created: float | None = None) -> None:
+        self.body = body
+        #: unix time of the pass this rendering shows (None: unknown)
+        self.created = created
+        self._gz: bytes | None = None
+        self._lock = threading.Lock()
+
+    def gzipped(self) -> bytes:
+        gz = self._gz
+        if gz is None:
+            with self._lock:
+                if self._gz is None:
+                    # level 6: a tenth of the size at a fraction of the render cost
+                    self._gz = gzip.compress(self.body, compresslevel=6, mtime=0)
+                gz = self._gz
+        return gz
+
+
+def metric_names() -> Iterable[str]:
+    """Every metric name the renderer can write (docs/metrics.md lists the same)."""
+    return (m.name for m in ALL_METRICS)
