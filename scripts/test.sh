@@ -10,7 +10,8 @@
 #      Python changed);
 #   3. `governor sandbox setup`: kernel + initramfs of the cgroup v2 test VM;
 #   4. ruff and mypy;
-#   5. the unit tests on the host: pytest -m "not kernel";
+#   5. the unit tests on the host: pytest -m "not kernel" (with a throwaway PostgreSQL
+#      from scripts/pg-test-server.sh unless GOVERNOR_TEST_PG_URL is set);
 #   6. every `kernel` test inside ONE boot of the sandbox VM (real cgroup v2; the host's
 #      /sys/fs/cgroup is never touched);
 #   7. the counts per suite, then a last line `all: N passed, N failed[, N skipped]`.
@@ -84,6 +85,23 @@ took "$t"
 
 mkdir -p "$RESULTS"
 rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml"
+
+# services the host tests need: a throwaway PostgreSQL (scripts/pg-test-server.sh), started
+# here unless GOVERNOR_TEST_PG_URL is set or one is already running, stopped at exit if ours
+if [ -z "${GOVERNOR_TEST_PG_URL:-}" ] && [ -f scripts/pg-test-server.sh ]; then
+  step "PostgreSQL test server"; t=$(date +%s)
+  if pg_url=$(sh scripts/pg-test-server.sh url 2>/dev/null); then
+    export GOVERNOR_TEST_PG_URL=$pg_url
+    echo "    already running: $pg_url"
+  elif pg_env=$(sh scripts/pg-test-server.sh start); then
+    trap 'sh scripts/pg-test-server.sh stop >/dev/null 2>&1 || true' EXIT
+    eval "$pg_env"
+    echo "    started: $GOVERNOR_TEST_PG_URL"
+  else
+    fail "scripts/pg-test-server.sh start"
+  fi
+  took "$t"
+fi
 
 # 5. unit tests on the host
 step "unit tests (host): pytest -m 'not kernel'"; t=$(date +%s)

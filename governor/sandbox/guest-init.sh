@@ -6,7 +6,8 @@
 #      `config` (shell variables written by governor.sandbox.vm) and `rwdirs`,
 #   3. builds the guest root: the host's / over 9p, read-only, under a tmpfs overlay,
 #      with proc, sys, a PURE cgroup2 /sys/fs/cgroup (nsdelegate,memory_recursiveprot),
-#      devtmpfs (/dev/kmsg, /dev/vda), devpts, /dev/shm, /run and /tmp as tmpfs,
+#      devtmpfs (/dev/kmsg, /dev/vda), devpts, /dev/shm, /run and /tmp as tmpfs (keeping
+#      the host paths under /tmp listed in vmrun/keep visible),
 #   4. mounts the read-write shares (tags rw0, rw1, ...) at their host paths,
 #   5. brings up lo (and eth0 with the static user-net address when ports are forwarded),
 #   6. runs /run/governor-sandbox/cmd.sh chrooted there with stdout/stderr on the
@@ -35,7 +36,7 @@ P9=trans=virtio,version=9p2000.L,msize=512000
 mkdir -p /vmrun /lower /upper /newroot
 mount -t 9p -o "$P9" vmrun /vmrun || die "9p mount of the run directory failed"
 [ -r /vmrun/config ] || die "no /vmrun/config"
-# VM_CWD, VM_MODULES_DIR, VM_NET, VM_HOSTNAME
+# VM_CWD, VM_MODULES_DIR, VM_NET, VM_HOSTNAME, VM_TMPFS
 . /vmrun/config
 
 mount -t 9p -o "ro,$P9,cache=loose" hostroot /lower || die "9p mount of the host root failed"
@@ -61,14 +62,30 @@ if [ -n "$VM_MODULES_DIR" ]; then
   mount -o bind "$R$VM_MODULES_DIR" $R/lib/modules || die "bind of $VM_MODULES_DIR failed"
 fi
 
-# /tmp: a fresh tmpfs.  When the working directory is under /tmp, keep it visible (its
-# host content read-only underneath, guest writes in RAM) by moving a bind of it on top.
-keep=
-case "$VM_CWD" in /tmp|/tmp/*) keep=1; mkdir -p /keep; mount -o bind "$R$VM_CWD" /keep ;; esac
-mount -t tmpfs -o mode=1777 tmp $R/tmp
-if [ -n "$keep" ]; then
-  mkdir -p "$R$VM_CWD"
-  mount -o move /keep "$R$VM_CWD" || die "could not keep $VM_CWD visible under /tmp"
+# /tmp: a fresh tmpfs, unless VM_TMPFS=0.  The host paths under /tmp that the run depends
+# on (listed in vmrun/keep: the working directory's and the command's, see vm.py) stay
+# visible: a bind of each (host content read-only underneath, guest writes in RAM) is
+# moved on top of the tmpfs.
+if [ "$VM_TMPFS" != 0 ]; then
+  n=0
+  if [ -r /vmrun/keep ]; then
+    while read -r path; do
+      [ -n "$path" ] && [ -e "$R$path" ] || continue
+      mkdir -p /keep
+      if [ -d "$R$path" ]; then mkdir -p /keep/$n; else : > /keep/$n; fi
+      mount -o bind "$R$path" /keep/$n || die "bind of $path failed"
+      echo "$path" > /keep/$n.path
+      n=$((n+1))
+    done < /vmrun/keep
+  fi
+  mount -t tmpfs -o mode=1777 tmp $R/tmp
+  i=0
+  while [ $i -lt $n ]; do
+    path=$(cat /keep/$i.path)
+    if [ -d /keep/$i ]; then mkdir -p "$R$path"; else : > "$R$path"; fi
+    mount -o move /keep/$i "$R$path" || die "could not keep $path visible under /tmp"
+    i=$((i+1))
+  done
 fi
 
 mkdir -p $R/run/governor-sandbox

@@ -18,6 +18,10 @@ The guest (see guest-init.sh):
   memory, pids (and cpuset, hugetlb, rdma, misc) available;
 * ``/dev`` is devtmpfs (``/dev/kmsg``, ``/dev/vda``: a blank sparse scratch disk of
   ``disk_mb`` MiB, none when 0), ``/tmp``, ``/run`` and ``/dev/shm`` are tmpfs;
+* the host paths under ``/tmp`` that the run names stay visible over the fresh ``/tmp``:
+  the top directory below /tmp of the working directory, of each absolute argument and of
+  each ``PATH`` entry (a project cloned to /tmp/x keeps /tmp/x); the rest of the host's
+  /tmp is hidden (``rwdirs`` are mounted at their paths in any case);
 * ``busybox modprobe NAME`` loads modules of the pruned tree (zram, loop, veth, bfq, ...);
 * the command runs as root in the caller's working directory with ``GOVERNOR_SANDBOX=1``,
   ``PATH``, ``HOME``, ``LANG=C.UTF-8``, ``TERM=dumb`` and the ``env`` given, stdin
@@ -538,10 +542,39 @@ def _check_guest_path(p: Path, what: str) -> None:
         )
 
 
+def tmp_keep(candidates: Sequence[str]) -> tuple[list[str], bool]:
+    """Which host paths under /tmp stay visible over the guest's fresh /tmp tmpfs.
+
+    ``candidates`` are the paths the run depends on (the working directory, absolute
+    command arguments, PATH entries): for each under /tmp, its first component below /tmp
+    (``/tmp/clone/.venv/bin`` -> ``/tmp/clone``) when that exists on the host.  Returns
+    those and whether /tmp gets a tmpfs at all (not when a candidate is /tmp itself).
+    """
+    keep: list[str] = []
+    tmpfs = True
+    for c in candidates:
+        if not c.startswith("/"):
+            continue
+        p = os.path.normpath(c)
+        if p == "/tmp":
+            tmpfs = False
+        elif p.startswith("/tmp/"):
+            top = "/tmp/" + p.split("/")[2]
+            if top not in keep and os.path.lexists(top) and "\n" not in top:
+                keep.append(top)
+    return keep, tmpfs
+
+
 def guest_config(
-    *, cwd: Path, modules_dir: Path, net: bool, rwdirs: Sequence[Path]
-) -> tuple[str, str]:
-    """The ``config`` (sourced by the guest init) and ``rwdirs`` files of a run."""
+    *,
+    cwd: Path,
+    modules_dir: Path,
+    net: bool,
+    rwdirs: Sequence[Path],
+    keep: Sequence[str] = (),
+    tmpfs: bool = True,
+) -> tuple[str, str, str]:
+    """The ``config`` (sourced by the guest init), ``rwdirs`` and ``keep`` files of a run."""
     _check_guest_path(cwd, "working directory")
     config = "".join(
         f"{k}={shlex.quote(v)}\n"
@@ -550,13 +583,16 @@ def guest_config(
             ("VM_MODULES_DIR", str(modules_dir)),
             ("VM_NET", "1" if net else "0"),
             ("VM_HOSTNAME", "governor-sandbox"),
+            ("VM_TMPFS", "1" if tmpfs else "0"),
         )
     )
     lines = []
     for i, d in enumerate(rwdirs):
         _check_guest_path(d, "read-write directory")
         lines.append(f"rw{i} {d}\n")
-    return config, "".join(lines)
+    for k in keep:
+        _check_guest_path(Path(k), "path kept under /tmp")
+    return config, "".join(lines), "".join(f"{k}\n" for k in keep)
 
 
 def command_script(
@@ -672,17 +708,25 @@ def exec_(
 
     work = Path(tempfile.mkdtemp(prefix="governor-sandbox-"))
     try:
-        config, rwlist = guest_config(
-            cwd=here, modules_dir=cache.modules_dir(), net=bool(port_forwards), rwdirs=rw
+        host_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        keep, tmpfs = tmp_keep([str(here), *argv, *host_path.split(":")])
+        config, rwlist, keeplist = guest_config(
+            cwd=here,
+            modules_dir=cache.modules_dir(),
+            net=bool(port_forwards),
+            rwdirs=rw,
+            keep=keep,
+            tmpfs=tmpfs,
         )
         (work / "config").write_text(config)
         (work / "rwdirs").write_text(rwlist)
+        (work / "keep").write_text(keeplist)
         (work / "cmd.sh").write_text(
             command_script(
                 argv,
                 cwd=here,
                 env=env or {},
-                path=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
+                path=host_path,
                 home=os.environ.get("HOME", "/root"),
             )
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import shlex
 import shutil
 import stat
 import struct
@@ -40,6 +39,7 @@ from governor.sandbox.vm import (
     exec_,
     guest_config,
     qemu_argv,
+    tmp_keep,
 )
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -173,25 +173,28 @@ def test_command_script_rejects_bad_input(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
 def test_guest_config_is_read_back_by_busybox_sh(tmp_path: Path) -> None:
     cwd = Path("/work/it's here")
-    config, rwdirs = guest_config(
+    config, rwdirs, keep = guest_config(
         cwd=cwd,
         modules_dir=Path("/cache/kernel/lib/modules"),
         net=True,
         rwdirs=[Path("/tmp/results"), Path("/srv/a b")],
+        keep=["/tmp/clone"],
     )
+    assert keep == "/tmp/clone\n"
     (tmp_path / "config").write_text(config)
     (tmp_path / "rwdirs").write_text(rwdirs)
     # the same reading the guest init does, with the same shell
     r = subprocess.run(
         [
             "busybox", "sh", "-c",
-            '. ./config; printf "%s|%s|%s\\n" "$VM_CWD" "$VM_MODULES_DIR" "$VM_NET"; '
+            '. ./config; printf "%s|%s|%s|%s\\n" '
+            '"$VM_CWD" "$VM_MODULES_DIR" "$VM_NET" "$VM_TMPFS"; '
             'while read -r tag dir; do printf "%s=%s\\n" "$tag" "$dir"; done < rwdirs',
         ],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )
     assert r.stdout.splitlines() == [
-        f"{cwd}|/cache/kernel/lib/modules|1",
+        f"{cwd}|/cache/kernel/lib/modules|1|1",
         "rw0=/tmp/results",
         "rw1=/srv/a b",
     ]
@@ -201,6 +204,21 @@ def test_guest_config_rejects_paths_the_guest_cannot_read() -> None:
     for bad in (Path("/a\nb"), Path("/a "), Path("relative")):
         with pytest.raises(SandboxError):
             guest_config(cwd=Path("/"), modules_dir=Path("/m"), net=False, rwdirs=[bad])
+
+
+def test_tmp_keep_names_the_top_directories_under_tmp(tmp_path: Path) -> None:
+    # tmp_path is under /tmp/pytest-of-<user>/ when TMPDIR is unset, as in test.sh
+    top = "/" + "/".join(tmp_path.parts[1:3])
+    deep = tmp_path / "a" / "b"
+    keep, tmpfs = tmp_keep([str(deep), "relative/x", "/usr/bin", f"{tmp_path}/../x",
+                            "/tmp/definitely-not-there-4711/bin", str(tmp_path)])
+    if top.startswith("/tmp/"):
+        assert keep == [top]
+    else:
+        assert keep == []
+    assert tmpfs
+    assert tmp_keep(["/tmp", "/usr"]) == ([], False)
+    assert tmp_keep(["/tmp/"]) == ([], False)
 
 
 def test_guest_init_is_valid_shell() -> None:
@@ -505,7 +523,7 @@ def test_exec_boots_relays_output_and_returns_the_exit_code(tmp_path: Path) -> N
     )
     script = (
         'echo "out:$GOVERNOR_SANDBOX:$FOO:$PWD"; echo "err:$(hostname)" >&2; '
-        f'echo written > "$1/from-guest"; {shlex.quote(sys.executable)} -c "$2" "$1"; exit 42'
+        'echo written > "$1/from-guest"; "$3" -c "$2" "$1"; exit 42'
     )
     out, err = io.BytesIO(), io.BytesIO()
     fetched: list[bytes] = []
@@ -521,7 +539,8 @@ def test_exec_boots_relays_output_and_returns_the_exit_code(tmp_path: Path) -> N
     client = threading.Thread(target=fetch, daemon=True)
     client.start()
     rc = exec_(
-        ["bash", "-c", script, "sh", str(shared), guest_py],
+        # sys.executable is an absolute argument: kept visible even when the venv is in /tmp
+        ["bash", "-c", script, "sh", str(shared), guest_py, sys.executable],
         rwdirs=[shared],
         env={"FOO": "b a r"},
         cwd=tmp_path,
