@@ -1,0 +1,558 @@
+"""Watch every managed group's ``memory.events`` and turn counter changes into events.
+
+How the kernel tells us (Documentation/admin-guide/cgroup-v2.rst, "memory.events"): "A value
+change in this file generates a file modified event", i.e. inotify ``IN_MODIFY`` on the
+file (kernfs_notify).  Notifications are rate-limited by the kernel (cgroup_file_notify:
+at most one per file per 10 ms, CGROUP_FILE_NOTIFY_MIN_INTV), so several kills can come as
+one notification: the watcher re-reads the counters and records the *delta*, never "one per
+notification".  Counts are exact: the recorded counts of an incarnation add up to the
+kernel's counters.  Where inotify is unavailable the files are polled.
+
+Across restarts: when the watcher first sees an incarnation (path + cgroup id, the directory
+inode) it compares the kernel's counters with the totals already stored for it and records
+the difference, marked ``missed_while_down`` when found at start-up.
+
+Victims: a kill counted in ``memory.events`` waits up to ``victim_wait`` seconds for its
+"Killed process" line in ``/dev/kmsg`` (:mod:`governor.oom.kmsg`), which the kernel prints
+just *after* raising the counter (mm/oom_kill.c ``__oom_kill_process``).
+
+Early warning (Documentation/accounting/psi.rst, "Userspace monitors"): for groups whose
+policy sets ``oom.pressure`` thresholds on the 10 s averages, a PSI trigger
+``"some|full <stall us> 10000000"`` is written to the group's ``memory.pressure`` and the fd
+polled for POLLPRI; thresholds on the 60 s / 300 s averages (longer than the kernel's 10 s
+trigger window limit) are checked against each sampling pass (:meth:`OomWatcher.on_sample`).
+A fired trigger, a crossed threshold or a ``memory.high`` event raises a ``pressure`` /
+``high`` warning (at most one per group per ``warn_interval``) before any kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.parse import ParseError, parse_flat_keyed
+from governor.cgroupfs.reader import GroupStats
+from governor.errors import CgroupError
+from governor.oom.actions import OomActions
+from governor.oom.events import COUNTER_KINDS, KILL_KINDS, PRESSURE, OomEvent
+from governor.oom.kmsg import KmsgReader, Victim
+from governor.oom.store import EventSink
+from governor.policy.model import OomSettings, PressureKey
+
+log = logging.getLogger("governor.oom")
+
+IN_MODIFY = 0x00000002
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
+
+#: PSI trigger window limit (kernel/sched/psi.c: WINDOW_MAX_US = 10 s)
+PSI_WINDOW_US = 10_000_000
+
+
+class Inotify:
+    """inotify(7) through ctypes (the stdlib has no binding)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        self.fd: int = fd
+
+    def add(self, path: str, mask: int = IN_MODIFY) -> int:
+        wd = int(self._add(self.fd, os.fsencode(path), mask))
+        if wd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        return wd
+
+    def remove(self, wd: int) -> None:
+        self._rm(self.fd, wd)  # EINVAL when the kernel already dropped it: fine
+
+    def read(self) -> list[tuple[int, int]]:
+        """``(wd, mask)`` of every queued event (empty when none)."""
+        out: list[tuple[int, int]] = []
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return out
+            off = 0
+            while off + _EVENT.size <= len(buf):
+                wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
+                out.append((wd, mask))
+                off += _EVENT.size + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class _Watched:
+    path: str
+    cgroup_id: int
+    counters: dict[str, int]
+    wd: int | None = None
+    psi_fd: int | None = None
+    psi_line: str | None = None
+
+
+@dataclass
+class _Pending:
+    event: OomEvent
+    deadline: float
+    victims: list[Victim] = field(default_factory=list)
+
+
+def pressure_trigger(settings: OomSettings) -> str | None:
+    """The PSI trigger for the 10 s thresholds of ``settings`` (the tighter one if both)."""
+    keyed = dict(settings.pressure)
+    best: tuple[int, str] | None = None
+    for key, line in ((PressureKey.SOME_AVG10, "some"), (PressureKey.FULL_AVG10, "full")):
+        pct = keyed.get(key)
+        if pct is not None:
+            stall = max(1, round(pct / 100 * PSI_WINDOW_US))
+            if best is None or stall < best[0]:
+                best = (stall, line)
+    return None if best is None else f"{best[1]} {best[0]} {PSI_WINDOW_US}"
+
+
+class OomWatcher:
+    """Produces :class:`OomEvent`\\ s for every managed group (tenants and their groups)."""
+
+    def __init__(self, fs: CgroupFS, subtree: str, node: str, *,
+                 sink: EventSink | None = None, actions: OomActions | None = None,
+                 kmsg: KmsgReader | None = None, victim_wait: float = 0.5,
+                 rescan_interval: float = 2.0, poll_interval: float = 0.5,
+                 warn_interval: float = 10.0, use_inotify: bool = True) -> None:
+        self.fs = fs
+        self.subtree = subtree.strip("/")
+        self.node = node
+        self.sink = sink
+        self.actions = actions
+        self.kmsg = kmsg
+        self.victim_wait = victim_wait
+        self.rescan_interval = rescan_interval
+        self.poll_interval = poll_interval
+        self.warn_interval = warn_interval
+        #: listeners get every event after it is stored (tests, the exporter, a launcher)
+        self.listeners: list[Callable[[OomEvent], None]] = []
+        #: warnings per group path (cumulative; the exporter's pressure warning counter)
+        self.warnings: Counter[str] = Counter()
+        #: events recorded per kind
+        self.recorded: Counter[str] = Counter()
+        self.db_write_errors = 0
+        self._groups: dict[str, _Watched] = {}
+        self._by_wd: dict[int, str] = {}
+        self._by_psi: dict[int, str] = {}
+        self._pending: list[_Pending] = []
+        self._victims: list[tuple[float, Victim, set[str]]] = []
+        self._unstored: list[OomEvent] = []
+        self._last_warn: dict[str, float] = {}
+        self._settings: dict[str, OomSettings] = {}
+        self._settings_changed = False
+        self._inbox: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self.inotify: Inotify | None = None
+        if use_inotify:
+            try:
+                self.inotify = Inotify()
+            except OSError as e:
+                log.warning("inotify unavailable, polling memory.events",
+                            extra={"error": e.strerror})
+
+    # -- configuration --------------------------------------------------------------------
+    def set_settings(self, settings: Mapping[str, OomSettings]) -> None:
+        """The policy's OOM settings per group path (thread-safe; applied by the loop)."""
+        with self._lock:
+            self._settings = dict(settings)
+            self._settings_changed = True
+        if self.actions is not None:
+            self.actions.set_settings(settings)
+
+    # -- discovery ------------------------------------------------------------------------
+    def _rel(self, path: str) -> str:
+        return f"{self.subtree}/{path}"
+
+    def discover(self) -> list[str]:
+        out: list[str] = []
+        try:
+            tenants = self.fs.children(self.subtree)
+        except CgroupError:
+            return out
+        for t in tenants:
+            out.append(t)
+            with contextlib.suppress(CgroupError):
+                out.extend(f"{t}/{g}" for g in self.fs.children(self._rel(t)))
+        return out
+
+    def _read_counters(self, path: str) -> dict[str, int] | None:
+        try:
+            text = self.fs.read(self._rel(path), "memory.events")
+            return parse_flat_keyed(text, "memory.events")
+        except (CgroupError, ParseError):
+            return None
+
+    def rescan(self, *, startup: bool = False) -> None:
+        """Pick up new groups and incarnations, drop removed ones."""
+        live = set(self.discover())
+        for path in [p for p in self._groups if p not in live]:
+            self._forget(path)
+        for path in sorted(live):
+            try:
+                cid = self.fs.inode(self._rel(path))
+            except CgroupError:
+                continue
+            w = self._groups.get(path)
+            if w is not None and w.cgroup_id == cid:
+                continue
+            if w is not None:
+                self._forget(path)  # re-created under the same name: a new incarnation
+            self._adopt(path, cid, startup=startup)
+        self._arm_triggers()
+
+    def _adopt(self, path: str, cid: int, *, startup: bool) -> None:
+        w = _Watched(path, cid, {})
+        if self.inotify is not None:
+            # watch before reading, so no change between the read and the watch is lost
+            try:
+                w.wd = self.inotify.add(str(self.fs.path(self._rel(path)) / "memory.events"))
+                self._by_wd[w.wd] = path
+            except OSError as e:
+                log.warning("cannot watch memory.events, polling it",
+                            extra={"group": path, "error": e.strerror})
+        counters = self._read_counters(path)
+        if counters is None:  # memory controller not enabled here, or gone already
+            if w.wd is not None and self.inotify is not None:
+                self.inotify.remove(w.wd)
+                self._by_wd.pop(w.wd, None)
+            return
+        stored: dict[str, int] = {}
+        if self.sink is not None:
+            try:
+                stored = self.sink.totals(path, cid)
+            except Exception as e:
+                # without the stored totals the difference is unknown: start from the
+                # kernel's values (nothing double-counted; a later start compares again)
+                self.db_write_errors += 1
+                log.error("stored OOM totals unreadable", extra={"group": path,
+                                                                 "error": str(e)})
+                stored = {k: counters.get(k, 0) for k in COUNTER_KINDS}
+        w.counters = {k: stored.get(k, 0) for k in COUNTER_KINDS}
+        self._groups[path] = w
+        self._apply(w, counters, missed=startup)
+
+    def _forget(self, path: str) -> None:
+        w = self._groups.pop(path, None)
+        if w is None:
+            return
+        if w.wd is not None:
+            self._by_wd.pop(w.wd, None)
+            if self.inotify is not None:
+                self.inotify.remove(w.wd)
+        self._disarm(w)
+
+    # -- PSI triggers ---------------------------------------------------------------------
+    def _disarm(self, w: _Watched) -> None:
+        if w.psi_fd is not None:
+            self._by_psi.pop(w.psi_fd, None)
+            os.close(w.psi_fd)
+            w.psi_fd = None
+            w.psi_line = None
+
+    def _arm_triggers(self) -> None:
+        with self._lock:
+            settings = self._settings
+            self._settings_changed = False
+        for path, w in self._groups.items():
+            s = settings.get(path)
+            line = None if s is None else pressure_trigger(s)
+            if line == w.psi_line:
+                continue
+            self._disarm(w)
+            if line is None:
+                continue
+            try:
+                fd = self.fs.open(self._rel(path), "memory.pressure",
+                                  os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                log.warning("cannot open memory.pressure for a PSI trigger",
+                            extra={"group": path, "error": e.strerror})
+                continue
+            try:
+                os.write(fd, line.encode() + b"\0")
+            except OSError as e:
+                os.close(fd)
+                log.warning("PSI trigger refused", extra={"group": path, "trigger": line,
+                                                          "error": e.strerror})
+                continue
+            w.psi_fd, w.psi_line = fd, line
+            self._by_psi[fd] = path
+
+    # -- counters -> events ---------------------------------------------------------------
+    def check(self, path: str) -> None:
+        w = self._groups.get(path)
+        if w is None:
+            return
+        counters = self._read_counters(path)
+        if counters is None:
+            return
+        self._apply(w, counters, missed=False)
+
+    def _apply(self, w: _Watched, counters: Mapping[str, int], *, missed: bool) -> None:
+        now = datetime.now(UTC)
+        tenant, _, group = w.path.partition("/")
+        for kind in COUNTER_KINDS:
+            new = counters.get(kind)
+            if new is None:
+                continue
+            delta = new - w.counters.get(kind, 0)
+            if delta <= 0:
+                # a counter never goes down within an incarnation; a stored total above
+                # the kernel's (should not happen) is not "negative events"
+                w.counters[kind] = max(new, w.counters.get(kind, 0))
+                continue
+            w.counters[kind] = new
+            ev = OomEvent(node=self.node, tenant=tenant, group=group or None,
+                          cgroup_id=w.cgroup_id, ts=now, kind=kind, count=delta,
+                          missed_while_down=missed)
+            if kind == "oom_kill" and not missed and self.kmsg is not None \
+                    and self.kmsg.fd is not None:
+                self._pending.append(_Pending(ev, time.monotonic() + self.victim_wait))
+            else:
+                self._emit([ev])
+            if kind == "high" and not missed:
+                self._warn(w.path)
+
+    def _warn(self, path: str) -> bool:
+        now = time.monotonic()
+        last = self._last_warn.get(path)
+        if last is not None and now - last < self.warn_interval:
+            return False
+        self._last_warn[path] = now
+        self.warnings[path] += 1
+        return True
+
+    def _pressure(self, path: str, why: str) -> None:
+        w = self._groups.get(path)
+        if w is None or not self._warn(path):
+            return
+        tenant, _, group = path.partition("/")
+        log.warning("memory pressure above the policy's threshold",
+                    extra={"group": path, "why": why})
+        self._emit([OomEvent(node=self.node, tenant=tenant, group=group or None,
+                             cgroup_id=w.cgroup_id, ts=datetime.now(UTC), kind=PRESSURE,
+                             count=1)])
+
+    def on_sample(self, latest: Mapping[str, GroupStats]) -> None:
+        """Check the 60 s / 300 s pressure thresholds (and the 10 s ones of groups without
+        an armed trigger) against a sampling pass's PSI averages.  Safe to call from the
+        sampler's thread: crossings are queued and raised by the watcher's loop."""
+        with self._lock:
+            settings = self._settings
+        for path, s in settings.items():
+            st = latest.get(path)
+            p = None if st is None else st.psi.get("memory")
+            if p is None or not s.pressure:
+                continue
+            w = self._groups.get(path)
+            armed = w is not None and w.psi_fd is not None
+            for key, pct in s.pressure:
+                line = p.some if key.startswith("some") else p.full
+                if line is None or (armed and key.endswith("avg10")):
+                    continue
+                value = getattr(line, key.split("_", 1)[1])
+                if value >= pct:
+                    with self._lock:  # handled by the watcher's own thread
+                        self._inbox.append((path, f"{key} {value} >= {pct}"))
+                    break
+
+    # -- victims --------------------------------------------------------------------------
+    def _victim_path(self, v: Victim) -> str | None:
+        cg = v.cgroup or v.oom_cgroup
+        prefix = f"/{self.subtree}/"
+        if cg is None or not cg.startswith(prefix):
+            return None
+        return cg[len(prefix):]
+
+    def _take_victims(self, now: float) -> None:
+        if self.kmsg is not None and self.kmsg.fd is not None:
+            for v in self.kmsg.read():
+                self._victims.append((now, v, set()))
+        self._victims = [x for x in self._victims if now - x[0] < 30.0]
+        ready: list[_Pending] = []
+        for p in self._pending:
+            path = p.event.path
+            for _t, v, claimed in self._victims:
+                if len(p.victims) >= p.event.count:
+                    break
+                if path in claimed:
+                    continue
+                vp = self._victim_path(v)
+                if vp is not None and (vp == path or vp.startswith(path + "/")):
+                    claimed.add(path)
+                    p.victims.append(v)
+            if len(p.victims) >= p.event.count or now >= p.deadline:
+                ready.append(p)
+        for p in ready:
+            self._pending.remove(p)
+            self._emit(split_by_victims(p.event, p.victims))
+
+    # -- output ---------------------------------------------------------------------------
+    def _emit(self, events: Sequence[OomEvent]) -> None:
+        batch = [*self._unstored, *events]
+        self._unstored = []
+        if self.sink is not None and batch:
+            try:
+                self.sink.record(batch)
+            except Exception as e:
+                self.db_write_errors += 1
+                # kept and retried with the next events (bounded: the oldest go first)
+                self._unstored = batch[-10_000:]
+                log.error("OOM events not stored, will retry",
+                          extra={"events": len(batch), "error": str(e)})
+        for ev in events:
+            self.recorded[ev.kind] += ev.count
+            if self.actions is not None and not ev.missed_while_down:
+                self.actions.handle(ev)
+            for fn in list(self.listeners):
+                try:
+                    fn(ev)
+                except Exception:
+                    log.exception("oom listener failed")
+
+    def flush(self) -> None:
+        """Emit every pending kill now, with the victims found so far."""
+        self._take_victims(time.monotonic())
+        for p in self._pending:
+            self._emit(split_by_victims(p.event, p.victims))
+        self._pending = []
+
+    # -- the loop -------------------------------------------------------------------------
+    def poll_once(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for something to happen and handle it."""
+        poller = select.poll()
+        if self.inotify is not None:
+            poller.register(self.inotify.fd, select.POLLIN)
+        if self.kmsg is not None and self.kmsg.fd is not None:
+            poller.register(self.kmsg.fd, select.POLLIN)
+        for fd in self._by_psi:
+            poller.register(fd, select.POLLPRI)
+        if self._pending:
+            timeout = max(0.0, min(timeout, min(p.deadline for p in self._pending)
+                                   - time.monotonic()))
+        try:
+            ready = poller.poll(timeout * 1000)
+        except InterruptedError:
+            ready = []
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for where, why in inbox:
+            self._pressure(where, why)
+        changed: set[str] = set()
+        for fd, mask in ready:
+            if self.inotify is not None and fd == self.inotify.fd:
+                for wd, emask in self.inotify.read():
+                    hit = self._by_wd.get(wd)
+                    if hit is None:
+                        continue
+                    if emask & IN_IGNORED:
+                        self._by_wd.pop(wd, None)  # the file (group) is gone
+                        gone = self._groups.get(hit)
+                        if gone is not None:
+                            gone.wd = None
+                        continue
+                    changed.add(hit)
+            elif fd in self._by_psi and mask & (select.POLLPRI | select.POLLERR):
+                if mask & select.POLLERR:  # the group went away under the trigger
+                    w = self._groups.get(self._by_psi[fd])
+                    if w is not None:
+                        self._disarm(w)
+                    continue
+                self._pressure(self._by_psi[fd], "PSI trigger fired")
+        if self.inotify is None:
+            changed.update(self._groups)  # polling fallback: look at every group
+        else:
+            changed.update(p for p, w in self._groups.items() if w.wd is None)
+        for path in sorted(changed):
+            self.check(path)
+        self._take_victims(time.monotonic())
+
+    def run(self) -> None:
+        if self.kmsg is not None and self.kmsg.fd is None:
+            self.kmsg.open()
+        self.rescan(startup=True)
+        next_scan = time.monotonic() + self.rescan_interval
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan or self._settings_changed:
+                self.rescan()
+                next_scan = now + self.rescan_interval
+            try:
+                self.poll_once(min(self.poll_interval, max(0.0, next_scan - now)))
+            except Exception:
+                log.exception("oom watch pass failed")
+                self._stop.wait(self.poll_interval)
+        self.flush()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="governor-oom", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        for path in list(self._groups):
+            self._forget(path)
+        if self.inotify is not None:
+            self.inotify.close()
+            self.inotify = None
+        if self.kmsg is not None:
+            self.kmsg.close()
+
+
+def split_by_victims(ev: OomEvent, victims: Sequence[Victim]) -> list[OomEvent]:
+    """One event per known victim (count 1), plus the rest of the delta without details."""
+    if ev.kind not in KILL_KINDS or not victims:
+        return [ev]
+    out = [OomEvent(node=ev.node, tenant=ev.tenant, group=ev.group, cgroup_id=ev.cgroup_id,
+                    ts=ev.ts, kind=ev.kind, count=1, pid=v.pid, comm=v.comm,
+                    rss_bytes=v.rss_bytes, missed_while_down=ev.missed_while_down)
+           for v in victims[:ev.count]]
+    rest = ev.count - len(out)
+    if rest > 0:
+        out.append(OomEvent(node=ev.node, tenant=ev.tenant, group=ev.group,
+                            cgroup_id=ev.cgroup_id, ts=ev.ts, kind=ev.kind, count=rest,
+                            missed_while_down=ev.missed_while_down))
+    return out
+

@@ -1,0 +1,306 @@
+"""OOM watcher on a fake cgroupfs: coalesced deltas, exact totals across restarts, victims,
+warnings; kmsg parsing on real Linux 6.1 lines; webhook retries against a local server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from sqlalchemy import select
+
+from governor.cgroupfs.files import CgroupFS
+from governor.oom.actions import OomActions, WebhookAlerter
+from governor.oom.events import OomEvent
+from governor.oom.kmsg import KmsgReader, OomLogParser, split_record
+from governor.oom.store import DbSink
+from governor.oom.watch import OomWatcher, pressure_trigger
+from governor.policy.model import OomSettings, PressureKey
+from governor.store.db import make_engine, scope_factory, upgrade
+from governor.store.models import OomEvent as Row
+
+# Linux 6.1 (Debian bookworm, the sandbox VM), /dev/kmsg records of a memcg OOM kill
+SUMMARY = ("6,1234,5678901,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+           "mems_allowed=0,oom_memcg=/gov/acme/web,task_memcg=/gov/acme/web,task=python3,"
+           "pid=4242,uid=0")
+KILLED = ("3,1235,5678950,-;Memory cgroup out of memory: Killed process 4242 (python3) "
+          "total-vm:110284kB, anon-rss:98304kB, file-rss:4096kB, shmem-rss:8kB, UID:0 "
+          "pgtables:260kB oom_score_adj:0")
+GROUP_KILL = [
+    "6,1300,6000000,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+    "mems_allowed=0,oom_memcg=/gov/acme/batch,task_memcg=/gov/acme/batch,task=hog,pid=10,"
+    "uid=1000",
+    "3,1301,6000010,-;Memory cgroup out of memory: Killed process 10 (hog) total-vm:1000kB, "
+    "anon-rss:500kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:40kB oom_score_adj:0",
+    "6,1302,6000020,-;Tasks in /gov/acme/batch are going to be killed due to "
+    "memory.oom.group set",
+    "3,1303,6000030,-;Memory cgroup out of memory: Killed process 11 (sleep (x)) "
+    "total-vm:2000kB, anon-rss:100kB, file-rss:200kB, shmem-rss:0kB, UID:1000 "
+    "pgtables:40kB oom_score_adj:0",
+]
+
+
+def test_kmsg_parser_on_kernel_lines() -> None:
+    p = OomLogParser()
+    assert split_record(SUMMARY)[:2] == (6, 5678901)  # type: ignore[index]
+    assert p.feed(split_record(SUMMARY)[2]) is None  # type: ignore[index]
+    v = p.feed(split_record(KILLED)[2], 5678950)  # type: ignore[index]
+    assert v is not None
+    assert (v.pid, v.comm, v.cgroup, v.oom_cgroup) == (4242, "python3", "/gov/acme/web",
+                                                        "/gov/acme/web")
+    assert (v.anon_rss_kb, v.file_rss_kb, v.shmem_rss_kb, v.total_vm_kb, v.uid) == (
+        98304, 4096, 8, 110284, 0)
+    assert v.rss_bytes == (98304 + 4096 + 8) * 1024
+    assert p.feed("Out of memory: Killed process 1 (x) total-vm:1kB") is None  # global OOM
+    assert split_record(" SUBSYSTEM=cgroup") is None
+
+
+def test_kmsg_group_kill_members_belong_to_the_group(tmp_path: Path) -> None:
+    log = tmp_path / "kmsg"
+    log.write_text("\n".join(GROUP_KILL) + "\n")
+    r = KmsgReader(str(log), from_end=False)
+    assert r.open()
+    victims = r.read()
+    r.close()
+    assert [(v.pid, v.comm, v.cgroup) for v in victims] == [
+        (10, "hog", "/gov/acme/batch"), (11, "sleep (x)", "/gov/acme/batch")]
+    assert victims[1].rss_bytes == 300 * 1024
+
+
+EVENTS0 = {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0, "oom_group_kill": 0}
+
+
+def write_events(d: Path, **counts: int) -> None:
+    ev = {**EVENTS0, **counts}
+    # write in place (like the kernel's seq file: same inode, IN_MODIFY)
+    with (d / "memory.events").open("w") as f:
+        f.write("".join(f"{k} {v}\n" for k, v in ev.items()))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "cg"
+    for rel in ("gov/acme", "gov/acme/web", "gov/acme/batch"):
+        (root / rel).mkdir(parents=True)
+        write_events(root / rel)
+    return root
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[DbSink]:
+    url = f"sqlite:///{tmp_path}/db/g.db"
+    upgrade(url)
+    eng = make_engine(url)
+    yield DbSink(scope_factory(eng), "n1")
+    eng.dispose()
+
+
+def stored(s: DbSink) -> list[tuple[str, int, bool, int | None]]:
+    with s.scope() as session:
+        return [(r.kind, r.count, r.missed_while_down, r.pid) for r in
+                session.execute(select(Row).order_by(Row.id)).scalars()]
+
+
+@pytest.mark.parametrize("inotify", [True, False])
+def test_deltas_coalesced_and_counted_exactly(tree: Path, sink: DbSink, inotify: bool) -> None:
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", sink=sink, use_inotify=inotify, victim_wait=0.0)
+    got: list[OomEvent] = []
+    w.listeners.append(got.append)
+    w.rescan(startup=True)
+    assert got == []  # nothing happened yet, nothing stored: nothing recorded
+    # three kills between two notifications (the kernel rate-limits them): one delta of 3
+    write_events(tree / "gov/acme/web", oom=3, oom_kill=3, max=7)
+    write_events(tree / "gov/acme", oom=3, oom_kill=3, max=7)
+    w.poll_once(1.0)
+    w.flush()
+    web = sorted((e.kind, e.count) for e in got if e.group == "web")
+    assert web == [("max", 7), ("oom", 3), ("oom_kill", 3)]
+    assert sorted((e.kind, e.count) for e in got if e.group is None) == web
+    got.clear()
+    write_events(tree / "gov/acme/web", oom=4, oom_kill=5, max=9)
+    w.poll_once(1.0)
+    w.flush()
+    assert sorted((e.kind, e.count) for e in got) == [("max", 2), ("oom", 1), ("oom_kill", 2)]
+    assert all(not e.missed_while_down for e in got)
+    w.close()
+    assert sink.totals("acme/web", fs.inode("gov/acme/web")) == {"max": 9, "oom": 4,
+                                                                 "oom_kill": 5}
+
+
+def test_restart_records_only_what_was_missed(tree: Path, sink: DbSink) -> None:
+    fs = CgroupFS(tree, verify=False)
+    write_events(tree / "gov/acme/web", oom_kill=2, oom=2)
+    w = OomWatcher(fs, "gov", "n1", sink=sink)
+    w.rescan(startup=True)  # first start: what the kernel counted before is "missed"
+    w.close()
+    assert [x for x in stored(sink) if x[0] == "oom_kill"] == [("oom_kill", 2, True, None)]
+    # governor is down while two more kills happen; a restart records exactly those
+    write_events(tree / "gov/acme/web", oom_kill=4, oom=4, high=1)
+    w = OomWatcher(fs, "gov", "n1", sink=sink)
+    w.rescan(startup=True)
+    w.close()
+    w = OomWatcher(fs, "gov", "n1", sink=sink)  # and a restart with nothing new: nothing
+    w.rescan(startup=True)
+    w.close()
+    rows = stored(sink)
+    assert [x for x in rows if x[0] == "oom_kill"] == [("oom_kill", 2, True, None),
+                                                       ("oom_kill", 2, True, None)]
+    assert sink.totals("acme/web", fs.inode("gov/acme/web")) == {"oom": 4, "oom_kill": 4,
+                                                                 "high": 1}
+    # a re-created group is a new incarnation with its own totals
+    (tree / "gov/acme/web/memory.events").unlink()
+    old = fs.inode("gov/acme/web")
+    (tree / "gov/acme/web").rmdir()
+    (tree / "gov/acme/hold").mkdir()  # so the filesystem does not hand the inode back
+    (tree / "gov/acme/web").mkdir()
+    assert fs.inode("gov/acme/web") != old
+    write_events(tree / "gov/acme/web", oom_kill=1)
+    w = OomWatcher(fs, "gov", "n1", sink=sink)
+    w.rescan(startup=False)
+    w.close()
+    assert sink.totals("acme/web", fs.inode("gov/acme/web")) == {"oom_kill": 1}
+
+
+def test_victims_from_kmsg_are_attached(tree: Path, sink: DbSink, tmp_path: Path) -> None:
+    fs = CgroupFS(tree, verify=False)
+    klog = tmp_path / "kmsg"
+    klog.write_text("")
+    kmsg = KmsgReader(str(klog), from_end=False)
+    kmsg.open()
+    w = OomWatcher(fs, "gov", "n1", sink=sink, kmsg=kmsg, victim_wait=2.0)
+    got: list[OomEvent] = []
+    w.listeners.append(got.append)
+    w.rescan(startup=True)
+    write_events(tree / "gov/acme/web", oom_kill=2, oom=2)
+    w.poll_once(0.2)
+    assert [e.kind for e in got] == ["oom"]  # the kills wait for their victims
+    with klog.open("a") as f:
+        f.write(SUMMARY + "\n" + KILLED + "\n")
+    w.poll_once(0.2)
+    assert [e for e in got if e.kind == "oom_kill"] == []  # one of two victims known
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3 and not any(e.kind == "oom_kill" for e in got):
+        w.poll_once(0.2)
+    kills = sorted(((e.count, e.pid, e.comm, e.rss_bytes) for e in got
+                    if e.kind == "oom_kill"), key=str)
+    assert kills == [(1, 4242, "python3", (98304 + 4096 + 8) * 1024), (1, None, None, None)]
+    w.close()
+    assert sorted(((k, n, p) for k, n, _m, p in stored(sink) if k == "oom_kill"), key=str) == [
+        ("oom_kill", 1, 4242), ("oom_kill", 1, None)]
+
+
+def test_high_events_and_pressure_raise_rate_limited_warnings(tree: Path) -> None:
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", warn_interval=60.0)
+    w.rescan(startup=True)
+    write_events(tree / "gov/acme/web", high=10)
+    w.poll_once(0.5)
+    write_events(tree / "gov/acme/web", high=20)
+    w.poll_once(0.5)
+    assert w.warnings["acme/web"] == 1  # two high deltas, one warning per interval
+    assert w.recorded["high"] == 20  # every occurrence counted
+
+
+def test_pressure_trigger_line() -> None:
+    s = OomSettings(pressure=((PressureKey.FULL_AVG10, 5.0), (PressureKey.SOME_AVG10, 15.0)))
+    assert pressure_trigger(s) == "full 500000 10000000"
+    assert pressure_trigger(OomSettings(pressure=((PressureKey.SOME_AVG60, 5.0),))) is None
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    answers: ClassVar[list[int]] = []
+    bodies: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        code = self.answers.pop(0) if self.answers else 200
+        if code == 200:
+            self.bodies.append(json.loads(body))
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
+    class R(_Receiver):
+        answers: ClassVar[list[int]] = []
+        bodies: ClassVar[list[dict[str, object]]] = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), R)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/hook", R
+    srv.shutdown()
+    srv.server_close()
+
+
+def _event(kind: str = "oom_kill") -> OomEvent:
+    from datetime import UTC, datetime
+    return OomEvent(node="n1", tenant="acme", group="web", cgroup_id=5,
+                    ts=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), kind=kind, count=1, pid=9,
+                    comm="py")
+
+
+def test_webhook_retries_with_backoff_then_delivers(receiver: tuple[str, type[_Receiver]]
+                                                    ) -> None:
+    url, r = receiver
+    r.answers.extend([503, 500])
+    a = WebhookAlerter(url, timeout=2, retries=3, backoff=0.05)
+    actions = OomActions(alerter=a)
+    actions.set_settings({"acme/web": OomSettings(actions=("alert", "log"))})
+    t0 = time.monotonic()
+    actions.handle(_event())
+    a.stop()
+    assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05 then 0.1
+    assert a.results == {"ok": 1}
+    (doc,) = r.bodies
+    assert (doc["type"], doc["kind"], doc["pid"], doc["comm"], doc["path"]) == (
+        "oom", "oom_kill", 9, "py", "acme/web")
+
+
+def test_webhook_gives_up_and_4xx_is_final(receiver: tuple[str, type[_Receiver]]) -> None:
+    url, r = receiver
+    r.answers.extend([500, 500, 500, 404])
+    a = WebhookAlerter(url, timeout=2, retries=2, backoff=0.01)
+    a.submit({"n": 1})  # 500 three times: failed
+    a.submit({"n": 2})  # 404: failed at once
+    a.stop()
+    assert a.results == {"failed": 2} and r.bodies == []
+    dead = WebhookAlerter("http://127.0.0.1:9/x", timeout=0.5, retries=1, backoff=0.01)
+    dead.submit({"n": 3})
+    dead.stop()
+    assert dead.results == {"failed": 1}
+
+
+def test_webhook_queue_is_bounded_and_never_blocks() -> None:
+    a = WebhookAlerter("http://127.0.0.1:9/x", timeout=0.2, retries=0, max_queue=2)
+    t0 = time.monotonic()
+    results = [a.submit({"n": i}) for i in range(50)]
+    assert time.monotonic() - t0 < 0.5
+    assert results.count(False) >= 47 and a.results["dropped"] == results.count(False)
+    a.stop()
+
+
+def test_restart_hook_only_for_restart_groups() -> None:
+    actions = OomActions()
+    actions.set_settings({"acme/web": OomSettings(actions=("restart",)),
+                          "acme/db": OomSettings(actions=("log",))})
+    seen: list[tuple[str, int | None]] = []
+    unsubscribe = actions.on_oom(lambda path, ev: seen.append((path, ev.pid)))
+    actions.on_oom(lambda path, ev: 1 / 0)  # a broken subscriber does not stop the others
+    actions.handle(_event())
+    actions.handle(_event("high"))  # a warning is not a kill: no restart
+    actions.handle(_event("max"))  # not a kill either
+    assert seen == [("acme/web", 9)]
+    unsubscribe()
+    actions.handle(_event())
+    assert seen == [("acme/web", 9)]
