@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from governor.metering.sample import GroupSample, IoCounters
-from governor.store.service import record_gap, record_samples
+from governor.store.service import Incarnations, record_gap, record_samples
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class SpoolingWriter:
                  session_scope: Callable[[], AbstractContextManager[Session]]) -> None:
         self.spool = spool
         self.session_scope = session_scope
+        self.incarnations = Incarnations()
 
     def submit(self, node: str, samples: Sequence[GroupSample]) -> str:
         """Store ``samples``; returns "stored", "spooled" or "gap"."""
@@ -188,9 +189,11 @@ class SpoolingWriter:
             if self.spool:
                 self.spool.drain(self.session_scope)
             with self.session_scope() as session:
-                record_samples(session=session, node=node, samples=samples)
+                record_samples(session=session, node=node, samples=samples,
+                               incarnations=self.incarnations)
             return "stored"
         except DBAPIError as exc:
+            self.incarnations.forget()
             # only "cannot reach the database" spools; a bad statement is a bug to raise
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise

@@ -204,7 +204,8 @@ def upgrade() -> None:
             ["group_id"], ["groups.id"], name=op.f("fk_samples_group_id_groups")
         ),
         sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name=op.f("fk_samples_node_id_nodes")),
-        sa.PrimaryKeyConstraint("node_id", "group_id", "ts", name=op.f("pk_samples")),
+        sa.PrimaryKeyConstraint("node_id", "ts", "group_id", name=op.f("pk_samples")),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "usage_intervals",
@@ -246,11 +247,12 @@ def upgrade() -> None:
         sa.Column("wios", sa.BigInteger(), nullable=False),
         sa.Column("dbytes", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["node_id", "group_id", "ts"],
-            ["samples.node_id", "samples.group_id", "samples.ts"],
+            ["node_id", "ts", "group_id"],
+            ["samples.node_id", "samples.ts", "samples.group_id"],
             name="fk_sample_io_samples",
         ),
-        sa.PrimaryKeyConstraint("node_id", "group_id", "ts", "device", name=op.f("pk_sample_io")),
+        sa.PrimaryKeyConstraint("node_id", "ts", "group_id", "device", name=op.f("pk_sample_io")),
+        sqlite_with_rowid=False,
     )
 
 
