@@ -95,6 +95,7 @@ def _register() -> None:
         ("governor.store.cli", "db"),
         ("governor.billing.cli", "register"),
         ("governor.placement.cli", "register"),
+        ("governor.oom.cli", "register"),
     ):
         try:
             mod = importlib.import_module(module)

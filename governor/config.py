@@ -95,6 +95,10 @@ class Config:
     tls_key: str | None = None
     basic_auth_user: str | None = None
     basic_auth_password_sha256: str | None = None
+    # [oom]
+    oom_webhook_url: str | None = None      # alert action target; None: alerts only logged
+    oom_webhook_timeout: float = 5.0
+    oom_webhook_retries: int = 3
 
     @property
     def subtree_parts(self) -> list[str]:
@@ -127,6 +131,20 @@ def _choice(*choices: str) -> _Conv:
 def _pos_int(v: object, *, key: str, file: str | None) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(f"{v!r} is not a positive integer", file=file, key=key)
+    return v
+
+
+def _webhook(v: object, *, key: str, file: str | None) -> str | None:
+    s = _opt_str(v, key=key, file=file)
+    if s is not None and not s.startswith(("http://", "https://")):
+        raise ConfigError(f"{s!r}: the webhook URL must start with http:// or https://",
+                          file=file, key=key)
+    return s
+
+
+def _count(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100:
+        raise ConfigError(f"{v!r} is not an integer from 0 to 100", file=file, key=key)
     return v
 
 
@@ -203,6 +221,11 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "tls_key": ("tls_key", _opt_str),
         "basic_auth_user": ("basic_auth_user", _opt_str),
         "basic_auth_password_sha256": ("basic_auth_password_sha256", _opt_str),
+    },
+    "oom": {
+        "webhook_url": ("oom_webhook_url", _webhook),
+        "webhook_timeout": ("oom_webhook_timeout", _duration),
+        "webhook_retries": ("oom_webhook_retries", _count),
     },
 }
 
