@@ -14,7 +14,7 @@ from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.config import Config
 from governor.errors import GovernorError
-from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, pidns_of
+from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, host_pidns
 from governor.policy import Policy, load_policy
 
 
@@ -39,7 +39,7 @@ def _user(uid: int) -> str:
 def ps_rows(fs: CgroupFS, subtree: str, policy: Policy, *, tenant: str | None = None,
             proc_root: str = "/proc") -> list[PsRow]:
     """The processes of each managed group (groups of the policy, in policy order)."""
-    host_ns = pidns_of(proc_root, 1)
+    host_ns = host_pidns(proc_root)
     btime = boot_time(proc_root)
     rows: list[PsRow] = []
     for g in policy.groups():

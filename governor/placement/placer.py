@@ -37,7 +37,7 @@ from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.errors import CgroupError
 from governor.placement import netlink
-from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, pidns_of, pids
+from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
 from governor.placement.rules import CompiledRule, ContainerView, Exclusions, RuleSet
 from governor.policy.model import Policy
 
@@ -96,7 +96,7 @@ class Placer:
         self._policy: Policy | None = None
         self.rules = RuleSet()
         self._rules_ready = False
-        self.host_ns = pidns_of(proc_root, 1)
+        self.host_ns = host_pidns(proc_root)
         self.cv = ContainerView(self.host_ns, self._init_comm)
         self._ns_target: dict[int, str] = {}       # pid namespace -> "tenant/group"
         self._ns_init: dict[int, tuple[int, int]] = {}  # ns -> (init pid, starttime)

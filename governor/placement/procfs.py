@@ -64,20 +64,22 @@ class Status:
     nspid: tuple[int, ...]  # the pid in each pid namespace, outermost first
 
 
+def _status_field(text: str, key: str) -> list[str]:
+    start = text.find(key)
+    if start < 0:
+        return []
+    end = text.find("\n", start + 1)
+    return text[start + len(key):end if end >= 0 else None].split()
+
+
 def parse_status(text: str) -> Status:
-    uid = euid = gid = egid = -1
-    nspid: tuple[int, ...] = ()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key == "Uid":
-            parts = value.split()
-            uid, euid = int(parts[0]), int(parts[1])
-        elif key == "Gid":
-            parts = value.split()
-            gid, egid = int(parts[0]), int(parts[1])
-        elif key == "NSpid":
-            nspid = tuple(int(x) for x in value.split())
-    return Status(uid, euid, gid, egid, nspid)
+    """``Uid:``, ``Gid:`` and ``NSpid:`` of ``/proc/PID/status`` (found by search, not a
+    line-by-line parse: this runs on every exec event)."""
+    uids = _status_field(text, "\nUid:")
+    gids = _status_field(text, "\nGid:")
+    nspid = tuple(int(x) for x in _status_field(text, "\nNSpid:"))
+    return Status(int(uids[0]) if uids else -1, int(uids[1]) if len(uids) > 1 else -1,
+                  int(gids[0]) if gids else -1, int(gids[1]) if len(gids) > 1 else -1, nspid)
 
 
 def parse_cgroup(text: str) -> str | None:
@@ -237,6 +239,17 @@ def pids(root: str) -> list[int]:
 def pidns_of(root: str, pid: int | str) -> int:
     """The pid namespace inode of ``root/PID`` (``"self"`` and ``1`` work too)."""
     return parse_ns_link(os.readlink(f"{root}/{pid}/ns/pid"))
+
+
+def host_pidns(root: str) -> int:
+    """The pid namespace placement calls "the host": that of pid 1 as this procfs shows it
+    (the governor may itself run in a pid namespace: its pid 1 is then its own init).  When
+    pid 1's link cannot be read (EACCES: pid 1 belongs to another user namespace, as in
+    some container runtimes), the governor's own namespace, which is then the same one."""
+    try:
+        return pidns_of(root, 1)
+    except PermissionError:
+        return pidns_of(root, "self")
 
 
 def boot_time(root: str) -> float:
