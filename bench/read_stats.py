@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.reader import StatReader, read_stats_reopen
+from governor.cgroupfs.reader import StatReader, raise_nofile_limit, read_stats_reopen
 from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, move, remove
 
 
@@ -33,6 +33,8 @@ def main() -> int:
     if os.environ.get("GOVERNOR_SANDBOX") != "1":
         print("read_stats: run inside the sandbox: bench/run read_stats", file=sys.stderr)
         return 2
+    nofile = raise_nofile_limit()  # ~12 fds per group: the default 1024 is too few
+    print(f"RLIMIT_NOFILE soft limit: {nofile}")
     root = Path("/sys/fs/cgroup")
     scratch = f"bench-{uuid.uuid4().hex[:8]}"
     fs = CgroupFS(root)
@@ -50,7 +52,7 @@ def main() -> int:
         reader = StatReader(fs)
         for g in names:  # warm: open every fd once, as the sampler's first pass does
             reader.read(g)
-        files = sum(len(reader._groups[g].fds) for g in names)  # noqa: SLF001
+        files = sum(len(reader._groups[g].fds) for g in names)
         t_pread: list[float] = []
         t_reopen: list[float] = []
         for _ in range(args.passes):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import (
@@ -57,6 +59,31 @@ class GroupStats:
 
 
 _GONE = (errno.ENODEV, errno.ENOENT)
+#: descriptors left free for everything else the process opens (sockets, the database...)
+FD_HEADROOM = 512
+
+
+def raise_nofile_limit(want: int = 1 << 20) -> int:
+    """Raise RLIMIT_NOFILE towards ``want`` (capped by fs.nr_open); returns the soft limit.
+
+    The reader keeps about a dozen descriptors per group: 1,000 groups already exceed the
+    default soft limit of 1024.  Root may raise the hard limit too; others get soft = hard.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        cap = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        cap = want
+    target = min(want, cap)
+    for new in ((max(target, hard), max(target, hard)), (max(soft, hard), hard)):
+        if new[0] <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, new)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class _Group:
@@ -78,9 +105,14 @@ class StatReader:
     as ``GroupGone`` first; call :meth:`forget` to drop a group explicitly.
     """
 
-    def __init__(self, fs: CgroupFS) -> None:
+    def __init__(self, fs: CgroupFS, *, max_fds: int | None = None) -> None:
         self.fs = fs
         self._groups: dict[str, _Group] = {}
+        if max_fds is None:
+            max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
+        #: descriptors this reader may keep open; past it files are read open-pread-close
+        self.max_fds = max(max_fds, 0)
+        self.open_fds = 0
 
     def __enter__(self) -> StatReader:
         return self
@@ -99,6 +131,7 @@ class StatReader:
         for fd in g.fds.values():
             os.close(fd)
         os.close(g.dirfd)
+        self.open_fds -= len(g.fds) + 1
 
     @property
     def open_groups(self) -> int:
@@ -113,10 +146,12 @@ class StatReader:
                 raise self.fs._error("read", rel, None, e) from e
             g = _Group(dirfd, os.fstat(dirfd).st_ino)
             self._groups[rel] = g
+            self.open_fds += 1
         return g
 
     def _raw(self, rel: str, g: _Group, name: str) -> str | None:
         fd = g.fds.get(name)
+        cached = fd is not None
         if fd is None:
             if name in g.absent:
                 return None
@@ -133,15 +168,25 @@ class StatReader:
                     raise GroupGone("read", str(self.fs.path(rel)), name, e.errno or 0,
                                     hint="the group was removed") from e
                 raise self.fs._error("read", rel, name, e) from e
-            g.fds[name] = fd
+            if self.open_fds < self.max_fds:
+                g.fds[name] = fd
+                self.open_fds += 1
+                cached = True
+            # else: over the fd budget, this file is opened, read and closed each time
         try:
             data = os.pread(fd, _BUF, 0)
         except OSError as e:
             if e.errno in _GONE:
+                if not cached:
+                    os.close(fd)
+                    cached = True  # closed already
                 self.forget(rel)
                 raise GroupGone("read", str(self.fs.path(rel)), name, e.errno or 0,
                                 hint="the group was removed") from e
             raise self.fs._error("read", rel, name, e) from e
+        finally:
+            if not cached:
+                os.close(fd)
         return data.decode()
 
     @staticmethod

@@ -164,3 +164,18 @@ def test_reader_group_gone(fs: CgroupFS, root: Path) -> None:
         with pytest.raises(GroupGone):
             r.read("g")
         assert r.open_groups == 0
+
+
+def test_reader_fd_budget_falls_back_to_reopen(fs: CgroupFS, root: Path) -> None:
+    for i in range(3):
+        create_child(root, f"g{i}")
+    with StatReader(fs, max_fds=5) as r:
+        full = [r.read(f"g{i}", slow=True) for i in range(3)]
+        assert r.open_fds <= 5 + 3  # the budget, plus one directory fd per group
+        again = [r.read(f"g{i}", slow=True) for i in range(3)]
+        assert full == again and full[2].cpu is not None
+        assert full[2].memory_stat is not None and full[2].psi["io"].some.total == 24
+        open_now = len(os.listdir("/proc/self/fd"))
+        r.read("g2")
+        assert len(os.listdir("/proc/self/fd")) == open_now  # nothing leaked
+    assert r.open_fds == 0
