@@ -48,6 +48,10 @@ the uncompressed vmlinux (PVH) is about twice as fast as the bzImage.  ``io.weig
 acts once iocost is enabled on the device (``echo "254:0 enable=1" >
 /sys/fs/cgroup/io.cost.qos``) or with BFQ (``busybox modprobe bfq``).
 
+The host root is mounted with 9p ``cache=loose`` (Python imports many files: much faster),
+so the guest assumes host files do not change during a run; a file being rewritten on the
+host while the guest reads it can be seen torn.  ``rwdirs`` are not cached.
+
 Port forwards (``port_forwards=[(host, guest)]``) bind ``127.0.0.1:host`` on the host only
 and reach ``10.0.2.15:guest`` in the guest (QEMU user networking with ``restrict=on``: the
 guest reaches nothing outside); a guest server must listen on ``0.0.0.0`` or ``10.0.2.15``.
