@@ -17,7 +17,6 @@ import pytest
 
 from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
-from governor.enforce import desired_state, make_plan
 from governor.enforce.keeper import Enforcer
 
 pytestmark = pytest.mark.kernel
@@ -340,7 +339,7 @@ def test_group_left_policy_removed_when_empty_kept_when_busy(
     s = scratch_subtree
     sleeper = in_group(s, "acme/batch", ["sleep", "60"])
     try:
-        write_policy(policy_dir, TWO_TENANTS.split("[tenants.acme.groups.batch]")[0]
+        write_policy(policy_dir, TWO_TENANTS.split("[tenants.acme.groups.batch]", maxsplit=1)[0]
                      + "[tenants.globex]\n")
         assert e.reload(trigger="test")
         assert not (s / "globex/api").exists()           # empty: removed

@@ -22,7 +22,8 @@ HYBRID_MOUNTINFO = """\
 # the sandbox guest's mountinfo (pure cgroup2)
 UNIFIED_MOUNTINFO = """\
 24 1 0:22 / / rw,relatime - overlay root rw,lowerdir=/lower,upperdir=/upper/u
-27 24 0:24 / /sys/fs/cgroup rw,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+27 24 0:24 / /sys/fs/cgroup rw,relatime shared:4 - cgroup2 cgroup2 \
+rw,nsdelegate,memory_recursiveprot
 30 24 0:27 / /mnt/with\\040space rw - tmpfs tmpfs rw
 """
 
