@@ -25,7 +25,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-PY=${PYTHON:-python3}
 RESULTS=${GOVERNOR_TEST_RESULTS:-$REPO/results}
 T0=$(date +%s)
 failures=()
@@ -34,45 +33,12 @@ step() { printf '\n==> %s\n' "$*"; }
 took() { printf '    (%ss)\n' "$(($(date +%s) - $1))"; }
 die() { echo "test.sh: FAIL: $*" >&2; exit 1; }
 fail() { failures+=("$*"); echo "test.sh: FAIL: $*" >&2; }
-quietly() {  # run a noisy command; show its output only when it fails
-  local log; log=$(mktemp); local rc=0
-  "$@" >"$log" 2>&1 || rc=$?
-  if [ $rc -ne 0 ]; then tail -n 40 "$log" >&2; fi
-  rm -f "$log"; return $rc
-}
 
-# 1. Debian packages
-APT_PKGS=(qemu-system-x86 busybox-static cgroup-tools postgresql prometheus prometheus-alertmanager)
-"$PY" -c 'import ensurepip, venv' 2>/dev/null || APT_PKGS+=(python3-venv)
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  step "apt: installing ${missing[*]}"; t=$(date +%s)
-  [ "$(id -u)" = 0 ] || die "missing Debian packages ${missing[*]}: run as root, or install them: sudo apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  quietly apt-get update || die "apt-get update failed"
-  quietly apt-get install -y --no-install-recommends "${missing[@]}" || die "apt-get install failed"
-  took "$t"
-fi
-
-# 2. the venv
-want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
-   || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
-  step "venv: .venv with pip install -e '.[dev]'"; t=$(date +%s)
-  "$PY" -m venv --clear .venv || die "python3 -m venv failed"
-  quietly .venv/bin/pip install --disable-pip-version-check -e '.[dev]' || die "pip install -e '.[dev]' failed"
-  echo "$want" > .venv/.governor-deps
-  took "$t"
-fi
-VPY=$REPO/.venv/bin/python
-
-# 3. the sandbox VM
-step "sandbox setup"; t=$(date +%s)
-"$VPY" -m governor.sandbox.cli setup || die "governor sandbox setup failed"
+# 1-3. Debian packages, the venv, the sandbox VM kernel (shared with scripts/run.sh)
+step "setup: scripts/setup.sh --test"; t=$(date +%s)
+bash scripts/setup.sh --test || die "scripts/setup.sh --test failed"
 took "$t"
+VPY=$REPO/.venv/bin/python
 
 # 4. static checks
 step "ruff"; t=$(date +%s)
