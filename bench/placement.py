@@ -102,15 +102,14 @@ def load(target: str, rate: float | None, count: int) -> dict[str, float]:
                 children.discard(pid)
 
     while spawned < count:
-        now = time.perf_counter()
-        if rate is None or now >= next_at:
+        # spawn everything that is due before polling, so a slow poll pass cannot lower the
+        # offered rate
+        while spawned < count and (rate is None or time.perf_counter() >= next_at):
             pid = os.posix_spawn(SLEEP, [SLEEP, "2"], os.environ)
             pending[pid] = time.perf_counter()
             children.add(pid)
             spawned += 1
             next_at += 1.0 / rate if rate else 0
-            if rate is None:
-                continue
         poll()
         reap()
     elapsed = time.perf_counter() - t_start
