@@ -233,9 +233,10 @@ def test_exit_before_move_and_fork_storm(world: tuple[CgroupFS, Enforcer, Path])
           f"{placer.counters.overflows}, still alive at the check {len(alive)}")
     assert outside == []
     assert c["error"] == 0
-    # those still alive at the check (sleep 1..3 s) are all placed; the rest may have
-    # exited before their exec event was read (not counted: no decision was made)
-    assert len(alive) >= 300
+    # those still alive at the check are all placed; the rest may have exited before their
+    # exec event was read (not counted: no decision was made).  How many are still alive
+    # depends on the VM's speed (20 of 1,000 on a loaded TCG host), so it is not asserted.
+    assert alive
     assert c["moved"] >= len(alive)
 
 
