@@ -162,7 +162,7 @@ def gov(scratch_subtree: Path, tmp_path: Path) -> Iterator[Gov]:
     actions = OomActions(alerter=alerter)
     kmsg = KmsgReader()
     watcher = OomWatcher(fs, s.name, "vm", sink=sink, actions=actions, kmsg=kmsg,
-                         victim_wait=1.0, rescan_interval=0.5)
+                         victim_wait=0.3, rescan_interval=0.5)
     sampler = Sampler(fs, s.name, "vm")
     exporter = Exporter("127.0.0.1:0", stale_after=10)
     exporter.start()
@@ -199,8 +199,12 @@ def kill_one(group: Path) -> int:
 
 
 def kills(g: Gov, path: str) -> list[Row]:
-    return [r for r in g.rows() if r.kind == "oom_kill" and r.group_id is not None
-            and _path(g, r) == path]
+    from governor.store.models import Group
+    with g.sink.scope() as s:
+        rows = list(s.execute(select(Row).join(Group, Group.id == Row.group_id).where(
+            Row.kind == "oom_kill", Group.path == path).order_by(Row.id)).scalars())
+        s.expunge_all()
+        return rows
 
 
 def _path(g: Gov, r: Row) -> str:
@@ -244,10 +248,11 @@ def test_oom_kill_recorded_with_victim_metric_webhook_and_prometheus_alertmanage
                                    if a["labels"]["alertname"] == "GovernorOOMKill"
                                    and a["state"] == "firing"], 90, "GovernorOOMKill firing")
         assert firing[0]["labels"]["tenant"] == "t" and firing[0]["labels"]["group"] == "g"
-        delivered = wait_for(lambda: [b for p, b in g.receiver.posts if p == "/am"], 90,
-                             "Alertmanager's webhook delivery")
-        alert = delivered[0]["alerts"][0]
-        assert alert["labels"]["alertname"] == "GovernorOOMKill"
+        delivered = wait_for(lambda: [a for p, b in g.receiver.posts if p == "/am"
+                                      for a in b["alerts"]
+                                      if a["labels"]["alertname"] == "GovernorOOMKill"], 90,
+                             "Alertmanager's webhook delivery of GovernorOOMKill")
+        alert = delivered[0]
         assert (alert["labels"]["tenant"], alert["labels"]["group"]) == ("t", "g")
         assert alert["status"] == "firing"
         check_expressions(g, prom)
@@ -282,8 +287,16 @@ def test_two_quick_kills_count_two_and_group_kill_takes_the_whole_group(gov: Gov
     for p in sleepers:
         assert p.wait(30) == -signal.SIGKILL  # the whole group went, not only the hog
     assert hog.returncode == -signal.SIGKILL
+    def counter(group: Path, key: str) -> int:
+        return int(dict(line.split() for line in
+                        (group / "memory.events").read_text().splitlines())[key])
+    # Linux 6.1 kills the chosen victim, then every member of the oom.group *including the
+    # victim again* (mm/oom_kill.c oom_kill_memcg_member): 3 tasks can count 4 kills.  The
+    # recorded total must equal the kernel's counter, whatever it is.
+    whole_kills = counter(whole, "oom_kill")
+    assert whole_kills >= 3 and counter(whole, "oom_group_kill") == 1
     wait_for(lambda: sum(r.count for r in kills(g, "t/two")) == 2
-             and sum(r.count for r in kills(g, "t/whole")) == 3
+             and sum(r.count for r in kills(g, "t/whole")) == whole_kills
              and any(r.kind == "oom_group_kill" for r in g.rows()), 10, "all kills recorded")
     time.sleep(1.5)  # nothing more arrives late
     assert sum(r.count for r in kills(g, "t/two")) == 2
@@ -293,7 +306,8 @@ def test_two_quick_kills_count_two_and_group_kill_takes_the_whole_group(gov: Gov
     kernel = {k: int(v) for k, v in (line.split() for line in
                                      (g.scratch / "t/memory.events").read_text().splitlines())}
     tenant_kills = sum(r.count for r in kills(g, "t"))
-    assert tenant_kills == kernel["oom_kill"] == 5
+    assert tenant_kills == kernel["oom_kill"] == 2 + whole_kills
+    assert sum(r.count for r in kills(g, "t/whole")) == whole_kills
 
 
 def test_exporter_output_equals_the_kernel_values(gov: Gov) -> None:
