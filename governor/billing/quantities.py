@@ -17,7 +17,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from governor.store.models import Group, HourlyRollup, Tenant
@@ -106,25 +119,111 @@ def sum_range(
     return out
 
 
-def hourly_rows(
+@dataclasses.dataclass(slots=True)
+class PieceTotals(Totals):
+    """:class:`Totals` plus the split of the memory integral needed by the "max" basis:
+    ``mem_usage_wins`` byte-seconds from hours where usage was at least the reservation,
+    and ``covered_reserved_us`` microseconds of hours where the reservation was larger."""
+
+    mem_usage_wins: int = 0
+    covered_reserved_us: int = 0
+
+
+#: (node_id, group_id, piece index) -> reserved bytes for the "max" basis
+ReservationTable = dict[tuple[int, int, int], int]
+
+
+def sum_pieces(
     *,
     session: Session,
-    start: datetime,
-    end: datetime,
-    where: Sequence[ColumnElement[bool]] = (),
-) -> list[tuple[int, str, datetime, int, int]]:
-    """``(node_id, path, hour, covered_us, memory_byte_seconds)`` per node, path and hour
-    over ``[start, end)`` (partial hours by exact share) -- for per-hour memory maxima."""
-    q = (select(HourlyRollup.node_id, Group.path, HourlyRollup.hour,
-                func.sum(HourlyRollup.covered_us), func.sum(HourlyRollup.memory_byte_seconds))
-         .join(Group, Group.id == HourlyRollup.group_id)
-         .join(Tenant, Tenant.id == Group.tenant_id)
-         .where(*where, HourlyRollup.hour >= hour_floor(start), HourlyRollup.hour < end)
-         .group_by(HourlyRollup.node_id, Group.path, HourlyRollup.hour))
-    out: list[tuple[int, str, datetime, int, int]] = []
-    for node_id, path, hour, covered_sum, mem_sum in session.execute(q):
-        covered, mem = int(covered_sum), int(mem_sum)
-        if hour < start or hour + HOUR > end:
-            covered, mem = share(covered, hour, start, end), share(mem, hour, start, end)
-        out.append((node_id, path, hour, covered, mem))
+    pieces: Sequence[tuple[datetime, datetime]],
+    group_ids: ColumnElement[bool],
+    reserved: ReservationTable | None = None,
+) -> dict[tuple[int, int, int], PieceTotals]:
+    """Totals per ``(node_id, group_id, piece index)`` over consecutive ``pieces`` in one scan.
+
+    Whole hours inside a piece are summed in SQL (one query for every piece, the piece given
+    by a CASE on the hour); hours cut by a piece boundary are read per row and shared out
+    exactly (:func:`share`).  With ``reserved``, each hour also compares usage with the
+    reservation (in floating point: at an exact tie either side gives the same amount to
+    within 1e-15) and keeps the winners apart, so the caller can bill
+    ``max(usage, reservation)`` per hour with exact integers.
+    """
+    out: dict[tuple[int, int, int], PieceTotals] = {}
+    if not pieces:
+        return out
+    start, end = pieces[0][0], pieces[-1][1]
+    cuts = {start, end, *(b for _, b in pieces)}
+    partial = sorted({hour_floor(c) for c in cuts if hour_floor(c) != c})
+    h = HourlyRollup
+    sums = _sums()
+    extra: list[ColumnElement[Any]] = []
+    res_table = None
+    if reserved:
+        res_table = Table("governor_bill_reserved", MetaData(),
+                          Column("group_id", BigInteger, primary_key=True),
+                          Column("piece", Integer, primary_key=True),
+                          Column("node_id", Integer, primary_key=True),
+                          Column("reserved", BigInteger),
+                          prefixes=["TEMPORARY"])
+        conn = session.connection()
+        res_table.drop(conn, checkfirst=True)
+        res_table.create(conn)
+        conn.execute(res_table.insert(), [
+            {"node_id": n, "group_id": g, "piece": i, "reserved": r}
+            for (n, g, i), r in reserved.items()])
+        res_wins = and_(res_table.c.reserved.is_not(None),
+                        cast(h.memory_byte_seconds, Float) * 1e6
+                        < cast(res_table.c.reserved, Float) * h.covered_us)
+        extra = [
+            func.coalesce(func.sum(case((res_wins, 0), else_=h.memory_byte_seconds)), 0),
+            func.coalesce(func.sum(case((res_wins, h.covered_us), else_=0)), 0),
+        ]
+    try:
+        # one query per piece over its whole hours, grouped in the clustered key's order
+        # (group, node) so that the database can aggregate while it reads
+        for i, (a, b) in enumerate(pieces):
+            lo, hi = hour_ceil(a), hour_floor(b)
+            if lo >= hi:
+                continue
+            q = (select(h.group_id, h.node_id, *sums, *extra)
+                 .where(group_ids, h.hour >= lo, h.hour < hi)
+                 .group_by(h.group_id, h.node_id))
+            if res_table is not None:
+                q = q.outerjoin(res_table, and_(res_table.c.group_id == h.group_id,
+                                                res_table.c.piece == i,
+                                                res_table.c.node_id == h.node_id))
+            for row in session.execute(q):
+                values = [int(v) for v in row[2:]]
+                t = PieceTotals(*values[: len(FIELDS)])
+                if extra:
+                    t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]
+                else:
+                    t.mem_usage_wins = t.memory_byte_seconds
+                out[(row[1], row[0], i)] = t
+    finally:
+        if res_table is not None:
+            res_table.drop(session.connection(), checkfirst=True)
+    if partial:
+        q2 = select(h.node_id, h.group_id, h.hour, *(getattr(h, f) for f in FIELDS)).where(
+            group_ids, h.hour.in_(partial))
+        for row in session.execute(q2):
+            node_id, group_id, hour = row[0], row[1], row[2]
+            for i, (a, b) in enumerate(pieces):
+                if b <= hour or a >= hour + HOUR:
+                    continue
+                part = PieceTotals(*(share(int(v), hour, a, b) for v in row[3:]))
+                r = reserved.get((node_id, group_id, i)) if reserved else None
+                if r is not None and part.memory_byte_seconds * 1_000_000 < r * part.covered_us:
+                    part.covered_reserved_us = part.covered_us
+                else:
+                    part.mem_usage_wins = part.memory_byte_seconds
+                key = (node_id, group_id, i)
+                acc = out.get(key)
+                if acc is None:
+                    out[key] = part
+                else:
+                    acc.add(part)
+                    acc.mem_usage_wins += part.mem_usage_wins
+                    acc.covered_reserved_us += part.covered_reserved_us
     return out

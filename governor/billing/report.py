@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from governor.billing.errors import InvalidPeriod, UnknownTenant
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
-from governor.billing.quantities import HOUR_US, KeyColumn, Totals, hourly_rows, sum_range
+from governor.billing.quantities import HOUR_US, KeyColumn, Totals, sum_pieces, sum_range
 from governor.store.models import AppliedPolicy, Group, HourlyRollup, Node, Tenant
 
 GIB: Final = 1 << 30
@@ -184,33 +184,43 @@ def invoice(*, session: Session, policy: PolicyLike, tenant: str, start: datetim
     # (path, resource, version index) -> integer quantity, charge span
     qty: dict[tuple[str, str, int], int] = defaultdict(int)
     span: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
-    where: list[ColumnElement[bool]] = [Tenant.name == tenant]
-    for a, b, idx, _version in pieces:
-        totals = sum_range(session=session, start=a, end=b,
-                           keys=[Group.path, HourlyRollup.node_id], where=where)
-        hourly: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
-        if basis == "max" and any(_reservation_at(h, a) for h in res.values()):
-            for node_id, path, _hour, covered, mem in hourly_rows(
-                    session=session, start=a, end=b, where=where):
-                hourly[(node_id, path)].append((covered, mem))
-        for (path, node_id), t in totals.items():
-            r = _reservation_at(res.get((node_id, path), []), a) if res else 0
-            usage_bus = t.memory_byte_seconds * 1_000_000
-            if basis == "usage" or r is None:
-                mem_bus = usage_bus
-            elif basis == "reservation":
-                mem_bus = r * t.covered_us
-            elif r == 0:
-                mem_bus = usage_bus
-            else:
-                mem_bus = sum(max(m * 1_000_000, r * c) for c, m in hourly[(node_id, path)])
-            for resource, value in (("cpu", t.cpu_usec), ("memory", mem_bus),
-                                    ("io_read", t.io_rbytes), ("io_write", t.io_wbytes),
-                                    ("oom_kill", t.oom_kills)):
-                key = (path, resource, idx)
-                qty[key] += value
-                s = span.get(key)
-                span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
+    groups = session.execute(
+        select(Group.id, Group.path, Group.node_id).join(Tenant, Tenant.id == Group.tenant_id)
+        .where(Tenant.name == tenant)).all()
+    path_of = {gid: path for gid, path, _ in groups}
+    tenant_groups = HourlyRollup.group_id.in_(
+        select(Group.id).join(Tenant, Tenant.id == Group.tenant_id).where(Tenant.name == tenant))
+    reserved_at: dict[tuple[int, int, int], Reservation] = {}
+    if res:
+        for i, (a, _b, _idx, _v) in enumerate(pieces):
+            for gid, path, node_id in groups:
+                hist = res.get((node_id, path))
+                if hist:
+                    reserved_at[(node_id, gid, i)] = _reservation_at(hist, a)
+    reserved_ints = {k: r for k, r in reserved_at.items() if r}  # known and > 0
+    totals = sum_pieces(session=session, pieces=[(a, b) for a, b, _, _ in pieces],
+                        group_ids=tenant_groups,
+                        reserved=reserved_ints if basis == "max" else None)
+    for (node_id, gid, i), t in totals.items():
+        path = path_of[gid]
+        a, b, idx, _version = pieces[i]
+        r = reserved_at.get((node_id, gid, i), 0)
+        usage_bus = t.memory_byte_seconds * 1_000_000
+        if basis == "usage" or r is None:
+            mem_bus = usage_bus
+        elif basis == "reservation":
+            mem_bus = r * t.covered_us
+        elif r == 0:
+            mem_bus = usage_bus
+        else:
+            mem_bus = t.mem_usage_wins * 1_000_000 + r * t.covered_reserved_us
+        for resource, value in (("cpu", t.cpu_usec), ("memory", mem_bus),
+                                ("io_read", t.io_rbytes), ("io_write", t.io_wbytes),
+                                ("oom_kill", t.oom_kills)):
+            key = (path, resource, idx)
+            qty[key] += value
+            s = span.get(key)
+            span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
 
     lines: list[InvoiceLine] = []
     order = list(RESOURCES)

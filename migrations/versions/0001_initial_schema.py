@@ -162,10 +162,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["node_id"], ["nodes.id"], name=op.f("fk_rollups_hourly_node_id_nodes")
         ),
-        sa.PrimaryKeyConstraint("node_id", "group_id", "hour", name=op.f("pk_rollups_hourly")),
+        sa.PrimaryKeyConstraint("group_id", "hour", "node_id", name=op.f("pk_rollups_hourly")),
+        sqlite_with_rowid=False,
     )
-    with op.batch_alter_table("rollups_hourly", schema=None) as batch_op:
-        batch_op.create_index("ix_rollups_hourly_hour", ["hour"], unique=False)
 
     op.create_table(
         "samples",
@@ -261,9 +260,6 @@ def downgrade() -> None:
     op.drop_table("sample_io")
     op.drop_table("usage_intervals")
     op.drop_table("samples")
-    with op.batch_alter_table("rollups_hourly", schema=None) as batch_op:
-        batch_op.drop_index("ix_rollups_hourly_hour")
-
     op.drop_table("rollups_hourly")
     with op.batch_alter_table("oom_events", schema=None) as batch_op:
         batch_op.drop_index("ix_oom_events_node_ts")
