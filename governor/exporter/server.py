@@ -112,13 +112,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             r = exp.current
+            exp.scrapes += 1  # counted before the reply: a client that has it sees the count
             gz = "gzip" in self.headers.get("Accept-Encoding", "")
             if gz:
                 self._send(200, r.gzipped(), CONTENT_TYPE,
                            {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
             else:
                 self._send(200, r.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
-            exp.scrapes += 1
         elif path == "/healthz":
             ok, doc = exp.health()
             self._send(200 if ok else 503, json.dumps(doc, sort_keys=True).encode() + b"\n",
