@@ -66,6 +66,10 @@ def load(url: str) -> None:
                                   {"path": f"acme/g{g:04d}", "file": "memory.min",
                                    "value": str((1 << 30) + (g - 500) * (1 << 20))}
                                   for g in range(GROUPS)])
+    # statistics, as autovacuum (PostgreSQL) or `PRAGMA optimize` (SQLite) would gather
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
     engine.dispose()
 
 
