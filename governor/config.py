@@ -78,7 +78,7 @@ class Config:
     log_level: str = "info"
     # [database]
     database_url: str = "sqlite:////var/lib/governor/governor.db"
-    spool_max_bytes: int = 64 * 1024 * 1024
+    spool_max_samples: int = 1_000_000
     retention_raw: float = 14 * 86400.0
     # [sampling]
     sample_interval: float = 10.0
@@ -200,7 +200,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
     },
     "database": {
         "url": ("database_url", _db_url),
-        "spool_max_bytes": ("spool_max_bytes", _pos_int),
+        "spool_max_samples": ("spool_max_samples", _pos_int),
         "retention_raw": ("retention_raw", _duration),
     },
     "sampling": {

@@ -124,7 +124,10 @@ def register_run(main: click.Group) -> None:
     @config_options
     @click.option("--reconcile-interval", metavar="DURATION",
                   help="override enforce.reconcile_interval (e.g. 5s)")
-    def run_cmd(cfg: Callable[[], Config], reconcile_interval: str | None) -> None:
+    @click.option("--sample-interval", metavar="DURATION",
+                  help="override sampling.interval (e.g. 2s)")
+    def run_cmd(cfg: Callable[[], Config], reconcile_interval: str | None,
+                sample_interval: str | None) -> None:
         """Run the governor: apply the policy, keep it enforced, reload on change/SIGHUP."""
         from governor.config import parse_duration
         from governor.daemon import Daemon
@@ -134,5 +137,8 @@ def register_run(main: click.Group) -> None:
         if reconcile_interval:
             c.reconcile_interval = parse_duration(reconcile_interval,
                                                   key="--reconcile-interval", file=None)
+        if sample_interval:
+            c.sample_interval = parse_duration(sample_interval, key="--sample-interval",
+                                               file=None)
         setup_logging(c.log_format, c.log_level)
         sys.exit(Daemon(c).run())

@@ -316,7 +316,19 @@ def test_exporter_output_equals_the_kernel_values(gov: Gov) -> None:
                        OomSettings()) for i in range(3)]
     sleepers = [in_group(p, ["sleep", "600"]) for p in grps]
     try:
-        time.sleep(0.5)
+        # compare only once the groups are idle (the sleepers have exec'd and sleep): on a
+        # busy host the start-up of a process can take longer than any fixed pause
+        def usage() -> list[str]:
+            return [(p / "cpu.stat").read_text().split("\n")[0] for p in grps]
+
+        deadline = time.monotonic() + 60
+        before = usage()
+        while True:
+            time.sleep(0.5)
+            now = usage()
+            if now == before or time.monotonic() > deadline:
+                break
+            before = now
         g.publish()
         with urllib.request.urlopen(g.exporter.url + "/metrics", timeout=10) as r:
             s = parsed_samples(r.read().decode())

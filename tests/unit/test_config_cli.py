@@ -28,7 +28,7 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
     cfg = load_config(example, environ={})
     defaults = load_config(None, environ={}, missing_ok=True)
     for attr in ("subtree", "sample_interval", "reconcile_interval", "listen", "slow_every",
-                 "spool_max_bytes", "retention_raw", "log_format"):
+                 "spool_max_samples", "retention_raw", "log_format"):
         assert getattr(cfg, attr) == getattr(defaults, attr), attr
 
 
