@@ -83,6 +83,84 @@ def doctor(cfg: Callable[[], Config], fmt: str) -> None:
         sys.exit(1)
 
 
+@main_group.group("db")
+def db_cmd() -> None:
+    """The metering database: schema migrations."""
+
+
+@db_cmd.command("upgrade")
+@config_options
+def db_upgrade(cfg: Callable[[], Config]) -> None:
+    """Create or migrate the database schema to this governor's version."""
+    from governor.store.cli import run_db_upgrade
+
+    before, after = run_db_upgrade(cfg().database_url)
+    click.echo(f"database schema already at {after}" if before == after else
+               f"database schema upgraded from {before or 'nothing'} to {after}")
+
+
+@db_cmd.command("current")
+@config_options
+@FORMAT
+def db_current(cfg: Callable[[], Config], fmt: str) -> None:
+    """Show the database's schema revision and the one this governor needs (exit 1 if
+    they differ)."""
+    from governor.store.cli import run_db_current
+
+    have, need = run_db_current(cfg().database_url)
+    if fmt == "json":
+        emit_json({"current": have, "needed": need, "ok": have == need})
+    else:
+        click.echo(f"database schema: {have or 'nothing'}; governor needs: {need}")
+    if have != need:
+        sys.exit(1)
+
+
+def _period(func: F) -> F:
+    for opt in reversed([
+        click.option("--tenant", default=None, help="only this tenant (default: all)"),
+        click.option("--from", "start", default=None, help="start (UTC), e.g. 2026-11-01"),
+        click.option("--to", "end", default=None, help="end (UTC, exclusive); default now"),
+        click.option("--period", default=None, help="a UTC calendar month, e.g. 2026-11"),
+    ]):
+        func = opt(func)
+    return func
+
+
+@main_group.command("usage")
+@config_options
+@_period
+@click.option("--by", type=click.Choice(["hour", "day", "group", "node"]), default="group",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def usage_cmd(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
+              end: str | None, period: str | None, by: str, fmt: str) -> None:
+    """Usage per hour, day, group or node, from the hourly rollups."""
+    from governor.billing.cli import parse_period, run_usage
+
+    a, b = parse_period(period, start, end)
+    run_usage(cfg().database_url, tenant=tenant, start=a, end=b, by=by,  # type: ignore[arg-type]
+              fmt=fmt)
+
+
+@main_group.command("bill")
+@config_options
+@_period
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "focus"]),
+              default="table", show_default=True)
+def bill_cmd(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
+             end: str | None, period: str | None, fmt: str) -> None:
+    """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
+    or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS columns."""
+    from governor.billing.cli import parse_period, run_bill
+    from governor.policy import load_policy
+
+    c = cfg()
+    a, b = parse_period(period, start, end)
+    run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt)
+
+
 def _register() -> None:
     """Attach the command groups that live next to their domain code."""
     import importlib
@@ -92,8 +170,7 @@ def _register() -> None:
         ("governor.policy.cli", "policy"),
         ("governor.enforce.cli", "register"),
         ("governor.enforce.cli", "register_run"),
-        ("governor.store.cli", "db"),
-        ("governor.billing.cli", "register"),
+
         ("governor.placement.cli", "register"),
         ("governor.oom.cli", "register"),
     ):
