@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import BigInteger, Float, Integer, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
@@ -26,6 +26,7 @@ from governor.metering.usage import IntervalUsage, usage_between
 from governor.store.errors import StoreError
 from governor.store.models import (
     AppliedPolicy,
+    Base,
     Gap,
     Group,
     HourlyRollup,
@@ -35,6 +36,7 @@ from governor.store.models import (
     Sample,
     SampleIo,
     Tenant,
+    UTCDateTime,
 )
 
 _SAMPLES: Table = Sample.__table__  # type: ignore[assignment]
@@ -105,7 +107,8 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
 
 
 class Incarnations:
-    """A caller-owned cache of group incarnation ids: ``(node_id, path, cgroup_id) -> id``.
+    """A caller-owned cache of group incarnation ids:
+    ``(node_id, tenant, group, cgroup_id) -> id``.
 
     A sampler keeps one and passes it to every :func:`record_samples` call, which then skips
     the lookup of groups it has already seen (the bulk of the cost at a few thousand groups).
@@ -114,22 +117,25 @@ class Incarnations:
     """
 
     def __init__(self) -> None:
-        self.ids: dict[tuple[int, str, int], int] = {}
+        self.ids: dict[tuple[int, str, str | None, int], int] = {}
 
     def forget(self) -> None:
         self.ids.clear()
 
 
+IncarnationKey = tuple[str, str | None, int]
+
+
 def incarnation_ids(
     *, session: Session, node_id: int, samples: Iterable[GroupSample],
     cache: Incarnations | None = None,
-) -> dict[tuple[str, int], int]:
-    """Map ``(path, cgroup_id)`` of ``samples`` to group incarnation ids, creating rows."""
-    wanted: dict[tuple[str, int], GroupSample] = {}
-    ids: dict[tuple[str, int], int] = {}
+) -> dict[IncarnationKey, int]:
+    """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows."""
+    wanted: dict[IncarnationKey, GroupSample] = {}
+    ids: dict[IncarnationKey, int] = {}
     known = cache.ids if cache is not None else {}
     for s in samples:
-        key = (s.path, s.cgroup_id)
+        key = (s.tenant, s.group, s.cgroup_id)
         if key in ids or key in wanted:
             continue
         gid = known.get((node_id, *key))
@@ -139,6 +145,7 @@ def incarnation_ids(
             wanted[key] = s
     if not wanted:
         return ids
+    by_path = {(s.path, s.cgroup_id): key for key, s in wanted.items()}
 
     def lookup(keys: Sequence[tuple[str, int]]) -> None:
         for chunk in _chunks(keys):
@@ -149,34 +156,33 @@ def incarnation_ids(
                 )
             )
             for path, cgroup_id, gid in rows:
-                if (path, cgroup_id) in wanted:
-                    ids[(path, cgroup_id)] = gid
+                key = by_path.get((path, cgroup_id))
+                if key is not None:
+                    ids[key] = gid
 
-    lookup(list(wanted))
-    missing = [k for k in wanted if k not in ids]
-    if cache is not None:
-        cache.ids.update(((node_id, *k), v) for k, v in ids.items())
+    lookup(list(by_path))
+    missing = [pk for pk, key in by_path.items() if key not in ids]
     if missing:
-        tenants = {wanted[k].tenant for k in missing}
+        tenants = {wanted[by_path[k]].tenant for k in missing}
         tenant_ids = {t: ensure_tenant(session=session, name=t) for t in sorted(tenants)}
         now = _now()
         session.execute(insert_ignore(session, _GROUPS), [
             {
                 "node_id": node_id,
-                "tenant_id": tenant_ids[wanted[k].tenant],
-                "name": wanted[k].group,
+                "tenant_id": tenant_ids[wanted[by_path[k]].tenant],
+                "name": wanted[by_path[k]].group,
                 "path": k[0],
                 "cgroup_id": k[1],
-                "created_at": wanted[k].created,
-                "first_seen": min(now, wanted[k].wall),
+                "created_at": wanted[by_path[k]].created,
+                "first_seen": min(now, wanted[by_path[k]].wall),
                 "removed_at": None,
                 "metered_until": None,
             }
             for k in missing
         ])
         lookup(missing)
-        if cache is not None:
-            cache.ids.update(((node_id, *k), ids[k]) for k in missing)
+    if cache is not None:
+        cache.ids.update(((node_id, *key), ids[key]) for key in wanted)
     return ids
 
 
@@ -191,15 +197,34 @@ def _sqlite_ts(dt: datetime) -> str:
     return f"{dt.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
 
 
+def ts_converter(session: Session) -> Callable[[datetime], Any]:
+    """Turns a UTC datetime into the DBAPI value :func:`bulk_insert_ignore` passes on
+    unchanged (``ts_index=None``): text on SQLite (cached: a batch has few distinct
+    times), the datetime itself on PostgreSQL."""
+    if session.get_bind().dialect.name != "sqlite":
+        return lambda dt: dt
+    cache: dict[datetime, str] = {}
+
+    def convert(dt: datetime) -> str:
+        t = cache.get(dt)
+        if t is None:
+            t = cache[dt] = _sqlite_ts(dt)
+        return t
+
+    return convert
+
+
 def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
-                       rows: Sequence[tuple[Any, ...]], *, ts_index: int) -> None:
+                       rows: Sequence[tuple[Any, ...]], *, ts_index: int | None) -> None:
     """Insert many rows, skipping those whose key exists, at DBAPI speed.
 
     This bypasses SQLAlchemy's per-row parameter processing (about 10x slower at this
     volume).  SQLite: ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` with the
     timestamp in the same text format :class:`UTCDateTime` stores.  PostgreSQL: ``COPY`` into
     a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
-    Runs on the session's own connection, inside its transaction.
+    Runs on the session's own connection, inside its transaction.  ``ts_index`` is the
+    position of a datetime to convert, or ``None`` when the rows already went through
+    :func:`ts_converter`.
     """
     if not rows:
         return
@@ -208,14 +233,10 @@ def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         marks = ", ".join("?" * len(columns))
-        text_ts: dict[datetime, str] = {}  # a batch shares few distinct times
-        data = []
-        for r in rows:
-            ts = r[ts_index]
-            t = text_ts.get(ts)
-            if t is None:
-                t = text_ts[ts] = _sqlite_ts(ts)
-            data.append((*r[:ts_index], t, *r[ts_index + 1:]))
+        data: Sequence[tuple[Any, ...]] = rows
+        if ts_index is not None:
+            conv = ts_converter(session)
+            data = [(*r[:ts_index], conv(r[ts_index]), *r[ts_index + 1:]) for r in rows]
         cur = dbapi.cursor()  # type: ignore[union-attr]
         try:
             cur.executemany(
@@ -228,7 +249,8 @@ def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
         with dbapi.cursor() as cur:  # type: ignore[union-attr]
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
                         f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
-            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_pg_types(table, columns))
                 for r in rows:
                     copy.write_row(r)
             cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} "  # noqa: S608
@@ -236,6 +258,27 @@ def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
             cur.execute(f"TRUNCATE {stage}")
     else:
         raise StoreError(f"unsupported database dialect {dialect!r}")
+
+
+def _pg_types(table: str, columns: Sequence[str]) -> list[str]:
+    """PostgreSQL type names of ``columns`` for a binary COPY (which does no casting)."""
+    names = []
+    for name in columns:
+        col = Base.metadata.tables[table].c[name]
+        t = col.type
+        if isinstance(t, UTCDateTime):
+            names.append("timestamptz")
+        elif isinstance(t, BigInteger):
+            names.append("int8")
+        elif isinstance(t, Integer):
+            names.append("int4")
+        elif isinstance(t, Float):
+            names.append("float8")
+        elif isinstance(t, String):
+            names.append("text")
+        else:
+            raise StoreError(f"no COPY type for {table}.{name} ({t!r})")
+    return names
 
 
 def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample],
@@ -251,8 +294,6 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
     for s in samples:
         if s.node != node:
             raise ValueError(f"sample of node {s.node!r} passed to record_samples for {node!r}")
-        if s.wall.tzinfo is None:
-            raise ValueError(f"sample of {s.path} has a naive wall time {s.wall!r}")
     node_id = ensure_node(session=session, name=node)
     ids = incarnation_ids(session=session, node_id=node_id, samples=samples,
                           cache=incarnations)
@@ -260,16 +301,18 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
     io_rows: list[tuple[Any, ...]] = []
     psi_keys = tuple(_PSI_COLUMNS)
     counters = attrgetter(*_COUNTER_COLUMNS)
+    conv = ts_converter(session)
     for s in samples:
-        gid = ids[(s.path, s.cgroup_id)]
+        gid = ids[(s.tenant, s.group, s.cgroup_id)]
         psi = s.psi
-        rows.append((node_id, gid, s.wall, s.monotonic, *counters(s),
+        ts = conv(s.wall)
+        rows.append((node_id, gid, ts, s.monotonic, *counters(s),
                      *[psi.get(k) for k in psi_keys]))
         for dev, c in s.io.items():
-            io_rows.append((node_id, gid, s.wall, dev, c["rbytes"], c["wbytes"], c["rios"],
+            io_rows.append((node_id, gid, ts, dev, c["rbytes"], c["wbytes"], c["rios"],
                             c["wios"], c["dbytes"]))
-    bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=2)
-    bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=2)
+    bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
+    bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
     return len(rows)
 
 

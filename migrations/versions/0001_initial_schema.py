@@ -199,10 +199,6 @@ def upgrade() -> None:
         sa.Column("psi_memory_full_usec", sa.BigInteger(), nullable=True),
         sa.Column("psi_io_some_usec", sa.BigInteger(), nullable=True),
         sa.Column("psi_io_full_usec", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["group_id"], ["groups.id"], name=op.f("fk_samples_group_id_groups")
-        ),
-        sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name=op.f("fk_samples_node_id_nodes")),
         sa.PrimaryKeyConstraint("node_id", "ts", "group_id", name=op.f("pk_samples")),
         sqlite_with_rowid=False,
     )
@@ -245,11 +241,6 @@ def upgrade() -> None:
         sa.Column("rios", sa.BigInteger(), nullable=False),
         sa.Column("wios", sa.BigInteger(), nullable=False),
         sa.Column("dbytes", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["node_id", "ts", "group_id"],
-            ["samples.node_id", "samples.ts", "samples.group_id"],
-            name="fk_sample_io_samples",
-        ),
         sa.PrimaryKeyConstraint("node_id", "ts", "group_id", "device", name=op.f("pk_sample_io")),
         sqlite_with_rowid=False,
     )
