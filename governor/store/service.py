@@ -129,8 +129,19 @@ IncarnationKey = tuple[str, str | None, int]
 def incarnation_ids(
     *, session: Session, node_id: int, samples: Iterable[GroupSample],
     cache: Incarnations | None = None,
+) -> dict[tuple[str, int], int]:
+    """Map ``(path, cgroup_id)`` of ``samples`` to group incarnation ids, creating rows."""
+    return {(tenant if group is None else f"{tenant}/{group}", cgroup_id): gid
+            for (tenant, group, cgroup_id), gid in _incarnation_ids(
+                session=session, node_id=node_id, samples=samples, cache=cache).items()}
+
+
+def _incarnation_ids(
+    *, session: Session, node_id: int, samples: Iterable[GroupSample],
+    cache: Incarnations | None = None,
 ) -> dict[IncarnationKey, int]:
-    """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows."""
+    """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows
+    (the key record_samples uses: no path string built per sample)."""
     wanted: dict[IncarnationKey, GroupSample] = {}
     ids: dict[IncarnationKey, int] = {}
     known = cache.ids if cache is not None else {}
@@ -295,8 +306,8 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
         if s.node != node:
             raise ValueError(f"sample of node {s.node!r} passed to record_samples for {node!r}")
     node_id = ensure_node(session=session, name=node)
-    ids = incarnation_ids(session=session, node_id=node_id, samples=samples,
-                          cache=incarnations)
+    ids = _incarnation_ids(session=session, node_id=node_id, samples=samples,
+                           cache=incarnations)
     rows: list[tuple[Any, ...]] = []
     io_rows: list[tuple[Any, ...]] = []
     psi_keys = tuple(_PSI_COLUMNS)
