@@ -256,3 +256,20 @@ def test_parse_period():
                                                    datetime(2027, 1, 1, tzinfo=UTC))
     with pytest.raises(InvalidPeriod, match="not both"):
         parse_period("2026-12", "2026-12-01", None)
+
+
+@pytest.mark.parametrize(("basis", "expected_gib_hours"), [
+    # memory.min 2 GiB from 01:30; usage 1 GiB throughout
+    ("reservation", D("3")),  # 0 until 01:30, then 2 GiB for 1.5 h
+    ("max", D("4.5")),        # 1 + 0.5 (01:00-01:30) + max(0.5, 1) + max(1, 2)
+])
+def test_reservation_change_inside_an_hour(session, basis, expected_gib_hours):  # noqa: F811
+    _meter(session)
+    record_applied_policy(session=session, node="n1",
+                          applied_at=T0 + timedelta(hours=1, minutes=30), policy_hash="a",
+                          trigger="reload", writes=[{"path": "acme/web", "file": "memory.min",
+                                                     "value": str(2 * GIB)}])
+    session.commit()
+    inv = invoice(session=session, policy=_policy(basis=basis), tenant="acme", start=T0,
+                  end=T3)
+    assert _line(inv, "memory").quantity == expected_gib_hours
