@@ -76,6 +76,9 @@ class Config:
     state_dir: str = "/var/lib/governor"
     log_format: str = "keyvalue"            # keyvalue | json
     log_level: str = "info"
+    self_cgroup: str = "governor-daemon"    # the daemon's own group, relative to the mount
+    self_memory_min: int = 64 * 1024 * 1024
+    self_cpu_weight: int = 500
     # [database]
     database_url: str = "sqlite:////var/lib/governor/governor.db"
     spool_max_samples: int = 1_000_000
@@ -161,6 +164,24 @@ def _subtree(v: object, *, key: str, file: str | None) -> str:
     return s
 
 
+def _size(v: object, *, key: str, file: str | None) -> int:
+    from governor.policy.units import MAX, UnitError, parse_size
+
+    try:
+        size = parse_size(v, allow_max=False)
+    except UnitError as e:
+        raise ConfigError(f"{v!r}: {e}", file=file, key=key) from None
+    if size is MAX or not isinstance(size, int):
+        raise ConfigError(f"{v!r}: give a size such as \"64M\"", file=file, key=key)
+    return size
+
+
+def _weight(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
+        raise ConfigError(f"{v!r} is not a weight 1..10000", file=file, key=key)
+    return v
+
+
 def _str_list(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{v!r} is not a list of strings", file=file, key=key)
@@ -197,6 +218,9 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "state_dir": ("state_dir", _str),
         "log_format": ("log_format", _choice("keyvalue", "json")),
         "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
+        "self_cgroup": ("self_cgroup", _subtree),
+        "self_memory_min": ("self_memory_min", _size),
+        "self_cpu_weight": ("self_cpu_weight", _weight),
     },
     "database": {
         "url": ("database_url", _db_url),

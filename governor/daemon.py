@@ -40,6 +40,20 @@ COST_INTERVAL = 60.0
 
 class Daemon:
     def __init__(self, cfg: Config) -> None:
+        from governor.security import InstanceLock, check_strict_modes
+
+        self.cfg = cfg
+        # as root, refuse configuration and policy files that others can change
+        check_strict_modes(*([cfg.source] if cfg.source else []), cfg.policy)
+        self.lock = InstanceLock(cfg.state_dir, cfg.subtree)
+        self.lock.acquire()  # one instance per subtree; a second start names the holder
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: Config) -> None:
         from governor.exporter.server import Exporter
         from governor.oom.actions import OomActions, WebhookAlerter
         from governor.oom.kmsg import KmsgReader
@@ -49,7 +63,6 @@ class Daemon:
         from governor.store.db import check_schema, make_engine, scope_factory
         from governor.store.spool import Spool, SpoolingWriter
 
-        self.cfg = cfg
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.jobs: list[tuple[str, float, Callable[[], Any]]] = []
@@ -66,7 +79,7 @@ class Daemon:
                                  iocost_devices=cfg.iocost_devices, recorder=recorder)
         self.watcher = PolicyWatcher(cfg.policy)
         self.sampler = Sampler(self.fs, cfg.subtree, cfg.node, slow_every=cfg.slow_every)
-        self.spool = Spool(Path(cfg.state_dir) / "spool.jsonl",
+        self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
         self.placer = Placer(self.fs, cfg.subtree, lambda: self.enforcer.policy,
@@ -213,6 +226,18 @@ class Daemon:
             self.stop_event.set()
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
+        from governor.security import protect_self
+
+        for problem in protect_self(self.fs, self.cfg.self_cgroup,
+                                    memory_min=self.cfg.self_memory_min,
+                                    cpu_weight=self.cfg.self_cpu_weight):
+            log.warning("self-protection incomplete", extra={"problem": problem})
         if not self.enforcer.reload(trigger="start"):
             log.error("no valid policy to start with", extra={"path": self.cfg.policy})
             return 1

@@ -50,6 +50,16 @@ class Enforcer:
     # -- policy versions -----------------------------------------------------------------
     def reload(self, trigger: str = "reload") -> bool:
         """Load and validate the policy; apply it if valid.  Returns whether it was taken."""
+        from governor.security import UnsafeFile, check_strict_modes
+
+        try:
+            check_strict_modes(self.policy_path)
+        except UnsafeFile as e:
+            self.reloads["invalid"] += 1
+            log.error("policy rejected; the policy in force is unchanged", extra={
+                "problem": str(e), "trigger": trigger,
+                "in_force": self.policy.digest[:12] if self.policy else "none"})
+            return False
         try:
             new = load_policy([self.policy_path])
         except PolicyInvalid as e:
