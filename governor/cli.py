@@ -173,6 +173,7 @@ def _register() -> None:
 
         ("governor.placement.cli", "register"),
         ("governor.oom.cli", "register"),
+        ("governor.status.cli", "register"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -1,0 +1,78 @@
+"""Reading a :class:`~governor.status.view.Snapshot`: every tenant and group below the
+subtree, raw stats and limit files, through the fd-caching reader.
+
+The same :class:`~governor.cgroupfs.reader.StatReader` serves both reads of a pair, so a
+group removed in between answers ENODEV on its open descriptors and is left out of the
+second snapshot (shown as gone), never read as zeros.
+"""
+
+from __future__ import annotations
+
+import time
+
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.parse import parse_cpu_max
+from governor.cgroupfs.reader import StatReader
+from governor.errors import GroupGone
+from governor.status.view import GroupRead, Limits, Snapshot
+
+
+def list_groups(fs: CgroupFS, subtree: str) -> list[str]:
+    """Tenants and their groups below ``subtree`` (``tenant``, ``tenant/group``)."""
+    out: list[str] = []
+    try:
+        tenants = fs.children(subtree)
+    except GroupGone:
+        return out  # no subtree (yet): nothing to show
+    for t in tenants:
+        out.append(t)
+        try:
+            out.extend(f"{t}/{g}" for g in fs.children(f"{subtree}/{t}"))
+        except GroupGone:
+            continue  # the tenant went away while we listed
+    return out
+
+
+def read_limits(reader: StatReader, rel: str) -> Limits:
+    cpu = reader.read_file(rel, "cpu.max")
+    return Limits(memory_max=reader.read_limit(rel, "memory.max"),
+                  memory_high=reader.read_limit(rel, "memory.high"),
+                  swap_max=reader.read_limit(rel, "memory.swap.max"),
+                  pids_max=reader.read_limit(rel, "pids.max"),
+                  cpu_max=None if cpu is None else parse_cpu_max(cpu))
+
+
+def take(fs: CgroupFS, subtree: str, reader: StatReader) -> Snapshot:
+    """Read every group once; a group gone while being read is absent from the result."""
+    snap = Snapshot()
+    for path in list_groups(fs, subtree):
+        rel = f"{subtree}/{path}"
+        at = time.monotonic()
+        try:
+            st = reader.read(rel)
+            limits = read_limits(reader, rel)
+        except GroupGone:
+            reader.forget(rel)
+            continue
+        snap.groups[path] = GroupRead(st, limits, at)
+    return snap
+
+
+class Source:
+    """Successive snapshots of one subtree (one reader kept across them)."""
+
+    def __init__(self, fs: CgroupFS, subtree: str) -> None:
+        self.fs = fs
+        self.subtree = subtree
+        self.reader = StatReader(fs)
+        self._seen: set[str] = set()
+
+    def take(self) -> Snapshot:
+        snap = take(self.fs, self.subtree, self.reader)
+        for path in self._seen - set(snap.groups):
+            self.reader.forget(f"{self.subtree}/{path}")  # removed: drop its descriptors
+        self._seen = set(snap.groups)
+        return snap
+
+    def close(self) -> None:
+        self.reader.close()
