@@ -7,6 +7,7 @@ IO in bytes per second, a kernel ``max`` shown as ∞, a value the kernel does n
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -56,7 +57,7 @@ def _cpu(r: Row) -> str:
 def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
     """The table of ``rs`` (already sorted); the column sorted on is marked with ▼."""
     t = Table(title=title, title_justify="left", expand=False, pad_edge=False,
-              header_style="bold")
+              header_style="bold", box=box.SIMPLE_HEAD)
     mark = {k: (" ▼" if k == sort else "") for k in ("cpu", "memory", "io", "pids", "name")}
     t.add_column("TENANT/GROUP" + mark["name"], no_wrap=True)
     t.add_column("CPU%" + mark["cpu"], justify="right", no_wrap=True)
