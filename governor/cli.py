@@ -174,6 +174,7 @@ def _register() -> None:
         ("governor.placement.cli", "register"),
         ("governor.oom.cli", "register"),
         ("governor.status.cli", "register"),
+        ("governor.demo", "register"),
     ):
         try:
             mod = importlib.import_module(module)
