@@ -75,10 +75,11 @@ class Daemon:
         recorder, why = db_recorder(cfg)
         if recorder is None:
             log.warning("applied policies are logged, not stored", extra={"reason": why})
-        self.enforcer = Enforcer(self.fs, cfg.subtree, cfg.policy,
-                                 iocost_devices=cfg.iocost_devices, recorder=recorder)
-        self.watcher = PolicyWatcher(cfg.policy)
         self.sampler = Sampler(self.fs, cfg.subtree, cfg.node, slow_every=cfg.slow_every)
+        self.enforcer = Enforcer(self.fs, cfg.subtree, cfg.policy,
+                                 iocost_devices=cfg.iocost_devices, recorder=recorder,
+                                 on_created=self.sampler.expect_birth)
+        self.watcher = PolicyWatcher(cfg.policy)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)

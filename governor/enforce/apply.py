@@ -52,8 +52,12 @@ def _do(fs: CgroupFS, a: Action) -> None:
 
 
 def apply_plan(fs: CgroupFS, plan: Plan, *,
-               on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Execute the writes of ``plan`` in order; returns one outcome per write action."""
+               on_outcome: Callable[[Outcome], None] | None = None,
+               before: Callable[[Action], None] | None = None) -> list[Outcome]:
+    """Execute the writes of ``plan`` in order; returns one outcome per write action.
+
+    ``before`` is called with each write action just before it is made (metering notes a
+    group's birth before the directory exists, so no sample can see it first)."""
     outcomes: list[Outcome] = []
     failed_groups: set[str] = set()
     for a in plan.actions:
@@ -65,6 +69,8 @@ def apply_plan(fs: CgroupFS, plan: Plan, *,
             o = Outcome(a, False, f"group {blocked} could not be created", skipped=True)
         else:
             try:
+                if before is not None:
+                    before(a)
                 _do(fs, a)
                 o = Outcome(a, True)
             except CgroupError as e:

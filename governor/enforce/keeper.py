@@ -21,7 +21,7 @@ from pathlib import Path
 from governor.cgroupfs.files import CgroupFS
 from governor.enforce.apply import Outcome, apply_plan
 from governor.enforce.desired import DesiredState, desired_state
-from governor.enforce.plan import Plan, make_plan
+from governor.enforce.plan import Action, Plan, make_plan
 from governor.policy import Policy, PolicyInvalid, load_policy
 
 log = logging.getLogger("governor.enforce")
@@ -33,13 +33,18 @@ Recorder = Callable[[str, str, list[Outcome]], None]
 class Enforcer:
     def __init__(self, fs: CgroupFS, subtree: str, policy_path: str, *,
                  iocost_devices: tuple[str, ...] = (), recorder: Recorder | None = None,
-                 sys_block: str = "/sys/block") -> None:
+                 sys_block: str = "/sys/block",
+                 on_created: Callable[[str, bool], None] | None = None) -> None:
         self.fs = fs
         self.subtree = subtree
         self.policy_path = policy_path
         self.iocost_devices = iocost_devices
         self.recorder = recorder
         self.sys_block = sys_block
+        #: told ``(path relative to the subtree, done)`` just before this enforcer creates a
+        #: group (done=False) and once it failed (done=True: the birth did not happen), so
+        #: metering knows a new incarnation's birth and counts its usage from zero
+        self.on_created = on_created
         self.policy: Policy | None = None
         self.applied: DesiredState | None = None
         self.reloads: Counter[str] = Counter()         # result -> count
@@ -90,8 +95,18 @@ class Enforcer:
         desired = desired_state(self.policy)
         plan = make_plan(self.fs, self.subtree, desired, previous=self.applied,
                          iocost_devices=self.iocost_devices, sys_block=self.sys_block)
-        outcomes = apply_plan(self.fs, plan)
+        prefix = self.subtree + "/"
+        notify = self.on_created
+
+        def before(a: Action) -> None:
+            if notify is not None and a.kind == "create" and a.path.startswith(prefix):
+                notify(a.path[len(prefix):], False)
+
+        outcomes = apply_plan(self.fs, plan, before=before)
         for o in outcomes:
+            if not o.ok and o.action.kind == "create" and notify is not None \
+                    and o.action.path.startswith(prefix):
+                notify(o.action.path[len(prefix):], True)
             if not o.ok:
                 self.write_errors += 1
                 log.error("write failed", extra={"path": o.action.path, "file": o.action.file,

@@ -87,6 +87,7 @@ class Sampler:
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs)
         self.latest: dict[str, GroupStats] = {}
+        self._births: dict[str, datetime] = {}
 
     def close(self) -> None:
         self.reader.close()
@@ -98,6 +99,15 @@ class Sampler:
         except CgroupError:
             return
         self.created[path] = (cid, when or datetime.now(UTC))
+
+    def expect_birth(self, path: str, failed: bool = False) -> None:
+        """Told just *before* governor makes ``path`` (``failed``: it could not).  The next
+        new incarnation seen at that path was born then, so its usage counts from zero
+        even if a pass reads it before anyone could note its cgroup id."""
+        if failed:
+            self._births.pop(path, None)
+        else:
+            self._births[path] = datetime.now(UTC)
 
     def groups(self) -> list[str]:
         """Tenants and their groups below the subtree (paths relative to it)."""
@@ -147,6 +157,11 @@ class Sampler:
                 # but a new reader entry after forget() can; note it for the log
                 log.info("new incarnation", extra={"group": path, "cgroup_id": st.cgroup_id})
             self.latest[path] = st
+            birth = self._births.get(path)
+            if birth is not None and (prev is None or prev.cgroup_id != st.cgroup_id) and \
+                    self.created.get(path, (None,))[0] != st.cgroup_id:
+                self.created[path] = (st.cgroup_id, birth)
+                del self._births[path]
             known = self.created.get(path)
             created = known[1] if known is not None and known[0] == st.cgroup_id else None
             samples.append(to_sample(st, node=self.node, path=path,

@@ -1,0 +1,274 @@
+"""`governor run` on a real kernel: self-protection, one instance per subtree, and bills that
+agree with the kernel's counters (CPU, memory, IO), across a SIGKILL and a re-created group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+
+from governor.cgroupfs import parse
+from governor.store.db import upgrade
+from governor.store.models import Group, IntervalUsageRow, Sample
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+
+POLICY = """
+[tenants.t]
+[tenants.t.groups.cpu]
+cpu.weight = 100
+[tenants.t.groups.mem]
+memory.max = "256M"
+[tenants.t.groups.io]
+pids.max = 64
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(cond: Callable[[], bool], timeout: float = 60.0, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+@dataclass
+class Gov:
+    sub: Path
+    cfg: Path
+    log: Path
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, interval: str = "1s") -> subprocess.Popen[bytes]:
+        logf = self.log.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "governor", "run", "--config", str(self.cfg),
+             "--sample-interval", interval, "--reconcile-interval", "1s"],
+            stderr=logf, cwd=REPO)
+        n = self.log.read_text().count("governor running")
+        assert wait(lambda: self.log.read_text().count("governor running") > n
+                    or self.proc is None or self.proc.poll() is not None, 180), self.tail()
+        assert self.proc.poll() is None, self.tail()
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=120)
+        self.proc = None
+        return rc
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+@pytest.fixture
+def gov(scratch_subtree: Path, tmp_path: Path) -> Iterator[Gov]:
+    pol = tmp_path / "policy.toml"
+    pol.write_text(POLICY)
+    db = f"sqlite:///{tmp_path}/g.db"
+    upgrade(db)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[governor]\ncgroup_root = "/sys/fs/cgroup"\nsubtree = "{scratch_subtree.name}"\n'
+        f'policy = "{pol}"\nstate_dir = "{tmp_path}/state"\nnode = "vm"\n'
+        f'[database]\nurl = "{db}"\n[exporter]\nlisten = "127.0.0.1:{free_port()}"\n')
+    g = Gov(scratch_subtree, cfg, tmp_path / "daemon.log", db)
+    g.log.write_text("")
+    try:
+        yield g
+    finally:
+        if g.proc is not None and g.proc.poll() is None:
+            g.proc.kill()
+            g.proc.wait()
+
+
+def in_group(sub: Path, rel: str, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    procs = str(sub / rel / "cgroup.procs")
+
+    def pre() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return subprocess.Popen(argv, preexec_fn=pre, **kw)  # type: ignore[call-overload]  # noqa: PLW1509
+
+
+def engine(g: Gov) -> Engine:
+    return create_engine(g.url)
+
+
+def billed(g: Gov, path: str, column: str) -> int:
+    """Sum of a usage quantity over every incarnation of ``path``."""
+    e = engine(g)
+    with e.connect() as c:
+        v = c.execute(select(func.coalesce(func.sum(getattr(IntervalUsageRow, column)), 0))
+                      .join(Group, Group.id == IntervalUsageRow.group_id)
+                      .where(Group.path == path)).scalar_one()
+    e.dispose()
+    return int(v)
+
+
+def raw(g: Gov, path: str, column: str) -> list[int]:
+    e = engine(g)
+    with e.connect() as c:
+        rows = c.execute(select(getattr(Sample, column)).join(Group, Group.id == Sample.group_id)
+                         .where(Group.path == path).order_by(Sample.ts)).scalars().all()
+    e.dispose()
+    return [int(x) for x in rows]
+
+
+def kernel_counter(sub: Path, rel: str, file: str, key: str) -> int:
+    return parse.parse_flat_keyed((sub / rel / file).read_text())[key]
+
+
+BURN = ("import resource, sys\n"
+        "def used():\n"
+        "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    return r.ru_utime + r.ru_stime\n"
+        "while used() < float(sys.argv[1]):\n"
+        "    pass\n"
+        "print(int(used() * 1e6))\n")
+
+
+def reaped_cpu_usec(p: subprocess.Popen[bytes]) -> int:
+    """The child's whole CPU time (user + system) as its parent sees it when reaping it:
+    its own getrusage misses the interpreter's shutdown after the last line."""
+    assert p.stdout is not None
+    p.stdout.read()
+    _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0
+    return round((ru.ru_utime + ru.ru_stime) * 1e6)
+
+
+def test_self_protection_and_one_instance(gov: Gov) -> None:
+    p = gov.start()
+    try:
+        cg = parse.parse_proc_cgroup(Path(f"/proc/{p.pid}/cgroup").read_text()).unified
+        assert cg == "/governor-daemon"
+        assert Path("/sys/fs/cgroup/governor-daemon/memory.min").read_text().strip() == str(
+            64 << 20)
+        assert Path(f"/proc/{p.pid}/oom_score_adj").read_text().strip() == "-1000"
+        second = subprocess.run([sys.executable, "-m", "governor", "run", "--config",
+                                 str(gov.cfg)], capture_output=True, text=True, cwd=REPO,
+                                timeout=180, check=False)
+        assert second.returncode == 2
+        assert f"another governor (pid {p.pid})" in second.stderr
+    finally:
+        assert gov.stop() == 0
+    assert "governor stopped" in gov.tail()
+
+
+def test_cpu_and_io_billed_like_the_kernel(gov: Gov) -> None:
+    s = gov.sub
+    gov.start()
+    try:
+        burner = in_group(s, "t/cpu", [sys.executable, "-c", BURN, "3.0"],
+                          stdout=subprocess.PIPE)
+        dd = in_group(s, "t/io", ["dd", "if=/dev/zero", "of=/dev/vda", "bs=1M", "count=64",
+                                  "oflag=direct"], stderr=subprocess.DEVNULL)
+        assert dd.wait(120) == 0
+        rusage_usec = reaped_cpu_usec(burner)
+        time.sleep(3)  # a few passes after both finished
+    finally:
+        assert gov.stop() == 0
+    cpu = billed(gov, "t/cpu", "cpu_usec")
+    # within 2% of the CPU time the process itself used (rusage, as its parent reaps it)
+    assert abs(cpu - rusage_usec) <= 0.02 * rusage_usec, (cpu, rusage_usec)
+    # and exactly the kernel's own counter delta (the group is idle now)
+    assert cpu == kernel_counter(s, "t/cpu", "cpu.stat", "usage_usec") - raw(
+        gov, "t/cpu", "cpu_usage_usec")[0]
+    assert billed(gov, "t/io", "io_wbytes") == 64 << 20     # to the byte
+
+
+def test_memory_billed_in_byte_seconds(gov: Gov) -> None:
+    s = gov.sub
+    gov.start(interval="0.5s")
+    try:
+        t_start = time.monotonic()
+        # 100 MiB of shmem charged to t/mem, held for a measured time, then released
+        assert in_group(s, "t/mem", ["dd", "if=/dev/zero", "of=/dev/shm/governor-bill",
+                                     "bs=1M", "count=100"],
+                        stderr=subprocess.DEVNULL).wait(60) == 0
+        t_written = time.monotonic()
+        time.sleep(20)
+        held_bytes = int((s / "t/mem/memory.current").read_text())
+        time.sleep(20)
+        t_release = time.monotonic()
+        os.unlink("/dev/shm/governor-bill")
+        time.sleep(3)
+    finally:
+        assert gov.stop() == 0
+    assert 100 << 20 <= held_bytes <= (100 << 20) * 1.02, held_bytes  # the 100 MiB, no more
+    # held from the end of the write (the ramp counted at half) to the release
+    want = held_bytes * (t_release - t_written + (t_written - t_start) / 2)
+    got = billed(gov, "t/mem", "memory_byte_seconds")
+    assert abs(got - want) <= 0.03 * want, f"billed/held = {got / want:.4f}"
+
+
+def test_sigkill_restart_and_recreated_group_bill_exactly(gov: Gov) -> None:
+    s = gov.sub
+    gov.start()
+    burner = in_group(s, "t/cpu", [sys.executable, "-c", BURN, "4.0"], stdout=subprocess.PIPE)
+    try:
+        time.sleep(3)
+        assert gov.stop(signal.SIGKILL) == -signal.SIGKILL   # no clean shutdown
+        assert in_group(s, "t/io", ["dd", "if=/dev/zero", "of=/dev/vda", "bs=1M",
+                                    "count=8", "oflag=direct"],
+                        stderr=subprocess.DEVNULL).wait(120) == 0   # while it is down
+        time.sleep(2)
+        gov.start()
+        burner.communicate(timeout=300)
+        # remove t/io behind its back: the reconcile re-creates it (a new incarnation)
+        first_id = os.stat(s / "t/io").st_ino
+        os.rmdir(s / "t/io")
+        assert wait(lambda: (s / "t/io").exists() and os.stat(s / "t/io").st_ino != first_id)
+        assert in_group(s, "t/io", ["dd", "if=/dev/zero", "of=/dev/vda", "bs=1M",
+                                    "count=4", "oflag=direct"],
+                        stderr=subprocess.DEVNULL).wait(120) == 0
+        time.sleep(3)
+    finally:
+        if burner.poll() is None:
+            burner.kill()
+        assert gov.stop() == 0
+    # CPU: the bill over the whole run equals the kernel's counter delta, to the microsecond
+    samples = raw(gov, "t/cpu", "cpu_usage_usec")
+    assert samples == sorted(samples)
+    kernel_now = kernel_counter(s, "t/cpu", "cpu.stat", "usage_usec")
+    assert samples[-1] == kernel_now
+    assert billed(gov, "t/cpu", "cpu_usec") == kernel_now - samples[0]
+    # IO: 8 MiB written while governor was down, 4 MiB into the new incarnation: both billed
+    assert billed(gov, "t/io", "io_wbytes") == 12 << 20
+    e = engine(gov)
+    with e.connect() as c:
+        incarnations = c.execute(select(func.count()).select_from(Group)
+                                 .where(Group.path == "t/io")).scalar_one()
+        negative = c.execute(select(func.count()).select_from(IntervalUsageRow).where(
+            (IntervalUsageRow.cpu_usec < 0) | (IntervalUsageRow.io_wbytes < 0)
+            | (IntervalUsageRow.memory_byte_seconds < 0))).scalar_one()
+        dup = c.execute(select(func.count()).select_from(
+            select(Sample.group_id, Sample.ts).group_by(Sample.group_id, Sample.ts)
+            .having(func.count() > 1).subquery())).scalar_one()
+    e.dispose()
+    assert incarnations == 2 and negative == 0 and dup == 0
