@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -115,7 +116,7 @@ class Tour:
         return [sys.executable, "-m", "governor", *args]
 
     def show(self, args: list[str]) -> None:
-        click.secho("$ governor " + " ".join(args), fg="cyan")
+        click.secho("$ governor " + shlex.join(args), fg="cyan")
 
     def gov(self, *args: str, check: bool = True, capture: bool = False,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -207,7 +208,7 @@ class Tour:
         flag = "oflag=direct" if target == "/dev/vda" else "conv=fsync"
         self.launch("acme", "files", "sh", "-c",
                     f"while :; do dd if=/dev/zero of={target} bs=1M count=32 {flag} "
-                    "status=none; done")
+                    "status=none; sleep 1; done")
         self.wait("both processes in their groups", lambda: all(
             self.kernel(p, "cgroup.procs").strip() for p in ("acme/batch", "acme/files")), 60)
         click.echo(f"running (IO to {target})")
@@ -283,7 +284,8 @@ class Tour:
             return out if kills and float(kills[0].rsplit(" ", 1)[1]) >= 1 else None
 
         out = self.wait("governor_oom_kills_total of globex/cache >= 1 on /metrics", lines, 30)
-        self.show([f"# curl -s http://127.0.0.1:{self.port}/metrics | grep ..."])
+        click.secho(f"$ curl -s http://127.0.0.1:{self.port}/metrics | grep 'group=\"'",
+                    fg="cyan")
         for x in out:
             click.echo(x)
 
