@@ -111,7 +111,7 @@ def in_group(sub: Path, rel: str, argv: list[str], **kw: object) -> subprocess.P
         with open(procs, "w") as f:
             f.write(str(os.getpid()))
 
-    return subprocess.Popen(argv, preexec_fn=pre, **kw)  # type: ignore[call-overload]  # noqa: PLW1509
+    return subprocess.Popen(argv, preexec_fn=pre, **kw)  # type: ignore[call-overload,no-any-return]  # noqa: PLW1509
 
 
 def engine(g: Gov) -> Engine:
@@ -272,3 +272,47 @@ def test_sigkill_restart_and_recreated_group_bill_exactly(gov: Gov) -> None:
             .having(func.count() > 1).subquery())).scalar_one()
     e.dispose()
     assert incarnations == 2 and negative == 0 and dup == 0
+
+
+HOSTILE = [
+    ("fuzzed bytes", b"\x00\xff[tenants.\x01]\n=\"", None),
+    ("deep nesting", ("x = " + "[" * 5000 + "]" * 5000 + "\n").encode(), None),
+    ("huge file", b"# " + b"a" * (2 << 20) + b"\n", None),
+    ("escaping name", b'[tenants."../../etc"]\n[tenants.ok.groups."../x"]\n', None),
+    ("half-written file", POLICY.encode()[: len(POLICY) // 2] + b'\n[tenants.t.groups.cpu\n',
+     None),
+    ("symlink outside", None, "/etc/passwd"),
+]
+
+
+def test_hostile_policy_files_rejected_old_policy_kept(gov: Gov, tmp_path: Path) -> None:
+    s = gov.sub
+    pol = tmp_path / "policy.toml"
+    root = Path("/sys/fs/cgroup")
+    before_root = sorted(p.name for p in root.iterdir() if p.is_dir())
+    gov.start()
+    try:
+        snapshot = {p: (s / p / "cpu.weight").read_text() for p in ("t/cpu", "t/mem", "t/io")}
+        mem = (s / "t/mem/memory.max").read_text()
+        for i, (what, data, link) in enumerate(HOSTILE, start=1):
+            tmp = tmp_path / "incoming"
+            if link is not None:
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(link)
+            else:
+                tmp.write_bytes(data or b"")
+            tmp.replace(pol)
+            assert wait(lambda i=i: gov.log.read_text().count(  # type: ignore[misc]
+                "policy rejected; the policy in force is unchanged") >= i, 60), (what, gov.tail())
+            assert gov.proc is not None and gov.proc.poll() is None, what
+            assert (s / "t/mem/memory.max").read_text() == mem, what
+            assert {p: (s / p / "cpu.weight").read_text() for p in snapshot} == snapshot, what
+        # nothing was created outside the subtree, nothing inside it either
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == before_root
+        assert sorted(p.name for p in s.iterdir() if p.is_dir()) == ["t"]
+        # and a good policy is taken again
+        pol.unlink()
+        pol.write_text(POLICY.replace("cpu.weight = 100", "cpu.weight = 250"))
+        assert wait(lambda: (s / "t/cpu/cpu.weight").read_text().strip() == "250", 60)
+    finally:
+        assert gov.stop() == 0
