@@ -287,5 +287,7 @@ class Daemon:
             self.sampler.close()
             self.fs.close()
             self.engine.dispose()
-            log.info("governor stopped")
+            log.info("governor stopped", extra={
+                "passes": self.sampler.passes, "slow_passes": self.slow_passes,
+                "late_passes": self.late_passes, "db_write_errors": self.db_write_errors})
         return 0
