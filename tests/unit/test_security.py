@@ -51,7 +51,7 @@ def test_strict_modes_refuse_files_others_can_change(tmp_path: Path) -> None:
     assert "chmod go-w" in str(ei.value)
     f.chmod(0o644)
     d.chmod(0o777)
-    with pytest.raises(UnsafeFile, match="policy.d: writable by group or others"):
+    with pytest.raises(UnsafeFile, match=r"policy\.d: writable by group or others"):
         check_strict_modes(d, euid=0)
     d.chmod(0o755)
     os.chown(f, 1000, 1000)
