@@ -388,3 +388,62 @@ def test_postgres_outage_spooled_then_drained_without_loss(scratch_subtree: Path
     finally:
         subprocess.run(["sh", "scripts/pg-test-server.sh", "stop"], env=env, cwd=REPO,
                        capture_output=True, timeout=300, check=False)
+
+
+def test_fork_bomb_and_memory_blowup_do_not_starve_governor_or_neighbours(
+        scratch_subtree: Path, tmp_path: Path) -> None:
+    s = scratch_subtree
+    pol = tmp_path / "policy.toml"
+    pol.write_text("""
+[tenants.evil]
+[tenants.evil.groups.bomb]
+pids.max = 200
+[tenants.evil.groups.hog]
+memory.max = "64M"
+memory.swap.max = "0"
+[tenants.good]
+[tenants.good.groups.work]
+cpu.weight = 100
+""")
+    db = f"sqlite:///{tmp_path}/g.db"
+    upgrade(db)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[governor]\ncgroup_root = "/sys/fs/cgroup"\nsubtree = "{s.name}"\n'
+        f'policy = "{pol}"\nstate_dir = "{tmp_path}/state"\nnode = "vm"\n'
+        f'[database]\nurl = "{db}"\n[exporter]\nlisten = "127.0.0.1:{free_port()}"\n')
+    gov = Gov(s, cfg, tmp_path / "daemon.log", db)
+    gov.log.write_text("")
+    gov.start()
+    bomb = hog = worker = None
+    try:
+        worker = in_group(s, "good/work", [sys.executable, "-c", BURN, "600"],
+                          stdout=subprocess.DEVNULL)
+        bomb = in_group(s, "evil/bomb", ["bash", "-c", "b() { b | b & }; b; sleep 600"],
+                        stderr=subprocess.DEVNULL)
+        hog = in_group(s, "evil/hog", ["bash", "-c", "while true; do python3 -c "
+                                       "'x = []\nwhile True: x.append(bytearray(8 << 20))'"
+                                       "; done"], stderr=subprocess.DEVNULL)
+        time.sleep(8)
+        u0, t0 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
+        time.sleep(15)
+        u1, t1 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
+        kills = kernel_counter(s, "evil/hog", "memory.events", "oom_kill")
+        pids_max_hits = kernel_counter(s, "evil/bomb", "pids.events", "max")
+    finally:
+        for rel in ("evil/bomb", "evil/hog"):
+            (s / rel / "cgroup.kill").write_text("1")
+        for p in (bomb, hog, worker):
+            if p is not None:
+                p.kill()
+                p.wait()
+        rc = gov.stop()
+    assert rc == 0, gov.tail()
+    assert kills >= 1 and pids_max_hits >= 1   # both attacks really happened
+    share = (u1 - u0) / 1e6 / (t1 - t0)
+    assert share >= 0.7, f"the neighbour got {share:.2f} cores"   # weight 100 of 200: 1 of 2
+    m = re.findall(r'msg="governor stopped" passes=(\d+) slow_passes=(\d+) late_passes=(\d+)',
+                   gov.log.read_text())
+    assert m, gov.tail()
+    passes, _slow, late = (int(x) for x in m[-1])
+    assert late == 0 and passes >= 20, m[-1]   # every pass on time, one a second
