@@ -210,7 +210,8 @@ class Tour:
                     f"while :; do dd if=/dev/zero of={target} bs=1M count=32 {flag} "
                     "status=none; sleep 1; done")
         self.wait("both processes in their groups", lambda: all(
-            self.kernel(p, "cgroup.procs").strip() for p in ("acme/batch", "acme/files")), 60)
+            self.kernel(p, "cgroup.procs").strip() for p in ("acme/batch", "acme/files")),
+            180)  # each `governor launch` is a Python start-up: tens of seconds under TCG
         click.echo(f"running (IO to {target})")
 
     def cap(self) -> None:
