@@ -1,29 +1,38 @@
 # needs: kernel
 """Exec-to-placed latency of governor's placement against libcgroup's cgrulesengd.
 
-Run inside the sandbox (``bench/run placement [--seconds 30] [--rates 100 500]
-[--burst 500]``).  For each daemon in turn (governor's :class:`Placer` in its own process,
-then ``cgrulesengd -n`` with the equivalent rule ``*:sleep cpu,memory <group>``), a load
-generator spawns ``sleep`` processes with posix_spawn at fixed rates for the given seconds,
-then a burst as fast as it can; it takes the time posix_spawn returns (the exec is done) as
-the start and polls each process's ``/proc/PID/cgroup`` until it shows the group.  A process
-that exits (after 2 s) without having been seen in its group is a miss.  The poll loop
-itself bounds the resolution (printed as "poll ms": the mean time of one pass over the
-pending processes).
+Run inside the sandbox: ``bench/run placement [--seconds 30] [--rates 100 500]
+[--burst 1000] [--lifetime 1]`` (bench/run compiles the load generator
+bench/placement_load.c on the host with ``cc -O2`` first).
+
+For each daemon in turn, in the same VM boot (governor's :class:`Placer` in a process of
+its own, then ``cgrulesengd -n`` with the equivalent rule ``*:sleep cpu,memory <group>``),
+the load generator spawns ``sleep LIFETIME`` processes at each fixed offered rate for the
+given seconds (it stops there even when it could not spawn them all: the achieved rate is
+printed), then a burst as fast as it can.  It starts the clock when posix_spawn returns
+(the exec has happened: the kernel sends its exec event after that point) and polls each
+child's ``/proc/PID/cgroup`` (one pread per pending child per pass) until it names the
+group; a child that exits without ever having been seen there is a **miss**.  The mean
+poll pass is printed: it bounds the resolution.  The generator reports the rate it really
+achieved: the VM (TCG) may not fork and exec as fast as asked.
+
+For the governor, the Placer's own counters are read after each load: the Python time it
+spent per connector event, mean and max by event kind.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.tree import create, remove
@@ -31,134 +40,173 @@ from governor.cgroupfs.tree import create, remove
 ROOT = Path("/sys/fs/cgroup")
 SLEEP = "/usr/bin/sleep"
 POLICY = '[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\ncomm = "sleep"\n'
+LOADGEN = Path(__file__).resolve().parent / "build" / "placement_load"
+
+Result = dict[str, Any]
 
 
+# -- the governor side -------------------------------------------------------------------
 def serve(subtree: str, policy_file: str) -> int:
-    """The governor side: a Placer in this process until SIGTERM; counters to stdout."""
+    """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
+    each SIGUSR1 and at the end."""
+    from governor.placement import netlink
     from governor.placement.placer import Placer
     from governor.policy import load_policy
 
+    cpu: dict[str, list[float]] = {}  # kind -> [events, CPU seconds, max CPU seconds]
+
+    class TimedPlacer(Placer):
+        """Also the CPU time of the listener thread per event (the counters have the
+        wall time, which a loaded TCG host stretches)."""
+
+        def handle(self, ev: netlink.ProcEvent) -> None:
+            t0 = time.thread_time()
+            super().handle(ev)
+            dt = time.thread_time() - t0
+            c = cpu.setdefault(ev.name, [0, 0.0, 0.0])
+            c[0] += 1
+            c[1] += dt
+            c[2] = max(c[2], dt)
+
     pol = load_policy([policy_file])
+    flags = {"stop": False, "dump": False}
+
+    def on_signal(signum: int, _f: object) -> None:
+        flags["stop" if signum == signal.SIGTERM else "dump"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGUSR1, on_signal)
     with CgroupFS(ROOT) as fs:
-        placer = Placer(fs, subtree, lambda: pol, exclude=())
-        stop = [False]
-
-        def on_term(_s: int, _f: object) -> None:
-            stop[0] = True
-
-        signal.signal(signal.SIGTERM, on_term)
+        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=())
         ok = placer.start()
         print("ready" if ok else "no-connector", flush=True)
-        while not stop[0]:
-            time.sleep(0.1)
+        while not flags["stop"]:
+            time.sleep(0.05)
+            if flags["dump"]:
+                flags["dump"] = False
+                print(json.dumps({**placer.counters.as_dict(), "cpu": cpu}), flush=True)
         placer.stop()
-        c = placer.counters
-        n = sum(c.events.values())
-        print(json.dumps({**c.as_dict(), "mean_handle_us": c.handle_seconds / n * 1e6 if n
-                          else 0.0}), flush=True)
+        print(json.dumps({**placer.counters.as_dict(), "cpu": cpu}), flush=True)
     return 0
 
 
-def cgroup_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return f.read().strip().split("::", 1)[1]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+class Governor:
+    def __init__(self, subtree: str, policy_file: Path) -> None:
+        self.p = subprocess.Popen([sys.executable, __file__, "--serve", subtree,
+                                   str(policy_file)], stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"placement bench: governor did not start ({line!r})")
+
+    def counters(self) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        self.p.send_signal(signal.SIGUSR1)
+        out: dict[str, Any] = json.loads(self.p.stdout.readline())
+        return out
+
+    def stop(self) -> None:
+        self.p.terminate()
+        self.p.communicate(timeout=120)
 
 
-def load(target: str, rate: float | None, count: int) -> dict[str, float]:
-    """Spawn ``count`` sleeps at ``rate``/s (None: as fast as possible); measure."""
-    pending: dict[int, float] = {}
-    latencies: list[float] = []
+# -- the peer ----------------------------------------------------------------------------
+class Cgrulesengd:
+    LOG = Path("/tmp/cgrulesengd.log")
+
+    def __init__(self, group_path: str) -> None:
+        # libcgroup wants its configuration to exist even when it has nothing to say; the
+        # guest's /etc is a RAM overlay, nothing reaches the host
+        Path("/etc/cgconfig.d").mkdir(exist_ok=True)
+        Path("/etc/cgconfig.conf").write_text("")
+        Path("/etc/cgrules.conf").write_text(f"*:sleep\tcpu,memory\t{group_path}\n")
+        self.p = subprocess.Popen(["cgrulesengd", "-n", "-f", str(self.LOG)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        if self.p.poll() is not None:
+            log = self.LOG.read_text() if self.LOG.exists() else ""
+            raise SystemExit(f"cgrulesengd exited {self.p.returncode}: {log[-2000:]}")
+
+    def stop(self) -> None:
+        self.p.terminate()
+        self.p.wait(timeout=60)
+
+
+# -- the load ----------------------------------------------------------------------------
+def run_load(target: str, rate: float, count: int, lifetime: float,
+             max_seconds: float = 0.0) -> Result:
+    """One run of the load generator (rate 0: a burst; spawning stops after
+    ``max_seconds`` when the VM cannot keep up with the rate)."""
+    out = subprocess.run([str(LOADGEN), target, f"{rate:g}", str(count), f"{lifetime:g}",
+                          f"{max_seconds:g}"],
+                         check=True, capture_output=True, text=True).stdout
+    lat: list[float] = []
     misses = 0
-    polls: list[float] = []
-    spawned = 0
-    t_start = time.perf_counter()
-    next_at = t_start
-    children: set[int] = set()
-
-    def poll() -> None:
-        nonlocal misses
-        t0 = time.perf_counter()
-        for pid, t_exec in list(pending.items()):
-            cg = cgroup_of(pid)
-            now = time.perf_counter()
-            if cg == target:
-                latencies.append(now - t_exec)
-                del pending[pid]
-            elif cg is None or now - t_exec > 2.5:
-                misses += 1
-                del pending[pid]
-        polls.append(time.perf_counter() - t0)
-
-    def reap() -> None:
-        for pid in list(children):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                children.discard(pid)
-
-    while spawned < count:
-        # spawn everything that is due before polling, so a slow poll pass cannot lower the
-        # offered rate
-        while spawned < count and (rate is None or time.perf_counter() >= next_at):
-            pid = os.posix_spawn(SLEEP, [SLEEP, "2"], os.environ)
-            pending[pid] = time.perf_counter()
-            children.add(pid)
-            spawned += 1
-            next_at += 1.0 / rate if rate else 0
-        poll()
-        reap()
-    elapsed = time.perf_counter() - t_start
-    while pending:
-        poll()
-        reap()
-    while children:
-        reap()
-        time.sleep(0.05)
-    latencies.sort()
+    summary: list[int] = []
+    for line in out.splitlines():
+        if line.startswith("P "):
+            lat.append(int(line[2:]) / 1e6)
+        elif line == "M":
+            misses += 1
+        elif line.startswith("S "):
+            summary = [int(x) for x in line.split()[1:]]
+    spawned, elapsed, passes, pass_total, spawn_total, max_late = summary
+    lat.sort()
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 \
-            if latencies else float("nan")
+        return lat[min(len(lat) - 1, math.ceil(q * len(lat)) - 1)] if lat else math.nan
 
-    return {"spawned": spawned, "rate": spawned / elapsed, "placed": len(latencies),
-            "misses": misses, "p50": pct(0.50), "p99": pct(0.99),
-            "max": latencies[-1] * 1e3 if latencies else float("nan"),
-            "poll": statistics.mean(polls) * 1e3 if polls else 0.0}
-
-
-def start_governor(subtree: str, policy_file: Path) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, __file__, "--serve", subtree, str(policy_file)],
-                         stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    line = p.stdout.readline().strip()
-    if line != "ready":
-        raise SystemExit(f"placement bench: governor did not start ({line!r})")
-    return p
+    return {"spawned": spawned, "offered": rate,
+            "achieved": spawned / (elapsed / 1e9) if elapsed else math.inf,
+            "placed": len(lat), "misses": misses, "p50": pct(0.50), "p99": pct(0.99),
+            "max": lat[-1] if lat else math.nan,
+            "pass_us": pass_total / passes / 1e3 if passes else 0.0,
+            "spawn_us": spawn_total / spawned / 1e3 if spawned else 0.0,
+            "late_ms": max_late / 1e6}
 
 
-def start_cgrulesengd(group_path: str) -> subprocess.Popen[str]:
-    Path("/etc/cgconfig.d").mkdir(exist_ok=True)
-    Path("/etc/cgconfig.conf").write_text("")
-    Path("/etc/cgrules.conf").write_text(f"*:sleep\tcpu,memory\t{group_path}\n")
-    p = subprocess.Popen(["cgrulesengd", "-n"], stdout=subprocess.PIPE, text=True,
-                         stderr=subprocess.STDOUT)
-    time.sleep(2.0)  # it reads the rules and subscribes to the connector
-    if p.poll() is not None:
-        out = p.stdout.read() if p.stdout else ""
-        raise SystemExit(f"cgrulesengd exited {p.returncode}: {out}")
-    return p
+def wait_ready(target: str, daemon: Governor | Cgrulesengd, timeout: float = 60) -> None:
+    """A few processes until the daemon places one (cgrulesengd has no ready signal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(daemon, Cgrulesengd):
+            daemon.check()
+        if run_load(target, 20, 5, 0.3)["placed"] == 5:
+            return
+    raise SystemExit(f"placement bench: {type(daemon).__name__} places nothing in {target}")
+
+
+def per_event(before: dict[str, Any], after: dict[str, Any]
+              ) -> dict[str, tuple[int, float, float]]:
+    """``kind -> (events, mean wall seconds, mean CPU seconds)`` between two snapshots."""
+    out: dict[str, tuple[int, float, float]] = {}
+    for kind, n in after["events"].items():
+        dn = n - before["events"].get(kind, 0)
+        if dn:
+            ds = (after["handle_seconds_by_event"].get(kind, 0.0)
+                  - before["handle_seconds_by_event"].get(kind, 0.0))
+            dc = after["cpu"][kind][1] - before["cpu"].get(kind, [0, 0.0])[1]
+            out[kind] = (dn, ds / dn, dc / dn)
+    return out
+
+
+def fmt_ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return "-" if not b or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0])
-    ap.add_argument("--burst", type=int, default=500)
+    ap.add_argument("--burst", type=int, default=1000)
+    ap.add_argument("--lifetime", type=float, default=1.0,
+                    help="seconds each spawned process lives (a miss: never placed in it)")
     ap.add_argument("--serve", nargs=2, metavar=("SUBTREE", "POLICY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -166,56 +214,84 @@ def main() -> int:
     if os.environ.get("GOVERNOR_SANDBOX") != "1":
         print("placement: run inside the sandbox: bench/run placement", file=sys.stderr)
         return 2
+    if not os.access(LOADGEN, os.X_OK):
+        print(f"placement: no {LOADGEN}: bench/run placement compiles it", file=sys.stderr)
+        return 2
     subtree = f"bench-{uuid.uuid4().hex[:8]}"
     fs = CgroupFS(ROOT)
     create(fs, f"{subtree}/t/g", ("cpu", "memory"))
     target = f"/{subtree}/t/g"
     policy_file = Path(f"/tmp/{subtree}.toml")
     policy_file.write_text(POLICY)
-    loads: list[tuple[str, float | None, int]] = [
+    loads: list[tuple[str, float, int]] = [
         (f"{r:g}/s x {args.seconds:g}s", r, int(r * args.seconds)) for r in args.rates]
-    loads.append((f"burst {args.burst}", None, args.burst))
-    results: dict[str, list[dict[str, float]]] = {}
-    extra: dict[str, str] = {}
+    loads.append((f"burst {args.burst}", 0.0, args.burst))
+    results: dict[str, list[Result]] = {}
+    handling: list[dict[str, tuple[int, float, float]]] = []
+    handle_max: dict[str, float] = {}
+    cpu_max: dict[str, float] = {}
+    print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s, "
+          f"target {target}", flush=True)
     try:
-        for daemon in ("governor", "cgrulesengd"):
-            proc = (start_governor(subtree, policy_file) if daemon == "governor"
-                    else start_cgrulesengd(f"{subtree}/t/g"))
+        for name in ("governor", "cgrulesengd"):
+            daemon: Governor | Cgrulesengd = (
+                Governor(subtree, policy_file) if name == "governor"
+                else Cgrulesengd(f"{subtree}/t/g"))
             try:
-                results[daemon] = []
-                for name, rate, count in loads:
-                    r = load(target, rate, count)
-                    results[daemon].append(r)
-                    print(f"{daemon:<12} {name:<16} spawned {r['spawned']:.0f} "
-                          f"at {r['rate']:.0f}/s: placed {r['placed']:.0f}, misses "
-                          f"{r['misses']:.0f}, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
-                          f"max {r['max']:.2f} ms (poll pass {r['poll']:.2f} ms)", flush=True)
+                wait_ready(target, daemon)
+                results[name] = []
+                for label, rate, count in loads:
+                    before = daemon.counters() if isinstance(daemon, Governor) else None
+                    r = run_load(target, rate, count, args.lifetime,
+                                 args.seconds if rate else 0.0)
+                    if isinstance(daemon, Cgrulesengd):
+                        daemon.check()
+                    elif before is not None:
+                        after = daemon.counters()
+                        handling.append(per_event(before, after))
+                        handle_max = after["handle_max_seconds_by_event"]
+                        cpu_max = {k: v[2] for k, v in after["cpu"].items()}
+                    results[name].append(r)
+                    print(f"{name:<12} {label:<14} spawned {r['spawned']} of {count} at "
+                          f"{r['achieved']:.0f}/s (spawn {r['spawn_us']:.0f} us, late up to "
+                          f"{r['late_ms']:.0f} ms): placed {r['placed']}, misses "
+                          f"{r['misses']}, p50 {fmt_ms(r['p50'])} ms, p99 "
+                          f"{fmt_ms(r['p99'])} ms, max {fmt_ms(r['max'])} ms (poll pass "
+                          f"{r['pass_us']:.0f} us)", flush=True)
             finally:
-                proc.terminate()
-                out, _ = proc.communicate(timeout=60)
-                if daemon == "governor" and out:
-                    stats = json.loads(out.strip().splitlines()[-1])
-                    extra["governor"] = (
-                        f"governor: {stats['placements']}, events {stats['events']}, "
-                        f"overflows {stats['overflows']}, mean handle "
-                        f"{stats['mean_handle_us']:.0f} us, max "
-                        f"{stats['handle_max_seconds'] * 1e3:.1f} ms per event (VM)")
+                daemon.stop()
     finally:
         time.sleep(0.5)
         remove(fs, subtree)
         policy_file.unlink(missing_ok=True)
+
     print()
-    print(f"{'load':<16} | {'governor p50/p99 ms':>20} {'placed':>7} {'miss':>5} | "
-          f"{'cgrulesengd p50/p99 ms':>23} {'placed':>7} {'miss':>5} | {'p50 ratio':>9}")
-    for i, (name, _r, _c) in enumerate(loads):
-        g, c = results["governor"][i], results.get("cgrulesengd", [{}] * len(loads))[i]
-        ratio = c.get("p50", float("nan")) / g["p50"] if g["p50"] else float("nan")
-        print(f"{name:<16} | {g['p50']:>9.2f} / {g['p99']:>8.2f} {g['placed']:>7.0f} "
-              f"{g['misses']:>5.0f} | {c.get('p50', float('nan')):>10.2f} / "
-              f"{c.get('p99', float('nan')):>10.2f} {c.get('placed', 0):>7.0f} "
-              f"{c.get('misses', 0):>5.0f} | {ratio:>8.2f}x")
-    for line in extra.values():
-        print(line)
+    print("exec-to-placed in the VM (TCG), ms; ratio = governor / cgrulesengd")
+    head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed':>6} {'miss':>5} "
+            f"{'p50':>8} {'p99':>8} {'max':>8}")
+    print(head)
+    print("-" * len(head))
+    for i, (label, _rate, _count) in enumerate(loads):
+        g, c = results["governor"][i], results["cgrulesengd"][i]
+        for name, r in (("governor", g), ("cgrulesengd", c)):
+            print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} {r['placed']:>6} "
+                  f"{r['misses']:>5} {fmt_ms(r['p50']):>8} {fmt_ms(r['p99']):>8} "
+                  f"{fmt_ms(r['max']):>8}")
+        print(f"{label:<14} {'':>10} | {'ratio':<11} {ratio(g['placed'], c['placed']):>6} "
+              f"{'':>5} {ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
+              f"{ratio(g['max'], c['max']):>8}")
+    print()
+    print("governor Placer, time per connector event in the VM, mean us by load: wall (its"
+          " handle_seconds counters) / CPU of the listener thread")
+    kinds = sorted({k for h in handling for k in h})
+    print(f"{'load':<14} " + " ".join(f"{k + ' n':>8} {k + ' wall/cpu':>16}" for k in kinds))
+    for (label, _r, _c), h in zip(loads, handling, strict=True):
+        print(f"{label:<14} " + " ".join(
+            f"{h[k][0]:>8} {f'{h[k][1] * 1e6:.0f} / {h[k][2] * 1e6:.0f}':>16}" if k in h
+            else f"{'-':>8} {'-':>16}" for k in kinds))
+    print("max per event over the whole run, us wall (handle_max_seconds) / CPU: " + ", ".join(
+        f"{k} {v * 1e6:.0f} / {cpu_max.get(k, math.nan) * 1e6:.0f}"
+        for k, v in sorted(handle_max.items())))
     return 0
 
 

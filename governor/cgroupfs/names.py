@@ -8,6 +8,7 @@ interface file.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from governor.errors import InvalidName
@@ -60,8 +61,12 @@ def check_name(name: object, *, what: str = "group") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def check_relpath(rel: str) -> str:
-    """Validate a relative group path ``a/b/c`` (each component through :func:`check_name`)."""
+    """Validate a relative group path ``a/b/c`` (each component through :func:`check_name`).
+
+    Memoized (a refused path raises each time, it is not cached): placement writes the same
+    few ``cgroup.procs`` paths once per process it moves."""
     if rel in ("", "."):
         return ""
     for part in rel.split("/"):

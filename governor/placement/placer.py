@@ -65,13 +65,19 @@ class Counters:
     overflows: int = 0
     handle_seconds: float = 0.0   # Python time spent handling events (for the mean)
     handle_max_seconds: float = 0.0
+    #: the same by event kind ("exec", "fork", ...)
+    handle_seconds_by_event: dict[str, float] = field(default_factory=dict)
+    handle_max_seconds_by_event: dict[str, float] = field(default_factory=dict)
     connector: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {"placements": dict(self.placements), "events": dict(self.events),
                 "rescans": self.rescans, "overflows": self.overflows,
                 "handle_seconds": self.handle_seconds,
-                "handle_max_seconds": self.handle_max_seconds, "connector": self.connector}
+                "handle_max_seconds": self.handle_max_seconds,
+                "handle_seconds_by_event": dict(self.handle_seconds_by_event),
+                "handle_max_seconds_by_event": dict(self.handle_max_seconds_by_event),
+                "connector": self.connector}
 
 
 class Placer:
@@ -189,14 +195,17 @@ class Placer:
         return target
 
     # -- classification ------------------------------------------------------------------
-    def _choose(self, p: Proc, cg: str, *, exec_: bool,
-                count_noop: bool = True) -> CompiledRule | None:
-        """The rule for a host process in cgroup ``cg`` (None: leave it alone)."""
+    def _choose(self, p: Proc, cg: str, *, exec_: bool, count_noop: bool = True,
+                first: CompiledRule | None = None) -> CompiledRule | None:
+        """The rule for a host process in cgroup ``cg`` (None: leave it alone).  ``first``:
+        the first rule it matches, when the caller has it already."""
         if self.managed(cg):
             if not exec_:
                 return None
+            if first is not None and first.on_exec:
+                return first
             return self.rules.first(p, self.cv, on_exec_only=True)
-        rule = self.rules.first(p, self.cv)
+        rule = first if first is not None else self.rules.first(p, self.cv)
         if rule is not None and rule.cgroup is None and self.exclusions(cg):
             rule = self.rules.first(p, self.cv, cgroup_only=True)
             if rule is None and count_noop:
@@ -218,8 +227,13 @@ class Placer:
                 if target is None:
                     return None
                 return self._place(p, target, st.starttime, count_noop=count_noop)
-            cg = p.cgroup()
-            rule = self._choose(p, cg, exec_=exec_, count_noop=count_noop)
+            # a process no rule matches is left alone wherever it is: its cgroup is read
+            # only when a rule needs it (most exec events end here)
+            first = self.rules.first(p, self.cv)
+            if first is None:
+                return None
+            rule = self._choose(p, p.cached_cgroup(), exec_=exec_, count_noop=count_noop,
+                                first=first)
             if rule is None:
                 return None
             return self._place(p, rule.target, st.starttime, count_noop=count_noop)
@@ -328,7 +342,12 @@ class Placer:
                 self.classify(ev.tgid, exec_=False)
             dt = time.perf_counter() - t0
             c.handle_seconds += dt
-            c.handle_max_seconds = max(dt, c.handle_max_seconds)
+            c.handle_max_seconds = max(c.handle_max_seconds, dt)
+            by = c.handle_seconds_by_event
+            by[name] = by.get(name, 0.0) + dt
+            mx = c.handle_max_seconds_by_event
+            if dt > mx.get(name, 0.0):
+                mx[name] = dt
 
     def rescan(self) -> dict[str, int]:
         """Classify every process in ``/proc`` (start-up, interval, after an overflow).

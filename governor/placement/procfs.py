@@ -38,6 +38,7 @@ class Stat:
     ppid: int
     flags: int
     starttime: int  # clock ticks after boot (field 22): with the pid, a process's identity
+    num_threads: int = 1  # field 20
 
     @property
     def kthread(self) -> bool:
@@ -50,7 +51,7 @@ def parse_stat(text: str) -> Stat:
     rest = text[close + 2:].split()
     # rest[0] is field 3 (state): field N is rest[N - 3]
     return Stat(comm=text[open_ + 1:close], state=rest[0], ppid=int(rest[1]),
-                flags=int(rest[6]), starttime=int(rest[19]))
+                flags=int(rest[6]), starttime=int(rest[19]), num_threads=int(rest[17]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,9 @@ def parse_cmdline(data: bytes) -> str:
     return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
 
 
+_READ_SIZE: Final = 65536
+
+
 def _gone(e: OSError) -> bool:
     return e.errno in (errno.ENOENT, errno.ESRCH)
 
@@ -139,9 +143,14 @@ class Proc:
                 raise ProcessGone(self.pid) from e
             raise
         try:
-            chunks = []
+            # one read(2) gets a whole procfs file (seq_file hands out a complete record;
+            # cmdline fills the buffer); a full buffer means there may be more
+            b = os.read(fd, _READ_SIZE)
+            if len(b) < _READ_SIZE:
+                return b
+            chunks = [b]
             while True:
-                b = os.read(fd, 65536)
+                b = os.read(fd, _READ_SIZE)
                 if not b:
                     break
                 chunks.append(b)
@@ -193,8 +202,14 @@ class Proc:
         return self._exe or None
 
     def comm(self) -> str:
+        """The kernel's name of the process: that of ``stat`` when it has been read (the
+        kernel prints the same ``task->comm`` in both files, unescaped), else
+        ``/proc/PID/comm``."""
         if self._comm is None:
-            self._comm = self._read("comm").decode("utf-8", "surrogateescape").rstrip("\n")
+            if self._stat is not None:
+                self._comm = self._stat.comm
+            else:
+                self._comm = self._read("comm").decode("utf-8", "surrogateescape").rstrip("\n")
         return self._comm
 
     def cmdline(self) -> str:
@@ -213,21 +228,25 @@ class Proc:
         return self._pidns
 
     def children(self) -> list[int]:
-        """Child pids of every thread (``/proc/PID/task/TID/children``, Linux 4.2+)."""
+        """Child pids of every thread (``/proc/PID/task/TID/children``, Linux 4.2+).  A
+        process whose ``stat`` (already read) counts one thread has only its own file to
+        read; one that grew threads since then forks from them after that read, and those
+        forks are followed by their fork events."""
         out: list[int] = []
-        try:
-            tids = os.listdir(f"{self.base}/task")
-        except OSError as e:
-            if _gone(e):
-                return out
-            raise
+        if self._stat is not None and self._stat.num_threads == 1:
+            tids = [str(self.pid)]
+        else:
+            try:
+                tids = os.listdir(f"{self.base}/task")
+            except OSError as e:
+                if _gone(e):
+                    return out
+                raise
         for tid in tids:
             try:
-                with open(f"{self.base}/task/{tid}/children", "rb") as f:
-                    out.extend(int(x) for x in f.read().split())
-            except OSError as e:
-                if not _gone(e):
-                    raise
+                out.extend(int(x) for x in self._read(f"task/{tid}/children").split())
+            except ProcessGone:  # the thread (or the process) exited meanwhile
+                continue
         return out
 
 

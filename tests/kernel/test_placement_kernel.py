@@ -240,7 +240,9 @@ def test_exit_before_move_and_fork_storm(world: tuple[CgroupFS, Enforcer, Path])
     assert c["moved"] >= len(alive)
 
 
-def governor(*args: str, cfg: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def governor(*args: str, cfg: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    # one CLI start takes ~25 s of imports in the TCG guest, several times that when the
+    # host runs other VMs: the timeout only catches a hang
     return subprocess.run([*GOVERNOR, *args[:1], "--config", str(cfg), *args[1:]],
                           check=False, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 

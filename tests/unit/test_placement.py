@@ -474,6 +474,56 @@ def test_policy_reload_recompiles(world: tuple[Path, RecordingFS, Placer]) -> No
     assert fs.moves == [(90, "gov/t/web")]
 
 
+def test_exec_of_a_process_no_rule_matches_reads_nothing_more(tmp_path: Path) -> None:
+    proc = new_proc(tmp_path)
+    (tmp_path / "cg" / "gov" / "t" / "web").mkdir(parents=True)
+    fs = RecordingFS(tmp_path / "cg", proc)
+    pol = parse_policy([("p.toml", '[tenants.t.groups.web]\n'
+                                   '[[tenants.t.groups.web.match]]\ncomm = "nginx"\n')])
+    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=999_999)
+    add_process(proc, 95, comm="bash", cgroup="/")
+    # a cgroup file that cannot be read: a decision that needed it would raise
+    (proc / "95" / "cgroup").unlink()
+    (proc / "95" / "cgroup").mkdir()
+    (proc / "95" / "comm").unlink()  # the comm comes from stat, already read
+    placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 95, 95))
+    assert fs.moves == [] and placer.counters.placements["error"] == 0
+
+
+def test_handling_time_by_event_kind(world: tuple[Path, RecordingFS, Placer]) -> None:
+    proc, _fs, placer = world
+    add_process(proc, 96, comm="nginx", cgroup="/")
+    for ev in (netlink.ProcEvent(netlink.PROC_EVENT_FORK, 96, 96, 1, 1),
+               netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 96, 96),
+               netlink.ProcEvent(netlink.PROC_EVENT_EXIT, 96, 96)):
+        placer.handle(ev)
+    c = placer.counters
+    assert set(c.handle_seconds_by_event) == set(c.handle_max_seconds_by_event) == \
+        {"fork", "exec", "exit"}
+    assert sum(c.handle_seconds_by_event.values()) == pytest.approx(c.handle_seconds)
+    assert max(c.handle_max_seconds_by_event.values()) == c.handle_max_seconds
+    assert c.as_dict()["handle_seconds_by_event"] == c.handle_seconds_by_event
+
+
+def test_children_of_every_thread(tmp_path: Path) -> None:
+    proc = new_proc(tmp_path)
+    add_process(proc, 97, children=[98])
+    (proc / "97" / "task" / "99").mkdir()
+    (proc / "97" / "task" / "99" / "children").write_text("100 ")  # a second thread's child
+    # stat not read yet, or counting two threads: every thread's children file
+    assert sorted(Proc(str(proc), 97).children()) == [98, 100]
+    stat = (proc / "97" / "stat").read_text().split()
+    stat[19] = "2"  # field 20, num_threads
+    (proc / "97" / "stat").write_text(" ".join(stat) + "\n")
+    p = Proc(str(proc), 97)
+    assert p.stat().num_threads == 2 and sorted(p.children()) == [98, 100]
+    # one thread when stat was read: its own file only
+    stat[19] = "1"
+    (proc / "97" / "stat").write_text(" ".join(stat) + "\n")
+    q = Proc(str(proc), 97)
+    assert q.stat().num_threads == 1 and q.comm() == "cat" and q.children() == [98]
+
+
 # --- config, launch helpers ------------------------------------------------------------------
 
 def test_placement_config(tmp_path: Path) -> None:
