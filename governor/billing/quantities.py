@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    Select,
     Table,
     and_,
     case,
@@ -138,17 +139,26 @@ def sum_pieces(
     *,
     session: Session,
     pieces: Sequence[tuple[datetime, datetime]],
-    group_ids: ColumnElement[bool],
+    group_ids: Select[tuple[int]],
     reserved: ReservationTable | None = None,
 ) -> dict[tuple[int, int, int], PieceTotals]:
-    """Totals per ``(node_id, group_id, piece index)`` over consecutive ``pieces`` in one scan.
+    """Totals per ``(node_id, group_id, piece index)`` over consecutive ``pieces``.
 
-    Whole hours inside a piece are summed in SQL (one query for every piece, the piece given
-    by a CASE on the hour); hours cut by a piece boundary are read per row and shared out
-    exactly (:func:`share`).  With ``reserved``, each hour also compares usage with the
-    reservation (in floating point: at an exact tie either side gives the same amount to
-    within 1e-15) and keeps the winners apart, so the caller can bill
-    ``max(usage, reservation)`` per hour with exact integers.
+    ``group_ids`` selects the ids of the groups to sum.  Whole hours inside a piece are
+    summed in SQL; hours cut by a piece boundary are read per row and shared out exactly
+    (:func:`share`).  With ``reserved``, each hour also compares usage with the reservation
+    (in floating point: at an exact tie either side gives the same amount to within 1e-15)
+    and keeps the winners apart, so the caller can bill ``max(usage, reservation)`` per hour
+    with exact integers.
+
+    The whole-hour queries aggregate per group while they read the rollups in their key
+    order (group, hour, node): a group's rows are one index range, and grouping by group
+    alone needs no sort (grouping by group and node would sort every row).  The node comes
+    out as ``min(node_id)``; a group whose rows in a piece carry several nodes (``min`` and
+    ``max`` differ, which metering never writes) is summed again per node.  Groups with a
+    reservation are read in a join *driven* by a temporary table of the reservations (one
+    row per group and piece, in group order), so each rollup row meets its reservation
+    without an index lookup; the other groups are read without it.
     """
     out: dict[tuple[int, int, int], PieceTotals] = {}
     if not pieces:
@@ -163,64 +173,91 @@ def sum_pieces(
         # transaction only
         session.execute(text("SET LOCAL work_mem = '64MB'"))
     sums = _sums()
-    extra: list[ColumnElement[Any]] = []
-    res_table = None
+    ids = group_ids.subquery()
+    gid = next(iter(ids.c))
+    res = None
     if reserved:
-        res_table = Table("governor_bill_reserved", MetaData(),
-                          Column("group_id", BigInteger, primary_key=True),
-                          Column("piece", Integer, primary_key=True),
-                          Column("node_id", Integer, primary_key=True),
-                          Column("reserved", BigInteger),
-                          prefixes=["TEMPORARY"])
+        res = Table("governor_bill_reserved", MetaData(),
+                    Column("piece", Integer, primary_key=True),
+                    Column("group_id", BigInteger, primary_key=True),
+                    Column("node_id", Integer, primary_key=True),
+                    Column("reserved", BigInteger),
+                    prefixes=["TEMPORARY"], sqlite_with_rowid=False)
         conn = session.connection()
-        res_table.drop(conn, checkfirst=True)
-        res_table.create(conn)
-        conn.execute(res_table.insert(), [
+        res.drop(conn, checkfirst=True)
+        res.create(conn)
+        conn.execute(res.insert(), [
             {"node_id": n, "group_id": g, "piece": i, "reserved": r}
-            for (n, g, i), r in reserved.items()])
-        res_wins = and_(res_table.c.reserved.is_not(None),
-                        cast(h.memory_byte_seconds, Float) * 1e6
-                        < cast(res_table.c.reserved, Float) * h.covered_us)
-        extra = [
-            func.coalesce(func.sum(case((res_wins, 0), else_=h.memory_byte_seconds)), 0),
-            func.coalesce(func.sum(case((res_wins, h.covered_us), else_=0)), 0),
-        ]
+            for (n, g, i), r in sorted(reserved.items(), key=lambda kv: (kv[0][2], kv[0][1]))])
+
+    def max_sums(res: Table, node_matches: ColumnElement[bool]) -> list[ColumnElement[Any]]:
+        wins = and_(node_matches, cast(h.memory_byte_seconds, Float) * 1e6
+                    < cast(res.c.reserved, Float) * h.covered_us)
+        return [func.coalesce(func.sum(case((wins, 0), else_=h.memory_byte_seconds)), 0),
+                func.coalesce(func.sum(case((wins, h.covered_us), else_=0)), 0)]
+
+    def collect(rows: Any, i: int, with_res: bool, multi: set[int] | None) -> None:
+        """Rows (group, node low, node high, sums...) into ``out``; groups seen on several
+        nodes into ``multi`` (None: rows already per node, low = high)."""
+        for row in rows:
+            if row[1] != row[2]:
+                assert multi is not None
+                multi.add(row[0])
+                continue
+            values = [int(v) for v in row[3:]]
+            t = PieceTotals(*values[: len(FIELDS)])
+            if with_res:
+                t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]
+            else:
+                t.mem_usage_wins = t.memory_byte_seconds
+            out[(row[1], row[0], i)] = t
+
     try:
-        # one query per piece over its whole hours, grouped in the clustered key's order
-        # (group, node) so that the database can aggregate while it reads
         for i, (a, b) in enumerate(pieces):
             lo, hi = hour_ceil(a), hour_floor(b)
             if lo >= hi:
                 continue
-            q = (select(h.group_id, h.node_id, *sums, *extra)
-                 .where(group_ids, h.hour >= lo, h.hour < hi)
-                 .group_by(h.group_id, h.node_id))
-            if res_table is not None:
-                q = q.outerjoin(res_table, and_(res_table.c.group_id == h.group_id,
-                                                res_table.c.piece == i,
-                                                res_table.c.node_id == h.node_id))
-            for row in session.execute(q):
-                values = [int(v) for v in row[2:]]
-                t = PieceTotals(*values[: len(FIELDS)])
-                if extra:
-                    t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]
-                else:
-                    t.mem_usage_wins = t.memory_byte_seconds
-                out[(row[1], row[0], i)] = t
+            in_piece = and_(h.hour >= lo, h.hour < hi)
+            multi: set[int] = set()
+            plain = h.group_id.in_(select(gid))
+            if res is not None:
+                r = res.c
+                q = (select(r.group_id, func.min(h.node_id), func.max(h.node_id), *sums,
+                            *max_sums(res, h.node_id == r.node_id))
+                     .select_from(res.join(h, and_(h.group_id == r.group_id, in_piece)))
+                     .where(r.piece == i, r.group_id.in_(select(gid)))
+                     .group_by(r.group_id))
+                collect(session.execute(q), i, True, multi)
+                plain = h.group_id.in_(
+                    select(gid).where(gid.not_in(select(r.group_id).where(r.piece == i))))
+            q = (select(h.group_id, func.min(h.node_id), func.max(h.node_id), *sums)
+                 .where(plain, in_piece).group_by(h.group_id))
+            collect(session.execute(q), i, False, multi)
+            if multi:  # per node, the reservation looked up per row
+                q = (select(h.group_id, h.node_id.label("node_lo"),
+                            h.node_id.label("node_hi"), *sums)
+                     .where(h.group_id.in_(sorted(multi)), in_piece)
+                     .group_by(h.group_id, h.node_id))
+                if res is not None:
+                    r = res.c
+                    q = (q.add_columns(*max_sums(res, r.node_id.is_not(None)))
+                         .outerjoin(res, and_(r.group_id == h.group_id, r.piece == i,
+                                              r.node_id == h.node_id)))
+                collect(session.execute(q), i, res is not None, None)
     finally:
-        if res_table is not None:
-            res_table.drop(session.connection(), checkfirst=True)
+        if res is not None:
+            res.drop(session.connection(), checkfirst=True)
     if partial:
         q2 = select(h.node_id, h.group_id, h.hour, *(getattr(h, f) for f in FIELDS)).where(
-            group_ids, h.hour.in_(partial))
+            h.group_id.in_(select(gid)), h.hour.in_(partial))
         for row in session.execute(q2):
             node_id, group_id, hour = row[0], row[1], row[2]
             for i, (a, b) in enumerate(pieces):
                 if b <= hour or a >= hour + HOUR:
                     continue
                 part = PieceTotals(*(share(int(v), hour, a, b) for v in row[3:]))
-                r = reserved.get((node_id, group_id, i)) if reserved else None
-                if r is not None and part.memory_byte_seconds * 1_000_000 < r * part.covered_us:
+                rv = reserved.get((node_id, group_id, i)) if reserved else None
+                if rv is not None and part.memory_byte_seconds * 1_000_000 < rv * part.covered_us:
                     part.covered_reserved_us = part.covered_us
                 else:
                     part.mem_usage_wins = part.memory_byte_seconds

@@ -273,3 +273,54 @@ def test_reservation_change_inside_an_hour(session, basis, expected_gib_hours): 
     inv = invoice(session=session, policy=_policy(basis=basis), tenant="acme", start=T0,
                   end=T3)
     assert _line(inv, "memory").quantity == expected_gib_hours
+
+
+@pytest.mark.parametrize(("basis", "expected_gib_hours"), [
+    ("usage", D(1 + 3) * 3),
+    ("reservation", D(2) * 3),   # n1's reservation times the group's covered time on n1
+    ("max", D(2 + 3) * 3),       # n1: max(1, 2) per hour; n2 has no reservation: usage
+])
+def test_one_group_with_rollups_of_two_nodes(session, basis, expected_gib_hours):  # noqa: F811
+    """Metering never writes it, but a group whose rollups carry two nodes is summed per
+    node: the reservation recorded on one node applies to that node's hours only."""
+    from sqlalchemy import select
+
+    from governor.metering.rollup import ROLLUP_QUANTITIES
+    from governor.store.models import Group
+    from governor.store.service import bulk_insert_ignore, ensure_node
+
+    _meter(session, node="n1")
+    n2 = ensure_node(session=session, name="n2")
+    gid = session.execute(select(Group.id).where(Group.path == "acme/web")).scalar_one()
+    cols = ("node_id", "group_id", "hour", "covered_us", "intervals", *ROLLUP_QUANTITIES)
+    rows = [(n2, gid, T0 + timedelta(hours=h), 3_600_000_000, 360, 0, 0, 0, 0,
+             3 * GIB * 3600, 0, 0, 0, 0, 0, 0, 0) for h in range(3)]
+    bulk_insert_ignore(session, "rollups_hourly", cols, rows, ts_index=2)
+    record_applied_policy(session=session, node="n1", applied_at=T0, policy_hash="a",
+                          trigger="start", writes=[{"path": "acme/web", "file": "memory.min",
+                                                    "value": str(2 * GIB)}])
+    session.commit()
+    inv = invoice(session=session, policy=_policy(basis=basis), tenant="acme", start=T0,
+                  end=T3)
+    assert _line(inv, "memory").quantity == expected_gib_hours
+
+
+def test_integer_amount_is_the_fraction_rounding():
+    import random
+    from fractions import Fraction
+
+    from governor.billing.report import _amount, round_money
+
+    rnd = random.Random(5)
+    prices = [D("0.04"), D("0.005"), D("0.5"), D("1"), D("0.0125"), D("3.333"), D("-0.01"),
+              D("0")]
+    divisors = [1, 2, 8, 1000, 1 << 30, CORE_HOUR, GIB * CORE_HOUR]
+    cases = [(u, 200, D("1"), c) for u in range(-50, 50) for c in ("EUR", "JPY")]  # ties
+    cases += [(rnd.choice([rnd.randrange(10**6), rnd.randrange(10**18), 25, 125,
+                           rnd.randrange(-10**9, 10**9)]),
+               rnd.choice(divisors), rnd.choice(prices), rnd.choice(["EUR", "JPY", "KWD"]))
+              for _ in range(20_000)]
+    for units, divisor, price, currency in cases:
+        want = round_money(Fraction(units, divisor) * Fraction(price), currency)
+        got = _amount(units, divisor, price, currency)
+        assert (got, str(got)) == (want, str(want)), (units, divisor, price, currency)
