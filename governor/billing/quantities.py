@@ -189,6 +189,10 @@ def sum_pieces(
         conn.execute(res.insert(), [
             {"node_id": n, "group_id": g, "piece": i, "reserved": r}
             for (n, g, i), r in sorted(reserved.items(), key=lambda kv: (kv[0][2], kv[0][1]))])
+        if conn.dialect.name == "postgresql":
+            # statistics for the planner (a temporary table has none: it would take it for
+            # a dozen rows and loop over the rollups' index once per group)
+            conn.execute(text(f"ANALYZE {res.name}"))
 
     def max_sums(res: Table, node_matches: ColumnElement[bool]) -> list[ColumnElement[Any]]:
         wins = and_(node_matches, cast(h.memory_byte_seconds, Float) * 1e6
