@@ -10,10 +10,16 @@ Formats are those of Documentation/admin-guide/cgroup-v2.rst, "Interface Files /
 * flat keyed ``KEY VALUE`` per line          cpu.stat, memory.events, memory.stat, pids.events
 * nested keyed ``KEY SUB=VAL ...`` per line  io.stat, io.max, PSI files (``some``/``full``)
 * ``io.weight``/``io.bfq.weight``: ``default N`` then ``MAJ:MIN N`` lines
+
+The sampler's hot path reads raw bytes: :class:`FlatKeyedBytes`, :func:`parse_int_bytes`,
+:func:`parse_io_stat_bytes` and :func:`parse_psi_bytes` match the kernel's exact layout in
+one regular expression and give the same values as the parsers above; any other text goes
+to those parsers (same values, same errors).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -189,6 +195,83 @@ def parse_psi(text: str) -> Psi:
     if "some" not in lines:
         raise ParseError("pressure", text, "no 'some' line")
     return Psi(lines["some"], lines.get("full"))
+
+
+# -- the sampler's fast path: raw bytes in the kernel's exact layout ---------------------
+
+def parse_int_bytes(data: bytes, fmt: str = "integer") -> int:
+    """:func:`parse_int` of ``data.decode()``, without decoding when ``int`` takes the bytes
+    (ASCII digits and whitespace: a subset of what :func:`parse_int` takes)."""
+    try:
+        return int(data)
+    except ValueError:
+        return parse_int(data.decode(), fmt)
+
+
+class FlatKeyedBytes:
+    """:func:`parse_flat_keyed` of ``data.decode()`` for one file (``fmt``), fast for the
+    key layouts already seen: a layout is the keys in their order, each line exactly
+    ``KEY DIGITS\n`` (as the kernel prints it), matched whole by one regular expression.
+    Text in any other layout is parsed by :func:`parse_flat_keyed` (whose result, when the
+    text is in the exact layout, teaches a new one: at most ``max_layouts`` are kept)."""
+
+    __slots__ = ("fmt", "layouts", "max_layouts")
+
+    def __init__(self, fmt: str, max_layouts: int = 4) -> None:
+        self.fmt = fmt
+        self.max_layouts = max_layouts
+        self.layouts: list[tuple[re.Pattern[bytes], tuple[str, ...]]] = []
+
+    def __call__(self, data: bytes) -> dict[str, int]:
+        for pattern, keys in self.layouts:
+            m = pattern.fullmatch(data)
+            if m is not None:
+                return dict(zip(keys, map(int, m.groups()), strict=True))
+        out = parse_flat_keyed(data.decode(), self.fmt)
+        keys = tuple(out)
+        if len(self.layouts) < self.max_layouts:
+            pattern = re.compile(b"".join(re.escape(k.encode()) + rb" ([0-9]+)\n"
+                                          for k in keys))
+            if pattern.fullmatch(data) is not None:  # only the exact layout is learnt
+                self.layouts.append((pattern, keys))
+        return out
+
+
+_IO_LINE: Final = re.compile(rb"([0-9]+:[0-9]+) rbytes=([0-9]+) wbytes=([0-9]+) "
+                             rb"rios=([0-9]+) wios=([0-9]+) dbytes=([0-9]+) dios=([0-9]+)\n")
+
+
+def parse_io_stat_bytes(data: bytes) -> dict[str, dict[str, int]]:
+    """:func:`parse_io_stat` of ``data.decode()``, fast for lines in the kernel's layout
+    (``MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..``)."""
+    out: dict[str, dict[str, int]] = {}
+    pos, end = 0, len(data)
+    match = _IO_LINE.match
+    while pos < end:
+        m = match(data, pos)
+        if m is None:
+            return parse_io_stat(data.decode())
+        out[m[1].decode()] = {"rbytes": int(m[2]), "wbytes": int(m[3]), "rios": int(m[4]),
+                              "wios": int(m[5]), "dbytes": int(m[6]), "dios": int(m[7])}
+        pos = m.end()
+    return out
+
+
+_PSI_LINE = (rb" avg10=([0-9]+\.[0-9]+) avg60=([0-9]+\.[0-9]+) avg300=([0-9]+\.[0-9]+)"
+             rb" total=([0-9]+)\n")
+_PSI: Final = re.compile(rb"some" + _PSI_LINE + rb"(?:full" + _PSI_LINE + rb")?")
+
+
+def parse_psi_bytes(data: bytes) -> Psi:
+    """:func:`parse_psi` of ``data.decode()``, fast for the kernel's layout (a ``some``
+    line, then optionally a ``full`` line, each ``avg10= avg60= avg300= total=``)."""
+    m = _PSI.fullmatch(data)
+    if m is None:
+        return parse_psi(data.decode())
+    some = PsiLine(float(m[1]), float(m[2]), float(m[3]), int(m[4]))
+    if m[5] is None:
+        return Psi(some, None)
+    return Psi(some, PsiLine(float(m[5]), float(m[6]), float(m[7]), int(m[8])))
 
 
 @dataclass(frozen=True, slots=True)

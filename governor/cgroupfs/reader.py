@@ -21,13 +21,13 @@ from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import (
+    FlatKeyedBytes,
     Limit,
     Psi,
-    parse_flat_keyed,
-    parse_int,
-    parse_io_stat,
+    parse_int_bytes,
+    parse_io_stat_bytes,
     parse_limit,
-    parse_psi,
+    parse_psi_bytes,
 )
 from governor.errors import GroupGone
 
@@ -86,14 +86,28 @@ def raise_nofile_limit(want: int = 1 << 20) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+_PRESSURE = ("cpu", "memory", "io")
+
+
 class _Group:
-    __slots__ = ("absent", "dirfd", "fds", "ino")
+    __slots__ = ("absent", "dirfd", "fast", "fds", "ino", "psi")
 
     def __init__(self, dirfd: int, ino: int) -> None:
         self.dirfd = dirfd
         self.ino = ino
         self.fds: dict[str, int] = {}
         self.absent: set[str] = set()
+        #: the fds of FAST_FILES in order (-1: absent) once every one is cached or known
+        #: absent; None until then (and past the fd budget, where files are reopened)
+        self.fast: tuple[int, ...] | None = None
+        #: per pressure file, the raw bytes last read and their Psi (immutable, so the
+        #: unchanged text of an idle group is not parsed again)
+        self.psi: list[tuple[bytes, Psi] | None] = [None, None, None]
+
+    def resolve_fast(self) -> None:
+        fds = self.fds
+        if all(n in fds or n in self.absent for n in FAST_FILES):
+            self.fast = tuple(fds.get(n, -1) for n in FAST_FILES)
 
 
 class StatReader:
@@ -113,6 +127,9 @@ class StatReader:
         #: descriptors this reader may keep open; past it files are read open-pread-close
         self.max_fds = max(max_fds, 0)
         self.open_fds = 0
+        self._cpu_stat = FlatKeyedBytes("cpu.stat")
+        self._memory_events = FlatKeyedBytes("memory.events")
+        self._memory_stat = FlatKeyedBytes("memory.stat")
 
     def __enter__(self) -> StatReader:
         return self
@@ -149,7 +166,7 @@ class StatReader:
             self.open_fds += 1
         return g
 
-    def _raw(self, rel: str, g: _Group, name: str) -> str | None:
+    def _raw(self, rel: str, g: _Group, name: str) -> bytes | None:
         fd = g.fds.get(name)
         cached = fd is not None
         if fd is None:
@@ -169,7 +186,7 @@ class StatReader:
                                     hint="the group was removed") from e
                 raise self.fs._error("read", rel, name, e) from e
             if self.open_fds < self.max_fds:
-                g.fds[name] = fd
+                g.fds[name] = fd  # (the fast path is not rebuilt here: read() does it)
                 self.open_fds += 1
                 cached = True
             # else: over the fd budget, this file is opened, read and closed each time
@@ -187,7 +204,7 @@ class StatReader:
         finally:
             if not cached:
                 os.close(fd)
-        return data.decode()
+        return data
 
     @staticmethod
     def _alive(g: _Group) -> bool:
@@ -201,44 +218,55 @@ class StatReader:
         """Forget which files were absent (after controllers were enabled)."""
         for g in self._groups.values():
             g.absent.clear()
+            g.fast = None
 
     def read_file(self, rel: str, name: str) -> str | None:
         """Raw text of one file through the fd cache (None when the file is absent)."""
-        return self._raw(rel, self._group(rel), name)
+        data = self._raw(rel, self._group(rel), name)
+        return None if data is None else data.decode()
 
     def read(self, rel: str, *, slow: bool = False) -> GroupStats:
-        g = self._group(rel)
-        st = GroupStats(cgroup_id=g.ino)
-        raw = self._raw
-        t = raw(rel, g, "cpu.stat")
-        if t is not None:
-            st.cpu = parse_flat_keyed(t, "cpu.stat")
-        t = raw(rel, g, "memory.current")
-        if t is not None:
-            st.memory_current = parse_int(t, "memory.current")
-        t = raw(rel, g, "memory.peak")
-        if t is not None:
-            st.memory_peak = parse_int(t, "memory.peak")
-        t = raw(rel, g, "memory.swap.current")
-        if t is not None:
-            st.swap_current = parse_int(t, "memory.swap.current")
-        t = raw(rel, g, "memory.events")
-        if t is not None:
-            st.memory_events = parse_flat_keyed(t, "memory.events")
-        t = raw(rel, g, "io.stat")
-        if t is not None:
-            st.io = parse_io_stat(t)
-        t = raw(rel, g, "pids.current")
-        if t is not None:
-            st.pids_current = parse_int(t, "pids.current")
-        for res in ("cpu", "memory", "io"):
-            t = raw(rel, g, f"{res}.pressure")
-            if t is not None:
-                st.psi[res] = parse_psi(t)
+        g = self._groups.get(rel)
+        if g is None:
+            g = self._group(rel)
+        fast = g.fast
+        raw: list[bytes | None]
+        if fast is None:
+            raw = [self._raw(rel, g, name) for name in FAST_FILES]
+            g.resolve_fast()
+        else:
+            # the hot path: one pread per cached fd.  Any error is left to the per-file path
+            # above, which reads again and reports it with its file (GroupGone, CgroupError)
+            pread = os.pread
+            try:
+                raw = [pread(fd, _BUF, 0) if fd >= 0 else None for fd in fast]
+            except OSError:
+                g.fast = None
+                return self.read(rel, slow=slow)
+        cpu, cur, peak, swap, events, io, pids = raw[:7]
+        psi: dict[str, Psi] = {}
+        cache = g.psi
+        for i, data in enumerate(raw[7:]):
+            if data is None:
+                continue
+            last = cache[i]
+            if last is None or last[0] != data:
+                last = cache[i] = (data, parse_psi_bytes(data))
+            psi[_PRESSURE[i]] = last[1]
+        st = GroupStats(
+            cgroup_id=g.ino,
+            cpu=None if cpu is None else self._cpu_stat(cpu),
+            memory_current=None if cur is None else parse_int_bytes(cur, "memory.current"),
+            memory_peak=None if peak is None else parse_int_bytes(peak, "memory.peak"),
+            swap_current=None if swap is None else parse_int_bytes(swap, "memory.swap.current"),
+            memory_events=None if events is None else self._memory_events(events),
+            io=None if io is None else parse_io_stat_bytes(io),
+            pids_current=None if pids is None else parse_int_bytes(pids, "pids.current"),
+            psi=psi)
         if slow:
-            t = raw(rel, g, "memory.stat")
-            if t is not None:
-                st.memory_stat = parse_flat_keyed(t, "memory.stat")
+            data = self._raw(rel, g, "memory.stat")
+            if data is not None:
+                st.memory_stat = self._memory_stat(data)
         return st
 
     def read_limit(self, rel: str, name: str) -> Limit | None:

@@ -179,3 +179,33 @@ def test_reader_fd_budget_falls_back_to_reopen(fs: CgroupFS, root: Path) -> None
         r.read("g2")
         assert len(os.listdir("/proc/self/fd")) == open_now  # nothing leaked
     assert r.open_fds == 0
+
+
+def test_reader_fast_path_errors_and_changes(fs: CgroupFS, root: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    g = create_child(root, "g")
+    (g / "memory.peak").unlink()
+    with StatReader(fs) as r:
+        first = r.read("g")
+        assert r.read("g") == first  # the second read takes the fast path
+        with open(g / "cpu.pressure", "r+") as f:  # changed text: parsed again
+            f.write(LEAF_FILES["cpu.pressure"].replace("total=1523", "total=1777"))
+        assert r.read("g").psi["cpu"].some.total == 1777
+        (g / "memory.peak").write_text("4096\n")
+        assert r.read("g").memory_peak is None  # absent stays absent...
+        r.refresh()
+        assert r.read("g").memory_peak == 4096  # ...until refresh()
+        real = os.pread
+        io_fd = r._groups["g"].fds["io.stat"]
+
+        def gone(fd: int, n: int, off: int) -> bytes:
+            if fd == io_fd:
+                raise OSError(errno.ENODEV, "No such device")
+            return real(fd, n, off)
+
+        monkeypatch.setattr(os, "pread", gone)
+        with pytest.raises(GroupGone) as e:
+            r.read("g")
+        assert e.value.file == "io.stat" and r.open_groups == 0 and r.open_fds == 0

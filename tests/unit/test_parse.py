@@ -142,3 +142,43 @@ def test_proc_cgroup() -> None:
     hy = parse.parse_proc_cgroup("12:pids:/user.slice\n4:cpu,cpuacct:/\n0::/init.scope\n")
     assert hy.unified == "/init.scope" and hy.v1["cpuacct"] == "/" and hy.v1["pids"] == \
         "/user.slice"
+
+
+@pytest.mark.parametrize("name", ["cpu.stat", "memory.events", "memory.stat"])
+def test_flat_keyed_bytes_same_as_text(name: str) -> None:
+    fast = parse.FlatKeyedBytes(name)
+    text = LEAF_FILES[name]
+    for data in (text, text, text.replace(" 0\n", " 7\n"), "a 1\n", "", text):
+        assert fast(data.encode()) == parse.parse_flat_keyed(data, name)
+    assert len(fast.layouts) == 3  # the file's, "a", and the empty one
+    for bad in ("usage_usec\n", "a b c\n", "usage_usec x\n", "a 1\na 2 3\n", "a -1\n"):
+        try:
+            want: object = parse.parse_flat_keyed(bad, name)
+        except ParseError as e:
+            want = str(e)
+        try:
+            got: object = fast(bad.encode())
+        except ParseError as e:
+            got = str(e)
+        assert got == want
+
+
+def test_bytes_parsers_same_as_text() -> None:
+    for text in ("270336\n", " 42 ", "0\n", "1_0\n"):
+        assert parse.parse_int_bytes(text.encode()) == parse.parse_int(text)
+    for bad in ("", "x\n", "12M\n"):
+        with pytest.raises(ParseError):
+            parse.parse_int_bytes(bad.encode())
+    io = LEAF_FILES["io.stat"] + "8:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n"
+    for text in (io, "", "8:0 rbytes=1 wbytes=2\n", "8:0 rbytes=1 wbytes=2 rios=3 wios=4 "
+                 "dbytes=5 dios=6 extra=7\n", io + "8:0 rbytes=9 wbytes=0 rios=0 wios=0 "
+                 "dbytes=0 dios=0\n"):
+        assert parse.parse_io_stat_bytes(text.encode()) == parse.parse_io_stat(text)
+    with pytest.raises(ParseError, match="max"):
+        parse.parse_io_stat_bytes(b"8:0 rbytes=max\n")
+    cpu = LEAF_FILES["cpu.pressure"]
+    for text in (cpu, cpu.split("full")[0], LEAF_FILES["io.pressure"],
+                 "some avg10=1.50 avg60=0.25 avg300=0.00 total=99 extra=1\n", cpu + "\n"):
+        assert parse.parse_psi_bytes(text.encode()) == parse.parse_psi(text)
+    with pytest.raises(ParseError):
+        parse.parse_psi_bytes(b"full avg10=0.00 avg60=0.00 avg300=0.00 total=1\n")

@@ -60,3 +60,25 @@ def test_created_known_only_for_same_incarnation(tmp_path: Path) -> None:
     s.created["acme/db"] = (12345, s.created["acme/web"][1])  # another incarnation's id
     got = {x.path: x for x in s.sample().samples}
     assert got["acme/web"].created is not None and got["acme/db"].created is None
+
+
+def test_fast_sample_constructor_equals_the_dataclass_init(tmp_path: Path) -> None:
+    import dataclasses
+
+    import pytest
+
+    from governor.metering.sample import GroupSample
+    from governor.metering.sampler import _SAMPLE_FIELDS, _make_sample
+
+    root = tree(tmp_path)
+    s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n")
+    for x in s.sample().samples:
+        values = [getattr(x, name) for name in _SAMPLE_FIELDS]
+        again = GroupSample(**dict(zip(_SAMPLE_FIELDS, values, strict=True)))
+        assert _make_sample(values) == again and dataclasses.astuple(again) == tuple(values)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            x.node = "other"  # type: ignore[misc]
+    bad = [getattr(x, name) for name in _SAMPLE_FIELDS]
+    bad[_SAMPLE_FIELDS.index("psi")] = {"nope": 1}
+    with pytest.raises(ValueError, match="unknown PSI key"):
+        _make_sample(bad)  # __post_init__ still checks
