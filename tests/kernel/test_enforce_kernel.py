@@ -367,10 +367,15 @@ def _wait(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
 
 def test_daemon_reloads_on_change_and_sighup_and_restores_drift(
         scratch_subtree: Path, policy_dir: Path, tmp_path: Path) -> None:
+    from governor.store.db import upgrade
+
     s = scratch_subtree
     write_policy(policy_dir, TWO_TENANTS)
+    upgrade(f"sqlite:///{tmp_path}/g.db")  # the daemon refuses a database without the schema
+    (tmp_path / "config.toml").write_text(f'[governor]\nstate_dir = "{tmp_path}/state"\n')
     log = (tmp_path / "daemon.log").open("w+")
-    d = subprocess.Popen([sys.executable, "-m", "governor", "run", "--cgroup-root",
+    d = subprocess.Popen([sys.executable, "-m", "governor", "run", "--config",
+                          str(tmp_path / "config.toml"), "--cgroup-root",
                           "/sys/fs/cgroup", "--subtree", s.name, "--policy", str(policy_dir),
                           "--database", f"sqlite:///{tmp_path}/g.db",
                           "--reconcile-interval", "1s"], stderr=log, cwd=REPO)
