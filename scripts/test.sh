@@ -95,7 +95,7 @@ fi
   --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
   --timeout "${GOVERNOR_VM_TIMEOUT:-3000}" --rw "$RESULTS" \
   --env CI --env GOVERNOR_STRICT_KERNEL --env HYPOTHESIS_PROFILE -- \
-  "$VPY" -m pytest -m kernel -p no:cacheprovider -q --junitxml "$RESULTS/kernel.xml" \
+  "$VPY" -m pytest -m kernel -p no:cacheprovider -q --durations=12 --junitxml "$RESULTS/kernel.xml" \
   "$@" "${kfiles[@]}" || rc=$?
 case $rc in
   0|skip) ;;
