@@ -53,13 +53,32 @@ def cgroup_of(pid: int) -> str | None:
     return text.strip().split("::", 1)[1]
 
 
-def wait_for(pid: int, want: str, timeout: float = 10.0) -> str | None:
+def wait_for(pid: int, want: str, timeout: float = 30.0) -> str | None:
     deadline = time.monotonic() + timeout
     cg = cgroup_of(pid)
     while cg != want and time.monotonic() < deadline:
         time.sleep(0.01)
         cg = cgroup_of(pid)
     return cg
+
+
+def cmdline_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ") \
+            .decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children_of(pid: int, at_least: int, timeout: float = 60.0) -> list[int]:
+    """The children of ``pid`` once there are ``at_least`` (a loaded TCG guest may take
+    seconds to run a shell's first forks); what there is at the deadline otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if len(kids) >= at_least or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -116,7 +135,7 @@ def test_rescan_and_events_place_by_user_exe_container_and_cgroup(
         infor = subprocess.Popen(["tail", "-f", "/dev/null"])
         procs.append(infor)
         (foreign / "cgroup.procs").write_text(str(infor.pid))
-        time.sleep(0.5)  # let the container's shell start its children
+        children_of(children_of(ctr.pid, 1)[0], 2)  # the container's shell forked both
         placer = Placer(fs, sub, lambda: enf.policy, exclude=())
         assert placer.start() is True
         try:
@@ -125,13 +144,11 @@ def test_rescan_and_events_place_by_user_exe_container_and_cgroup(
             # the foreign cgroup's rule comes after byexe's in policy order, so the exe wins
             assert wait_for(infor.pid, f"/{sub}/t/byexe") == f"/{sub}/t/byexe"
             # every member of the container, the sleeps too (whole container, by its init)
-            members = [int(x) for x in (Path(f"/proc/{ctr.pid}/task/{ctr.pid}/children")
-                                        .read_text().split())]
+            members = children_of(ctr.pid, 1)
             assert len(members) == 1
             init = members[0]
             assert pidns_of("/proc", init) != pidns_of("/proc", 1)
-            kids = [int(x) for x in Path(f"/proc/{init}/task/{init}/children").read_text()
-                    .split()]
+            kids = children_of(init, 2)
             assert len(kids) == 2
             for pid in [init, *kids]:
                 assert wait_for(pid, f"/{sub}/t/ctr") == f"/{sub}/t/ctr"
@@ -146,10 +163,13 @@ def test_rescan_and_events_place_by_user_exe_container_and_cgroup(
             foreign2 = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
             procs.append(foreign2)
             assert wait_for(user2.pid, f"/{sub}/t/byuser") == f"/{sub}/t/byuser"
-            time.sleep(2.5)  # the container's later child (after `sleep 1`) follows it
-            init2 = int(Path(f"/proc/{ctr2.pid}/task/{ctr2.pid}/children").read_text().split()[0])
-            later = [int(x) for x in Path(f"/proc/{init2}/task/{init2}/children").read_text()
-                     .split()]
+            # the container's later child (forked after `sleep 1`) follows it
+            init2 = children_of(ctr2.pid, 1)[0]
+            deadline = time.monotonic() + 60
+            later: list[int] = []
+            while not later and time.monotonic() < deadline:
+                later = [k for k in children_of(init2, 1) if cmdline_of(k) == "sleep 300"]
+                time.sleep(0.05)
             assert later
             for pid in [init2, *later]:
                 assert wait_for(pid, f"/{sub}/t/ctr") == f"/{sub}/t/ctr"
