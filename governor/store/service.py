@@ -161,15 +161,22 @@ def _incarnation_ids(
     def lookup(keys: Sequence[tuple[str, int]]) -> None:
         for chunk in _chunks(keys):
             rows = session.execute(
-                select(Group.path, Group.cgroup_id, Group.id).where(
+                select(Group.path, Group.cgroup_id, Group.id, Group.created_at).where(
                     Group.node_id == node_id,
                     Group.path.in_(sorted({path for path, _ in chunk})),
                 )
             )
-            for path, cgroup_id, gid in rows:
+            for path, cgroup_id, gid, created_at in rows:
                 key = by_path.get((path, cgroup_id))
                 if key is not None:
                     ids[key] = gid
+                    born = wanted[key].created
+                    if created_at is None and born is not None:
+                        # the row was made by another writer (the OOM watcher) before the
+                        # sampler, which knows the birth: keep it, metering needs it
+                        session.execute(update(Group).where(
+                            Group.id == gid, Group.created_at.is_(None)).values(
+                                created_at=born))
 
     lookup(list(by_path))
     missing = [pk for pk, key in by_path.items() if key not in ids]

@@ -164,7 +164,9 @@ def test_pread_reader_sees_counters_change(fs: CgroupFS) -> None:
         with StatReader(fs) as r:
             s1 = r.read("t/g", slow=True)
             assert s1.cpu is not None and s1.pids_current == 1
-            assert s1.memory_current is not None and s1.memory_current > 0
+            # read, not missing (it may be 0: memory charged before the move stays with the
+            # old group in cgroup v2, and a busy loop allocates nothing new)
+            assert s1.memory_current is not None and s1.memory_current >= 0
             assert s1.memory_stat is not None and "anon" in s1.memory_stat
             assert set(s1.psi) == {"cpu", "memory", "io"}
             assert s1.cgroup_id == os.stat(fs.path("t/g")).st_ino

@@ -82,3 +82,33 @@ def test_fast_sample_constructor_equals_the_dataclass_init(tmp_path: Path) -> No
     bad[_SAMPLE_FIELDS.index("psi")] = {"nope": 1}
     with pytest.raises(ValueError, match="unknown PSI key"):
         _make_sample(bad)  # __post_init__ still checks
+
+
+def test_birth_reaches_a_group_row_made_first_by_another_writer(tmp_path: Path) -> None:
+    """The OOM watcher may create an incarnation's row before the sampler stores its first
+    sample; the birth the sampler knows must still reach the row (metering needs it)."""
+    from sqlalchemy import select
+
+    from governor.store.db import make_engine, scope_factory, upgrade
+    from governor.store.models import Group
+    from governor.store.service import ensure_node, incarnation_ids, record_samples
+
+    root = tree(tmp_path)
+    s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n")
+    s.expect_birth("acme/web")
+    samples = s.sample().samples
+    web = next(x for x in samples if x.path == "acme/web")
+    assert web.created is not None
+    url = f"sqlite:///{tmp_path}/g.db"
+    upgrade(url)
+    scope = scope_factory(make_engine(url))
+    with scope() as session:  # another writer first, without the birth
+        node_id = ensure_node(session=session, name="n")
+        stub = type(web)(node="n", tenant="acme", group="web", cgroup_id=web.cgroup_id,
+                         wall=web.wall, monotonic=web.monotonic)
+        incarnation_ids(session=session, node_id=node_id, samples=[stub])
+    with scope() as session:
+        record_samples(session=session, node="n", samples=samples)
+    with scope() as session:
+        got = session.execute(select(Group.created_at).where(Group.path == "acme/web")).all()
+    assert got == [(web.created,)]
