@@ -94,6 +94,24 @@ def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_C
     return made
 
 
+def managed_groups(fs: CgroupFS, subtree: str) -> list[str]:
+    """Tenants and their groups below ``subtree``, relative to it (``tenant``,
+    ``tenant/group``), tenants first.  A subtree that is gone (or not made yet) lists as
+    empty and other errors on it are raised; a tenant whose groups cannot be listed (gone
+    meanwhile, or unreadable) is listed without them, so one bad tenant never hides the
+    others from the sampler."""
+    out: list[str] = []
+    try:
+        tenants = fs.children(subtree)
+    except GroupGone:
+        return out
+    for t in tenants:
+        out.append(t)
+        with contextlib.suppress(CgroupError):
+            out.extend(f"{t}/{g}" for g in fs.children(f"{subtree}/{t}"))
+    return out
+
+
 def populated(fs: CgroupFS, rel: str) -> bool:
     """Whether ``rel`` or any descendant has live processes (``cgroup.events``)."""
     return parse_flat_keyed(fs.read(rel, "cgroup.events"), "cgroup.events").get(

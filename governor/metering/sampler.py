@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import GroupStats, StatReader
+from governor.cgroupfs.tree import managed_groups
 from governor.errors import CgroupError, GroupGone
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
 
@@ -134,18 +135,10 @@ class Sampler:
 
     def groups(self) -> list[str]:
         """Tenants and their groups below the subtree (paths relative to it)."""
-        out: list[str] = []
         try:
-            tenants = self.fs.children(self.subtree)
+            return managed_groups(self.fs, self.subtree)
         except CgroupError:
-            return out
-        for t in tenants:
-            out.append(t)
-            try:
-                out.extend(f"{t}/{g}" for g in self.fs.children(f"{self.subtree}/{t}"))
-            except CgroupError:
-                continue
-        return out
+            return []
 
     def sample(self) -> SamplePass:
         started = datetime.now(UTC)

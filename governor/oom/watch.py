@@ -27,7 +27,6 @@ A fired trigger, a crossed threshold or a ``memory.high`` event raises a ``press
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -44,6 +43,7 @@ from datetime import UTC, datetime
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import ParseError, parse_flat_keyed
 from governor.cgroupfs.reader import GroupStats
+from governor.cgroupfs.tree import managed_groups
 from governor.errors import CgroupError
 from governor.oom.actions import OomActions
 from governor.oom.events import COUNTER_KINDS, KILL_KINDS, PRESSURE, OomEvent
@@ -197,16 +197,10 @@ class OomWatcher:
         return f"{self.subtree}/{path}"
 
     def discover(self) -> list[str]:
-        out: list[str] = []
         try:
-            tenants = self.fs.children(self.subtree)
+            return managed_groups(self.fs, self.subtree)
         except CgroupError:
-            return out
-        for t in tenants:
-            out.append(t)
-            with contextlib.suppress(CgroupError):
-                out.extend(f"{t}/{g}" for g in self.fs.children(self._rel(t)))
-        return out
+            return []
 
     def _read_counters(self, path: str) -> dict[str, int] | None:
         try:

@@ -13,24 +13,9 @@ import time
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import parse_cpu_max
 from governor.cgroupfs.reader import StatReader
+from governor.cgroupfs.tree import managed_groups
 from governor.errors import GroupGone
 from governor.status.view import GroupRead, Limits, Snapshot
-
-
-def list_groups(fs: CgroupFS, subtree: str) -> list[str]:
-    """Tenants and their groups below ``subtree`` (``tenant``, ``tenant/group``)."""
-    out: list[str] = []
-    try:
-        tenants = fs.children(subtree)
-    except GroupGone:
-        return out  # no subtree (yet): nothing to show
-    for t in tenants:
-        out.append(t)
-        try:
-            out.extend(f"{t}/{g}" for g in fs.children(f"{subtree}/{t}"))
-        except GroupGone:
-            continue  # the tenant went away while we listed
-    return out
 
 
 def read_limits(reader: StatReader, rel: str) -> Limits:
@@ -45,7 +30,7 @@ def read_limits(reader: StatReader, rel: str) -> Limits:
 def take(fs: CgroupFS, subtree: str, reader: StatReader) -> Snapshot:
     """Read every group once; a group gone while being read is absent from the result."""
     snap = Snapshot()
-    for path in list_groups(fs, subtree):
+    for path in managed_groups(fs, subtree):
         rel = f"{subtree}/{path}"
         at = time.monotonic()
         try:
