@@ -5,11 +5,13 @@
   queue: :meth:`WebhookAlerter.submit` never blocks (a full queue drops the alert and counts
   it), each delivery has a timeout and is retried with exponential backoff on network errors
   and 5xx answers (a 4xx answer is final).
-* ``restart``: governor does not restart anything itself.  Whatever started the process
-  (``governor launch``) subscribes with :meth:`OomActions.on_oom` and gets
-  ``callback(group_path, event)`` for every kill in a group whose policy says ``restart``; the
-  launcher owns the restart backoff and maximum.  A callback that raises is logged and does
-  not affect the other subscribers.
+* ``restart``: the restart itself is done by whatever started the process.  ``governor
+  launch`` supervises its command: when a run ends by an OOM kill (SIGKILL while the
+  group's ``oom_kill`` counter went up) it starts it again after ``oom.restart_backoff``
+  (doubled each time) at most ``oom.restart_max`` times (:mod:`governor.placement.launch`).
+  In the daemon the action is counted, and a program that embeds governor can subscribe
+  with :meth:`OomActions.on_oom` to get ``callback(group_path, event)`` for every kill in a
+  ``restart`` group; a callback that raises is logged and does not affect the others.
 
 ``oom.group_kill`` is not an action here: enforcement writes it as ``memory.oom.group``.
 """

@@ -85,10 +85,13 @@ def register(main: click.Group) -> None:
         \b
         governor launch --tenant acme --group web --unshare pid,mount,uts,net -- CMD ARGS
         Exit: the command's code; 128+N if signal N killed it; 125 governor could not
-        launch it; 126 not executable; 127 not found; 2 usage.
+        launch it; 126 not executable; 127 not found; 2 usage.  If the group's policy has
+        oom.actions = ["restart"], an OOM-killed command is restarted (oom.restart_max,
+        oom.restart_backoff).
         """
-        from governor.placement.launch import LaunchError
+        from governor.placement.launch import LaunchError, Restart
         from governor.placement.launch import launch as run
+        from governor.policy.model import RESTART_BACKOFF_CAP_US
 
         try:
             c = cfg()
@@ -104,9 +107,14 @@ def register(main: click.Group) -> None:
             fs = open_cgroup(c)
         except GovernorError as e:
             raise LaunchError(str(e)) from e
+        oom = t.groups[group].oom
+        restart = None
+        if "restart" in oom.actions:
+            restart = Restart(oom.restart_max, oom.restart_backoff_us / 1e6,
+                              RESTART_BACKOFF_CAP_US / 1e6)
         with fs:
             code = run(fs, f"{c.subtree}/{tenant}/{group}", list(command), unshare=unshare,
-                       hostname=hostname, user=user)
+                       hostname=hostname, user=user, restart=restart)
         sys.exit(code)
 
     @main.command()

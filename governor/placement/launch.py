@@ -9,6 +9,13 @@ a fresh ``/proc`` -> drop to the user (setgroups, setgid, setuid, then
 ``PR_SET_NO_NEW_PRIVS``) -> execvpe.  A failure on the way is sent to the parent through a
 close-on-exec pipe (EOF means exec succeeded), as subprocess does.
 
+With ``oom.actions = ["restart"]`` in the group's policy, ``governor launch`` supervises
+the command: a run killed by the OOM killer (SIGKILL while the group's ``oom_kill`` or
+``oom_group_kill`` counter in ``memory.events`` went up) is started again, in fresh
+namespaces, after ``oom.restart_backoff`` (doubled each time, at most 300 s), at most
+``oom.restart_max`` times; the last exit code is returned.  SIGTERM or SIGINT during a wait
+ends the launch.
+
 Exit codes follow env(1) and ``docker run``: the command's own code; 128+N when signal N
 killed it; 125 when governor could not launch it (missing group, bad user, no permission
 for a namespace); 126 when the command was found but cannot be executed; 127 when it was not
@@ -24,16 +31,18 @@ import errno
 import fcntl
 import os
 import pwd
+import select
 import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-from governor.cgroupfs import tree
+from governor.cgroupfs import parse, tree
 from governor.cgroupfs.files import CgroupFS
 from governor.errors import CgroupError, GovernorError
 
@@ -205,10 +214,118 @@ def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None
         _fail(wfd, stage, 0, repr(e))
 
 
+@dataclass(frozen=True)
+class Restart:
+    """The ``restart`` OOM action of the group (from its policy): at most ``max_restarts``
+    restarts, the first after ``backoff`` seconds, each later one after twice the last wait,
+    up to ``backoff_cap`` seconds."""
+
+    max_restarts: int
+    backoff: float
+    backoff_cap: float = 300.0
+
+    def delay(self, n: int) -> float:
+        """The wait before restart number ``n`` (1-based)."""
+        return float(min(self.backoff * 2 ** (n - 1), self.backoff_cap))
+
+
+def oom_kills(fs: CgroupFS, rel: str) -> int | None:
+    """The group's ``oom_kill`` + ``oom_group_kill`` counters (``memory.events``); None when
+    the memory controller is off in the group (no file: nothing to compare)."""
+    try:
+        text = fs.read(rel, "memory.events")
+    except CgroupError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise LaunchError(str(e)) from e
+    ev = parse.parse_flat_keyed(text, "memory.events")
+    return ev.get("oom_kill", 0) + ev.get("oom_group_kill", 0)
+
+
+class _Supervisor:
+    """Signal state of the launching process: SIGTERM/SIGINT/SIGHUP go to the running
+    child; between runs (a restart backoff) they end the launch instead."""
+
+    def __init__(self) -> None:
+        self.child: int | None = None
+        self.stopped: int | None = None  # the signal that asked us to stop
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def __enter__(self) -> _Supervisor:
+        for sig in FORWARDED:
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signum)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopped = signum
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"x")
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; False when a stop signal came first."""
+        deadline = time.monotonic() + seconds
+        while self.stopped is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], left)
+        return False
+
+
+def _run_once(fs: CgroupFS, rel: str, argv: Sequence[str], sup: _Supervisor, *,
+              flags: int, hostname: str | None, user: User | None,
+              env: dict[str, str]) -> int:
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        _child(wfd, fs=fs, rel=rel, flags=flags, hostname=hostname, user=user, argv=argv,
+               env=env)
+    sup.child = pid
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb") as r:
+            report = r.read()
+        code = _wait(pid)
+    finally:
+        sup.child = None
+    if report:
+        stage, err_s, detail = report.decode("utf-8", "replace").split("\0", 2)
+        err = int(err_s)
+        if stage == "exec":
+            what = "command not found" if err == errno.ENOENT else "cannot execute"
+            print(f"governor: launch: {argv[0]}: {what}: {detail}", file=sys.stderr)
+            return EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
+        hint = ""
+        if err in (errno.EPERM, errno.EACCES):
+            hint = " (run as root: namespaces, mounts and other users need privileges)"
+        raise LaunchError(f"cannot launch {argv[0]!r} ({stage} step): {detail}{hint}")
+    return code
+
+
 def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,
            hostname: str | None = None, user: str | None = None,
-           env: dict[str, str] | None = None) -> int:
+           env: dict[str, str] | None = None, restart: Restart | None = None) -> int:
     """Run ``argv`` in group ``rel`` (relative to ``fs``); returns its exit code.
+
+    With ``restart`` (the group's ``oom.actions`` has ``restart``), a run that ends by
+    SIGKILL while the group's OOM-kill counters went up is started again after the backoff,
+    at most ``restart.max_restarts`` times; each restart is announced on stderr.  Any other
+    ending (an exit code, another signal, a SIGKILL that was not an OOM kill, a stop signal
+    to governor) is final.
 
     Raises :class:`LaunchError` for governor's own failures (exit 125); a command that is
     not found or not executable is reported on stderr and returns 127 or 126.
@@ -225,32 +342,26 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
     environ = dict(os.environ if env is None else env)
     if who is not None:
         environ.update(USER=who.name, LOGNAME=who.name, HOME=who.home)
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        _child(wfd, fs=fs, rel=rel, flags=flags, hostname=hostname, user=who, argv=argv,
-               env=environ)
-    os.close(wfd)
-    _forward_to(pid)
-    try:
-        with os.fdopen(rfd, "rb") as r:
-            report = r.read()
-        code = _wait(pid)
-    finally:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-    if report:
-        stage, err_s, detail = report.decode("utf-8", "replace").split("\0", 2)
-        err = int(err_s)
-        if stage == "exec":
-            what = "command not found" if err == errno.ENOENT else "cannot execute"
-            print(f"governor: launch: {argv[0]}: {what}: {detail}", file=sys.stderr)
-            return EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        hint = ""
-        if err in (errno.EPERM, errno.EACCES):
-            hint = " (run as root: namespaces, mounts and other users need privileges)"
-        raise LaunchError(f"cannot launch {argv[0]!r} ({stage} step): {detail}{hint}")
-    return code
+    restarts = 0
+    with _Supervisor() as sup:
+        while True:
+            kills_before = oom_kills(fs, rel) if restart is not None else None
+            code = _run_once(fs, rel, argv, sup, flags=flags, hostname=hostname, user=who,
+                             env=environ)
+            if restart is None or code != 128 + signal.SIGKILL or sup.stopped is not None:
+                return code
+            kills_after = oom_kills(fs, rel)
+            if kills_before is None or kills_after is None or kills_after <= kills_before:
+                return code  # killed, but not by the OOM killer
+            if restarts >= restart.max_restarts:
+                print(f"governor: launch: {argv[0]}: OOM-killed in {rel} (oom_kill "
+                      f"{kills_before} -> {kills_after}); not restarted: "
+                      f"{restarts} of {restart.max_restarts} restarts used", file=sys.stderr)
+                return code
+            restarts += 1
+            delay = restart.delay(restarts)
+            print(f"governor: launch: {argv[0]}: OOM-killed in {rel} (oom_kill "
+                  f"{kills_before} -> {kills_after}); restart {restarts} of "
+                  f"{restart.max_restarts} in {delay:g}s", file=sys.stderr, flush=True)
+            if not sup.sleep(delay):
+                return code

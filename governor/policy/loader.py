@@ -26,6 +26,7 @@ from governor.errors import InvalidName
 from governor.policy import units
 from governor.policy.lines import LineIndex
 from governor.policy.model import (
+    RESTART_BACKOFF_CAP_US,
     ContainerMatch,
     Group,
     IoMax,
@@ -59,7 +60,8 @@ _LIMIT_KEYS: Final = frozenset({
     *_SIZE_KEYS, "cpu.weight", "cpu.shares", "cpu.max", "cpus", "cpu.max.burst",
     "io.weight", "io.blkio_weight", "io.max", "pids.max", "oom.group_kill",
 })
-_GROUP_KEYS: Final = _LIMIT_KEYS | {"oom.actions", "oom.pressure", "match"}
+_GROUP_KEYS: Final = _LIMIT_KEYS | {"oom.actions", "oom.pressure", "oom.restart_max",
+                                    "oom.restart_backoff", "match"}
 _TENANT_KEYS: Final = _LIMIT_KEYS | {"plan", "groups"}
 #: keys whose value is a table of their own (not more dotted keys)
 _LEAF_TABLES: Final = frozenset({"io.max", "oom.pressure"})
@@ -444,11 +446,40 @@ def _oom(ctx: _Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
                                                  "above 0 and at most 100")
                 else:
                     pressure[PressureKey(key)] = float(value)
+    restart_max = 3  # OomSettings.restart_max
+    if "oom.restart_max" in flat:
+        raw = flat["oom.restart_max"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1000:
+            ctx.add((*base, "oom.restart_max"), raw,
+                    f"{show(raw)} is not a whole number of restarts from 0 to 1000")
+        else:
+            restart_max = raw
+    restart_backoff_us = 1_000_000  # OomSettings.restart_backoff_us
+    if "oom.restart_backoff" in flat:
+        raw = flat["oom.restart_backoff"]
+        path = (*base, "oom.restart_backoff")
+        try:
+            us = units.parse_duration_us(raw)
+        except UnitError as e:
+            ctx.add(path, raw, str(e))
+        else:
+            if not 0 < us <= RESTART_BACKOFF_CAP_US:
+                ctx.add(path, raw, f"{show(raw)} is not a backoff above 0 and at most "
+                                   "300s (it doubles after each restart, up to 300s)")
+            else:
+                restart_backoff_us = us
+    if ("restart" not in actions
+            and ("oom.restart_max" in flat or "oom.restart_backoff" in flat)):
+        key = "oom.restart_max" if "oom.restart_max" in flat else "oom.restart_backoff"
+        ctx.add((*base, key), flat[key], "has no effect: oom.actions does not list "
+                                         "\"restart\"", "warning")
     group_kill = flat.get("oom.group_kill")
     return OomSettings(
         group_kill=group_kill if isinstance(group_kill, bool) else None,
         actions=tuple(actions),
         pressure=tuple(sorted(pressure.items())),
+        restart_max=restart_max,
+        restart_backoff_us=restart_backoff_us,
     )
 
 
@@ -873,7 +904,9 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
                         "match": [rule(r) for r in g.match],
                         "oom": {"group_kill": g.oom.group_kill,
                                 "actions": list(g.oom.actions),
-                                "pressure": [[str(k), v] for k, v in g.oom.pressure]},
+                                "pressure": [[str(k), v] for k, v in g.oom.pressure],
+                                "restart_max": g.oom.restart_max,
+                                "restart_backoff_us": g.oom.restart_backoff_us},
                     }
                     for g in t.groups.values()
                 },

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 MemoryBasis: TypeAlias = Literal["usage", "reservation", "max"]
 OomAction: TypeAlias = Literal["log", "alert", "restart"]
+RESTART_BACKOFF_CAP_US = 300_000_000  # 5 minutes: the longest wait between two restarts
 
 
 def _size(value: Size) -> str:
@@ -162,12 +163,16 @@ class PressureKey(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class OomSettings:
-    """OOM handling of a group: ``group_kill`` (memory.oom.group), reserved ``actions`` and
-    PSI ``pressure`` thresholds in percent (0..100), sorted by key."""
+    """OOM handling of a group: ``group_kill`` (memory.oom.group), ``actions``, PSI
+    ``pressure`` thresholds in percent (0..100, sorted by key), and for the ``restart``
+    action the most restarts ``governor launch`` makes and the first backoff (doubled after
+    each restart, capped at :data:`RESTART_BACKOFF_CAP_US`)."""
 
     group_kill: bool | None = None
     actions: tuple[OomAction, ...] = ()
     pressure: tuple[tuple[PressureKey, float], ...] = ()
+    restart_max: int = 3
+    restart_backoff_us: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

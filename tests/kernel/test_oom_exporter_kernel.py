@@ -35,7 +35,7 @@ from governor.oom.actions import OomActions, WebhookAlerter
 from governor.oom.kmsg import KmsgReader
 from governor.oom.store import DbSink
 from governor.oom.watch import OomWatcher
-from governor.policy.model import Limits, OomSettings
+from governor.policy.model import Limits, OomSettings, PressureKey
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.models import OomEvent as Row
 from tests.unit.test_exporter_dashboards import dashboard_expressions, rule_expressions
@@ -308,6 +308,38 @@ def test_two_quick_kills_count_two_and_group_kill_takes_the_whole_group(gov: Gov
     tenant_kills = sum(r.count for r in kills(g, "t"))
     assert tenant_kills == kernel["oom_kill"] == 2 + whole_kills
     assert sum(r.count for r in kills(g, "t/whole")) == whole_kills
+
+
+def test_memory_pressure_trigger_warns_before_any_kill(gov: Gov) -> None:
+    """oom.pressure some_avg10 = 5 arms a PSI trigger ("some 500000 10000000") on the
+    group's memory.pressure; a process throttled over memory.high (no swap: the kernel makes
+    it sleep, a memory stall) fires it, and a ``pressure`` event is recorded while nothing
+    was killed.  No sampling pass runs here, so only the trigger can raise the event."""
+    g = gov
+    grp = make_group(g, "pressed", {"memory.high": str(24 << 20), "memory.swap.max": "0"},
+                     OomSettings(actions=("log",), pressure=((PressureKey.SOME_AVG10, 5.0),)))
+    g.watcher.start()
+
+    def armed() -> bool:
+        w = g.watcher._groups.get("t/pressed")
+        return w is not None and w.psi_fd is not None
+
+    wait_for(armed, 30, "the PSI trigger armed")
+    assert g.watcher._groups["t/pressed"].psi_line == "some 500000 10000000"
+    assert not [r for r in g.rows() if r.kind == "pressure"]
+    hog = in_group(grp, [sys.executable, "-c", HOG], stdout=subprocess.PIPE)
+    try:
+        wait_for(lambda: any(r.kind == "pressure" and _path(g, r) == "t/pressed"
+                             for r in g.rows()), 120, "a pressure event from the trigger")
+        assert hog.poll() is None  # still alive, throttled: the warning came first
+    finally:
+        hog.kill()
+        hog.wait(60)
+    psi = (grp / "memory.pressure").read_text().split("\n")[0]
+    assert psi.startswith("some ") and int(psi.rsplit("total=", 1)[1]) > 0
+    events = dict(line.split() for line in (grp / "memory.events").read_text().splitlines())
+    assert int(events["high"]) > 0 and events["oom_kill"] == "0"
+    assert g.watcher.warnings["t/pressed"] >= 1
 
 
 def test_exporter_output_equals_the_kernel_values(gov: Gov) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.parse import parse_flat_keyed as parse_flat
 from governor.enforce.keeper import Enforcer
 from governor.placement import netlink
 from governor.placement.placer import Placer
@@ -42,6 +43,12 @@ cgroup = "/gforeign-*"
 [tenants.t.groups.storm]
 [[tenants.t.groups.storm.match]]
 comm = "sleep"
+[tenants.t.groups.oomy]
+memory.max = "48M"
+memory.swap.max = 0
+oom.actions = ["restart", "log"]
+oom.restart_max = 2
+oom.restart_backoff = "100ms"
 """
 
 
@@ -335,3 +342,30 @@ def test_ps_lists_group_processes(cfg: Path, world: tuple[CgroupFS, Enforcer, Pa
     assert mine[0]["user"] == "root" and mine[0]["container"] is False
     t = governor("ps", "--tenant", "t", cfg=cfg)
     assert str(p.pid) in t.stdout and "tail -f /dev/null" in t.stdout
+
+
+def test_launch_restarts_an_oom_killed_container(cfg: Path, world: tuple[CgroupFS, Enforcer,
+                                                                          Path],
+                                                 tmp_path: Path) -> None:
+    """oom.actions = ["restart"]: the kernel OOM-kills the container's pid 1 three times (the
+    first run and two restarts, restart_max = 2), each time a fresh container; then the
+    launch gives up with 137.  A run that ends by itself is not restarted."""
+    fs, _enf, scratch = world
+    rel = f"{scratch.name}/t/oomy"
+    before = parse_flat(fs.read(rel, "memory.events"))["oom_kill"]
+    runs = tmp_path / "runs"
+    hog = (f'echo "$$" >> {runs}; exec {sys.executable} -c '
+           '"b = \'x\' * (200 << 20); print(len(b))"')
+    r = governor("launch", "--tenant", "t", "--group", "oomy", "--unshare", "pid,mount",
+                 "--", "sh", "-c", hog, cfg=cfg)
+    assert r.returncode == 137, r.stderr
+    # each run was pid 1 of a new pid namespace
+    assert runs.read_text().split() == ["1", "1", "1"], r.stderr
+    assert "restart 1 of 2 in 0.1s" in r.stderr and "restart 2 of 2 in 0.2s" in r.stderr
+    assert "not restarted: 2 of 2 restarts used" in r.stderr
+    assert parse_flat(fs.read(rel, "memory.events"))["oom_kill"] == before + 3
+    # a command that fits in the limit ends once, with its own code
+    r = governor("launch", "--tenant", "t", "--group", "oomy", "--", "sh", "-c",
+                 f"echo ok >> {runs}; exit 3", cfg=cfg)
+    assert r.returncode == 3 and "restart" not in r.stderr, r.stderr
+    assert runs.read_text().split()[-1] == "ok"

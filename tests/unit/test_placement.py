@@ -554,3 +554,88 @@ def test_parse_unshare_and_users() -> None:
 def test_wait_status() -> None:
     assert wait_status(7 << 8) == 7
     assert wait_status(signal.SIGKILL) == 128 + 9
+
+
+# --- the restart OOM action of governor launch (the kernel test shows a real OOM kill) ----
+
+def _oom_group(tmp_path: Path) -> tuple[CgroupFS, Path]:
+    g = tmp_path / "cg" / "t" / "g"
+    g.mkdir(parents=True)
+    (g / "cgroup.procs").write_text("")
+    (g / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"
+                                     "oom_group_kill 0\n")
+    return CgroupFS(tmp_path / "cg", verify=False), g
+
+
+# each run appends to RUNS; "oom" bumps oom_kill in the fake memory.events and kills
+# itself with SIGKILL (what the OOM killer does), "kill" only the latter, "ok" exits 0
+_SCRIPT = """
+echo run >> "$RUNS"
+case "$1" in
+  oom) n=$(grep '^oom_kill ' "$EV" | cut -d' ' -f2)
+       sed -i "s/^oom_kill .*/oom_kill $((n + 1))/" "$EV"; kill -9 $$ ;;
+  kill) kill -9 $$ ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(("mode", "runs", "code"), [
+    ("oom", 3, 137),   # the first run and 2 restarts, then it gives up
+    ("kill", 1, 137),  # SIGKILL without an OOM kill: not restarted
+    ("ok", 1, 0),
+])
+def test_launch_restarts_oom_killed_command_up_to_the_maximum(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], mode: str, runs: int,
+        code: int) -> None:
+    from governor.placement.launch import Restart, launch
+
+    fs, g = _oom_group(tmp_path)
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
+    with fs:
+        rc = launch(fs, "t/g", ["sh", "-c", _SCRIPT, "sh", mode], env=env,
+                    restart=Restart(max_restarts=2, backoff=0.01))
+    assert rc == code
+    assert (tmp_path / "runs").read_text().count("run") == runs
+    err = capfd.readouterr().err
+    if mode == "oom":
+        assert "restart 1 of 2 in 0.01s" in err and "restart 2 of 2 in 0.02s" in err
+        assert "not restarted: 2 of 2 restarts used" in err
+        assert "oom_kill 2 -> 3" in err
+    else:
+        assert "restart" not in err
+    # the child joined the group before exec: its pid was written to cgroup.procs
+    assert (g / "cgroup.procs").read_text().strip().isdigit()
+
+
+def test_launch_without_restart_action_does_not_restart(tmp_path: Path) -> None:
+    from governor.placement.launch import launch
+
+    fs, g = _oom_group(tmp_path)
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
+    with fs:
+        assert launch(fs, "t/g", ["sh", "-c", _SCRIPT, "sh", "oom"], env=env) == 137
+    assert (tmp_path / "runs").read_text().count("run") == 1
+
+
+def test_restart_backoff_doubles_up_to_the_cap() -> None:
+    from governor.placement.launch import Restart
+
+    r = Restart(max_restarts=10, backoff=1.0, backoff_cap=5.0)
+    assert [r.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_policy_restart_settings_and_errors(tmp_path: Path) -> None:
+    ok = parse_policy([("p.toml", '[tenants.a.groups.w]\noom.actions = ["restart"]\n'
+                      'oom.restart_max = 2\noom.restart_backoff = "250ms"\n')])
+    oom = ok.tenants["a"].groups["w"].oom
+    assert (oom.restart_max, oom.restart_backoff_us) == (2, 250_000)
+    d = parse_policy([("p.toml", '[tenants.a.groups.w]\noom.actions = ["restart"]\n')])
+    assert (d.tenants["a"].groups["w"].oom.restart_max,
+            d.tenants["a"].groups["w"].oom.restart_backoff_us) == (3, 1_000_000)
+    with pytest.raises(PolicyInvalid) as e:
+        parse_policy([("p.toml", '[tenants.a.groups.w]\noom.actions = ["restart"]\n'
+                     'oom.restart_max = 1001\noom.restart_backoff = "301s"\n')])
+    text = str(e.value)
+    assert "p.toml:3: tenants.a.groups.w.oom.restart_max: 1001 is not a whole number" in text
+    assert "p.toml:4: tenants.a.groups.w.oom.restart_backoff" in text and "300s" in text
