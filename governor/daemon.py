@@ -188,6 +188,7 @@ class Daemon:
         pol = self.enforcer.policy
         if pol is None:
             return
+        from governor.billing.history import with_recorded_prices
         from governor.billing.report import invoice
         from governor.errors import GovernorError
 
@@ -196,11 +197,12 @@ class Daemon:
         costs: dict[tuple[str, str], Any] = {}
         try:
             with self.scope() as session:
+                priced = with_recorded_prices(pol, session)
                 for t in pol.tenants.values():
                     if t.plan is None or now_dt <= month:
                         continue
                     try:
-                        inv = invoice(session=session, policy=pol, tenant=t.name,
+                        inv = invoice(session=session, policy=priced, tenant=t.name,
                                       start=month, end=now_dt)
                     except GovernorError:
                         continue  # no data for this tenant yet: no series

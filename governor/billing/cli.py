@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from governor.billing.errors import InvalidPeriod
 from governor.billing.formats import FORMATS, render_invoices, render_usage
+from governor.billing.history import with_recorded_prices
 from governor.billing.plans import PolicyLike
 from governor.billing.report import By, Invoice, invoice, usage_report
 from governor.store.db import check_schema, make_engine, session_factory
@@ -75,12 +76,16 @@ def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: da
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
              end: datetime, fmt: str = "table", out: TextIO | None = None) -> list[Invoice]:
     """Print the invoices of ``tenant`` (or of every tenant of the policy and database) and
-    return them.  A progress bar shows on stderr when stdout is a terminal."""
+    return them.  Prices come from the recorded price plans where the database has them
+    (:mod:`governor.billing.history`: a past bill never follows a later edit of the
+    policy), else from ``policy``.  A progress bar shows on stderr when stdout is a
+    terminal."""
     out = out or sys.stdout
     engine = make_engine(database_url)
     try:
         check_schema(engine)
         with session_factory(engine)() as session:
+            policy = with_recorded_prices(policy, session)
             if tenant is not None:
                 tenants: Sequence[str] = [tenant]
             else:

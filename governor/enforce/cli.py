@@ -6,7 +6,7 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -16,8 +16,10 @@ from governor.cgroupfs.mount import find_cgroup2
 from governor.config import Config
 from governor.enforce.apply import Outcome, apply_plan
 from governor.enforce.desired import desired_state
+from governor.enforce.keeper import Recorder
 from governor.enforce.plan import make_plan
 from governor.policy import load_policy
+from governor.policy.model import PricePlan
 
 log = logging.getLogger("governor.enforce")
 
@@ -28,8 +30,9 @@ def open_cgroup(cfg: Config) -> CgroupFS:
     return CgroupFS(root)
 
 
-def db_recorder(cfg: Config) -> tuple[Callable[[str, str, list[Outcome]], None] | None, str]:
-    """A recorder writing applied policies to the database, or None with the reason."""
+def db_recorder(cfg: Config) -> tuple[Recorder | None, str]:
+    """A recorder writing applied policies and their price plans (see
+    :mod:`governor.billing.history`) to the database, or None with the reason."""
     try:
         from governor.store import db, service
     except ImportError as e:
@@ -41,7 +44,9 @@ def db_recorder(cfg: Config) -> tuple[Callable[[str, str, list[Outcome]], None] 
         return None, str(e).splitlines()[0]
     sessions = db.session_factory(engine)
 
-    def record(digest: str, trigger: str, outcomes: list[Outcome]) -> None:
+    def record(digest: str, trigger: str, outcomes: list[Outcome],
+               plans: Mapping[str, PricePlan]) -> None:
+        from governor.billing.history import record_price_plans
         from governor.enforce.keeper import now
 
         writes = [{"path": o.action.path, "file": o.action.file or "", "kind": o.action.kind,
@@ -50,6 +55,7 @@ def db_recorder(cfg: Config) -> tuple[Callable[[str, str, list[Outcome]], None] 
         with sessions.begin() as session:
             service.record_applied_policy(session=session, node=cfg.node, applied_at=now(),
                                           policy_hash=digest, trigger=trigger, writes=writes)
+            record_price_plans(session=session, plans=plans)
 
     return record, ""
 
@@ -94,7 +100,7 @@ def register(main: click.Group) -> None:
         recorder, why = db_recorder(c)
         trigger = f"cli:{getpass.getuser()}@pid{os.getpid()}"
         if recorder is not None:
-            recorder(plan.digest, trigger, outcomes)
+            recorder(plan.digest, trigger, outcomes, pol.plans)
             where = f"recorded in {c.database_url.split('@')[-1]}"
         else:
             where = f"not recorded in the database ({why})"

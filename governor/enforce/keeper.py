@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,11 +23,13 @@ from governor.enforce.apply import Outcome, apply_plan
 from governor.enforce.desired import DesiredState, desired_state
 from governor.enforce.plan import Action, Plan, make_plan
 from governor.policy import Policy, PolicyInvalid, load_policy
+from governor.policy.model import PricePlan
 
 log = logging.getLogger("governor.enforce")
 
 #: called with (policy digest, trigger, outcomes) after each apply
-Recorder = Callable[[str, str, list[Outcome]], None]
+#: ``(policy digest, trigger, outcomes, price plans)``: records an applied policy
+Recorder = Callable[[str, str, list[Outcome], Mapping[str, PricePlan]], None]
 
 
 class Enforcer:
@@ -122,7 +124,7 @@ class Enforcer:
                 "digest": plan.digest[:12], "trigger": trigger, "writes": len(outcomes),
                 "failed": sum(not o.ok for o in outcomes)})
             if self.recorder is not None and not drift:
-                self.recorder(plan.digest, trigger, outcomes)
+                self.recorder(plan.digest, trigger, outcomes, self.policy.plans)
         return outcomes
 
     def reconcile(self) -> list[Outcome]:

@@ -232,7 +232,7 @@ class PricePlanRow(Base):
     __table_args__ = (UniqueConstraint("name", "version"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
-    #: 1, 2, ... in order of effective time
+    #: 1, 2, ... in the order recorded (governor.billing.history: one row per version)
     version: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
     memory_basis: Mapped[str] = mapped_column(String(16))
