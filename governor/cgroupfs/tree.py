@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import threading
 import time
 from collections.abc import Iterable
 
@@ -151,6 +153,78 @@ def remove(fs: CgroupFS, rel: str, *, retries: int = 8, backoff: float = 0.01) -
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+class ProcsWriter:
+    """Moves processes by writing to a ``cgroup.procs`` fd kept open per group: the
+    placement path of a busy host writes one pid per exec, and keeping the fd saves the
+    openat2 path walk and the close of each move (each write(2) is its own migration).
+
+    A group removed since its fd was opened answers ENODEV; the fd is dropped and the path
+    opened once more (a group re-created under the same name gets the new one).  At most
+    ``max_fds`` fds are kept (all are closed when the limit is hit: the working set of
+    groups that receive processes is usually small).  Same retries and errors as
+    :func:`move`.  Thread-safe.
+    """
+
+    def __init__(self, fs: CgroupFS, *, max_fds: int = 256) -> None:
+        self.fs = fs
+        self.max_fds = max_fds
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def _fd(self, rel: str, value: str) -> int:
+        fd = self._fds.get(rel)
+        if fd is None:
+            if len(self._fds) >= self.max_fds:
+                for old in self._fds.values():
+                    os.close(old)
+                self._fds.clear()
+            try:
+                fd = self.fs.open(rel, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise self.fs._error("write", rel, "cgroup.procs", e, value) from e
+            self._fds[rel] = fd
+        return fd
+
+    def _drop(self, rel: str) -> None:
+        fd = self._fds.pop(rel, None)
+        if fd is not None:
+            os.close(fd)
+
+    def move(self, rel: str, pid: int, *, retries: int = 3) -> None:
+        value = str(pid)
+        data = value.encode()
+        delay = 0.001
+        reopened = False
+        with self._lock:
+            attempt = 0
+            while True:
+                fd = self._fd(rel, value)
+                try:
+                    os.write(fd, data)
+                    return
+                except InterruptedError:
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.ENODEV, errno.ENOENT) and not reopened:
+                        self._drop(rel)  # the group went away: try its path once more
+                        reopened = True
+                        continue
+                    if e.errno == errno.EINVAL and attempt < retries:
+                        attempt += 1
+                        time.sleep(delay)
+                        delay *= 4
+                        continue
+                    if e.errno in (errno.ENODEV, errno.ENOENT):
+                        self._drop(rel)
+                    raise self.fs._error("write", rel, "cgroup.procs", e, value) from e
 
 
 def move(fs: CgroupFS, rel: str, pid: int, *, retries: int = 3) -> None:

@@ -112,6 +112,7 @@ class Placer:
         self._stop = threading.Event()
         self._rescan_now = threading.Event()
         self._logged_errors: set[tuple[str, int]] = set()
+        self.procs = tree.ProcsWriter(fs)  # cgroup.procs fds kept open per target group
 
     # -- policy --------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -123,6 +124,7 @@ class Placer:
         self._rules_ready = True
         self._ns_target.clear()
         self._ns_init.clear()
+        self.procs.close()  # groups may have gone with the old policy
         for label, why in self.rules.unresolved:
             log.warning("placement rule can never match", extra={"rule": label, "why": why})
 
@@ -272,7 +274,7 @@ class Placer:
             self._count("gone")
             return "gone"
         try:
-            tree.move(self.fs, self.rel(target), pid)
+            self.procs.move(self.rel(target), pid)
         except CgroupError as e:
             if e.errno == errno.ESRCH:
                 self._count("gone")
@@ -409,6 +411,7 @@ class Placer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.procs.close()
 
     def jobs(self, interval: float) -> list[tuple[str, float, Callable[[], object]]]:
         """The daemon's periodic job: a full rescan every ``interval`` seconds."""

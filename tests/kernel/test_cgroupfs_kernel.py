@@ -16,7 +16,15 @@ from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.mount import find_cgroup2
 from governor.cgroupfs.reader import StatReader
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, move, populated, procs, remove
+from governor.cgroupfs.tree import (
+    MANAGED_CONTROLLERS,
+    ProcsWriter,
+    create,
+    move,
+    populated,
+    procs,
+    remove,
+)
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
 pytestmark = pytest.mark.kernel
@@ -154,6 +162,42 @@ def test_move_of_exited_process_is_esrch(fs: CgroupFS) -> None:
     with pytest.raises(CgroupError) as ei:
         move(fs, "t/g", p.pid)
     assert ei.value.errno == errno.ESRCH and "exited" in str(ei.value)
+
+
+def test_procs_writer_keeps_fds_and_follows_a_recreated_group(fs: CgroupFS,
+                                                               scratch_subtree: Path) -> None:
+    """The placer's writer keeps one cgroup.procs fd per group; the fd of a removed group
+    answers ENODEV and the writer opens the re-created group of the same name."""
+    create(fs, "t/a")
+    create(fs, "t/b")
+    w = ProcsWriter(fs)
+    base = "/" + scratch_subtree.name
+    p = spawn(["sleep", "60"])
+    q = spawn(["sleep", "60"])
+    try:
+        w.move("t/a", p.pid)
+        w.move("t/a", q.pid)
+        assert sorted(procs(fs, "t/a")) == sorted([p.pid, q.pid]) and len(w._fds) == 1
+        first_id = fs.inode("t/a")
+        w.move("t/b", p.pid)
+        w.move("t/b", q.pid)
+        remove(fs, "t/a")  # the writer still holds the old group's fd
+        create(fs, "t/a")
+        assert fs.inode("t/a") != first_id
+        w.move("t/a", p.pid)
+        assert cgroup_of(p.pid) == f"{base}/t/a" and procs(fs, "t/a") == [p.pid]
+        with pytest.raises(CgroupError) as ei:  # an exited process: ESRCH, as move()
+            dead = spawn(["true"])
+            dead.wait()
+            w.move("t/a", dead.pid)
+        assert ei.value.errno == errno.ESRCH
+    finally:
+        for x in (p, q):
+            x.kill()
+            x.wait()
+        w.close()
+    with pytest.raises(GroupGone):
+        w.move("t/none", os.getpid())
 
 
 def test_pread_reader_sees_counters_change(fs: CgroupFS) -> None:

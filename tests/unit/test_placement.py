@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.config import load_config
 from governor.errors import ConfigError
@@ -297,6 +298,20 @@ class RecordingFS(CgroupFS):
         super().write(rel, file, value)
 
 
+class FsMover(tree.ProcsWriter):
+    """The placer's cgroup.procs writer through ``fs.write`` (the fake plays the kernel
+    there); the kernel tests use the real fd-keeping writer."""
+
+    def move(self, rel: str, pid: int, *, retries: int = 3) -> None:
+        tree.move(self.fs, rel, pid, retries=retries)
+
+
+def fake_placer(fs: RecordingFS, pol: Policy, proc: Path, self_pid: int) -> Placer:
+    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=self_pid)
+    placer.procs = FsMover(fs)
+    return placer
+
+
 PLACER_POLICY = """
 [tenants.t.groups.web]
 [[tenants.t.groups.web.match]]
@@ -325,7 +340,7 @@ def world(tmp_path: Path) -> tuple[Path, RecordingFS, Placer]:
         (cg / "gov" / "t" / g / "cgroup.procs").write_text("")
     fs = RecordingFS(cg, proc)
     pol: Policy = parse_policy([("p.toml", PLACER_POLICY)])
-    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=999_999)
+    placer = fake_placer(fs, pol, proc, 999_999)
     return proc, fs, placer
 
 
@@ -362,7 +377,7 @@ def test_the_governor_itself_is_never_moved(tmp_path: Path) -> None:
     fs = RecordingFS(tmp_path / "cg", proc)
     pol = parse_policy([("p.toml", PLACER_POLICY)])
     add_process(proc, 77, comm="nginx")
-    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=77)
+    placer = fake_placer(fs, pol, proc, 77)
     placer.rescan()
     placer.handle(netlink.ProcEvent(netlink.PROC_EVENT_EXEC, 77, 77))
     assert fs.moves == []
@@ -453,7 +468,7 @@ def test_missing_group_is_an_error_counted_once_logged(tmp_path: Path,
     (tmp_path / "cg" / "gov").mkdir(parents=True)
     fs = CgroupFS(tmp_path / "cg", verify=False)
     pol = parse_policy([("p.toml", PLACER_POLICY)])
-    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=1)
+    placer = fake_placer(fs, pol, proc, 1)
     add_process(proc, 80, comm="nginx")
     add_process(proc, 81, comm="nginx")
     placer.rescan()
@@ -480,7 +495,7 @@ def test_exec_of_a_process_no_rule_matches_reads_nothing_more(tmp_path: Path) ->
     fs = RecordingFS(tmp_path / "cg", proc)
     pol = parse_policy([("p.toml", '[tenants.t.groups.web]\n'
                                    '[[tenants.t.groups.web.match]]\ncomm = "nginx"\n')])
-    placer = Placer(fs, "gov", lambda: pol, proc_root=str(proc), self_pid=999_999)
+    placer = fake_placer(fs, pol, proc, 999_999)
     add_process(proc, 95, comm="bash", cgroup="/")
     # a cgroup file that cannot be read: a decision that needed it would raise
     (proc / "95" / "cgroup").unlink()
@@ -639,3 +654,26 @@ def test_policy_restart_settings_and_errors(tmp_path: Path) -> None:
     text = str(e.value)
     assert "p.toml:3: tenants.a.groups.w.oom.restart_max: 1001 is not a whole number" in text
     assert "p.toml:4: tenants.a.groups.w.oom.restart_backoff" in text and "300s" in text
+
+
+def test_procs_writer_reuses_one_fd_per_group_and_bounds_them(tmp_path: Path) -> None:
+    from governor.errors import GroupGone
+
+    for g in ("a", "b", "c"):
+        (tmp_path / "t" / g).mkdir(parents=True)
+        (tmp_path / "t" / g / "cgroup.procs").write_text("")
+    fs = CgroupFS(tmp_path, verify=False)
+    w = tree.ProcsWriter(fs, max_fds=2)
+    w.move("t/a", 101)
+    w.move("t/a", 102)  # the same fd: each write(2) is one move, the offset advances
+    assert (tmp_path / "t/a/cgroup.procs").read_text() == "101102"
+    assert list(w._fds) == ["t/a"]
+    w.move("t/b", 7)
+    w.move("t/c", 8)  # a third group: the kept fds were closed first
+    assert list(w._fds) == ["t/c"]
+    with pytest.raises(GroupGone) as e:
+        w.move("t/none", 9)
+    assert e.value.errno == errno.ENOENT and "t/none" in str(e.value)
+    w.close()
+    assert w._fds == {}
+    fs.close()
