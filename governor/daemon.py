@@ -26,6 +26,7 @@ from governor.cgroupfs.reader import raise_nofile_limit
 from governor.config import Config
 from governor.enforce.cli import db_recorder, open_cgroup
 from governor.enforce.keeper import Enforcer, PolicyWatcher
+from governor.failpoint import failpoint
 from governor.metering.sampler import Sampler
 
 log = logging.getLogger("governor.daemon")
@@ -150,6 +151,7 @@ class Daemon:
                 try:
                     with self.scope() as session:
                         meter(session=session, node=self.cfg.node)
+                        failpoint("store.meter.before_commit")  # crash tests
                 except Exception:
                     self.db_write_errors += 1
                     log.exception("metering failed")

@@ -16,6 +16,7 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, enable_controllers, remove
 from governor.enforce.plan import Action, Plan
 from governor.errors import CgroupError, GovernorError
+from governor.failpoint import failpoint
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def apply_plan(fs: CgroupFS, plan: Plan, *,
             try:
                 if before is not None:
                     before(a)
+                failpoint("enforce.apply.write")  # crash tests: die mid-apply
                 _do(fs, a)
                 o = Outcome(a, True)
             except CgroupError as e:

@@ -21,6 +21,7 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import GroupStats, StatReader
 from governor.cgroupfs.tree import managed_groups
 from governor.errors import CgroupError, GroupGone
+from governor.failpoint import failpoint
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
 
 log = logging.getLogger("governor.sampler")
@@ -167,6 +168,7 @@ class Sampler:
                 errors.append(str(e))
                 log.error("sample failed", extra={"group": path, "error": str(e)})
                 continue
+            failpoint("metering.sample.group")  # crash tests: stall or die mid-pass
             prev = self.latest.get(path)
             if prev is not None and prev.cgroup_id != st.cgroup_id:
                 # re-created between passes: same fd cache entry cannot be (ENODEV first),

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from governor.failpoint import failpoint
 from governor.metering.sample import GroupSample, IoCounters
 from governor.store.service import Incarnations, record_gap, record_samples
 
@@ -160,6 +161,7 @@ class Spool:
                                from_ts=datetime.fromisoformat(e["from"]),
                                to_ts=datetime.fromisoformat(e["to"]),
                                reason=e["reason"], rows_lost=e["rows_lost"])
+            failpoint("store.spool.after_commit")  # crash tests: replayed on restart
             self._mark_done(i + 1)
             last = i
             n += 1
@@ -191,6 +193,8 @@ class SpoolingWriter:
             with self.session_scope() as session:
                 record_samples(session=session, node=node, samples=samples,
                                incarnations=self.incarnations)
+                failpoint("store.write.before_commit")  # crash tests: rolled back
+            failpoint("store.write.after_commit")  # crash tests: stored, not yet metered
             return "stored"
         except DBAPIError as exc:
             self.incarnations.forget()
