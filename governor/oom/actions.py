@@ -23,6 +23,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -122,11 +123,18 @@ class WebhookAlerter:
 class OomActions:
     """Runs the actions of each group's :class:`OomSettings` for the events it is given."""
 
-    def __init__(self, *, alerter: WebhookAlerter | None = None) -> None:
+    def __init__(self, *, alerter: WebhookAlerter | None = None,
+                 warn_every: float = 60.0) -> None:
         self.alerter = alerter
         self.settings: Mapping[str, OomSettings] = {}
         self._hooks: list[OomHook] = []
-        self.counts: Counter[str] = Counter()  # action -> times run
+        self.counts: Counter[str] = Counter()  # action -> times run ("suppressed" too)
+        #: warnings (``high``, ``pressure``) log and alert at most once per group and kind
+        #: in this many seconds: a group throttled over memory.high changes its ``high``
+        #: counter all the time.  Kills are never held back.  Every event is still
+        #: recorded in the database and counted in the metrics.
+        self.warn_every = warn_every
+        self._last_warning: dict[tuple[str, str], float] = {}
 
     def set_settings(self, settings: Mapping[str, OomSettings]) -> None:
         self.settings = dict(settings)
@@ -144,6 +152,13 @@ class OomActions:
             return
         actions = self._actions(event.path)
         warning = event.kind in WARNING_KINDS
+        if warning and ("log" in actions or "alert" in actions):
+            now = time.monotonic()
+            last = self._last_warning.get((event.path, event.kind))
+            if last is not None and now - last < self.warn_every:
+                self.counts["suppressed"] += 1
+                return
+            self._last_warning[(event.path, event.kind)] = now
         if "log" in actions:
             self.counts["log"] += 1
             level = logging.WARNING

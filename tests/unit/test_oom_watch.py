@@ -304,3 +304,33 @@ def test_restart_hook_only_for_restart_groups() -> None:
     unsubscribe()
     actions.handle(_event())
     assert seen == [("acme/web", 9)]
+
+
+def test_warnings_log_and_alert_once_per_interval_kills_always(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    class Sink:
+        def __init__(self) -> None:
+            self.docs: list[dict[str, object]] = []
+
+        def submit(self, doc: dict[str, object]) -> bool:
+            self.docs.append(doc)
+            return True
+
+    sink = Sink()
+    actions = OomActions(alerter=sink, warn_every=60.0)  # type: ignore[arg-type]
+    actions.set_settings({"acme/web": OomSettings(actions=("alert", "log"))})
+    with caplog.at_level(logging.WARNING, logger="governor.oom"):
+        for _ in range(50):  # a group throttled over memory.high: its counter keeps moving
+            actions.handle(_event("high"))
+        actions.handle(_event("pressure"))  # another kind: its own interval
+        for _ in range(3):
+            actions.handle(_event("oom_kill"))
+    assert [d["kind"] for d in sink.docs] == ["high", "pressure", "oom_kill", "oom_kill",
+                                              "oom_kill"]
+    assert actions.counts["suppressed"] == 49
+    assert [r.getMessage() for r in caplog.records].count("memory pressure warning") == 2
+    actions._last_warning[("acme/web", "high")] -= 61  # the interval has passed
+    actions.handle(_event("high"))
+    assert len(sink.docs) == 6
