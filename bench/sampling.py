@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.reader import FAST_FILES, raise_nofile_limit
+from governor.cgroupfs.reader import ACCELERATED, FAST_FILES, raise_nofile_limit
 from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, move, remove
 from governor.metering.sampler import Sampler
 
@@ -136,7 +136,8 @@ def main() -> int:
     cgtop = shutil.which("systemd-cgtop")
     nofile = raise_nofile_limit()
     print(f"RLIMIT_NOFILE soft limit {nofile}; {args.rounds} timed rounds per N; "
-          f"FAST_FILES: {' '.join(FAST_FILES)}")
+          f"FAST_FILES: {' '.join(FAST_FILES)}; C accelerator (_fastread): "
+          f"{'in use' if ACCELERATED else 'not in use'}")
     scratch = f"bench-{uuid.uuid4().hex[:8]}"
     fs = CgroupFS(ROOT)
     sleepers: list[subprocess.Popen[bytes]] = []

@@ -173,6 +173,20 @@ def _connector_check(cfg: Config) -> Check:
                  required=False)
 
 
+def _accelerator_check() -> Check:
+    from governor.cgroupfs import reader
+    if reader.ACCELERATED:
+        return Check("sampler accelerator", True,
+                     "C extension governor.cgroupfs._fastread in use", required=False)
+    why = ("GOVERNOR_PURE_PYTHON=1 is set" if reader._fastread is not None
+           else "governor.cgroupfs._fastread is not built")
+    return Check("sampler accelerator", False,
+                 f"{why}: the sampler runs its pure-Python path (same values, more CPU "
+                 "per sampling pass)",
+                 "reinstall with a C compiler and the Python headers (apt-get install gcc "
+                 "python3-dev; pip install -e .)", required=False)
+
+
 def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[Check]:
     checks: list[Check] = []
     c, root = _cgroup_root(cfg, mountinfo)
@@ -185,6 +199,7 @@ def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[
                         "fine for a delegated subtree; root is needed for oom_score_adj and "
                         "the process connector", required=False))
     checks.append(_connector_check(cfg))
+    checks.append(_accelerator_check())
     checks.append(_database_check(cfg))
     checks.append(_policy_check(cfg))
     if root is None:

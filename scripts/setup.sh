@@ -3,8 +3,9 @@
 #   - Debian packages: qemu-system-x86 busybox-static (the sandbox VM); with --test also
 #     cgroup-tools postgresql prometheus prometheus-alertmanager (peers and services the
 #     test suite runs); skipped when all are installed;
-#   - the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml or the
-#     Python changed);
+#   - the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml, setup.py,
+#     the C accelerator governor/cgroupfs/*.c or the Python changed; gcc and the Python
+#     headers build the accelerator, without them governor runs its pure-Python path);
 #   - `governor sandbox setup`: the cgroup v2 test kernel and initramfs (a no-op when done).
 # Each step is quick when already done. Used by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
@@ -34,7 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   quietly apt-get install -y --no-install-recommends "${missing[@]}" || die "apt-get install failed"
 fi
 
-want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(sha256sum pyproject.toml | cut -d' ' -f1)"
+# the hash covers what `pip install -e` builds from: the metadata and the C accelerator
+want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/cgroupfs/*.c | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
    || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
   step "venv: .venv with pip install -e '.[dev]'"

@@ -17,10 +17,19 @@ import ctypes.util
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from governor.cgroupfs.names import check_relpath
 from governor.errors import CgroupError, GroupBusy, GroupGone, NotCgroup2Error
+
+_c_subdirs: Callable[[int], list[str]] | None
+try:  # the optional C accelerator (see reader.py): a listing without an object per file
+    from governor.cgroupfs._fastread import subdirs as _c_subdirs
+except ImportError:
+    _c_subdirs = None
+if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
+    _c_subdirs = None
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 
@@ -288,11 +297,9 @@ class CgroupFS:
         except OSError as e:
             raise self._error("list", rel, None, e) from e
         try:
-            names = []
-            for entry in os.scandir(fd):
-                if entry.is_dir(follow_symlinks=False):
-                    names.append(entry.name)
-            return sorted(names)
+            if _c_subdirs is not None:
+                return _c_subdirs(fd)
+            return scandir_subdirs(fd)
         finally:
             os.close(fd)
 
@@ -307,3 +314,13 @@ class CgroupFS:
             return os.fstat(fd).st_ino
         finally:
             os.close(fd)
+
+
+def scandir_subdirs(fd: int) -> list[str]:
+    """Sorted names of the sub-directories of the directory open at ``fd`` (the
+    pure-Python listing; the C accelerator's ``subdirs`` gives the same)."""
+    names = []
+    for entry in os.scandir(fd):
+        if entry.is_dir(follow_symlinks=False):
+            names.append(entry.name)
+    return sorted(names)

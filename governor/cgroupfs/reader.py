@@ -9,6 +9,13 @@ without ``memory.peak``) reads as ``None``: missing is not zero either.
 
 This module only reads and parses (the "reader" layer of below): rates and usage are
 derived elsewhere (``governor.metering``) from pairs of these raw values.
+
+The hot path has an optional C accelerator, ``governor.cgroupfs._fastread`` (built from
+``_fastread.c`` by ``pip install``; see setup.py): the preads of a group's cached
+descriptors into one reused buffer and the parsing of the kernel's exact layouts, giving
+the same :class:`GroupStats` as the Python code below (tests/unit/test_fastread.py runs
+both).  Without it, or with ``GOVERNOR_PURE_PYTHON=1`` in the environment, the Python path
+runs.  :data:`ACCELERATED` says which one is in use.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +32,19 @@ from governor.cgroupfs.parse import (
     FlatKeyedBytes,
     Limit,
     Psi,
+    PsiLine,
     parse_int_bytes,
     parse_io_stat_bytes,
     parse_limit,
     parse_psi_bytes,
 )
 from governor.errors import GroupGone
+
+_fastread: types.ModuleType | None
+try:
+    from governor.cgroupfs import _fastread
+except ImportError:  # not built (no compiler at install time): the pure-Python path
+    _fastread = None
 
 _BUF = 65536  # every stat file we read is well below this (memory.stat ~ 1.5 KiB)
 
@@ -88,9 +103,40 @@ def raise_nofile_limit(want: int = 1 << 20) -> int:
 
 _PRESSURE = ("cpu", "memory", "io")
 
+#: FAST_FILES for the accelerator: (kind, GroupStats field or pressure key, Python parser);
+#: kinds 0 flat keyed, 1 single integer, 2 io.stat, 3 pressure.  Text that is not in the
+#: kernel's exact layout goes to the Python parser, so values and errors are the same.
+_FAST_SPEC = (
+    (0, "cpu", FlatKeyedBytes("cpu.stat")),
+    (1, "memory_current", lambda b: parse_int_bytes(b, "memory.current")),
+    (1, "memory_peak", lambda b: parse_int_bytes(b, "memory.peak")),
+    (1, "swap_current", lambda b: parse_int_bytes(b, "memory.swap.current")),
+    (0, "memory_events", FlatKeyedBytes("memory.events")),
+    (2, "io", parse_io_stat_bytes),
+    (1, "pids_current", lambda b: parse_int_bytes(b, "pids.current")),
+    (3, "cpu", parse_psi_bytes),
+    (3, "memory", parse_psi_bytes),
+    (3, "io", parse_psi_bytes),
+)
+if len(_FAST_SPEC) != len(FAST_FILES):
+    raise ImportError("governor.cgroupfs.reader: _FAST_SPEC does not follow FAST_FILES")
+
+
+def _accelerated() -> bool:
+    if _fastread is None or os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
+        return False
+    _fastread.configure_reader(
+        stats_type=GroupStats, stats_fields=tuple(GroupStats.__dataclass_fields__),
+        files=_FAST_SPEC, psi_type=Psi, psiline_type=PsiLine)
+    return True
+
+
+#: whether the C accelerator reads the fast files (``governor doctor`` reports it)
+ACCELERATED: bool = _accelerated()
+
 
 class _Group:
-    __slots__ = ("absent", "dirfd", "fast", "fds", "ino", "psi")
+    __slots__ = ("absent", "cache", "dirfd", "fast", "fds", "ino", "psi")
 
     def __init__(self, dirfd: int, ino: int) -> None:
         self.dirfd = dirfd
@@ -103,6 +149,8 @@ class _Group:
         #: per pressure file, the raw bytes last read and their Psi (immutable, so the
         #: unchanged text of an idle group is not parsed again)
         self.psi: list[tuple[bytes, Psi] | None] = [None, None, None]
+        #: the C path's cache: per fast file, the raw bytes last read and their value
+        self.cache: list[tuple[bytes, object] | None] = [None] * len(FAST_FILES)
 
     def resolve_fast(self) -> None:
         fds = self.fds
@@ -119,8 +167,16 @@ class StatReader:
     as ``GroupGone`` first; call :meth:`forget` to drop a group explicitly.
     """
 
-    def __init__(self, fs: CgroupFS, *, max_fds: int | None = None) -> None:
+    def __init__(self, fs: CgroupFS, *, max_fds: int | None = None,
+                 accelerated: bool | None = None) -> None:
         self.fs = fs
+        #: the C hot path (None: :data:`ACCELERATED`; True without the extension: an error)
+        if accelerated is None:
+            accelerated = ACCELERATED
+        if accelerated and not ACCELERATED:
+            raise RuntimeError("governor.cgroupfs._fastread is not in use (not built, or "
+                               "GOVERNOR_PURE_PYTHON=1)")
+        self._read_fast = _fastread.read_fast if accelerated and _fastread else None
         self._groups: dict[str, _Group] = {}
         if max_fds is None:
             max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
@@ -231,6 +287,17 @@ class StatReader:
             g = self._group(rel)
         fast = g.fast
         raw: list[bytes | None]
+        if fast is not None and self._read_fast is not None:
+            try:
+                st: GroupStats = self._read_fast(fast, g.cache, g.ino)
+            except OSError:
+                g.fast = None  # as below: the per-file path reads again and says what
+                return self.read(rel, slow=slow)
+            if slow:
+                data = self._raw(rel, g, "memory.stat")
+                if data is not None:
+                    st.memory_stat = self._memory_stat(data)
+            return st
         if fast is None:
             raw = [self._raw(rel, g, name) for name in FAST_FILES]
             g.resolve_fast()

@@ -6,6 +6,10 @@ but still has processes is still billed.  Reads go through the fd-caching
 :class:`~governor.cgroupfs.reader.StatReader`; a group that vanished is reported in
 ``gone`` (and forgotten), never sampled as zeros.  ``memory.stat`` is read on every
 ``slow_every``-th pass only.
+
+With the C accelerator built (``governor.cgroupfs._fastread``), the mapping of a group's
+raw values onto its :class:`GroupSample` (:func:`to_sample`) runs in C too, with the same
+result (tests/unit/test_fastread.py compares the two).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from governor.cgroupfs import reader as _reader
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import GroupStats, StatReader
 from governor.cgroupfs.tree import managed_groups
@@ -99,6 +104,33 @@ def to_sample(st: GroupStats, *, node: str, path: str, wall: datetime, mono: flo
         st.pids_current, io, psi, created))
 
 
+def to_sample_at(  # noqa: PLR0917 (positional: the C accelerator's fallback call)
+        st: GroupStats, node: str, path: str, started: datetime, t0: float, mono: float,
+        created: datetime | None) -> GroupSample:
+    """:func:`to_sample` of a group read at ``mono`` in a pass that started at ``started``
+    (wall) and ``t0`` (monotonic): the sampler's call, and the C accelerator's fallback."""
+    return to_sample(st, node=node, path=path, wall=started + timedelta(seconds=mono - t0),
+                     mono=mono, created=created)
+
+
+SampleMaker = Callable[[GroupStats, str, str, datetime, float, float, datetime | None],
+                       GroupSample]
+
+
+def _c_to_sample() -> SampleMaker | None:
+    if not _reader.ACCELERATED:
+        return None
+    from governor.cgroupfs import _fastread as fr
+    fr.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
+                        py_to_sample=to_sample_at)
+    maker: SampleMaker = fr.to_sample
+    return maker
+
+
+#: the C :func:`to_sample_at` when the accelerator is in use, else None
+C_TO_SAMPLE: SampleMaker | None = _c_to_sample()
+
+
 @dataclass
 class Sampler:
     fs: CgroupFS                  # rooted at the cgroup mount
@@ -108,9 +140,17 @@ class Sampler:
     #: creation times governor knows (it made the directory): path -> (cgroup id, time)
     created: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     passes: int = 0
+    #: the C accelerator (None: whenever it is in use, see reader.ACCELERATED)
+    accelerated: bool | None = None
 
     def __post_init__(self) -> None:
-        self.reader = StatReader(self.fs)
+        self.reader = StatReader(self.fs, accelerated=self.accelerated)
+        fast = self.reader._read_fast is not None
+        self._make: SampleMaker = C_TO_SAMPLE if fast and C_TO_SAMPLE else to_sample_at
+        self._fast_pass: Callable[..., int] | None = None
+        if fast and C_TO_SAMPLE:
+            from governor.cgroupfs import _fastread
+            self._fast_pass = _fastread.sample_groups
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
 
@@ -155,36 +195,51 @@ class Sampler:
             self.reader.forget(f"{self.subtree}/{stale}")
             del self.latest[stale]
             gone.append(stale)
-        for path in paths:
-            rel = f"{self.subtree}/{path}"
-            mono = time.monotonic()  # each group stamped when it is read, not at pass start
+        # the loop runs once per group per pass: names are looked up once, here
+        read, make, monotonic = self.reader.read, self._make, time.monotonic
+        latest, births, known_created = self.latest, self._births, self.created
+        prefix, node = f"{self.subtree}/", self.node
+        # the C accelerator runs this loop for the groups whose descriptors are all open
+        # (fast tier), and hands back each group that needs the Python body below
+        fast_pass = self._fast_pass if not slow else None
+        reader_groups = self.reader._groups
+        i, n = 0, len(paths)
+        while i < n:
+            if fast_pass is not None:
+                i = fast_pass(paths, i, reader_groups, prefix, latest, known_created, births,
+                              node, started, t0, samples, failpoint)
+                if i >= n:
+                    break
+            path = paths[i]
+            i += 1
+            mono = monotonic()  # each group stamped when it is read, not at pass start
             try:
-                st = self.reader.read(rel, slow=slow)
+                st = read(prefix + path, slow=slow)
             except GroupGone:
                 gone.append(path)
-                self.latest.pop(path, None)
+                latest.pop(path, None)
                 continue
             except CgroupError as e:
                 errors.append(str(e))
                 log.error("sample failed", extra={"group": path, "error": str(e)})
                 continue
             failpoint("metering.sample.group")  # crash tests: stall or die mid-pass
-            prev = self.latest.get(path)
-            if prev is not None and prev.cgroup_id != st.cgroup_id:
+            cid = st.cgroup_id
+            prev = latest.get(path)
+            if prev is not None and prev.cgroup_id != cid:
                 # re-created between passes: same fd cache entry cannot be (ENODEV first),
                 # but a new reader entry after forget() can; note it for the log
-                log.info("new incarnation", extra={"group": path, "cgroup_id": st.cgroup_id})
-            self.latest[path] = st
-            birth = self._births.get(path)
-            if birth is not None and (prev is None or prev.cgroup_id != st.cgroup_id) and \
-                    self.created.get(path, (None,))[0] != st.cgroup_id:
-                self.created[path] = (st.cgroup_id, birth)
-                del self._births[path]
-            known = self.created.get(path)
-            created = known[1] if known is not None and known[0] == st.cgroup_id else None
-            samples.append(to_sample(st, node=self.node, path=path,
-                                     wall=started + timedelta(seconds=mono - t0), mono=mono,
-                                     created=created))
+                log.info("new incarnation", extra={"group": path, "cgroup_id": cid})
+            latest[path] = st
+            if births:
+                birth = births.get(path)
+                if birth is not None and (prev is None or prev.cgroup_id != cid) and \
+                        known_created.get(path, (None,))[0] != cid:
+                    known_created[path] = (cid, birth)
+                    del births[path]
+            known = known_created.get(path)
+            created = known[1] if known is not None and known[0] == cid else None
+            samples.append(make(st, node, path, started, t0, mono, created))
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
 
 

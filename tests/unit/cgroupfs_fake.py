@@ -9,6 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from governor.cgroupfs.reader import ACCELERATED
+
+#: ``accelerated=`` values of StatReader / Sampler: the pure-Python path, and the C
+#: accelerator's (skipped, saying so, when it is not built)
+READ_PATHS = [
+    pytest.param(False, id="python"),
+    pytest.param(True, id="c", marks=pytest.mark.skipif(
+        not ACCELERATED, reason="governor.cgroupfs._fastread not in use (not built: "
+        "pip install -e .; or GOVERNOR_PURE_PYTHON=1)")),
+]
+
 # a freshly created leaf group with cpu io memory pids enabled, Linux 6.1
 LEAF_FILES = {
     "cgroup.controllers": "cpu io memory pids\n",

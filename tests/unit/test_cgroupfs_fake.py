@@ -17,7 +17,12 @@ from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.reader import StatReader, read_stats_reopen
 from governor.cgroupfs.tree import ancestors, create, enable_controllers
 from governor.errors import CgroupError, GroupGone, InvalidName, NotCgroup2Error
-from tests.unit.cgroupfs_fake import LEAF_FILES, create_child, create_file_with_content
+from tests.unit.cgroupfs_fake import (
+    LEAF_FILES,
+    READ_PATHS,
+    create_child,
+    create_file_with_content,
+)
 
 
 @pytest.fixture
@@ -181,13 +186,15 @@ def test_reader_fd_budget_falls_back_to_reopen(fs: CgroupFS, root: Path) -> None
     assert r.open_fds == 0
 
 
+@pytest.mark.parametrize("accelerated", READ_PATHS)
 def test_reader_fast_path_errors_and_changes(fs: CgroupFS, root: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             accelerated: bool) -> None:
     import errno
 
     g = create_child(root, "g")
     (g / "memory.peak").unlink()
-    with StatReader(fs) as r:
+    with StatReader(fs, accelerated=accelerated) as r:
         first = r.read("g")
         assert r.read("g") == first  # the second read takes the fast path
         with open(g / "cpu.pressure", "r+") as f:  # changed text: parsed again
@@ -206,6 +213,12 @@ def test_reader_fast_path_errors_and_changes(fs: CgroupFS, root: Path,
             return real(fd, n, off)
 
         monkeypatch.setattr(os, "pread", gone)
+        if accelerated:
+            # the C path's own pread fails too (EISDIR on a directory put in io.stat's
+            # place): the per-file Python path reads again and reports the file
+            d = os.open(g, os.O_RDONLY | os.O_DIRECTORY)
+            os.dup2(d, io_fd)
+            os.close(d)
         with pytest.raises(GroupGone) as e:
             r.read("g")
         assert e.value.file == "io.stat" and r.open_groups == 0 and r.open_fds == 0
