@@ -11,7 +11,8 @@ the load generator spawns ``sleep LIFETIME`` processes at each fixed offered rat
 given seconds (it stops there even when it could not spawn them all: the achieved rate is
 printed), then a burst as fast as it can.  It starts the clock when posix_spawn returns
 (the exec has happened: the kernel sends its exec event after that point) and polls each
-child's ``/proc/PID/cgroup`` (one pread per pending child per pass) until it names the
+child's ``/proc/PID/cgroup`` (one pread per pending child per pass, from a thread of its
+own: a slow spawn does not delay the look) until it names the
 group; a child that exits without ever having been seen there is a **miss**.  The mean
 poll pass is printed: it bounds the resolution.  The generator reports the rate it really
 achieved: the VM (TCG) may not fork and exec as fast as asked.

@@ -12,8 +12,11 @@
  * MAX_SECONDS  stop spawning after this long even if COUNT is not reached (0: never):
  *          a VM that cannot fork and exec at RATE then shows a lower achieved rate
  *          instead of running for ever
- * POLL_US  pause between poll passes while no spawn is due (default 100): the generator
+ * POLL_US  pause of the polling thread between passes (default 200): the generator
  *          must not take a whole vCPU from the daemon it measures
+ *
+ * Two threads: the main one spawns on schedule (posix_spawn takes tens of ms under TCG),
+ * a second one polls, so the resolution of the measurement is the poll pass, not a spawn.
  *
  * Start time: when posix_spawn returns.  glibc spawns with CLONE_VFORK, so the parent
  * resumes once the child's exec has replaced its memory (exec_mmap), which is before the
@@ -35,6 +38,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -75,78 +79,42 @@ static int in_target(int fd) {
     return line != NULL && strcmp(line, want) == 0;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s TARGET RATE COUNT LIFETIME [MAX_SECONDS [POLL_US [PROG]]]\n", argv[0]);
-        return 2;
-    }
-    snprintf(want, sizeof want, "0::%s\n", argv[1]);
-    double rate = atof(argv[2]);
-    long count = atol(argv[3]);
-    int64_t max_ns = (int64_t)((argc > 5 ? atof(argv[5]) : 0) * 1e9);
-    int64_t poll_ns = (argc > 6 ? atol(argv[6]) : 100) * 1000;
-    char *prog = argc > 7 ? argv[7] : "/usr/bin/sleep";
-    char *cargv[] = {prog, argv[4], NULL};
-    struct child *kids = calloc((size_t)count, sizeof *kids);
-    long *pending = calloc((size_t)count, sizeof *pending);  /* indexes into kids */
-    if (!kids || !pending)
-        return 3;
-    long npending = 0, spawned = 0, passes = 0;
-    int64_t pass_total = 0, spawn_total = 0, max_late = 0;
-    int64_t start = now_ns(), last_spawn = start;
-    int64_t period = rate > 0 ? (int64_t)(1e9 / rate) : 0;
-    char path[64];
+/* shared between the spawning thread (main) and the polling thread */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct child *kids;
+static long *pending;          /* indexes into kids of children not yet resolved */
+static long npending, spawned, count, passes;
+static int spawning_done;
+static int64_t pass_total, poll_ns;
 
+/* a child is resolved: seen in TARGET (latency set) or gone */
+static void resolve(long i, int64_t latency) {
+    struct child *c = &kids[pending[i]];
+    c->latency = latency;
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    pending[i] = pending[--npending];
+}
+
+/* The polling thread: one pass over the pending children, then the exited ones (a last
+ * look as zombies, then reaped), then a short pause; its own thread so that a slow
+ * posix_spawn (tens of ms under TCG) never stretches the resolution of the measurement. */
+static void *poller(void *arg) {
+    (void)arg;
     for (;;) {
-        /* spawn the children that are due, at most 8 between two poll passes (a burst:
-         * one per pass) */
-        for (int k = 0; spawned < count && k < 8; k++) {
-            int64_t due = start + spawned * period, t = now_ns();
-            if (t < due)
-                break;
-            if (max_ns > 0 && t - start >= max_ns) {
-                count = spawned;  /* out of time: what was spawned is the load */
-                break;
-            }
-            if (t - due > max_late)
-                max_late = t - due;
-            pid_t pid;
-            int err = posix_spawn(&pid, prog, NULL, NULL, cargv, environ);
-            int64_t t0 = now_ns();
-            if (err) {
-                fprintf(stderr, "posix_spawn: %s\n", strerror(err));
-                return 3;
-            }
-            spawn_total += t0 - t;
-            last_spawn = t0;
-            struct child *c = &kids[spawned];
-            c->pid = pid;
-            c->t0 = t0;
-            c->latency = -1;
-            snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
-            c->fd = open(path, O_RDONLY | O_CLOEXEC);
-            pending[npending++] = spawned++;
-            if (period == 0)
-                break;
-        }
-        /* one poll pass over the children not yet seen in TARGET */
+        pthread_mutex_lock(&mu);
         int64_t p0 = now_ns();
         for (long i = 0; i < npending;) {
             struct child *c = &kids[pending[i]];
             int r = c->fd >= 0 ? in_target(c->fd) : -1;
-            if (r == 1) {
-                c->latency = now_ns() - c->t0;
-                close(c->fd);
-                c->fd = -1;
-                pending[i] = pending[--npending];
-            } else {
+            if (r == 1)
+                resolve(i, now_ns() - c->t0);
+            else
                 i++;
-            }
         }
-        int64_t p1 = now_ns();
-        pass_total += p1 - p0;
+        pass_total += now_ns() - p0;
         passes++;
-        /* exited children: one last look as zombies, then reap */
         for (;;) {
             siginfo_t si;
             si.si_pid = 0;
@@ -156,31 +124,81 @@ int main(int argc, char **argv) {
                 struct child *c = &kids[pending[i]];
                 if (c->pid != si.si_pid)
                     continue;
-                if (c->fd >= 0 && in_target(c->fd) == 1)
-                    c->latency = now_ns() - c->t0;
-                if (c->fd >= 0)
-                    close(c->fd);
-                c->fd = -1;
-                pending[i] = pending[--npending];
+                resolve(i, c->fd >= 0 && in_target(c->fd) == 1 ? now_ns() - c->t0 : -1);
                 break;
             }
             waitpid(si.si_pid, NULL, 0);
         }
-        if (spawned == count && npending == 0)
-            break;
-        if (period > 0 || spawned == count) {
-            int64_t t = now_ns(), wait = poll_ns;
-            if (spawned < count) {
-                int64_t due = start + spawned * period - t;
-                if (npending == 0 || due < wait)
-                    wait = due;
-            }
-            if (wait > 0) {
-                struct timespec ts = {(time_t)(wait / 1000000000), (long)(wait % 1000000000)};
-                nanosleep(&ts, NULL);
-            }
-        }
+        int done = spawning_done && npending == 0;
+        pthread_mutex_unlock(&mu);
+        if (done)
+            return NULL;
+        struct timespec ts = {(time_t)(poll_ns / 1000000000), (long)(poll_ns % 1000000000)};
+        nanosleep(&ts, NULL);
     }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s TARGET RATE COUNT LIFETIME [MAX_SECONDS [POLL_US [PROG]]]\n", argv[0]);
+        return 2;
+    }
+    snprintf(want, sizeof want, "0::%s\n", argv[1]);
+    double rate = atof(argv[2]);
+    count = atol(argv[3]);
+    int64_t max_ns = (int64_t)((argc > 5 ? atof(argv[5]) : 0) * 1e9);
+    poll_ns = (argc > 6 ? atol(argv[6]) : 200) * 1000;
+    char *prog = argc > 7 ? argv[7] : "/usr/bin/sleep";
+    char *cargv[] = {prog, argv[4], NULL};
+    kids = calloc((size_t)count, sizeof *kids);
+    pending = calloc((size_t)count, sizeof *pending);
+    if (!kids || !pending)
+        return 3;
+    int64_t spawn_total = 0, max_late = 0;
+    int64_t start = now_ns(), last_spawn = start;
+    int64_t period = rate > 0 ? (int64_t)(1e9 / rate) : 0;
+    char path[64];
+    pthread_t th;
+    if (pthread_create(&th, NULL, poller, NULL) != 0)
+        return 3;
+
+    long total = count;
+    for (long n = 0; n < total; n++) {
+        int64_t due = start + n * period, t = now_ns();
+        if (t < due) {
+            struct timespec ts = {(time_t)((due - t) / 1000000000), (long)((due - t) % 1000000000)};
+            nanosleep(&ts, NULL);
+            t = now_ns();
+        }
+        if (max_ns > 0 && t - start >= max_ns)
+            break;  /* out of time: what was spawned is the load */
+        if (t - due > max_late)
+            max_late = t - due;
+        pid_t pid;
+        int err = posix_spawn(&pid, prog, NULL, NULL, cargv, environ);
+        int64_t t0 = now_ns();
+        if (err) {
+            fprintf(stderr, "posix_spawn: %s\n", strerror(err));
+            return 3;
+        }
+        spawn_total += t0 - t;
+        last_spawn = t0;
+        snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        pthread_mutex_lock(&mu);
+        struct child *c = &kids[spawned];
+        c->pid = pid;
+        c->t0 = t0;
+        c->latency = -1;
+        c->fd = fd;
+        pending[npending++] = spawned++;
+        pthread_mutex_unlock(&mu);
+    }
+    pthread_mutex_lock(&mu);
+    count = spawned;
+    spawning_done = 1;
+    pthread_mutex_unlock(&mu);
+    pthread_join(th, NULL);
     /* reap whatever is left (children placed but still sleeping) */
     while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
         ;
