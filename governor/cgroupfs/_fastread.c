@@ -460,7 +460,9 @@ static PyObject *do_read(PyObject *fds, PyObject *cache, PyObject *cgroup_id) {
             PyBytes_CheckExact(PyTuple_GET_ITEM(last, 0)) &&
             PyBytes_GET_SIZE(PyTuple_GET_ITEM(last, 0)) == n &&
             memcmp(PyBytes_AS_STRING(PyTuple_GET_ITEM(last, 0)), buf, n) == 0) {
+            Py_INCREF(last); /* held: a copy may run a finalizer that replaces it */
             v = fresh(PyTuple_GET_ITEM(last, 1));
+            Py_DECREF(last);
             if (v == NULL)
                 goto done;
         } else {
@@ -476,8 +478,11 @@ static PyObject *do_read(PyObject *fds, PyObject *cache, PyObject *cgroup_id) {
                 Py_XDECREF(entry);
                 goto done;
             }
-            PyList_SET_ITEM(cache, i, entry);
-            Py_DECREF(last);
+            /* (the parser may have run Python code: the list's item, not last, goes) */
+            if (PyList_SetItem(cache, i, entry) < 0) {
+                Py_DECREF(v);
+                goto done;
+            }
         }
         if (f_kind[i] == K_PSI) {
             int e = PyDict_SetItem(psi, f_key[i], v);
@@ -756,6 +761,120 @@ static PyObject *monotonic(void) {
 
 static PyObject *s_fast, *s_cache, *s_ino, *s_fp_name;
 
+/* one group of sample_groups: True when sampled, False when left to the caller */
+static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
+                            PyObject *latest, PyObject *created, PyObject *births,
+                            PyObject *node, PyObject *started, PyObject *t0,
+                            PyObject *samples, PyObject *hook) {
+
+    if (PyDict_GET_SIZE(births)) {
+        int in = PyDict_Contains(births, path);
+        if (in < 0)
+            return NULL;
+        if (in)
+            return Py_NewRef(Py_False);
+    }
+    PyObject *rel = PyUnicode_Concat(prefix, path);
+    if (rel == NULL)
+        return NULL;
+    PyObject *g = PyDict_GetItemWithError(groups, rel); /* borrowed */
+    Py_DECREF(rel);
+    if (g == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return Py_NewRef(Py_False);
+    }
+    Py_INCREF(g);
+    PyObject *fast = PyObject_GetAttr(g, s_fast);
+    PyObject *cache = fast ? PyObject_GetAttr(g, s_cache) : NULL;
+    PyObject *ino = cache ? PyObject_GetAttr(g, s_ino) : NULL;
+    Py_DECREF(g);
+    if (ino == NULL) {
+        Py_XDECREF(fast);
+        Py_XDECREF(cache);
+        return NULL;
+    }
+    int stop = fast == Py_None;
+    PyObject *prev = stop ? NULL : PyDict_GetItemWithError(latest, path);
+    if (prev != NULL) {
+        PyObject *pid = PyObject_GetAttr(prev, s_cgroup_id);
+        int same = pid == NULL ? -1 : PyObject_RichCompareBool(pid, ino, Py_EQ);
+        Py_XDECREF(pid);
+        if (same < 0) {
+            Py_DECREF(fast);
+            Py_DECREF(cache);
+            Py_DECREF(ino);
+            return NULL;
+        }
+        stop = !same;
+    } else if (PyErr_Occurred()) {
+        stop = -1;
+    }
+    PyObject *mono = NULL, *st = NULL;
+    if (!stop) {
+        mono = monotonic();
+        st = mono == NULL ? NULL : do_read(fast, cache, ino);
+    }
+    Py_DECREF(fast);
+    Py_DECREF(cache);
+    if (stop < 0 || mono == NULL) {
+        Py_DECREF(ino);
+        return NULL;
+    }
+    if (stop) {
+        Py_DECREF(ino);
+        return Py_NewRef(Py_False);
+    }
+    if (st == NULL) { /* the caller's loop reads it again and says what it is */
+        Py_DECREF(mono);
+        Py_DECREF(ino);
+        PyErr_Clear();
+        return Py_NewRef(Py_False);
+    }
+    if (hook != Py_None) {
+        PyObject *r = PyObject_CallOneArg(hook, s_fp_name);
+        if (r == NULL) {
+            Py_DECREF(mono);
+            Py_DECREF(ino);
+            Py_DECREF(st);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *when = Py_None, *known = NULL;
+    int err = PyDict_SetItem(latest, path, st);
+    if (!err) {
+        known = PyDict_GetItemWithError(created, path);
+        if (known == NULL && PyErr_Occurred())
+            err = -1;
+    }
+    if (!err && known != NULL) {
+        if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) < 2) {
+            PyErr_SetString(PyExc_TypeError, "created: path -> (cgroup id, time)");
+            err = -1;
+        } else {
+            int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, 0), ino, Py_EQ);
+            if (eq < 0)
+                err = -1;
+            else if (eq)
+                when = PyTuple_GET_ITEM(known, 1);
+        }
+    }
+    Py_INCREF(when); /* created may change under a finalizer run by make_sample */
+    PyObject *sample = err ? NULL : make_sample(st, node, path, started, t0, mono, when);
+    Py_DECREF(when);
+    Py_DECREF(mono);
+    Py_DECREF(ino);
+    Py_DECREF(st);
+    if (sample == NULL)
+        return NULL;
+    err = PyList_Append(samples, sample);
+    Py_DECREF(sample);
+    if (err < 0)
+        return NULL;
+    return Py_NewRef(Py_True);
+}
+
 /* sample_groups(paths, start, groups, prefix, latest, created, births, node, started, t0,
  *               samples, hook) -> index
  * From paths[start] on, for each group whose reader entry (groups[prefix + path]) has its
@@ -783,111 +902,16 @@ static PyObject *sample_groups(PyObject *self, PyObject *args) {
         PyObject *path = PyList_GET_ITEM(paths, i);
         if (!PyUnicode_Check(path))
             break;
-        if (PyDict_GET_SIZE(births)) {
-            int in = PyDict_Contains(births, path);
-            if (in < 0)
-                return NULL;
-            if (in)
-                break;
-        }
-        PyObject *rel = PyUnicode_Concat(prefix, path);
-        if (rel == NULL)
+        Py_INCREF(path); /* held: the hook or a parser may run Python code */
+        PyObject *r = sample_one(path, groups, prefix, latest, created, births, node,
+                                 started, t0, samples, hook);
+        Py_DECREF(path);
+        if (r == NULL)
             return NULL;
-        PyObject *g = PyDict_GetItemWithError(groups, rel); /* borrowed */
-        Py_DECREF(rel);
-        if (g == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
+        int stop = r == Py_False;
+        Py_DECREF(r);
+        if (stop)
             break;
-        }
-        Py_INCREF(g);
-        PyObject *fast = PyObject_GetAttr(g, s_fast);
-        PyObject *cache = fast ? PyObject_GetAttr(g, s_cache) : NULL;
-        PyObject *ino = cache ? PyObject_GetAttr(g, s_ino) : NULL;
-        Py_DECREF(g);
-        if (ino == NULL) {
-            Py_XDECREF(fast);
-            Py_XDECREF(cache);
-            return NULL;
-        }
-        int stop = fast == Py_None;
-        PyObject *prev = stop ? NULL : PyDict_GetItemWithError(latest, path);
-        if (prev != NULL) {
-            PyObject *pid = PyObject_GetAttr(prev, s_cgroup_id);
-            int same = pid == NULL ? -1 : PyObject_RichCompareBool(pid, ino, Py_EQ);
-            Py_XDECREF(pid);
-            if (same < 0) {
-                Py_DECREF(fast);
-                Py_DECREF(cache);
-                Py_DECREF(ino);
-                return NULL;
-            }
-            stop = !same;
-        } else if (PyErr_Occurred()) {
-            stop = -1;
-        }
-        PyObject *mono = NULL, *st = NULL;
-        if (!stop) {
-            mono = monotonic();
-            st = mono == NULL ? NULL : do_read(fast, cache, ino);
-        }
-        Py_DECREF(fast);
-        Py_DECREF(cache);
-        if (stop < 0 || mono == NULL) {
-            Py_DECREF(ino);
-            return NULL;
-        }
-        if (stop) {
-            Py_DECREF(ino);
-            break;
-        }
-        if (st == NULL) { /* the caller's loop reads it again and says what it is */
-            Py_DECREF(mono);
-            Py_DECREF(ino);
-            PyErr_Clear();
-            break;
-        }
-        if (hook != Py_None) {
-            PyObject *r = PyObject_CallOneArg(hook, s_fp_name);
-            if (r == NULL) {
-                Py_DECREF(mono);
-                Py_DECREF(ino);
-                Py_DECREF(st);
-                return NULL;
-            }
-            Py_DECREF(r);
-        }
-        PyObject *when = Py_None, *known = NULL;
-        int err = PyDict_SetItem(latest, path, st);
-        if (!err) {
-            known = PyDict_GetItemWithError(created, path);
-            if (known == NULL && PyErr_Occurred())
-                err = -1;
-        }
-        if (!err && known != NULL) {
-            if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) < 2) {
-                PyErr_SetString(PyExc_TypeError, "created: path -> (cgroup id, time)");
-                err = -1;
-            } else {
-                int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, 0), ino, Py_EQ);
-                if (eq < 0)
-                    err = -1;
-                else if (eq)
-                    when = PyTuple_GET_ITEM(known, 1);
-            }
-        }
-        Py_INCREF(when); /* created may change under a finalizer run by make_sample */
-        PyObject *sample = err ? NULL : make_sample(st, node, path, started, t0, mono, when);
-        Py_DECREF(when);
-        Py_DECREF(mono);
-        Py_DECREF(ino);
-        Py_DECREF(st);
-        if (sample == NULL)
-            return NULL;
-        err = PyList_Append(samples, sample);
-        Py_DECREF(sample);
-        if (err < 0)
-            return NULL;
     }
     return PyLong_FromSsize_t(i);
 }
