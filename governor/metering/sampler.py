@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from governor.cgroupfs import reader as _reader
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import GroupStats, StatReader
-from governor.cgroupfs.tree import managed_groups
+from governor.cgroupfs.tree import GroupLister
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
@@ -153,9 +153,12 @@ class Sampler:
             self._fast_pass = _fastread.sample_groups
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
+        #: the listing, kept while inotify sees no group made or removed
+        self._lister = GroupLister(self.fs, self.subtree)
 
     def close(self) -> None:
         self.reader.close()
+        self._lister.close()
 
     def note_created(self, path: str, when: datetime | None = None) -> None:
         """Record that governor created ``path`` (relative to the subtree) now."""
@@ -177,7 +180,7 @@ class Sampler:
     def groups(self) -> list[str]:
         """Tenants and their groups below the subtree (paths relative to it)."""
         try:
-            return managed_groups(self.fs, self.subtree)
+            return self._lister.list()
         except CgroupError:
             return []
 

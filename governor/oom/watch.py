@@ -27,12 +27,9 @@ A fired trigger, a crossed threshold or a ``memory.high`` event raises a ``press
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import select
-import struct
 import threading
 import time
 from collections import Counter
@@ -41,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.inotify import IN_IGNORED, Inotify
 from governor.cgroupfs.parse import ParseError, parse_flat_keyed
 from governor.cgroupfs.reader import GroupStats
 from governor.cgroupfs.tree import managed_groups
@@ -53,57 +51,10 @@ from governor.policy.model import OomSettings, PressureKey
 
 log = logging.getLogger("governor.oom")
 
-IN_MODIFY = 0x00000002
-IN_IGNORED = 0x00008000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
-
 #: PSI trigger window limit (kernel/sched/psi.c: WINDOW_MAX_US = 10 s)
 PSI_WINDOW_US = 10_000_000
 
 
-class Inotify:
-    """inotify(7) through ctypes (the stdlib has no binding)."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-        self.fd: int = fd
-
-    def add(self, path: str, mask: int = IN_MODIFY) -> int:
-        wd = int(self._add(self.fd, os.fsencode(path), mask))
-        if wd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), path)
-        return wd
-
-    def remove(self, wd: int) -> None:
-        self._rm(self.fd, wd)  # EINVAL when the kernel already dropped it: fine
-
-    def read(self) -> list[tuple[int, int]]:
-        """``(wd, mask)`` of every queued event (empty when none)."""
-        out: list[tuple[int, int]] = []
-        while True:
-            try:
-                buf = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return out
-            off = 0
-            while off + _EVENT.size <= len(buf):
-                wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
-                out.append((wd, mask))
-                off += _EVENT.size + length
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass

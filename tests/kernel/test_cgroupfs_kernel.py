@@ -18,6 +18,7 @@ from governor.cgroupfs.mount import find_cgroup2
 from governor.cgroupfs.reader import StatReader
 from governor.cgroupfs.tree import (
     MANAGED_CONTROLLERS,
+    GroupLister,
     ProcsWriter,
     create,
     move,
@@ -198,6 +199,35 @@ def test_procs_writer_keeps_fds_and_follows_a_recreated_group(fs: CgroupFS,
         w.close()
     with pytest.raises(GroupGone):
         w.move("t/none", os.getpid())
+
+
+def test_group_lister_sees_mkdir_and_rmdir_on_cgroup2(fs: CgroupFS,
+                                                      scratch_subtree: Path) -> None:
+    """cgroup2 sends inotify IN_CREATE / IN_DELETE for mkdir / rmdir of groups, and no
+    directory event for writes to interface files or processes moving: the sampler's
+    listing is reused exactly while the tree is unchanged."""
+    create(fs, "t/a", MANAGED_CONTROLLERS)
+    root = CgroupFS(scratch_subtree.parent)  # as the sampler: subtree below the mount
+    lister = GroupLister(root, scratch_subtree.name)
+    try:
+        assert lister.list() == ["t", "t/a"] and lister.relists == 1
+        fs.write("t/a", "memory.max", str(64 << 20))
+        p = spawn(["sleep", "30"])
+        move(fs, "t/a", p.pid)
+        p.kill()
+        p.wait()
+        assert lister.list() == ["t", "t/a"] and lister.relists == 1
+        create(fs, "t/b")
+        assert lister.list() == ["t", "t/a", "t/b"] and lister.relists == 2
+        create(fs, "u/c")
+        assert lister.list() == ["t", "t/a", "t/b", "u", "u/c"]
+        remove(fs, "t/a")
+        assert lister.list() == ["t", "t/b", "u", "u/c"]
+        n = lister.relists
+        assert lister.list() == ["t", "t/b", "u", "u/c"] and lister.relists == n
+    finally:
+        lister.close()
+        root.close()
 
 
 def test_pread_reader_sees_counters_change(fs: CgroupFS) -> None:

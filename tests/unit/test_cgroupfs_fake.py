@@ -222,3 +222,48 @@ def test_reader_fast_path_errors_and_changes(fs: CgroupFS, root: Path,
         with pytest.raises(GroupGone) as e:
             r.read("g")
         assert e.value.file == "io.stat" and r.open_groups == 0 and r.open_fds == 0
+
+
+def test_group_lister_keeps_the_listing_until_a_directory_changes(tmp_path: Path) -> None:
+    """The sampler's listing: reused while inotify reports nothing, listed again after a
+    group or tenant is made, removed or renamed (a tmp dir gets the same events as
+    cgroup2's mkdir/rmdir; the kernel test shows cgroup2 itself)."""
+    from governor.cgroupfs.tree import GroupLister, managed_groups
+
+    sub = tmp_path / "gov"
+    (sub / "a" / "web").mkdir(parents=True)
+    (sub / "a" / "cgroup.procs").write_text("")  # files are not groups
+    fs = CgroupFS(tmp_path, verify=False)
+    lister = GroupLister(fs, "gov")
+    assert lister.list() == ["a", "a/web"] and lister.relists == 1
+    assert lister.list() == ["a", "a/web"] and lister.relists == 1  # nothing changed
+    (sub / "a" / "db").mkdir()
+    assert lister.list() == ["a", "a/db", "a/web"] and lister.relists == 2
+    (sub / "b").mkdir()
+    assert lister.list() == ["a", "a/db", "a/web", "b"]
+    (sub / "b" / "x").mkdir()  # in a tenant that appeared after the last listing
+    assert lister.list() == ["a", "a/db", "a/web", "b", "b/x"]
+    (sub / "a" / "web").rename(sub / "a" / "www")
+    (sub / "a" / "db").rmdir()
+    assert lister.list() == ["a", "a/www", "b", "b/x"]
+    n = lister.relists
+    (sub / "a" / "cgroup.procs").write_text("1")  # a file written: not a change of groups
+    assert lister.list() == managed_groups(fs, "gov") and lister.relists == n
+    (sub / "b" / "x").rmdir()
+    (sub / "b").rmdir()
+    assert lister.list() == ["a", "a/www"]
+    lister.close()
+    assert lister.list() == ["a", "a/www"]  # without inotify: lists every time
+    fs.close()
+
+
+def test_group_lister_without_subtree_lists_empty_then_finds_it(tmp_path: Path) -> None:
+    from governor.cgroupfs.tree import GroupLister
+
+    fs = CgroupFS(tmp_path, verify=False)
+    lister = GroupLister(fs, "gov")
+    assert lister.list() == []
+    (tmp_path / "gov" / "t" / "g").mkdir(parents=True)
+    assert lister.list() == ["t", "t/g"]
+    lister.close()
+    fs.close()
