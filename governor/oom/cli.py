@@ -6,15 +6,16 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from governor.cli import FORMAT, config_options, emit_json
 from governor.config import Config
 from governor.oom.events import ALL_KINDS
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 
@@ -37,6 +38,8 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 def query_events(session: Session, *, tenant: str | None = None, kind: str | None = None,
                  since: datetime | None = None, limit: int | None = None
                  ) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
     from governor.store.models import Group, Node, OomEvent, Tenant
 
     q = (select(OomEvent, Node.name, Tenant.name, Group.path, Group.cgroup_id)
