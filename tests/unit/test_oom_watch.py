@@ -285,7 +285,9 @@ def test_webhook_queue_is_bounded_and_never_blocks() -> None:
     a = WebhookAlerter("http://127.0.0.1:9/x", timeout=0.2, retries=0, max_queue=2)
     t0 = time.monotonic()
     results = [a.submit({"n": i}) for i in range(50)]
-    assert time.monotonic() - t0 < 0.5
+    # blocking would wait on deliveries (0.2 s timeout each): 50 of them take 10 s; the
+    # bound is loose because a loaded CI host stretches everything
+    assert time.monotonic() - t0 < 5.0
     assert results.count(False) >= 47 and a.results["dropped"] == results.count(False)
     a.stop()
 
