@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
@@ -354,6 +354,10 @@ def _to_sample(row: Any, group: Group, node: str, tenant: str,
                        created=group.created_at, **values)
 
 
+#: how far back from the newest anchor the groups metered "lately" reach (see meter)
+METER_LOOKBACK = timedelta(minutes=10)
+
+
 def meter(*, session: Session, node: str) -> MeterResult:
     """Turn the raw samples of ``node`` stored since the last run into interval usage and
     hourly rollups, then move each incarnation's anchor (``groups.metered_until``).
@@ -368,20 +372,51 @@ def meter(*, session: Session, node: str) -> MeterResult:
     groups = {g.id: g for g in session.execute(
         select(Group).where(Group.node_id == node_id)).scalars()}
     tenants = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+    # Only the recent end of the raw table is read: from the oldest anchor among the
+    # groups metered lately (the last pass's), by the (node, ts) primary key.  Samples
+    # come in time order per node (one sampler; the spool replays in order before the next
+    # pass), so nothing unmetered is older.  The anchor sample of a group metered longer
+    # ago (missing from recent passes, or removed) is fetched by its key when it has new
+    # samples.  Reading from each group's own anchor instead scanned the whole raw table
+    # at every pass (8.6 million rows a day at 1,000 groups).
+    anchors = [g.metered_until for g in groups.values() if g.metered_until is not None]
+    lo: datetime | None = None
+    if anchors:
+        newest = max(anchors)
+        lo = min(a for a in anchors if a >= newest - METER_LOOKBACK)
     anchor_ok = (Group.metered_until.is_(None)) | (Sample.ts >= Group.metered_until)
-    rows = session.execute(
+    recent = Sample.ts >= lo if lo is not None else Sample.ts.is_not(None)
+    rows = list(session.execute(
         select(*_SAMPLE_COLS).join(Group, Group.id == Sample.group_id)
-        .where(Sample.node_id == node_id, anchor_ok)
+        .where(Sample.node_id == node_id, recent, anchor_ok)
         .order_by(Sample.group_id, Sample.ts)
-    ).mappings().all()
+    ).mappings().all())
     if not rows:
         return MeterResult(0, 0, 0, 0)
+    old: list[tuple[int, datetime]] = []  # anchors older than the window, with new samples
+    if lo is not None:
+        for gid in {row["group_id"] for row in rows}:
+            at = groups[gid].metered_until
+            if at is not None and at < lo:
+                old.append((gid, at))
+        for gid, at in old:
+            rows.extend(session.execute(select(*_SAMPLE_COLS).where(
+                Sample.node_id == node_id, Sample.ts == at, Sample.group_id == gid)
+            ).mappings().all())
+        if old:
+            rows.sort(key=lambda r: (r["group_id"], r["ts"]))
     io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
     io_anchor_ok = (Group.metered_until.is_(None)) | (SampleIo.ts >= Group.metered_until)
-    for r in session.execute(
+    io_recent = SampleIo.ts >= lo if lo is not None else SampleIo.ts.is_not(None)
+    io_rows = list(session.execute(
         select(SampleIo).join(Group, Group.id == SampleIo.group_id)
-        .where(SampleIo.node_id == node_id, io_anchor_ok)
-    ).scalars():
+        .where(SampleIo.node_id == node_id, io_recent, io_anchor_ok)
+    ).scalars())
+    for gid, at in old:
+        io_rows.extend(session.execute(select(SampleIo).where(
+            SampleIo.node_id == node_id, SampleIo.ts == at, SampleIo.group_id == gid)
+        ).scalars())
+    for r in io_rows:
         io[(r.group_id, r.ts)][r.device] = IoCounters(
             rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios, dbytes=r.dbytes)
 

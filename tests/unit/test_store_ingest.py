@@ -150,3 +150,54 @@ def test_meter_statements_do_not_grow_with_the_number_of_groups(session):  # noq
     small, large = statements(5, "n1"), statements(60, "n2")
     assert small == large, (small, large)
     assert large <= 12
+
+
+def test_meter_reads_only_the_recent_end_and_keeps_a_late_groups_usage(session):  # noqa: F811
+    """Metering reads samples from the oldest anchor among the lately metered groups, not
+    the whole raw table; a group absent for longer than that window (an old anchor) still
+    pairs its next sample with its anchor: nothing is lost across the gap."""
+    from governor.store.service import METER_LOOKBACK
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    step = timedelta(seconds=10)
+
+    def tick(k: int, groups: list[str]) -> None:
+        record_samples(session=session, node="n1", samples=[
+            make_sample(group=g, cgroup_id=100 + i, wall=t0 + k * step + i * timedelta(
+                milliseconds=5), cpu=k * 1000, wbytes=k * 4096)
+            for i, g in enumerate(("busy", "gappy")) if g in groups])
+        meter(session=session, node="n1")
+
+    for k in range(3):
+        tick(k, ["busy", "gappy"])
+    gap = int(METER_LOOKBACK / step) + 30  # "gappy" is away for longer than the window
+    for k in range(3, 3 + gap):
+        tick(k, ["busy"])
+    last = 3 + gap
+    tick(last, ["busy", "gappy"])
+    billed = dict(session.execute(
+        select(Group.name, func.sum(IntervalUsageRow.cpu_usec))
+        .join(Group, Group.id == IntervalUsageRow.group_id).group_by(Group.name)).all())
+    assert billed == {"busy": last * 1000 - 0, "gappy": last * 1000}
+    wrote = session.execute(select(func.sum(IntervalUsageRow.io_wbytes)).join(
+        Group, Group.id == IntervalUsageRow.group_id).where(Group.name == "gappy")).scalar_one()
+    assert wrote == last * 4096
+    if session.bind.dialect.name == "sqlite":
+        # the raw rows are read by a (node, ts) range of the primary key
+        from governor.store import service
+        compiled = []
+
+        def seen(_c, _cur, statement, *_a):  # type: ignore[no-untyped-def]
+            compiled.append(statement)
+
+        from sqlalchemy import event
+        conn = session.connection()
+        event.listen(conn, "before_cursor_execute", seen)
+        try:
+            tick(last + 1, ["busy", "gappy"])
+        finally:
+            event.remove(conn, "before_cursor_execute", seen)
+        [q] = [s for s in compiled if s.lstrip().startswith("SELECT")
+               and "FROM samples JOIN" in s]
+        assert "samples.ts >=" in q
+        assert service.METER_LOOKBACK == METER_LOOKBACK
