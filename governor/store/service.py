@@ -355,7 +355,7 @@ def _to_sample(row: Any, group: Group, node: str, tenant: str,
 
 
 #: how far back from the newest anchor the groups metered "lately" reach (see meter)
-METER_LOOKBACK = timedelta(minutes=10)
+METER_LOOKBACK = timedelta(minutes=2)
 
 
 def meter(*, session: Session, node: str) -> MeterResult:
