@@ -426,6 +426,9 @@ def meter(*, session: Session, node: str) -> MeterResult:
         by_group[g.id].append(_to_sample(row, g, node, tenants[g.tenant_id],
                                          io.get((g.id, row["ts"]), {})))
 
+    by_path: dict[str, list[Group]] = defaultdict(list)
+    for g in groups.values():
+        by_path[g.path].append(g)
     usages: list[tuple[int, IntervalUsage]] = []
     skipped = 0
     new_anchor: dict[int, datetime] = {}
@@ -438,7 +441,8 @@ def meter(*, session: Session, node: str) -> MeterResult:
         elif g.metered_until is None:
             prev = _previous_incarnation_sample(session=session, node=node, group=g,
                                                 tenant=tenants[g.tenant_id],
-                                                before=samples[0].wall)
+                                                before=samples[0].wall,
+                                                others=by_path[g.path], fresh=by_group)
         for cur in todo:
             u = usage_between(prev, cur)
             if u is None:
@@ -493,20 +497,33 @@ def upsert_rollups(*, session: Session, node_id: int,
 
 
 def _previous_incarnation_sample(*, session: Session, node: str, group: Group, tenant: str,
-                                 before: datetime) -> GroupSample | None:
-    """The last sample of an earlier incarnation of the same path on the same node."""
-    row = session.execute(
-        select(*_SAMPLE_COLS, Group.cgroup_id.label("prev_cgroup_id"))
-        .join(Group, Group.id == Sample.group_id)
-        .where(Group.node_id == group.node_id, Group.path == group.path,
-               Group.id != group.id, Sample.ts < before)
-        .order_by(Sample.ts.desc()).limit(1)
+                                 before: datetime, others: Sequence[Group],
+                                 fresh: Mapping[int, Sequence[GroupSample]]
+                                 ) -> GroupSample | None:
+    """The last sample before ``before`` of an earlier incarnation of the same path on the
+    same node: the latest of each such incarnation's anchor (its last metered sample) and
+    its samples in this run (``fresh``), read by its primary key.  (A query for "the
+    latest sample of that path before ``before``" walked the raw table back to its start
+    whenever the path had no earlier incarnation: every brand-new group.)"""
+    best: tuple[datetime, Group] | None = None
+    for other in others:
+        if other.id == group.id:
+            continue
+        times = [x.wall for x in fresh.get(other.id, ()) if x.wall < before]
+        if other.metered_until is not None and other.metered_until < before:
+            times.append(other.metered_until)
+        if times and (best is None or max(times) > best[0]):
+            best = (max(times), other)
+    if best is None:
+        return None
+    row = session.execute(select(*_SAMPLE_COLS).where(
+        Sample.node_id == group.node_id, Sample.ts == best[0], Sample.group_id == best[1].id)
     ).mappings().first()
-    if row is None:
+    if row is None:  # removed by retention meanwhile: as if there were none
         return None
     values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
     return GroupSample(node=node, tenant=tenant, group=group.name,
-                       cgroup_id=row["prev_cgroup_id"], wall=row["ts"], monotonic=row["mono"],
+                       cgroup_id=best[1].cgroup_id, wall=row["ts"], monotonic=row["mono"],
                        **values)
 
 

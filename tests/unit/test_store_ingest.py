@@ -201,3 +201,23 @@ def test_meter_reads_only_the_recent_end_and_keeps_a_late_groups_usage(session):
                and "FROM samples JOIN" in s]
         assert "samples.ts >=" in q
         assert service.METER_LOOKBACK == METER_LOOKBACK
+
+
+def test_recreated_group_pairs_with_the_earlier_incarnation_by_key(session):  # noqa: F811
+    """A new incarnation is checked against the earlier one's last sample (its anchor, or
+    its samples in the same run): a birth after it counts from zero, a birth before it (the
+    new cgroup may have been counted under the old pairing) is not counted."""
+    old = _ticks(4)  # 00:00..00:30, cgroup 100
+    record_samples(session=session, node="n1", samples=old)
+    meter(session=session, node="n1")  # the old incarnation's anchor: 00:30
+    late = [make_sample(cgroup_id=200, wall=T0 + timedelta(minutes=40), cpu=1_000,
+                        created=T0 + timedelta(minutes=35))]
+    record_samples(session=session, node="n1", samples=late)
+    meter(session=session, node="n1")
+    assert _sum(session, IntervalUsageRow.cpu_usec) == 3 * (CORE_HOUR // 6) + 1_000
+    early = [make_sample(cgroup_id=300, wall=T0 + timedelta(minutes=50), cpu=7_000,
+                         created=T0 + timedelta(minutes=20))]  # before 00:40 (cgroup 200)
+    record_samples(session=session, node="n1", samples=early)
+    result = meter(session=session, node="n1")
+    assert result.skipped == 1
+    assert _sum(session, IntervalUsageRow.cpu_usec) == 3 * (CORE_HOUR // 6) + 1_000
