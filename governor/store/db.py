@@ -66,12 +66,22 @@ def _prepare_sqlite_file(database: str) -> None:
     """
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # An existing file is never opened here: closing any descriptor of the database file
+    # drops every POSIX lock this process holds on it, those of SQLite's open connections
+    # included ("How To Corrupt An SQLite Database File", 2.2), and engines are made while
+    # others are open (the daemon makes several).
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+        st = os.stat(path)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made meanwhile by another process
+            st = os.stat(path)
+        else:
+            os.close(fd)  # a new, empty file: no connection can hold a lock on it yet
+            return
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o600)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -96,3 +96,33 @@ def test_migrations_dir_is_reachable_from_the_package():
     d = migrations_dir()
     assert (d / "env.py").is_file()
     assert any(p.name.startswith("0001_") for p in (d / "versions").iterdir())
+
+
+def test_making_an_engine_never_drops_sqlite_locks(tmp_path):
+    """Closing any descriptor of a database file drops every POSIX lock the process holds
+    on it, SQLite's included; an engine made while another connection holds a lock must
+    not open the existing file (it once did, to check its mode)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from governor.store.db import _prepare_sqlite_file
+
+    db = tmp_path / "g.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")  # an exclusive lock on the file
+    _prepare_sqlite_file(str(db))
+    probe = ("import sqlite3, sys\n"
+             "try:\n"
+             "    sqlite3.connect(sys.argv[1], timeout=0).execute('SELECT * FROM t').fetchall()\n"
+             "except sqlite3.OperationalError as e:\n"
+             "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(db)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "locked" in out  # the lock held: another process cannot read
+    holder.execute("ROLLBACK")
+    holder.close()
+    (tmp_path / "new").mkdir()
+    _prepare_sqlite_file(str(tmp_path / "new" / "n.db"))
+    assert (tmp_path / "new" / "n.db").stat().st_mode & 0o777 == 0o600
