@@ -21,15 +21,14 @@ from sqlalchemy import func, select
 
 from governor.cgroupfs import parse
 from governor.failpoint import ENV
-from governor.store.db import upgrade
 from governor.store.models import Group, HourlyRollup, IntervalUsageRow, Sample, SampleIo
 from tests.kernel.test_daemon_kernel import (
     BURN,
     POLICY,
     Gov,
     billed,
+    daemon_setup,
     engine,
-    free_port,
     in_group,
     kernel_counter,
     raw,
@@ -63,23 +62,8 @@ KILL_PASS = 6
 @pytest.fixture
 def gov(scratch_subtree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gov]:
     monkeypatch.delenv(ENV, raising=False)
-    pol = tmp_path / "policy.toml"
-    pol.write_text(POLICY)
-    db = f"sqlite:///{tmp_path}/g.db"
-    upgrade(db)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        f'[governor]\ncgroup_root = "/sys/fs/cgroup"\nsubtree = "{scratch_subtree.name}"\n'
-        f'policy = "{pol}"\nstate_dir = "{tmp_path}/state"\nnode = "vm"\n'
-        f'[database]\nurl = "{db}"\n[exporter]\nlisten = "127.0.0.1:{free_port()}"\n')
-    g = Gov(scratch_subtree, cfg, tmp_path / "daemon.log", db)
-    g.log.write_text("")
-    try:
+    with daemon_setup(scratch_subtree, tmp_path) as g:
         yield g
-    finally:
-        if g.proc is not None and g.proc.poll() is None:
-            g.proc.kill()
-            g.proc.wait()
 
 
 def dd(sub: Path, mib: int) -> subprocess.Popen[bytes]:

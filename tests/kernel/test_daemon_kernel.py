@@ -4,6 +4,7 @@ agree with the kernel's counters (CPU, memory, IO), across a SIGKILL and a re-cr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -86,6 +87,14 @@ class Gov:
 
 @pytest.fixture
 def gov(scratch_subtree: Path, tmp_path: Path) -> Iterator[Gov]:
+    with daemon_setup(scratch_subtree, tmp_path) as g:
+        yield g
+
+
+@contextlib.contextmanager
+def daemon_setup(scratch_subtree: Path, tmp_path: Path) -> Iterator[Gov]:
+    """POLICY, an upgraded SQLite database and a config for ``governor run`` on the scratch
+    subtree; a daemon still running at the end is killed."""
     pol = tmp_path / "policy.toml"
     pol.write_text(POLICY)
     db = f"sqlite:///{tmp_path}/g.db"
