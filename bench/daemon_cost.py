@@ -26,17 +26,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from daemonproc import free_port, usage, wait_until
+
 ROOT = Path("/sys/fs/cgroup")
 SUBTREE = "cost"
 REPO = Path(__file__).resolve().parents[1]
-TCK = os.sysconf("SC_CLK_TCK")
 
 SAMPLER_ALONE = """
 import sys, time
@@ -65,16 +65,6 @@ def policy(groups: int) -> str:
     return "\n".join(out)
 
 
-def usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds of the whole process, RSS KiB)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-    return (int(f[11]) + int(f[12])) / TCK, rss
-
-
 def measure(pid: int, seconds: float, interval: float) -> tuple[float, float, int]:
     """CPU share of one core, mean RSS MiB, max RSS KiB over ``seconds``."""
     c0, _ = usage(pid)
@@ -86,21 +76,6 @@ def measure(pid: int, seconds: float, interval: float) -> tuple[float, float, in
     c1, _ = usage(pid)
     wall = time.monotonic() - t0
     return (c1 - c0) / wall, sum(rss) / len(rss) / 1024, max(rss)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"daemon_cost: timed out after {timeout:.0f} s waiting for {what}")
 
 
 def main() -> int:
@@ -132,7 +107,7 @@ def main() -> int:
                               "--sample-interval", f"{args.interval:g}s"],
                              stderr=logf, cwd=REPO)
     wait_until(lambda: "governor running" in log.read_text() or d.poll() is not None, 900,
-               "the daemon to start")
+               "the daemon to start", step=0.5)
     if d.poll() is not None:
         print(log.read_text()[-3000:])
         return 1

@@ -38,13 +38,13 @@ import argparse
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from daemonproc import free_port, usage, wait_until
 from sqlalchemy import create_engine, func, select
 
 from governor.cgroupfs import parse
@@ -106,23 +106,6 @@ def procs_of(rel: str) -> list[int]:
     return [int(x) for x in p.read_text().split()] if p.exists() else []
 
 
-def proc_status(pid: int) -> tuple[int, float]:
-    """(RSS in KiB, CPU seconds) of ``pid``."""
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tck = os.sysconf("SC_CLK_TCK")
-    return rss, (int(f[11]) + int(f[12])) / tck
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def in_group(rel: str, argv: list[str]) -> subprocess.Popen[bytes]:
     procs = str(ROOT / SUBTREE / rel / "cgroup.procs")
 
@@ -131,15 +114,6 @@ def in_group(rel: str, argv: list[str]) -> subprocess.Popen[bytes]:
             f.write(str(os.getpid()))
 
     return subprocess.Popen(argv, preexec_fn=pre, stdout=subprocess.DEVNULL)  # noqa: PLW1509
-
-
-def wait_until(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"soak: timed out after {timeout:.0f} s waiting for {what}")
 
 
 def main() -> int:
@@ -200,7 +174,7 @@ def main() -> int:
             print("soak: the daemon died:\n" + log.read_text()[-3000:])
             return 1
         if now >= next_read:
-            r, c = proc_status(daemon.pid)
+            c, r = usage(daemon.pid)
             rss.append((now - started, r, c))
             print(f"soak: t={now - started:6.0f} s  rss={r / 1024:6.1f} MiB  cpu={c:7.1f} s  "
                   f"spawned={spawned} kills={kills} reloads={reloads}", flush=True)
@@ -249,7 +223,7 @@ def main() -> int:
     groups = [*BASE, *([f"b/eph-{eph}"] if eph is not None else [])]
     wait_until(lambda: not any(procs_of(g) for g in groups), 60, "every group empty")
     time.sleep(2.5 * args.interval)
-    r, c = proc_status(daemon.pid)
+    c, r = usage(daemon.pid)
     rss.append((time.monotonic() - started, r, c))
     ran = time.monotonic() - started
     daemon.send_signal(signal.SIGTERM)
