@@ -147,8 +147,8 @@ def run_load(target: str, rate: float, count: int, lifetime: float,
     summary: list[int] = []
     for line in out.splitlines():
         if line.startswith("P "):
-            lat.append(int(line[2:]) / 1e6)
-        elif line == "M":
+            lat.append(int(line.split()[1]) / 1e6)
+        elif line.startswith("M"):
             misses += 1
         elif line.startswith("S "):
             summary = [int(x) for x in line.split()[1:]]

@@ -27,8 +27,8 @@
  * zombie keeps its cgroup) before it is reaped.  A child never seen in TARGET is a miss.
  *
  * Output, one line per child then a summary (times in nanoseconds):
- *   P LATENCY        placed
- *   M                never seen in TARGET while alive (a miss)
+ *   P LATENCY T0     placed (T0: when its spawn returned, from the first spawn)
+ *   M T0             never seen in TARGET while alive (a miss)
  *   S SPAWNED ELAPSED PASSES PASS_TOTAL SPAWN_TOTAL MAX_LATE
  * ELAPSED runs from the first spawn to the last; PASS_TOTAL / PASSES is the mean poll pass
  * (the resolution of the measurement); SPAWN_TOTAL the time spent in posix_spawn;
@@ -204,9 +204,9 @@ int main(int argc, char **argv) {
         ;
     for (long i = 0; i < count; i++) {
         if (kids[i].latency >= 0)
-            printf("P %lld\n", (long long)kids[i].latency);
+            printf("P %lld %lld\n", (long long)kids[i].latency, (long long)(kids[i].t0 - start));
         else
-            printf("M\n");
+            printf("M %lld\n", (long long)(kids[i].t0 - start));
     }
     printf("S %ld %lld %ld %lld %lld %lld\n", spawned, (long long)(last_spawn - start), passes,
            (long long)pass_total, (long long)spawn_total, (long long)max_late);

@@ -990,6 +990,313 @@ fail:
     return NULL;
 }
 
+/* ---- procfs: placement's reads on every exec event --------------------------------------
+ *
+ * Exact equivalents of governor.placement.procfs's pure-Python readers (the fallback;
+ * tests/unit/test_fastread.py compares both on the same files).  Each takes the file's
+ * path and returns None when the process is gone (ENOENT or ESRCH at open or read, or an
+ * empty stat), raises OSError for any other errno, ValueError for text not in the
+ * kernel's layout.  The GIL is kept: a procfs read takes microseconds. */
+
+/* one open/read/close into buf; returns the length, -2 gone, -1 other error (errno) */
+static ssize_t proc_slurp(const char *path, char *buf, size_t cap) {
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH ? -2 : -1;
+    ssize_t n;
+    do
+        n = read(fd, buf, cap);
+    while (n < 0 && errno == EINTR);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    if (n < 0)
+        return errno == ENOENT || errno == ESRCH ? -2 : -1;
+    return n;
+}
+
+static PyObject *path_error(PyObject *path) {
+    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+    return NULL;
+}
+
+/* a signed decimal field of stat (ppid, flags, ...), whitespace-delimited */
+static int stat_field(const char **q, const char *end, long long *out) {
+    const char *p = *q;
+    while (p < end && (*p == ' ' || *p == '\n'))
+        p++;
+    int neg = 0;
+    if (p < end && *p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p >= end || *p < '0' || *p > '9')
+        return -1;
+    unsigned long long v = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (unsigned long long)(*p - '0');
+    if (p < end && *p != ' ' && *p != '\n')
+        return -1;
+    *out = neg ? -(long long)v : (long long)v;
+    *q = p;
+    return 0;
+}
+
+static int skip_field(const char **q, const char *end) {
+    const char *p = *q;
+    while (p < end && (*p == ' ' || *p == '\n'))
+        p++;
+    if (p >= end)
+        return -1;
+    while (p < end && *p != ' ' && *p != '\n')
+        p++;
+    *q = p;
+    return 0;
+}
+
+/* proc_stat(path) -> (comm, state, ppid, flags, starttime, num_threads) | None:
+ * parse_stat's fields (comm between the first "(" and the last ")") */
+static PyObject *proc_stat(PyObject *self, PyObject *arg) {
+    char buf[4096];
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    ssize_t n = proc_slurp(path, buf, sizeof buf);
+    if (n == -1)
+        return path_error(arg);
+    if (n == -2 || n == 0)
+        Py_RETURN_NONE;
+    const char *end = buf + n;
+    const char *open_ = memchr(buf, '(', (size_t)n);
+    const char *close_ = NULL;
+    for (const char *p = end - 1; p >= buf; p--)
+        if (*p == ')') {
+            close_ = p;
+            break;
+        }
+    if (open_ == NULL || close_ == NULL || close_ < open_ || close_ + 2 > end)
+        goto bad;
+    const char *q = close_ + 2;
+    while (q < end && *q == ' ')
+        q++;
+    const char *st = q;
+    while (q < end && *q != ' ' && *q != '\n')
+        q++;
+    if (q == st)
+        goto bad;
+    PyObject *state = PyUnicode_DecodeUTF8(st, q - st, "surrogateescape");
+    if (state == NULL)
+        return NULL;
+    long long ppid, flags, nthreads, starttime;
+    /* fields after state: 4 ppid, 5-8 skipped, 9 flags, 10-19, 20 num_threads, 21, 22 */
+    int bad = stat_field(&q, end, &ppid);
+    for (int i = 5; !bad && i <= 8; i++)
+        bad = skip_field(&q, end);
+    bad = bad || stat_field(&q, end, &flags);
+    for (int i = 10; !bad && i <= 19; i++)
+        bad = skip_field(&q, end);
+    bad = bad || stat_field(&q, end, &nthreads) || skip_field(&q, end) ||
+          stat_field(&q, end, &starttime);
+    if (bad) {
+        Py_DECREF(state);
+        goto bad;
+    }
+    PyObject *comm = PyUnicode_DecodeUTF8(open_ + 1, close_ - open_ - 1, "surrogateescape");
+    if (comm == NULL) {
+        Py_DECREF(state);
+        return NULL;
+    }
+    return Py_BuildValue("(NNLLLL)", comm, state, ppid, flags, starttime, nthreads);
+bad:
+    PyErr_Format(PyExc_ValueError, "%U: not the kernel's stat layout: %.200s", arg, buf);
+    return NULL;
+}
+
+/* proc_cgroup(path) -> the path of the "0::" line, None when there is none, False when
+ * the process is gone */
+static PyObject *proc_cgroup(PyObject *self, PyObject *arg) {
+    char buf[8192];
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    ssize_t n = proc_slurp(path, buf, sizeof buf);
+    if (n == -1)
+        return path_error(arg);
+    if (n == -2)
+        Py_RETURN_FALSE;
+    const char *end = buf + n;
+    for (const char *line = buf; line < end;) {
+        const char *nl = memchr(line, '\n', (size_t)(end - line));
+        const char *le = nl != NULL ? nl : end;
+        if (le - line >= 3 && memcmp(line, "0::", 3) == 0)
+            return PyUnicode_DecodeUTF8(line + 3, le - line - 3, "surrogateescape");
+        line = nl != NULL ? nl + 1 : end;
+    }
+    Py_RETURN_NONE;
+}
+
+/* proc_children(path) -> [pid, ...] of task/TID/children | None when gone */
+static PyObject *proc_children(PyObject *self, PyObject *arg) {
+    char buf[65536];
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    ssize_t n = proc_slurp(path, buf, sizeof buf);
+    if (n == -1)
+        return path_error(arg);
+    if (n == -2)
+        Py_RETURN_NONE;
+    if ((size_t)n == sizeof buf) /* more than 9,000 children: the caller reads it all */
+        return PyLong_FromLong(-1);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    const char *q = buf, *end = buf + n;
+    for (;;) {
+        while (q < end && (*q == ' ' || *q == '\n'))
+            q++;
+        if (q >= end)
+            break;
+        long long v;
+        if (stat_field(&q, end, &v) < 0) {
+            Py_DECREF(out);
+            PyErr_Format(PyExc_ValueError, "%U: not a list of pids", arg);
+            return NULL;
+        }
+        PyObject *o = PyLong_FromLongLong(v);
+        if (o == NULL || PyList_Append(out, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return out;
+}
+
+/* proc_ns(path) -> N of the link "pid:[N]" (a namespace's inode) | None when gone */
+static PyObject *proc_ns(PyObject *self, PyObject *arg) {
+    char buf[256];
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    ssize_t n = readlink(path, buf, sizeof buf - 1);
+    if (n < 0) {
+        if (errno == ENOENT || errno == ESRCH)
+            Py_RETURN_NONE;
+        return path_error(arg);
+    }
+    buf[n] = 0;
+    const char *l = strchr(buf, '['), *r = strrchr(buf, ']');
+    if (l == NULL || r == NULL || r <= l + 1) {
+        PyErr_Format(PyExc_ValueError, "%U: not a namespace link: %s", arg, buf);
+        return NULL;
+    }
+    unsigned long long v = 0;
+    for (const char *p = l + 1; p < r; p++) {
+        if (*p < '0' || *p > '9') {
+            PyErr_Format(PyExc_ValueError, "%U: not a namespace link: %s", arg, buf);
+            return NULL;
+        }
+        v = v * 10 + (unsigned long long)(*p - '0');
+    }
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+/* ---- netlink: the process connector's datagrams ------------------------------------------
+ *
+ * proc_events(data, cls) -> [cls(what, pid, tgid, ppid, ptgid, a, b, timestamp_ns), ...]:
+ * governor.placement.netlink.parse_messages in C (the same messages skipped, the same
+ * fields; tests/unit/test_fastread.py compares them).  cls is ProcEvent, a tuple subclass
+ * made here without its Python constructor.  Layouts: see netlink.py. */
+static PyObject *proc_events(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    PyObject *cls;
+    if (!PyArg_ParseTuple(args, "y*O", &b, &cls))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_TypeError, "proc_events: cls must be a tuple subclass");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    const unsigned char *buf = b.buf;
+    Py_ssize_t len = b.len, off = 0;
+    while (len - off >= 16) {
+        uint32_t mlen;
+        uint16_t mtype;
+        memcpy(&mlen, buf + off, 4);
+        memcpy(&mtype, buf + off + 4, 2);
+        if (mlen < 16 || off + (Py_ssize_t)mlen > len)
+            break;
+        if (mtype != 1 && mtype != 2 && (Py_ssize_t)mlen >= 52) { /* not NOOP, not ERROR */
+            const unsigned char *m = buf + off;
+            uint32_t idx, val, what, u[4] = {0, 0, 0, 0};
+            uint64_t ts;
+            memcpy(&idx, m + 16, 4);
+            memcpy(&val, m + 20, 4);
+            if (idx == 1 && val == 1) { /* CN_IDX_PROC, CN_VAL_PROC */
+                memcpy(&what, m + 36, 4);
+                memcpy(&ts, m + 44, 8);
+                unsigned long long f[8] = {what, 0, 0, 0, 0, 0, 0, ts};
+                int ok = 1;
+                if (what == 0x1) { /* fork: parent pid, tgid, child pid, tgid */
+                    ok = mlen >= 68;
+                    if (ok) {
+                        memcpy(u, m + 52, 16);
+                        f[1] = u[2], f[2] = u[3], f[3] = u[0], f[4] = u[1];
+                    }
+                } else if (what == 0x4 || what == 0x40 || what == 0x80000000u) {
+                    ok = mlen >= 68; /* uid, gid, exit: pid, tgid, a, b */
+                    if (ok) {
+                        memcpy(u, m + 52, 16);
+                        f[1] = u[0], f[2] = u[1], f[5] = u[2], f[6] = u[3];
+                    }
+                } else if (what != 0) { /* exec, sid, ptrace, comm, coredump: pid, tgid */
+                    ok = mlen >= 60;
+                    if (ok) {
+                        memcpy(u, m + 52, 8);
+                        f[1] = u[0], f[2] = u[1];
+                    }
+                }
+                if (!ok) { /* a truncated proc_event is skipped, as parse_event does */
+                    off += (mlen + 3) & ~3u;
+                    continue;
+                }
+                PyObject *t = Py_BuildValue("(KKKKKKKK)", f[0], f[1], f[2], f[3], f[4], f[5],
+                                            f[6], f[7]);
+                if (t == NULL)
+                    goto fail;
+                PyObject *targs = PyTuple_Pack(1, t);
+                Py_DECREF(t);
+                if (targs == NULL)
+                    goto fail;
+                PyObject *ev = PyTuple_Type.tp_new((PyTypeObject *)cls, targs, NULL);
+                Py_DECREF(targs);
+                if (ev == NULL || PyList_Append(out, ev) < 0) {
+                    Py_XDECREF(ev);
+                    goto fail;
+                }
+                Py_DECREF(ev);
+            }
+        }
+        off += (mlen + 3) & ~3u;
+    }
+    PyBuffer_Release(&b);
+    return out;
+fail:
+    PyBuffer_Release(&b);
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* ---- configure -------------------------------------------------------------------------- */
 
 static int descriptors(PyTypeObject *type, PyObject *names, PyObject **out, int max, int *n) {
@@ -1120,6 +1427,15 @@ static PyMethodDef methods[] = {
      "sample_groups(paths, start, groups, prefix, latest, created, births, node, started, "
      "t0, samples, hook) -> index of the first group left to the caller"},
     {"subdirs", subdirs, METH_O, "subdirs(dirfd) -> sorted names of the sub-directories"},
+    {"proc_stat", proc_stat, METH_O,
+     "proc_stat(path) -> (comm, state, ppid, flags, starttime, num_threads) | None (gone)"},
+    {"proc_cgroup", proc_cgroup, METH_O,
+     "proc_cgroup(path) -> the 0:: line's path | None (no such line) | False (gone)"},
+    {"proc_events", proc_events, METH_VARARGS,
+     "proc_events(data, cls) -> [cls(what, pid, tgid, ppid, ptgid, a, b, timestamp_ns)]"},
+    {"proc_children", proc_children, METH_O,
+     "proc_children(path) -> [pid, ...] | None (gone) | -1 (too long: read it in Python)"},
+    {"proc_ns", proc_ns, METH_O, "proc_ns(path) -> the namespace link's inode | None (gone)"},
     {"to_sample", to_sample, METH_VARARGS,
      "to_sample(st, node, path, started, t0, mono, created) -> GroupSample"},
     {NULL, NULL, 0, NULL},

@@ -27,7 +27,16 @@ import errno
 import os
 import socket
 import struct
+import types
 from typing import Final, NamedTuple
+
+_c: types.ModuleType | None
+try:  # the optional C accelerator (governor/cgroupfs/_fastread.c)
+    from governor.cgroupfs import _fastread as _c
+except ImportError:
+    _c = None
+if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
+    _c = None
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
@@ -92,10 +101,12 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse_event(buf: bytes, off: int = 0) -> ProcEvent | None:
-    """The proc_event in the connector message at ``off`` (a netlink header first);
-    None for messages that are not process events or are too short."""
-    if len(buf) - off < _DATA:
+def parse_event(buf: bytes, off: int = 0, end: int | None = None) -> ProcEvent | None:
+    """The proc_event in the connector message at ``off`` (a netlink header first) that
+    ends at ``end`` (default: the end of ``buf``); None for messages that are not process
+    events or are too short."""
+    size = (len(buf) if end is None else end) - off
+    if size < _DATA:
         return None
     idx, val = TWO_U32.unpack_from(buf, off + NLMSGHDR.size)
     if idx != CN_IDX_PROC or val != CN_VAL_PROC:
@@ -103,19 +114,34 @@ def parse_event(buf: bytes, off: int = 0) -> ProcEvent | None:
     what, _cpu, ts = EVENT_HEADER.unpack_from(buf, off + _HDRS)
     d = off + _DATA
     if what == PROC_EVENT_FORK:
+        if size < _DATA + 16:
+            return None
         ppid, ptgid, pid, tgid = FOUR_U32.unpack_from(buf, d)
         return ProcEvent(what, pid, tgid, ppid, ptgid, timestamp_ns=ts)
     if what in (PROC_EVENT_UID, PROC_EVENT_GID, PROC_EVENT_EXIT):
+        if size < _DATA + 16:
+            return None
         pid, tgid, a, b = FOUR_U32.unpack_from(buf, d)
         return ProcEvent(what, pid, tgid, a=a, b=b, timestamp_ns=ts)
     if what == PROC_EVENT_NONE:
         return ProcEvent(what, 0, 0, timestamp_ns=ts)
+    if size < _DATA + 8:
+        return None
     pid, tgid = TWO_U32.unpack_from(buf, d)  # exec, sid, ptrace, comm, coredump
     return ProcEvent(what, pid, tgid, timestamp_ns=ts)
 
 
 def parse_messages(buf: bytes) -> list[ProcEvent]:
-    """Every process event in one datagram (usually one; the kernel may batch)."""
+    """Every process event in one datagram (usually one; the kernel may batch).  The C
+    accelerator's ``proc_events`` when built (same result: tests/unit/test_fastread.py)."""
+    if _c is not None:
+        events: list[ProcEvent] = _c.proc_events(buf, ProcEvent)
+        return events
+    return parse_messages_py(buf)
+
+
+def parse_messages_py(buf: bytes) -> list[ProcEvent]:
+    """:func:`parse_messages` in Python (the fallback)."""
     out: list[ProcEvent] = []
     off = 0
     while len(buf) - off >= NLMSGHDR.size:
@@ -123,7 +149,7 @@ def parse_messages(buf: bytes) -> list[ProcEvent]:
         if length < NLMSGHDR.size or off + length > len(buf):
             break
         if mtype not in (NLMSG_NOOP, NLMSG_ERROR):
-            ev = parse_event(buf[off:off + length])
+            ev = parse_event(buf, off, off + length)
             if ev is not None:
                 out.append(ev)
         off += _align(length)
@@ -155,16 +181,22 @@ class Connector:
             self.sock.bind((0, CN_IDX_PROC))
             self.port = self.sock.getsockname()[0]
             self.sock.send(control_message(PROC_CN_MCAST_LISTEN, port=self.port))
-            self.sock.settimeout(timeout)
+            # the timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: one recv(2)
+            # per datagram, where Python's own socket timeout costs a poll(2) before each
+            if timeout is not None:
+                sec = int(timeout)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                     struct.pack("@ll", sec, int((timeout - sec) * 1e6)))
         except BaseException:
             self.sock.close()
             raise
 
     def receive(self) -> list[ProcEvent]:
-        """The events of the next datagram ([] on timeout); :class:`Overflow` on ENOBUFS."""
+        """The events of the next datagram ([] when the timeout passes with none);
+        :class:`Overflow` on ENOBUFS."""
         try:
             data = self.sock.recv(65536)
-        except TimeoutError:
+        except BlockingIOError:  # SO_RCVTIMEO expired
             return []
         except OSError as e:
             if e.errno == errno.ENOBUFS:

@@ -14,11 +14,13 @@ Decisions (docs/placement.md has the user's version):
 * **Never moved**: kernel threads (PF_KTHREAD, or kthreadd's pid 2 and its children), the
   governor itself, and processes whose cgroup matches an exclusion glob (unless the rule
   that matches them names a ``cgroup``).
-* **Races**: the start time read when classifying is compared again just before the write
-  (a reused pid is not moved); ESRCH on the write means the process exited (counted as
-  ``gone``); EINVAL for a task still being created is retried by :func:`tree.move`; children
-  a process forks while it is being moved are followed: its children still in its old
-  cgroup are moved after it, and fork events of a recently moved parent are checked.
+* **Races**: a process is held by a pidfd before anything about it is read, and the write
+  happens only while that pidfd says it has not exited (so its pid cannot have been
+  reused; without pidfds the start time is read again and compared); ESRCH on the write
+  means the process exited (counted as ``gone``); EINVAL for a task still being created
+  is retried by :func:`tree.move`; children a process forks while it is being moved are
+  followed: its children still in its old cgroup are moved after it, and fork events of
+  a recently moved parent are checked.
 """
 
 from __future__ import annotations
@@ -218,29 +220,30 @@ class Placer:
         """Decide and place one process; returns the result counted (None: no decision)."""
         if pid in (self.self_pid, KTHREADD_PID):
             return None
-        p = Proc(self.proc_root, pid)
-        try:
-            st = p.stat()
-            if st.kthread or st.ppid == KTHREADD_PID:
-                return None
-            ns = p.pidns()
-            if ns != self.host_ns:
-                target = self._container_target(p, ns)
-                if target is None:
+        with Proc(self.proc_root, pid) as p:
+            try:
+                p.pin()  # before the first read: the move checks it is still this process
+                st = p.stat()
+                if st.kthread or st.ppid == KTHREADD_PID:
                     return None
-                return self._place(p, target, st.starttime, count_noop=count_noop)
-            # a process no rule matches is left alone wherever it is: its cgroup is read
-            # only when a rule needs it (most exec events end here)
-            first = self.rules.first(p, self.cv)
-            if first is None:
+                ns = p.pidns()
+                if ns != self.host_ns:
+                    target = self._container_target(p, ns)
+                    if target is None:
+                        return None
+                    return self._place(p, target, st.starttime, count_noop=count_noop)
+                # a process no rule matches is left alone wherever it is: its cgroup is
+                # read only when a rule needs it (most exec events end here)
+                first = self.rules.first(p, self.cv)
+                if first is None:
+                    return None
+                rule = self._choose(p, p.cached_cgroup(), exec_=exec_,
+                                    count_noop=count_noop, first=first)
+                if rule is None:
+                    return None
+                return self._place(p, rule.target, st.starttime, count_noop=count_noop)
+            except ProcessGone:
                 return None
-            rule = self._choose(p, p.cached_cgroup(), exec_=exec_, count_noop=count_noop,
-                                first=first)
-            if rule is None:
-                return None
-            return self._place(p, rule.target, st.starttime, count_noop=count_noop)
-        except ProcessGone:
-            return None
 
     def _place(self, p: Proc, target: str, starttime: int, *, count_noop: bool,
                depth: int = 0) -> str | None:
@@ -256,21 +259,18 @@ class Placer:
         if result == "moved" and depth < 8:
             # children forked before (or while) the parent moved stay with it
             for child in p.children():
-                cp = Proc(self.proc_root, child)
-                try:
-                    if cp.cgroup() == old and not cp.stat().kthread:
-                        self._place(cp, target, cp.stat().starttime, count_noop=False,
-                                    depth=depth + 1)
-                except ProcessGone:
-                    continue
+                with Proc(self.proc_root, child) as cp:
+                    try:
+                        cp.pin()
+                        if cp.cgroup() == old and not cp.stat().kthread:
+                            self._place(cp, target, cp.stat().starttime, count_noop=False,
+                                        depth=depth + 1)
+                    except ProcessGone:
+                        continue
         return result
 
     def _move(self, pid: int, target: str, starttime: int, p: Proc) -> str:
-        try:
-            if p.fresh_starttime() != starttime:  # the pid was reused since we looked
-                self._count("gone")
-                return "gone"
-        except ProcessGone:
+        if not p.same_process(starttime):  # it exited (its pid may be reused) since we read
             self._count("gone")
             return "gone"
         try:
@@ -299,25 +299,29 @@ class Placer:
     def _on_fork(self, parent: int, child: int) -> None:
         recent = self._recent.get(parent)
         if recent is not None and time.monotonic() - recent[1] < FOLLOW_WINDOW:
-            p = Proc(self.proc_root, child)
-            try:
-                st = p.stat()
-                p.cgroup()
-                self._place(p, recent[0], st.starttime, count_noop=False)
-            except ProcessGone:
-                pass
+            with Proc(self.proc_root, child) as p:
+                try:
+                    p.pin()
+                    st = p.stat()
+                    p.cgroup()
+                    self._place(p, recent[0], st.starttime, count_noop=False)
+                except ProcessGone:
+                    pass
             return
         if child == self.self_pid:
             return
-        p = Proc(self.proc_root, child)
         try:
-            ns = p.pidns()
+            ns = Proc(self.proc_root, child).pidns()
             if ns == self.host_ns:
                 return  # the kernel already put the child in its parent's group
-            target = self._container_target(p, ns)
-            if target is not None:
-                p.cgroup()
-                self._place(p, target, p.stat().starttime, count_noop=True)
+            with Proc(self.proc_root, child) as p:  # pinned, then looked at again
+                p.pin()
+                if p.pidns() != ns:
+                    return
+                target = self._container_target(p, ns)
+                if target is not None:
+                    p.cgroup()
+                    self._place(p, target, p.stat().starttime, count_noop=True)
         except ProcessGone:
             pass
 

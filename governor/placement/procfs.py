@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import types
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
+
+_c: types.ModuleType | None
+try:  # the optional C accelerator (governor/cgroupfs/_fastread.c): the reads of every exec
+    from governor.cgroupfs import _fastread as _c
+except ImportError:
+    _c = None
+if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
+    _c = None
+#: are the per-exec reads done by the C accelerator?
+ACCELERATED: Final = _c is not None
 
 #: task flag of kernel threads (include/linux/sched.h PF_KTHREAD), /proc/PID/stat field 9
 PF_KTHREAD: Final = 0x00200000
@@ -29,9 +41,9 @@ class ProcessGone(Exception):
         super().__init__(f"process {pid} is gone")
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """The fields of ``/proc/PID/stat`` placement uses."""
+class Stat(NamedTuple):
+    """The fields of ``/proc/PID/stat`` placement uses (a tuple: made on every exec
+    event, from the C reader's tuple without a Python-level constructor)."""
 
     comm: str
     state: str
@@ -121,12 +133,14 @@ class Proc:
     ``/proc/PID/comm``.
     """
 
-    __slots__ = ("_cgroup", "_cmdline", "_comm", "_exe", "_pidns", "_stat", "_status",
-                 "base", "pid")
+    __slots__ = ("_cgroup", "_cmdline", "_comm", "_exe", "_pidfd", "_pidns", "_stat",
+                 "_status", "base", "pid", "root")
 
     def __init__(self, root: str, pid: int) -> None:
         self.pid = pid
+        self.root = root
         self.base = f"{root}/{pid}"
+        self._pidfd: int | None = None  # set by pin(); -1: pinning unavailable
         self._stat: Stat | None = None
         self._status: Status | None = None
         self._cgroup: str | None = None
@@ -162,17 +176,72 @@ class Proc:
         finally:
             os.close(fd)
 
+    # -- identity ------------------------------------------------------------------------
+    def pin(self) -> None:
+        """Hold the process by a pidfd (Linux 5.3+, ``pidfd_open``) before anything about
+        it is read: as long as that process has not exited its pid cannot be reused, so
+        :meth:`same_process` is then one ``poll`` instead of a second read of ``stat``.
+        Only for the live ``/proc`` (a pidfd names a process of the running kernel); a
+        kernel or sandbox without pidfds falls back to comparing start times."""
+        if self._pidfd is not None:
+            return
+        if self.root != "/proc":
+            self._pidfd = -1
+            return
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessGone(self.pid) from e
+            self._pidfd = -1  # ENOSYS (old kernel), EPERM (seccomp), EINVAL (a thread)
+
+    def same_process(self, starttime: int) -> bool:
+        """Is ``pid`` still the process that was read (started at ``starttime``)?  Checked
+        just before a move: the process read may have exited and its pid been reused.
+        With a pin: its pidfd is not readable (the process has not exited, so the pid is
+        still its own); else the start time in ``stat`` is read again and compared."""
+        fd = self._pidfd
+        if fd is not None and fd >= 0:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return not poller.poll(0)
+        try:
+            return self.fresh_starttime() == starttime
+        except ProcessGone:
+            return False
+
+    def close(self) -> None:
+        """Release the pin (the cached facts stay readable)."""
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None and fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- facts -----------------------------------------------------------------------------
+    def _read_stat(self) -> Stat:
+        if _c is not None:
+            t = _c.proc_stat(f"{self.base}/stat")
+            if t is None:
+                raise ProcessGone(self.pid)
+            return tuple.__new__(Stat, t)
+        data = self._read("stat")
+        if not data:  # a zombie being reaped reads empty on some kernels
+            raise ProcessGone(self.pid)
+        return parse_stat(data.decode("utf-8", "surrogateescape"))
+
     def stat(self) -> Stat:
         if self._stat is None:
-            data = self._read("stat")
-            if not data:  # a zombie being reaped reads empty on some kernels
-                raise ProcessGone(self.pid)
-            self._stat = parse_stat(data.decode("utf-8", "surrogateescape"))
+            self._stat = self._read_stat()
         return self._stat
 
     def fresh_starttime(self) -> int:
         """The start time read again now (pid-reuse check just before a move)."""
-        return parse_stat(self._read("stat").decode("utf-8", "surrogateescape")).starttime
+        return self._read_stat().starttime
 
     def status(self) -> Status:
         if self._status is None:
@@ -181,8 +250,15 @@ class Proc:
         return self._status
 
     def cgroup(self) -> str:
-        """The cgroup v2 path, fresh each call (it is what moves change)."""
-        path = parse_cgroup(self._read("cgroup").decode("utf-8", "surrogateescape"))
+        """The cgroup v2 path, fresh each call (it is what moves change); "" when the
+        file has no ``0::`` line."""
+        if _c is not None:
+            got = _c.proc_cgroup(f"{self.base}/cgroup")
+            if got is False:
+                raise ProcessGone(self.pid)
+            path = got
+        else:
+            path = parse_cgroup(self._read("cgroup").decode("utf-8", "surrogateescape"))
         self._cgroup = path if path is not None else ""
         return self._cgroup
 
@@ -219,6 +295,12 @@ class Proc:
 
     def pidns(self) -> int:
         if self._pidns is None:
+            if _c is not None:
+                ino: int | None = _c.proc_ns(f"{self.base}/ns/pid")
+                if ino is None:
+                    raise ProcessGone(self.pid)
+                self._pidns = ino
+                return ino
             try:
                 self._pidns = parse_ns_link(os.readlink(f"{self.base}/ns/pid"))
             except OSError as e:
@@ -243,6 +325,13 @@ class Proc:
                     return out
                 raise
         for tid in tids:
+            if _c is not None:
+                kids = _c.proc_children(f"{self.base}/task/{tid}/children")
+                if kids is None:  # the thread (or the process) exited meanwhile
+                    continue
+                if kids != -1:
+                    out.extend(kids)
+                    continue
             try:
                 out.extend(int(x) for x in self._read(f"task/{tid}/children").split())
             except ProcessGone:  # the thread (or the process) exited meanwhile

@@ -8,6 +8,7 @@ saying so, when the extension is not built.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from governor.cgroupfs.parse import Psi, PsiLine
 from governor.cgroupfs.reader import ACCELERATED, FAST_FILES, GroupStats, StatReader
 from governor.metering.sampler import C_TO_SAMPLE, Sampler, to_sample_at
 from tests.unit.cgroupfs_fake import LEAF_FILES, create_child
+from tests.unit.procfs_fake import REAL_KTHREAD_STAT, REAL_STAT, add_process, new_proc
 
 pytestmark = pytest.mark.skipif(
     not ACCELERATED, reason="governor.cgroupfs._fastread not in use (not built: pip install -e .; "
@@ -322,3 +324,119 @@ def test_subdirs_lists_what_scandir_lists(tmp_path: Path) -> None:
             scandir_subdirs(fd)
     finally:
         os.close(fd)
+
+
+# -- placement's procfs readers ------------------------------------------------------------
+#: (file, content): real kernel output, then odd and broken text; both readers must give the
+#: same value, ProcessGone or error class
+PROC_CASES = [
+    ("stat", REAL_STAT),
+    ("stat", REAL_KTHREAD_STAT),
+    ("stat", REAL_STAT.replace("(cat)", "(a) b (c))")),      # a comm with ") " inside
+    ("stat", REAL_STAT.replace("(cat)", "()")),
+    ("stat", REAL_STAT.replace("(cat)", "(caté\udcff)".encode("utf-8", "surrogateescape")
+                               .decode("utf-8", "surrogateescape"))),
+    ("stat", REAL_STAT.rstrip("\n")),                         # no newline
+    ("stat", REAL_STAT.replace(" 10796 10796 ", " -1 10796 ", 1)),  # negative field
+    ("stat", ""),                                             # a zombie being reaped: gone
+    ("stat", "10801 (cat) R 10796\n"),                        # truncated: error
+    ("stat", "10801 cat R 10796\n"),                          # no parentheses: error
+    ("stat", REAL_STAT.replace(" 4194304 ", " 41x4304 ", 1)),  # not a number: error
+    ("cgroup", "0::/gov/t/web\n"),
+    ("cgroup", "0::/\n"),
+    ("cgroup", "12:pids:/user.slice\n1:name=systemd:/user.slice\n0::/user.slice/x.scope\n"),
+    ("cgroup", "12:pids:/user.slice\n1:name=systemd:/user.slice\n"),  # v1 only: no 0:: line
+    ("cgroup", ""),
+    ("cgroup", "0::/with space/and\u00e9\n"),
+    ("cgroup", "0::/no-newline"),
+    ("task/50/children", "51 52 "),
+    ("task/50/children", ""),
+    ("task/50/children", "51"),
+    ("task/50/children", " ".join(str(p) for p in range(100000, 112000)) + " "),  # > 64 KiB
+    ("task/50/children", "51 x "),                            # broken: error
+]
+
+
+def _proc_read(proc: Path, pid: int, name: str, use_c: bool,
+               monkeypatch: pytest.MonkeyPatch) -> object:
+    from governor.placement import procfs
+    monkeypatch.setattr(procfs, "_c", procfs._c if use_c else None)
+    p = procfs.Proc(str(proc), pid)
+    try:
+        if name == "stat":
+            return tuple(p.stat())
+        if name == "cgroup":
+            return p.cgroup()
+        if name == "children":
+            return p.children()
+        return p.pidns()
+    except procfs.ProcessGone:
+        return "gone"
+    except (ValueError, IndexError) as e:
+        return "error", type(e) is ValueError or type(e) is IndexError
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize(("name", "text"), PROC_CASES)
+def test_proc_readers_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            name: str, text: str) -> None:
+    proc = new_proc(tmp_path)
+    add_process(proc, 50)
+    (proc / "50" / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+    kind = "children" if name.endswith("children") else name
+    c = _proc_read(proc, 50, kind, True, monkeypatch)
+    py = _proc_read(proc, 50, kind, False, monkeypatch)
+    assert c == py
+
+
+def test_proc_readers_agree_on_links_missing_files_and_live_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = new_proc(tmp_path)
+    add_process(proc, 60, ns=4026532500)
+    for name in ("stat", "cgroup", "ns", "children"):
+        assert _proc_read(proc, 60, name, True, monkeypatch) == \
+            _proc_read(proc, 60, name, False, monkeypatch)
+        gone = [] if name == "children" else "gone"  # a gone process has no children
+        assert _proc_read(proc, 61, name, True, monkeypatch) == gone  # no such process
+        assert _proc_read(proc, 61, name, False, monkeypatch) == gone
+    assert _proc_read(proc, 60, "ns", True, monkeypatch) == 4026532500
+    os.unlink(proc / "60" / "ns" / "pid")
+    os.symlink("pid:4026532500", proc / "60" / "ns" / "pid")  # not the kernel's layout
+    for use_c in (True, False):
+        assert _proc_read(proc, 60, "ns", use_c, monkeypatch)[0] == "error"  # type: ignore[index]
+    # this process, in the live /proc: every field the same
+    for name in ("stat", "cgroup", "ns", "children"):
+        assert _proc_read(Path("/proc"), os.getpid(), name, True, monkeypatch) == \
+            _proc_read(Path("/proc"), os.getpid(), name, False, monkeypatch)
+
+
+def test_proc_events_agree_with_the_python_parser() -> None:
+    """The connector datagrams of tests/unit/test_placement.py (captured from Linux 6.1),
+    batched, foreign, truncated and padded: C and Python give the same events."""
+    from governor.placement import netlink
+    from tests.unit.test_placement import EXEC, EXIT, FORK, GID, UID
+    foreign = bytearray(EXEC)
+    foreign[16:20] = (7).to_bytes(4, "little")  # another connector index
+    noop = bytearray(EXEC)
+    noop[4:6] = netlink.NLMSG_NOOP.to_bytes(2, "little")
+    short = bytearray(FORK[:60])  # a fork event cut after 8 bytes of its union
+    short[0:4] = (60).to_bytes(4, "little")
+    bad_len = bytearray(EXEC)
+    bad_len[0:4] = (200).to_bytes(4, "little")  # longer than the datagram: parsing stops
+    none_ev = bytearray(EXEC)
+    none_ev[36:40] = (0).to_bytes(4, "little")  # PROC_EVENT_NONE (the subscribe ack)
+    comm = bytearray(EXEC)
+    comm[36:40] = netlink.PROC_EVENT_COMM.to_bytes(4, "little")
+    cases = [FORK, EXEC, GID, UID, EXIT, FORK + EXEC + EXIT, bytes(foreign), bytes(noop),
+             bytes(short), bytes(short) + EXEC, bytes(bad_len), EXEC + bytes(bad_len),
+             bytes(none_ev), bytes(comm), EXEC[:30], b"", EXEC + b"\0\0"]
+    assert netlink._c is not None
+    for data in cases:
+        c = netlink.parse_messages(data)
+        py = netlink.parse_messages_py(data)
+        assert c == py, data.hex()
+        assert all(type(e) is netlink.ProcEvent for e in c)
+    assert [e.name for e in netlink.parse_messages(FORK + EXEC + EXIT)] == \
+        ["fork", "exec", "exit"]
+    assert netlink.parse_messages(bytes(short)) == []

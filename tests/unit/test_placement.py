@@ -462,6 +462,48 @@ def test_pid_reuse_and_exit_before_the_move(world: tuple[Path, RecordingFS, Plac
     assert placer.counters.placements["error"] == 0
 
 
+def test_pinned_process_is_the_same_until_it_exits() -> None:
+    """The pid-reuse check by pidfd, on this host's real /proc (pidfds are the kernel's,
+    not cgroup v2's): a pinned process is "the same" while it runs, and no longer once it
+    has exited, as a zombie and after it was reaped (when its pid may be reused)."""
+    for reap in (False, True):
+        pid = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+        try:
+            with Proc("/proc", pid) as p:
+                p.pin()
+                assert p._pidfd is not None and p._pidfd >= 0  # this kernel has pidfds
+                st = p.stat()
+                assert st.comm == "sleep" and p.same_process(st.starttime)
+                os.kill(pid, signal.SIGKILL)
+                if reap:
+                    os.waitpid(pid, 0)
+                else:  # a zombie: exited, the pid still held
+                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                assert not p.same_process(st.starttime)
+                fd = p._pidfd
+            assert p._pidfd is None
+            with pytest.raises(OSError):
+                os.fstat(fd)  # closed on leaving the block
+        finally:
+            if not reap:
+                os.waitpid(pid, 0)
+
+
+def test_pin_of_a_fake_root_or_a_gone_pid(tmp_path: Path) -> None:
+    """A fake /proc is never pinned (a pidfd would name a real process): the start time
+    is compared instead; pinning a pid that does not exist is ProcessGone."""
+    proc = new_proc(tmp_path)
+    add_process(proc, 80, comm="nginx", cgroup="/", starttime=500)
+    p = Proc(str(proc), 80)
+    p.pin()
+    assert p._pidfd == -1
+    assert p.same_process(500) and not p.same_process(499)
+    pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+    os.waitpid(pid, 0)
+    with pytest.raises(ProcessGone):
+        Proc("/proc", pid).pin()
+
+
 def test_missing_group_is_an_error_counted_once_logged(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     proc = new_proc(tmp_path)
