@@ -92,6 +92,7 @@ class Config:
     # [placement]
     rescan_interval: float = 30.0
     exclude_cgroups: tuple[str, ...] = ("/init.scope", "/system.slice/*", "/user.slice/*")
+    favordynmods: bool = False              # remount cgroup2 with favordynmods at start
     # [exporter]
     listen: str = "127.0.0.1:9717"
     tls_cert: str | None = None
@@ -115,6 +116,12 @@ _Conv = Any
 def _str(v: object, *, key: str, file: str | None) -> str:
     if not isinstance(v, str):
         raise ConfigError(f"{v!r} is not a string", file=file, key=key)
+    return v
+
+
+def _bool(v: object, *, key: str, file: str | None) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{v!r} is not a boolean; use true or false", file=file, key=key)
     return v
 
 
@@ -238,6 +245,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
     "placement": {
         "rescan_interval": ("rescan_interval", _duration),
         "exclude_cgroups": ("exclude_cgroups", _cgroup_globs),
+        "favordynmods": ("favordynmods", _bool),
     },
     "exporter": {
         "listen": ("listen", _listen),

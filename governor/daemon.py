@@ -1,7 +1,8 @@
 """``governor run``: one process that wires every piece to APScheduler and signals.
 
 Start-up order: configuration -> database schema checked (refuses an older one and names
-the command that fixes it) -> cgroup2 mount verified -> policy validated and applied
+the command that fixes it) -> cgroup2 mount verified -> ``favordynmods`` turned on if
+configured (a refusal is logged, not fatal) -> policy validated and applied
 (existing groups adopted: only differing files are written) -> placement (connector +
 rescan), OOM watch, exporter -> periodic jobs (sampling, reconcile, policy watch,
 retention).  SIGHUP reloads the policy (a bad one is rejected, the old one stays);
@@ -22,6 +23,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from governor.cgroupfs.mount import Remount
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.config import Config
 from governor.enforce.cli import db_recorder, open_cgroup
@@ -37,6 +39,34 @@ WATCH_INTERVAL = 1.0
 RETENTION_INTERVAL = 3600.0
 #: the billed-cost gauge is recomputed at most this often (it reads hourly rollups)
 COST_INTERVAL = 60.0
+
+
+def apply_favordynmods(cfg: Config, cgroup_root: str | Path, *,
+                       mountinfo: str | Path = "/proc/self/mountinfo",
+                       remount: Remount | None = None) -> bool:
+    """``[placement] favordynmods``: turn the option on for the cgroup2 mount before the
+    placer starts.  True when it is on afterwards.  Never raises: a refusal is logged as an
+    error with its fix, and the daemon runs on without it (each move then waits for an RCU
+    grace period, see docs/placement.md)."""
+    if not cfg.favordynmods:
+        return False
+    from governor.cgroupfs import mount
+    from governor.errors import GovernorError
+
+    try:
+        changed = mount.favor_dynmods(cgroup_root, mountinfo=mountinfo, remount=remount)
+    except (GovernorError, OSError) as e:
+        error, _, fix = str(e).partition(". Fix: ")
+        log.error("favordynmods not turned on: placement works, each move waits for an RCU "
+                  "grace period", extra={"error": error,
+                                         "fix": fix or "needs Linux 6.0+ and root"})
+        return False
+    if changed:
+        log.info("favordynmods turned on for the cgroup2 mount: moves no longer wait for an "
+                 "RCU grace period", extra={"cgroup_root": str(cgroup_root)})
+    else:
+        log.debug("favordynmods already on", extra={"cgroup_root": str(cgroup_root)})
+    return True
 
 
 class Daemon:
@@ -239,6 +269,8 @@ class Daemon:
     def _run(self) -> int:
         from governor.security import protect_self
 
+        # before anything moves a process (self-protection, placement): see docs/placement.md
+        apply_favordynmods(self.cfg, self.fs.root)
         for problem in protect_self(self.fs, self.cfg.self_cgroup,
                                     memory_min=self.cfg.self_memory_min,
                                     cpu_weight=self.cfg.self_cpu_weight):

@@ -81,3 +81,25 @@ class GroupGone(CgroupError):
 
 class GroupBusy(CgroupError):
     """The group could not be removed because it still has processes or children."""
+
+
+class MountError(GovernorError):
+    """Remounting the cgroup2 hierarchy with other options failed, or did not take effect.
+
+    ``options`` is the option string that was tried (``-o`` of mount(8)), ``errno`` the
+    kernel's answer (``None`` when the remount succeeded but mountinfo disagrees), ``fix``
+    what the operator can do about it.
+    """
+
+    def __init__(self, mount_point: str, options: str, *, err: int | None = None,
+                 problem: str | None = None, fix: str) -> None:
+        self.mount_point = mount_point
+        self.options = options
+        self.errno = err
+        self.fix = fix
+        msg = f"{mount_point}: remount -o {options}"
+        if err is not None:
+            msg += f": [{_errno.errorcode.get(err, str(err))}] {os.strerror(err)}"
+        if problem:
+            msg += f": {problem}"
+        super().__init__(f"{msg}. Fix: {fix}")

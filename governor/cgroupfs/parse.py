@@ -283,6 +283,8 @@ class MountEntry:
     fstype: str
     source: str
     super_options: tuple[str, ...]
+    #: per-mount options (field 6: ``rw,nosuid,nodev,noexec,relatime``), not the superblock's
+    mount_options: tuple[str, ...] = ()
 
 
 def _unescape(s: str) -> str:
@@ -317,7 +319,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         out.append(MountEntry(
             mount_id=int(lf[0]), parent_id=int(lf[1]), root=_unescape(lf[3]),
             mount_point=_unescape(lf[4]), fstype=rf[0], source=_unescape(rf[1]),
-            super_options=tuple(rf[2].split(",")),
+            super_options=tuple(rf[2].split(",")), mount_options=tuple(lf[5].split(",")),
         ))
     return out
 
