@@ -1,4 +1,6 @@
 # needs: kernel
+# timeout: 2400
+# host calibration: --calibrate
 """Exec-to-placed latency of governor's placement against libcgroup's cgrulesengd.
 
 Run inside the sandbox: ``bench/run placement [--seconds 30] [--rates 100 500]
@@ -9,16 +11,28 @@ For each daemon in turn, in the same VM boot (governor's :class:`Placer` in a pr
 its own, then ``cgrulesengd -n`` with the equivalent rule ``*:sleep cpu,memory <group>``),
 the load generator spawns ``sleep LIFETIME`` processes at each fixed offered rate for the
 given seconds (it stops there even when it could not spawn them all: the achieved rate is
-printed), then a burst as fast as it can.  It starts the clock when posix_spawn returns
-(the exec has happened: the kernel sends its exec event after that point) and polls each
-child's ``/proc/PID/cgroup`` (one pread per pending child per pass, from a thread of its
-own: a slow spawn does not delay the look) until it names the
-group; a child that exits without ever having been seen there is a **miss**.  The mean
+printed), then a burst as fast as it can.  It starts each child's clock at the kernel's
+exec event for it (the generator listens to the process connector too; the spawn's return
+when it cannot) and polls each child's ``/proc/PID/cgroup`` (one pread per pending child
+per pass, from a thread of its own: a slow spawn does not delay the look) until it names
+the group; a child that exits without ever having been seen there is a **miss**.  The mean
 poll pass is printed: it bounds the resolution.  The generator reports the rate it really
 achieved: the VM (TCG) may not fork and exec as fast as asked.
 
+Every load runs under each cgroup2 mount mode asked (``--mounts``, default both): the
+default mount, where each ``cgroup.procs`` write waits for an RCU grace period (the
+threadgroup rwsem's switch to its slow mode), and ``favordynmods`` (Linux 6.0+; governor's
+``[placement] favordynmods = true``), where it does not.  Both daemons run under the same
+mode.
+
 For the governor, the Placer's own counters are read after each load: the Python time it
 spent per connector event, mean and max by event kind.
+
+Host-speed scale: the issue's latency targets are for a host, and a TCG guest runs this code
+many times slower.  ``--calibrate`` (bench/run runs it on the host first) measures the CPU
+time of the Placer's whole exec path with the kernel write replaced by a file write; the
+VM runs the same calibration, and VM latencies divided by the ratio are printed as a
+host-speed estimate next to the figures as measured.
 """
 
 from __future__ import annotations
@@ -144,6 +158,7 @@ def run_load(target: str, rate: float, count: int, lifetime: float,
                          check=True, capture_output=True, text=True).stdout
     lat: list[float] = []
     misses = 0
+    from_exec = 0
     summary: list[int] = []
     for line in out.splitlines():
         if line.startswith("P "):
@@ -152,6 +167,8 @@ def run_load(target: str, rate: float, count: int, lifetime: float,
             misses += 1
         elif line.startswith("S "):
             summary = [int(x) for x in line.split()[1:]]
+        elif line.startswith("E "):
+            from_exec = int(line.split()[1])
     spawned, elapsed, passes, pass_total, spawn_total, max_late = summary
     lat.sort()
 
@@ -164,7 +181,13 @@ def run_load(target: str, rate: float, count: int, lifetime: float,
             "max": lat[-1] if lat else math.nan,
             "pass_us": pass_total / passes / 1e3 if passes else 0.0,
             "spawn_us": spawn_total / spawned / 1e3 if spawned else 0.0,
-            "late_ms": max_late / 1e6}
+            "late_ms": max_late / 1e6, "from_exec": from_exec}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc/PID/stat."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(target: str, daemon: Governor | Cgrulesengd, timeout: float = 60) -> None:
@@ -192,12 +215,66 @@ def per_event(before: dict[str, Any], after: dict[str, Any]
     return out
 
 
+# -- host-speed scale ---------------------------------------------------------------------
+def calibrate(rounds: int = 7, n: int = 1000) -> float:
+    """CPU microseconds the Placer spends on one exec event of a matching process, with
+    the kernel's cgroup.procs write replaced by a write to a regular file: the same
+    Python, C accelerator and procfs syscalls on this machine, best of ``rounds``.  Run
+    on the host and in the VM, the ratio is how much slower the VM runs this path (TCG):
+    VM latencies divided by it estimate the host-speed scale the issue's targets use."""
+    import tempfile
+
+    from governor.placement import netlink
+    from governor.placement.placer import Placer
+    from governor.policy.loader import parse_policy
+
+    pol = parse_policy([("bench.toml", POLICY)])
+    child = subprocess.Popen([SLEEP, "600"])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "sub" / "t" / "g").mkdir(parents=True)
+            (Path(tmp) / "sub" / "t" / "g" / "cgroup.procs").touch()
+            with CgroupFS(Path(tmp), verify=False) as fs:
+                placer = Placer(fs, "sub", lambda: pol, exclude=())
+                ev = netlink.ProcEvent(netlink.PROC_EVENT_EXEC, child.pid, child.pid)
+                best = math.inf
+                for _ in range(rounds):
+                    t0 = time.thread_time()
+                    for _ in range(n):
+                        placer.handle(ev)  # the file write does not move it: same path each time
+                    best = min(best, (time.thread_time() - t0) / n)
+                placer.procs.close()
+                if placer.counters.placements["moved"] != rounds * n:
+                    raise SystemExit(f"calibration: {placer.counters.placements}")
+    finally:
+        child.kill()
+        child.wait()
+    return best * 1e6
+
+
 def fmt_ms(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}"
 
 
 def ratio(a: float, b: float) -> str:
     return "-" if not b or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}"
+
+
+def set_favordynmods(on: bool) -> str:
+    """Remount the VM's cgroup2 with or without ``favordynmods`` (every other option kept:
+    governor.cgroupfs.mount's helpers); returns the mount's options after."""
+    from governor.cgroupfs import mount
+
+    entry = mount.cgroup2_mount_of(ROOT)
+    if (mount.FAVORDYNMODS in entry.super_options) != on:
+        data = mount.merge_options(entry.super_options,
+                                   add=(mount.FAVORDYNMODS,) if on else (),
+                                   drop=() if on else (mount.FAVORDYNMODS,))
+        mount.sys_remount(str(ROOT), mount.remount_flags(entry), ",".join(data))
+        entry = mount.cgroup2_mount_of(ROOT)
+        if (mount.FAVORDYNMODS in entry.super_options) != on:
+            raise SystemExit(f"placement bench: could not turn favordynmods {on}")
+    return ",".join(entry.super_options)
 
 
 def main() -> int:
@@ -208,18 +285,37 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--lifetime", type=float, default=1.0,
                     help="seconds each spawned process lives (a miss: never placed in it)")
-    ap.add_argument("--favordynmods", action="store_true",
-                    help="remount the VM's cgroup2 with favordynmods first (Linux 6.0+)")
+    ap.add_argument("--mounts", nargs="+", choices=("default", "favordynmods"),
+                    default=["default", "favordynmods"],
+                    help="cgroup2 mount modes to run every load in, in turn (favordynmods: "
+                    "Linux 6.0+, governor's [placement] favordynmods = true)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="print the host calibration (us per exec event) and exit; bench/run "
+                    "runs it on the host and passes --host-calibration")
+    ap.add_argument("--host-calibration", type=float, default=0.0, metavar="US",
+                    help="the host's --calibrate figure: VM latencies are also shown divided "
+                    "by (VM calibration / this), the host-speed estimate")
     ap.add_argument("--serve", nargs=2, metavar=("SUBTREE", "POLICY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(*args.serve)
+    if args.calibrate:
+        print(f"{calibrate():.2f}")
+        return 0
     if os.environ.get("GOVERNOR_SANDBOX") != "1":
         print("placement: run inside the sandbox: bench/run placement", file=sys.stderr)
         return 2
     if not os.access(LOADGEN, os.X_OK):
         print(f"placement: no {LOADGEN}: bench/run placement compiles it", file=sys.stderr)
         return 2
+    vm_cal = calibrate()
+    slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
+    print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "
+          f"calibration (Placer CPU per exec event, kernel write replaced by a file write): "
+          f"VM {vm_cal:.1f} us, host "
+          + (f"{args.host_calibration:.1f} us: the VM is {slowdown:.1f}x slower"
+             if args.host_calibration > 0 else "not given (no host-speed estimate)"),
+          flush=True)
     subtree = f"bench-{uuid.uuid4().hex[:8]}"
     fs = CgroupFS(ROOT)
     create(fs, f"{subtree}/t/g", ("cpu", "memory"))
@@ -229,77 +325,88 @@ def main() -> int:
     loads: list[tuple[str, float, int]] = [
         (f"{r:g}/s x {args.seconds:g}s", r, int(r * args.seconds)) for r in args.rates]
     loads.append((f"burst {args.burst}", 0.0, args.burst))
-    results: dict[str, list[Result]] = {}
-    handling: list[dict[str, tuple[int, float, float]]] = []
+    # (mode, load index) -> daemon -> result
+    results: dict[tuple[str, int], dict[str, Result]] = {}
+    handling: dict[tuple[str, int], dict[str, tuple[int, float, float]]] = {}
     handle_max: dict[str, float] = {}
     cpu_max: dict[str, float] = {}
-    print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s, "
-          f"target {target}", flush=True)
-    if args.favordynmods:
-        # the option of the whole cgroup2 mount (Linux 6.0+): the threadgroup rwsem that
-        # every cgroup.procs write takes for writing stops waiting for an RCU grace period
-        subprocess.run(["mount", "-o", "remount,favordynmods", str(ROOT)], check=True)
-    opts = next((ln.split()[3] for ln in Path("/proc/mounts").read_text().splitlines()
-                 if ln.split()[1] == str(ROOT)), "?")
-    print(f"cgroup2 mount options: {opts}", flush=True)
     try:
-        # daemons alternate load by load (a fresh daemon each time), so a change in the
-        # machine's load over the run falls on both
-        for label, rate, count in loads:
-            for name in ("governor", "cgrulesengd"):
-                daemon: Governor | Cgrulesengd = (
-                    Governor(subtree, policy_file) if name == "governor"
-                    else Cgrulesengd(f"{subtree}/t/g"))
-                try:
-                    wait_ready(target, daemon)
-                    before = daemon.counters() if isinstance(daemon, Governor) else None
-                    r = run_load(target, rate, count, args.lifetime,
-                                 args.seconds if rate else 0.0)
-                    if isinstance(daemon, Cgrulesengd):
-                        daemon.check()
-                    elif before is not None:
-                        after = daemon.counters()
-                        handling.append(per_event(before, after))
-                        for k, v in after["handle_max_seconds_by_event"].items():
-                            handle_max[k] = max(v, handle_max.get(k, 0.0))
-                        for k, v in after["cpu"].items():
-                            cpu_max[k] = max(v[2], cpu_max.get(k, 0.0))
-                    results.setdefault(name, []).append(r)
-                    print(f"{name:<12} {label:<14} spawned {r['spawned']} of {count} at "
-                          f"{r['achieved']:.0f}/s (spawn {r['spawn_us']:.0f} us, late up to "
-                          f"{r['late_ms']:.0f} ms): placed {r['placed']}, misses "
-                          f"{r['misses']}, p50 {fmt_ms(r['p50'])} ms, p99 "
-                          f"{fmt_ms(r['p99'])} ms, max {fmt_ms(r['max'])} ms (poll pass "
-                          f"{r['pass_us']:.0f} us)", flush=True)
-                finally:
-                    daemon.stop()
+        for mode in args.mounts:
+            opts = set_favordynmods(mode == "favordynmods")
+            print(f"-- cgroup2 mount: {opts}", flush=True)
+            # daemons alternate load by load (a fresh daemon each time), so a change in the
+            # machine's load over the run falls on both
+            for i, (label, rate, count) in enumerate(loads):
+                for name in ("governor", "cgrulesengd"):
+                    daemon: Governor | Cgrulesengd = (
+                        Governor(subtree, policy_file) if name == "governor"
+                        else Cgrulesengd(f"{subtree}/t/g"))
+                    try:
+                        wait_ready(target, daemon)
+                        before = daemon.counters() if isinstance(daemon, Governor) else None
+                        cpu0 = cpu_seconds(daemon.p.pid)
+                        r = run_load(target, rate, count, args.lifetime,
+                                     args.seconds if rate else 0.0)
+                        # the daemon's whole CPU time over the load, per process spawned
+                        r["cpu_ms"] = ((cpu_seconds(daemon.p.pid) - cpu0) * 1e3
+                                       / max(r["spawned"], 1))
+                        if isinstance(daemon, Cgrulesengd):
+                            daemon.check()
+                        elif before is not None:
+                            after = daemon.counters()
+                            handling[mode, i] = per_event(before, after)
+                            for k, v in after["handle_max_seconds_by_event"].items():
+                                handle_max[k] = max(v, handle_max.get(k, 0.0))
+                            for k, v in after["cpu"].items():
+                                cpu_max[k] = max(v[2], cpu_max.get(k, 0.0))
+                        results.setdefault((mode, i), {})[name] = r
+                        print(f"{name:<12} {label:<14} spawned {r['spawned']} of {count} at "
+                              f"{r['achieved']:.0f}/s (spawn {r['spawn_us']:.0f} us, late up "
+                              f"to {r['late_ms']:.0f} ms): placed {r['placed']}, misses "
+                              f"{r['misses']}, p50 {fmt_ms(r['p50'])} ms, p99 "
+                              f"{fmt_ms(r['p99'])} ms, max {fmt_ms(r['max'])} ms (poll pass "
+                              f"{r['pass_us']:.0f} us; {r['from_exec']} of {r['placed']} "
+                              "timed from the kernel's exec event); daemon CPU "
+                              f"{r['cpu_ms']:.2f} ms per process spawned", flush=True)
+                    finally:
+                        daemon.stop()
     finally:
         time.sleep(0.5)
         remove(fs, subtree)
         policy_file.unlink(missing_ok=True)
 
-    print()
-    print("exec-to-placed in the VM (TCG), ms; ratio = governor / cgrulesengd")
-    head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed':>6} {'miss':>5} "
-            f"{'p50':>8} {'p99':>8} {'max':>8}")
-    print(head)
-    print("-" * len(head))
-    for i, (label, _rate, _count) in enumerate(loads):
-        g, c = results["governor"][i], results["cgrulesengd"][i]
-        for name, r in (("governor", g), ("cgrulesengd", c)):
-            print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} {r['placed']:>6} "
-                  f"{r['misses']:>5} {fmt_ms(r['p50']):>8} {fmt_ms(r['p99']):>8} "
-                  f"{fmt_ms(r['max']):>8}")
-        print(f"{label:<14} {'':>10} | {'ratio':<11} {ratio(g['placed'], c['placed']):>6} "
-              f"{'':>5} {ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
-              f"{ratio(g['max'], c['max']):>8}")
+    def host(x: float) -> str:
+        return "-" if math.isnan(slowdown) or math.isnan(x) else f"{x / slowdown:.2f}"
+
+    for mode in args.mounts:
+        print()
+        print(f"exec-to-placed, cgroup2 mount {mode}: VM (TCG) ms as measured; cpu/proc = the "
+              f"daemon's CPU ms per process spawned; host = VM / {slowdown:.1f} (the "
+              "calibration), an estimate; ratio = governor / cgrulesengd")
+        head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed':>6} {'miss':>5} "
+                f"{'p50':>8} {'p99':>8} {'max':>8} {'cpu/proc':>8} | {'host p50':>8} "
+                f"{'host p99':>8}")
+        print(head)
+        print("-" * len(head))
+        for i, (label, _rate, _count) in enumerate(loads):
+            g, c = results[mode, i]["governor"], results[mode, i]["cgrulesengd"]
+            for name, r in (("governor", g), ("cgrulesengd", c)):
+                print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} {r['placed']:>6} "
+                      f"{r['misses']:>5} {fmt_ms(r['p50']):>8} {fmt_ms(r['p99']):>8} "
+                      f"{fmt_ms(r['max']):>8} {r['cpu_ms']:>8.2f} | {host(r['p50']):>8} "
+                      f"{host(r['p99']):>8}")
+            print(f"{label:<14} {'':>10} | {'ratio':<11} "
+                  f"{ratio(g['placed'], c['placed']):>6} {'':>5} "
+                  f"{ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
+                  f"{ratio(g['max'], c['max']):>8} {ratio(g['cpu_ms'], c['cpu_ms']):>8} |")
     print()
     print("governor Placer, time per connector event in the VM, mean us by load: wall (its"
           " handle_seconds counters) / CPU of the listener thread")
-    kinds = sorted({k for h in handling for k in h})
-    print(f"{'load':<14} " + " ".join(f"{k + ' n':>8} {k + ' wall/cpu':>16}" for k in kinds))
-    for (label, _r, _c), h in zip(loads, handling, strict=True):
-        print(f"{label:<14} " + " ".join(
+    kinds = sorted({k for h in handling.values() for k in h})
+    print(f"{'mount':<13} {'load':<14} "
+          + " ".join(f"{k + ' n':>8} {k + ' wall/cpu':>16}" for k in kinds))
+    for (mode, i), h in handling.items():
+        print(f"{mode:<13} {loads[i][0]:<14} " + " ".join(
             f"{h[k][0]:>8} {f'{h[k][1] * 1e6:.0f} / {h[k][2] * 1e6:.0f}':>16}" if k in h
             else f"{'-':>8} {'-':>16}" for k in kinds))
     print("max per event over the whole run, us wall (handle_max_seconds) / CPU: " + ", ".join(
