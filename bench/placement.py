@@ -64,6 +64,7 @@ Result = dict[str, Any]
 def serve(subtree: str, policy_file: str) -> int:
     """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
     each SIGUSR1 and at the end."""
+    from governor.config import Config
     from governor.placement import netlink
     from governor.placement.placer import Placer
     from governor.policy import load_policy
@@ -92,7 +93,9 @@ def serve(subtree: str, policy_file: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
     with CgroupFS(ROOT) as fs:
-        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=())
+        # the daemon's listener priority ([placement] listener_nice, default -10)
+        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(),
+                             nice=Config().listener_nice)
         ok = placer.start()
         print("ready" if ok else "no-connector", flush=True)
         while not flags["stop"]:
@@ -129,7 +132,7 @@ class Governor:
 class Cgrulesengd:
     LOG = Path("/tmp/cgrulesengd.log")
 
-    def __init__(self, group_path: str) -> None:
+    def __init__(self, group_path: str, nice: int = 0) -> None:
         # libcgroup wants its configuration to exist even when it has nothing to say; the
         # guest's /etc is a RAM overlay, nothing reaches the host
         Path("/etc/cgconfig.d").mkdir(exist_ok=True)
@@ -137,6 +140,8 @@ class Cgrulesengd:
         Path("/etc/cgrules.conf").write_text(f"*:sleep\tcpu,memory\t{group_path}\n")
         self.p = subprocess.Popen(["cgrulesengd", "-n", "-f", str(self.LOG)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if nice:  # an operator may renice it (it is single-threaded: the whole process)
+            os.setpriority(os.PRIO_PROCESS, self.p.pid, nice)
 
     def check(self) -> None:
         if self.p.poll() is not None:
@@ -289,6 +294,9 @@ def main() -> int:
                     default=["default", "favordynmods"],
                     help="cgroup2 mount modes to run every load in, in turn (favordynmods: "
                     "Linux 6.0+, governor's [placement] favordynmods = true)")
+    ap.add_argument("--peer-nice", type=int, default=0, metavar="N",
+                    help="run cgrulesengd at nice N (governor's listener thread runs at "
+                    "[placement] listener_nice, default -10)")
     ap.add_argument("--calibrate", action="store_true",
                     help="print the host calibration (us per exec event) and exit; bench/run "
                     "runs it on the host and passes --host-calibration")
@@ -310,6 +318,9 @@ def main() -> int:
         return 2
     vm_cal = calibrate()
     slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
+    from governor.config import Config
+    print(f"governor's listener thread at nice {Config().listener_nice}, cgrulesengd at nice "
+          f"{args.peer_nice}", flush=True)
     print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "
           f"calibration (Placer CPU per exec event, kernel write replaced by a file write): "
           f"VM {vm_cal:.1f} us, host "
@@ -340,7 +351,7 @@ def main() -> int:
                 for name in ("governor", "cgrulesengd"):
                     daemon: Governor | Cgrulesengd = (
                         Governor(subtree, policy_file) if name == "governor"
-                        else Cgrulesengd(f"{subtree}/t/g"))
+                        else Cgrulesengd(f"{subtree}/t/g", args.peer_nice))
                     try:
                         wait_ready(target, daemon)
                         before = daemon.counters() if isinstance(daemon, Governor) else None

@@ -93,6 +93,7 @@ class Config:
     rescan_interval: float = 30.0
     exclude_cgroups: tuple[str, ...] = ("/init.scope", "/system.slice/*", "/user.slice/*")
     favordynmods: bool = False              # remount cgroup2 with favordynmods at start
+    listener_nice: int = -10                # nice of the connector listener thread
     # [exporter]
     listen: str = "127.0.0.1:9717"
     tls_cert: str | None = None
@@ -155,6 +156,13 @@ def _webhook(v: object, *, key: str, file: str | None) -> str | None:
 def _count(v: object, *, key: str, file: str | None) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100:
         raise ConfigError(f"{v!r} is not an integer from 0 to 100", file=file, key=key)
+    return v
+
+
+def _nice(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not -20 <= v <= 19:
+        raise ConfigError(f"{v!r} is not a nice value from -20 (first) to 19 (last); 0 is "
+                          "the default of other processes", file=file, key=key)
     return v
 
 
@@ -246,6 +254,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "rescan_interval": ("rescan_interval", _duration),
         "exclude_cgroups": ("exclude_cgroups", _cgroup_globs),
         "favordynmods": ("favordynmods", _bool),
+        "listener_nice": ("listener_nice", _nice),
     },
     "exporter": {
         "listen": ("listen", _listen),

@@ -115,7 +115,7 @@ class Daemon:
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
         self.placer = Placer(self.fs, cfg.subtree, lambda: self.enforcer.policy,
-                             exclude=cfg.exclude_cgroups)
+                             exclude=cfg.exclude_cgroups, nice=cfg.listener_nice)
         self.alerter = (WebhookAlerter(cfg.oom_webhook_url, timeout=cfg.oom_webhook_timeout,
                                        retries=cfg.oom_webhook_retries)
                         if cfg.oom_webhook_url else None)

@@ -195,6 +195,20 @@ class Proc:
                 raise ProcessGone(self.pid) from e
             self._pidfd = -1  # ENOSYS (old kernel), EPERM (seccomp), EINVAL (a thread)
 
+    def probe(self) -> Stat:
+        """:meth:`pin`, then :meth:`stat` and :meth:`pidns`, in one call of the C
+        accelerator when built (the reads placement makes of every exec'd process)."""
+        if _c is None or self._pidfd is not None:
+            self.pin()
+            self.pidns()
+            return self.stat()
+        got = _c.proc_probe(self.base, self.pid if self.root == "/proc" else -1)
+        if got is None:
+            raise ProcessGone(self.pid)
+        self._pidfd, st, self._pidns = got
+        self._stat = stat = tuple.__new__(Stat, st)
+        return stat
+
     def same_process(self, starttime: int) -> bool:
         """Is ``pid`` still the process that was read (started at ``starttime``)?  Checked
         just before a move: the process read may have exited and its pid been reused.
@@ -202,6 +216,8 @@ class Proc:
         still its own); else the start time in ``stat`` is read again and compared."""
         fd = self._pidfd
         if fd is not None and fd >= 0:
+            if _c is not None:
+                return not _c.pidfd_exited(fd)
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             return not poller.poll(0)

@@ -143,9 +143,17 @@ def test_rescan_and_events_place_by_user_exe_container_and_cgroup(
         procs.append(infor)
         (foreign / "cgroup.procs").write_text(str(infor.pid))
         children_of(children_of(ctr.pid, 1)[0], 2)  # the container's shell forked both
-        placer = Placer(fs, sub, lambda: enf.policy, exclude=())
+        placer = Placer(fs, sub, lambda: enf.policy, exclude=(), nice=-10)  # the daemon's
         assert placer.start() is True
         try:
+            # the listener thread runs at the nice asked (field 19 of its task's stat)
+            deadline = time.monotonic() + 30
+            while placer.counters.listener_nice is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            task = Path(f"/proc/self/task/{placer.listener_tid}/stat").read_text()
+            assert int(task.rsplit(")", 1)[1].split()[16]) == -10
+            assert placer.counters.listener_nice == -10
+            assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0  # the thread only
             assert wait_for(procs[0].pid, f"/{sub}/t/byuser") == f"/{sub}/t/byuser"
             assert wait_for(before_exe.pid, f"/{sub}/t/byexe") == f"/{sub}/t/byexe"
             # the foreign cgroup's rule comes after byexe's in policy order, so the exe wins

@@ -504,6 +504,60 @@ def test_pin_of_a_fake_root_or_a_gone_pid(tmp_path: Path) -> None:
         Proc("/proc", pid).pin()
 
 
+def test_listener_nice_is_set_on_its_thread_only(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """_prioritise renices the calling thread (by its tid), not the process; a refusal
+    (no CAP_SYS_NICE) is a warning naming the fix, and the thread runs on."""
+    import threading
+
+    proc = new_proc(tmp_path)
+    placer = Placer(CgroupFS(tmp_path, verify=False), "gov", lambda: None,
+                    proc_root=str(proc), nice=7)  # raising a nice needs no privilege
+    seen: list[int] = []
+
+    def run() -> None:
+        placer._prioritise()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [7] and placer.counters.listener_nice == 7
+    assert placer.listener_tid is not None and placer.listener_tid != threading.get_native_id()
+    assert os.getpriority(os.PRIO_PROCESS, 0) != 7  # this thread is untouched
+
+    def refuse(*_a: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    denied = Placer(CgroupFS(tmp_path, verify=False), "gov", lambda: None,
+                    proc_root=str(proc), nice=-10)
+    orig = os.setpriority
+    os.setpriority = refuse  # type: ignore[assignment]
+    try:
+        denied._prioritise()
+    finally:
+        os.setpriority = orig
+    assert denied.counters.listener_nice is None
+    (rec,) = [r for r in caplog.records if "keeps its priority" in r.getMessage()]
+    assert "CAP_SYS_NICE" in rec.fix and rec.nice == -10  # type: ignore[attr-defined]
+    # None: left alone
+    Placer(CgroupFS(tmp_path, verify=False), "gov", lambda: None, proc_root=str(proc),
+           nice=None)._prioritise()
+
+
+def test_listener_nice_setting(tmp_path: Path) -> None:
+    assert load_config(None).listener_nice == -10
+    f = tmp_path / "c.toml"
+    f.write_text("[placement]\nlistener_nice = 0\n")
+    assert load_config(f).listener_nice == 0
+    for bad in ("-21", "20", "true", '"-5"', "1.5"):
+        f.write_text(f"[placement]\nlistener_nice = {bad}\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(f)
+        assert "placement.listener_nice" in str(e.value) and str(f) in str(e.value)
+        assert "-20" in str(e.value)
+
+
 def test_missing_group_is_an_error_counted_once_logged(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     proc = new_proc(tmp_path)
