@@ -394,7 +394,7 @@ def main() -> int:
         print(f"exec-to-placed, cgroup2 mount {mode}: VM (TCG) ms as measured; cpu/proc = the "
               f"daemon's CPU ms per process spawned; host = VM / {slowdown:.1f} (the "
               "calibration), an estimate; ratio = governor / cgrulesengd")
-        head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed':>6} {'miss':>5} "
+        head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed/of':>10} {'miss':>5} "
                 f"{'p50':>8} {'p99':>8} {'max':>8} {'cpu/proc':>8} | {'host p50':>8} "
                 f"{'host p99':>8}")
         print(head)
@@ -402,12 +402,14 @@ def main() -> int:
         for i, (label, _rate, _count) in enumerate(loads):
             g, c = results[mode, i]["governor"], results[mode, i]["cgrulesengd"]
             for name, r in (("governor", g), ("cgrulesengd", c)):
-                print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} {r['placed']:>6} "
+                print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} "
+                      f"{str(r['placed']) + '/' + str(r['spawned']):>10} "
                       f"{r['misses']:>5} {fmt_ms(r['p50']):>8} {fmt_ms(r['p99']):>8} "
                       f"{fmt_ms(r['max']):>8} {r['cpu_ms']:>8.2f} | {host(r['p50']):>8} "
                       f"{host(r['p99']):>8}")
-            print(f"{label:<14} {'':>10} | {'ratio':<11} "
-                  f"{ratio(g['placed'], c['placed']):>6} {'':>5} "
+            # placed: the share of the processes spawned (the VM spawns a different number)
+            share = ratio(g["placed"] / max(g["spawned"], 1), c["placed"] / max(c["spawned"], 1))
+            print(f"{label:<14} {'':>10} | {'ratio':<11} {share:>10} {'':>5} "
                   f"{ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
                   f"{ratio(g['max'], c['max']):>8} {ratio(g['cpu_ms'], c['cpu_ms']):>8} |")
     print()
