@@ -818,7 +818,8 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
     }
     Py_DECREF(fast);
     Py_DECREF(cache);
-    if (stop < 0 || mono == NULL) {
+    if (stop < 0 || (!stop && mono == NULL)) { /* an error is set (mono is only taken to
+                                                  * read: NULL is no error when stopping) */
         Py_DECREF(ino);
         return NULL;
     }
@@ -877,7 +878,7 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
 }
 
 /* sample_groups(paths, start, groups, prefix, latest, created, births, node, started, t0,
- *               samples, hook) -> index
+ *               samples, hook[, end]) -> index
  * From paths[start] on, for each group whose reader entry (groups[prefix + path]) has its
  * fast descriptors: stamp, read (read_fast), call hook("metering.sample.group") when it is
  * not None, latest[path] = stats, append to samples the GroupSample (to_sample, with the
@@ -885,21 +886,23 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
  * the first group it leaves to the caller's Python loop: no entry or no fast descriptors
  * yet, a birth to note (path in births), a new incarnation to log (latest[path] has
  * another cgroup id), or any error while reading (the caller reads it again and reports
- * it); len(paths) when done.  The caller's loop does exactly this for those groups. */
+ * it); len(paths) when done, or end (exclusive) when given: the caller calls it again, and
+ * the interpreter may hand the GIL to another thread in between.  The caller's loop does
+ * exactly this for those groups. */
 static PyObject *sample_groups(PyObject *self, PyObject *args) {
     PyObject *paths, *groups, *prefix, *latest, *created, *births, *node, *started, *t0,
         *samples, *hook;
-    Py_ssize_t i;
-    if (!PyArg_ParseTuple(args, "O!nO!UO!O!O!UOOO!O", &PyList_Type, &paths, &i, &PyDict_Type,
+    Py_ssize_t i, end = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "O!nO!UO!O!O!UOOO!O|n", &PyList_Type, &paths, &i, &PyDict_Type,
                           &groups, &prefix, &PyDict_Type, &latest, &PyDict_Type, &created,
                           &PyDict_Type, &births, &node, &started, &t0, &PyList_Type, &samples,
-                          &hook))
+                          &hook, &end))
         return NULL;
     if (!reader_ready || !sample_ready) {
         PyErr_SetString(PyExc_RuntimeError, "_fastread is not configured");
         return NULL;
     }
-    for (; i < PyList_GET_SIZE(paths); i++) {
+    for (; i < PyList_GET_SIZE(paths) && i < end; i++) {
         PyObject *path = PyList_GET_ITEM(paths, i);
         if (!PyUnicode_Check(path))
             break;

@@ -291,6 +291,73 @@ def test_sampler_fast_tier_scenario_is_the_same(tmp_path: Path) -> None:
     assert run(False, tmp_path / "py") == run(True, tmp_path / "c")
 
 
+def test_sampler_fast_pass_in_chunks_is_the_same(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """More groups than FAST_CHUNK, one of them left to the Python loop mid-way (a birth):
+    the C pass runs in chunks of FAST_CHUNK (the GIL can change hands between them) and the
+    samples are those of the Python loop."""
+    from governor.metering import sampler as sampler_mod
+
+    def run(accelerated: bool, base: Path) -> tuple[list[Any], list[tuple[int, int]]]:
+        base.mkdir()
+        sub = create_child(base, "governor.slice")
+        t = create_child(sub, "acme")
+        n = sampler_mod.FAST_CHUNK * 3 + 5
+        for g in range(n):
+            create_child(t, f"g{g:03d}")
+        s = Sampler(CgroupFS(base, verify=False), "governor.slice", "n", slow_every=1000,
+                    accelerated=accelerated)
+        calls: list[tuple[int, int]] = []
+        if s._fast_pass is not None:
+            real = s._fast_pass
+
+            def spy(*a: Any) -> int:
+                j: int = real(*a)
+                calls.append((a[1], j))
+                return j
+            s._fast_pass = spy
+        s.sample()                         # slow tier: opens everything
+        s.expect_birth("acme/g020x")
+        create_child(t, "g020x")           # sorts after g020: the Python loop takes it
+        p = s.sample()
+        s.close()
+        return ([dataclasses.replace(x, wall=STARTED, monotonic=0.0, cgroup_id=0,
+                                     created=x.created and STARTED) for x in p.samples],
+                calls)
+
+    py, _ = run(False, tmp_path / "py")
+    c, calls = run(True, tmp_path / "c")
+    assert c == py and len(c) == sampler_mod.FAST_CHUNK * 3 + 5 + 1 + 1  # + the tenant
+    assert calls and all(j - i <= sampler_mod.FAST_CHUNK for i, j in calls)
+    assert len(calls) >= 4  # the pass was cut in chunks
+
+
+def test_sampler_past_the_fd_budget_is_the_same(tmp_path: Path) -> None:
+    """Groups past the reader's fd budget have no fast descriptors (fast is None): the C
+    pass leaves them to the Python loop.  It used to return NULL without an exception there
+    (SystemError: the whole pass lost), found by bench/gil_wait.py at 10,000 groups."""
+    def run(accelerated: bool, base: Path) -> list[Any]:
+        base.mkdir()
+        t = create_child(create_child(base, "governor.slice"), "acme")
+        for g in range(12):
+            create_child(t, f"g{g:02d}")
+        s = Sampler(CgroupFS(base, verify=False), "governor.slice", "n", slow_every=1000,
+                    accelerated=accelerated)
+        s.reader.max_fds = 40  # a few groups' worth: the rest reopen their files each time
+        out = []
+        for _ in range(3):
+            p = s.sample()
+            out.append((p.gone, p.errors, [dataclasses.replace(
+                x, wall=STARTED, monotonic=0.0, cgroup_id=0,
+                created=x.created and STARTED) for x in p.samples]))
+        assert any(g.fast is None for g in s.reader._groups.values())
+        s.close()
+        return out
+
+    py = run(False, tmp_path / "py")
+    assert py == run(True, tmp_path / "c") and len(py[-1][2]) == 13 and not py[-1][1]
+
+
 def test_subdirs_lists_what_scandir_lists(tmp_path: Path) -> None:
     import os
 
