@@ -27,7 +27,7 @@ from governor.exporter.render import Health, Snapshot, render
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.service import meter, record_samples
-from tests.unit.cgroupfs_fake import LEAF_FILES
+from tests.unit.cgroupfs_fake import create_groups
 
 
 def cpu() -> float:
@@ -41,14 +41,7 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=8)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="governor-pass-"))
-    sub = tmp / "cg" / "gov"
-    for i in range(args.groups):
-        t, g = divmod(i, 100)
-        for d in (sub / f"t{t:02d}", sub / f"t{t:02d}" / f"g{g:03d}"):
-            if not d.exists():
-                d.mkdir(parents=True)
-                for k, v in LEAF_FILES.items():
-                    (d / k).write_text(v)
+    create_groups(tmp / "cg" / "gov", args.groups)
     url = f"sqlite:///{tmp}/governor.db"
     upgrade(url)
     engine = make_engine(url)

@@ -37,18 +37,7 @@ from governor.metering import sampler as sampler_mod
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.service import meter, record_samples
-from tests.unit.cgroupfs_fake import LEAF_FILES
-
-
-def build(n: int, root: Path) -> None:
-    sub = root / "cg" / "gov"
-    for i in range(n):
-        t, g = divmod(i, 100)
-        for d in (sub / f"t{t:03d}", sub / f"t{t:03d}" / f"g{g:03d}"):
-            if not d.exists():
-                d.mkdir(parents=True)
-                for k, v in LEAF_FILES.items():
-                    (d / k).write_text(v)
+from tests.unit.cgroupfs_fake import create_groups
 
 
 def waiter(stop: threading.Event, lates: list[float]) -> None:
@@ -73,7 +62,7 @@ def main() -> int:
     args = ap.parse_args()
     raise_nofile_limit()  # as the daemon does: an fd per stat file of every group
     tmp = Path(tempfile.mkdtemp(prefix="governor-gil-"))
-    build(args.groups, tmp)
+    create_groups(tmp / "cg" / "gov", args.groups)
     url = f"sqlite:///{tmp}/governor.db"
     upgrade(url)
     scope = scope_factory(make_engine(url))

@@ -51,6 +51,7 @@ from typing import Any
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.tree import create, remove
+from governor.config import Config
 
 ROOT = Path("/sys/fs/cgroup")
 SLEEP = "/usr/bin/sleep"
@@ -64,7 +65,6 @@ Result = dict[str, Any]
 def serve(subtree: str, policy_file: str) -> int:
     """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
     each SIGUSR1 and at the end."""
-    from governor.config import Config
     from governor.placement import netlink
     from governor.placement.placer import Placer
     from governor.policy import load_policy
@@ -267,19 +267,19 @@ def ratio(a: float, b: float) -> str:
 
 def set_favordynmods(on: bool) -> str:
     """Remount the VM's cgroup2 with or without ``favordynmods`` (every other option kept:
-    governor.cgroupfs.mount's helpers); returns the mount's options after."""
+    governor.cgroupfs.mount, as the daemon does it); returns the mount's options after."""
     from governor.cgroupfs import mount
 
-    entry = mount.cgroup2_mount_of(ROOT)
-    if (mount.FAVORDYNMODS in entry.super_options) != on:
-        data = mount.merge_options(entry.super_options,
-                                   add=(mount.FAVORDYNMODS,) if on else (),
-                                   drop=() if on else (mount.FAVORDYNMODS,))
-        mount.sys_remount(str(ROOT), mount.remount_flags(entry), ",".join(data))
+    if on:
+        mount.favor_dynmods(ROOT)
+    else:
         entry = mount.cgroup2_mount_of(ROOT)
-        if (mount.FAVORDYNMODS in entry.super_options) != on:
-            raise SystemExit(f"placement bench: could not turn favordynmods {on}")
-    return ",".join(entry.super_options)
+        mount.remount_cgroup2(ROOT, mount.merge_options(entry.super_options,
+                                                        drop=[mount.FAVORDYNMODS]))
+    opts = mount.cgroup2_mount_of(ROOT).super_options
+    if (mount.FAVORDYNMODS in opts) != on:
+        raise SystemExit(f"placement bench: could not turn favordynmods {on}: {opts}")
+    return ",".join(opts)
 
 
 def main() -> int:
@@ -318,7 +318,6 @@ def main() -> int:
         return 2
     vm_cal = calibrate()
     slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
-    from governor.config import Config
     print(f"governor's listener thread at nice {Config().listener_nice}, cgrulesengd at nice "
           f"{args.peer_nice}", flush=True)
     print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "

@@ -69,22 +69,24 @@ def apply_favordynmods(cfg: Config, cgroup_root: str | Path, *,
     if not cfg.favordynmods:
         return False
     from governor.cgroupfs import mount
-    from governor.errors import GovernorError
+    from governor.errors import GovernorError, MountError
 
     try:
         changed = mount.favor_dynmods(cgroup_root, mountinfo=mountinfo, remount=remount)
+    except MountError as e:
+        error, fix = e.detail, e.fix
     except (GovernorError, OSError) as e:
-        error, _, fix = str(e).partition(". Fix: ")
-        log.error("favordynmods not turned on: placement works, each move waits for an RCU "
-                  "grace period", extra={"error": error,
-                                         "fix": fix or "needs Linux 6.0+ and root"})
-        return False
-    if changed:
-        log.info("favordynmods turned on for the cgroup2 mount: moves no longer wait for an "
-                 "RCU grace period", extra={"cgroup_root": str(cgroup_root)})
+        error, fix = str(e), "needs Linux 6.0+ and root"
     else:
-        log.debug("favordynmods already on", extra={"cgroup_root": str(cgroup_root)})
-    return True
+        if changed:
+            log.info("favordynmods turned on for the cgroup2 mount: moves no longer wait "
+                     "for an RCU grace period", extra={"cgroup_root": str(cgroup_root)})
+        else:
+            log.debug("favordynmods already on", extra={"cgroup_root": str(cgroup_root)})
+        return True
+    log.error("favordynmods not turned on: placement works, each move waits for an RCU grace "
+              "period", extra={"error": error, "fix": fix})
+    return False
 
 
 class Daemon:

@@ -102,4 +102,5 @@ class MountError(GovernorError):
             msg += f": [{_errno.errorcode.get(err, str(err))}] {os.strerror(err)}"
         if problem:
             msg += f": {problem}"
+        self.detail = msg  # what went wrong, without the fix
         super().__init__(f"{msg}. Fix: {fix}")

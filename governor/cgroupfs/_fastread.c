@@ -1125,80 +1125,6 @@ static PyObject *proc_stat(PyObject *self, PyObject *arg) {
     return stat_tuple(arg, buf, n);
 }
 
-/* proc_probe(base, pid) -> (pidfd, (stat tuple), pidns) | None: what placement reads first
- * about every exec'd process, in one call: a pidfd on pid (pidfd_open, before any read;
- * -1 when pid < 0 or the kernel offers none: ENOSYS, EPERM, EINVAL), base/stat as
- * proc_stat, the inode of base/ns/pid as proc_ns.  None (the pidfd closed) when the
- * process is gone (ESRCH from pidfd_open, or as the readers say). */
-static PyObject *proc_probe(PyObject *self, PyObject *args) {
-    PyObject *base;
-    long pid;
-    if (!PyArg_ParseTuple(args, "Ul", &base, &pid))
-        return NULL;
-    const char *b = PyUnicode_AsUTF8(base);
-    if (b == NULL)
-        return NULL;
-    char path[4096], buf[4096];
-    int pidfd = -1;
-    if (pid >= 0) {
-        pidfd = (int)syscall(434 /* SYS_pidfd_open, every architecture */, (pid_t)pid, 0);
-        if (pidfd < 0 && errno == ESRCH)
-            Py_RETURN_NONE;
-        if (pidfd < 0)
-            pidfd = -1;
-    }
-    PyObject *st = NULL, *where = NULL;
-    snprintf(path, sizeof path, "%s/stat", b);
-    ssize_t n = proc_slurp(path, buf, sizeof buf - 1);
-    if (n == -2 || n == 0)
-        goto gone;
-    if (n == -1) {
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-        goto fail;
-    }
-    buf[n] = 0;
-    where = PyUnicode_FromString(path);
-    if (where == NULL)
-        goto fail;
-    st = stat_tuple(where, buf, n);
-    Py_CLEAR(where);
-    if (st == NULL)
-        goto fail;
-    snprintf(path, sizeof path, "%s/ns/pid", b);
-    n = readlink(path, buf, sizeof buf - 1);
-    if (n < 0) {
-        if (errno == ENOENT || errno == ESRCH)
-            goto gone;
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-        goto fail;
-    }
-    buf[n] = 0;
-    const char *l = strchr(buf, '['), *r = strrchr(buf, ']');
-    unsigned long long v = 0;
-    int ok = l != NULL && r != NULL && r > l + 1;
-    for (const char *p = ok ? l + 1 : r; ok && p < r; p++) {
-        if (*p < '0' || *p > '9')
-            ok = 0;
-        else
-            v = v * 10 + (unsigned long long)(*p - '0');
-    }
-    if (!ok) {
-        PyErr_Format(PyExc_ValueError, "%s: not a namespace link: %s", path, buf);
-        goto fail;
-    }
-    return Py_BuildValue("(iNK)", pidfd, st, v);
-gone:
-    Py_XDECREF(st);
-    if (pidfd >= 0)
-        close(pidfd);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(st);
-    if (pidfd >= 0)
-        close(pidfd);
-    return NULL;
-}
-
 /* pidfd_exited(fd) -> has the process of pidfd fd exited (poll POLLIN, no wait)? */
 static PyObject *pidfd_exited(PyObject *self, PyObject *arg) {
     int fd = PyLong_AsLong(arg);
@@ -1528,9 +1454,6 @@ static PyMethodDef methods[] = {
     {"subdirs", subdirs, METH_O, "subdirs(dirfd) -> sorted names of the sub-directories"},
     {"proc_stat", proc_stat, METH_O,
      "proc_stat(path) -> (comm, state, ppid, flags, starttime, num_threads) | None (gone)"},
-    {"proc_probe", proc_probe, METH_VARARGS,
-     "proc_probe(base, pid) -> (pidfd, (comm, state, ppid, flags, starttime, num_threads), "
-     "pidns) | None (gone)"},
     {"pidfd_exited", pidfd_exited, METH_O, "pidfd_exited(fd) -> has its process exited?"},
     {"proc_cgroup", proc_cgroup, METH_O,
      "proc_cgroup(path) -> the 0:: line's path | None (no such line) | False (gone)"},

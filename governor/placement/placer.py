@@ -39,7 +39,7 @@ from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.errors import CgroupError
 from governor.placement import netlink
-from governor.placement.procfs import KTHREADD_PID, PF_KTHREAD, Proc, ProcessGone, host_pidns, pids
+from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
 from governor.placement.rules import CompiledRule, ContainerView, Exclusions, RuleSet
 from governor.policy.model import Policy
 
@@ -226,10 +226,9 @@ class Placer:
             return None
         with Proc(self.proc_root, pid) as p:
             try:
-                # pinned before the first read (the move checks it is still this process),
-                # then stat and the pid namespace: one call of the C accelerator
+                # pinned before the first read (the move checks it is still this process)
                 st = p.probe()
-                if st.flags & PF_KTHREAD or st.ppid == KTHREADD_PID:
+                if st.kthread or st.ppid == KTHREADD_PID:
                     return None
                 ns = p.pidns()
                 if ns != self.host_ns:

@@ -196,18 +196,11 @@ class Proc:
             self._pidfd = -1  # ENOSYS (old kernel), EPERM (seccomp), EINVAL (a thread)
 
     def probe(self) -> Stat:
-        """:meth:`pin`, then :meth:`stat` and :meth:`pidns`, in one call of the C
-        accelerator when built (the reads placement makes of every exec'd process)."""
-        if _c is None or self._pidfd is not None:
-            self.pin()
-            self.pidns()
-            return self.stat()
-        got = _c.proc_probe(self.base, self.pid if self.root == "/proc" else -1)
-        if got is None:
-            raise ProcessGone(self.pid)
-        self._pidfd, st, self._pidns = got
-        self._stat = stat = tuple.__new__(Stat, st)
-        return stat
+        """:meth:`pin`, then :meth:`pidns` and :meth:`stat`: what placement reads first
+        about every exec'd process (pinned before anything is read)."""
+        self.pin()
+        self.pidns()
+        return self.stat()
 
     def same_process(self, starttime: int) -> bool:
         """Is ``pid`` still the process that was read (started at ``starttime``)?  Checked

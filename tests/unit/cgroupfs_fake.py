@@ -73,3 +73,15 @@ def create_child(parent: Path, name: str, files: dict[str, str] | None = None) -
     for k, v in (LEAF_FILES if files is None else files).items():
         create_file_with_content(d, k, v)
     return d
+
+
+def create_groups(subtree: Path, groups: int) -> None:
+    """``groups`` leaf groups under ``subtree`` (created), in tenants of 100:
+    ``t000/g000`` ...; the benchmarks' fake trees."""
+    subtree.mkdir(parents=True, exist_ok=True)
+    for i in range(groups):
+        t, g = divmod(i, 100)
+        tdir = subtree / f"t{t:03d}"
+        if g == 0:
+            create_child(subtree, tdir.name)
+        create_child(tdir, f"g{g:03d}")
