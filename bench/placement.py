@@ -62,7 +62,7 @@ Result = dict[str, Any]
 
 
 # -- the governor side -------------------------------------------------------------------
-def serve(subtree: str, policy_file: str) -> int:
+def serve(subtree: str, policy_file: str, nice: int) -> int:
     """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
     each SIGUSR1 and at the end."""
     from governor.placement import netlink
@@ -93,9 +93,7 @@ def serve(subtree: str, policy_file: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
     with CgroupFS(ROOT) as fs:
-        # the daemon's listener priority ([placement] listener_nice, default -10)
-        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(),
-                             nice=Config().listener_nice)
+        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(), nice=nice)
         ok = placer.start()
         print("ready" if ok else "no-connector", flush=True)
         while not flags["stop"]:
@@ -109,9 +107,10 @@ def serve(subtree: str, policy_file: str) -> int:
 
 
 class Governor:
-    def __init__(self, subtree: str, policy_file: Path) -> None:
+    def __init__(self, subtree: str, policy_file: Path, nice: int) -> None:
         self.p = subprocess.Popen([sys.executable, __file__, "--serve", subtree,
-                                   str(policy_file)], stdout=subprocess.PIPE, text=True)
+                                   str(policy_file), str(nice)],
+                                  stdout=subprocess.PIPE, text=True)
         assert self.p.stdout is not None
         line = self.p.stdout.readline().strip()
         if line != "ready":
@@ -294,6 +293,9 @@ def main() -> int:
                     default=["default", "favordynmods"],
                     help="cgroup2 mount modes to run every load in, in turn (favordynmods: "
                     "Linux 6.0+, governor's [placement] favordynmods = true)")
+    ap.add_argument("--listener-nice", type=int, default=Config().listener_nice, metavar="N",
+                    help="governor's listener thread nice (default: the daemon's [placement] "
+                    "listener_nice, -10)")
     ap.add_argument("--peer-nice", type=int, default=0, metavar="N",
                     help="run cgrulesengd at nice N (governor's listener thread runs at "
                     "[placement] listener_nice, default -10)")
@@ -303,10 +305,11 @@ def main() -> int:
     ap.add_argument("--host-calibration", type=float, default=0.0, metavar="US",
                     help="the host's --calibrate figure: VM latencies are also shown divided "
                     "by (VM calibration / this), the host-speed estimate")
-    ap.add_argument("--serve", nargs=2, metavar=("SUBTREE", "POLICY"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("SUBTREE", "POLICY", "NICE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        return serve(*args.serve)
+        return serve(args.serve[0], args.serve[1], int(args.serve[2]))
     if args.calibrate:
         print(f"{calibrate():.2f}")
         return 0
@@ -318,7 +321,7 @@ def main() -> int:
         return 2
     vm_cal = calibrate()
     slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
-    print(f"governor's listener thread at nice {Config().listener_nice}, cgrulesengd at nice "
+    print(f"governor's listener thread at nice {args.listener_nice}, cgrulesengd at nice "
           f"{args.peer_nice}", flush=True)
     print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "
           f"calibration (Placer CPU per exec event, kernel write replaced by a file write): "
@@ -349,7 +352,7 @@ def main() -> int:
             for i, (label, rate, count) in enumerate(loads):
                 for name in ("governor", "cgrulesengd"):
                     daemon: Governor | Cgrulesengd = (
-                        Governor(subtree, policy_file) if name == "governor"
+                        Governor(subtree, policy_file, args.listener_nice) if name == "governor"
                         else Cgrulesengd(f"{subtree}/t/g", args.peer_nice))
                     try:
                         wait_ready(target, daemon)
