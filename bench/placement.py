@@ -62,7 +62,7 @@ Result = dict[str, Any]
 
 
 # -- the governor side -------------------------------------------------------------------
-def serve(subtree: str, policy_file: str, nice: int) -> int:
+def serve(subtree: str, policy_file: str, nice: int, keep_warm: float) -> int:
     """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
     each SIGUSR1 and at the end."""
     from governor.placement import netlink
@@ -93,7 +93,9 @@ def serve(subtree: str, policy_file: str, nice: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
     with CgroupFS(ROOT) as fs:
-        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(), nice=nice)
+        placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(), nice=nice,
+                             keep_warm=keep_warm,
+                             keep_warm_interval=Config().keep_warm_interval)
         ok = placer.start()
         print("ready" if ok else "no-connector", flush=True)
         while not flags["stop"]:
@@ -107,9 +109,9 @@ def serve(subtree: str, policy_file: str, nice: int) -> int:
 
 
 class Governor:
-    def __init__(self, subtree: str, policy_file: Path, nice: int) -> None:
+    def __init__(self, subtree: str, policy_file: Path, nice: int, keep_warm: float) -> None:
         self.p = subprocess.Popen([sys.executable, __file__, "--serve", subtree,
-                                   str(policy_file), str(nice)],
+                                   str(policy_file), str(nice), str(keep_warm)],
                                   stdout=subprocess.PIPE, text=True)
         assert self.p.stdout is not None
         line = self.p.stdout.readline().strip()
@@ -296,6 +298,10 @@ def main() -> int:
     ap.add_argument("--listener-nice", type=int, default=Config().listener_nice, metavar="N",
                     help="governor's listener thread nice (default: the daemon's [placement] "
                     "listener_nice, -10)")
+    ap.add_argument("--keep-warm", type=float, default=Config().keep_warm, metavar="SECONDS",
+                    help="governor's [placement] keep_warm: no-op migrations for this long "
+                    "after a move keep the next moves from waiting for an RCU grace period "
+                    "(default: the daemon's, 1 s; 0: off)")
     ap.add_argument("--peer-nice", type=int, default=0, metavar="N",
                     help="run cgrulesengd at nice N (governor's listener thread runs at "
                     "[placement] listener_nice, default -10)")
@@ -305,11 +311,11 @@ def main() -> int:
     ap.add_argument("--host-calibration", type=float, default=0.0, metavar="US",
                     help="the host's --calibrate figure: VM latencies are also shown divided "
                     "by (VM calibration / this), the host-speed estimate")
-    ap.add_argument("--serve", nargs=3, metavar=("SUBTREE", "POLICY", "NICE"),
+    ap.add_argument("--serve", nargs=4, metavar=("SUBTREE", "POLICY", "NICE", "KEEP_WARM"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        return serve(args.serve[0], args.serve[1], int(args.serve[2]))
+        return serve(args.serve[0], args.serve[1], int(args.serve[2]), float(args.serve[3]))
     if args.calibrate:
         print(f"{calibrate():.2f}")
         return 0
@@ -321,8 +327,8 @@ def main() -> int:
         return 2
     vm_cal = calibrate()
     slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
-    print(f"governor's listener thread at nice {args.listener_nice}, cgrulesengd at nice "
-          f"{args.peer_nice}", flush=True)
+    print(f"governor's listener thread at nice {args.listener_nice}, keep_warm "
+          f"{args.keep_warm:g} s; cgrulesengd at nice {args.peer_nice}", flush=True)
     print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "
           f"calibration (Placer CPU per exec event, kernel write replaced by a file write): "
           f"VM {vm_cal:.1f} us, host "
@@ -352,7 +358,8 @@ def main() -> int:
             for i, (label, rate, count) in enumerate(loads):
                 for name in ("governor", "cgrulesengd"):
                     daemon: Governor | Cgrulesengd = (
-                        Governor(subtree, policy_file, args.listener_nice) if name == "governor"
+                        Governor(subtree, policy_file, args.listener_nice, args.keep_warm)
+                        if name == "governor"
                         else Cgrulesengd(f"{subtree}/t/g", args.peer_nice))
                     try:
                         wait_ready(target, daemon)
@@ -367,6 +374,8 @@ def main() -> int:
                             daemon.check()
                         elif before is not None:
                             after = daemon.counters()
+                            r["warm"] = (after["keep_warm_writes"]
+                                         - before["keep_warm_writes"])
                             handling[mode, i] = per_event(before, after)
                             for k, v in after["handle_max_seconds_by_event"].items():
                                 handle_max[k] = max(v, handle_max.get(k, 0.0))
@@ -380,7 +389,9 @@ def main() -> int:
                               f"{fmt_ms(r['p99'])} ms, max {fmt_ms(r['max'])} ms (poll pass "
                               f"{r['pass_us']:.0f} us; {r['from_exec']} of {r['placed']} "
                               "timed from the kernel's exec event); daemon CPU "
-                              f"{r['cpu_ms']:.2f} ms per process spawned", flush=True)
+                              f"{r['cpu_ms']:.2f} ms per process spawned"
+                              + (f", {r['warm']} keep_warm no-op migrations" if "warm" in r
+                                 else ""), flush=True)
                     finally:
                         daemon.stop()
     finally:

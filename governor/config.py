@@ -9,6 +9,7 @@ key and the value, with a suggestion for typos.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import socket
 import tomllib
@@ -47,6 +48,8 @@ def parse_duration(value: object, *, key: str, file: str | None) -> float:
         raise ConfigError(f"{value!r} is not a duration", file=file, key=key)
     if not secs > 0:
         raise ConfigError(f"{value!r}: a duration must be positive", file=file, key=key)
+    if not math.isfinite(secs):
+        raise ConfigError(f"{value!r}: a duration must be finite", file=file, key=key)
     return secs
 
 
@@ -94,6 +97,8 @@ class Config:
     exclude_cgroups: tuple[str, ...] = ("/init.scope", "/system.slice/*", "/user.slice/*")
     favordynmods: bool = False              # remount cgroup2 with favordynmods at start
     listener_nice: int = -10                # nice of the connector listener thread
+    keep_warm: float = 1.0                  # keep moves fast this long after one (0: off)
+    keep_warm_interval: float = 0.004       # no-op migration interval meanwhile
     # [exporter]
     listen: str = "127.0.0.1:9717"
     tls_cert: str | None = None
@@ -164,6 +169,25 @@ def _nice(v: object, *, key: str, file: str | None) -> int:
         raise ConfigError(f"{v!r} is not a nice value from -20 (first) to 19 (last); 0 is "
                           "the default of other processes", file=file, key=key)
     return v
+
+
+def _keep_warm(v: object, *, key: str, file: str | None) -> float:
+    if v in (0, "0", "0s", "0ms") and not isinstance(v, bool):
+        return 0.0
+    secs = parse_duration(v, key=key, file=file)
+    if secs > 60:
+        raise ConfigError(f"{v!r}: at most \"60s\" (moves are kept fast this long after the "
+                          "last one; 0 turns it off)", file=file, key=key)
+    return secs
+
+
+def _keep_warm_interval(v: object, *, key: str, file: str | None) -> float:
+    secs = parse_duration(v, key=key, file=file)
+    if not 0.0005 <= secs <= 0.1:
+        raise ConfigError(f"{v!r}: use \"0.5ms\" to \"100ms\", shorter than an RCU grace "
+                          "period (a few milliseconds; \"4ms\" is the default)",
+                          file=file, key=key)
+    return secs
 
 
 def _subtree(v: object, *, key: str, file: str | None) -> str:
@@ -255,6 +279,8 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "exclude_cgroups": ("exclude_cgroups", _cgroup_globs),
         "favordynmods": ("favordynmods", _bool),
         "listener_nice": ("listener_nice", _nice),
+        "keep_warm": ("keep_warm", _keep_warm),
+        "keep_warm_interval": ("keep_warm_interval", _keep_warm_interval),
     },
     "exporter": {
         "listen": ("listen", _listen),

@@ -135,7 +135,9 @@ class Daemon:
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
         self.placer = Placer(self.fs, cfg.subtree, lambda: self.enforcer.policy,
-                             exclude=cfg.exclude_cgroups, nice=cfg.listener_nice)
+                             exclude=cfg.exclude_cgroups, nice=cfg.listener_nice,
+                             keep_warm=cfg.keep_warm,
+                             keep_warm_interval=cfg.keep_warm_interval)
         self.alerter = (WebhookAlerter(cfg.oom_webhook_url, timeout=cfg.oom_webhook_timeout,
                                        retries=cfg.oom_webhook_retries)
                         if cfg.oom_webhook_url else None)

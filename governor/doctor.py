@@ -188,9 +188,12 @@ def _favordynmods_check(cfg: Config, root: Path, mountinfo: str, rules: int | No
     if rules == 0:
         return Check(name, True, f"{mp} is mounted without it (the policy has no placement "
                                  "rules: nothing to speed up)", required=False, info=True)
-    detail = (f"{mp} is mounted without it: each move into a group (placement, "
-              "`governor launch`) waits for an RCU grace period (16 ms per move measured "
-              "on Linux 6.1)")
+    detail = (f"{mp} is mounted without it: a move into a group (placement, "
+              "`governor launch`) after a quiet spell waits for an RCU grace period (16 ms "
+              "measured on Linux 6.1)")
+    detail += (f"; [placement] keep_warm spares the moves within {cfg.keep_warm:g} s of "
+               "another" if cfg.keep_warm > 0 else
+               "; with [placement] keep_warm = 0 every move waits")
     if too_old:
         return Check(name, True, detail + f"; this kernel ({release}) predates the option "
                                           "(Linux 6.0+)", required=False, info=True)

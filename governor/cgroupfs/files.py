@@ -220,6 +220,16 @@ class CgroupFS:
         """An fd for ``rel/file`` (or the group dir when file is None), beneath the root."""
         return _openat2(self._rootfd, self._rel(rel, file), flags)
 
+    def open_reported(self, path: str, file: str, flags: int) -> int:
+        """An fd for ``path/file`` where ``path`` is a cgroup the kernel reported (a
+        ``/proc/PID/cgroup`` line, relative to the mount): any name the kernel allows, not
+        only the names a policy may use, but never a ``..`` component, and beneath the root
+        like every open (openat2 RESOLVE_BENEATH)."""
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts) or "/" in file or file in ("", ".", ".."):
+            raise OSError(errno.EXDEV, "path escapes the cgroup root", f"{path}/{file}")
+        return _openat2(self._rootfd, "/".join([*parts, file]), flags)
+
     def exists(self, rel: str) -> bool:
         try:
             fd = _openat2(self._rootfd, self._rel(rel), os.O_PATH | os.O_DIRECTORY)

@@ -181,15 +181,22 @@ class Connector:
             self.sock.bind((0, CN_IDX_PROC))
             self.port = self.sock.getsockname()[0]
             self.sock.send(control_message(PROC_CN_MCAST_LISTEN, port=self.port))
-            # the timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: one recv(2)
-            # per datagram, where Python's own socket timeout costs a poll(2) before each
             if timeout is not None:
-                sec = int(timeout)
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                     struct.pack("@ll", sec, int((timeout - sec) * 1e6)))
+                self.set_timeout(timeout)
         except BaseException:
             self.sock.close()
             raise
+
+    def set_timeout(self, timeout: float) -> None:
+        """How long :meth:`receive` waits for a datagram (seconds, > 0).  The timeout is the
+        kernel's (SO_RCVTIMEO) on a blocking socket: one recv(2) per datagram, where
+        Python's own socket timeout costs a poll(2) before each."""
+        sec = int(timeout)
+        usec = int((timeout - sec) * 1e6)
+        if sec == 0 and usec == 0:
+            usec = 1  # a zero SO_RCVTIMEO would mean no timeout at all
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             struct.pack("@ll", sec, usec))
 
     def receive(self) -> list[ProcEvent]:
         """The events of the next datagram ([] when the timeout passes with none);

@@ -14,6 +14,9 @@ Decisions (docs/placement.md has the user's version):
 * **Never moved**: kernel threads (PF_KTHREAD, or kthreadd's pid 2 and its children), the
   governor itself, and processes whose cgroup matches an exclusion glob (unless the rule
   that matches them names a ``cgroup``).
+* **Moves kept fast**: for ``keep_warm`` seconds after a move, the listener repeats a no-op
+  migration every ``keep_warm_interval`` (:class:`tree.MigrationWarmer`), so the next move
+  does not wait for an RCU grace period; ``favordynmods`` makes that wait go for good.
 * **Races**: a process is held by a pidfd before anything about it is read, and the write
   happens only while that pidfd says it has not exited (so its pid cannot have been
   reused; without pidfds the start time is read again and compared); ESRCH on the write
@@ -49,6 +52,8 @@ log = logging.getLogger("governor.placement")
 DEFAULT_EXCLUDE: Final = ("/init.scope", "/system.slice/*", "/user.slice/*")
 #: how long after a move a fork of the moved process is checked (children followed)
 FOLLOW_WINDOW: Final = 2.0
+#: the listener's receive timeout while no move is being kept fast (it checks for stop)
+IDLE_TIMEOUT: Final = 0.5
 #: results counted in :class:`Counters`
 RESULTS: Final = ("moved", "already", "gone", "error", "excluded")
 
@@ -72,6 +77,8 @@ class Counters:
     handle_max_seconds_by_event: dict[str, float] = field(default_factory=dict)
     connector: bool = False
     listener_nice: int | None = None  # the listener thread's nice once it was set
+    keep_warm_writes: int = 0         # no-op migrations that kept moves fast
+    keep_warm_errors: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {"placements": dict(self.placements), "events": dict(self.events),
@@ -80,7 +87,9 @@ class Counters:
                 "handle_max_seconds": self.handle_max_seconds,
                 "handle_seconds_by_event": dict(self.handle_seconds_by_event),
                 "handle_max_seconds_by_event": dict(self.handle_max_seconds_by_event),
-                "connector": self.connector, "listener_nice": self.listener_nice}
+                "connector": self.connector, "listener_nice": self.listener_nice,
+                "keep_warm_writes": self.keep_warm_writes,
+                "keep_warm_errors": self.keep_warm_errors}
 
 
 class Placer:
@@ -92,7 +101,8 @@ class Placer:
                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE, proc_root: str = "/proc",
                  self_pid: int | None = None,
                  rules_factory: Callable[[Policy | None], RuleSet] = RuleSet.from_policy,
-                 nice: int | None = None) -> None:
+                 nice: int | None = None, keep_warm: float = 0.0,
+                 keep_warm_interval: float = 0.004) -> None:
         self.fs = fs
         self.subtree = subtree.strip("/")
         self._prefix = f"/{self.subtree}/"
@@ -119,6 +129,14 @@ class Placer:
         #: nice value of the listener thread (None: left as it is); see _prioritise
         self.nice = nice
         self.listener_tid: int | None = None
+        #: seconds after a move during which the listener keeps moves fast (0: never), and
+        #: the interval of its no-op migrations (shorter than an RCU grace period)
+        self.keep_warm = keep_warm
+        self.keep_warm_interval = keep_warm_interval
+        self.warmer = tree.MigrationWarmer(fs, proc_file=f"{proc_root}/thread-self/cgroup")
+        self._warm_until = 0.0  # monotonic; moves push it on
+        self._last_write = 0.0  # monotonic time of the last move or no-op migration
+        self._warm_logged = False
 
     # -- policy --------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -292,7 +310,10 @@ class Placer:
                           extra={"pid": pid, "group": target, "error": str(e)})
             return "error"
         self._count("moved")
-        now = time.monotonic()
+        now = self._last_write = time.monotonic()
+        if self.keep_warm > 0:
+            self._warm_until = now + self.keep_warm
+            self.warmer.moved(self._warm_until)
         self._recent[pid] = (target, now)
         if len(self._recent) > 4096:
             self._recent = {k: v for k, v in self._recent.items()
@@ -381,7 +402,7 @@ class Placer:
         """Rescan once, then follow connector events in a thread.  Returns False (and
         relies on the periodic rescan) when the connector is unavailable."""
         try:
-            conn = netlink.Connector()
+            conn = netlink.Connector(timeout=IDLE_TIMEOUT)
         except OSError as e:
             log.warning("process connector unavailable: placement relies on rescans",
                         extra={"error": os.strerror(e.errno or 0)})
@@ -415,8 +436,59 @@ class Placer:
         else:
             self.counters.listener_nice = os.getpriority(os.PRIO_PROCESS, tid)
 
+    def _warm_refused(self, e: Exception) -> None:
+        if not self._warm_logged:  # once: it would repeat after each move
+            self._warm_logged = True
+            log.warning("cannot keep moves fast: each move waits for a grace period",
+                        extra={"error": str(e),
+                               "fix": "set [placement] favordynmods = true, or keep_warm = 0 "
+                                      "to stop trying"})
+
+    def _start_warmer(self) -> None:
+        """The no-op migrations of keep_warm from the C accelerator's thread when there is
+        one (no GIL, no listener wake-ups); else the listener writes them (_keep_warm)."""
+        try:
+            self.warmer.start_background(self.keep_warm_interval)
+        except (CgroupError, OSError) as e:
+            self.counters.keep_warm_errors += 1
+            self._warm_refused(e)
+
+    def _warm_stats(self) -> None:
+        writes, refused, err = self.warmer.stats(self.keep_warm_interval)
+        self.counters.keep_warm_writes = writes
+        self.counters.keep_warm_errors = refused
+        if err is not None:
+            self._warm_refused(err)
+
+    def _keep_warm(self, conn: netlink.Connector, warm: bool) -> bool:
+        """While moves are recent, a no-op migration each ``keep_warm_interval`` (the
+        receive timeout is shortened to wake for it).  Returns whether it is warm now."""
+        now = time.monotonic()
+        if now >= self._warm_until:
+            if warm:
+                conn.set_timeout(IDLE_TIMEOUT)
+            return False
+        if now - self._last_write >= self.keep_warm_interval:
+            try:
+                self.warmer.touch()
+            except (CgroupError, OSError) as e:
+                self.counters.keep_warm_errors += 1
+                self._warm_until = 0.0
+                self._warm_refused(e)
+                if warm:
+                    conn.set_timeout(IDLE_TIMEOUT)
+                return False
+            self.counters.keep_warm_writes += 1
+            self._last_write = time.monotonic()
+        if not warm:
+            conn.set_timeout(self.keep_warm_interval)
+        return True
+
     def _listen(self, conn: netlink.Connector) -> None:
         self._prioritise()
+        if self.keep_warm > 0:
+            self._start_warmer()  # after _prioritise: its thread takes this one's nice
+        warm = False
         try:
             while not self._stop.is_set():
                 try:
@@ -432,8 +504,18 @@ class Placer:
                     except Exception:
                         log.exception("placement event failed", extra={"event": ev.name,
                                                                        "pid": ev.pid})
+                if self.keep_warm <= 0:
+                    continue
+                if self.warmer.background:
+                    self._warm_stats()
+                else:
+                    warm = self._keep_warm(conn, warm)
         finally:
             conn.close()
+            if self.warmer.background:
+                self._warm_stats()
+            self.warmer.stop_background()
+            self.warmer.close()
 
     def stop(self) -> None:
         self._stop.set()

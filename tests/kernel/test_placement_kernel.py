@@ -9,7 +9,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -273,6 +273,102 @@ def test_exit_before_move_and_fork_storm(world: tuple[CgroupFS, Enforcer, Path])
     # depends on the VM's speed (20 of 1,000 on a loaded TCG host), so it is not asserted.
     assert alive
     assert c["moved"] >= len(alive)
+
+
+def test_keep_warm_migrations_move_nothing(world: tuple[CgroupFS, Enforcer, Path],
+                                           cgroup2_mount: Path) -> None:
+    """The no-op migration of keep_warm on the real kernel: this thread written to its own
+    cgroup's cgroup.threads is accepted and moves nothing; once the process is moved
+    elsewhere, the old path is refused (EOPNOTSUPP: another resource domain), so a stale
+    path can never move the daemon back, and the warmer follows to the new cgroup.  Then a
+    Placer with keep_warm places a process and keeps writing for the window only."""
+    import errno
+    import threading
+
+    from governor.cgroupfs.tree import MigrationWarmer, own_cgroup
+
+    fs, enf, scratch = world
+    home = own_cgroup()
+    others = sorted(Path(f"/proc/{os.getpid()}/task").iterdir())
+    w = MigrationWarmer(fs)
+    for _ in range(50):
+        w.touch()
+    assert w.writes == 50 and w.rel == home and own_cgroup() == home
+    assert sorted(Path(f"/proc/{os.getpid()}/task").iterdir()) == others
+    for t in others:  # every thread of this process is still where it was
+        assert (t / "cgroup").read_text().strip() == f"0::/{home}"
+    away = cgroup2_mount / f"gwarm-{secrets.token_hex(3)}"
+    away.mkdir()
+    try:
+        (away / "cgroup.procs").write_text(str(os.getpid()))
+        tid = str(threading.get_native_id())
+        with pytest.raises(OSError) as e:  # the stale path: refused, nothing moved back
+            (cgroup2_mount / home / "cgroup.threads").write_text(tid)
+        assert e.value.errno == errno.EOPNOTSUPP
+        assert own_cgroup() == away.name
+        w.touch()  # refused at the old path, then written to the new one
+        assert w.rel == away.name and w.writes == 51 and own_cgroup() == away.name
+    finally:
+        (cgroup2_mount / home / "cgroup.procs").write_text(str(os.getpid()))
+        w.close()
+        remove_subtree(away)
+    assert own_cgroup() == home
+
+    # the daemon's way: the C accelerator's thread writes after each move, for the window
+    from governor.placement.procfs import ACCELERATED
+
+    placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=(), keep_warm=0.5)
+    sleeps: list[subprocess.Popen[bytes]] = []
+
+    def place_one() -> None:
+        sleeps.append(subprocess.Popen(["sleep", "30"]))
+        want = f"/{scratch.name}/t/storm"
+        assert wait_for(sleeps[-1].pid, want) == want
+
+    def settle(what: str, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert check(), what
+
+    assert placer.start() is True
+    away.mkdir()
+    try:
+        place_one()
+        settle("no-op migrations after the move", lambda: placer.counters.keep_warm_writes > 0)
+        assert placer.warmer.background is ACCELERATED
+        time.sleep(1.5)  # past the window
+        done = placer.counters.keep_warm_writes
+        time.sleep(1.0)
+        assert placer.counters.keep_warm_writes == done  # stopped with the window
+        assert placer.counters.keep_warm_errors == 0
+        if ACCELERATED:
+            # the daemon is moved while a window is open: the thread's next write is
+            # refused at the old path (EOPNOTSUPP), then goes to the new one
+            (away / "cgroup.procs").write_text(str(os.getpid()))
+            place_one()
+            settle("writes at the new cgroup", lambda: placer.warmer.rel == away.name)
+            moved_at = placer.counters.keep_warm_writes
+            place_one()  # (the window may have closed before the listener saw the refusal)
+            settle("writes there", lambda: placer.counters.keep_warm_writes > moved_at)
+            assert placer.counters.keep_warm_errors == 1
+            assert own_cgroup() == away.name  # the old path never moved it back
+            (cgroup2_mount / home / "cgroup.procs").write_text(str(os.getpid()))
+            place_one()
+            settle("writes at home again", lambda: placer.warmer.rel == home)
+            assert placer.counters.keep_warm_errors == 2
+    finally:
+        placer.stop()
+        for s in sleeps:
+            s.kill()
+            s.wait()
+        (cgroup2_mount / home / "cgroup.procs").write_text(str(os.getpid()))
+        remove_subtree(away)
+    print(f"keep_warm: {done} no-op migrations after one move (window 0.5 s, interval "
+          f"{placer.keep_warm_interval * 1e3:.0f} ms), background thread {ACCELERATED}; "
+          f"{placer.counters.keep_warm_writes} in all")
+    assert done > 0
+    assert placer.counters.placements["moved"] >= 1 and own_cgroup() == home
 
 
 def governor(*args: str, cfg: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

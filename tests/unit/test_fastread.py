@@ -507,3 +507,54 @@ def test_proc_events_agree_with_the_python_parser() -> None:
     assert [e.name for e in netlink.parse_messages(FORK + EXEC + EXIT)] == \
         ["fork", "exec", "exit"]
     assert netlink.parse_messages(bytes(short)) == []
+
+
+# -- keep_warm's writer thread ----------------------------------------------------------------
+def test_warm_thread_writes_its_tid_until_the_deadline(tmp_path: Path) -> None:
+    """The background writer of MigrationWarmer: a thread of this process (its own tid,
+    listed in /proc/self/task) writes each interval after moved() and stops at the
+    deadline; a refused write is reported once, with errno and path, and stops the writes."""
+    import errno
+    import threading
+    import time
+
+    from governor.cgroupfs.files import CgroupFS
+    from governor.cgroupfs.tree import MigrationWarmer
+
+    cg = tmp_path / "cg"
+    (cg / "daemon").mkdir(parents=True)
+    threads = cg / "daemon" / "cgroup.threads"
+    threads.write_text("")
+    me = tmp_path / "self-cgroup"
+    me.write_text("0::/daemon\n")
+    w = MigrationWarmer(CgroupFS(cg, verify=False), proc_file=str(me))
+    assert w.start_background(0.002) is True and w.background and w.rel == "daemon"
+    try:
+        time.sleep(0.05)
+        assert w.stats(0.002) == (0, 0, None) and threads.read_text() == ""  # no move yet
+        w.moved(time.monotonic() + 0.1)
+        time.sleep(0.3)
+        writes, refused, err = w.stats(0.002)
+        text = threads.read_text()
+        assert refused == 0 and err is None and 10 <= writes <= 0.1 / 0.002 + 1
+        tid = text[: len(text) // writes]
+        assert text == tid * writes  # one tid, written `writes` times, on the one fd
+        assert int(tid) != threading.get_native_id()
+        assert (Path("/proc/self/task") / tid).is_dir()  # a thread of this process
+        time.sleep(0.05)
+        assert w.stats(0.002)[0] == writes  # the deadline passed: no more writes
+
+        # a refused write: an fd it cannot write (O_RDONLY: EBADF, not a moved thread)
+        fs = w.fs
+        real = fs.open_reported
+        fs.open_reported = lambda p, f, _flags: real(p, f, os.O_RDONLY)  # type: ignore
+        w.start_background(0.002)  # counts start again from here
+        w.moved(time.monotonic() + 0.1)
+        time.sleep(0.05)
+        _writes, refused, err = w.stats(0.002)
+        assert refused == 1 and err is not None and err.errno == errno.EBADF
+        assert err.file == "cgroup.threads" and str(cg / "daemon") in str(err)
+        assert w.stats(0.002) == (0, 1, None)  # reported once; the writes stopped
+    finally:
+        w.stop_background()
+    assert not w.background

@@ -311,12 +311,20 @@ def test_doctor_off_with_rules_suggests_it(mountinfo: Path) -> None:
     c = _doctor(mountinfo)
     assert c.ok and c.info and not c.required  # informational: never a failure
     assert "/sys/fs/cgroup is mounted without it" in c.detail and "RCU grace period" in c.detail
+    assert "keep_warm spares the moves within 1 s of another" in c.detail
     assert c.fix.startswith("`[placement] favordynmods = true` (Linux 6.0+) cuts that wait")
     lines: list[str] = []
     render([c], lines.append)
     assert lines[0].startswith("[INFO] favordynmods: /sys/fs/cgroup is mounted without it")
     assert lines[1].startswith("       hint: `[placement] favordynmods = true` (Linux 6.0+)")
     assert lines[2] == "doctor: all checks passed"
+
+
+def test_doctor_off_says_what_keep_warm_does(mountinfo: Path) -> None:
+    cfg = load_config(None, environ={}, missing_ok=True,
+                      overrides={"placement.keep_warm": 0})
+    c = _favordynmods_check(cfg, Path("/sys/fs/cgroup"), str(mountinfo), 3, "6.1.0-18-amd64")
+    assert "keep_warm = 0 every move waits" in c.detail and c.info
 
 
 def test_doctor_on(mountinfo: Path) -> None:

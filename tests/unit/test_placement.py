@@ -14,7 +14,7 @@ import pytest
 from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.config import load_config
-from governor.errors import ConfigError
+from governor.errors import CgroupError, ConfigError
 from governor.placement import netlink
 from governor.placement.launch import (
     CLONE_NEWNET,
@@ -796,3 +796,163 @@ def test_settle_heap_freezes_the_start_up_heap() -> None:
     finally:
         gc.unfreeze()
     assert 0 < daemon.SWITCH_INTERVAL < 0.005
+
+
+# -- keeping moves fast: no-op migrations after a move -------------------------------------
+def test_own_cgroup_is_the_cgroup2_line_as_the_kernel_wrote_it(tmp_path: Path) -> None:
+    f = tmp_path / "cgroup"
+    scope = "docker-" + "a" * 64 + ".scope"  # longer than a policy name may be: accepted
+    f.write_text(f"12:cpu,cpuacct:/x\n0::/system.slice/{scope}\n")
+    assert tree.own_cgroup(str(f)) == f"system.slice/{scope}"
+    f.write_text("0::/\n")
+    assert tree.own_cgroup(str(f)) == ""
+    f.write_text("1:name=systemd:/user.slice\n")
+    with pytest.raises(CgroupError) as e:
+        tree.own_cgroup(str(f))
+    assert "0::" in str(e.value) and str(f) in str(e.value)
+    with pytest.raises(CgroupError) as e:
+        tree.own_cgroup(str(tmp_path / "missing"))
+    assert e.value.errno == errno.ENOENT and "missing" in str(e.value)
+    # a reported path is opened beneath the root, never above it
+    (tmp_path / "cg").mkdir()
+    fs = CgroupFS(tmp_path / "cg", verify=False)
+    for bad in ("a/../..", "..", "./x"):
+        with pytest.raises(OSError) as oe:
+            fs.open_reported(bad, "cgroup.threads", os.O_WRONLY)
+        assert oe.value.errno == errno.EXDEV
+    with pytest.raises(OSError):
+        fs.open_reported("", "../cgroup.threads", os.O_WRONLY)
+
+
+def _own_world(tmp_path: Path) -> tuple[Path, Path, tree.MigrationWarmer]:
+    cg = tmp_path / "cg"
+    for d in ("system.slice/gov.service", "moved"):
+        (cg / d).mkdir(parents=True)
+        (cg / d / "cgroup.threads").write_text("")
+    me = tmp_path / "thread-cgroup"
+    me.write_text("0::/system.slice/gov.service\n")
+    return cg, me, tree.MigrationWarmer(CgroupFS(cg, verify=False), proc_file=str(me))
+
+
+def test_warmer_writes_this_thread_into_its_own_cgroup(tmp_path: Path) -> None:
+    import threading
+
+    cg, _me, w = _own_world(tmp_path)
+    w.touch()
+    w.touch()
+    tid = str(threading.get_native_id())
+    assert (cg / "system.slice/gov.service/cgroup.threads").read_text() == tid * 2  # one fd
+    assert w.writes == 2 and w.rel == "system.slice/gov.service"
+    w.close()
+    assert w.rel is None
+
+
+def test_warmer_looks_again_once_when_the_thread_moved(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel answers EOPNOTSUPP for a tid written to a cgroup of another domain (the
+    daemon was moved since the path was read): the path is read again and the write goes
+    there; refused twice, or refused otherwise, it is an error naming file, value, errno."""
+    import threading
+
+    cg, me, w = _own_world(tmp_path)
+    w.touch()
+    real_write = os.write
+    refuse = {"n": 1, "errno": errno.EOPNOTSUPP}
+
+    def kernel(fd: int, data: bytes) -> int:
+        if refuse["n"] > 0:
+            refuse["n"] -= 1
+            raise OSError(refuse["errno"], os.strerror(refuse["errno"]))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", kernel)
+    me.write_text("0::/moved\n")
+    w.touch()
+    tid = str(threading.get_native_id())
+    assert (cg / "moved/cgroup.threads").read_text() == tid
+    assert w.rel == "moved" and w.writes == 2
+    refuse.update(n=2)
+    with pytest.raises(CgroupError) as e:
+        w.touch()
+    assert e.value.errno == errno.EOPNOTSUPP and e.value.file == "cgroup.threads"
+    assert e.value.value == tid and str(cg / "moved") in str(e.value)
+    refuse.update(n=1, errno=errno.EACCES)  # not a moved thread: no second try
+    with pytest.raises(CgroupError) as e:
+        w.touch()
+    assert e.value.errno == errno.EACCES and "permission denied" in str(e.value)
+    assert refuse["n"] == 0 and w.writes == 2
+
+
+class _Conn:
+    """The listener's connector as far as keep-warm uses it."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def set_timeout(self, t: float) -> None:
+        self.timeouts.append(t)
+
+
+def test_keep_warm_follows_moves_then_stops(world: tuple[Path, RecordingFS, Placer],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from governor.placement.placer import IDLE_TIMEOUT
+
+    proc, _fs, placer = world
+    placer.keep_warm, placer.keep_warm_interval = 0.3, 0.01
+    touched: list[float] = []
+    placer.warmer.touch = lambda: touched.append(time.monotonic())  # type: ignore[method-assign]
+    conn = _Conn()
+    assert placer._keep_warm(conn, False) is False  # no move yet: nothing, no timeout change
+    assert touched == [] and conn.timeouts == []
+    add_process(proc, 10, comm="nginx", cgroup="/")
+    assert placer.rescan() == {"moved": 1}
+    # just moved: the move itself keeps it warm; the listener now wakes each interval
+    assert placer._keep_warm(conn, False) is True
+    assert touched == [] and conn.timeouts == [0.01]
+    time.sleep(0.011)
+    assert placer._keep_warm(conn, True) is True
+    assert len(touched) == 1 and placer.counters.keep_warm_writes == 1
+    assert placer._keep_warm(conn, True) is True  # within the interval of that write
+    assert len(touched) == 1 and conn.timeouts == [0.01]
+    time.sleep(0.31)  # the window after the move is over
+    assert placer._keep_warm(conn, True) is False
+    assert conn.timeouts == [0.01, IDLE_TIMEOUT] and len(touched) == 1
+
+    # a refused no-op write: counted, logged once with the fix, the window closed
+    def refuse() -> None:
+        raise CgroupError("write", "/sys/fs/cgroup/x", "cgroup.threads", errno.EACCES)
+
+    placer.warmer.touch = refuse  # type: ignore[method-assign]
+    for pid in (11, 12):
+        add_process(proc, pid, comm="nginx", cgroup="/")
+        placer.classify(pid, exec_=True)
+        time.sleep(0.011)
+        assert placer._keep_warm(conn, False) is False
+    assert placer.counters.keep_warm_errors == 2
+    (rec,) = [r for r in caplog.records if "cannot keep moves fast" in r.getMessage()]
+    assert "favordynmods" in rec.fix and "EACCES" in rec.error  # type: ignore[attr-defined]
+
+
+def test_keep_warm_settings(tmp_path: Path) -> None:
+    cfg = load_config(None)
+    assert (cfg.keep_warm, cfg.keep_warm_interval) == (1.0, 0.004)
+    f = tmp_path / "c.toml"
+    for text, want in (('keep_warm = 0', 0.0), ('keep_warm = "0s"', 0.0),
+                       ('keep_warm = "250ms"', 0.25), ('keep_warm = 2', 2.0)):
+        f.write_text(f"[placement]\n{text}\n")
+        assert load_config(f).keep_warm == want
+    f.write_text('[placement]\nkeep_warm_interval = "2ms"\n')
+    assert load_config(f).keep_warm_interval == 0.002
+    for text, words in (('keep_warm = "61s"', "60s"), ("keep_warm = -1", "positive"),
+                        ("keep_warm = true", "not a duration"),
+                        ('keep_warm = "inf"', "finite"),
+                        ('keep_warm_interval = "1s"', "100ms"),
+                        ("keep_warm_interval = 0", "positive")):
+        f.write_text(f"[placement]\n{text}\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(f)
+        key = text.split(" =")[0]
+        assert f"placement.{key}" in str(e.value) and str(f) in str(e.value), str(e.value)
+        assert words in str(e.value), str(e.value)
