@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from governor.cgroupfs import tree
+from governor.cgroupfs import mount, tree
 from governor.cgroupfs.files import CgroupFS
-from governor.errors import CgroupError
+from governor.errors import CgroupError, GovernorError
 from governor.placement import netlink
 from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
 from governor.placement.rules import CompiledRule, ContainerView, Exclusions, RuleSet
@@ -484,8 +484,21 @@ class Placer:
             conn.set_timeout(self.keep_warm_interval)
         return True
 
+    def _favordynmods(self) -> bool:
+        """Is the cgroup2 mount under ``fs.root`` in ``favordynmods`` mode?  (Then moves
+        never wait, and keep_warm would only cost.)"""
+        try:
+            entry = mount.cgroup2_mount_of(self.fs.root)
+        except (GovernorError, OSError):
+            return False
+        return mount.FAVORDYNMODS in entry.super_options
+
     def _listen(self, conn: netlink.Connector) -> None:
         self._prioritise()
+        if self.keep_warm > 0 and self._favordynmods():
+            log.info("keep_warm not needed: the cgroup2 mount has favordynmods",
+                     extra={"cgroup_root": str(self.fs.root)})
+            self.keep_warm = 0.0
         if self.keep_warm > 0:
             self._start_warmer()  # after _prioritise: its thread takes this one's nice
         warm = False

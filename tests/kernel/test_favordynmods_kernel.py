@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.mount import (
     FAVORDYNMODS,
     cgroup2_mount_of,
@@ -20,6 +21,8 @@ from governor.cgroupfs.mount import (
     merge_options,
     remount_cgroup2,
 )
+from governor.placement.placer import Placer
+from governor.policy.loader import parse_policy
 
 pytestmark = pytest.mark.kernel
 
@@ -56,6 +59,28 @@ def test_favordynmods_keeps_every_option_and_is_undone(cgroup2_mount: Path,
         finally:
             child.kill()
             child.wait()
+        # a Placer asked to keep moves warm sees the option and does not (nothing to gain)
+        (scratch_subtree / "t" / "g").mkdir(parents=True)
+        pol = parse_policy([("p.toml", '[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\n'
+                                       'comm = "sleep"\n')])
+        with CgroupFS(cgroup2_mount) as fs:
+            placer = Placer(fs, scratch_subtree.name, lambda: pol, exclude=(), keep_warm=1.0)
+            assert placer.start() is True
+            child = subprocess.Popen(["sleep", "60"])
+            try:
+                want = f"0::/{scratch_subtree.name}/t/g"
+                deadline = time.monotonic() + 60
+                while (Path(f"/proc/{child.pid}/cgroup").read_text().strip() != want
+                       and time.monotonic() < deadline):
+                    time.sleep(0.02)
+                assert Path(f"/proc/{child.pid}/cgroup").read_text().strip() == want
+                time.sleep(0.2)
+            finally:
+                placer.stop()
+                child.kill()
+                child.wait()
+            assert placer.keep_warm == 0.0 and placer.counters.placements["moved"] >= 1
+            assert placer.counters.keep_warm_writes == 0
     finally:
         restored = remount_cgroup2(cgroup2_mount,
                                    merge_options(before.super_options, drop=[FAVORDYNMODS]))
