@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1469,6 +1470,9 @@ static int64_t mono_ns(void) {
 }
 
 static void *warm_main(void *arg) {
+    sigset_t all;  /* signals are for the interpreter's threads, never this one */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     char buf[24];
     long tid = (long)syscall(SYS_gettid);
     int n = snprintf(buf, sizeof buf, "%ld", tid);
