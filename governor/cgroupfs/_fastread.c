@@ -1461,7 +1461,7 @@ static struct {
     int64_t interval, deadline, last;  /* CLOCK_MONOTONIC ns */
     unsigned long long writes, errors;
     int err;
-} warm = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+} warm = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .fd = -1};
 
 static int64_t mono_ns(void) {
     struct timespec ts;

@@ -418,7 +418,7 @@ class MigrationWarmer:
         :meth:`touch` does; only a refusal there is an error."""
         if _fast is None or not self.background:
             return self.writes, 0, None
-        writes, refused, err, _tid = _fast.warm_stats()
+        writes, refused, err, tid = _fast.warm_stats()
         result = (writes - self._base[0], refused - self._base[1])
         if writes > self._writes_at_retry:
             self._retried = False  # it wrote since: a later refusal gets its retry
@@ -438,7 +438,7 @@ class MigrationWarmer:
             return (*result, None)
         return (*result, CgroupError(
             "write", str(self.fs.root / (self.rel or "")), "cgroup.threads", err,
-            hint=explain("write", "cgroup.threads", err)))
+            value=str(tid), hint=explain("write", "cgroup.threads", err)))
 
     def stop_background(self) -> None:
         if _fast is not None and self.background:

@@ -554,7 +554,34 @@ def test_warm_thread_writes_its_tid_until_the_deadline(tmp_path: Path) -> None:
         _writes, refused, err = w.stats(0.002)
         assert refused == 1 and err is not None and err.errno == errno.EBADF
         assert err.file == "cgroup.threads" and str(cg / "daemon") in str(err)
+        assert err.value == tid  # the writer thread's tid, as written
         assert w.stats(0.002) == (0, 1, None)  # reported once; the writes stopped
     finally:
         w.stop_background()
     assert not w.background
+
+
+def test_warm_thread_never_closes_a_descriptor_it_does_not_own(tmp_path: Path) -> None:
+    """Regression: the writer's state once started with fd 0, so the first warm_start
+    closed the process's stdin, and the number was later closed twice (the daemon's lock
+    file got EBADF at exit).  In a fresh process (the thread is one per process): stdin
+    and every other descriptor survive a start, a restart and a stop."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "threads"
+    target.write_text("")
+    code = (
+        "import os, sys\n"
+        "from governor.cgroupfs import _fastread as c\n"
+        "before = sorted(int(x) for x in os.listdir('/proc/self/fd'))\n"
+        f"fd = os.open({str(target)!r}, os.O_WRONLY)\n"
+        "c.warm_start(fd, 1_000_000); c.warm_start(fd, 1_000_000); c.warm_stop()\n"
+        "os.close(fd)\n"
+        "after = sorted(int(x) for x in os.listdir('/proc/self/fd'))\n"
+        "os.fstat(0)\n"
+        "print(before == after, before, after)\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=60, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("True"), r.stdout
