@@ -1031,6 +1031,17 @@ static PyObject *path_error(PyObject *path) {
     return NULL;
 }
 
+/* proc_slurp of the path object arg: the length, -2 gone, -1 with the exception set */
+static ssize_t slurp_arg(PyObject *arg, char *buf, size_t cap) {
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return -1;
+    ssize_t n = proc_slurp(path, buf, cap);
+    if (n == -1)
+        path_error(arg);
+    return n;
+}
+
 /* a signed decimal field of stat (ppid, flags, ...), whitespace-delimited */
 static int stat_field(const char **q, const char *end, long long *out) {
     const char *p = *q;
@@ -1117,12 +1128,9 @@ bad:
  * parse_stat's fields (comm between the first "(" and the last ")") */
 static PyObject *proc_stat(PyObject *self, PyObject *arg) {
     char buf[4096];
-    const char *path = PyUnicode_AsUTF8(arg);
-    if (path == NULL)
-        return NULL;
-    ssize_t n = proc_slurp(path, buf, sizeof buf - 1);
+    ssize_t n = slurp_arg(arg, buf, sizeof buf - 1);
     if (n == -1)
-        return path_error(arg);
+        return NULL;
     if (n == -2 || n == 0)
         Py_RETURN_NONE;
     buf[n] = 0;
@@ -1148,12 +1156,9 @@ static PyObject *pidfd_exited(PyObject *self, PyObject *arg) {
  * the process is gone */
 static PyObject *proc_cgroup(PyObject *self, PyObject *arg) {
     char buf[8192];
-    const char *path = PyUnicode_AsUTF8(arg);
-    if (path == NULL)
-        return NULL;
-    ssize_t n = proc_slurp(path, buf, sizeof buf);
+    ssize_t n = slurp_arg(arg, buf, sizeof buf);
     if (n == -1)
-        return path_error(arg);
+        return NULL;
     if (n == -2)
         Py_RETURN_FALSE;
     const char *end = buf + n;
@@ -1170,12 +1175,9 @@ static PyObject *proc_cgroup(PyObject *self, PyObject *arg) {
 /* proc_children(path) -> [pid, ...] of task/TID/children | None when gone */
 static PyObject *proc_children(PyObject *self, PyObject *arg) {
     char buf[65536];
-    const char *path = PyUnicode_AsUTF8(arg);
-    if (path == NULL)
-        return NULL;
-    ssize_t n = proc_slurp(path, buf, sizeof buf);
+    ssize_t n = slurp_arg(arg, buf, sizeof buf);
     if (n == -1)
-        return path_error(arg);
+        return NULL;
     if (n == -2)
         Py_RETURN_NONE;
     if ((size_t)n == sizeof buf) /* more than 9,000 children: the caller reads it all */

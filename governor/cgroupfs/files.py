@@ -20,16 +20,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from governor.cgroupfs import accel
 from governor.cgroupfs.names import check_relpath
 from governor.errors import CgroupError, GroupBusy, GroupGone, NotCgroup2Error
 
-_c_subdirs: Callable[[int], list[str]] | None
-try:  # the optional C accelerator (see reader.py): a listing without an object per file
-    from governor.cgroupfs._fastread import subdirs as _c_subdirs
-except ImportError:
-    _c_subdirs = None
-if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-    _c_subdirs = None
+# the optional C accelerator (see reader.py): a listing without an object per file
+_fast = accel.fastread()
+_c_subdirs: Callable[[int], list[str]] | None = _fast.subdirs if _fast is not None else None
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 

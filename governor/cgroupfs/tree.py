@@ -14,22 +14,16 @@ import errno
 import os
 import threading
 import time
-import types
 from collections.abc import Iterable
 
+from governor.cgroupfs import accel
 from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
 from governor.cgroupfs.names import check_relpath
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
-_fast: types.ModuleType | None
-try:  # the optional C accelerator: keep_warm's writer thread
-    from governor.cgroupfs import _fastread as _fast
-except ImportError:
-    _fast = None
-if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-    _fast = None
+_fast = accel.fastread()  # keep_warm's writer thread
 
 #: the controllers governor manages (cgroup-v2.rst "Controllers")
 MANAGED_CONTROLLERS = ("cpu", "io", "memory", "pids")
@@ -376,7 +370,9 @@ class MigrationWarmer:
         self._writes_at_retry = 0
         self._refused_seen = 0
         self._base: tuple[int, int] = (0, 0)
-        self._until = 0.0
+        #: time.monotonic() of the end of the window, and of the last move or no-op write
+        self.until = 0.0
+        self.last_write = 0.0
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -407,7 +403,8 @@ class MigrationWarmer:
 
     def moved(self, until: float) -> None:
         """A move was just made: write until ``until`` (time.monotonic seconds)."""
-        self._until = until
+        self.until = until
+        self.last_write = time.monotonic()
         if _fast is not None and self.background:
             _fast.warm_until(int(until * 1e9))
 
@@ -433,8 +430,8 @@ class MigrationWarmer:
                 self.start_background(interval, _retry=True)  # read again, a new fd
             except CgroupError as e:
                 return (*result, e)
-            if self._until > time.monotonic():  # the refusal closed the window: reopen
-                _fast.warm_until(int(self._until * 1e9))
+            if self.until > time.monotonic():  # the refusal closed the window: reopen
+                _fast.warm_until(int(self.until * 1e9))
             return (*result, None)
         return (*result, CgroupError(
             "write", str(self.fs.root / (self.rel or "")), "cgroup.threads", err,
@@ -468,6 +465,7 @@ class MigrationWarmer:
             try:
                 os.write(fd, data)
                 self.writes += 1
+                self.last_write = time.monotonic()
                 return
             except OSError as e:
                 rel = self.rel or ""

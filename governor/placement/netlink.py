@@ -30,13 +30,9 @@ import struct
 import types
 from typing import Final, NamedTuple
 
-_c: types.ModuleType | None
-try:  # the optional C accelerator (governor/cgroupfs/_fastread.c)
-    from governor.cgroupfs import _fastread as _c
-except ImportError:
-    _c = None
-if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-    _c = None
+from governor.cgroupfs import accel
+
+_c: types.ModuleType | None = accel.fastread()  # the connector datagrams parsed in C
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1

@@ -54,6 +54,8 @@ DEFAULT_EXCLUDE: Final = ("/init.scope", "/system.slice/*", "/user.slice/*")
 FOLLOW_WINDOW: Final = 2.0
 #: the listener's receive timeout while no move is being kept fast (it checks for stop)
 IDLE_TIMEOUT: Final = 0.5
+#: how often the listener reads the keep_warm writer's counts (not once per datagram)
+WARM_STATS_EVERY: Final = 0.05
 #: results counted in :class:`Counters`
 RESULTS: Final = ("moved", "already", "gone", "error", "excluded")
 
@@ -134,8 +136,6 @@ class Placer:
         self.keep_warm = keep_warm
         self.keep_warm_interval = keep_warm_interval
         self.warmer = tree.MigrationWarmer(fs, proc_file=f"{proc_root}/thread-self/cgroup")
-        self._warm_until = 0.0  # monotonic; moves push it on
-        self._last_write = 0.0  # monotonic time of the last move or no-op migration
         self._warm_logged = False
 
     # -- policy --------------------------------------------------------------------------
@@ -310,10 +310,9 @@ class Placer:
                           extra={"pid": pid, "group": target, "error": str(e)})
             return "error"
         self._count("moved")
-        now = self._last_write = time.monotonic()
+        now = time.monotonic()
         if self.keep_warm > 0:
-            self._warm_until = now + self.keep_warm
-            self.warmer.moved(self._warm_until)
+            self.warmer.moved(now + self.keep_warm)
         self._recent[pid] = (target, now)
         if len(self._recent) > 4096:
             self._recent = {k: v for k, v in self._recent.items()
@@ -463,23 +462,23 @@ class Placer:
     def _keep_warm(self, conn: netlink.Connector, warm: bool) -> bool:
         """While moves are recent, a no-op migration each ``keep_warm_interval`` (the
         receive timeout is shortened to wake for it).  Returns whether it is warm now."""
+        w = self.warmer
         now = time.monotonic()
-        if now >= self._warm_until:
+        if now >= w.until:
             if warm:
                 conn.set_timeout(IDLE_TIMEOUT)
             return False
-        if now - self._last_write >= self.keep_warm_interval:
+        if now - w.last_write >= self.keep_warm_interval:
             try:
-                self.warmer.touch()
+                w.touch()
             except (CgroupError, OSError) as e:
                 self.counters.keep_warm_errors += 1
-                self._warm_until = 0.0
+                w.until = 0.0
                 self._warm_refused(e)
                 if warm:
                     conn.set_timeout(IDLE_TIMEOUT)
                 return False
             self.counters.keep_warm_writes += 1
-            self._last_write = time.monotonic()
         if not warm:
             conn.set_timeout(self.keep_warm_interval)
         return True
@@ -502,6 +501,7 @@ class Placer:
         if self.keep_warm > 0:
             self._start_warmer()  # after _prioritise: its thread takes this one's nice
         warm = False
+        stats_due = 0.0
         try:
             while not self._stop.is_set():
                 try:
@@ -520,7 +520,10 @@ class Placer:
                 if self.keep_warm <= 0:
                     continue
                 if self.warmer.background:
-                    self._warm_stats()
+                    now = time.monotonic()
+                    if now >= stats_due:
+                        stats_due = now + WARM_STATS_EVERY
+                        self._warm_stats()
                 else:
                     warm = self._keep_warm(conn, warm)
         finally:

@@ -17,13 +17,9 @@ import types
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-_c: types.ModuleType | None
-try:  # the optional C accelerator (governor/cgroupfs/_fastread.c): the reads of every exec
-    from governor.cgroupfs import _fastread as _c
-except ImportError:
-    _c = None
-if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-    _c = None
+from governor.cgroupfs import accel
+
+_c: types.ModuleType | None = accel.fastread()  # the reads of every exec, in C
 #: are the per-exec reads done by the C accelerator?
 ACCELERATED: Final = _c is not None
 

@@ -301,9 +301,10 @@ def test_daemon_logs_a_refusal_and_goes_on(mountinfo: Path,
 # -- doctor ----------------------------------------------------------------------------------
 
 def _doctor(mi: Path, *, on: bool = False, rules: int | None = 3,
-            release: str = "6.1.0-18-amd64") -> Check:
+            release: str = "6.1.0-18-amd64", keep_warm: float = 1.0) -> Check:
     cfg = load_config(None, environ={}, missing_ok=True,
-                      overrides={"placement.favordynmods": on})
+                      overrides={"placement.favordynmods": on,
+                                 "placement.keep_warm": keep_warm})
     return _favordynmods_check(cfg, Path("/sys/fs/cgroup"), str(mi), rules, release)
 
 
@@ -321,9 +322,7 @@ def test_doctor_off_with_rules_suggests_it(mountinfo: Path) -> None:
 
 
 def test_doctor_off_says_what_keep_warm_does(mountinfo: Path) -> None:
-    cfg = load_config(None, environ={}, missing_ok=True,
-                      overrides={"placement.keep_warm": 0})
-    c = _favordynmods_check(cfg, Path("/sys/fs/cgroup"), str(mountinfo), 3, "6.1.0-18-amd64")
+    c = _doctor(mountinfo, keep_warm=0)
     assert "keep_warm = 0 every move waits" in c.detail and c.info
 
 

@@ -902,7 +902,12 @@ def test_keep_warm_follows_moves_then_stops(world: tuple[Path, RecordingFS, Plac
     proc, _fs, placer = world
     placer.keep_warm, placer.keep_warm_interval = 0.3, 0.01
     touched: list[float] = []
-    placer.warmer.touch = lambda: touched.append(time.monotonic())  # type: ignore[method-assign]
+
+    def touch() -> None:  # the no-op write, as far as the window logic sees it
+        placer.warmer.last_write = time.monotonic()
+        touched.append(placer.warmer.last_write)
+
+    placer.warmer.touch = touch  # type: ignore[method-assign]
     conn = _Conn()
     assert placer._keep_warm(conn, False) is False  # no move yet: nothing, no timeout change
     assert touched == [] and conn.timeouts == []
