@@ -1,5 +1,12 @@
 """Structured logs: one line per event worth knowing, ``key=value`` or JSON (journald-friendly:
-no timestamps of our own when stderr goes to the journal, which stamps every line)."""
+no timestamps of our own when stderr goes to the journal, which stamps every line, and each
+line prefixed with its syslog priority, ``<3>`` for an error, which journald strips and
+records as the entry's PRIORITY: ``journalctl -p warning`` then shows warnings and worse).
+
+Stderr is the journal when ``$JOURNAL_STREAM`` names its device and inode (systemd.exec(5):
+a child that inherited the variable with stderr redirected elsewhere does not match).
+``GOVERNOR_LOG_PRIORITY_PREFIX=1`` (or ``0``) forces the prefix on (or off), e.g. for a
+stderr piped to a collector that understands it."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -20,10 +28,51 @@ def _quote(v: object) -> str:
     return s
 
 
+#: logging level -> syslog priority (sd-daemon(3): SD_CRIT, SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG)
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (levels in between round to the next lower
+    severity: 35 is a warning)."""
+    for level, prio in _PRIORITIES:
+        if levelno >= level:
+            return prio
+    return 7
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """Whether ``fd`` is the journal stream systemd connected (``$JOURNAL_STREAM`` is
+    ``DEVICE:INODE`` of it, in decimal)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep or not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def priority_prefix_wanted(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """``GOVERNOR_LOG_PRIORITY_PREFIX`` when set (1/yes/true or 0/no/false), else whether
+    ``fd`` is the journal."""
+    env = os.environ if environ is None else environ
+    forced = env.get("GOVERNOR_LOG_PRIORITY_PREFIX", "").strip().lower()
+    if forced in ("1", "yes", "true", "on"):
+        return True
+    if forced in ("0", "no", "false", "off"):
+        return False
+    return stderr_is_journal(env, fd)
+
+
 class KeyValueFormatter(logging.Formatter):
-    def __init__(self, *, stamp: bool) -> None:
+    def __init__(self, *, stamp: bool, priority_prefix: bool = False) -> None:
         super().__init__()
         self.stamp = stamp
+        self.priority_prefix = priority_prefix
 
     def format(self, record: logging.LogRecord) -> str:
         parts = []
@@ -36,10 +85,15 @@ class KeyValueFormatter(logging.Formatter):
                 parts.append(f"{k}={_quote(v)}")
         if record.exc_info:
             parts.append("exc=" + _quote(self.formatException(record.exc_info)))
-        return " ".join(parts)
+        line = " ".join(parts)
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.priority_prefix else line
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, *, priority_prefix: bool = False) -> None:
+        super().__init__()
+        self.priority_prefix = priority_prefix
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -50,14 +104,19 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        line = json.dumps(out, default=str)
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.priority_prefix else line
 
 
-def setup_logging(fmt: str = "keyvalue", level: str = "info") -> logging.Logger:
+def setup_logging(fmt: str = "keyvalue", level: str = "info", *,
+                  priority_prefix: bool | None = None) -> logging.Logger:
+    """Log lines on stderr; ``priority_prefix`` None: :func:`priority_prefix_wanted`."""
     handler = logging.StreamHandler(sys.stderr)
-    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(JsonFormatter() if fmt == "json"
-                         else KeyValueFormatter(stamp=not under_journal))
+    under_journal = stderr_is_journal()
+    prefix = priority_prefix_wanted() if priority_prefix is None else priority_prefix
+    handler.setFormatter(JsonFormatter(priority_prefix=prefix) if fmt == "json"
+                         else KeyValueFormatter(stamp=not under_journal,
+                                                priority_prefix=prefix))
     root = logging.getLogger("governor")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
