@@ -52,6 +52,9 @@ class Enforcer:
         self.reloads: Counter[str] = Counter()         # result -> count
         self.drift: Counter[str] = Counter()           # interface file (or "group") -> count
         self.write_errors = 0
+        #: failed writes of the last apply or reconcile: 0 once the kernel matches the
+        #: policy again (a degraded governor until then: /healthz, sd_notify STATUS=)
+        self.last_failed = 0
         self._lock = threading.Lock()
 
     # -- policy versions -----------------------------------------------------------------
@@ -119,10 +122,18 @@ class Enforcer:
                     "path": o.action.path, "file": o.action.file, "was": o.action.old,
                     "now": o.action.new, "kind": o.action.kind})
         self.applied = desired
+        failed = sum(not o.ok for o in outcomes)
+        self.last_failed = failed
         if outcomes or not drift:
-            log.info("policy applied", extra={
-                "digest": plan.digest[:12], "trigger": trigger, "writes": len(outcomes),
-                "failed": sum(not o.ok for o in outcomes)})
+            what = {"digest": plan.digest[:12], "trigger": trigger, "writes": len(outcomes),
+                    "failed": failed}
+            if failed:
+                # never "applied" at info level: the kernel does not match the policy
+                log.error("policy applied with failed writes: the kernel does not match it "
+                          "(retried at each reconcile; see the \"write failed\" lines)",
+                          extra=what)
+            else:
+                log.info("policy applied", extra=what)
             if self.recorder is not None and not drift:
                 self.recorder(plan.digest, trigger, outcomes, self.policy.plans)
         return outcomes

@@ -112,6 +112,8 @@ class SnapshotCollector:
                     fam.add_metric([node, k], float(n))
                 yield fam
         for m, v in ((r.ENFORCE_ERRORS, h.enforce_write_errors),
+                     (r.POLICY_FAILED, h.policy_failed_writes),
+                     (r.DATABASE_UP, None if h.database_up is None else int(h.database_up)),
                      (r.DB_ERRORS, h.db_write_errors), (r.SPOOL_DEPTH, h.spool_depth)):
             if v is not None:
                 fam = _family(m, ["node"])

@@ -83,6 +83,11 @@ class Health:
     drift: Mapping[str, int] = field(default_factory=dict)
     #: failed cgroup writes of the enforcer: ``Enforcer.write_errors``
     enforce_write_errors: int | None = None
+    #: failed writes of the last apply or reconcile (0: the kernel matches the policy):
+    #: ``Enforcer.last_failed``
+    policy_failed_writes: int | None = None
+    #: whether the database answers with the schema this governor needs
+    database_up: bool | None = None
     #: failed database writes (samples spooled, OOM events not stored)
     db_write_errors: int | None = None
     #: samples waiting in the local spool
@@ -237,7 +242,14 @@ RELOADS: Final = _m("governor_policy_reloads_total", COUNTER, "Policy reloads by
 DRIFT: Final = _m("governor_drift_corrections_total", COUNTER,
                   "Interface files restored after they drifted from the policy, by file.")
 ENFORCE_ERRORS: Final = _m("governor_enforce_write_errors_total", COUNTER,
-                           "cgroup writes of the enforcer that failed.")
+                           "cgroup writes that failed while applying or restoring the policy "
+                           "(every attempt counted).")
+POLICY_FAILED: Final = _m("governor_policy_failed_writes", GAUGE,
+                          "cgroup writes that failed in the last apply or reconcile of the "
+                          "policy; 0 once the kernel matches it.")
+DATABASE_UP: Final = _m("governor_database_up", GAUGE,
+                        "1 while the database answers with the schema this governor needs, "
+                        "0 while samples spool locally.")
 DB_ERRORS: Final = _m("governor_database_write_errors_total", COUNTER,
                       "Database writes that failed (samples spooled, events not stored).")
 SPOOL_DEPTH: Final = _m("governor_spool_depth", GAUGE,
@@ -249,7 +261,8 @@ ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _, _ in CPU_METRICS), *(m for m, _ in MEMORY_METRICS),
     *(m for m, _ in EVENT_METRICS), *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
-    GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, DB_ERRORS, SPOOL_DEPTH, ALERTS,
+    GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
+    DB_ERRORS, SPOOL_DEPTH, ALERTS,
 )
 
 
@@ -352,8 +365,10 @@ def render(snap: Snapshot) -> bytes:
     for m, label, counts in ((PLACEMENTS, "result", h.placements),
                              (RELOADS, "result", h.reloads), (DRIFT, "file", h.drift)):
         fam(out, m, _by_label(m.name, label, node, counts))
-    for m, v in ((ENFORCE_ERRORS, h.enforce_write_errors), (DB_ERRORS, h.db_write_errors),
-                 (SPOOL_DEPTH, h.spool_depth)):
+    for m, v in ((ENFORCE_ERRORS, h.enforce_write_errors),
+                 (POLICY_FAILED, h.policy_failed_writes),
+                 (DATABASE_UP, None if h.database_up is None else int(h.database_up)),
+                 (DB_ERRORS, h.db_write_errors), (SPOOL_DEPTH, h.spool_depth)):
         if v is not None:
             fam(out, m, [f"{m.name}{own}{fmt_value(v)}"])
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))

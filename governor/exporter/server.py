@@ -2,9 +2,13 @@
 
 A stdlib ``ThreadingHTTPServer`` in a daemon thread.  A scrape never renders: it sends the
 bytes :meth:`Exporter.publish` was given by the last sampling pass (gzip when the scraper
-sends ``Accept-Encoding: gzip``).  ``/healthz`` answers 200 with a small JSON document while
-the last publication is younger than ``stale_after`` seconds, 503 otherwise (and before the
-first one).
+sends ``Accept-Encoding: gzip``).  ``/healthz`` answers 200 with a small JSON document
+(``"status": "ok"``) while the last publication is younger than ``stale_after`` seconds and
+nothing is wrong; 503 with ``"status": "stale"`` when the last publication is older (or
+before the first one), and 503 with ``"status": "degraded"`` and the ``"problems"`` (the
+database down, failed cgroup writes of the last apply: :meth:`Exporter.set_problems`) while
+the governor runs but not fully.  ``/livez`` is the liveness check: 200 while publications
+are fresh, degraded or not (restarting the governor does not bring a database back).
 
 Loopback by default (``127.0.0.1:9717``).  TLS (certificate and key files) and basic auth
 (a user and the hex SHA-256 of its password, compared in constant time) are both optional
@@ -119,13 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
                            {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
             else:
                 self._send(200, r.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
-        elif path == "/healthz":
+        elif path in ("/healthz", "/livez"):
             ok, doc = exp.health()
+            if path == "/livez":
+                ok = doc["status"] != "stale"
             self._send(200 if ok else 503, json.dumps(doc, sort_keys=True).encode() + b"\n",
                        "application/json")
         elif path == "/":
             self._send(200, b'<html><body><a href="/metrics">metrics</a> '
-                            b'<a href="/healthz">healthz</a></body></html>\n',
+                            b'<a href="/healthz">healthz</a> '
+                            b'<a href="/livez">livez</a></body></html>\n',
                        "text/html; charset=utf-8")
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
@@ -163,6 +170,8 @@ class Exporter:
         self.published_at: float | None = None  # monotonic time of the last publish
         self.publications = 0
         self.scrapes = 0
+        #: what keeps the governor from being fully healthy while it runs (empty: nothing)
+        self.problems: tuple[str, ...] = ()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -192,14 +201,22 @@ class Exporter:
         self.published_at = time.monotonic()
         self.publications += 1
 
+    def set_problems(self, problems: list[str] | tuple[str, ...]) -> None:
+        """What ``/healthz`` reports as degraded from now on (empty: healthy)."""
+        self.problems = tuple(problems)
+
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, document)``: status "ok", "stale" or "degraded" (see the module)."""
         age = None if self.published_at is None else time.monotonic() - self.published_at
-        ok = age is not None and age <= self.stale_after
-        return ok, {"status": "ok" if ok else "stale",
-                    "last_sample_age_seconds": None if age is None else round(age, 3),
-                    "last_sample_unix": self.current.created,
-                    "stale_after_seconds": self.stale_after,
-                    "publications": self.publications}
+        fresh = age is not None and age <= self.stale_after
+        problems = self.problems
+        status = "stale" if not fresh else "degraded" if problems else "ok"
+        return status == "ok", {
+            "status": status, "problems": list(problems),
+            "last_sample_age_seconds": None if age is None else round(age, 3),
+            "last_sample_unix": self.current.created,
+            "stale_after_seconds": self.stale_after,
+            "publications": self.publications}
 
     def start(self) -> None:
         if self._server is not None:
