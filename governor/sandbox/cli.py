@@ -90,6 +90,9 @@ def setup_cmd(*, cache_dir: Path | None, no_install: bool) -> None:
 @click.option("--port", "ports", multiple=True, metavar="HOST:GUEST",
               help="forward 127.0.0.1:HOST on the host to GUEST port in the guest (repeatable)")
 @click.option("--verbose", is_flag=True, help="show the guest console on stderr")
+@click.option("--systemd", is_flag=True,
+              help="boot the host's systemd as PID 1 (with D-Bus) and run COMMAND as a "
+              "service once the system is up (about twice the boot time)")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(
     *,
@@ -102,12 +105,14 @@ def exec_cmd(
     env_names: tuple[str, ...],
     ports: tuple[str, ...],
     verbose: bool,
+    systemd: bool,
     command: tuple[str, ...],
 ) -> None:
     """Boot the guest, run COMMAND as root in this directory, exit with its exit code.
 
-    Put `--` before COMMAND.  Exit codes: COMMAND's own; 124 timed out; 125 the guest
-    reported none (its console tail is printed).
+    Put `--` before COMMAND.  With --systemd, COMMAND runs as governor-sandbox.service
+    (same user, directory, environment and streams).  Exit codes: COMMAND's own; 124
+    timed out; 125 the guest reported none (its console tail is printed).
     """
     env: dict[str, str] = {}
     for item in env_names:
@@ -128,6 +133,7 @@ def exec_cmd(
             timeout=timeout,
             verbose=verbose,
             port_forwards=[_port_forward(p) for p in ports],
+            systemd=systemd,
         )
     except GovernorError as e:
         _fail(e)

@@ -12,6 +12,13 @@
 #   5. brings up lo (and eth0 with the static user-net address when ports are forwarded),
 #   6. runs /run/governor-sandbox/cmd.sh chrooted there with stdout/stderr on the
 #      virtio-serial ports vm.out / vm.err, writes its exit code to vmrun/rc, powers off.
+# With VM_SYSTEMD=1 in the config (`governor sandbox exec --systemd`), step 3 leaves proc,
+# sys, cgroup2, devpts and /dev/shm to systemd, and step 6 is instead: copy vmrun/systemd/
+# (units, masks, tmpfiles.d masks) into the overlay's /etc, remove /.dockerenv (else
+# systemd thinks it runs in a container and ignores the kernel command line), link
+# /dev/virtio-ports/vm.{out,err}, move /dev, /sys and /proc into the new root and
+# `exec switch_root` to the host's systemd as PID 1; its governor-sandbox.service runs
+# cmd.sh, writes rc and powers off (see governor.sandbox.vm.systemd_units).
 # Lines starting "sandbox-init:" go to the serial console (the host keeps it in
 # console.log and shows its tail when the guest never reports an exit code).
 export PATH=/bin
@@ -36,7 +43,7 @@ P9=trans=virtio,version=9p2000.L,msize=512000
 mkdir -p /vmrun /lower /upper /newroot
 mount -t 9p -o "$P9" vmrun /vmrun || die "9p mount of the run directory failed"
 [ -r /vmrun/config ] || die "no /vmrun/config"
-# VM_CWD, VM_MODULES_DIR, VM_NET, VM_HOSTNAME, VM_TMPFS
+# VM_CWD, VM_MODULES_DIR, VM_NET, VM_HOSTNAME, VM_TMPFS, VM_SYSTEMD, VM_SYSTEMD_BIN
 . /vmrun/config
 
 mount -t 9p -o "ro,$P9,cache=loose" hostroot /lower || die "9p mount of the host root failed"
@@ -45,15 +52,21 @@ mkdir -p /upper/u /upper/w
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w,xino=off root /newroot \
   || die "overlay mount failed"
 R=/newroot
-mount -t proc proc $R/proc
-mount -t sysfs sys $R/sys
-mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup \
-  || die "cgroup2 mount failed"
-mount -t devtmpfs dev $R/dev
-mkdir -p $R/dev/pts $R/dev/shm
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
-mount -t tmpfs -o mode=1777 shm $R/dev/shm
-mount -t tmpfs -o mode=0755 run $R/run
+if [ "$VM_SYSTEMD" = 1 ]; then
+  # systemd mounts the rest itself; a /run already mounted it leaves alone (the run
+  # directory is bound below it)
+  mount -t tmpfs -o mode=0755,nosuid,nodev run $R/run
+else
+  mount -t proc proc $R/proc
+  mount -t sysfs sys $R/sys
+  mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 $R/sys/fs/cgroup \
+    || die "cgroup2 mount failed"
+  mount -t devtmpfs dev $R/dev
+  mkdir -p $R/dev/pts $R/dev/shm
+  mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
+  mount -t tmpfs -o mode=1777 shm $R/dev/shm
+  mount -t tmpfs -o mode=0755 run $R/run
+fi
 
 # the kernel's own modules (pruned set, indexed by depmod) for `busybox modprobe NAME`;
 # bound before /tmp becomes a tmpfs, in case the cache directory lives under /tmp
@@ -118,6 +131,24 @@ for p in /sys/class/virtio-ports/*; do
   esac
 done
 [ -n "$out" ] && [ -n "$err" ] || die "virtio-serial ports vm.out/vm.err not found"
+
+if [ "$VM_SYSTEMD" = 1 ]; then
+  [ -x "$R$VM_SYSTEMD_BIN" ] || die "no $VM_SYSTEMD_BIN in the host root (apt-get install systemd)"
+  mkdir -p $R/etc/systemd/system
+  cp -a /vmrun/systemd/units/. $R/etc/systemd/system/ || die "copying the units failed"
+  cp -a /vmrun/systemd/etc/. $R/etc/ || die "copying the /etc files failed"
+  echo "${VM_HOSTNAME:-governor-sandbox}" > $R/etc/hostname
+  rm -f $R/.dockerenv
+  mkdir -p /dev/virtio-ports
+  ln -s "$out" /dev/virtio-ports/vm.out
+  ln -s "$err" /dev/virtio-ports/vm.err
+  log switch-root
+  mount -o move /dev $R/dev || die "moving /dev failed"
+  mount -o move /sys $R/sys || die "moving /sys failed"
+  mount -o move /proc $R/proc || die "moving /proc failed"
+  exec switch_root $R "$VM_SYSTEMD_BIN"
+  die "switch_root to $VM_SYSTEMD_BIN failed"
+fi
 
 log cmd-start
 chroot $R /usr/bin/env -i /bin/bash /run/governor-sandbox/cmd.sh </dev/null >"$out" 2>"$err"

@@ -27,6 +27,23 @@ The guest (see guest-init.sh):
   ``PATH``, ``HOME``, ``LANG=C.UTF-8``, ``TERM=dumb`` and the ``env`` given, stdin
   ``/dev/null``; its stdout/stderr are relayed to ours as they come.
 
+With ``systemd=True`` (``governor sandbox exec --systemd``) the guest boots the host's own
+systemd (``/lib/systemd/systemd``, seen through the shared root) as PID 1 instead: the guest
+init builds the same root, then does ``switch_root`` into it, with a pure cgroup v2 hierarchy
+(``systemd.unified_cgroup_hierarchy=1``) and the boot target ``governor-sandbox.target``,
+which pulls only sysinit, the journald and D-Bus sockets, ``dbus.service`` and
+``governor-sandbox.service``: the command, run by a wrapper once the boot has finished
+(``systemctl is-system-running --wait``), with the same environment, working directory,
+streams and exit codes as above.  The unit has ``Delegate=yes`` (a test may manage its
+own cgroup subtree), ``OOMPolicy=continue``, ``TasksMax=infinity``, ``IgnoreSIGPIPE=no``;
+the guest powers off when it ends.  The guest's ``/etc`` (so ``/etc/systemd/system``) is
+writable (in RAM).  Units that make no sense in a throw-away guest without udev, ttys or
+network are masked (:data:`SYSTEMD_MASKED`), so are the host's generators but the debug
+one (:data:`SYSTEMD_KEPT_GENERATORS`) and Debian's ``tmp.conf`` tmpfiles rule
+(its ``D /tmp`` would empty the kept host paths under /tmp); ``/.dockerenv`` is removed
+from the overlay, or systemd would believe it runs in a container and ignore the kernel
+command line.  It takes about twice the bare boot (see docs/operations.md).
+
 Exit codes of :func:`exec_`: the command's own; 124 when it timed out; 125 when the guest
 never reported one (boot failure, kernel panic): the console tail is printed on stderr.
 
@@ -94,6 +111,8 @@ from governor.sandbox.initramfs import (
 
 __all__ = [
     "APT_PACKAGES",
+    "SYSTEMD_APT_PACKAGES",
+    "SYSTEMD_MASKED",
     "BootSpec",
     "SandboxError",
     "SandboxNotReady",
@@ -101,6 +120,9 @@ __all__ = [
     "exec_",
     "qemu_argv",
     "setup",
+    "systemd_service_script",
+    "systemd_units",
+    "write_systemd_files",
 ]
 
 #: Debian packages the sandbox needs on the host
@@ -110,11 +132,50 @@ BASE_MODULES = (
     "virtio_pci", "virtio_blk", "virtio_console", "9pnet_virtio", "9p", "overlay",
 )
 NET_MODULES = ("virtio_net",)
-#: busybox applets the guest init uses
+#: busybox applets the guest init uses (cp, rm, ln, switch_root: the systemd mode)
 INIT_APPLETS = (
     "sh", "mount", "mkdir", "insmod", "chroot", "poweroff", "hostname", "ip", "cat", "cut",
-    "sync", "echo", "mv", "sleep",
+    "sync", "echo", "mv", "sleep", "cp", "rm", "ln", "switch_root",
 )
+#: Debian packages ``exec_(systemd=True)`` needs on the host (the guest runs the host's own)
+SYSTEMD_APT_PACKAGES = ("systemd", "dbus")
+SYSTEMD_BIN = "/lib/systemd/systemd"
+#: the boot target and the unit that runs the command, in systemd mode
+SYSTEMD_TARGET = "governor-sandbox.target"
+SYSTEMD_SERVICE = "governor-sandbox.service"
+#: kernel command line of the systemd mode (systemd reads its own options there)
+SYSTEMD_CMDLINE = (
+    f"systemd.unified_cgroup_hierarchy=1 systemd.unit={SYSTEMD_TARGET} systemd.firstboot=off"
+)
+#: units masked in the systemd guest: what a throw-away guest without udev, ttys, network
+#: or persistent state cannot or need not run, then sysinit pieces no cgroup test needs
+#: (a faster boot); a test that needs one can unmask it (/etc/systemd/system is writable)
+SYSTEMD_MASKED = (
+    "systemd-firstboot.service", "systemd-repart.service", "systemd-pcrphase.service",
+    "systemd-pcrphase-sysinit.service", "proc-sys-fs-binfmt_misc.automount",
+    "systemd-binfmt.service", "systemd-random-seed.service", "systemd-update-utmp.service",
+    "systemd-journal-flush.service", "systemd-machine-id-commit.service", "getty.target",
+    "systemd-timesyncd.service", "systemd-pstore.service",
+    # lean: no module autoloading (no depmod index of the host's modules in the guest),
+    # no debug/tracing/hugepages/fuse mounts, no users to create, root is an overlay already
+    "modprobe@.service", "dev-hugepages.mount", "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount", "sys-fs-fuse-connections.mount", "systemd-sysusers.service",
+    "systemd-modules-load.service", "systemd-remount-fs.service",
+    "systemd-tmpfiles-setup-dev.service", "kmod-static-nodes.service",
+    "systemd-ask-password-console.path", "systemd-ask-password-wall.path",
+    "systemd-journald-audit.socket", "systemd-initctl.socket",
+)
+#: tmpfiles.d rules masked in the guest's /etc: Debian's ``D /tmp`` would empty /tmp
+SYSTEMD_MASKED_TMPFILES = ("tmp.conf",)
+#: where the host's systemd keeps its generators; all are masked in the guest but these:
+#: the fstab one would mount the host's disks (and wait for .device units: no udev), the
+#: sysv one reads /etc/init.d, postgresql's would start the host's clusters, and each
+#: costs boot time under TCG.  The debug one reads systemd.mask=/systemd.wants= from the
+#: kernel command line (GOVERNOR_SANDBOX_APPEND).
+SYSTEMD_GENERATORS_DIR = Path("/lib/systemd/system-generators")
+SYSTEMD_KEPT_GENERATORS = ("systemd-debug-generator",)
+#: seconds the wrapper waits for the boot to finish before running the command anyway
+SYSTEMD_BOOT_WAIT = 120
 #: module subtrees kept (relative to lib/modules/KVER/kernel); the rest is pruned
 KEEP_DRIVERS = ("block", "char", "md", "net", "virtio")
 PRUNE = (
@@ -196,6 +257,16 @@ def _run(argv: Sequence[str], what: str, *, cwd: Path | None = None) -> str:
 
 def _ensure_packages(install: bool, log: Log) -> None:
     missing = [p for p in APT_PACKAGES if not _dpkg_installed(p)]
+    # the systemd mode's packages: installed when we can, else only a warning (the bare
+    # mode does not need them; `exec --systemd` then names them)
+    sd_missing = [p for p in SYSTEMD_APT_PACKAGES if not _dpkg_installed(p)]
+    if sd_missing and (not install or os.geteuid() != 0):
+        log(
+            f"missing {', '.join(sd_missing)}: `governor sandbox exec --systemd` will not "
+            f"work until `apt-get install {' '.join(sd_missing)}` is run as root"
+        )
+        sd_missing = []
+    missing += sd_missing
     if not missing:
         return
     cmd = f"apt-get update && apt-get install -y --no-install-recommends {' '.join(missing)}"
@@ -417,6 +488,7 @@ def setup(
             "initramfs_digest": _initramfs_digest(),
             "busybox": _dpkg_version("busybox-static"),
             "qemu": _dpkg_version("qemu-system-x86"),
+            "systemd": _dpkg_version("systemd"),
             "built": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _write_atomic(cache.stamp, (json.dumps(stamp, indent=2) + "\n").encode())
@@ -478,6 +550,7 @@ class BootSpec:
     rwdirs: tuple[Path, ...] = ()
     port_forwards: tuple[tuple[int, int], ...] = ()
     verbose: bool = False
+    systemd: bool = False
     append: str = ""
     extra: tuple[str, ...] = field(default=())
 
@@ -491,6 +564,9 @@ KERNEL_CMDLINE = (
 def qemu_argv(spec: BootSpec) -> list[str]:
     """The QEMU command line for ``spec`` (TCG only: KVM is never tried)."""
     append = KERNEL_CMDLINE + ("" if spec.verbose else " quiet loglevel=3")
+    if spec.systemd:
+        # `quiet` keeps systemd's status lines off the console too; --verbose shows them
+        append += " " + SYSTEMD_CMDLINE + (" systemd.show_status=1" if spec.verbose else "")
     if spec.append:
         append += " " + spec.append
     w = spec.workdir
@@ -577,6 +653,7 @@ def guest_config(
     rwdirs: Sequence[Path],
     keep: Sequence[str] = (),
     tmpfs: bool = True,
+    systemd: bool = False,
 ) -> tuple[str, str, str]:
     """The ``config`` (sourced by the guest init), ``rwdirs`` and ``keep`` files of a run."""
     _check_guest_path(cwd, "working directory")
@@ -588,6 +665,8 @@ def guest_config(
             ("VM_NET", "1" if net else "0"),
             ("VM_HOSTNAME", "governor-sandbox"),
             ("VM_TMPFS", "1" if tmpfs else "0"),
+            ("VM_SYSTEMD", "1" if systemd else "0"),
+            ("VM_SYSTEMD_BIN", SYSTEMD_BIN),
         )
     )
     lines = []
@@ -620,6 +699,119 @@ def command_script(
     )
     lines.append("exec " + shlex.join(argv))
     return "\n".join(lines) + "\n"
+
+
+#: where the guest sees the run directory (the host's ``workdir``, 9p tag ``vmrun``)
+GUEST_RUN_DIR = "/run/governor-sandbox"
+
+
+def systemd_units(run_dir: str = GUEST_RUN_DIR) -> dict[str, str]:
+    """The unit files of the systemd mode: file name in /etc/systemd/system -> text.
+
+    ``governor-sandbox.target`` (the boot target, ``systemd.unit=`` on the kernel command
+    line) pulls the service, which pulls the journald and D-Bus sockets (so sysinit) and
+    ``dbus.service``; it runs the wrapper of
+    :func:`systemd_service_script` with its output on the virtio-serial ports, and powers
+    the guest off when it ends, whatever the outcome.  It stays off basic.target and
+    multi-user.target, which would start the host's timers and services.
+    """
+    target = (
+        "# generated by governor.sandbox: the boot target of `governor sandbox exec --systemd`\n"
+        "[Unit]\n"
+        "Description=governor sandbox: the command and what it needs\n"
+        f"Requires={SYSTEMD_SERVICE}\n"
+        f"After={SYSTEMD_SERVICE}\n"
+        "AllowIsolate=yes\n"
+    )
+    service = (
+        "# generated by governor.sandbox: runs the command of `governor sandbox exec --systemd`\n"
+        "[Unit]\n"
+        "Description=governor sandbox: the command\n"
+        "DefaultDependencies=no\n"
+        "Wants=systemd-journald.socket dbus.socket dbus.service\n"
+        "After=systemd-journald.socket dbus.socket\n"
+        "SuccessAction=poweroff-force\n"
+        "FailureAction=poweroff-force\n"
+        "[Service]\n"
+        "Type=exec\n"
+        f"ExecStart=/bin/bash {run_dir}/service.sh\n"
+        "StandardInput=null\n"
+        "StandardOutput=file:/dev/virtio-ports/vm.out\n"
+        "StandardError=file:/dev/virtio-ports/vm.err\n"
+        # as in the bare mode: SIGPIPE default, no task limit, an OOM kill in a test's
+        # cgroup does not stop the run, and the command may manage its own cgroup subtree
+        "IgnoreSIGPIPE=no\n"
+        "TasksMax=infinity\n"
+        "OOMPolicy=continue\n"
+        "Delegate=yes\n"
+    )
+    return {SYSTEMD_TARGET: target, SYSTEMD_SERVICE: service}
+
+
+def systemd_service_script(
+    run_dir: str = GUEST_RUN_DIR, boot_wait: float = SYSTEMD_BOOT_WAIT
+) -> str:
+    """The service's main process: waits for the boot to finish, runs ``cmd.sh`` as the
+    bare mode does (``env -i``, stdin /dev/null), writes its exit code to ``rc``."""
+    r = shlex.quote(run_dir)
+    return (
+        "#!/bin/bash\n"
+        "# generated by governor.sandbox: the main process of " + SYSTEMD_SERVICE + "\n"
+        "log() { echo \"sandbox-init: $(cut -d' ' -f1 /proc/uptime)s $*\" >/dev/console; }\n"
+        "log unit-started\n"
+        "# the rest of the boot transaction (dbus.service, ...) finishes while bash starts\n"
+        f"state=$(timeout {boot_wait:g} systemctl is-system-running --wait 2>/dev/null)\n"
+        'log "cmd-start (system ${state:-still starting})"\n'
+        f"/usr/bin/env -i /bin/bash {r}/cmd.sh </dev/null\n"
+        "rc=$?\n"
+        f'echo "$rc" > {r}/rc.tmp && mv {r}/rc.tmp {r}/rc\n'
+        'log "cmd-done rc=$rc"\n'
+        'exit "$rc"\n'
+    )
+
+
+def host_generators(directory: Path = SYSTEMD_GENERATORS_DIR) -> list[str]:
+    """The generators of the host's systemd (sorted names; none when it has no such dir)."""
+    try:
+        return sorted(p.name for p in directory.iterdir())
+    except OSError:
+        return []
+
+
+def write_systemd_files(work: Path, generators: Sequence[str] = ()) -> None:
+    """The systemd mode's files in the run directory, copied by the guest init into the
+    overlay's /etc before the switch: ``systemd/units/`` (units, masks as symlinks to
+    /dev/null), ``systemd/etc/`` (masked tmpfiles.d rules and ``generators`` but
+    :data:`SYSTEMD_KEPT_GENERATORS`) and ``service.sh``."""
+    units = work / "systemd" / "units"
+    units.mkdir(parents=True)
+    for name, text in systemd_units().items():
+        (units / name).write_text(text)
+    for name in SYSTEMD_MASKED:
+        (units / name).symlink_to("/dev/null")
+    tmpfiles = work / "systemd" / "etc" / "tmpfiles.d"
+    tmpfiles.mkdir(parents=True)
+    for name in SYSTEMD_MASKED_TMPFILES:
+        (tmpfiles / name).symlink_to("/dev/null")
+    gens = work / "systemd" / "etc" / "systemd" / "system-generators"
+    gens.mkdir(parents=True)
+    for name in generators:
+        if name not in SYSTEMD_KEPT_GENERATORS and "/" not in name:
+            (gens / name).symlink_to("/dev/null")
+    (work / "service.sh").write_text(systemd_service_script())
+
+
+def _check_systemd_host() -> None:
+    missing = [
+        what for what, path in (("systemd", SYSTEMD_BIN), ("dbus", "/usr/bin/dbus-daemon"))
+        if not os.access(path, os.X_OK)
+    ]
+    if missing:
+        raise SandboxNotReady(
+            f"--systemd boots the host's own systemd and D-Bus, and {', '.join(missing)} "
+            f"is missing here: run `apt-get install {' '.join(missing)}` as root (or "
+            "`governor sandbox setup` as root)"
+        )
 
 
 class _Tail(threading.Thread):
@@ -674,11 +866,13 @@ def exec_(
     cwd: Path | None = None,
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
+    systemd: bool = False,
 ) -> int:
     """Run ``argv`` as root inside a fresh sandbox guest; return its exit code.
 
     See the module docstring for what the guest looks like; 124 = timed out after
     ``timeout`` seconds, 125 = the guest reported no exit code (console tail on stderr).
+    ``systemd=True``: the guest boots systemd as PID 1 and runs ``argv`` as a service.
     """
     cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
     if not cache.ready():
@@ -692,6 +886,8 @@ def exec_(
             "qemu-system-x86_64 not found: run `apt-get install qemu-system-x86` as root "
             "(or `governor sandbox setup`)"
         )
+    if systemd:
+        _check_systemd_host()
     if mem_mb < 128 or cpus < 1 or disk_mb < 0 or timeout <= 0:
         raise SandboxError(
             f"bad VM size: mem {mem_mb} MiB (>= 128), cpus {cpus} (>= 1), "
@@ -721,6 +917,7 @@ def exec_(
             rwdirs=rw,
             keep=keep,
             tmpfs=tmpfs,
+            systemd=systemd,
         )
         (work / "config").write_text(config)
         (work / "rwdirs").write_text(rwlist)
@@ -734,6 +931,8 @@ def exec_(
                 home=os.environ.get("HOME", "/root"),
             )
         )
+        if systemd:
+            write_systemd_files(work, host_generators())
         for name in ("out", "err", "console.log"):
             (work / name).touch()
         disk = None
@@ -752,6 +951,7 @@ def exec_(
             rwdirs=tuple(rw),
             port_forwards=tuple(port_forwards),
             verbose=verbose,
+            systemd=systemd,
             append=os.environ.get("GOVERNOR_SANDBOX_APPEND", ""),
         )
         return _boot(spec, timeout, out_sink, err_sink)
