@@ -1,4 +1,4 @@
-"""Suite-wide test plumbing: the ``kernel`` marker and the real-cgroup fixtures.
+"""Suite-wide test plumbing: the ``kernel`` and ``systemd`` markers, the real-cgroup fixtures.
 
 ``kernel`` tests need a real cgroup v2 kernel.  They run only inside the sandbox guest
 (``governor sandbox exec``, which ``scripts/test.sh`` uses to run them all in one boot);
@@ -8,6 +8,15 @@ skipping what it was meant to check.
 
 The host's own ``/sys/fs/cgroup`` is never written: :func:`cgroup2_mount` checks both the
 sandbox marker and the cgroup2 superblock magic before handing the path out.
+
+``systemd`` tests need systemd as PID 1 (D-Bus, transient units, slices): they run only
+inside ``governor sandbox exec --systemd`` (``/run/systemd/system`` is a directory and
+``/proc/1/comm`` is ``systemd``), anywhere else, the bare sandbox included, they are skipped
+with the reason; the same strict rule applies to them.  A test may carry both markers;
+``scripts/test.sh`` runs ``-m "kernel and not systemd"`` in the bare boot and ``-m systemd``
+in one ``--systemd`` boot.  In the systemd guest, systemd owns the cgroup tree: write
+cgroup files only in a delegated unit (the command's own ``governor-sandbox.service`` has
+``Delegate=yes``) and use transient units or unit properties for the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from governor.sandbox.detect import CGROUP_ROOT, in_sandbox, is_cgroup2_mount, s
 SKIP_REASON = (
     "needs a real cgroup v2 kernel: run inside `governor sandbox exec` (scripts/test.sh does)"
 )
+SYSTEMD_SKIP_REASON = "needs systemd as PID 1: runs inside `governor sandbox exec --systemd`"
+#: the markers whose skips are failures inside the sandbox under CI/GOVERNOR_STRICT_KERNEL
+STRICT_MARKERS = ("systemd", "kernel")
 #: controllers the scratch subtree enables (the ones governor drives)
 SCRATCH_CONTROLLERS = ("cpu", "io", "memory", "pids")
 
@@ -39,12 +51,26 @@ def strict_kernel() -> bool:
     )
 
 
+def systemd_is_pid1() -> bool:
+    """systemd runs as PID 1 here (the test ``sd_booted()`` makes, plus PID 1's name)."""
+    try:
+        comm = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        return False
+    return comm == "systemd" and Path("/run/systemd/system").is_dir()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if in_sandbox():
+    kernel_ok = in_sandbox()
+    systemd_ok = kernel_ok and systemd_is_pid1()
+    if kernel_ok and systemd_ok:
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
+    skip_systemd = pytest.mark.skip(reason=SYSTEMD_SKIP_REASON)
     for item in items:
-        if item.get_closest_marker("kernel") is not None:
+        if not systemd_ok and item.get_closest_marker("systemd") is not None:
+            item.add_marker(skip_systemd)
+        elif not kernel_ok and item.get_closest_marker("kernel") is not None:
             item.add_marker(skip)
 
 
@@ -53,16 +79,14 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if (
-        report.skipped
-        and not hasattr(report, "wasxfail")
-        and item.get_closest_marker("kernel") is not None
-        and strict_kernel()
-    ):
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return report
+    kind = next((m for m in STRICT_MARKERS if item.get_closest_marker(m) is not None), None)
+    if kind is not None and strict_kernel():
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = (
-            f"kernel test skipped inside the sandbox under CI/GOVERNOR_STRICT_KERNEL "
+            f"{kind} test skipped inside the sandbox under CI/GOVERNOR_STRICT_KERNEL "
             f"(a skip here is a failure): {reason}"
         )
     return report
