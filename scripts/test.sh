@@ -10,18 +10,21 @@
 #      Python changed);
 #   3. `governor sandbox setup`: kernel + initramfs of the cgroup v2 test VM;
 #   4. ruff and mypy;
-#   5. the unit tests on the host: pytest -m "not kernel" (with a throwaway PostgreSQL
-#      from scripts/pg-test-server.sh unless GOVERNOR_TEST_PG_URL is set);
-#   6. every `kernel` test inside ONE boot of the sandbox VM (real cgroup v2; the host's
-#      /sys/fs/cgroup is never touched);
+#   5. the unit tests on the host: pytest -m "not kernel and not systemd" (with a throwaway
+#      PostgreSQL from scripts/pg-test-server.sh unless GOVERNOR_TEST_PG_URL is set);
+#   6. every `kernel` test (but the `systemd` ones) inside ONE boot of the sandbox VM (real
+#      cgroup v2; the host's /sys/fs/cgroup is never touched);
+#   6b. every `systemd` test, wherever it is under tests/, inside ONE boot of the sandbox
+#      VM with systemd as PID 1 (`governor sandbox exec --systemd`: D-Bus, journald,
+#      transient units);
 #   7. the counts per suite, then a last line `all: N passed, N failed[, N skipped]`.
-# Exits non-zero when any step fails, when the VM did not boot or report, when no kernel
-# test ran, or (with CI=true) when a kernel test was skipped.
+# Exits non-zero when any step fails, when a VM did not boot or report, when no kernel or
+# no systemd test ran, or (with CI=true) when a kernel or systemd test was skipped.
 #
 # Knobs: PYTHON (python3), GOVERNOR_TEST_RESULTS (results/: junit XML files),
 # GOVERNOR_VM_MEM (2048 MiB), GOVERNOR_VM_CPUS (2), GOVERNOR_VM_TIMEOUT (3000 s),
 # GOVERNOR_SANDBOX_DIR (the sandbox cache), GOVERNOR_STRICT_KERNEL=1 (skips fail, as in CI).
-# Extra arguments are passed to both pytest runs (e.g. `-k cgroupfs -x`).
+# Extra arguments are passed to every pytest run (e.g. `-k cgroupfs -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -50,7 +53,7 @@ step "mypy"; t=$(date +%s)
 took "$t"
 
 mkdir -p "$RESULTS"
-rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml"
+rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml" "$RESULTS/systemd.xml"
 
 # services the host tests need: a throwaway PostgreSQL (scripts/pg-test-server.sh), started
 # here unless GOVERNOR_TEST_PG_URL is set or one is already running, stopped at exit if ours
@@ -70,40 +73,53 @@ if [ -z "${GOVERNOR_TEST_PG_URL:-}" ] && [ -f scripts/pg-test-server.sh ]; then
 fi
 
 # 5. unit tests on the host
-step "unit tests (host): pytest -m 'not kernel'"; t=$(date +%s)
+step "unit tests (host): pytest -m 'not kernel and not systemd'"; t=$(date +%s)
 rc=0
-"$VPY" -m pytest -m "not kernel" -p no:cacheprovider -q --junitxml "$RESULTS/unit.xml" "$@" || rc=$?
+"$VPY" -m pytest -m "not kernel and not systemd" -p no:cacheprovider -q --junitxml "$RESULTS/unit.xml" "$@" || rc=$?
 [ $rc -eq 0 ] || fail "unit tests: pytest exit $rc"
 took "$t"
 
 # 6. kernel tests: all of them in one VM boot.  Python runs ~14x slower in the guest, so the
-# host finds the files that hold kernel tests and the guest collects only those.
-step "kernel tests (sandbox VM, one boot): pytest -m kernel"; t=$(date +%s)
-rc=0
-kfiles=()
-collected=$("$VPY" -m pytest -m kernel --collect-only -q -p no:cacheprovider "$@" 2>&1) || true
-while IFS= read -r f; do kfiles+=("$f"); done \
-  < <(printf '%s\n' "$collected" | grep -oE '^[^ ]+\.py::' | sed 's/::$//' | sort -u)
-if [ ${#kfiles[@]} -eq 0 ]; then
-  printf '%s\n' "$collected" | tail -n 15
-  fail "kernel tests: none collected on the host (pytest -m kernel --collect-only)"
-  rc=skip
-else
-  echo "    ${#kfiles[@]} file(s): ${kfiles[*]}"
-fi
-[ "$rc" = skip ] || "$VPY" -m governor.sandbox.cli exec \
-  --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
-  --timeout "${GOVERNOR_VM_TIMEOUT:-3000}" --rw "$RESULTS" \
-  --env CI --env GOVERNOR_STRICT_KERNEL --env HYPOTHESIS_PROFILE -- \
-  "$VPY" -m pytest -m kernel -p no:cacheprovider -q --durations=12 --junitxml "$RESULTS/kernel.xml" \
-  "$@" "${kfiles[@]}" || rc=$?
-case $rc in
-  0|skip) ;;
-  5) fail "kernel tests: pytest collected no kernel test" ;;
-  124) fail "kernel tests: the VM timed out" ;;
-  125) fail "kernel tests: the VM did not boot or reported no exit code" ;;
-  *) fail "kernel tests: pytest exit $rc" ;;
-esac
+# host finds the files that hold the selected tests and the guest collects only those.
+# vm_suite LABEL MARKEXPR [exec options...] -- [pytest args...]: one boot, junit LABEL.xml
+vm_suite() {
+  local label=$1 expr=$2; shift 2
+  local opts=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+  shift
+  local rc=0 files=() collected
+  collected=$("$VPY" -m pytest -m "$expr" --collect-only -q -p no:cacheprovider "$@" 2>&1) || true
+  while IFS= read -r f; do files+=("$f"); done \
+    < <(printf '%s\n' "$collected" | grep -oE '^[^ ]+\.py::' | sed 's/::$//' | sort -u)
+  if [ ${#files[@]} -eq 0 ]; then
+    printf '%s\n' "$collected" | tail -n 15
+    fail "$label tests: none collected on the host (pytest -m '$expr' --collect-only)"
+    return
+  fi
+  echo "    ${#files[@]} file(s): ${files[*]}"
+  "$VPY" -m governor.sandbox.cli exec "${opts[@]}" \
+    --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
+    --timeout "${GOVERNOR_VM_TIMEOUT:-3000}" --rw "$RESULTS" \
+    --env CI --env GOVERNOR_STRICT_KERNEL --env HYPOTHESIS_PROFILE -- \
+    "$VPY" -m pytest -m "$expr" -p no:cacheprovider -q --durations=12 \
+    --junitxml "$RESULTS/$label.xml" "$@" "${files[@]}" || rc=$?
+  case $rc in
+    0) ;;
+    5) fail "$label tests: pytest collected no $label test in the VM" ;;
+    124) fail "$label tests: the VM timed out" ;;
+    125) fail "$label tests: the VM did not boot or reported no exit code" ;;
+    *) fail "$label tests: pytest exit $rc" ;;
+  esac
+}
+step "kernel tests (sandbox VM, one boot): pytest -m 'kernel and not systemd'"; t=$(date +%s)
+vm_suite kernel "kernel and not systemd" -- "$@"
+took "$t"
+
+# 6b. systemd tests: all of them, wherever they are under tests/, in one boot of the VM with
+# systemd as PID 1 (about twice the bare boot; see docs/operations.md)
+step "systemd tests (sandbox VM with systemd as PID 1, one boot): pytest -m systemd"
+t=$(date +%s)
+vm_suite systemd systemd --systemd -- "$@"
 took "$t"
 
 # 7. summary: counts per suite, the failures, and the totals as the very last line
@@ -112,5 +128,6 @@ for f in "${failures[@]}"; do echo "FAIL $f" >&2; done
 strict=(); [ "${CI:-}" = true ] && strict=(--strict-skips)
 sum_rc=0
 "$VPY" -m governor.sandbox.junit --require-tests "${strict[@]}" \
-  "unit=$RESULTS/unit.xml" "kernel!=$RESULTS/kernel.xml" || sum_rc=$?
+  "unit=$RESULTS/unit.xml" "kernel!=$RESULTS/kernel.xml" "systemd!=$RESULTS/systemd.xml" \
+  || sum_rc=$?
 [ ${#failures[@]} -eq 0 ] && [ $sum_rc -eq 0 ]
