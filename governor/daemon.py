@@ -1,12 +1,24 @@
 """``governor run``: one process that wires every piece to APScheduler and signals.
 
-Start-up order: configuration -> database schema checked (refuses an older one and names
-the command that fixes it) -> cgroup2 mount verified -> ``favordynmods`` turned on if
-configured (a refusal is logged, not fatal) -> policy validated and applied
-(existing groups adopted: only differing files are written) -> placement (connector +
-rescan), OOM watch, exporter -> periodic jobs (sampling, reconcile, policy watch,
-retention).  SIGHUP reloads the policy (a bad one is rejected, the old one stays);
-SIGTERM/SIGINT stop after the job in progress, take a last sample, store it, and exit 0.
+Start-up order: configuration -> database tried (never required: see below) -> cgroup2
+mount verified -> ``favordynmods`` turned on if configured (a refusal is logged, not fatal)
+-> policy validated and applied (existing groups adopted: only differing files are written)
+-> placement (connector + rescan) -> sd_notify ``READY=1`` -> OOM watch, exporter ->
+periodic jobs (sampling, reconcile, policy watch, retention).  SIGHUP reloads the policy (a
+bad one is rejected, the old one stays; ``RELOADING=1`` ... ``READY=1`` around it);
+SIGTERM/SIGINT stop after the job in progress (``STOPPING=1``), take a last sample, store it,
+and exit 0.
+
+Enforcement needs no database (:mod:`governor.store.gate`): with the database unreachable or
+at another schema the policy is applied, processes are placed, samples spool locally and
+applied policies (with their price plans) and OOM events wait in memory; each sampling pass
+tries the database again, and once it answers with the right schema everything waiting is
+stored, in order.  ``/healthz``, ``governor_database_up`` and the sd_notify ``STATUS=`` say
+"degraded" meanwhile.
+
+Under systemd (``Type=notify``) the main loop sends ``WATCHDOG=1`` every half
+``WatchdogSec=``, whatever the sampling interval, except while a sampling pass has been
+running for longer than ``WatchdogSec=``: a stuck pass gets the daemon restarted.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -28,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from governor.cgroupfs.mount import Remount
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.config import Config
-from governor.enforce.cli import db_recorder, open_cgroup
+from governor.enforce.cli import open_cgroup
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
 from governor.metering.sampler import Sampler
@@ -41,6 +53,9 @@ WATCH_INTERVAL = 1.0
 RETENTION_INTERVAL = 3600.0
 #: the billed-cost gauge is recomputed at most this often (it reads hourly rollups)
 COST_INTERVAL = 60.0
+#: at most this many applied policies / OOM events wait in memory for the database
+MAX_PENDING_POLICIES = 1000
+MAX_PENDING_EVENTS = 10_000
 #: the interpreter's switch interval while the placement listener runs: a thread that
 #: wants the GIL gets it after this long at most from one busy in Python (CPython's
 #: default is 5 ms).  An exec event must not wait behind a sampling or metering pass for
@@ -89,6 +104,137 @@ def apply_favordynmods(cfg: Config, cgroup_root: str | Path, *,
     return False
 
 
+class PolicyRecorder:
+    """The enforcer's recorder (:data:`governor.enforce.keeper.Recorder`): each applied
+    policy's audit row (``applied_policies``) and its price plans
+    (:func:`governor.billing.history.record_price_plans`: bills read prices from there).
+    While the database is down they wait here, in order, and :meth:`flush` (each sampling
+    pass) records them once it answers: a policy applied during an outage still gets its
+    price plans recorded.  Never raises into an apply.  (A restart during the outage
+    re-applies the policy in force, which is recorded then; one applied and replaced during
+    the outage before a restart is not.)"""
+
+    def __init__(self, db: Any, node: str) -> None:
+        self.db = db
+        self.node = node
+        self.pending: list[tuple[datetime, str, str, list[dict[str, str]], Any]] = []
+        self.recorded = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, digest: str, trigger: str, outcomes: list[Any],
+                 plans: Mapping[str, Any]) -> None:
+        writes = [{"path": o.action.path, "file": o.action.file or "", "kind": o.action.kind,
+                   "value": o.action.new or "", "ok": "yes" if o.ok else f"no: {o.error}"}
+                  for o in outcomes]
+        with self._lock:
+            self.pending.append((datetime.now(UTC), digest, trigger, writes, dict(plans)))
+            if len(self.pending) > MAX_PENDING_POLICIES:
+                old = self.pending.pop(0)
+                log.error("applied policy dropped unrecorded: too many waiting for the "
+                          "database", extra={"digest": old[1][:12], "trigger": old[2]})
+        if not self.db.up:
+            log.warning("applied policy not recorded yet: the database is down; it is "
+                        "recorded, with its price plans, when the database answers",
+                        extra={"digest": digest[:12], "trigger": trigger})
+        self.flush()
+
+    def flush(self) -> int:
+        """Record what waits, oldest first; returns how many were recorded."""
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        from governor.billing.history import record_price_plans
+        from governor.store.gate import reason
+        from governor.store.service import record_applied_policy
+
+        n = 0
+        with self._lock:
+            while self.pending and self.db.up:
+                at, digest, trigger, writes, plans = self.pending[0]
+                try:
+                    with self.db.scope() as session:
+                        record_applied_policy(session=session, node=self.node, applied_at=at,
+                                              policy_hash=digest, trigger=trigger,
+                                              writes=writes)
+                        record_price_plans(session=session, plans=plans)
+                except DBAPIError as e:
+                    if isinstance(e, OperationalError) or e.connection_invalidated:
+                        self.db.lost(reason(e))
+                        return n
+                    log.exception("applied policy not recorded", extra={
+                        "digest": digest[:12], "trigger": trigger})
+                except Exception:
+                    if not self.db.up:
+                        return n
+                    log.exception("applied policy not recorded", extra={
+                        "digest": digest[:12], "trigger": trigger})
+                else:
+                    n += 1
+                    self.recorded += 1
+                    if (datetime.now(UTC) - at).total_seconds() > 5:
+                        log.info("applied policy recorded after the database came back",
+                                 extra={"digest": digest[:12], "trigger": trigger,
+                                        "applied_at": at.isoformat(timespec="seconds")})
+                self.pending.pop(0)
+        return n
+
+
+class DeferredSink:
+    """The OOM watcher's event sink: events go to the database, or wait here (bounded,
+    oldest dropped first) while it is down and are stored by :meth:`flush` once it answers.
+    :meth:`totals` needs the database (while it is down the watcher starts from the
+    kernel's counters and logs so)."""
+
+    def __init__(self, sink: Any, db: Any) -> None:
+        self.sink = sink
+        self.db = db
+        self.pending: list[Any] = []
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def totals(self, path: str, cgroup_id: int) -> dict[str, int]:
+        return dict(self.sink.totals(path, cgroup_id))
+
+    def record(self, events: Sequence[Any]) -> None:
+        with self._lock:
+            self.pending.extend(events)
+            if len(self.pending) > MAX_PENDING_EVENTS:
+                lost = len(self.pending) - MAX_PENDING_EVENTS
+                del self.pending[:lost]
+                log.error("OOM events dropped unstored: too many waiting for the database",
+                          extra={"events": lost})
+        if not self.db.up:
+            self.failed += 1
+            log.warning("OOM events not stored yet: the database is down; stored when it "
+                        "answers", extra={"events": len(events)})
+        self.flush()
+
+    def flush(self) -> int:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        from governor.store.gate import reason
+
+        with self._lock:
+            batch = self.pending
+            if not batch or not self.db.up:
+                return 0
+            try:
+                self.sink.record(batch)
+            except DBAPIError as e:
+                self.failed += 1
+                if isinstance(e, OperationalError) or e.connection_invalidated:
+                    self.db.lost(reason(e))
+                else:
+                    log.exception("OOM events not stored, will retry",
+                                  extra={"events": len(batch)})
+                return 0
+            except Exception:
+                self.failed += 1
+                log.exception("OOM events not stored, will retry", extra={"events": len(batch)})
+                return 0
+            self.pending = []
+            return len(batch)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         from governor.security import InstanceLock, check_strict_modes
@@ -111,21 +257,22 @@ class Daemon:
         from governor.oom.store import DbSink
         from governor.oom.watch import OomWatcher
         from governor.placement import Placer
-        from governor.store.db import check_schema, make_engine, scope_factory
+        from governor.sdnotify import Notifier, watchdog_interval
+        from governor.store.gate import Database
         from governor.store.spool import Spool, SpoolingWriter
 
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.jobs: list[tuple[str, float, Callable[[], Any]]] = []
-        # the database first: an old schema stops us before anything is touched
-        self.engine = make_engine(cfg.database_url)
-        check_schema(self.engine, config_hint=cfg.source or "FILE")
-        self.scope = scope_factory(self.engine)
+        # the database is tried, not required: enforcement never waits for it
+        self.db = Database(cfg.database_url, config_hint=cfg.source or "FILE")
+        self.db.check()
+        self.scope = self.db.scope
+        self.notifier = Notifier()           # no-op unless started by systemd (Type=notify)
+        self.watchdog = watchdog_interval()  # seconds between pings, or None
         raise_nofile_limit()  # the sampler keeps ~12 fds per group
         self.fs = open_cgroup(cfg)
-        recorder, why = db_recorder(cfg)
-        if recorder is None:
-            log.warning("applied policies are logged, not stored", extra={"reason": why})
+        recorder = self.recorder = PolicyRecorder(self.db, cfg.node)
         self.sampler = Sampler(self.fs, cfg.subtree, cfg.node, slow_every=cfg.slow_every)
         self.enforcer = Enforcer(self.fs, cfg.subtree, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
@@ -138,13 +285,16 @@ class Daemon:
                              exclude=cfg.exclude_cgroups, nice=cfg.listener_nice,
                              keep_warm=cfg.keep_warm,
                              keep_warm_interval=cfg.keep_warm_interval)
+        self.oom_sink = DeferredSink(DbSink(self.scope, cfg.node), self.db)
         self.alerter = (WebhookAlerter(cfg.oom_webhook_url, timeout=cfg.oom_webhook_timeout,
                                        retries=cfg.oom_webhook_retries)
                         if cfg.oom_webhook_url else None)
         self.oom = OomWatcher(self.fs, cfg.subtree, cfg.node,
                               actions=OomActions(alerter=self.alerter), kmsg=KmsgReader(),
-                              sink=DbSink(self.scope, cfg.node))
+                              sink=self.oom_sink)
         self.exporter = Exporter.from_config(cfg)
+        self.exporter.set_problems([self.db.problem or "database down"] if not self.db.up
+                                   else [])
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         # health
@@ -155,6 +305,11 @@ class Daemon:
         self.costs: dict[tuple[str, str], Any] = {}
         self._costs_at = 0.0
         self._last_pass_start: float | None = None
+        #: monotonic start of the sampling pass in progress (None: none running)
+        self._pass_running_since: float | None = None
+        #: (wall start, seconds, groups sampled) of the last pass
+        self._last_pass: tuple[datetime, float, int] | None = None
+        self._stored_last = True
 
     # -- jobs ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -176,10 +331,36 @@ class Daemon:
 
     def sample(self) -> None:
         """One sampling pass: read, store (or spool), meter, watch, publish."""
+        start = time.monotonic()
+        self._pass_running_since = start
+        try:
+            self._sample(start)
+        finally:
+            self._pass_running_since = None
+
+    def _store(self, samples: Sequence[Any]) -> str:
+        """Store a pass's samples, or spool them while the database is down; returns
+        "stored", "spooled", "gap" (the spool was full) or "error"."""
+        node = self.cfg.node
+        if not self.db.up:
+            return "spooled" if self.spool.put(node, samples, reason=self.db.problem
+                                               or "database down") else "gap"
+        try:
+            outcome = self.writer.submit(node, samples)
+        except Exception as e:
+            # not a connection problem (those spool inside submit): kept all the same
+            log.exception("storing samples failed: spooled")
+            outcome = "spooled" if self.spool.put(
+                node, samples, reason=f"storing failed: {type(e).__name__}") else "gap"
+            return "error" if outcome == "spooled" else outcome
+        if outcome != "stored":
+            self.db.lost(self.writer.last_error or "a write failed")
+        return outcome
+
+    def _sample(self, start: float) -> None:
         from governor.exporter.render import Health, Snapshot, render
         from governor.store.service import meter
 
-        start = time.monotonic()
         if self._last_pass_start is not None and \
                 start - self._last_pass_start > 2 * self.cfg.sample_interval:
             self.late_passes += 1
@@ -188,18 +369,21 @@ class Daemon:
         self._last_pass_start = start
         p = self.sampler.sample()
         outcome = "skipped"
+        if self.db.check():   # while down: one attempt per pass (schema checked then)
+            self.recorder.flush()
+            self.oom_sink.flush()
         if p.samples:
-            try:
-                outcome = self.writer.submit(self.cfg.node, p.samples)
-            except Exception:
-                self.db_write_errors += 1
-                log.exception("storing samples failed")
-                outcome = "error"
+            outcome = self._store(p.samples)
             if outcome != "stored":
                 self.db_write_errors += 1
-                log.warning("samples not stored", extra={"outcome": outcome,
-                                                         "samples": len(p.samples)})
+                # once per outage at warning level (the database's state is logged apart)
+                log.log(logging.WARNING if self._stored_last else logging.DEBUG,
+                        "samples not stored", extra={"outcome": outcome,
+                                                     "samples": len(p.samples),
+                                                     "spool_depth": self.spool.pending_samples()})
+                self._stored_last = False
             else:
+                self._stored_last = True
                 try:
                     with self.scope() as session:
                         meter(session=session, node=self.cfg.node)
@@ -221,23 +405,63 @@ class Daemon:
             groups_sampled=len(p.samples), placements=dict(self.placer.counters.placements),
             reloads=dict(self.enforcer.reloads), drift=dict(self.enforcer.drift),
             enforce_write_errors=self.enforcer.write_errors,
-            db_write_errors=self.db_write_errors + self.oom.db_write_errors,
+            policy_failed_writes=self.enforcer.last_failed, database_up=self.db.up,
+            db_write_errors=self.db_write_errors + self.oom.db_write_errors
+            + self.oom_sink.failed,
             spool_depth=self.spool.pending_samples(),
             alerts=dict(self.alerter.results) if self.alerter else {})
         self.exporter.publish(render(Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),
             health=health)), created=p.started.timestamp())
+        self._last_pass = (p.started, p.duration, len(p.samples))
+        self.exporter.set_problems(self.problems())
+        self.notifier.notify(self.status_line())
         if p.duration > self.cfg.sample_interval:
             self.slow_passes += 1
             log.warning("slow sampling pass", extra={"duration_s": round(p.duration, 3),
                                                      "interval_s": self.cfg.sample_interval})
+
+    def problems(self) -> list[str]:
+        """What keeps the governor from being fully healthy now (empty: nothing)."""
+        out = []
+        if not self.db.up:
+            out.append(f"{self.db.problem or 'database down'} "
+                       f"({self.spool.pending_samples()} samples spooled)")
+        if self.enforcer.last_failed:
+            out.append(f"{self.enforcer.last_failed} cgroup writes failed in the last apply "
+                       "of the policy (see the log's \"write failed\" lines)")
+        return out
+
+    def status_line(self) -> str:
+        """``STATUS=`` for sd_notify: the state, tenants, groups and the last pass."""
+        problems = self.problems()
+        state = "running" if not problems else "degraded: " + "; ".join(problems)
+        if len(state) > 300:
+            state = state[:297] + "..."
+        pol = self.enforcer.policy
+        size = "no policy" if pol is None else \
+            f"{len(pol.tenants)} tenants, {sum(1 for _ in pol.groups())} groups"
+        if self._last_pass is None:
+            last = "no sampling pass yet"
+        else:
+            at, secs, n = self._last_pass
+            last = (f"last pass {at.astimezone(UTC).strftime('%H:%M:%SZ')} took "
+                    f"{secs:.3f}s, {n} groups sampled")
+        return f"STATUS={state}; {size}; {last}"
+
+    def _watchdog_ok(self, now: float) -> bool:
+        """False while a sampling pass has been running for longer than WatchdogSec=."""
+        since = self._pass_running_since
+        return self.watchdog is None or since is None or now - since <= 2 * self.watchdog
 
     def _update_costs(self) -> None:
         """The billed cost so far this month per tenant and currency (from rollups)."""
         now = time.monotonic()
         if now - self._costs_at < COST_INTERVAL and self.costs:
             return
+        if not self.db.up:
+            return  # the last costs stay; recomputed once the database answers
         self._costs_at = now
         pol = self.enforcer.policy
         if pol is None:
@@ -268,6 +492,9 @@ class Daemon:
     def _retention(self) -> None:
         from governor.store.service import apply_retention
 
+        if not self.db.up:
+            log.debug("retention skipped: the database is down")
+            return
         try:
             with self.scope() as session:
                 r = apply_retention(session=session, before=datetime.now(UTC) - timedelta(
@@ -305,6 +532,8 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         sys.setswitchinterval(SWITCH_INTERVAL)
         connector = self.placer.start()
+        # the policy is applied and placement runs: systemd may start what comes after us
+        self.notifier.notify("READY=1", self.status_line())
         if not connector:
             log.warning("process connector unavailable: placement by rescan only",
                         extra={"rescan_interval": self.cfg.rescan_interval})
@@ -327,13 +556,35 @@ class Daemon:
             "subtree": self.cfg.subtree, "policy": self.cfg.policy, "node": self.cfg.node,
             "listen": self.cfg.listen, "sample_interval": self.cfg.sample_interval,
             "reconcile_interval": self.cfg.reconcile_interval, "connector": connector})
+        next_ping = 0.0
+        stuck_logged = False
         try:
             while not self.stop_event.is_set():
+                now = time.monotonic()
+                if self.watchdog is not None and now >= next_ping:
+                    if self._watchdog_ok(now):
+                        self.notifier.notify("WATCHDOG=1")
+                        next_ping = now + self.watchdog
+                        stuck_logged = False
+                    elif not stuck_logged:
+                        stuck_logged = True
+                        log.error("sampling pass stuck: watchdog not pinged, systemd will "
+                                  "restart governor", extra={
+                                      "running_s": round(now - (self._pass_running_since
+                                                                or now), 1),
+                                      "watchdog_s": 2 * self.watchdog})
                 if self.reload_event.wait(0.2):
                     self.reload_event.clear()
-                    if self.enforcer.reload(trigger="reload"):
-                        self._policy_applied()
+                    self.notifier.notify(
+                        "RELOADING=1",
+                        f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+                    try:
+                        if self.enforcer.reload(trigger="reload"):
+                            self._policy_applied()
+                    finally:
+                        self.notifier.notify("READY=1", self.status_line())
         finally:
+            self.notifier.notify("STOPPING=1", "STATUS=stopping: a last sample, then exit")
             self.scheduler.shutdown(wait=True)   # the job in progress finishes
             try:
                 self.sample()                    # the last samples, stored before exit
@@ -346,8 +597,9 @@ class Daemon:
             self.exporter.stop()
             self.sampler.close()
             self.fs.close()
-            self.engine.dispose()
+            self.db.dispose()
             log.info("governor stopped", extra={
                 "passes": self.sampler.passes, "slow_passes": self.slow_passes,
-                "late_passes": self.late_passes, "db_write_errors": self.db_write_errors})
+                "late_passes": self.late_passes, "db_write_errors": self.db_write_errors,
+                "database_up": self.db.up, "spool_depth": self.spool.pending_samples()})
         return 0

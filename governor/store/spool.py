@@ -184,6 +184,8 @@ class SpoolingWriter:
         self.spool = spool
         self.session_scope = session_scope
         self.incarnations = Incarnations()
+        #: why the last batch was spooled (the database error's first line), None: stored
+        self.last_error: str | None = None
 
     def submit(self, node: str, samples: Sequence[GroupSample]) -> str:
         """Store ``samples``; returns "stored", "spooled" or "gap"."""
@@ -195,11 +197,13 @@ class SpoolingWriter:
                                incarnations=self.incarnations)
                 failpoint("store.write.before_commit")  # crash tests: rolled back
             failpoint("store.write.after_commit")  # crash tests: stored, not yet metered
+            self.last_error = None
             return "stored"
         except DBAPIError as exc:
             self.incarnations.forget()
             # only "cannot reach the database" spools; a bad statement is a bug to raise
             if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise
-            reason = f"database unreachable: {str(exc.orig).strip().splitlines()[0]}"
+            self.last_error = (str(exc.orig).strip().splitlines() or ["?"])[0]
+            reason = f"database unreachable: {self.last_error}"
             return "spooled" if self.spool.put(node, samples, reason=reason) else "gap"

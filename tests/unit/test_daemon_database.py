@@ -1,0 +1,190 @@
+"""Enforcement needs no database: the daemon's view of a database that is down, at an old
+schema, or back; samples spooled then drained (none lost), applied policies with their price
+plans and OOM events recorded once it answers.  SQLite on the host; the PostgreSQL URL is
+one on a closed loopback port (nothing listens there)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from governor.config import Config
+from governor.daemon import Daemon, DeferredSink, PolicyRecorder
+from governor.errors import ConfigError
+from governor.oom.events import OomEvent
+from governor.oom.store import DbSink
+from governor.policy import load_policy
+from governor.store.db import upgrade
+from governor.store.errors import DatabaseUnavailable
+from governor.store.gate import Database, masked
+from governor.store.models import AppliedPolicy, Gap, PricePlanRow, Sample
+from governor.store.models import OomEvent as OomEventRow
+from governor.store.spool import Spool, SpoolingWriter
+from governor.store.testing import make_sample
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def batch(i: int, n: int = 3) -> list[Any]:
+    return [make_sample(group=f"g{j}", cgroup_id=10 + j, wall=T0 + timedelta(minutes=i),
+                        cpu=i * 1000, mem=4096) for j in range(n)]
+
+
+def blocked(tmp_path: Path) -> tuple[str, Path]:
+    """A SQLite URL whose directory cannot be made (a regular file is in its way)."""
+    wall = tmp_path / "db"
+    wall.write_text("not a directory\n")
+    return f"sqlite:///{wall}/governor.db", wall
+
+
+def unblock(url: str, wall: Path) -> None:
+    wall.unlink()
+    upgrade(url)
+
+
+def state(db: Database) -> tuple[bool, str | None, int]:
+    return db.up, db.problem, db.recoveries
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when this returns
+
+
+def test_unreachable_then_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url, wall = blocked(tmp_path)
+    db = Database(url)
+    caplog.set_level(logging.INFO, logger="governor.store")
+    assert not db.check() and not db.check() and not db.up
+    assert db.problem is not None and db.problem.startswith("database unreachable:")
+    assert str(wall) in db.problem
+    downs = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(downs) == 1 and downs[0].levelno == logging.WARNING   # once, not per pass
+    with pytest.raises(DatabaseUnavailable, match="unreachable"), db.scope():
+        pass
+    unblock(url, wall)
+    assert db.check()
+    assert state(db) == (True, None, 1)
+    with db.scope() as session:
+        assert session.execute(select(func.count()).select_from(Sample)).scalar_one() == 0
+    db.dispose()
+
+
+def test_old_schema_is_an_error_with_the_fix_then_recovers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path}/g.db"
+    db = Database(url, config_hint="/etc/governor/config.toml")
+    caplog.set_level(logging.INFO, logger="governor.store")
+    assert not db.check() and not db.check()
+    assert db.problem is not None
+    assert "governor db upgrade --config /etc/governor/config.toml" in db.problem
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "governor db upgrade" in errors[0].getMessage()
+    upgrade(url)
+    assert db.check()
+    db.dispose()
+
+
+def test_postgres_on_a_closed_port_masks_the_password(
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = f"postgresql://gov:s3cr3t-pw@127.0.0.1:{closed_port()}/governor"
+    caplog.set_level(logging.DEBUG, logger="governor")
+    db = Database(url)
+    t = time.monotonic()
+    assert not db.check()
+    assert time.monotonic() - t < 10
+    assert db.problem is not None and "unreachable" in db.problem
+    db.lost("password s3cr3t-pw rejected")   # whatever a driver says, never the password
+    text = caplog.text + (db.problem or "") + db.shown
+    assert "s3cr3t-pw" not in text and "***" in db.shown
+    assert masked(url) == f"postgresql+psycopg://gov:***@127.0.0.1:{url.split(':')[3]}"
+    db.dispose()
+
+
+def test_a_bad_url_is_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"database\.url") as e:
+        Database("no-such-scheme-here")
+    assert "sqlite:///PATH" in str(e.value)
+
+
+def daemon_for_store(db: Database, tmp_path: Path) -> Daemon:
+    """The part of a Daemon that stores samples (the rest needs a kernel)."""
+    d = Daemon.__new__(Daemon)
+    d.cfg = Config(node="n1", state_dir=str(tmp_path / "state"))
+    d.db = db
+    d.spool = Spool(tmp_path / "state" / "s.spool", max_samples=1000)
+    d.writer = SpoolingWriter(spool=d.spool, session_scope=db.scope)
+    return d
+
+
+def test_samples_spooled_while_down_drained_once_up_none_lost(tmp_path: Path) -> None:
+    url, wall = blocked(tmp_path)
+    db = Database(url)
+    db.check()
+    d = daemon_for_store(db, tmp_path)
+    assert [d._store(batch(i)) for i in range(4)] == ["spooled"] * 4
+    assert d.spool.pending_samples() == 12
+    unblock(url, wall)
+    assert db.check()
+    assert d._store(batch(4)) == "stored"
+    assert not d.spool
+    e = create_engine(url)
+    with e.connect() as c:
+        assert c.execute(select(func.count()).select_from(Sample)).scalar_one() == 15
+        assert c.execute(select(func.count()).select_from(Gap)).scalar_one() == 0
+    e.dispose()
+    # and lost again: a failing write marks it down, the next pass spools without trying
+    db.lost("connection reset")
+    assert d._store(batch(5)) == "spooled" and not db.up
+    db.dispose()
+
+
+def test_policy_applied_while_down_has_its_prices_recorded_when_up(tmp_path: Path) -> None:
+    url, wall = blocked(tmp_path)
+    db = Database(url)
+    db.check()
+    pol = load_policy([str(REPO / "examples/policy.d")])
+    rec = PolicyRecorder(db, "n1")
+    rec(pol.digest, "start", [], pol.plans)          # never raises while down
+    rec(pol.digest, "reload", [], pol.plans)
+    assert len(rec.pending) == 2 and rec.flush() == 0
+    unblock(url, wall)
+    assert db.check() and rec.flush() == 2 and not rec.pending
+    e = create_engine(url)
+    with e.connect() as c:
+        rows = c.execute(select(AppliedPolicy.trigger).order_by(AppliedPolicy.id)).all()
+        plans = set(c.execute(select(PricePlanRow.name)).scalars())
+    e.dispose()
+    assert [r[0] for r in rows] == ["start", "reload"]
+    assert plans == set(pol.plans) and plans
+    db.dispose()
+
+
+def test_oom_events_wait_for_the_database(tmp_path: Path) -> None:
+    url, wall = blocked(tmp_path)
+    db = Database(url)
+    db.check()
+    sink = DeferredSink(DbSink(db.scope, "n1"), db)
+    ev = OomEvent(node="n1", tenant="acme", group="web", cgroup_id=7, ts=T0,
+                  kind="oom_kill", count=1, pid=42, comm="python3")
+    sink.record([ev])                                 # kept, not raised
+    assert sink.pending == [ev] and sink.failed == 1
+    with pytest.raises(DatabaseUnavailable):
+        sink.totals("acme/web", 7)
+    unblock(url, wall)
+    assert db.check() and sink.flush() == 1 and not sink.pending
+    assert sink.totals("acme/web", 7) == {"oom_kill": 1}
+    e = create_engine(url)
+    with e.connect() as c:
+        assert c.execute(select(func.count()).select_from(OomEventRow)).scalar_one() == 1
+    e.dispose()
+    db.dispose()
