@@ -23,6 +23,16 @@ from governor.errors import ConfigError, InvalidName
 
 DEFAULT_CONFIG = "/etc/governor/config.toml"
 
+#: left alone by rules that name no cgroup: PID 1's scope, system services, login sessions,
+#: virtual machines and the kubelet's pods; container runtimes' scopes stay candidates
+#: (docker, podman, containerd, CRI-O), placed by their pid namespace (docs/placement.md)
+RUNTIME_SCOPES: tuple[str, ...] = ("docker-*.scope", "libpod-*.scope",
+                                   "cri-containerd-*.scope", "crio-*.scope")
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "/init.scope", "/system.slice/*", "/user.slice/*", "/machine.slice/*",
+    *(f"!*/{s}{tail}" for s in RUNTIME_SCOPES for tail in ("", "/*")),
+    "/kubepods.slice/*", "/kubepods/*")
+
 
 def parse_duration(value: object, *, key: str, file: str | None) -> float:
     """``10s``, ``500ms``, ``2m``, ``1h`` or a number of seconds -> seconds (> 0)."""
@@ -80,6 +90,7 @@ class Config:
     log_format: str = "keyvalue"            # keyvalue | json
     log_level: str = "info"
     self_cgroup: str = "governor-daemon"    # the daemon's own group, relative to the mount
+    cgroup_driver: str | None = None        # systemd | cgroupfs; None: systemd if PID 1 is
     self_memory_min: int = 64 * 1024 * 1024
     self_cpu_weight: int = 500
     # [database]
@@ -94,7 +105,7 @@ class Config:
     iocost_devices: tuple[str, ...] = ()
     # [placement]
     rescan_interval: float = 30.0
-    exclude_cgroups: tuple[str, ...] = ("/init.scope", "/system.slice/*", "/user.slice/*")
+    exclude_cgroups: tuple[str, ...] = DEFAULT_EXCLUDE
     favordynmods: bool = False              # remount cgroup2 with favordynmods at start
     listener_nice: int = -10                # nice of the connector listener thread
     keep_warm: float = 1.0                  # keep moves fast this long after one (0: off)
@@ -230,9 +241,11 @@ def _str_list(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
 def _cgroup_globs(v: object, *, key: str, file: str | None) -> tuple[str, ...]:
     globs = _str_list(v, key=key, file=file)
     for g in globs:
-        if not g.startswith("/"):
+        if not g.removeprefix("!").startswith(("/", "*")):
             raise ConfigError(f"{g!r}: a cgroup glob is an absolute cgroup path as in "
-                              "/proc/PID/cgroup, e.g. \"/system.slice/*\"", file=file, key=key)
+                              "/proc/PID/cgroup, e.g. \"/system.slice/*\" (or an exception "
+                              "to the globs before it: \"!*/docker-*.scope*\")",
+                              file=file, key=key)
     return globs
 
 
@@ -258,6 +271,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "log_format": ("log_format", _choice("keyvalue", "json")),
         "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
         "self_cgroup": ("self_cgroup", _subtree),
+        "cgroup_driver": ("cgroup_driver", _choice("systemd", "cgroupfs")),
         "self_memory_min": ("self_memory_min", _size),
         "self_cpu_weight": ("self_cpu_weight", _weight),
     },
@@ -302,6 +316,7 @@ ENV = {
     "GOVERNOR_DATABASE": ("database", "url"),
     "GOVERNOR_CGROUP_ROOT": ("governor", "cgroup_root"),
     "GOVERNOR_SUBTREE": ("governor", "subtree"),
+    "GOVERNOR_CGROUP_DRIVER": ("governor", "cgroup_driver"),
     "GOVERNOR_NODE": ("governor", "node"),
     "GOVERNOR_LISTEN": ("exporter", "listen"),
     "GOVERNOR_SAMPLE_INTERVAL": ("sampling", "interval"),

@@ -40,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from governor.cgroupfs.mount import Remount
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.config import Config
-from governor.enforce.cli import open_cgroup
+from governor.driver import Tree, delegated, open_tree
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
 from governor.metering.sampler import Sampler
@@ -102,6 +102,26 @@ def apply_favordynmods(cfg: Config, cgroup_root: str | Path, *,
     log.error("favordynmods not turned on: placement works, each move waits for an RCU grace "
               "period", extra={"error": error, "fix": fix})
     return False
+
+
+def keep_warm_for(tree: Tree, keep_warm: float,
+                  proc_cgroup: str = "/proc/self/cgroup") -> float:
+    """``[placement] keep_warm`` as it may run: its no-op migrations write the daemon's own
+    cgroup, which with the systemd driver is governor.service's: only when systemd
+    delegated that unit to governor (``Delegate=yes``), else 0 (off)."""
+    if keep_warm <= 0 or tree.driver is None:
+        return keep_warm
+    try:
+        with open(proc_cgroup) as f:
+            own = next((line.split("::", 1)[1].strip() for line in f
+                        if line.startswith("0::")), "")
+    except OSError:
+        own = ""
+    if own and delegated(tree.fs, own.strip("/")) is not None:
+        return keep_warm
+    log.info("keep_warm off: the daemon's own cgroup is not delegated to it (Delegate=yes "
+             "in governor.service turns it on)", extra={"cgroup": own or "unknown"})
+    return 0.0
 
 
 class PolicyRecorder:
@@ -271,25 +291,31 @@ class Daemon:
         self.notifier = Notifier()           # no-op unless started by systemd (Type=notify)
         self.watchdog = watchdog_interval()  # seconds between pings, or None
         raise_nofile_limit()  # the sampler keeps ~12 fds per group
-        self.fs = open_cgroup(cfg)
+        self.tree = open_tree(cfg)  # the driver: systemd units, or cgroupfs writes
+        self.fs, layout = self.tree.fs, self.tree.layout
+        log.info("cgroup driver", extra={"driver": self.tree.name, "why": self.tree.why,
+                                         "subtree": layout.subtree})
         recorder = self.recorder = PolicyRecorder(self.db, cfg.node)
-        self.sampler = Sampler(self.fs, cfg.subtree, cfg.node, slow_every=cfg.slow_every)
-        self.enforcer = Enforcer(self.fs, cfg.subtree, cfg.policy,
+        self.sampler = Sampler(self.fs, layout, cfg.node, slow_every=cfg.slow_every)
+        self.enforcer = Enforcer(self.fs, layout, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
-                                 on_created=self.sampler.expect_birth)
+                                 on_created=self.sampler.expect_birth,
+                                 execute=self.tree.execute)
         self.watcher = PolicyWatcher(cfg.policy)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
-        self.placer = Placer(self.fs, cfg.subtree, lambda: self.enforcer.policy,
+        self.placer = Placer(self.fs, layout, lambda: self.enforcer.policy,
                              exclude=cfg.exclude_cgroups, nice=cfg.listener_nice,
-                             keep_warm=cfg.keep_warm,
-                             keep_warm_interval=cfg.keep_warm_interval)
+                             keep_warm=keep_warm_for(self.tree, cfg.keep_warm),
+                             keep_warm_interval=cfg.keep_warm_interval,
+                             start_scope=(self.tree.driver.start_scope
+                                          if self.tree.driver is not None else None))
         self.oom_sink = DeferredSink(DbSink(self.scope, cfg.node), self.db)
         self.alerter = (WebhookAlerter(cfg.oom_webhook_url, timeout=cfg.oom_webhook_timeout,
                                        retries=cfg.oom_webhook_retries)
                         if cfg.oom_webhook_url else None)
-        self.oom = OomWatcher(self.fs, cfg.subtree, cfg.node,
+        self.oom = OomWatcher(self.fs, layout, cfg.node,
                               actions=OomActions(alerter=self.alerter), kmsg=KmsgReader(),
                               sink=self.oom_sink)
         self.exporter = Exporter.from_config(cfg)
@@ -520,9 +546,12 @@ class Daemon:
 
         # before anything moves a process (self-protection, placement): see docs/placement.md
         apply_favordynmods(self.cfg, self.fs.root)
+        # with the systemd driver the daemon stays in its own unit (governor.service): its
+        # MemoryMin=, CPUWeight= and OOMScoreAdjust= protect it, and systemd tracks it
         for problem in protect_self(self.fs, self.cfg.self_cgroup,
                                     memory_min=self.cfg.self_memory_min,
-                                    cpu_weight=self.cfg.self_cpu_weight):
+                                    cpu_weight=self.cfg.self_cpu_weight,
+                                    move=self.tree.driver is None):
             log.warning("self-protection incomplete", extra={"problem": problem})
         if not self.enforcer.reload(trigger="start"):
             log.error("no valid policy to start with", extra={"path": self.cfg.policy})
@@ -596,7 +625,7 @@ class Daemon:
                 self.alerter.stop()
             self.exporter.stop()
             self.sampler.close()
-            self.fs.close()
+            self.tree.close()  # the mount and, with systemd, the bus
             self.db.dispose()
             log.info("governor stopped", extra={
                 "passes": self.sampler.passes, "slow_passes": self.slow_passes,

@@ -236,10 +236,51 @@ def _accelerator_check() -> Check:
                  "python3-dev; pip install -e .)", required=False)
 
 
-def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo") -> list[Check]:
+def _driver_checks(cfg: Config, root: Path | None, run_dir: str) -> list[Check]:
+    """Which cgroup driver is in use and why; with systemd, whether its bus answers; with
+    cgroupfs on a systemd host, whether the subtree is delegated."""
+    from governor import driver
+
+    name, why = driver.choose(cfg, run_dir=run_dir)
+    out = [Check("cgroup driver", True, f"{name}: {why}", info=True,
+                 fix="set [governor] cgroup_driver = \"systemd\" or \"cgroupfs\" to choose")]
+    try:
+        layout = driver.layout_for(cfg, run_dir=run_dir)
+    except GovernorError as e:
+        return [*out, Check("cgroup driver", False, str(e))]
+    if name == "systemd":
+        from governor.systemd.bus import Systemd
+
+        try:
+            with Systemd(timeout=5.0) as bus:
+                version = bus.version()
+        except GovernorError as e:
+            return [*out, Check("systemd", False, str(e),
+                                "is dbus running? (systemctl status dbus.socket); or set "
+                                "cgroup_driver = \"cgroupfs\" for a delegated subtree")]
+        out.append(Check("systemd", version >= 244,
+                         f"systemd {version} over D-Bus; tenants are slices below "
+                         f"{layout.subtree}, processes live in scopes",
+                         "" if version >= 244 else "systemd 244 or later is needed"))
+    elif driver.sd_booted(run_dir) and root is not None:
+        from governor.cgroupfs.files import CgroupFS
+
+        with CgroupFS(root) as fs:
+            where = driver.delegated(fs, cfg.subtree)
+        out.append(Check("delegation", where is not None,
+                         f"the subtree lies in the delegated /{where}" if where else
+                         f"{cfg.subtree} is outside every unit systemd delegated",
+                         "" if where else
+                         "set cgroup_driver = \"systemd\" (the default on a systemd host)"))
+    return out
+
+
+def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo",
+               run_dir: str = "/run/systemd/system") -> list[Check]:
     checks: list[Check] = []
     c, root = _cgroup_root(cfg, mountinfo)
     checks.append(c)
+    checks.extend(_driver_checks(cfg, root, run_dir))
     if root is not None:
         checks.extend(_subtree_checks(cfg, root))
     checks.append(Check("running as root", os.geteuid() == 0,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.names import check_relpath
-from governor.cgroupfs.tree import create, move
+from governor.cgroupfs.tree import create
+from governor.cgroupfs.tree import move as move_to
 from governor.errors import CgroupError, GovernorError
 
 log = logging.getLogger("governor.security")
@@ -112,22 +113,25 @@ def check_strict_modes(*paths: str | os.PathLike[str], euid: int | None = None) 
 
 
 def protect_self(fs: CgroupFS, self_cgroup: str, *, memory_min: int, cpu_weight: int,
-                 pid: int | None = None) -> list[str]:
+                 pid: int | None = None, move: bool = True) -> list[str]:
     """Move this process into ``self_cgroup`` (relative to the mount) with protections.
 
-    Returns what could not be done (each a readable reason); never raises for a missing
-    permission: a governor in a delegated, unprivileged subtree runs without it.
+    With ``move`` False (the systemd driver: the daemon stays in its unit, protected by the
+    unit's own properties) only ``oom_score_adj`` is lowered.  Returns what could not be
+    done (each a readable reason); never raises for a missing permission: a governor in a
+    delegated, unprivileged subtree runs without it.
     """
     pid = os.getpid() if pid is None else pid
     check_relpath(self_cgroup)
     left: list[str] = []
-    try:
-        create(fs, self_cgroup, ["cpu", "memory", "pids"])
-        fs.write(self_cgroup, "memory.min", str(memory_min))
-        fs.write(self_cgroup, "cpu.weight", str(cpu_weight))
-        move(fs, self_cgroup, pid)
-    except CgroupError as e:
-        left.append(f"own cgroup {self_cgroup}: {e}")
+    if move:
+        try:
+            create(fs, self_cgroup, ["cpu", "memory", "pids"])
+            fs.write(self_cgroup, "memory.min", str(memory_min))
+            fs.write(self_cgroup, "cpu.weight", str(cpu_weight))
+            move_to(fs, self_cgroup, pid)
+        except CgroupError as e:
+            left.append(f"own cgroup {self_cgroup}: {e}")
     if os.geteuid() == 0:
         try:
             Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")

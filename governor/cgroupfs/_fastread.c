@@ -779,9 +779,21 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
         if (in)
             return Py_NewRef(Py_False);
     }
-    PyObject *rel = PyUnicode_Concat(prefix, path);
-    if (rel == NULL)
-        return NULL;
+    /* prefix: a str put before path, or a dict path -> directory (systemd's slice names) */
+    PyObject *rel;
+    if (PyDict_Check(prefix)) {
+        rel = PyDict_GetItemWithError(prefix, path); /* borrowed */
+        if (rel == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            return Py_NewRef(Py_False);
+        }
+        Py_INCREF(rel);
+    } else {
+        rel = PyUnicode_Concat(prefix, path);
+        if (rel == NULL)
+            return NULL;
+    }
     PyObject *g = PyDict_GetItemWithError(groups, rel); /* borrowed */
     Py_DECREF(rel);
     if (g == NULL) {
@@ -883,7 +895,8 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
 
 /* sample_groups(paths, start, groups, prefix, latest, created, births, node, started, t0,
  *               samples, hook[, end]) -> index
- * From paths[start] on, for each group whose reader entry (groups[prefix + path]) has its
+ * From paths[start] on, for each group whose reader entry (groups[prefix + path], or
+ * groups[prefix[path]] when prefix is a dict) has its
  * fast descriptors: stamp, read (read_fast), call hook("metering.sample.group") when it is
  * not None, latest[path] = stats, append to samples the GroupSample (to_sample, with the
  * creation time of created[path] when its cgroup id is this one).  Returns the index of
@@ -897,7 +910,7 @@ static PyObject *sample_groups(PyObject *self, PyObject *args) {
     PyObject *paths, *groups, *prefix, *latest, *created, *births, *node, *started, *t0,
         *samples, *hook;
     Py_ssize_t i, end = PY_SSIZE_T_MAX;
-    if (!PyArg_ParseTuple(args, "O!nO!UO!O!O!UOOO!O|n", &PyList_Type, &paths, &i, &PyDict_Type,
+    if (!PyArg_ParseTuple(args, "O!nO!OO!O!O!UOOO!O|n", &PyList_Type, &paths, &i, &PyDict_Type,
                           &groups, &prefix, &PyDict_Type, &latest, &PyDict_Type, &created,
                           &PyDict_Type, &births, &node, &started, &t0, &PyList_Type, &samples,
                           &hook, &end))

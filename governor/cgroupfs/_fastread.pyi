@@ -11,7 +11,8 @@ def configure_sample(*, sample_type: type, sample_fields: tuple[str, ...],
 def read_fast(fds: tuple[int, ...], cache: list[Any], cgroup_id: int, /) -> Any: ...
 def to_sample(st: Any, node: str, path: str, started: datetime, t0: float, mono: float,
               created: datetime | None, /) -> Any: ...
-def sample_groups(paths: list[str], start: int, groups: dict[str, Any], prefix: str,
+def sample_groups(paths: list[str], start: int, groups: dict[str, Any],
+                  prefix: str | dict[str, str],
                   latest: dict[str, Any], created: dict[str, Any], births: dict[str, Any],
                   node: str, started: datetime, t0: float, samples: list[Any],
                   hook: Callable[[str], None] | None, /) -> int: ...

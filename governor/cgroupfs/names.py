@@ -61,14 +61,33 @@ def check_name(name: object, *, what: str = "group") -> str:
     return name
 
 
+#: a directory systemd makes for a unit (systemd.unit(5)): ``governor-blue\x2dteam.slice``;
+#: its escapes (``\xNN``) are the only thing a policy name cannot hold, and it cannot be
+#: ``.``/``..`` (it ends in a unit suffix).  UNIT_NAME_MAX is 256 with the NUL.
+_UNIT_DIR = re.compile(r"(?:[A-Za-z0-9:_@-]|\\x[0-9a-fA-F]{2})(?:[A-Za-z0-9:_.@-]|"
+                       r"\\x[0-9a-fA-F]{2}){0,240}\.(?:slice|scope|service)\Z")
+
+
+def check_component(name: str) -> str:
+    """A directory name the cgroupfs choke point accepts: a policy name
+    (:func:`check_name`), or the cgroup of a systemd unit (escapes and all)."""
+    try:
+        return check_name(name)
+    except InvalidName:
+        if isinstance(name, str) and _UNIT_DIR.match(name):
+            return name
+        raise
+
+
 @functools.lru_cache(maxsize=4096)
 def check_relpath(rel: str) -> str:
-    """Validate a relative group path ``a/b/c`` (each component through :func:`check_name`).
+    """Validate a relative group path ``a/b/c`` (each component through
+    :func:`check_component`: a policy name, or a systemd unit's directory).
 
     Memoized (a refused path raises each time, it is not cached): placement writes the same
     few ``cgroup.procs`` paths once per process it moves."""
     if rel in ("", "."):
         return ""
     for part in rel.split("/"):
-        check_name(part)
+        check_component(part)
     return rel

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from governor.cgroupfs import accel
 from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.names import check_relpath
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
 from governor.errors import CgroupError, GroupBusy, GroupGone
@@ -100,22 +101,11 @@ def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_C
     return made
 
 
-def managed_groups(fs: CgroupFS, subtree: str) -> list[str]:
-    """Tenants and their groups below ``subtree``, relative to it (``tenant``,
-    ``tenant/group``), tenants first.  A subtree that is gone (or not made yet) lists as
-    empty and other errors on it are raised; a tenant whose groups cannot be listed (gone
-    meanwhile, or unreadable) is listed without them, so one bad tenant never hides the
-    others from the sampler."""
-    out: list[str] = []
-    try:
-        tenants = fs.children(subtree)
-    except GroupGone:
-        return out
-    for t in tenants:
-        out.append(t)
-        with contextlib.suppress(CgroupError):
-            out.extend(f"{t}/{g}" for g in fs.children(f"{subtree}/{t}"))
-    return out
+def managed_groups(fs: CgroupFS, subtree: Layout | str) -> list[str]:
+    """Tenants and their groups below ``subtree`` (a layout, or the subtree of the
+    ``cgroupfs`` layout), as logical paths (``tenant``, ``tenant/group``), tenants first;
+    see :meth:`Layout.groups`."""
+    return as_layout(subtree).groups(fs)
 
 
 class GroupLister:
@@ -132,9 +122,10 @@ class GroupLister:
     access.  Not thread-safe: one caller.
     """
 
-    def __init__(self, fs: CgroupFS, subtree: str) -> None:
+    def __init__(self, fs: CgroupFS, subtree: Layout | str) -> None:
         self.fs = fs
-        self.subtree = subtree
+        self.layout = as_layout(subtree)
+        self.subtree = self.layout.subtree
         self.relists = 0
         self._cache: list[str] | None = None
         self._ino: Inotify | None
@@ -164,21 +155,24 @@ class GroupLister:
 
     def list(self) -> list[str]:
         if self._ino is None:
-            return managed_groups(self.fs, self.subtree)
+            return self.layout.groups(self.fs)
         if self._cache is not None and not self._ino.read():
             return list(self._cache)
         self._ino.read()  # what is queued is about to be looked at
         self.relists += 1
         if not self._watch(self.subtree):
             self._cache = None  # no subtree (yet): nothing to watch, list each time
-            return managed_groups(self.fs, self.subtree)
+            return self.layout.groups(self.fs)
         out: list[str] = []
         complete = True
-        for t in self.fs.children(self.subtree):
-            complete &= self._watch(f"{self.subtree}/{t}")
+        for d in self.fs.children(self.subtree):
+            t = self.layout.tenant_of_dir(d)
+            if t is None:
+                continue
+            complete &= self._watch(f"{self.subtree}/{d}")
             out.append(t)
             with contextlib.suppress(CgroupError):
-                out.extend(f"{t}/{g}" for g in self.fs.children(f"{self.subtree}/{t}"))
+                out.extend(f"{t}/{g}" for g in self.layout.groups_of_tenant(self.fs, t, d))
         self._cache = out if complete else None
         return list(out)
 
@@ -191,6 +185,18 @@ def populated(fs: CgroupFS, rel: str) -> bool:
 
 def procs(fs: CgroupFS, rel: str) -> list[int]:
     return parse_pids(fs.read(rel, "cgroup.procs"))
+
+
+def procs_below(fs: CgroupFS, rel: str, *, depth: int = 8) -> list[int]:
+    """The processes of ``rel`` and of every group below it (a systemd slice holds none
+    itself: they are in its scopes), ``depth`` levels down at most.  A child gone while
+    listed is skipped."""
+    out = procs(fs, rel)
+    if depth > 0:
+        for child in fs.children(rel):
+            with contextlib.suppress(GroupGone):
+                out.extend(procs_below(fs, f"{rel}/{child}", depth=depth - 1))
+    return out
 
 
 def remove(fs: CgroupFS, rel: str, *, retries: int = 8, backoff: float = 0.01) -> None:

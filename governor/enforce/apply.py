@@ -52,13 +52,21 @@ def _do(fs: CgroupFS, a: Action) -> None:
         remove(fs, a.path)
 
 
+#: carries out one write action (the cgroupfs writes below, or the systemd driver's calls)
+Executor = Callable[[Action], None]
+
+
 def apply_plan(fs: CgroupFS, plan: Plan, *,
                on_outcome: Callable[[Outcome], None] | None = None,
-               before: Callable[[Action], None] | None = None) -> list[Outcome]:
+               before: Callable[[Action], None] | None = None,
+               execute: Executor | None = None) -> list[Outcome]:
     """Execute the writes of ``plan`` in order; returns one outcome per write action.
 
     ``before`` is called with each write action just before it is made (metering notes a
-    group's birth before the directory exists, so no sample can see it first)."""
+    group's birth before the directory exists, so no sample can see it first).
+    ``execute`` carries out each action (default: the cgroupfs writes); it raises a
+    :class:`GovernorError` for a refusal."""
+    run: Executor = execute if execute is not None else (lambda a: _do(fs, a))
     outcomes: list[Outcome] = []
     failed_groups: set[str] = set()
     for a in plan.actions:
@@ -73,7 +81,7 @@ def apply_plan(fs: CgroupFS, plan: Plan, *,
                 if before is not None:
                     before(a)
                 failpoint("enforce.apply.write")  # crash tests: die mid-apply
-                _do(fs, a)
+                run(a)
                 o = Outcome(a, True)
             except CgroupError as e:
                 o = Outcome(a, False, str(e), e.errno)

@@ -14,6 +14,7 @@ import click
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.mount import find_cgroup2
 from governor.config import Config
+from governor.driver import open_tree
 from governor.enforce.apply import Outcome, apply_plan
 from governor.enforce.desired import desired_state
 from governor.enforce.keeper import Recorder
@@ -74,8 +75,9 @@ def register(main: click.Group) -> None:
         """Show the writes that would make the kernel match the policy (nothing is written)."""
         c = cfg()
         pol = load_policy([c.policy])
-        with open_cgroup(c) as fs:
-            plan = make_plan(fs, c.subtree, desired_state(pol), iocost_devices=c.iocost_devices)
+        with open_tree(c, writes=False) as t:
+            plan = make_plan(t.fs, t.layout, desired_state(pol),
+                             iocost_devices=c.iocost_devices)
         if fmt == "json":
             emit_json({"digest": plan.digest, "summary": plan.summary(),
                        "actions": [a.as_dict() for a in plan.actions]})
@@ -94,9 +96,10 @@ def register(main: click.Group) -> None:
         """
         c = cfg()
         pol = load_policy([c.policy])   # validation finishes before the first write
-        with open_cgroup(c) as fs:
-            plan = make_plan(fs, c.subtree, desired_state(pol), iocost_devices=c.iocost_devices)
-            outcomes = apply_plan(fs, plan)
+        with open_tree(c) as t:
+            plan = make_plan(t.fs, t.layout, desired_state(pol),
+                             iocost_devices=c.iocost_devices)
+            outcomes = apply_plan(t.fs, plan, execute=t.execute)
         recorder, why = db_recorder(c)
         trigger = f"cli:{getpass.getuser()}@pid{os.getpid()}"
         if recorder is not None:

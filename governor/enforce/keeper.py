@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
-from governor.enforce.apply import Outcome, apply_plan
+from governor.cgroupfs.layout import Layout, as_layout
+from governor.enforce.apply import Executor, Outcome, apply_plan
 from governor.enforce.desired import DesiredState, desired_state
 from governor.enforce.plan import Action, Plan, make_plan
 from governor.policy import Policy, PolicyInvalid, load_policy
@@ -33,12 +34,16 @@ Recorder = Callable[[str, str, list[Outcome], Mapping[str, PricePlan]], None]
 
 
 class Enforcer:
-    def __init__(self, fs: CgroupFS, subtree: str, policy_path: str, *,
+    def __init__(self, fs: CgroupFS, subtree: Layout | str, policy_path: str, *,
                  iocost_devices: tuple[str, ...] = (), recorder: Recorder | None = None,
                  sys_block: str = "/sys/block",
-                 on_created: Callable[[str, bool], None] | None = None) -> None:
+                 on_created: Callable[[str, bool], None] | None = None,
+                 execute: Executor | None = None) -> None:
         self.fs = fs
-        self.subtree = subtree
+        self.layout = as_layout(subtree)
+        self.subtree = self.layout.subtree
+        #: carries out each write (None: cgroupfs writes; the systemd driver's unit calls)
+        self.execute = execute
         self.policy_path = policy_path
         self.iocost_devices = iocost_devices
         self.recorder = recorder
@@ -91,27 +96,28 @@ class Enforcer:
 
     def plan(self) -> Plan:
         assert self.policy is not None
-        return make_plan(self.fs, self.subtree, desired_state(self.policy),
+        return make_plan(self.fs, self.layout, desired_state(self.policy),
                          previous=self.applied, iocost_devices=self.iocost_devices,
                          sys_block=self.sys_block)
 
     def _apply(self, trigger: str, *, drift: bool) -> list[Outcome]:
         assert self.policy is not None
         desired = desired_state(self.policy)
-        plan = make_plan(self.fs, self.subtree, desired, previous=self.applied,
+        plan = make_plan(self.fs, self.layout, desired, previous=self.applied,
                          iocost_devices=self.iocost_devices, sys_block=self.sys_block)
-        prefix = self.subtree + "/"
         notify = self.on_created
+        group_of = self.layout.group_of
 
         def before(a: Action) -> None:
-            if notify is not None and a.kind == "create" and a.path.startswith(prefix):
-                notify(a.path[len(prefix):], False)
+            if notify is not None and a.kind == "create" and \
+                    (rel := group_of("/" + a.path)) is not None:
+                notify(rel, False)
 
-        outcomes = apply_plan(self.fs, plan, before=before)
+        outcomes = apply_plan(self.fs, plan, before=before, execute=self.execute)
         for o in outcomes:
-            if not o.ok and o.action.kind == "create" and notify is not None \
-                    and o.action.path.startswith(prefix):
-                notify(o.action.path[len(prefix):], True)
+            if not o.ok and o.action.kind == "create" and notify is not None and \
+                    (rel := group_of("/" + o.action.path)) is not None:
+                notify(rel, True)
             if not o.ok:
                 self.write_errors += 1
                 log.error("write failed", extra={"path": o.action.path, "file": o.action.file,

@@ -20,16 +20,18 @@ page size (the kernel stores pages), ``io.max`` lines compared field by field.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.tree import populated
 from governor.enforce.desired import DesiredGroup, DesiredState
-from governor.errors import CgroupError, GroupGone
+from governor.errors import CgroupError, GovernorError, GroupGone
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -242,12 +244,17 @@ def _group_actions(fs: CgroupFS, path: str, want: DesiredGroup,
     return out + _order_group_sets(sets, {k: v for k, v in current.items() if v})
 
 
-def _removals(fs: CgroupFS, subtree: str, desired: DesiredState) -> list[Action]:
+def _removals(fs: CgroupFS, layout: Layout, desired: DesiredState) -> list[Action]:
     out: list[Action] = []
-    wanted = {f"{subtree}/{p}" for p in desired.groups}
+    wanted = set()
+    for p in desired.groups:
+        with contextlib.suppress(GovernorError):  # unspellable: noted by make_plan
+            wanted.add(layout.path(p))
 
     def visit(path: str) -> None:
         for child in fs.children(path):
+            if not layout.is_group_dir(child):
+                continue  # a scope (systemd collects it), or no group of this layout
             cpath = f"{path}/{child}"
             if cpath in wanted:
                 visit(cpath)
@@ -262,8 +269,8 @@ def _removals(fs: CgroupFS, subtree: str, desired: DesiredState) -> list[Action]
             else:
                 out.append(Action("remove", cpath, reason="left the policy, empty"))
 
-    if fs.exists(subtree):
-        visit(subtree)
+    if fs.exists(layout.subtree):
+        visit(layout.subtree)
     return out
 
 
@@ -328,35 +335,64 @@ def _iocost_actions(fs: CgroupFS, desired: DesiredState, iocost_devices: Iterabl
     return out
 
 
-def make_plan(fs: CgroupFS, subtree: str, desired: DesiredState, *,
+def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
               previous: DesiredState | None = None, iocost_devices: Iterable[str] = (),
               sys_block: str | Path = "/sys/block") -> Plan:
-    """Read the kernel's current state below ``subtree`` and diff it with ``desired``.
+    """Read the kernel's current state below the subtree and diff it with ``desired``.
 
-    ``fs`` is rooted at the cgroup mount; every path in the plan is ``subtree/...``.
+    ``fs`` is rooted at the cgroup mount; every path in the plan is below the subtree, as
+    ``subtree`` (a layout, or the subtree of the ``cgroupfs`` layout) places each group.
     ``previous`` is the desired state last applied (keys it had that ``desired`` lacks are
-    reset to the kernel's defaults).  Reads only: nothing is written.
+    reset to the kernel's defaults).  Where systemd makes the groups, controllers are its
+    business (no ``enable`` actions) and a file it cannot express is a note, not a write.
+    Reads only: nothing is written.
     """
+    layout = as_layout(subtree)
     plan = Plan(digest=desired.digest)
     plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
-    if not fs.exists(subtree):
-        plan.actions.append(Action("create", subtree, new="enable cpu io memory pids for "
-                                   "children", reason="the governor's subtree"))
-    else:
+    root = layout.subtree
+    if not fs.exists(root):
+        plan.actions.append(Action("create", root, new=(
+            "enable cpu io memory pids for children" if layout.manages_controllers else None),
+            reason="the governor's subtree"))
+    elif layout.manages_controllers:
         from governor.cgroupfs.tree import MANAGED_CONTROLLERS
 
-        have = set(parse.parse_list(fs.read(subtree, "cgroup.subtree_control")))
+        have = set(parse.parse_list(fs.read(root, "cgroup.subtree_control")))
         missing = [c for c in MANAGED_CONTROLLERS if c not in have]
         if missing:
-            plan.actions.append(Action("enable", subtree, "cgroup.subtree_control",
+            plan.actions.append(Action("enable", root, "cgroup.subtree_control",
                                        " ".join(sorted(have)) or None,
                                        " ".join("+" + c for c in missing)))
     prev = previous.groups if previous is not None else {}
-    for rel, want in desired.groups.items():
-        path = f"{subtree}/{rel}"
-        plan.actions.extend(_group_actions(fs, path, want, prev.get(rel)))
-    removals = _removals(fs, subtree, desired)
+    for rel, group in desired.groups.items():
+        try:
+            path = layout.path(rel)
+        except GovernorError as e:  # a name the driver cannot spell: the others go on
+            plan.actions.append(Action("note", "", reason=f"{rel} not governed: {e}"))
+            continue
+        want, before = group, prev.get(rel)
+        if not layout.manages_controllers:
+            want, before, notes = _expressible(layout, path, want, before)
+            plan.actions.extend(notes)
+        plan.actions.extend(_group_actions(fs, path, want, before))
+    removals = _removals(fs, layout, desired)
     # deepest first
     removals.sort(key=lambda a: -a.path.count("/"))
     plan.actions.extend(removals)
     return plan
+
+
+def _expressible(layout: Layout, path: str, want: DesiredGroup,
+                 previous: DesiredGroup | None
+                 ) -> tuple[DesiredGroup, DesiredGroup | None, list[Action]]:
+    """``want`` (and ``previous``) without the files ``layout``'s manager cannot set, and
+    a note for each one left out; no controllers enabled by governor."""
+    notes = [Action("note", path, f, reason=f"/{path} {f} not set: {why}")
+             for f, _ in want.files if (why := layout.unsettable(f)) is not None]
+    keep = tuple((f, v) for f, v in want.files if layout.unsettable(f) is None)
+    want = replace(want, files=keep, enable=())
+    if previous is not None:
+        previous = replace(previous, files=tuple(
+            (f, v) for f, v in previous.files if layout.unsettable(f) is None), enable=())
+    return want, previous, notes

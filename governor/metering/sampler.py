@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from governor.cgroupfs import reader as _reader
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.reader import GroupStats, StatReader
 from governor.cgroupfs.tree import GroupLister
 from governor.errors import CgroupError, GroupGone
@@ -140,7 +141,7 @@ C_TO_SAMPLE: SampleMaker | None = _c_to_sample()
 @dataclass
 class Sampler:
     fs: CgroupFS                  # rooted at the cgroup mount
-    subtree: str
+    subtree: str | Layout         # the layout of the groups (a name: the cgroupfs one)
     node: str
     slow_every: int = 6
     #: creation times governor knows (it made the directory): path -> (cgroup id, time)
@@ -160,7 +161,8 @@ class Sampler:
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
         #: the listing, kept while inotify sees no group made or removed
-        self._lister = GroupLister(self.fs, self.subtree)
+        self.layout = as_layout(self.subtree)
+        self._lister = GroupLister(self.fs, self.layout)
 
     def close(self) -> None:
         self.reader.close()
@@ -169,7 +171,7 @@ class Sampler:
     def note_created(self, path: str, when: datetime | None = None) -> None:
         """Record that governor created ``path`` (relative to the subtree) now."""
         try:
-            cid = self.fs.inode(f"{self.subtree}/{path}")
+            cid = self.fs.inode(self.layout.path(path))
         except CgroupError:
             return
         self.created[path] = (cid, when or datetime.now(UTC))
@@ -201,13 +203,16 @@ class Sampler:
         paths = self.groups()
         live = set(paths)
         for stale in [p for p in self.latest if p not in live]:
-            self.reader.forget(f"{self.subtree}/{stale}")
+            self.reader.forget(self.layout.path(stale))
             del self.latest[stale]
             gone.append(stale)
         # the loop runs once per group per pass: names are looked up once, here
         read, make, monotonic = self.reader.read, self._make, time.monotonic
         latest, births, known_created = self.latest, self._births, self.created
-        prefix, node = f"{self.subtree}/", self.node
+        # the directory of each group: prefix + path, or a mapping (systemd's slice names)
+        prefix, node = self.layout.sample_prefix(paths), self.node
+        where = (prefix.__getitem__ if isinstance(prefix, dict)
+                 else (lambda p, _pre=prefix: _pre + p))
         # the C accelerator runs this loop for the groups whose descriptors are all open
         # (fast tier), and hands back each group that needs the Python body below
         fast_pass = self._fast_pass if not slow else None
@@ -228,7 +233,7 @@ class Sampler:
             i += 1
             mono = monotonic()  # each group stamped when it is read, not at pass start
             try:
-                st = read(prefix + path, slow=slow)
+                st = read(where(path), slow=slow)
             except GroupGone:
                 gone.append(path)
                 latest.pop(path, None)

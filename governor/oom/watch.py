@@ -39,9 +39,9 @@ from datetime import UTC, datetime
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.inotify import IN_IGNORED, Inotify
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.parse import ParseError, parse_flat_keyed
 from governor.cgroupfs.reader import GroupStats
-from governor.cgroupfs.tree import managed_groups
 from governor.errors import CgroupError
 from governor.oom.actions import OomActions
 from governor.oom.events import COUNTER_KINDS, KILL_KINDS, PRESSURE, OomEvent
@@ -90,13 +90,14 @@ def pressure_trigger(settings: OomSettings) -> str | None:
 class OomWatcher:
     """Produces :class:`OomEvent`\\ s for every managed group (tenants and their groups)."""
 
-    def __init__(self, fs: CgroupFS, subtree: str, node: str, *,
+    def __init__(self, fs: CgroupFS, subtree: Layout | str, node: str, *,
                  sink: EventSink | None = None, actions: OomActions | None = None,
                  kmsg: KmsgReader | None = None, victim_wait: float = 0.5,
                  rescan_interval: float = 2.0, poll_interval: float = 0.5,
                  warn_interval: float = 10.0, use_inotify: bool = True) -> None:
         self.fs = fs
-        self.subtree = subtree.strip("/")
+        self.layout = as_layout(subtree)
+        self.subtree = self.layout.subtree
         self.node = node
         self.sink = sink
         self.actions = actions
@@ -145,11 +146,11 @@ class OomWatcher:
 
     # -- discovery ------------------------------------------------------------------------
     def _rel(self, path: str) -> str:
-        return f"{self.subtree}/{path}"
+        return self.layout.path(path)
 
     def discover(self) -> list[str]:
         try:
-            return managed_groups(self.fs, self.subtree)
+            return self.layout.groups(self.fs)
         except CgroupError:
             return []
 
@@ -337,10 +338,7 @@ class OomWatcher:
     # -- victims --------------------------------------------------------------------------
     def _victim_path(self, v: Victim) -> str | None:
         cg = v.cgroup or v.oom_cgroup
-        prefix = f"/{self.subtree}/"
-        if cg is None or not cg.startswith(prefix):
-            return None
-        return cg[len(prefix):]
+        return None if cg is None else self.layout.group_of(cg)
 
     def _take_victims(self, now: float) -> None:
         if self.kmsg is not None and self.kmsg.fd is not None:

@@ -3,6 +3,7 @@
 See docs/placement.md for the rules a user writes and the order they are applied in.
 """
 
-from governor.placement.placer import DEFAULT_EXCLUDE, Counters, Placer
+from governor.config import DEFAULT_EXCLUDE
+from governor.placement.placer import Counters, Placer
 
 __all__ = ["DEFAULT_EXCLUDE", "Counters", "Placer"]

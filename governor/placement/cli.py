@@ -12,6 +12,7 @@ import click
 
 from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.config import Config
 from governor.errors import GovernorError
 from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, host_pidns
@@ -36,19 +37,21 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def ps_rows(fs: CgroupFS, subtree: str, policy: Policy, *, tenant: str | None = None,
+def ps_rows(fs: CgroupFS, subtree: Layout | str, policy: Policy, *,
+            tenant: str | None = None,
             proc_root: str = "/proc") -> list[PsRow]:
     """The processes of each managed group (groups of the policy, in policy order)."""
+    layout = as_layout(subtree)
     host_ns = host_pidns(proc_root)
     btime = boot_time(proc_root)
     rows: list[PsRow] = []
     for g in policy.groups():
         if tenant is not None and g.tenant != tenant:
             continue
-        rel = f"{subtree}/{g.path}"
+        rel = layout.path(g.path)
         if not fs.exists(rel):
             continue
-        for pid in tree.procs(fs, rel):
+        for pid in tree.procs_below(fs, rel):
             p = Proc(proc_root, pid)
             try:
                 st = p.stat()
@@ -65,7 +68,7 @@ def ps_rows(fs: CgroupFS, subtree: str, policy: Policy, *, tenant: str | None = 
 
 def register(main: click.Group) -> None:
     from governor.cli import FORMAT, config_options, emit_json
-    from governor.enforce.cli import open_cgroup
+    from governor.driver import open_tree
 
     @main.command(context_settings={"ignore_unknown_options": True,
                                     "allow_interspersed_args": False})
@@ -89,7 +92,7 @@ def register(main: click.Group) -> None:
         oom.actions = ["restart"], an OOM-killed command is restarted (oom.restart_max,
         oom.restart_backoff).
         """
-        from governor.placement.launch import LaunchError, Restart
+        from governor.placement.launch import LaunchError, Restart, where_to_launch
         from governor.placement.launch import launch as run
         from governor.policy.model import RESTART_BACKOFF_CAP_US
 
@@ -103,17 +106,18 @@ def register(main: click.Group) -> None:
             known = ", ".join(g.path for g in pol.groups()) or "none"
             raise LaunchError(f"no group {tenant}/{group} in the policy {c.policy} "
                               f"(groups: {known})")
-        try:
-            fs = open_cgroup(c)
-        except GovernorError as e:
-            raise LaunchError(str(e)) from e
         oom = t.groups[group].oom
         restart = None
         if "restart" in oom.actions:
             restart = Restart(oom.restart_max, oom.restart_backoff_us / 1e6,
                               RESTART_BACKOFF_CAP_US / 1e6)
-        with fs:
-            code = run(fs, f"{c.subtree}/{tenant}/{group}", list(command), unshare=unshare,
+        try:
+            tree = open_tree(c)
+            rel = where_to_launch(tree, f"{tenant}/{group}")
+        except GovernorError as e:
+            raise LaunchError(str(e)) from e
+        with tree:
+            code = run(tree.fs, rel, list(command), unshare=unshare,
                        hostname=hostname, user=user, restart=restart)
         sys.exit(code)
 
@@ -127,8 +131,8 @@ def register(main: click.Group) -> None:
         pol = load_policy([c.policy])
         if tenant is not None and tenant not in pol.tenants:
             raise click.BadParameter(f"no tenant {tenant!r} in the policy", param_hint="--tenant")
-        with open_cgroup(c) as fs:
-            rows = ps_rows(fs, c.subtree, pol, tenant=tenant)
+        with open_tree(c, writes=False) as t:
+            rows = ps_rows(t.fs, t.layout, pol, tenant=tenant)
         if fmt == "json":
             emit_json({"processes": [asdict(r) for r in rows]})
             return

@@ -40,11 +40,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from governor.cgroupfs import parse, tree
 from governor.cgroupfs.files import CgroupFS
 from governor.errors import CgroupError, GovernorError
+
+if TYPE_CHECKING:
+    from governor.driver import Tree
 
 EXIT_LAUNCH_FAILED: Final = 125
 EXIT_NOT_EXECUTABLE: Final = 126
@@ -314,6 +317,23 @@ def _run_once(fs: CgroupFS, rel: str, argv: Sequence[str], sup: _Supervisor, *,
             hint = " (run as root: namespaces, mounts and other users need privileges)"
         raise LaunchError(f"cannot launch {argv[0]!r} ({stage} step): {detail}{hint}")
     return code
+
+
+def where_to_launch(tree: Tree, target: str) -> str:
+    """The cgroup (relative to the mount) a launch into group ``target`` runs in: the
+    group's directory; with the systemd driver a scope of its own below the group's slice,
+    started now with this process in it (``systemd-run --scope``), so the command and the
+    supervising ``governor launch`` are a unit of the tenant's that outlives the caller's."""
+    rel = tree.layout.path(target)
+    if not tree.fs.exists(rel):
+        raise LaunchError(f"group {target} does not exist ({tree.fs.root}/{rel}): run "
+                          "`governor policy apply` to create it")
+    if tree.driver is not None:
+        try:
+            rel = tree.driver.launch_scope(target)
+        except CgroupError as e:
+            raise LaunchError(f"cannot start the scope of {target}: {e}") from e
+    return rel
 
 
 def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,

@@ -40,6 +40,8 @@ from typing import Final
 
 from governor.cgroupfs import mount, tree
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.layout import Layout, as_layout
+from governor.config import DEFAULT_EXCLUDE
 from governor.errors import CgroupError, GovernorError
 from governor.placement import netlink
 from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
@@ -49,7 +51,6 @@ from governor.policy.model import Policy
 log = logging.getLogger("governor.placement")
 
 #: systemd's own units, left alone unless a rule's ``cgroup`` names them
-DEFAULT_EXCLUDE: Final = ("/init.scope", "/system.slice/*", "/user.slice/*")
 #: how long after a move a fork of the moved process is checked (children followed)
 FOLLOW_WINDOW: Final = 2.0
 #: the listener's receive timeout while no move is being kept fast (it checks for stop)
@@ -99,15 +100,20 @@ class Placer:
     force (the daemon passes ``lambda: enforcer.policy``), re-read on every event so a
     reload takes effect at once; the rules are recompiled when it changes."""
 
-    def __init__(self, fs: CgroupFS, subtree: str, policy: Callable[[], Policy | None], *,
+    def __init__(self, fs: CgroupFS, subtree: Layout | str,
+                 policy: Callable[[], Policy | None], *,
                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE, proc_root: str = "/proc",
                  self_pid: int | None = None,
                  rules_factory: Callable[[Policy | None], RuleSet] = RuleSet.from_policy,
                  nice: int | None = None, keep_warm: float = 0.0,
-                 keep_warm_interval: float = 0.004) -> None:
+                 keep_warm_interval: float = 0.004,
+                 start_scope: Callable[[str, int], None] | None = None) -> None:
         self.fs = fs
-        self.subtree = subtree.strip("/")
-        self._prefix = f"/{self.subtree}/"
+        self.layout = as_layout(subtree)
+        self.subtree = self.layout.subtree
+        #: the systemd driver: ``(tenant/group, pid)`` starts the group's scope (gone or
+        #: never made) with that process in it; moves write to the scope's cgroup.procs
+        self.start_scope = start_scope
         self.policy_fn = policy
         self.proc_root = proc_root
         self.self_pid = os.getpid() if self_pid is None else self_pid
@@ -153,17 +159,15 @@ class Placer:
             log.warning("placement rule can never match", extra={"rule": label, "why": why})
 
     def rel(self, target: str) -> str:
-        """``tenant/group`` -> its path relative to the cgroup mount."""
-        return f"{self.subtree}/{target}"
+        """``tenant/group`` -> where its placed processes go, relative to the mount."""
+        return self.layout.placement_path(target)
 
     def _target_of(self, cgroup_path: str) -> str | None:
-        """``/subtree/t/g...`` -> ``t/g...`` (None when outside the subtree)."""
-        if cgroup_path.startswith(self._prefix):
-            return cgroup_path[len(self._prefix):]
-        return None
+        """A cgroup inside the subtree -> its group (None when outside the subtree)."""
+        return self.layout.group_of(cgroup_path)
 
     def managed(self, cgroup_path: str) -> bool:
-        return cgroup_path.startswith(self._prefix) or cgroup_path == self._prefix[:-1]
+        return self.layout.managed(cgroup_path)
 
     # -- counting ------------------------------------------------------------------------
     def _count(self, result: str) -> None:
@@ -270,7 +274,7 @@ class Placer:
     def _place(self, p: Proc, target: str, starttime: int, *, count_noop: bool,
                depth: int = 0) -> str | None:
         old = p.cached_cgroup()
-        if old == f"/{self.subtree}/{target}":
+        if self.layout.placed(old, target):
             if count_noop:
                 self._count("already")
                 return "already"
@@ -296,7 +300,12 @@ class Placer:
             self._count("gone")
             return "gone"
         try:
-            self.procs.move(self.rel(target), pid)
+            try:
+                self.procs.move(self.rel(target), pid)
+            except CgroupError as e:
+                if self.start_scope is None or e.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise
+                self.start_scope(target, pid)  # the group's scope, begun with this process
         except CgroupError as e:
             if e.errno == errno.ESRCH:
                 self._count("gone")

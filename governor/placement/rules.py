@@ -189,13 +189,26 @@ class RuleSet:
 
 
 class Exclusions:
-    """Cgroup globs whose processes are left alone unless a rule's ``cgroup`` names them."""
+    """Cgroup globs whose processes are left alone unless a rule's ``cgroup`` names them.
+
+    A glob that starts with ``!`` is an exception: as in .gitignore, the last glob that
+    matches a cgroup decides, so ``"/system.slice/*"`` then ``"!*/docker-*.scope*"``
+    leaves system services alone but keeps containers' scopes candidates."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
-        self._re = (re.compile("|".join(f"(?:{fnmatch.translate(p)})"
-                                        for p in self.patterns))
-                    if self.patterns else None)
+        self._rules = [(p.startswith("!"), re.compile(fnmatch.translate(p.removeprefix("!"))))
+                       for p in self.patterns]
+        self._any = (re.compile("|".join(f"(?:{fnmatch.translate(p)})"
+                                         for p in self.patterns))
+                     if self.patterns and not any(p.startswith("!") for p in self.patterns)
+                     else None)
 
     def __call__(self, cgroup_path: str) -> bool:
-        return self._re is not None and self._re.match(cgroup_path) is not None
+        if self._any is not None:  # no exceptions: one regular expression decides
+            return self._any.match(cgroup_path) is not None
+        excluded = False
+        for negated, rx in self._rules:
+            if rx.match(cgroup_path) is not None:
+                excluded = not negated
+        return excluded

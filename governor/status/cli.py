@@ -125,13 +125,13 @@ def register(main: click.Group) -> None:
     def status_cmd(cfg: Callable[[], Config], fmt: str, sort: SortKey, interval: str) -> None:
         """Every tenant and group once: CPU %, memory vs limits, swap, IO rates, pids,
         OOM kills (rates from two reads --interval apart)."""
-        from governor.enforce.cli import open_cgroup
+        from governor.driver import open_tree
         from governor.status.snapshot import Source
 
         c = cfg()
         secs = parse_duration(interval, key="--interval", file=None)
-        with open_cgroup(c) as fs:
-            src = Source(fs, c.subtree)
+        with open_tree(c, writes=False) as t:
+            src = Source(t.fs, t.layout)
             try:
                 a = src.take()
                 time.sleep(secs)
@@ -160,7 +160,7 @@ def register(main: click.Group) -> None:
 
         Keys: c cpu, m memory, i io, p pids, n name (sort); q or Ctrl-C quits.
         """
-        from governor.enforce.cli import open_cgroup
+        from governor.driver import open_tree
         from governor.status.snapshot import Source
 
         c = cfg()
@@ -175,8 +175,8 @@ def register(main: click.Group) -> None:
                     f"{datetime.now(UTC):%H:%M:%S} UTC, sorted by {by}   "
                     "[c]pu [m]emory [i]o [p]ids [n]ame  [q]uit")
 
-        with open_cgroup(c) as fs:
-            src = Source(fs, c.subtree)
+        with open_tree(c, writes=False) as t:
+            src = Source(t.fs, t.layout)
             try:
                 with keyboard(stdin) as keys, contextlib.suppress(KeyboardInterrupt):
                     run_top(src.take, console=Console(), keys=keys, interval=secs,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.parse import parse_cpu_max
 from governor.cgroupfs.reader import StatReader
-from governor.cgroupfs.tree import managed_groups
 from governor.errors import GroupGone
 from governor.status.view import GroupRead, Limits, Snapshot
 
@@ -27,11 +27,12 @@ def read_limits(reader: StatReader, rel: str) -> Limits:
                   cpu_max=None if cpu is None else parse_cpu_max(cpu))
 
 
-def take(fs: CgroupFS, subtree: str, reader: StatReader) -> Snapshot:
+def take(fs: CgroupFS, subtree: Layout | str, reader: StatReader) -> Snapshot:
     """Read every group once; a group gone while being read is absent from the result."""
     snap = Snapshot()
-    for path in managed_groups(fs, subtree):
-        rel = f"{subtree}/{path}"
+    layout = as_layout(subtree)
+    for path in layout.groups(fs):
+        rel = layout.path(path)
         at = time.monotonic()
         try:
             st = reader.read(rel)
@@ -46,16 +47,17 @@ def take(fs: CgroupFS, subtree: str, reader: StatReader) -> Snapshot:
 class Source:
     """Successive snapshots of one subtree (one reader kept across them)."""
 
-    def __init__(self, fs: CgroupFS, subtree: str) -> None:
+    def __init__(self, fs: CgroupFS, subtree: Layout | str) -> None:
         self.fs = fs
-        self.subtree = subtree
+        self.layout = as_layout(subtree)
+        self.subtree = self.layout.subtree
         self.reader = StatReader(fs)
         self._seen: set[str] = set()
 
     def take(self) -> Snapshot:
-        snap = take(self.fs, self.subtree, self.reader)
+        snap = take(self.fs, self.layout, self.reader)
         for path in self._seen - set(snap.groups):
-            self.reader.forget(f"{self.subtree}/{path}")  # removed: drop its descriptors
+            self.reader.forget(self.layout.path(path))  # removed: drop its descriptors
         self._seen = set(snap.groups)
         return snap
 

@@ -644,7 +644,19 @@ def test_placement_config(tmp_path: Path) -> None:
     assert cfg.rescan_interval == 5.0 and cfg.exclude_cgroups == ("/init.scope",)
     d = load_config(None, environ={}, missing_ok=True)
     assert d.rescan_interval == 30.0
-    assert d.exclude_cgroups == ("/init.scope", "/system.slice/*", "/user.slice/*")
+    assert d.exclude_cgroups[:3] == ("/init.scope", "/system.slice/*", "/user.slice/*")
+    ex = Exclusions(d.exclude_cgroups)
+    # services, sessions and the kubelet's pods are left alone; runtimes' scopes are not
+    for cg, excluded in [("/system.slice/ssh.service", True), ("/init.scope", True),
+                         ("/user.slice/user-1000.slice/session-3.scope", True),
+                         ("/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope", True),
+                         ("/system.slice/docker-0123abcd.scope", False),
+                         ("/system.slice/docker-0123abcd.scope/init", False),
+                         ("/machine.slice/libpod-42.scope", False),
+                         ("/system.slice/cri-containerd-9f.scope", False),
+                         ("/system.slice/crio-77.scope", False), ("/", False),
+                         ("/other.slice/x.service", False)]:
+        assert ex(cg) is excluded, cg
     p.write_text('[placement]\nexclude_cgroups = ["system.slice/*"]\n')
     with pytest.raises(ConfigError, match="absolute cgroup path"):
         load_config(p, environ={})
