@@ -344,8 +344,9 @@ _T = TypeVar("_T")
 _DISCONNECT_ERRNOS = frozenset(
     {_errno.EBADF, _errno.ENOTCONN, _errno.EPIPE, _errno.ECONNRESET, _errno.ECONNABORTED}
 )
-#: what jeepney and the socket raise on a broken exchange (parse errors are ValueError)
-_TRANSPORT_ERRORS = (OSError, ValueError, RuntimeError)
+#: what the socket and jeepney's parser raise on a broken exchange (garbage on the wire gives
+#: KeyError, struct.error, ValueError, ...)
+_TRANSPORT_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, struct.error)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
