@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import copy
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -49,11 +50,20 @@ def unit() -> configparser.ConfigParser:
 def test_unit_settings() -> None:
     u = unit()
     s, d = u["Service"], u["Unit"]
-    assert s["Type"] == "simple"  # no sd_notify in governor
+    assert s["Type"] == "notify" and s["NotifyAccess"] == "main"  # governor/sdnotify.py
+    assert s["WatchdogSec"] == "60s"
     assert s["ExecStart"] == "/usr/local/bin/governor run --config /etc/governor/config.toml"
     assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert s["Delegate"] == "yes" and s["Restart"] == "on-failure" and s["RestartSec"]
+    assert s["Restart"] == "on-failure" and s["RestartSec"]
+    # the tenants live in slices of their own: stopping the unit ends the daemon's own
+    # processes only (never mixed, which is how tenants below the unit used to die)
+    assert s["KillMode"] == "control-group"
+    assert s["Delegate"] == "yes"   # keep_warm writes the daemon's own cgroup.procs
+    assert s["MemoryMin"] == "64M" and s["CPUWeight"] == "1000"
     assert s["LimitNOFILE"] == "1048576" and s["OOMScoreAdjust"] == "-1000"
+    text = UNIT.read_text()
+    assert "self_cgroup" not in text and "governor.service/tenants" not in text
+    assert 'cgroup_driver = "systemd"' in text
     assert s["ProtectSystem"] == "strict"
     assert s["ReadWritePaths"].split() == ["/sys/fs/cgroup", "/var/lib/governor"]
     # nothing that would make cgroup writes, /proc or /dev/kmsg unusable
@@ -61,6 +71,57 @@ def test_unit_settings() -> None:
         assert key not in s
     assert "network-online.target" in d["After"] and "local-fs.target" in d["After"]
     assert u["Install"]["WantedBy"] == "multi-user.target"
+
+
+def multi(u: configparser.ConfigParser, key: str) -> list[str]:
+    """Every assignment of a key the unit sets more than once, split on blanks."""
+    out: list[str] = []
+    for line in UNIT.read_text().splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip() == key:
+            out += v.split()
+    return out
+
+
+def test_unit_hardening() -> None:
+    u = unit()
+    s = u["Service"]
+    # exactly the capabilities the daemon uses (each one's reason is in the unit)
+    assert set(multi(u, "CapabilityBoundingSet")) == {
+        "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYSLOG", "CAP_SYS_RESOURCE", "CAP_SYS_NICE"}
+    assert multi(u, "SystemCallFilter") == ["@system-service", "~@privileged"]
+    assert s["SystemCallErrorNumber"] == "EPERM" and s["SystemCallArchitectures"] == "native"
+    assert s["NoNewPrivileges"] == "yes" and s["RestrictNamespaces"] == "yes"
+    assert s["DevicePolicy"] == "closed" and s["DeviceAllow"] == "/dev/kmsg r"
+    for key in ("ProtectKernelTunables", "ProtectKernelModules", "ProtectClock",
+                "ProtectHostname", "PrivateTmp", "PrivateMounts", "LockPersonality",
+                "RestrictRealtime", "RestrictSUIDSGID"):
+        assert s[key] == "yes", key
+    assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6",
+                                                         "AF_NETLINK"}
+    # nothing known to break cgroup writes, /proc, /dev/kmsg, the network or D-Bus
+    for key in ("ProtectControlGroups", "ProtectKernelLogs", "PrivateDevices", "ProtectProc",
+                "ProcSubset", "PrivateNetwork", "IPAddressDeny", "PrivateUsers", "User",
+                "DynamicUser", "MemoryDenyWriteExecute", "ProtectSystem=full"):
+        assert key not in s, key
+    assert "@mount" not in multi(u, "SystemCallFilter")   # favordynmods: a drop-in
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed on this host")
+def test_unit_security_exposure(tmp_path: Path) -> None:
+    exe = REPO / ".venv/bin/governor"
+    if not exe.exists():
+        pytest.skip(f"{exe} missing (run scripts/setup.sh)")
+    f = tmp_path / "governor.service"
+    f.write_text(UNIT.read_text().replace("/usr/local/bin/governor", str(exe)))
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(f)],
+                       capture_output=True, text=True, check=False)
+    if "--offline" in r.stderr and "unrecognized" in r.stderr:
+        pytest.skip("systemd-analyze security has no --offline (systemd < 250)")
+    m = re.search(r"Overall exposure level for governor.service: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    assert float(m.group(1)) <= 3.5, r.stdout   # 7.2 before the hardening (docs/operations.md)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
