@@ -29,6 +29,11 @@ from governor.sandbox.initramfs import (
 )
 from governor.sandbox.vm import (
     CACHE_FORMAT,
+    SYSTEMD_CMDLINE,
+    SYSTEMD_KEPT_GENERATORS,
+    SYSTEMD_MASKED,
+    SYSTEMD_SERVICE,
+    SYSTEMD_TARGET,
     BootSpec,
     Cache,
     SandboxError,
@@ -38,8 +43,12 @@ from governor.sandbox.vm import (
     default_cache_dir,
     exec_,
     guest_config,
+    host_generators,
     qemu_argv,
+    systemd_service_script,
+    systemd_units,
     tmp_keep,
+    write_systemd_files,
 )
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -110,6 +119,36 @@ def test_qemu_argv_rwdirs_disk_ports_and_escaping(tmp_path: Path) -> None:
     append = _opt(argv, "-append")[0]
     assert "quiet" not in append
     assert append.endswith(" foo=1")
+
+
+@pytest.mark.parametrize(
+    ("systemd", "verbose", "present", "absent"),
+    [
+        (False, False, ["quiet"], ["systemd.", "vmsystemd"]),
+        (False, True, [], ["quiet", "systemd."]),
+        (
+            True, False,
+            ["quiet", "systemd.unified_cgroup_hierarchy=1", f"systemd.unit={SYSTEMD_TARGET}",
+             "systemd.firstboot=off"],
+            ["systemd.show_status"],
+        ),
+        (True, True, [SYSTEMD_CMDLINE, "systemd.show_status=1"], ["quiet"]),
+    ],
+)
+def test_qemu_argv_kernel_command_line_per_mode(
+    tmp_path: Path, systemd: bool, verbose: bool, present: list[str], absent: list[str]
+) -> None:
+    argv = qemu_argv(_spec(tmp_path, systemd=systemd, verbose=verbose, append="x=1"))
+    append = _opt(argv, "-append")[0]
+    for word in present:
+        assert word in append
+    for word in absent:
+        assert word not in append
+    # the caller's additions stay last, so they can override
+    assert append.endswith(" x=1")
+    # the rest of the machine is the same in both modes
+    bare = qemu_argv(_spec(tmp_path, verbose=verbose, append="x=1"))
+    assert [a for a in argv if a != append] == [a for a in bare if a != _opt(bare, "-append")[0]]
 
 
 # --------------------------------------------------------------------------- guest scripts
@@ -200,6 +239,20 @@ def test_guest_config_is_read_back_by_busybox_sh(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
+@pytest.mark.parametrize(("systemd", "expected"), [(False, "0"), (True, "1")])
+def test_guest_config_selects_the_init_mode(tmp_path: Path, systemd: bool, expected: str) -> None:
+    config, _, _ = guest_config(
+        cwd=Path("/"), modules_dir=Path("/m"), net=False, rwdirs=[], systemd=systemd
+    )
+    (tmp_path / "config").write_text(config)
+    r = subprocess.run(
+        ["busybox", "sh", "-c", '. ./config; echo "$VM_SYSTEMD $VM_SYSTEMD_BIN"'],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    assert r.stdout.split() == [expected, "/lib/systemd/systemd"]
+
+
 def test_guest_config_rejects_paths_the_guest_cannot_read() -> None:
     for bad in (Path("/a\nb"), Path("/a "), Path("relative")):
         with pytest.raises(SandboxError):
@@ -219,6 +272,145 @@ def test_tmp_keep_names_the_top_directories_under_tmp(tmp_path: Path) -> None:
     assert tmpfs
     assert tmp_keep(["/tmp", "/usr"]) == ([], False)
     assert tmp_keep(["/tmp/"]) == ([], False)
+
+
+# --------------------------------------------------------------------------- systemd mode
+
+
+def _unit_keys(text: str) -> dict[tuple[str, str], str]:
+    """(section, key) -> value of a unit file (each key once in ours)."""
+    out: dict[tuple[str, str], str] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            assert (section, k) not in out, f"{k} twice in [{section}]"
+            out[section, k] = v
+    return out
+
+
+@pytest.mark.parametrize(
+    ("unit", "section", "key", "value"),
+    [
+        (SYSTEMD_TARGET, "Unit", "Requires", SYSTEMD_SERVICE),
+        (SYSTEMD_TARGET, "Unit", "After", SYSTEMD_SERVICE),
+        (SYSTEMD_TARGET, "Unit", "AllowIsolate", "yes"),
+        # off basic.target and multi-user.target: only sysinit, journald and D-Bus
+        (SYSTEMD_SERVICE, "Unit", "DefaultDependencies", "no"),
+        (SYSTEMD_SERVICE, "Unit", "Wants", "systemd-journald.socket dbus.socket dbus.service"),
+        (SYSTEMD_SERVICE, "Unit", "After", "systemd-journald.socket dbus.socket"),
+        (SYSTEMD_SERVICE, "Unit", "SuccessAction", "poweroff-force"),
+        (SYSTEMD_SERVICE, "Unit", "FailureAction", "poweroff-force"),
+        (SYSTEMD_SERVICE, "Service", "Type", "exec"),
+        (SYSTEMD_SERVICE, "Service", "ExecStart", "/bin/bash /run/governor-sandbox/service.sh"),
+        (SYSTEMD_SERVICE, "Service", "StandardInput", "null"),
+        (SYSTEMD_SERVICE, "Service", "StandardOutput", "file:/dev/virtio-ports/vm.out"),
+        (SYSTEMD_SERVICE, "Service", "StandardError", "file:/dev/virtio-ports/vm.err"),
+        (SYSTEMD_SERVICE, "Service", "IgnoreSIGPIPE", "no"),
+        (SYSTEMD_SERVICE, "Service", "OOMPolicy", "continue"),
+        (SYSTEMD_SERVICE, "Service", "TasksMax", "infinity"),
+        (SYSTEMD_SERVICE, "Service", "Delegate", "yes"),
+    ],
+)
+def test_systemd_units(unit: str, section: str, key: str, value: str) -> None:
+    units = systemd_units()
+    assert sorted(units) == sorted([SYSTEMD_TARGET, SYSTEMD_SERVICE])
+    assert _unit_keys(units[unit])[section, key] == value
+    assert "basic.target" not in units[unit] and "multi-user" not in units[unit]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd not installed")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    for name, text in systemd_units().items():
+        (tmp_path / name).write_text(text)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / n) for n in systemd_units())],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    # unknown keys and bad values are only warnings: any output is a problem
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def _fake_systemctl(bindir: Path, state: str) -> None:
+    bindir.mkdir()
+    f = bindir / "systemctl"
+    f.write_text(f'#!/bin/sh\n[ "$*" = "is-system-running --wait" ] && echo {state}\n')
+    f.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "state", "rc", "stdout", "logged"),
+    [
+        ('echo "hi $GOVERNOR_X|$(cat)|${INVOCATION_ID-unset}"; exit 7', "running", 7,
+         "hi ||", "cmd-start (system running)"),
+        ("true", "degraded", 0, "", "cmd-start (system degraded)"),
+        ("kill -TERM $$", "", 143, "", "cmd-start (system still starting)"),
+    ],
+)
+def test_systemd_service_script(
+    tmp_path: Path, cmd: str, state: str, rc: int, stdout: str, logged: str
+) -> None:
+    run = tmp_path / "run dir"
+    run.mkdir()
+    (run / "cmd.sh").write_text(cmd + "\n")
+    _fake_systemctl(tmp_path / "bin", state)
+    console = tmp_path / "console"
+    (tmp_path / "service.sh").write_text(
+        systemd_service_script(str(run), boot_wait=5, console=str(console))
+    )
+    r = subprocess.run(
+        ["/bin/bash", str(tmp_path / "service.sh")],
+        env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GOVERNOR_X": "leaked",
+             "INVOCATION_ID": "x"},
+        input="stdin is not passed on", capture_output=True, text=True, check=False,
+    )
+    assert r.returncode == rc
+    # env -i and stdin /dev/null, as in the bare mode: nothing of the service leaks in
+    if stdout:
+        assert r.stdout == stdout + "unset\n"
+    assert (run / "rc").read_text() == f"{rc}\n"
+    assert not (run / "rc.tmp").exists()
+    log = console.read_text()
+    assert "unit-started" in log and logged in log and f"cmd-done rc={rc}" in log
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
+def test_systemd_files_as_the_guest_init_copies_them(tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    work.mkdir()
+    gens = ["systemd-fstab-generator", "systemd-sysv-generator", "postgresql-generator",
+            *SYSTEMD_KEPT_GENERATORS]
+    write_systemd_files(work, gens)
+    assert "is-system-running --wait" in (work / "service.sh").read_text()
+    # the guest init's copy, with the same busybox: into an /etc that has content already
+    etc = tmp_path / "etc"
+    (etc / "systemd" / "system").mkdir(parents=True)
+    (etc / "tmpfiles.d").mkdir()
+    (etc / "hostname").write_text("host\n")
+    for src, dst in (("systemd/units/.", etc / "systemd" / "system"), ("systemd/etc/.", etc)):
+        subprocess.run(["busybox", "cp", "-a", src, str(dst)], cwd=work, check=True)
+    system = etc / "systemd" / "system"
+    assert (system / SYSTEMD_SERVICE).read_text() == systemd_units()[SYSTEMD_SERVICE]
+    assert (system / SYSTEMD_TARGET).read_text() == systemd_units()[SYSTEMD_TARGET]
+    masked = sorted(p.name for p in system.iterdir() if p.is_symlink())
+    assert masked == sorted(SYSTEMD_MASKED)
+    assert {os.readlink(system / m) for m in masked} == {"/dev/null"}
+    assert os.readlink(etc / "tmpfiles.d" / "tmp.conf") == "/dev/null"
+    generators = etc / "systemd" / "system-generators"
+    assert sorted(p.name for p in generators.iterdir()) == sorted(
+        g for g in gens if g not in SYSTEMD_KEPT_GENERATORS
+    )
+    assert {os.readlink(p) for p in generators.iterdir()} == {"/dev/null"}
+    assert (etc / "hostname").read_text() == "host\n"
+
+
+def test_host_generators(tmp_path: Path) -> None:
+    for name in ("b-generator", "a-generator"):
+        (tmp_path / name).touch()
+    assert host_generators(tmp_path) == ["a-generator", "b-generator"]
+    assert host_generators(tmp_path / "missing") == []
 
 
 def test_guest_init_is_valid_shell() -> None:
@@ -441,10 +633,30 @@ def test_junit_main_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 # --------------------------------------------------------------------------- conftest rules
 
 
-def _run_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """A child pytest on a copy of tests/conftest.py and a file of kernel tests."""
+def _run_pytest(
+    tmp_path: Path, env: dict[str, str], *, systemd: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """A child pytest on a copy of tests/conftest.py and a file of kernel tests (with
+    ``systemd``: a file of systemd tests, one also marked kernel, instead)."""
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    kernel: real kernel\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\naddopts = --strict-markers\nmarkers =\n    kernel: real kernel\n"
+        "    systemd: systemd as PID 1\n"
+    )
+    if systemd:
+        (tmp_path / "test_sd.py").write_text(
+            "import pytest\n"
+            "@pytest.mark.systemd\n"
+            "def test_needs_systemd():\n"
+            "    pass\n"
+            "@pytest.mark.systemd\n"
+            "@pytest.mark.kernel\n"
+            "def test_needs_both(cgroup2_mount):\n"
+            "    pass\n"
+            "def test_plain():\n"
+            "    pass\n"
+        )
+        return _child_pytest(tmp_path, env)
     (tmp_path / "test_k.py").write_text(
         "import pytest\n"
         "@pytest.mark.kernel\n"
@@ -453,6 +665,10 @@ def _run_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProc
         "def test_plain():\n"
         "    pass\n"
     )
+    return _child_pytest(tmp_path, env)
+
+
+def _child_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
             if k not in ("CI", "GOVERNOR_SANDBOX", "GOVERNOR_STRICT_KERNEL")}
     return subprocess.run(
@@ -484,6 +700,40 @@ def test_a_skipped_kernel_test_fails_in_the_sandbox_under_ci(tmp_path: Path) -> 
     r = _run_pytest(tmp_path, {"GOVERNOR_SANDBOX": "1"})
     assert r.returncode == 0, r.stdout
     assert "1 passed, 1 skipped" in r.stdout
+
+
+def _systemd_pid1() -> bool:
+    from tests.conftest import systemd_is_pid1
+
+    return systemd_is_pid1()
+
+
+@pytest.mark.skipif(_systemd_pid1(), reason="checks the behaviour without systemd as PID 1")
+@pytest.mark.parametrize(
+    ("env", "rc", "summary"),
+    [
+        # on the host: skipped with the reason, strict or not
+        ({"CI": "true"}, 0, "1 passed, 2 skipped"),
+        ({}, 0, "1 passed, 2 skipped"),
+        # in a sandbox without systemd as PID 1 (a bare boot, faked here by the marker):
+        # skipped, and a failure in strict mode
+        ({"GOVERNOR_SANDBOX": "1"}, 0, "1 passed, 2 skipped"),
+        ({"GOVERNOR_SANDBOX": "1", "CI": "true"}, 1, "1 passed, 2 errors"),
+        ({"GOVERNOR_SANDBOX": "1", "GOVERNOR_STRICT_KERNEL": "1"}, 1, "1 passed, 2 errors"),
+    ],
+)
+def test_systemd_tests_need_systemd_as_pid1(
+    tmp_path: Path, env: dict[str, str], rc: int, summary: str
+) -> None:
+    r = _run_pytest(tmp_path, env, systemd=True)
+    assert r.returncode == rc, r.stdout
+    assert summary in r.stdout
+    if rc:
+        assert "systemd test skipped inside the sandbox" in r.stdout
+        assert "a skip here is a failure" in r.stdout
+    # a test with both markers gets the systemd reason: the bare boot cannot run it either
+    assert r.stdout.count("needs systemd as PID 1: runs inside `governor sandbox exec "
+                          "--systemd`") == 2
 
 
 # --------------------------------------------------------------------------- a real boot
@@ -557,6 +807,44 @@ def test_exec_boots_relays_output_and_returns_the_exit_code(tmp_path: Path) -> N
     assert err.getvalue().decode() == "err:governor-sandbox\n"
     assert (shared / "from-guest").read_text() == "written\n"
     assert fetched == [b"guest-ok"]
+
+
+@pytest.mark.skipif(
+    not Cache(default_cache_dir()).ready() or shutil.which("qemu-system-x86_64") is None,
+    reason="the sandbox is not set up here: run `governor sandbox setup`",
+)
+@pytest.mark.skipif(os.environ.get("GOVERNOR_SANDBOX") == "1", reason="no VM inside the VM")
+@pytest.mark.skipif(not os.access("/lib/systemd/systemd", os.X_OK), reason="no systemd here")
+def test_exec_systemd_boots_relays_output_and_returns_the_exit_code(tmp_path: Path) -> None:
+    """One real boot with systemd as PID 1 (about 15 s): the bare mode's conventions."""
+    import io
+
+    shared = tmp_path / "shared dir"
+    shared.mkdir()
+    script = (
+        'echo "out:$GOVERNOR_SANDBOX:$FOO:$PWD:$(cat /proc/1/comm):$(id -u)"; '
+        'echo "err:$(hostname):$(cut -d: -f3 /proc/self/cgroup)" >&2; '
+        'touch /etc/systemd/system/probe.service && echo written > "$1/from-guest"; exit 42'
+    )
+    out, err = io.BytesIO(), io.BytesIO()
+    rc = exec_(
+        ["bash", "-c", script, "sh", str(shared)],
+        rwdirs=[shared],
+        env={"FOO": "b a r"},
+        cwd=tmp_path,
+        mem_mb=768,
+        disk_mb=0,
+        timeout=300,
+        stdout=out,
+        stderr=err,
+        systemd=True,
+    )
+    assert rc == 42, err.getvalue().decode()
+    assert out.getvalue().decode() == f"out:1:b a r:{tmp_path}:systemd:0\n"
+    assert err.getvalue().decode() == (
+        f"err:governor-sandbox:/system.slice/{SYSTEMD_SERVICE}\n"
+    )
+    assert (shared / "from-guest").read_text() == "written\n"
 
 
 def test_port_forward_option_parsing() -> None:
