@@ -300,7 +300,7 @@ class Daemon:
         self.enforcer = Enforcer(self.fs, layout, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
                                  on_created=self.sampler.expect_birth,
-                                 execute=self.tree.execute)
+                                 executor=self.tree.executor)
         self.watcher = PolicyWatcher(cfg.policy)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)

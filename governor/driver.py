@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from governor.cgroupfs.files import CgroupFS
     from governor.config import Config
     from governor.enforce.apply import Executor
+    from governor.enforce.plan import Plan
     from governor.systemd.driver import SystemdDriver
 
 #: sd_booted(3): systemd is PID 1 when this is a directory
@@ -120,10 +121,9 @@ class Tree:
     def name(self) -> str:
         return self.layout.driver
 
-    @property
-    def execute(self) -> Executor | None:
-        """The executor of plans (None: the cgroupfs writes)."""
-        return self.driver.execute if self.driver is not None else None
+    def executor(self, plan: Plan) -> Executor | None:
+        """The executor of ``plan`` (None: the cgroupfs writes)."""
+        return self.driver.executor(plan) if self.driver is not None else None
 
     def close(self) -> None:
         if self.driver is not None:

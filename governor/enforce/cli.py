@@ -99,7 +99,7 @@ def register(main: click.Group) -> None:
         with open_tree(c) as t:
             plan = make_plan(t.fs, t.layout, desired_state(pol),
                              iocost_devices=c.iocost_devices)
-            outcomes = apply_plan(t.fs, plan, execute=t.execute)
+            outcomes = apply_plan(t.fs, plan, execute=t.executor(plan))
         recorder, why = db_recorder(c)
         trigger = f"cli:{getpass.getuser()}@pid{os.getpid()}"
         if recorder is not None:

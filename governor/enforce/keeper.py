@@ -38,12 +38,12 @@ class Enforcer:
                  iocost_devices: tuple[str, ...] = (), recorder: Recorder | None = None,
                  sys_block: str = "/sys/block",
                  on_created: Callable[[str, bool], None] | None = None,
-                 execute: Executor | None = None) -> None:
+                 executor: Callable[[Plan], Executor | None] | None = None) -> None:
         self.fs = fs
         self.layout = as_layout(subtree)
         self.subtree = self.layout.subtree
-        #: carries out each write (None: cgroupfs writes; the systemd driver's unit calls)
-        self.execute = execute
+        #: the executor of each plan (None: cgroupfs writes; the systemd driver's calls)
+        self.executor = executor
         self.policy_path = policy_path
         self.iocost_devices = iocost_devices
         self.recorder = recorder
@@ -113,7 +113,8 @@ class Enforcer:
                     (rel := group_of("/" + a.path)) is not None:
                 notify(rel, False)
 
-        outcomes = apply_plan(self.fs, plan, before=before, execute=self.execute)
+        outcomes = apply_plan(self.fs, plan, before=before, execute=(
+            self.executor(plan) if self.executor is not None else None))
         for o in outcomes:
             if not o.ok and o.action.kind == "create" and notify is not None and \
                     (rel := group_of("/" + o.action.path)) is not None:

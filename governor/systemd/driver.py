@@ -28,7 +28,8 @@ from governor.systemd.units import ACCOUNTING, Property, SliceLayout, unit_prope
 
 if TYPE_CHECKING:
     from governor.cgroupfs.files import CgroupFS
-    from governor.enforce.plan import Action
+    from governor.enforce.apply import Executor
+    from governor.enforce.plan import Action, Plan
     from governor.systemd.bus import Systemd
 
 log = logging.getLogger("governor.systemd")
@@ -73,8 +74,36 @@ class SystemdDriver:
     def properties(self, file: str, value: str) -> list[Property]:
         return unit_properties(file, value, version=self.version)
 
-    def execute(self, a: Action) -> None:
-        """One write action of a plan, as systemd calls (``apply_plan``'s executor)."""
+    def executor(self, plan: Plan) -> Executor:
+        """``apply_plan``'s executor for ``plan``: a slice is started with every property
+        the plan sets on it (one call, no drop-ins); those sets are then done."""
+        born: dict[str, list[Property]] = {}
+        for a in plan.actions:
+            if a.kind == "create":
+                born[a.path] = []
+            elif a.kind == "set" and a.path in born and a.file is not None \
+                    and a.new is not None:
+                try:
+                    born[a.path].extend(self.properties(a.file, a.new))
+                except GovernorError:
+                    born[a.path].clear()  # reported by its own set, after a plain start
+                    born.pop(a.path)
+        started: set[str] = set()
+
+        def run(a: Action) -> None:
+            if a.kind == "create" and a.path in born:
+                self.execute(a, extra=born[a.path])
+                started.add(a.path)
+            elif a.kind == "set" and a.path in started:
+                return  # set with the start
+            else:
+                self.execute(a)
+
+        return run
+
+    def execute(self, a: Action, *, extra: Sequence[Property] = ()) -> None:
+        """One write action of a plan, as systemd calls.  ``extra``: more properties for
+        a slice being started."""
         from governor.systemd.bus import UnitExists
 
         if a.path == "" and a.kind == "set" and a.file == "io.cost.qos":
@@ -85,12 +114,12 @@ class SystemdDriver:
         unit, rel = self._unit_of(a)
         if a.kind == "create":
             props: list[Property] = [("Description", ("s", self._description(rel))),
-                                     *ACCOUNTING]
+                                     *ACCOUNTING, *extra]
             try:
                 self.bus.start_transient_unit(unit, props)
             except UnitExists:
                 # made by systemd on demand (a scope named it as its Slice=) or left by a
-                # stopped governor: take it as it is and make sure it accounts
+                # stopped governor: take it as it is, with the properties wanted
                 self.bus.set_unit_properties(unit, props[1:])
         elif a.kind == "set":
             assert a.file is not None and a.new is not None

@@ -356,13 +356,14 @@ def test_driver_carries_out_a_plan_as_unit_calls(tmp_path: Path) -> None:
     with CgroupFS(tmp_path, verify=False) as fs:
         drv = SystemdDriver(lay, bus, fs)  # type: ignore[arg-type]
         plan = make_plan(fs, lay, desired_state(_policy()))
-        outcomes = apply_plan(fs, plan, execute=drv.execute)
+        outcomes = apply_plan(fs, plan, execute=drv.executor(plan))
     assert all(o.ok for o in outcomes), [str(o) for o in outcomes]
     kinds = [(c[0], c[1]) for c in bus.calls]
-    assert kinds[:3] == [("start", "governor.slice"), ("start", "governor-acme.slice"),
-                         ("set", "governor-acme.slice")]  # existed: taken over
+    # one call per slice: started with every property; an existing one is taken over
+    assert kinds == [("start", "governor.slice"), ("start", "governor-acme.slice"),
+                     ("set", "governor-acme.slice"), ("start", "governor-acme-web.slice")]
     assert bus.calls[0][2]["MemoryAccounting"] == ("b", True)  # type: ignore[index]
-    sets = {(c[1], k): v for c in bus.calls if c[0] == "set"
+    sets = {(c[1], k): v for c in bus.calls if c[0] in ("set", "start")
             for k, v in c[2].items()}  # type: ignore[attr-defined]
     assert sets[("governor-acme.slice", "MemoryMax")] == ("t", 1 << 30)
     assert sets[("governor-acme.slice", "CPUWeight")] == ("t", 300)
