@@ -479,3 +479,74 @@ cpu.weight = 100
     assert m, gov.tail()
     passes, _slow, late = (int(x) for x in m[-1])
     assert late == 0 and passes >= 20, m[-1]   # every pass on time, one a second
+
+
+def test_database_down_at_start_enforces_then_drains_without_loss(scratch_subtree: Path,
+                                                                  tmp_path: Path) -> None:
+    """`governor run` with its database unreachable (a file where its directory should be):
+    the limits are in force within one interval and /healthz says degraded; once the
+    database appears, the spooled samples are stored: one row per pass, none lost."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    pol = tmp_path / "policy.toml"
+    pol.write_text(POLICY)
+    wall = tmp_path / "db"
+    wall.write_text("not a directory: the database is unreachable\n")
+    url = f"sqlite:///{wall}/g.db"
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[governor]\ncgroup_root = "/sys/fs/cgroup"\nsubtree = "{scratch_subtree.name}"\n'
+        f'policy = "{pol}"\nstate_dir = "{tmp_path}/state"\nnode = "vm"\n'
+        f'[database]\nurl = "{url}"\n[exporter]\nlisten = "127.0.0.1:{port}"\n')
+    gov = Gov(scratch_subtree, cfg, tmp_path / "daemon.log", url)
+    gov.log.write_text("")
+
+    def healthz() -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    t0 = time.monotonic()
+    gov.start()
+    try:
+        # the policy is in force within one interval of the start, database or not
+        assert wait(lambda: (scratch_subtree / "t/mem/memory.max").exists() and (
+            scratch_subtree / "t/mem/memory.max").read_text().strip() == str(256 << 20), 1.5)
+        assert (scratch_subtree / "t/io/pids.max").read_text().strip() == "64"
+        code, doc = healthz()
+        assert code == 503 and doc["status"] == "degraded", doc
+        assert any("database unreachable" in str(p) for p in doc["problems"]), doc  # type: ignore[attr-defined]
+        log = gov.log.read_text()
+        assert "database unreachable" in log and "Traceback" not in log
+        assert 'msg="policy applied"' in log
+        spool = tmp_path / "state" / f"{scratch_subtree.name}.spool"
+        assert wait(lambda: spool.exists() and spool.stat().st_size > 0, 10), gov.tail()
+        time.sleep(4)
+        # the database appears (made elsewhere at the current schema, then moved in place)
+        ready = tmp_path / "ready"
+        upgrade(f"sqlite:///{ready}/g.db")
+        wall.unlink()
+        ready.rename(wall)
+        assert wait(lambda: not spool.exists(), 30), gov.tail()
+        assert wait(lambda: healthz()[0] == 200, 10), healthz()
+        assert time.monotonic() - t0 > 5
+    finally:
+        assert gov.stop() == 0
+    m = re.findall(r'msg="governor stopped" passes=(\d+)', gov.log.read_text())
+    e = create_engine(url)
+    with e.connect() as c:
+        from governor.store.models import AppliedPolicy, Gap
+        ts = c.execute(select(Sample.ts).join(Group, Group.id == Sample.group_id)
+                       .where(Group.path == "t/cpu").order_by(Sample.ts)).scalars().all()
+        gaps = c.execute(select(func.count()).select_from(Gap)).scalar_one()
+        applied = c.execute(select(AppliedPolicy.trigger)).scalars().all()
+    e.dispose()
+    # every pass stored once: the outage's spooled ones and the later ones, none doubled
+    assert m and len(ts) == int(m[-1]) == len(set(ts)), (len(ts), m, gov.tail())
+    assert gaps == 0
+    assert "start" in applied   # the policy applied during the outage, recorded afterwards
