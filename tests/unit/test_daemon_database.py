@@ -188,3 +188,28 @@ def test_oom_events_wait_for_the_database(tmp_path: Path) -> None:
         assert c.execute(select(func.count()).select_from(OomEventRow)).scalar_one() == 1
     e.dispose()
     db.dispose()
+
+
+def test_status_line_and_watchdog_gate(tmp_path: Path) -> None:
+    url, _wall = blocked(tmp_path)
+    db = Database(url)
+    db.check()
+    d = daemon_for_store(db, tmp_path)
+
+    class _Enf:  # the two attributes status_line reads from the Enforcer
+        policy = load_policy([str(REPO / "examples/policy.d")])
+        last_failed = 2
+
+    d.enforcer = _Enf()  # type: ignore[assignment]
+    d._last_pass = (T0, 0.0213, 6)
+    line = d.status_line()
+    assert line.startswith("STATUS=degraded: database unreachable")
+    assert "2 cgroup writes failed" in line and "0 samples spooled" in line
+    assert "2 tenants, 4 groups; last pass 00:00:00Z took 0.021s, 6 groups sampled" in line
+    d.watchdog, d._pass_running_since = 30.0, None
+    assert d._watchdog_ok(1000.0)
+    d._pass_running_since = 950.0           # running 50 s: within WatchdogSec=60
+    assert d._watchdog_ok(1000.0)
+    d._pass_running_since = 900.0           # running 100 s: stuck, no ping
+    assert not d._watchdog_ok(1000.0)
+    db.dispose()
