@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,8 +107,10 @@ def _database_check(cfg: Config) -> Check:
 
     try:
         url = make_url(cfg.database_url)
-    except ArgumentError as e:
-        return Check("database", False, f"{cfg.database_url!r}: {e}",
+    except (ArgumentError, ValueError):
+        # never the URL itself: it may hold a password
+        shown = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", cfg.database_url)
+        return Check("database", False, f"{shown!r} is no database URL",
                      "use sqlite:////var/lib/governor/governor.db or "
                      "postgresql+psycopg://user@host/db")
     if url.get_backend_name() == "sqlite":

@@ -113,6 +113,7 @@ class OomWatcher:
         #: events recorded per kind
         self.recorded: Counter[str] = Counter()
         self.db_write_errors = 0
+        self._totals_failing = 0  # groups in a row whose stored totals were unreadable
         self._groups: dict[str, _Watched] = {}
         self._by_wd: dict[int, str] = {}
         self._by_psi: dict[int, str] = {}
@@ -199,12 +200,16 @@ class OomWatcher:
         if self.sink is not None:
             try:
                 stored = self.sink.totals(path, cid)
+                self._totals_failing = 0
             except Exception as e:
                 # without the stored totals the difference is unknown: start from the
                 # kernel's values (nothing double-counted; a later start compares again)
                 self.db_write_errors += 1
-                log.error("stored OOM totals unreadable", extra={"group": path,
-                                                                 "error": str(e)})
+                self._totals_failing += 1
+                if self._totals_failing == 1:  # once per outage, not once per group
+                    log.error("stored OOM totals unreadable (the next groups' are not "
+                              "logged until one is read)",
+                              extra={"group": path, "error": str(e)})
                 stored = {k: counters.get(k, 0) for k in COUNTER_KINDS}
         w.counters = {k: stored.get(k, 0) for k in COUNTER_KINDS}
         self._groups[path] = w

@@ -336,3 +336,27 @@ def test_warnings_log_and_alert_once_per_interval_kills_always(
     actions._last_warning[("acme/web", "high")] -= 61  # the interval has passed
     actions.handle(_event("high"))
     assert len(sink.docs) == 6
+
+
+def test_database_down_at_start_is_one_error_not_one_per_group(
+        tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    class DownSink:
+        def totals(self, path: str, cid: int) -> dict[str, int]:
+            raise OSError("database down")
+
+        def __getattr__(self, name: str) -> object:
+            raise AttributeError(name)
+
+    fs = CgroupFS(tree, verify=False)
+    write_events(tree / "gov/acme/web", oom_kill=2, oom=2)
+    w = OomWatcher(fs, "gov", "n1", sink=DownSink())  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="governor.oom"):
+        w.rescan(startup=True)
+    w.close()
+    groups = len(w.discover())
+    assert groups >= 2
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("stored OOM totals unreadable") for m in msgs) == 1, msgs
+    assert w.db_write_errors == groups  # every group still counted

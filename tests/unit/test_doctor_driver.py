@@ -1,0 +1,49 @@
+"""``governor doctor``: which cgroup driver and why, the systemd bus, a bad database URL
+(never echoing its password)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from governor.config import Config
+from governor.doctor import _database_check, run_checks
+
+
+def _by_name(checks: list, name: str) -> list:  # type: ignore[type-arg]
+    return [c for c in checks if c.name == name]
+
+
+def test_doctor_names_the_driver_and_why(tmp_path: Path) -> None:
+    booted = tmp_path / "systemd"
+    booted.mkdir()
+    cfg = Config(cgroup_root=str(tmp_path), database_url=f"sqlite:///{tmp_path}/g.db",
+                 policy=str(tmp_path / "none"))
+    checks = run_checks(cfg, run_dir=str(booted))
+    drv = _by_name(checks, "cgroup driver")[0]
+    assert drv.info and drv.detail.startswith("systemd: PID 1 is systemd")
+    # no system bus on this host: the systemd check fails with the socket and the fix
+    bus = _by_name(checks, "systemd")[0]
+    assert not bus.ok and "/run/dbus/system_bus_socket" in bus.detail
+    assert "dbus" in bus.fix
+    checks = run_checks(cfg, run_dir=str(tmp_path / "absent"))
+    assert _by_name(checks, "cgroup driver")[0].detail.startswith(
+        "cgroupfs: PID 1 is not systemd")
+    assert not _by_name(checks, "systemd")
+
+
+def test_doctor_refuses_a_subtree_systemd_cannot_name(tmp_path: Path) -> None:
+    booted = tmp_path / "systemd"
+    booted.mkdir()
+    cfg = Config(cgroup_root=str(tmp_path), subtree="tenants", source="/etc/g.toml")
+    bad = [c for c in run_checks(cfg, run_dir=str(booted))
+           if c.name == "cgroup driver" and not c.ok]
+    assert bad and "governor.subtree" in bad[0].detail and "slice" in bad[0].detail
+
+
+def test_bad_database_url_never_shows_the_password() -> None:
+    for url in ("postgresql+psycopg://gov:s3cret@db:notaport/x",
+                "postgresql+psycopg://gov:s3cret@db/x?port=%%"):
+        c = _database_check(Config(database_url=url))
+        assert "s3cret" not in c.detail + c.fix
+    c = _database_check(Config(database_url="postgresql+psycopg://gov:s3cret@db:notaport/x"))
+    assert not c.ok and "***" in c.detail and "postgresql+psycopg://" in c.fix
