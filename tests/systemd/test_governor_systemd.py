@@ -354,6 +354,21 @@ def test_systemd_tools_show_the_truth(world: World) -> None:
     daemon_in_its_unit()
 
 
+def test_drift_is_restored_and_groups_come_and_go_as_slices(world: World) -> None:
+    web = CG / SLICES["acme/web"]
+    (web / "memory.max").write_text(str(64 << 20))  # by hand, behind systemd's back
+    wait_for("reconcile to restore memory.max through systemd",
+             lambda: (web / "memory.max").read_text().strip() == str(256 << 20), 60, journal)
+    api = CG / "governor.slice/governor-acme.slice/governor-acme-api.slice"
+    write_policy(POLICY + '[tenants.acme.groups.api]\npids.max = 7\n')
+    wait_for("the new group's slice", lambda: (api / "pids.max").exists()
+             and (api / "pids.max").read_text().strip() == "7", 60, journal)
+    assert show("governor-acme-api.slice", "TasksMax") == "7"
+    write_policy(POLICY)
+    wait_for("the empty group's slice stopped", lambda: not api.exists(), 60, journal)
+    assert show("governor-acme-api.slice", "ActiveState") == "inactive"
+
+
 def test_limits_in_force_with_the_database_down(world: World) -> None:
     run("systemctl", "stop", "governor")
     away = DBDIR.with_name("db.away")
