@@ -460,6 +460,10 @@ cpu.weight = 100
         u0, t0 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
         time.sleep(15)
         u1, t1 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
+        # under TCG the hog's interpreter may still be starting (one run saw no kill in 23 s
+        # on a loaded host): give both attacks time to happen, then read their counters
+        wait(lambda: kernel_counter(s, "evil/hog", "memory.events", "oom_kill") >= 1
+             and kernel_counter(s, "evil/bomb", "pids.events", "max") >= 1, 90, 0.5)
         kills = kernel_counter(s, "evil/hog", "memory.events", "oom_kill")
         pids_max_hits = kernel_counter(s, "evil/bomb", "pids.events", "max")
     finally:
