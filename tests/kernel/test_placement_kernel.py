@@ -351,11 +351,14 @@ def test_keep_warm_migrations_move_nothing(world: tuple[CgroupFS, Enforcer, Path
             moved_at = placer.counters.keep_warm_writes
             place_one()  # (the window may have closed before the listener saw the refusal)
             settle("writes there", lambda: placer.counters.keep_warm_writes > moved_at)
+            settle("the refusal counted", lambda: placer.counters.keep_warm_errors >= 1)
             assert placer.counters.keep_warm_errors == 1
             assert own_cgroup() == away.name  # the old path never moved it back
             (cgroup2_mount / home / "cgroup.procs").write_text(str(os.getpid()))
             place_one()
             settle("writes at home again", lambda: placer.warmer.rel == home)
+            # the listener reads the writer's counts every 50 ms: the refusal may land later
+            settle("the second refusal counted", lambda: placer.counters.keep_warm_errors >= 2)
             assert placer.counters.keep_warm_errors == 2
     finally:
         placer.stop()
