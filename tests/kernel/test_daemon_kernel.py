@@ -453,10 +453,10 @@ cpu.weight = 100
                           stdout=subprocess.DEVNULL)
         bomb = in_group(s, "evil/bomb", ["bash", "-c", "b() { b | b & }; b; sleep 600"],
                         stderr=subprocess.DEVNULL)
-        # dd's 96 MiB buffer is over the 64M limit with no swap: an OOM kill a second from
+        # dd's 96 MiB buffer is over the 64M limit with no swap: an OOM kill every 3 s from
         # the first second (an interpreter's start took over 23 s in a loaded TCG run)
         hog = in_group(s, "evil/hog", ["bash", "-c", "while true; do dd if=/dev/zero "
-                                       "of=/dev/null bs=96M count=1; sleep 1; done"],
+                                       "of=/dev/null bs=96M count=1; sleep 3; done"],
                        stderr=subprocess.DEVNULL)
         time.sleep(8)
         u0, t0 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
@@ -480,7 +480,10 @@ cpu.weight = 100
                    gov.log.read_text())
     assert m, gov.tail()
     passes, _slow, late = (int(x) for x in m[-1])
-    assert late == 0 and passes >= 20, m[-1]   # every pass on time, one a second
+    lates = [line for line in gov.log.read_text().splitlines() if "pass late" in line
+             or "governor running" in line or "governor stopped" in line]
+    if not (late == 0 and passes >= 20):  # every pass on time, one a second
+        pytest.fail(f"passes, slow, late = {m[-1]}:\n" + "\n".join(lates))
 
 
 def test_database_down_at_start_enforces_then_drains_without_loss(scratch_subtree: Path,
