@@ -85,9 +85,8 @@ class SystemdDriver:
                     and a.new is not None:
                 try:
                     born[a.path].extend(self.properties(a.file, a.new))
-                except GovernorError:
-                    born[a.path].clear()  # reported by its own set, after a plain start
-                    born.pop(a.path)
+                except GovernorError:  # reported by its own set, after a plain start
+                    del born[a.path]
         started: set[str] = set()
 
         def run(a: Action) -> None:
