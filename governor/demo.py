@@ -1,9 +1,10 @@
 """``governor demo``: a scripted tour on a real cgroup v2 kernel.
 
-Two tenants (``examples/demo/policy.toml``), ``governor run`` in the background with a
-2 s sampling interval and a fresh SQLite database, a CPU burner and an IO writer started
-with ``governor launch``, the CPU cap measured, an OOM kill provoked and found in
-``governor events``, a few ``/metrics`` lines, and the bill.  Every step prints a heading;
+Two tenants (``governor/data/demo-policy.toml``, shipped in the wheel), ``governor run``
+in the background with a 2 s sampling interval and a fresh SQLite database, a CPU burner
+and an IO writer started with ``governor launch``, the CPU cap measured, an OOM kill
+provoked and found in ``governor events``, a few ``/metrics`` lines, and the bill.  Every
+step prints a heading;
 a step that fails stops the tour with exit code 1 (after cleaning up); the tour is bounded
 by ``--budget``.
 
@@ -39,8 +40,9 @@ from governor.errors import GovernorError
 
 T = TypeVar("T")
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_POLICY = REPO / "examples" / "demo" / "policy.toml"
+#: the demo policy is package data (in the wheel), so `governor demo` works from any directory
+#: after `pip install .`, not only from a source checkout
+DEMO_POLICY = Path(__file__).resolve().parent / "data" / "demo-policy.toml"
 #: the CPU cap of acme/batch in the demo policy, in cores
 CPU_CAP = 0.5
 #: tolerance on the cap: cpu.max is enforced per 100 ms period, our reads are 5 s apart
@@ -152,8 +154,8 @@ class Tour:
     def setup(self) -> None:
         self.heading("set-up: the demo policy (two tenants), a config, a fresh database")
         if not self.policy.is_file():
-            raise StepFailed(f"{self.policy}: the demo policy is missing (run from the "
-                             "governor source tree, or pass --policy FILE)")
+            raise StepFailed(f"{self.policy}: the demo policy is missing (reinstall governor, "
+                             "or pass --policy FILE)")
         (self.tmp / "state").mkdir()
         self.config.write_text(
             "[governor]\n"
