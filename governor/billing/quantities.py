@@ -81,8 +81,35 @@ def share(total: int, hour: datetime, p: datetime, q: datetime) -> int:
     return total * b // HOUR_US - total * a // HOUR_US
 
 
-def _sums() -> list[ColumnElement[Any]]:
-    return [func.coalesce(func.sum(getattr(HourlyRollup, f)), 0).label(f) for f in FIELDS]
+#: SQLite's SUM() of integers stops with "integer overflow" past 2**63 - 1 (a year of a
+#: big group's rollups gets there, issue #15): there each sum is taken in two halves, the
+#: high bits (``x >> 32``) and the low 32 bits (``x & 0xFFFFFFFF``), whose sums stay below
+#: 2**63 for 2**31 rows, and put together exactly in Python (:func:`exact`).  PostgreSQL's
+#: SUM(bigint) is a NUMERIC already: exact as it is.
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
+
+
+def exact_sum(expr: ColumnElement[Any] | InstrumentedAttribute[Any], dialect: str
+              ) -> list[ColumnElement[Any]]:
+    """The columns that sum ``expr`` exactly on ``dialect``: one on PostgreSQL, two
+    (high and low bits) on SQLite; :func:`exact` turns a row's values back into ints."""
+    if dialect != "sqlite":
+        return [func.coalesce(func.sum(expr), 0)]
+    return [func.coalesce(func.sum(expr.op(">>")(_LOW_BITS)), 0),
+            func.coalesce(func.sum(expr.op("&")(_LOW_MASK)), 0)]
+
+
+def exact(values: Sequence[Any], dialect: str) -> list[int]:
+    """The integer sums of a row's :func:`exact_sum` columns (in order)."""
+    if dialect != "sqlite":
+        return [int(v) for v in values]
+    return [(int(hi) << _LOW_BITS) + int(lo) for hi, lo in zip(values[::2], values[1::2],
+                                                               strict=True)]
+
+
+def _sums(dialect: str) -> list[ColumnElement[Any]]:
+    return [c for f in FIELDS for c in exact_sum(getattr(HourlyRollup, f), dialect)]
 
 
 def sum_range(
@@ -96,7 +123,8 @@ def sum_range(
     """Totals of the rollups over ``[start, end)`` grouped by ``keys`` (columns of
     ``rollups_hourly``, ``groups`` and ``tenants``)."""
     out: dict[tuple[Any, ...], Totals] = {}
-    base = (select(*keys, *_sums())
+    dialect = session.get_bind().dialect.name
+    base = (select(*keys, *_sums(dialect))
             .select_from(HourlyRollup)
             .join(Group, Group.id == HourlyRollup.group_id)
             .join(Tenant, Tenant.id == Group.tenant_id)
@@ -106,7 +134,7 @@ def sum_range(
         q = base.where(HourlyRollup.hour >= full_from, HourlyRollup.hour < full_to)
         for row in session.execute(q.group_by(*keys)):
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
-            t.add(Totals(*(int(v) for v in row[len(keys):])))
+            t.add(Totals(*exact(row[len(keys):], dialect)))
     partial = {hour_floor(start)} if hour_floor(start) != start else set()
     if hour_floor(end) != end:
         partial.add(hour_floor(end))
@@ -115,7 +143,7 @@ def sum_range(
             continue
         q = base.where(HourlyRollup.hour == hour)
         for row in session.execute(q.group_by(*keys)):
-            values = [share(int(v), hour, start, end) for v in row[len(keys):]]
+            values = [share(v, hour, start, end) for v in exact(row[len(keys):], dialect)]
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
             t.add(Totals(*values))
     return out
@@ -167,12 +195,13 @@ def sum_pieces(
     cuts = {start, end, *(b for _, b in pieces)}
     partial = sorted({hour_floor(c) for c in cuts if hour_floor(c) != c})
     h = HourlyRollup
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         # aggregating a month of 1,000 groups sorts ~400k rows per piece: let it happen in
         # memory rather than in an external merge (default work_mem is 4 MB); this
         # transaction only
         session.execute(text("SET LOCAL work_mem = '64MB'"))
-    sums = _sums()
+    sums = _sums(dialect)
     ids = group_ids.subquery()
     gid = next(iter(ids.c))
     res = None
@@ -197,8 +226,8 @@ def sum_pieces(
     def max_sums(res: Table, node_matches: ColumnElement[bool]) -> list[ColumnElement[Any]]:
         wins = and_(node_matches, cast(h.memory_byte_seconds, Float) * 1e6
                     < cast(res.c.reserved, Float) * h.covered_us)
-        return [func.coalesce(func.sum(case((wins, 0), else_=h.memory_byte_seconds)), 0),
-                func.coalesce(func.sum(case((wins, h.covered_us), else_=0)), 0)]
+        return [*exact_sum(case((wins, 0), else_=h.memory_byte_seconds), dialect),
+                *exact_sum(case((wins, h.covered_us), else_=0), dialect)]
 
     def collect(rows: Any, i: int, with_res: bool, multi: set[int] | None) -> None:
         """Rows (group, node low, node high, sums...) into ``out``; groups seen on several
@@ -208,7 +237,7 @@ def sum_pieces(
                 assert multi is not None
                 multi.add(row[0])
                 continue
-            values = [int(v) for v in row[3:]]
+            values = exact(row[3:], dialect)
             t = PieceTotals(*values[: len(FIELDS)])
             if with_res:
                 t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]
