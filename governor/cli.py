@@ -9,6 +9,7 @@ bad input: every :class:`~governor.errors.GovernorError` becomes one clear messa
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -193,23 +194,58 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the command, turning governor errors into messages and exit codes."""
+    """Entry point: run the command, turning governor errors into messages and exit codes.
+
+    No password reaches the terminal: every message passes through
+    :func:`governor.log.mask_secrets`.  An unexpected exception (a bug, or an environment
+    problem no module turned into a :class:`GovernorError`) is one line on stderr, exit 2;
+    its traceback, masked too, goes to the log at debug level (``log_level = "debug"``, or
+    ``GOVERNOR_LOG_LEVEL=debug`` for a command that does not set up the daemon's log)."""
+    from governor.log import mask_secrets
+
     try:
         main_group.main(args=argv, prog_name="governor", standalone_mode=False)
     except GovernorError as e:
-        click.echo(f"governor: error: {e}", err=True)
+        click.echo(f"governor: error: {mask_secrets(str(e))}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        shown = io.StringIO()  # e.g. a bad option value: shown masked like the rest
+        e.show(file=shown)
+        click.echo(mask_secrets(shown.getvalue()), err=True, nl=False)
         return e.exit_code if e.exit_code != 1 else 2
     except click.exceptions.Abort:
         click.echo("governor: aborted", err=True)
         return 130
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except Exception as e:
+        return _unexpected(e)
     return 0
+
+
+def _unexpected(e: Exception) -> int:
+    """One masked line for an exception nothing expected; the traceback to the log."""
+    import logging
+    import os
+
+    from governor.log import KeyValueFormatter, mask_secrets
+
+    log = logging.getLogger("governor.cli")
+    if logging.getLogger("governor").handlers:  # the daemon's log (setup_logging)
+        log.debug("unexpected error", exc_info=e)  # its formatter masks the traceback
+    elif os.environ.get("GOVERNOR_LOG_LEVEL", "").strip().lower() == "debug":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(KeyValueFormatter(stamp=False))
+        handler.handle(log.makeRecord(log.name, logging.DEBUG, __file__, 0, "unexpected error",
+                                      (), (type(e), e, e.__traceback__)))
+    first = (str(e).strip().splitlines() or [""])[0]
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    click.echo(f"governor: error: unexpected {mask_secrets(what)} (the traceback is logged "
+               "at debug level: log_level = \"debug\" in the configuration, or "
+               "GOVERNOR_LOG_LEVEL=debug for this command)", err=True)
+    return 2
 
 
 if __name__ == "__main__":

@@ -6,19 +6,74 @@ records as the entry's PRIORITY: ``journalctl -p warning`` then shows warnings a
 Stderr is the journal when ``$JOURNAL_STREAM`` names its device and inode (systemd.exec(5):
 a child that inherited the variable with stderr redirected elsewhere does not match).
 ``GOVERNOR_LOG_PRIORITY_PREFIX=1`` (or ``0``) forces the prefix on (or off), e.g. for a
-stderr piped to a collector that understands it."""
+stderr piped to a collector that understands it.
+
+No password reaches a log line: both formatters pass the whole line (message, extra fields
+and the traceback's text) through :func:`mask_secrets`, which replaces the password of any
+``scheme://user:password@host`` URL, ``password=...`` (and ``secret``, ``token``,
+``api_key``) values and ``Authorization`` header values with ``***`` (issue #15)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+#: what :func:`mask_secrets` replaces a secret with
+MASK = "***"
+
+# scheme://user:password@host: any scheme (postgresql, postgresql+psycopg, mysql, http,
+# https, amqp ...); the password runs to the last "@" before whitespace or a quote (a raw "@"
+# in a password masks the rest of it too: masking too much is safe, too little is not)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"<>]*:)[^\s'\"<>]*@")
+# password=... in libpq DSNs ("host=h password=x"), query strings and key=value lines;
+# a quoted value is masked whole (libpq quotes with single quotes, we with double)
+_KEY_VALUE = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token)"
+    r"\s*[=:]\s*)(?:'(?:[^'\\]|\\.)*'|\\?\"(?:[^\"\\]|\\.)*\\?\"|[^\s&;,'\"\\]+)",
+    re.IGNORECASE)
+# an Authorization header's credentials ("Authorization: Basic dXNlcjpwdw==")
+_AUTH_HEADER = re.compile(
+    r"(?P<head>\bauthorization['\"]?\s*[=:]\s*['\"]?)(?:(?:basic|bearer|digest)\s+)?"
+    r"[^\s'\",]+", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every password we can recognise replaced by ``***``: URL userinfo
+    passwords (``postgresql://u:***@host/db``), ``password=***`` (also ``secret``,
+    ``token``, ``api_key``) and ``Authorization: ***`` values.  The one masking function for
+    log lines, command-line errors and echoed URLs."""
+    if not text:
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", text)
+    text = _AUTH_HEADER.sub(lambda m: m["head"] + MASK, text)
+    return _KEY_VALUE.sub(lambda m: m["head"] + MASK, text)
+
+
+class MaskSecrets(logging.Filter):
+    """A handler filter that masks a record in place (message, arguments, string extras,
+    the exception's text) for handlers whose formatter is not one of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_secrets(record.getMessage())
+        record.args = None
+        for k, v in list(record.__dict__.items()):
+            if k not in _RESERVED and not k.startswith("_") and isinstance(v, str):
+                record.__dict__[k] = mask_secrets(v)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        return True
 
 
 def _quote(v: object) -> str:
@@ -85,7 +140,7 @@ class KeyValueFormatter(logging.Formatter):
                 parts.append(f"{k}={_quote(v)}")
         if record.exc_info:
             parts.append("exc=" + _quote(self.formatException(record.exc_info)))
-        line = " ".join(parts)
+        line = mask_secrets(" ".join(parts))
         return f"<{syslog_priority(record.levelno)}>{line}" if self.priority_prefix else line
 
 
@@ -104,7 +159,7 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        line = json.dumps(out, default=str)
+        line = mask_secrets(json.dumps(out, default=str))
         return f"<{syslog_priority(record.levelno)}>{line}" if self.priority_prefix else line
 
 
@@ -117,6 +172,7 @@ def setup_logging(fmt: str = "keyvalue", level: str = "info", *,
     handler.setFormatter(JsonFormatter(priority_prefix=prefix) if fmt == "json"
                          else KeyValueFormatter(stamp=not under_journal,
                                                 priority_prefix=prefix))
+    handler.addFilter(MaskSecrets())
     root = logging.getLogger("governor")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
