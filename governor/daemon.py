@@ -417,7 +417,8 @@ class Daemon:
                 except Exception:
                     self.db_write_errors += 1
                     log.exception("metering failed")
-        if p.samples and not p.errors:
+        if p.samples:  # one bad group costs its own sample, not the pass (its errors
+            # are counted in governor_sample_errors_total)
             self.last_success = p.started.timestamp()
         self.oom.on_sample(self.sampler.latest)
         self._update_costs()
@@ -435,7 +436,8 @@ class Daemon:
             db_write_errors=self.db_write_errors + self.oom.db_write_errors
             + self.oom_sink.failed,
             spool_depth=self.spool.pending_samples(),
-            alerts=dict(self.alerter.results) if self.alerter else {})
+            alerts=dict(self.alerter.results) if self.alerter else {},
+            sample_errors=dict(self.sampler.error_counts))
         self.exporter.publish(render(Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),

@@ -47,7 +47,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define BUF 65536 /* as reader._BUF: the most a pread asks for */
+#define BUF 65536 /* as reader._BUF: what the first pread of a file asks for */
+#define MAX_FILE (1 << 20) /* as reader.MAX_FILE and procfs.PROC_FILE_MAX: a file this
+                            * large is an error (EFBIG), never read truncated */
 #define MAX_FILES 16
 #define MAX_FIELDS 40
 
@@ -278,7 +280,8 @@ static int parse_io_exact(int file, const char *p, Py_ssize_t n, PyObject **out)
     return 1;
 }
 
-/* `` avg10=D.D avg60=D.D avg300=D.D total=N\n`` after "some"/"full": 3 floats, 1 int */
+/* `` avg10=D.D avg60=D.D avg300=D.D total=N\n`` after "some"/"full": 3 floats, 1 int
+ * (1: parsed, 0: not this layout, -1: an exception is set) */
 static int psi_line(const char **qp, const char *end, double avg[3], const char **tot,
                     Py_ssize_t *ntot) {
     static const char *LIT[3] = {" avg10=", " avg60=", " avg300="};
@@ -304,6 +307,10 @@ static int psi_line(const char **qp, const char *end, double avg[3], const char 
         char *stop;
         avg[i] = PyOS_string_to_double(tmp, &stop, NULL);
         if (avg[i] == -1.0 && PyErr_Occurred()) {
+            /* not a float after all: the Python parser decides; anything else (no
+             * memory) is raised */
+            if (!PyErr_ExceptionMatches(PyExc_ValueError))
+                return -1;
             PyErr_Clear();
             return 0;
         }
@@ -337,12 +344,17 @@ static int parse_psi_exact(const char *p, Py_ssize_t n, PyObject **out) {
     const char *end = p + n, *q = p, *tot[2];
     double avg[2][3];
     Py_ssize_t ntot[2];
-    int lines = 1;
-    if (!expect(&q, end, "some") || !psi_line(&q, end, avg[0], &tot[0], &ntot[0]))
+    int lines = 1, r;
+    if (!expect(&q, end, "some"))
         return 0;
+    if ((r = psi_line(&q, end, avg[0], &tot[0], &ntot[0])) <= 0)
+        return r;
     if (q < end) {
-        if (!expect(&q, end, "full") || !psi_line(&q, end, avg[1], &tot[1], &ntot[1]) ||
-            q != end)
+        if (!expect(&q, end, "full"))
+            return 0;
+        if ((r = psi_line(&q, end, avg[1], &tot[1], &ntot[1])) <= 0)
+            return r;
+        if (q != end)
             return 0;
         lines = 2;
     }
@@ -352,14 +364,14 @@ static int parse_psi_exact(const char *p, Py_ssize_t n, PyObject **out) {
         Py_DECREF(Py_None);
         v[1] = new_psiline(avg[1], tot[1], ntot[1]);
     }
-    PyObject *r = NULL;
+    PyObject *res = NULL;
     if (v[0] && v[1])
-        r = new_slotted(psi_type, psi_descr, v, 2);
+        res = new_slotted(psi_type, psi_descr, v, 2);
     Py_XDECREF(v[0]);
     Py_XDECREF(v[1]);
-    if (r == NULL)
+    if (res == NULL)
         return -1;
-    *out = r;
+    *out = res;
     return 1;
 }
 
@@ -441,6 +453,8 @@ static PyObject *do_read(PyObject *fds, PyObject *cache, PyObject *cgroup_id) {
     char *buf = own ? PyMem_RawMalloc(BUF) : static_buf;
     static_busy = 1;
     PyObject *result = NULL;
+    char *big = NULL; /* a heap buffer for a file larger than BUF (rare: io.stat of
+                       * hundreds of devices), as big as it took */
     if (psi == NULL || buf == NULL) {
         if (buf == NULL)
             PyErr_NoMemory();
@@ -450,10 +464,31 @@ static PyObject *do_read(PyObject *fds, PyObject *cache, PyObject *cgroup_id) {
         if (fd[i] < 0)
             continue;
         ssize_t n;
+        char *data = buf;
         do
             n = pread(fd[i], buf, BUF, 0);
         while (n < 0 && errno == EINTR); /* as os.pread (PEP 475) */
+        for (size_t size = BUF; n == (ssize_t)size;) {
+            /* the buffer is full: the file may go on.  Read it whole again, into bigger
+             * buffers (reader._whole does the same), up to MAX_FILE: past that, EFBIG */
+            if (size >= MAX_FILE) {
+                errno = EFBIG;
+                n = -1;
+                break;
+            }
+            size = size * 8 < MAX_FILE ? size * 8 : MAX_FILE;
+            char *nb = PyMem_RawRealloc(big, size);
+            if (nb == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            big = data = nb;
+            do
+                n = pread(fd[i], big, size, 0);
+            while (n < 0 && errno == EINTR);
+        }
         if (n < 0) {
+            /* the caller (reader.py) reads the group again file by file and names it */
             PyErr_SetFromErrno(PyExc_OSError);
             goto done;
         }
@@ -464,17 +499,17 @@ static PyObject *do_read(PyObject *fds, PyObject *cache, PyObject *cgroup_id) {
         if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2 &&
             PyBytes_CheckExact(PyTuple_GET_ITEM(last, 0)) &&
             PyBytes_GET_SIZE(PyTuple_GET_ITEM(last, 0)) == n &&
-            memcmp(PyBytes_AS_STRING(PyTuple_GET_ITEM(last, 0)), buf, n) == 0) {
+            memcmp(PyBytes_AS_STRING(PyTuple_GET_ITEM(last, 0)), data, n) == 0) {
             Py_INCREF(last); /* held: a copy may run a finalizer that replaces it */
             v = fresh(PyTuple_GET_ITEM(last, 1));
             Py_DECREF(last);
             if (v == NULL)
                 goto done;
         } else {
-            PyObject *b = PyBytes_FromStringAndSize(buf, n);
+            PyObject *b = PyBytes_FromStringAndSize(data, n);
             if (b == NULL)
                 goto done;
-            PyObject *parsed = parse_file(i, buf, n);
+            PyObject *parsed = parse_file(i, data, n);
             PyObject *entry = parsed == NULL ? NULL : PyTuple_Pack(2, b, parsed);
             Py_DECREF(b);
             v = entry == NULL ? NULL : fresh(parsed);
@@ -508,6 +543,7 @@ done:
     for (int j = 0; j < n_stats_fields; j++)
         Py_XDECREF(values[j]);
     Py_XDECREF(psi);
+    PyMem_RawFree(big);
     if (own)
         PyMem_RawFree(buf);
     else
@@ -583,9 +619,9 @@ static PyObject *make_sample(PyObject *st, PyObject *node, PyObject *path, PyObj
      * even total (CPython's delta_new/accum): rint() of the fraction in the default
      * rounding mode, the whole seconds' microseconds being even */
     {
-        double d0 = PyFloat_AsDouble(t0), d1 = PyFloat_AsDouble(mono);
-        if (PyErr_Occurred() || !PyFloat_CheckExact(t0) || !PyFloat_CheckExact(mono))
-            goto fallback_clear;
+        if (!PyFloat_CheckExact(t0) || !PyFloat_CheckExact(mono))
+            goto fallback; /* the Python to_sample takes them (or says what is wrong) */
+        double d0 = PyFloat_AS_DOUBLE(t0), d1 = PyFloat_AS_DOUBLE(mono);
         double whole, frac = modf(d1 - d0, &whole);
         if (!(fabs(whole) < 4e9)) /* far beyond any pass; let timedelta say what is wrong */
             goto fallback;
@@ -724,8 +760,6 @@ static PyObject *make_sample(PyObject *st, PyObject *node, PyObject *path, PyObj
         Py_XDECREF(r);
     }
     goto done;
-fallback_clear:
-    PyErr_Clear();
 fallback:
     result = PyObject_CallFunction(py_to_sample, "OOOOOOO", st, node, path, started, t0, mono,
                                    created);
@@ -843,9 +877,16 @@ static PyObject *sample_one(PyObject *path, PyObject *groups, PyObject *prefix,
         Py_DECREF(ino);
         return Py_NewRef(Py_False);
     }
-    if (st == NULL) { /* the caller's loop reads it again and says what it is */
+    if (st == NULL) {
         Py_DECREF(mono);
         Py_DECREF(ino);
+        /* a read error (OSError) or text no parser takes (ValueError: ParseError,
+         * UnicodeDecodeError): the group is left to the caller's loop, which reads it
+         * again file by file and reports it with its file (GroupGone, CgroupError,
+         * StatFileError: reader.py) while the other groups are sampled.  Anything else
+         * (MemoryError, KeyboardInterrupt, a bug) is raised. */
+        if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
         PyErr_Clear();
         return Py_NewRef(Py_False);
     }
@@ -1055,6 +1096,71 @@ static ssize_t slurp_arg(PyObject *arg, char *buf, size_t cap) {
     return n;
 }
 
+/* The whole file at the path object arg, of any length below MAX_FILE: into the caller's
+ * buffer stack[0:cap] when it fits, else into a heap buffer (*heap, freed by the caller
+ * with PyMem_RawFree) grown as it takes; *out is where it is, NUL-terminated.  Reads
+ * until a read(2) returns less than it asked (a procfs seq_file hands out whole records,
+ * as procfs.Proc._read assumes too).  Returns the length, -2 when the process is gone
+ * (ENOENT/ESRCH), -1 with an exception set: OSError with errno and the file name, EFBIG
+ * for MAX_FILE bytes or more (procfs.PROC_FILE_MAX: the same error from Python). */
+static ssize_t slurp_all(PyObject *arg, char *stack, size_t cap, char **out, char **heap) {
+    *heap = NULL;
+    *out = stack;
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return -1;
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ESRCH)
+            return -2;
+        path_error(arg);
+        return -1;
+    }
+    char *buf = stack;
+    size_t len = 0, size = cap - 1; /* one byte kept for the NUL */
+    for (;;) {
+        ssize_t n;
+        do
+            n = read(fd, buf + len, size - len);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            int e = errno;
+            close(fd);
+            if (e == ENOENT || e == ESRCH)
+                return -2;
+            errno = e;
+            path_error(arg);
+            return -1;
+        }
+        len += (size_t)n;
+        if (len >= MAX_FILE) {
+            close(fd);
+            errno = EFBIG;
+            path_error(arg);
+            return -1;
+        }
+        if (len < size)
+            break;
+        size = size * 4 < MAX_FILE ? size * 4 : MAX_FILE;
+        char *nb = PyMem_RawRealloc(*heap, size + 1);
+        if (nb == NULL) {
+            close(fd);
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (*heap == NULL)
+            memcpy(nb, stack, len);
+        *heap = buf = nb;
+    }
+    close(fd);
+    buf[len] = 0;
+    *out = buf;
+    return (ssize_t)len;
+}
+
 /* a signed decimal field of stat (ppid, flags, ...), whitespace-delimited */
 static int stat_field(const char **q, const char *end, long long *out) {
     const char *p = *q;
@@ -1140,14 +1246,17 @@ bad:
 /* proc_stat(path) -> (comm, state, ppid, flags, starttime, num_threads) | None:
  * parse_stat's fields (comm between the first "(" and the last ")") */
 static PyObject *proc_stat(PyObject *self, PyObject *arg) {
-    char buf[4096];
-    ssize_t n = slurp_arg(arg, buf, sizeof buf - 1);
+    char stack[4096], *buf, *heap;
+    ssize_t n = slurp_all(arg, stack, sizeof stack, &buf, &heap);
+    PyObject *r;
     if (n == -1)
-        return NULL;
-    if (n == -2 || n == 0)
-        Py_RETURN_NONE;
-    buf[n] = 0;
-    return stat_tuple(arg, buf, n);
+        r = NULL;
+    else if (n == -2 || n == 0)
+        r = Py_NewRef(Py_None);
+    else
+        r = stat_tuple(arg, buf, n);
+    PyMem_RawFree(heap);
+    return r;
 }
 
 /* pidfd_exited(fd) -> has the process of pidfd fd exited (poll POLLIN, no wait)? */
@@ -1166,22 +1275,28 @@ static PyObject *pidfd_exited(PyObject *self, PyObject *arg) {
 }
 
 /* proc_cgroup(path) -> the path of the "0::" line, None when there is none, False when
- * the process is gone */
+ * the process is gone.  Read whole whatever its length (a cgroup v1 host lists a line per
+ * hierarchy, each path up to PATH_MAX: far more than one page; issue #15 item 17). */
 static PyObject *proc_cgroup(PyObject *self, PyObject *arg) {
-    char buf[8192];
-    ssize_t n = slurp_arg(arg, buf, sizeof buf);
+    char stack[8192], *buf, *heap;
+    ssize_t n = slurp_all(arg, stack, sizeof stack, &buf, &heap);
     if (n == -1)
         return NULL;
     if (n == -2)
         Py_RETURN_FALSE;
+    PyObject *r = NULL;
     const char *end = buf + n;
     for (const char *line = buf; line < end;) {
         const char *nl = memchr(line, '\n', (size_t)(end - line));
         const char *le = nl != NULL ? nl : end;
-        if (le - line >= 3 && memcmp(line, "0::", 3) == 0)
-            return PyUnicode_DecodeUTF8(line + 3, le - line - 3, "surrogateescape");
+        if (le - line >= 3 && memcmp(line, "0::", 3) == 0) {
+            r = PyUnicode_DecodeUTF8(line + 3, le - line - 3, "surrogateescape");
+            PyMem_RawFree(heap);
+            return r;
+        }
         line = nl != NULL ? nl + 1 : end;
     }
+    PyMem_RawFree(heap);
     Py_RETURN_NONE;
 }
 

@@ -34,6 +34,7 @@ class ParseError(ValueError):
     def __init__(self, fmt: str, text: str, why: str) -> None:
         self.fmt = fmt
         self.text = text
+        self.why = why
         super().__init__(f"cannot parse {fmt}: {why}: {text[:200]!r}")
 
 

@@ -5,7 +5,10 @@ kernfs seq files regenerate their content when read from offset 0, so
 (one syscall per file per pass instead of open+read+close).  When a group is removed its
 open files answer ENODEV: the group is *gone* (:class:`GroupGone`), its counters are not
 zero.  A file that does not exist in a live group (controller not enabled, or a kernel
-without ``memory.peak``) reads as ``None``: missing is not zero either.
+without ``memory.peak``) reads as ``None``: missing is not zero either.  A file whose text
+cannot be taken (not the kernel's format, not UTF-8, larger than :data:`MAX_FILE`) raises
+:class:`StatFileError` naming the group, the file and the reason: the sampler skips that
+group's sample and counts it, the other groups are read as usual (issue #15, item 2).
 
 This module only reads and parses (the "reader" layer of below): rates and usage are
 derived elsewhere (``governor.metering``) from pairs of these raw values.
@@ -24,6 +27,7 @@ import errno
 import os
 import resource
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import (
     FlatKeyedBytes,
     Limit,
+    ParseError,
     Psi,
     PsiLine,
     parse_int_bytes,
@@ -38,7 +43,7 @@ from governor.cgroupfs.parse import (
     parse_limit,
     parse_psi_bytes,
 )
-from governor.errors import GroupGone
+from governor.errors import CgroupError, GovernorError, GroupGone
 
 _fastread: types.ModuleType | None
 try:
@@ -47,6 +52,52 @@ except ImportError:  # not built (no compiler at install time): the pure-Python 
     _fastread = None
 
 _BUF = 65536  # every stat file we read is well below this (memory.stat ~ 1.5 KiB)
+#: the most a stat file may hold: a read that fills the buffer is done again into a bigger
+#: one (io.stat grows with the devices) up to this; a file this large is an error, never
+#: read truncated (in the C accelerator too)
+MAX_FILE = 1 << 20
+
+
+class StatFileError(CgroupError):
+    """A group's stat file whose text cannot be taken as a value: ``reason`` is ``parse``
+    (not the kernel's format, a truncated line included), ``encoding`` (not UTF-8) or
+    ``too_large`` (:data:`MAX_FILE` bytes or more).  ``value`` holds the start of the text.
+    The group is alive: this is neither :class:`GroupGone` nor a zero."""
+
+    REASONS = ("parse", "encoding", "too_large")
+
+    def __init__(self, path: str, file: str, reason: str, data: bytes, why: str) -> None:
+        self.op = "read"
+        self.path = path
+        self.file = file
+        self.errno = 0
+        self.reason = reason
+        self.value = data[:200].decode("utf-8", "backslashreplace")
+        self.hint = why
+        GovernorError.__init__(  # not CgroupError's: there is no errno to name
+            self, f"read {os.path.join(path, file)}: {why} ({reason}); the group's sample is "
+            f"skipped until the file reads right: {self.value!r}")
+
+
+def _why(e: ValueError) -> tuple[str, str]:
+    """(reason, what went wrong) of a parser's error"""
+    if isinstance(e, UnicodeDecodeError):
+        return "encoding", f"not UTF-8 at byte {e.start}"
+    if isinstance(e, ParseError):
+        return "parse", f"not the kernel's {e.fmt} format: {e.why}"
+    return "parse", str(e)
+
+
+def _whole(fd: int, data: bytes) -> bytes | None:
+    """``data`` (a pread of ``_BUF`` at 0) or, when it filled the buffer, the whole file
+    read again into bigger ones; None when it holds :data:`MAX_FILE` bytes or more."""
+    size = _BUF
+    while len(data) == size:
+        if size >= MAX_FILE:
+            return None
+        size = min(size * 8, MAX_FILE)
+        data = os.pread(fd, size, 0)
+    return data
 
 #: files read on every pass
 FAST_FILES = (
@@ -106,7 +157,7 @@ _PRESSURE = ("cpu", "memory", "io")
 #: FAST_FILES for the accelerator: (kind, GroupStats field or pressure key, Python parser);
 #: kinds 0 flat keyed, 1 single integer, 2 io.stat, 3 pressure.  Text that is not in the
 #: kernel's exact layout goes to the Python parser, so values and errors are the same.
-_FAST_SPEC = (
+_FAST_SPEC: tuple[tuple[int, str, Callable[[bytes], object]], ...] = (
     (0, "cpu", FlatKeyedBytes("cpu.stat")),
     (1, "memory_current", lambda b: parse_int_bytes(b, "memory.current")),
     (1, "memory_peak", lambda b: parse_int_bytes(b, "memory.peak")),
@@ -247,7 +298,7 @@ class StatReader:
                 cached = True
             # else: over the fd budget, this file is opened, read and closed each time
         try:
-            data = os.pread(fd, _BUF, 0)
+            data = _whole(fd, os.pread(fd, _BUF, 0))
         except OSError as e:
             if e.errno in _GONE:
                 if not cached:
@@ -260,6 +311,9 @@ class StatReader:
         finally:
             if not cached:
                 os.close(fd)
+        if data is None:
+            raise StatFileError(str(self.fs.path(rel)), name, "too_large", b"",
+                                f"{MAX_FILE} bytes or more")
         return data
 
     @staticmethod
@@ -279,7 +333,36 @@ class StatReader:
     def read_file(self, rel: str, name: str) -> str | None:
         """Raw text of one file through the fd cache (None when the file is absent)."""
         data = self._raw(rel, self._group(rel), name)
-        return None if data is None else data.decode()
+        if data is None:
+            return None
+        try:
+            return data.decode()
+        except UnicodeDecodeError as e:
+            raise self._invalid(rel, name, data, e) from e
+
+    def _invalid(self, rel: str, name: str, data: bytes, e: ValueError) -> StatFileError:
+        reason, why = _why(e)
+        return StatFileError(str(self.fs.path(rel)), name, reason, data, why)
+
+    def _culprit(self, rel: str, raw: list[bytes | None], e: ValueError) -> StatFileError:
+        """The error of the first fast file whose text does not parse (``e``: what the
+        pass met; the files are parsed again one by one to name the one behind it)."""
+        for name, data, spec in zip(FAST_FILES, raw, _FAST_SPEC, strict=True):
+            if data is None:
+                continue
+            try:
+                spec[2](data)
+            except ValueError as bad:
+                return self._invalid(rel, name, data, bad)
+        return self._invalid(rel, "?", b"", e)  # (parsers are pure: not reached)
+
+    def _slow(self, rel: str, g: _Group, st: GroupStats) -> None:
+        data = self._raw(rel, g, "memory.stat")
+        if data is not None:
+            try:
+                st.memory_stat = self._memory_stat(data)
+            except ValueError as e:
+                raise self._invalid(rel, "memory.stat", data, e) from e
 
     def read(self, rel: str, *, slow: bool = False) -> GroupStats:
         g = self._groups.get(rel)
@@ -290,13 +373,13 @@ class StatReader:
         if fast is not None and self._read_fast is not None:
             try:
                 st: GroupStats = self._read_fast(fast, g.cache, g.ino)
-            except OSError:
-                g.fast = None  # as below: the per-file path reads again and says what
+            except (OSError, ValueError):
+                # a read error, a file too large for one read or text no parser takes:
+                # the per-file path below reads again and says which file and what
+                g.fast = None
                 return self.read(rel, slow=slow)
             if slow:
-                data = self._raw(rel, g, "memory.stat")
-                if data is not None:
-                    st.memory_stat = self._memory_stat(data)
+                self._slow(rel, g, st)
             return st
         if fast is None:
             raw = [self._raw(rel, g, name) for name in FAST_FILES]
@@ -310,6 +393,18 @@ class StatReader:
             except OSError:
                 g.fast = None
                 return self.read(rel, slow=slow)
+            if _BUF in map(len, filter(None, raw)):  # a file larger than one read
+                g.fast = None
+                return self.read(rel, slow=slow)
+        try:
+            st = self._parse(g, raw)
+        except ValueError as e:  # ParseError, UnicodeDecodeError: name the file
+            raise self._culprit(rel, raw, e) from e
+        if slow:
+            self._slow(rel, g, st)
+        return st
+
+    def _parse(self, g: _Group, raw: list[bytes | None]) -> GroupStats:
         cpu, cur, peak, swap, events, io, pids = raw[:7]
         psi: dict[str, Psi] = {}
         cache = g.psi
@@ -320,7 +415,7 @@ class StatReader:
             if last is None or last[0] != data:
                 last = cache[i] = (data, parse_psi_bytes(data))
             psi[_PRESSURE[i]] = last[1]
-        st = GroupStats(
+        return GroupStats(
             cgroup_id=g.ino,
             cpu=None if cpu is None else self._cpu_stat(cpu),
             memory_current=None if cur is None else parse_int_bytes(cur, "memory.current"),
@@ -330,15 +425,15 @@ class StatReader:
             io=None if io is None else parse_io_stat_bytes(io),
             pids_current=None if pids is None else parse_int_bytes(pids, "pids.current"),
             psi=psi)
-        if slow:
-            data = self._raw(rel, g, "memory.stat")
-            if data is not None:
-                st.memory_stat = self._memory_stat(data)
-        return st
 
     def read_limit(self, rel: str, name: str) -> Limit | None:
         t = self.read_file(rel, name)
-        return None if t is None else parse_limit(t, name)
+        if t is None:
+            return None
+        try:
+            return parse_limit(t, name)
+        except ParseError as e:
+            raise self._invalid(rel, name, t.encode(), e) from e
 
 
 def read_stats_reopen(fs: CgroupFS, rel: str, *, slow: bool = False) -> GroupStats:

@@ -124,3 +124,8 @@ class SnapshotCollector:
             for k, n in sorted(h.alerts.items()):
                 fam.add_metric([node, k], float(n))
             yield fam
+        if h.sample_errors:
+            fam = _family(r.SAMPLE_ERRORS, ["node", "reason"])
+            for k, n in sorted(h.sample_errors.items()):
+                fam.add_metric([node, k], float(n))
+            yield fam

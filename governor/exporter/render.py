@@ -94,6 +94,8 @@ class Health:
     spool_depth: int | None = None
     #: OOM webhook deliveries by result ("ok", "failed", "dropped")
     alerts: Mapping[str, int] = field(default_factory=dict)
+    #: groups whose sample failed, by reason, cumulative: ``Sampler.error_counts``
+    sample_errors: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,13 +258,16 @@ SPOOL_DEPTH: Final = _m("governor_spool_depth", GAUGE,
                         "Samples waiting in the local spool for the database.")
 ALERTS: Final = _m("governor_oom_alerts_total", COUNTER,
                    "OOM alert webhook deliveries by result.")
+SAMPLE_ERRORS: Final = _m("governor_sample_errors_total", COUNTER,
+                          "Group samples lost because a stat file could not be read or "
+                          "parsed, by reason (the pass goes on with the other groups).")
 
 ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _, _ in CPU_METRICS), *(m for m, _ in MEMORY_METRICS),
     *(m for m, _ in EVENT_METRICS), *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
     GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
-    DB_ERRORS, SPOOL_DEPTH, ALERTS,
+    DB_ERRORS, SPOOL_DEPTH, ALERTS, SAMPLE_ERRORS,
 )
 
 
@@ -372,6 +377,7 @@ def render(snap: Snapshot) -> bytes:
         if v is not None:
             fam(out, m, [f"{m.name}{own}{fmt_value(v)}"])
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
+    fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
     return "".join(out).encode()
 
 

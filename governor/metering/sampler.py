@@ -7,6 +7,13 @@ but still has processes is still billed.  Reads go through the fd-caching
 ``gone`` (and forgotten), never sampled as zeros.  ``memory.stat`` is read on every
 ``slow_every``-th pass only.
 
+One bad group costs only its own sample (issue #15, item 2): a file that cannot be read
+(EIO, EACCES...) or whose text cannot be taken (not the kernel's format, not UTF-8, too
+large: :class:`~governor.cgroupfs.reader.StatFileError`) is counted by reason in
+:attr:`Sampler.error_counts` (``governor_sample_errors_total``), named in the pass's
+``errors``, logged once per group and reason until the group reads right again, and the
+pass goes on with the other groups.
+
 With the C accelerator built (``governor.cgroupfs._fastread``), the mapping of a group's
 raw values onto its :class:`GroupSample` (:func:`to_sample`) runs in C too, with the same
 result (tests/unit/test_fastread.py compares the two).
@@ -24,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from governor.cgroupfs import reader as _reader
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
-from governor.cgroupfs.reader import GroupStats, StatReader
+from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
 from governor.cgroupfs.tree import GroupLister
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
@@ -33,11 +40,18 @@ from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
 log = logging.getLogger("governor.sampler")
 
 
+#: the reason of a failed group read that is not a :class:`StatFileError` (an OSError
+#: other than the group being gone: EIO, EACCES, EMFILE...)
+READ_ERROR = "read"
+#: every reason ``governor_sample_errors_total`` can count
+SAMPLE_ERROR_REASONS = (READ_ERROR, *StatFileError.REASONS)
+
+
 @dataclass
 class SamplePass:
     samples: list[GroupSample]
     gone: list[str]
-    errors: list[str]
+    errors: list[str]    # one message per group whose sample failed (file, reason, text)
     started: datetime
     duration: float      # seconds of wall time for the whole pass
     slow: bool           # whether memory.stat was read
@@ -149,6 +163,8 @@ class Sampler:
     passes: int = 0
     #: the C accelerator (None: whenever it is in use, see reader.ACCELERATED)
     accelerated: bool | None = None
+    #: groups whose sample failed, by reason, since start (governor_sample_errors_total)
+    error_counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
@@ -160,6 +176,8 @@ class Sampler:
             self._fast_pass = _fastread.sample_groups
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
+        #: group path -> the reasons already logged for it (until it reads right again)
+        self._failing: dict[str, set[str]] = {}
         #: the listing, kept while inotify sees no group made or removed
         self.layout = as_layout(self.subtree)
         self._lister = GroupLister(self.fs, self.layout)
@@ -206,6 +224,10 @@ class Sampler:
             self.reader.forget(self.layout.path(stale))
             del self.latest[stale]
             gone.append(stale)
+        failing = self._failing
+        for stale in [p for p in failing if p not in live]:
+            del failing[stale]
+        failed: set[str] = set()
         # the loop runs once per group per pass: names are looked up once, here
         read, make, monotonic = self.reader.read, self._make, time.monotonic
         latest, births, known_created = self.latest, self._births, self.created
@@ -237,10 +259,10 @@ class Sampler:
             except GroupGone:
                 gone.append(path)
                 latest.pop(path, None)
+                failing.pop(path, None)
                 continue
-            except CgroupError as e:
-                errors.append(str(e))
-                log.error("sample failed", extra={"group": path, "error": str(e)})
+            except CgroupError as e:  # StatFileError too: this group's sample only
+                self._failed(path, e, errors, failed)
                 continue
             failpoint("metering.sample.group")  # crash tests: stall or die mid-pass
             cid = st.cgroup_id
@@ -259,7 +281,25 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
+        # a group that failed before and was sampled now (by either loop) reads right again
+        for path in [p for p in failing if p not in failed]:
+            del failing[path]
+            log.info("sample read again", extra={"group": path})
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
+
+    def _failed(self, path: str, e: CgroupError, errors: list[str], failed: set[str]) -> None:
+        """Count a group's failed sample by reason; log it the first time per reason."""
+        failed.add(path)
+        reason = e.reason if isinstance(e, StatFileError) else READ_ERROR
+        self.error_counts[reason] = self.error_counts.get(reason, 0) + 1
+        errors.append(str(e))
+        seen = self._failing.setdefault(path, set())
+        if reason not in seen:
+            seen.add(reason)
+            log.error("sample failed", extra={
+                "group": path, "reason": reason, "file": e.file, "error": str(e),
+                "fix": "the group is left out of this pass and of the bill until it reads "
+                       "right; the log says when it does"})
 
 
 def by_path(samples: list[GroupSample]) -> Mapping[str, GroupSample]:

@@ -54,10 +54,14 @@ class Stat(NamedTuple):
 
 
 def parse_stat(text: str) -> Stat:
-    """``/proc/PID/stat``: ``pid (comm) state ppid ... flags(9) ... starttime(22) ...``."""
-    open_, close = text.index("("), text.rindex(")")
+    """``/proc/PID/stat``: ``pid (comm) state ppid ... flags(9) ... starttime(22) ...``.
+
+    Text not in that layout raises ValueError (as the C reader does)."""
+    open_, close = text.find("("), text.rfind(")")
     rest = text[close + 2:].split()
     # rest[0] is field 3 (state): field N is rest[N - 3]
+    if open_ < 0 or close < open_ or len(rest) < 20:
+        raise ValueError(f"not the kernel's /proc/PID/stat layout: {text[:200]!r}")
     return Stat(comm=text[open_ + 1:close], state=rest[0], ppid=int(rest[1]),
                 flags=int(rest[6]), starttime=int(rest[19]), num_threads=int(rest[17]))
 
@@ -115,6 +119,9 @@ def parse_cmdline(data: bytes) -> str:
 
 
 _READ_SIZE: Final = 65536
+#: the most ``stat`` and ``cgroup`` may hold (as the C reader's MAX_FILE): a file this
+#: large raises OSError(EFBIG) naming it, it is never read truncated
+PROC_FILE_MAX: Final = 1 << 20
 
 
 def _gone(e: OSError) -> bool:
@@ -145,7 +152,8 @@ class Proc:
         self._cmdline: str | None = None
         self._pidns: int | None = None
 
-    def _read(self, name: str) -> bytes:
+    def _read(self, name: str, limit: int | None = None) -> bytes:
+        """The whole file (any length; ``limit``: OSError(EFBIG) at that many bytes)."""
         try:
             fd = os.open(f"{self.base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -159,11 +167,15 @@ class Proc:
             if len(b) < _READ_SIZE:
                 return b
             chunks = [b]
+            total = len(b)
             while True:
+                if limit is not None and total >= limit:
+                    raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), f"{self.base}/{name}")
                 b = os.read(fd, _READ_SIZE)
                 if not b:
                     break
                 chunks.append(b)
+                total += len(b)
             return b"".join(chunks)
         except OSError as e:
             if _gone(e):
@@ -234,7 +246,7 @@ class Proc:
             if t is None:
                 raise ProcessGone(self.pid)
             return tuple.__new__(Stat, t)
-        data = self._read("stat")
+        data = self._read("stat", PROC_FILE_MAX)
         if not data:  # a zombie being reaped reads empty on some kernels
             raise ProcessGone(self.pid)
         return parse_stat(data.decode("utf-8", "surrogateescape"))
@@ -263,7 +275,8 @@ class Proc:
                 raise ProcessGone(self.pid)
             path = got
         else:
-            path = parse_cgroup(self._read("cgroup").decode("utf-8", "surrogateescape"))
+            path = parse_cgroup(self._read("cgroup", PROC_FILE_MAX).decode(
+                "utf-8", "surrogateescape"))
         self._cgroup = path if path is not None else ""
         return self._cgroup
 
