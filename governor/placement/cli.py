@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 import sys
 from collections.abc import Callable
@@ -78,24 +79,39 @@ def register(main: click.Group) -> None:
     @click.option("--unshare", metavar="NS[,NS...]",
                   help="new namespaces: pid, mount, uts, ipc, net (pid implies mount)")
     @click.option("--hostname", help="hostname inside the new uts namespace")
-    @click.option("--user", "-u", metavar="USER", help="run as this user (name or uid), "
-                  "with no_new_privs")
+    @click.option("--user", "-u", metavar="USER", help="run as this user (name or uid): "
+                  "its own groups, a new session, no_new_privs")
+    @click.option("--env", "-e", "env", metavar="NAME[=VALUE]", multiple=True,
+                  help="pass this variable (NAME alone: its value here, if set); "
+                  "repeatable")
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     def launch(*, cfg: Callable[[], Config], tenant: str, group: str, unshare: str | None,
-               hostname: str | None, user: str | None, command: tuple[str, ...]) -> None:
+               hostname: str | None, user: str | None, env: tuple[str, ...],
+               command: tuple[str, ...]) -> None:
         """Run COMMAND inside a group from its first instruction.
 
         \b
         governor launch --tenant acme --group web --unshare pid,mount,uts,net -- CMD ARGS
+        The command gets a clean environment (PATH, HOME, USER, LOGNAME, SHELL of the user
+        it runs as; TERM, LANG, LC_*, TZ; and each --env), descriptors 0-2 only.
         Exit: the command's code; 128+N if signal N killed it; 125 governor could not
         launch it; 126 not executable; 127 not found; 2 usage.  If the group's policy has
         oom.actions = ["restart"], an OOM-killed command is restarted (oom.restart_max,
         oom.restart_backoff).
         """
-        from governor.placement.launch import LaunchError, Restart, where_to_launch
+        from governor.placement.launch import (
+            LaunchError,
+            Restart,
+            parse_env_options,
+            where_to_launch,
+        )
         from governor.placement.launch import launch as run
         from governor.policy.model import RESTART_BACKOFF_CAP_US
 
+        try:
+            passed = parse_env_options(env, os.environ)
+        except LaunchError as e:
+            raise click.BadParameter(str(e), param_hint="--env") from None
         try:
             c = cfg()
             pol = load_policy([c.policy])
@@ -118,7 +134,8 @@ def register(main: click.Group) -> None:
             raise LaunchError(str(e)) from e
         with tree:
             code = run(tree.fs, rel, list(command), unshare=unshare,
-                       hostname=hostname, user=user, restart=restart)
+                       hostname=hostname, user=user, env=passed,
+                       restart=restart)
         sys.exit(code)
 
     @main.command()

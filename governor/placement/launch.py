@@ -3,11 +3,34 @@ as a minimal container (new pid, mount, uts, ipc, net namespaces) and as another
 
 Sequence in the forked child, before exec: join the group (its own pid written to the
 group's ``cgroup.procs`` through the cgroupfs choke point, so no instant of the command
-runs outside) -> unshare(2) the namespaces -> mount propagation made private, hostname,
-loopback up -> with a new pid namespace, fork once more so the command is pid 1 and mount
-a fresh ``/proc`` -> drop to the user (setgroups, setgid, setuid, then
+runs outside) -> close every inherited descriptor above 2 -> with ``--user``, a new
+session (``setsid``) -> unshare(2) the namespaces -> mount propagation made private,
+hostname, loopback up -> with a new pid namespace, fork once more so the command is pid 1
+and mount a fresh ``/proc`` -> drop to the user (setgroups, setgid, setuid, checked, then
 ``PR_SET_NO_NEW_PRIVS``) -> execvpe.  A failure on the way is sent to the parent through a
 close-on-exec pipe (EOF means exec succeeded), as subprocess does.
+
+What the command inherits (issue 15: a launch must not hand root's secrets to a tenant):
+
+* **environment**: never the caller's.  The command gets :func:`launch_env`: ``PATH`` set
+  to a fixed safe default, ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from the passwd
+  entry of the user it runs as, ``TERM``, ``COLORTERM``, ``LANG``, ``LANGUAGE``, ``LC_*``
+  and ``TZ`` copied from the caller, plus what the caller passes by name with ``--env
+  NAME=VALUE`` or ``--env NAME`` (copied when set).  This holds with and without
+  ``--user``: ``GOVERNOR_DATABASE`` (a password) or a cloud token in root's shell has no
+  business in a tenant's container either.  ``PATH`` also decides where the command is
+  looked up.
+* **descriptors**: only 0, 1 and 2; every other inherited descriptor is closed (a file
+  root opened, a socket), with and without ``--user``.
+* **session**: with ``--user`` the command starts a new session (``setsid``), so it has no
+  controlling terminal and cannot push input into the caller's terminal (TIOCSTI); Ctrl-C
+  still reaches it, forwarded by governor.  Without ``--user`` it runs as the caller and
+  keeps the caller's terminal (a root shell in a group keeps its job control).
+* **groups**: with ``--user``, the supplementary groups are the target user's own
+  (``getgrouplist``, as initgroups(3) in su and runuser), never root's; then setgid,
+  setuid, and a check that the real, effective and saved ids are the user's, the groups
+  are exactly the user's and ``setuid(0)`` fails; a launch that cannot prove the drop
+  fails (125) instead of running the command.
 
 With ``oom.actions = ["restart"]`` in the group's policy, ``governor launch`` supervises
 the command: a run killed by the OOM killer (SIGKILL while the group's ``oom_kill`` or
@@ -31,13 +54,14 @@ import errno
 import fcntl
 import os
 import pwd
+import re
 import select
 import signal
 import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -83,6 +107,14 @@ class LaunchError(GovernorError):
     exit_code = EXIT_LAUNCH_FAILED
 
 
+#: PATH of the launched command (Debian's login.defs ENV_SUPATH / ENV_PATH)
+ROOT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+#: variables copied from the caller's environment (terminal and locale only)
+KEPT_VARS: Final = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
 @dataclass(frozen=True)
 class User:
     name: str
@@ -90,6 +122,7 @@ class User:
     gid: int
     groups: tuple[int, ...]
     home: str
+    shell: str = "/bin/sh"
 
 
 def resolve_user(spec: str) -> User:
@@ -99,7 +132,48 @@ def resolve_user(spec: str) -> User:
     except (KeyError, OverflowError):
         raise LaunchError(f"no such user {spec!r}") from None
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid,
-                tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)), pw.pw_dir)
+                tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)), pw.pw_dir,
+                pw.pw_shell or "/bin/sh")
+
+
+def parse_env_options(items: Iterable[str], caller: Mapping[str, str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` / ``--env NAME`` (copied from ``caller`` when set there, else
+    left out, as ``docker run -e``) -> the variables passed explicitly."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not _ENV_NAME.match(name):
+            raise LaunchError(f"--env {item!r}: {name!r} is not a variable name (letters, "
+                              "digits and _, not starting with a digit); write --env "
+                              "NAME=VALUE or --env NAME")
+        if "\0" in value:
+            raise LaunchError(f"--env {name}: the value contains a NUL byte")
+        if eq:
+            out[name] = value
+        elif name in caller:
+            out[name] = caller[name]
+    return out
+
+
+def launch_env(caller: Mapping[str, str], user: User | None,
+               explicit: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a launched command (see the module doc): an allow-list
+    copied from ``caller``, identity variables of ``user`` (the account the command runs
+    as: with no ``--user``, the caller's own), a safe ``PATH``, then ``explicit``."""
+    env = {k: v for k, v in caller.items() if k in KEPT_VARS or k.startswith("LC_")}
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
+    env["PATH"] = ROOT_PATH if user is None or user.uid == 0 else USER_PATH
+    env.update(explicit or {})
+    return env
+
+
+def _caller() -> User | None:
+    """The account governor runs as (None when its uid has no passwd entry)."""
+    try:
+        return resolve_user(str(os.getuid()))
+    except LaunchError:
+        return None
 
 
 def parse_unshare(spec: str | None) -> int:
@@ -157,6 +231,31 @@ def _wait(pid: int) -> int:
             continue
 
 
+def close_inherited(keep: int) -> None:
+    """Close every descriptor above 2 but ``keep`` (the error pipe, close-on-exec): the
+    command must not inherit a file or socket governor's caller had open."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, gone
+                os.close(fd)
+
+
+def verify_dropped(user: User) -> None:
+    """After setuid: raise unless every id is the user's and root cannot be regained."""
+    ids = (os.getresuid(), os.getresgid(), sorted(set(os.getgroups())))
+    want = ((user.uid,) * 3, (user.gid,) * 3, sorted(set(user.groups)))
+    if ids != want:
+        raise OSError(0, f"privileges not dropped to {user.name}: uids/gids/groups "
+                         f"{ids}, expected {want}")
+    if user.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise OSError(0, f"privileges not dropped to {user.name}: setuid(0) succeeded")
+
+
 def _fail(wfd: int, stage: str, err: int, detail: str) -> None:
     """In the child: report a failure to the parent and leave."""
     try:
@@ -176,6 +275,11 @@ def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         tree.move(fs, rel, os.getpid())  # join the group: everything after runs inside
+        stage = "descriptors"
+        close_inherited(wfd)
+        if user is not None:
+            stage = "session"
+            os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
         if flags:
             stage = "unshare"
             _check(_libc.unshare(flags), "unshare")
@@ -206,6 +310,7 @@ def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None
             os.setgroups(list(user.groups))
             os.setgid(user.gid)
             os.setuid(user.uid)
+            verify_dropped(user)
             _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         stage = "exec"
         os.execvpe(argv[0], list(argv), env)  # noqa: S606 - running the user's command is the point
@@ -338,8 +443,11 @@ def where_to_launch(tree: Tree, target: str) -> str:
 
 def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,
            hostname: str | None = None, user: str | None = None,
-           env: dict[str, str] | None = None, restart: Restart | None = None) -> int:
+           env: Mapping[str, str] | None = None, restart: Restart | None = None) -> int:
     """Run ``argv`` in group ``rel`` (relative to ``fs``); returns its exit code.
+
+    The command's environment is :func:`launch_env` of governor's own, with ``env`` the
+    variables passed explicitly (``--env``); nothing else of the caller's is passed.
 
     With ``restart`` (the group's ``oom.actions`` has ``restart``), a run that ends by
     SIGKILL while the group's OOM-kill counters went up is started again after the backoff,
@@ -359,9 +467,7 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
         raise LaunchError(f"group {rel} does not exist in {fs.root}: run `governor policy "
                           "apply` to create it")
     who = resolve_user(user) if user is not None else None
-    environ = dict(os.environ if env is None else env)
-    if who is not None:
-        environ.update(USER=who.name, LOGNAME=who.name, HOME=who.home)
+    environ = launch_env(os.environ, who if who is not None else _caller(), env)
     restarts = 0
     with _Supervisor() as sup:
         while True:

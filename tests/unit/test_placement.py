@@ -714,7 +714,7 @@ def test_launch_restarts_oom_killed_command_up_to_the_maximum(
     from governor.placement.launch import Restart, launch
 
     fs, g = _oom_group(tmp_path)
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
+    env = {"RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
     with fs:
         rc = launch(fs, "t/g", ["sh", "-c", _SCRIPT, "sh", mode], env=env,
                     restart=Restart(max_restarts=2, backoff=0.01))
@@ -735,7 +735,7 @@ def test_launch_without_restart_action_does_not_restart(tmp_path: Path) -> None:
     from governor.placement.launch import launch
 
     fs, g = _oom_group(tmp_path)
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
+    env = {"RUNS": str(tmp_path / "runs"), "EV": str(g / "memory.events")}
     with fs:
         assert launch(fs, "t/g", ["sh", "-c", _SCRIPT, "sh", "oom"], env=env) == 137
     assert (tmp_path / "runs").read_text().count("run") == 1
