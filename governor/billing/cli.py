@@ -23,7 +23,7 @@ from governor.billing.formats import FORMATS, render_invoices, render_usage
 from governor.billing.history import with_recorded_prices
 from governor.billing.plans import PolicyLike
 from governor.billing.report import By, Invoice, invoice, usage_report
-from governor.store.db import check_schema, make_engine, session_factory
+from governor.store.db import check_schema, connect, database_errors, session_factory
 from governor.store.models import Tenant
 
 
@@ -63,11 +63,13 @@ def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: da
               by: By = "group", fmt: str = "table", out: TextIO | None = None) -> None:
     """Print the usage report (see :func:`governor.billing.report.usage_report`)."""
     out = out or sys.stdout
-    engine = make_engine(database_url)
+    engine = connect(database_url)
     try:
-        check_schema(engine)
-        with session_factory(engine)() as session:
-            report = usage_report(session=session, tenant=tenant, start=start, end=end, by=by)
+        with database_errors(database_url, "read"):
+            check_schema(engine)
+            with session_factory(engine)() as session:
+                report = usage_report(session=session, tenant=tenant, start=start, end=end,
+                                      by=by)
         render_usage(report, fmt, out)
     finally:
         engine.dispose()
@@ -81,10 +83,10 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
     policy), else from ``policy``.  A progress bar shows on stderr when stdout is a
     terminal."""
     out = out or sys.stdout
-    engine = make_engine(database_url)
+    engine = connect(database_url)
     try:
-        check_schema(engine)
-        with session_factory(engine)() as session:
+        with database_errors(database_url, "read"), session_factory(engine)() as session:
+            check_schema(engine)
             policy = with_recorded_prices(policy, session)
             if tenant is not None:
                 tenants: Sequence[str] = [tenant]

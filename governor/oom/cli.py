@@ -95,14 +95,14 @@ def _table(rows: list[dict[str, Any]]) -> None:
 def events_command(cfg: Callable[[], Config], *, tenant: str | None, kind: str | None,
                    since: str | None, limit: int | None, fmt: str) -> None:
     """List OOM kills, OOM and limit events and early memory warnings."""
-    from governor.store.db import check_schema, make_engine, session_factory
+    from governor.store.db import check_schema, connect, database_errors, session_factory
 
     conf = cfg()
     start = parse_since(since) if since else None
-    engine = make_engine(conf.database_url)
+    engine = connect(conf.database_url)
     try:
-        check_schema(engine)
-        with session_factory(engine)() as session:
+        with database_errors(conf.database_url, "read"), session_factory(engine)() as session:
+            check_schema(engine)
             rows = query_events(session, tenant=tenant, kind=kind, since=start, limit=limit)
     finally:
         engine.dispose()

@@ -10,15 +10,33 @@ from typing import Any
 
 import click
 
-from governor.store.db import current_revision, head_revision, make_engine, upgrade
+from governor.store.db import (
+    connect,
+    current_revision,
+    database_errors,
+    head_revision,
+    missing_dirs,
+    upgrade,
+)
 
 
 def run_db_upgrade(database_url: str) -> tuple[str | None, str | None]:
-    """Migrate to the newest schema; returns ``(revision before, revision after)``."""
-    engine = make_engine(database_url)
+    """Migrate to the newest schema; returns ``(revision before, revision after)``.
+
+    A SQLite database's missing directories are created (mode 0700) and each is named on
+    stderr, as ``install -d`` would show: creating the database is this command's job, but
+    a typo in the path should not go unnoticed.  Failures are a
+    :class:`~governor.store.errors.DatabaseError` (URL masked, what failed, the fix)."""
+    with database_errors(database_url, "connect to"):
+        created = missing_dirs(database_url)
+    engine = connect(database_url)
+    for d in created:
+        click.echo(f"governor: created directory {d} (mode 0700) for the database", err=True)
     try:
-        before = current_revision(engine)
-        after = upgrade(engine)
+        with database_errors(database_url, "read"):
+            before = current_revision(engine)
+        with database_errors(database_url, "migrate"):
+            after = upgrade(engine)
         return before, after
     finally:
         engine.dispose()
@@ -26,9 +44,10 @@ def run_db_upgrade(database_url: str) -> tuple[str | None, str | None]:
 
 def run_db_current(database_url: str) -> tuple[str | None, str]:
     """``(revision of the database or None, revision this governor needs)``."""
-    engine = make_engine(database_url)
+    engine = connect(database_url)
     try:
-        return current_revision(engine), head_revision()
+        with database_errors(database_url, "read"):
+            return current_revision(engine), head_revision()
     finally:
         engine.dispose()
 

@@ -17,6 +17,7 @@ symlinks).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -29,11 +30,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from governor.store.errors import SchemaOutOfDate, SchemaTooNew, StoreError
+from governor.store.errors import DatabaseError, SchemaOutOfDate, SchemaTooNew, StoreError
 
 #: milliseconds a SQLite writer waits for the lock before giving up
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -56,6 +59,96 @@ def normalize_url(url: str | URL) -> URL:
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
     return u
+
+
+def mask_url(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and errors)."""
+    try:
+        return normalize_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(unparsable database URL)"
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, OSError) and orig.strerror:
+        name = errno.errorcode.get(orig.errno or 0, "")
+        text = f"[{name}] {orig.strerror}" if name else orig.strerror
+        return f"{text}: {orig.filename}" if orig.filename else text
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def _fix(u: URL, text: str) -> str:
+    """What the operator can do about ``text`` (the driver's message) on database ``u``."""
+    where = "database.url in the configuration file, --database or GOVERNOR_DATABASE"
+    low = text.lower()
+    if u.get_backend_name() == "sqlite":
+        path = Path(u.database or "")
+        uid = os.geteuid()
+        if "readonly" in low or "read-only" in low:
+            return (f"make {path} (and its -wal and -shm files) and its directory {path.parent} "
+                    f"writable by uid {uid}, or point {where} at a writable file")
+        if "no such table" in low:
+            return "run `governor db upgrade` to create the schema"
+        if "not a database" in low:
+            return f"{path} is not a SQLite database: point {where} at governor's database"
+        return (f"make sure the directory {path.parent} exists and that it and {path} are "
+                f"readable and writable by uid {uid}, or point {where} elsewhere")
+    if ("does not exist" in low and "relation" in low) or "undefinedtable" in low:
+        return "run `governor db upgrade` to create the schema"
+    if "password" in low or "authentication" in low or "role" in low:
+        return f"check the user and password in {where}, and the server's pg_hba.conf"
+    if "permission denied" in low or "read-only" in low:
+        return (f"grant the user {u.username or '(none)'} the rights it needs on database "
+                f"{u.database or '(none)'}, or use another user in {where}")
+    return (f"check that PostgreSQL runs and accepts connections at {u.host or 'localhost'}:"
+            f"{u.port or 5432} and that the database {u.database or '(none)'} exists "
+            f"({where})")
+
+
+@contextmanager
+def database_errors(url: str | URL, action: str) -> Iterator[None]:
+    """Turn what the driver, SQLAlchemy or Alembic raise while ``action``-ing the database
+    (``"connect to"``, ``"read"``, ``"write"``, ``"migrate"``) into a
+    :class:`DatabaseError`: the URL with its password masked, the driver's first line,
+    the fix.  Governor's own errors (an out-of-date schema...) pass unchanged."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError, CommandError) as exc:
+        u = normalize_url(url)
+        text = _first_line(exc)
+        if isinstance(u.password, str) and u.password:
+            text = text.replace(u.password, "***")
+        raise DatabaseError(mask_url(u), action, text, _fix(u, text)) from None
+
+
+def missing_dirs(url: str | URL) -> list[Path]:
+    """The directories of a SQLite database URL that do not exist yet, outermost first
+    (what :func:`make_engine` creates, mode 0700; ``governor db upgrade`` says so)."""
+    u = normalize_url(url)
+    database = u.database or ""
+    if u.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or database.startswith("file:"):
+        return []
+    out = []
+    d = Path(database).absolute().parent
+    while not d.exists() and d != d.parent:
+        out.append(d)
+        d = d.parent
+    return out[::-1]
+
+
+def connect(url: str | URL) -> Engine:
+    """:func:`make_engine` and a first connection, or a :class:`DatabaseError` saying the
+    database could not be connected to (for the commands: ``db``, ``usage``, ``bill``...)."""
+    with database_errors(url, "connect to"):
+        engine = make_engine(url)
+        try:
+            engine.connect().close()
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
 
 
 def _prepare_sqlite_file(database: str) -> None:

@@ -35,3 +35,19 @@ class SchemaTooNew(StoreError):
 
 class DatabaseUnavailable(StoreError):
     """The database cannot be reached (connection refused, file unreadable...)."""
+
+
+class DatabaseError(StoreError):
+    """A command could not connect to, read, write or migrate the database.
+
+    ``url`` is the database URL with its password masked, ``action`` what failed
+    ("connect to", "read", "write", "migrate"), ``reason`` the driver's first line (never
+    the password), ``fix`` what the operator can do.
+    """
+
+    def __init__(self, url: str, action: str, reason: str, fix: str) -> None:
+        self.url = url
+        self.action = action
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"cannot {action} the database {url}: {reason}. Fix: {fix}")

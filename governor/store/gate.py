@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from governor.errors import ConfigError
-from governor.store.db import check_schema, make_engine, normalize_url, scope_factory
+from governor.store.db import check_schema, make_engine, mask_url, normalize_url, scope_factory
 from governor.store.errors import DatabaseUnavailable, SchemaOutOfDate, SchemaTooNew, StoreError
 
 log = logging.getLogger("governor.store")
@@ -36,10 +36,7 @@ PG_CONNECT_TIMEOUT = 5
 
 def masked(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for logs and errors)."""
-    try:
-        return normalize_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "(unparsable database URL)"
+    return mask_url(url)
 
 
 def reason(exc: BaseException, *, secret: str | None = None) -> str:
