@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from governor.cgroupfs import accel
+from governor.policy.patterns import CMDLINE_MAX
 
 _c: types.ModuleType | None = accel.fastread()  # the reads of every exec, in C
 #: are the per-exec reads done by the C accelerator?
@@ -180,6 +181,8 @@ class Proc:
         except OSError as e:
             if _gone(e):
                 raise ProcessGone(self.pid) from e
+            if e.filename is None:  # read(2)'s errors name no file: say which one
+                raise OSError(e.errno, e.strerror, f"{self.base}/{name}") from e
             raise
         finally:
             os.close(fd)
@@ -307,9 +310,29 @@ class Proc:
         return self._comm
 
     def cmdline(self) -> str:
+        """The first :data:`~governor.policy.patterns.CMDLINE_MAX` bytes of the command
+        line, as :func:`parse_cmdline` joins it: a tenant's megabyte of arguments costs
+        one small read (issue 15; ``cmdline`` rules match no further)."""
         if self._cmdline is None:
-            self._cmdline = parse_cmdline(self._read("cmdline"))
+            self._cmdline = parse_cmdline(self._read_head("cmdline", CMDLINE_MAX))
         return self._cmdline
+
+    def _read_head(self, name: str, size: int) -> bytes:
+        """At most ``size`` bytes from the start of a procfs file, in one read(2)."""
+        try:
+            fd = os.open(f"{self.base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if _gone(e):
+                raise ProcessGone(self.pid) from e
+            raise
+        try:
+            return os.read(fd, size)
+        except OSError as e:
+            if _gone(e):
+                raise ProcessGone(self.pid) from e
+            raise
+        finally:
+            os.close(fd)
 
     def pidns(self) -> int:
         if self._pidns is None:

@@ -8,6 +8,7 @@ saying so, when the extension is not built.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -439,8 +440,10 @@ def _proc_read(proc: Path, pid: int, name: str, use_c: bool,
         return p.pidns()
     except procfs.ProcessGone:
         return "gone"
-    except (ValueError, IndexError) as e:
-        return "error", type(e) is ValueError or type(e) is IndexError
+    except ValueError:  # text not in the kernel's layout: ValueError from both
+        return "error", True
+    except OSError as e:  # errno and file name, from both
+        return "oserror", e.errno, e.filename
     finally:
         monkeypatch.undo()
 
@@ -585,3 +588,93 @@ def test_warm_thread_never_closes_a_descriptor_it_does_not_own(tmp_path: Path) -
                        stdin=subprocess.DEVNULL, timeout=60, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("True"), r.stdout
+
+
+# --- issue #15 item 17: /proc/PID/cgroup of any length; errors raised, not cleared -------
+
+_V1 = "".join(f"{i}:ctrl{i},other{i}:/{'d' * 180}/x{i}\n" for i in range(1, 60))
+LONG_CGROUP = [  # (case, text, the 0:: path): all longer than the C reader's old 8 KiB
+    ("v1 hierarchies then 0::", _V1 + "0::/gov/t/web\n", "/gov/t/web"),
+    ("0:: first, then v1", "0::/first\n" + _V1, "/first"),
+    ("a 20 KiB path", "0::/" + "/".join(["s" * 99] * 200) + "\n",
+     "/" + "/".join(["s" * 99] * 200)),
+    ("no 0:: line", _V1 * 2, None),
+    ("0:: line across 8 KiB", "x" * 8185 + "\n0::/across\n", "/across"),
+    ("no newline at the end", _V1 + "0::/end", "/end"),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), [c[1:] for c in LONG_CGROUP],
+                         ids=[c[0] for c in LONG_CGROUP])
+def test_item17_proc_cgroup_of_any_length_reads_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, want: str | None) -> None:
+    proc = new_proc(tmp_path)
+    add_process(proc, 50)
+    (proc / "50" / "cgroup").write_text(text)
+    assert len(text) > 8192
+    c = _proc_read(proc, 50, "cgroup", True, monkeypatch)
+    assert c == _proc_read(proc, 50, "cgroup", False, monkeypatch)
+    assert c == ("" if want is None else want)
+
+
+@pytest.mark.parametrize("name", ["cgroup", "stat"])
+def test_item17_proc_file_too_large_raises_efbig_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from governor.placement.procfs import PROC_FILE_MAX
+
+    proc = new_proc(tmp_path)
+    add_process(proc, 50)
+    text = _V1 if name == "cgroup" else REAL_STAT
+    (proc / "50" / name).write_text(text * (PROC_FILE_MAX // len(text) + 1))
+    want = ("oserror", errno.EFBIG, f"{proc}/50/{name}")
+    assert _proc_read(proc, 50, name, True, monkeypatch) == want
+    assert _proc_read(proc, 50, name, False, monkeypatch) == want
+
+
+def test_item17_proc_read_error_is_raised_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = new_proc(tmp_path)
+    add_process(proc, 50)
+    (proc / "50" / "cgroup").unlink()
+    (proc / "50" / "cgroup").mkdir()  # read(2): EISDIR
+    want = ("oserror", errno.EISDIR, f"{proc}/50/cgroup")
+    assert _proc_read(proc, 50, "cgroup", True, monkeypatch) == want
+    assert _proc_read(proc, 50, "cgroup", False, monkeypatch) == want
+
+
+def test_item17_c_pass_raises_an_error_it_cannot_hand_back(tmp_path: Path) -> None:
+    """An exception in the C pass that is no read or parse error (here raised once by a
+    file's parser: a MemoryError, an interrupt, a bug) ends the pass with it; it was
+    cleared, and the group read again as if nothing happened."""
+    from governor.cgroupfs import _fastread, reader
+
+    class Boom(Exception):
+        pass
+
+    calls = []
+    real = reader._FAST_SPEC[0][2]
+
+    def once(data: bytes) -> object:
+        calls.append(data)
+        if len(calls) == 1:
+            raise Boom("injected")
+        return real(data)
+
+    sub = create_child(tmp_path, "governor.slice")
+    create_child(create_child(sub, "acme"), "web")
+    # not the exact layout (two spaces): the C reader calls the file's Python parser
+    (sub / "acme" / "web" / "cpu.stat").write_text("usage_usec  5\n")
+    s = Sampler(CgroupFS(tmp_path, verify=False), "governor.slice", "n", slow_every=1000,
+                accelerated=True)
+    s.sample()  # slow tier, Python: opens the files
+    _fastread.configure_reader(
+        stats_type=GroupStats, stats_fields=tuple(GroupStats.__dataclass_fields__),
+        files=((0, "cpu", once), *reader._FAST_SPEC[1:]), psi_type=Psi, psiline_type=PsiLine)
+    try:
+        with pytest.raises(Boom, match="injected"):
+            s.sample()  # fast tier: the C pass
+        assert calls
+        assert [x.cpu_usage_usec for x in s.sample().samples] == [52083, 5]
+    finally:
+        reader._accelerated()  # the real configuration back
+        s.close()
