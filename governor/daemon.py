@@ -259,16 +259,51 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         from governor.security import InstanceLock, check_strict_modes
 
+        # first of all: a SIGHUP (logrotate, an eager `systemctl reload`) or SIGTERM that
+        # arrives during start-up must not kill the daemon with the signal's default
+        # action (issue #15).  Recorded here, acted on once running: a HUP reloads the
+        # policy right after the start's apply, a TERM ends start-up cleanly (exit 0).
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self._signals_before = self._install_signals()
         self.cfg = cfg
-        # as root, refuse configuration and policy files that others can change
-        check_strict_modes(*([cfg.source] if cfg.source else []), cfg.policy)
-        self.lock = InstanceLock(cfg.state_dir, cfg.subtree)
-        self.lock.acquire()  # one instance per subtree; a second start names the holder
         try:
+            # as root, refuse configuration and policy files that others can change
+            check_strict_modes(*([cfg.source] if cfg.source else []), cfg.policy)
+            self.lock = InstanceLock(cfg.state_dir, cfg.subtree)
+            # one instance per subtree; a second start names the holder.  The lock file is
+            # removed again when this start fails (and when the daemon stops)
+            self.lock.acquire()
+        except BaseException:
+            self._restore_signals()
+            raise
+        try:
+            failpoint("daemon.start")  # signal tests: a start-up that takes its time
+            self._stop_if_asked()
             self._setup(cfg)
         except BaseException:
-            self.lock.release()
+            self.lock.release(remove=True)
+            self._restore_signals()
             raise
+
+    def _stop_if_asked(self) -> None:
+        """A SIGTERM/SIGINT during set-up ends it here: exit status 0, nothing applied."""
+        if self.stop_event.is_set():
+            log.info("stop requested during start-up: exiting before the policy is applied")
+            raise SystemExit(0)
+
+    def _install_signals(self) -> dict[int, Any]:
+        """SIGHUP, SIGTERM, SIGINT -> :meth:`_on_signal`; the handlers they replace (none
+        outside the main thread, where Python cannot install one)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal)
+                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._signals_before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._signals_before = {}
 
     def _setup(self, cfg: Config) -> None:
         from governor.exporter.server import Exporter
@@ -281,12 +316,13 @@ class Daemon:
         from governor.store.gate import Database
         from governor.store.spool import Spool, SpoolingWriter
 
-        self.stop_event = threading.Event()
-        self.reload_event = threading.Event()
         self.jobs: list[tuple[str, float, Callable[[], Any]]] = []
         # the database is tried, not required: enforcement never waits for it
         self.db = Database(cfg.database_url, config_hint=cfg.source or "FILE")
-        self.db.check()
+        self.db.check()  # up to PG_CONNECT_TIMEOUT: a stop asked meanwhile ends it here
+        if self.stop_event.is_set():
+            self.db.dispose()
+            self._stop_if_asked()
         self.scope = self.db.scope
         self.notifier = Notifier()           # no-op unless started by systemd (Type=notify)
         self.watchdog = watchdog_interval()  # seconds between pings, or None
@@ -541,11 +577,24 @@ class Daemon:
         try:
             return self._run()
         finally:
-            self.lock.release()
+            self.lock.release(remove=True)
+            self._restore_signals()
+
+    def _close(self) -> None:
+        """Release what :meth:`_setup` opened (a start that ends before running)."""
+        if self.alerter is not None:
+            self.alerter.stop(timeout=1.0)
+        self.sampler.close()
+        self.tree.close()
+        self.db.dispose()
 
     def _run(self) -> int:
         from governor.security import protect_self
 
+        if self.stop_event.is_set():  # SIGTERM/SIGINT during start-up: nothing applied yet
+            log.info("stop requested during start-up: exiting before the policy is applied")
+            self._close()
+            return 0
         # before anything moves a process (self-protection, placement): see docs/placement.md
         apply_favordynmods(self.cfg, self.fs.root)
         # with the systemd driver the daemon stays in its own unit (governor.service): its
@@ -559,8 +608,8 @@ class Daemon:
             log.error("no valid policy to start with", extra={"path": self.cfg.policy})
             return 1
         self._policy_applied()
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        if self.reload_event.is_set():  # a SIGHUP during start-up: reloaded in the loop
+            log.info("reload requested during start-up: reloading now")
         sys.setswitchinterval(SWITCH_INTERVAL)
         connector = self.placer.start()
         # the policy is applied and placement runs: systemd may start what comes after us

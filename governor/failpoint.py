@@ -37,6 +37,8 @@ ENV = "GOVERNOR_FAILPOINTS"
 
 #: every failpoint placed in the code, and where (docs/operations.md lists them too)
 NAMES: dict[str, str] = {
+    "daemon.start": "governor/daemon.py Daemon.__init__: signal handlers installed and the "
+                    "instance lock taken, before the start-up's set-up (database, driver)",
     "enforce.apply.write": "governor/enforce/apply.py: before each cgroupfs write or create "
                            "of a plan (policy apply, reload, reconcile)",
     "metering.sample.group": "governor/metering/sampler.py: after each group read in a "

@@ -1,7 +1,8 @@
 """The daemon's own safety: one instance per subtree, strict file modes, self-protection.
 
 * :class:`InstanceLock`: an exclusive ``flock`` on ``<state_dir>/<subtree>.lock`` holding
-  the owner's pid; a second start names the holder.
+  the owner's pid; a second start names the holder.  The daemon removes the file when it
+  stops, and when its start fails.
 * :func:`check_strict_modes`: running as root, a configuration or policy file (or the
   policy directory) that someone other than root can change is refused, as sshd's
   StrictModes does: whoever can write the policy could otherwise steer a root daemon.
@@ -44,23 +45,40 @@ class InstanceLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise AlreadyRunning(
+                        f"another governor (pid {holder}) is running for this subtree: it "
+                        f"holds {self.path}; stop it first (one instance per subtree)"
+                        ) from None
+                raise
+            # the holder removes the file when it stops (release(remove=True)): a lock
+            # taken on a file it just unlinked is no lock; open the path again
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise AlreadyRunning(
-                    f"another governor (pid {holder}) is running for this subtree: it holds "
-                    f"{self.path}; stop it first (one instance per subtree)") from None
-            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """Drop the lock; ``remove``: and the lock file (unlinked while still held, so
+        no other process can have it in between)."""
         if self._fd is not None:
+            if remove:
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                        self.path.unlink()
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing drops the flock
