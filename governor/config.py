@@ -115,7 +115,10 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     basic_auth_user: str | None = None
-    basic_auth_password_sha256: str | None = None
+    basic_auth_password_sha256: str | None = None  # deprecated: web_config_file
+    web_config_file: str | None = None      # Prometheus web config: TLS, bcrypt users
+    exporter_request_timeout: float = 10.0  # TLS handshake, and each request, at most
+    exporter_max_connections: int = 64      # served at once; more are refused at once
     # [oom]
     oom_webhook_url: str | None = None      # alert action target; None: alerts only logged
     oom_webhook_timeout: float = 5.0
@@ -302,6 +305,9 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "tls_key": ("tls_key", _opt_str),
         "basic_auth_user": ("basic_auth_user", _opt_str),
         "basic_auth_password_sha256": ("basic_auth_password_sha256", _opt_str),
+        "web_config_file": ("web_config_file", _opt_str),
+        "request_timeout": ("exporter_request_timeout", _duration),
+        "max_connections": ("exporter_max_connections", _pos_int),
     },
     "oom": {
         "webhook_url": ("oom_webhook_url", _webhook),

@@ -10,17 +10,25 @@ database down, failed cgroup writes of the last apply: :meth:`Exporter.set_probl
 the governor runs but not fully.  ``/livez`` is the liveness check: 200 while publications
 are fresh, degraded or not (restarting the governor does not bring a database back).
 
-Loopback by default (``127.0.0.1:9717``).  TLS (certificate and key files) and basic auth
-(a user and the hex SHA-256 of its password, compared in constant time) are both optional
-and off unless configured.
+Loopback by default (``127.0.0.1:9717``).  TLS and basic auth are optional and off unless
+configured: ``[exporter] web_config_file`` names a Prometheus web configuration file
+(:mod:`governor.exporter.webconfig`: TLS with optional client certificates, bcrypt users,
+extra headers), as every Prometheus exporter takes it.  The older ``tls_cert``/``tls_key``
+settings still work; ``basic_auth_user`` with ``basic_auth_password_sha256`` (an unsalted
+SHA-256) still works for this release with a warning at start (docs/operations.md: how to
+move to a bcrypt hash).
+
+A slow or hostile client cannot stop the scrapes (issue #15): the TLS handshake runs in the
+connection's own thread with a deadline (``request_timeout``), each request (reading it and
+writing the answer) has the same deadline, enforced by the accept loop, which shuts down a
+connection past it; and at most ``max_connections`` connections are served at once, one more
+is answered 503 (plain HTTP) or closed (TLS) at once.  A malformed or non-ASCII
+``Authorization`` header is a 401.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
+import contextlib
 import json
 import logging
 import socket
@@ -32,6 +40,7 @@ from typing import Any
 
 from governor.errors import ConfigError
 from governor.exporter.render import CONTENT_TYPE, Rendering
+from governor.exporter.webconfig import Authenticator, WebConfig, load_web_config
 
 log = logging.getLogger("governor.exporter")
 
@@ -44,68 +53,144 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: seconds a client has for the TLS handshake and for each request (read and answer)
+REQUEST_TIMEOUT = 10.0
+#: connections served at once; one more is refused at once
+MAX_CONNECTIONS = 64
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: 23\r\nConnection: close\r\n\r\ntoo many connections, retry\n")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False
     exporter: Exporter
     tls: ssl.SSLContext | None = None
 
+    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 family: socket.AddressFamily, *, request_timeout: float,
+                 max_connections: int) -> None:
+        self.address_family = family
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        #: socket -> monotonic deadline of what it is doing (handshake, request)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self.refused = 0     # connections over max_connections
+        self.timed_out = 0   # connections shut down at their deadline
+        self._refused_logged = 0.0
+        super().__init__(addr, handler)
+
+    # -- deadlines: the accept loop (serve_forever) checks them every poll_interval -------
+    def watch(self, sock: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines[sock] = time.monotonic() + self.request_timeout
+
+    def unwatch(self, sock: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(sock, None)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [s for s, t in self._deadlines.items() if t <= now]
+            for s in late:
+                del self._deadlines[s]
+        for s in late:
+            self.timed_out += 1
+            # the plain socket's shutdown (not SSLSocket's, which drops its TLS state
+            # under the thread reading it): that thread's recv/send returns at once
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
+
+    # -- the connection cap ---------------------------------------------------------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged > 60:
+                self._refused_logged = now
+                log.warning("exporter connection refused: too many connections",
+                            extra={"client": client_address[0], "refused": self.refused})
+            if self.tls is None:
+                with contextlib.suppress(OSError):
+                    request.setblocking(False)
+                    request.send(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def finish_request(self, request: Any, client_address: Any) -> None:
-        # the TLS handshake runs here, in the request's own thread, so a slow or broken
-        # client never holds up the accept loop
-        if self.tls is not None:
+        request.settimeout(self.request_timeout)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # the TLS handshake runs here, in the connection's own thread and within the
+        # deadline: a client that connects and never sends its ClientHello holds this
+        # thread (and a connection slot) for request_timeout at most
+        try:
+            tls_sock = self.tls.wrap_socket(request, server_side=True,
+                                            do_handshake_on_connect=False)
+        except (OSError, ssl.SSLError) as e:
+            log.debug("tls failed", extra={"client": client_address[0], "error": str(e)})
+            return
+        try:
+            self.watch(tls_sock)
             try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as e:
-                log.debug("tls handshake failed", extra={"client": client_address,
+                tls_sock.do_handshake()
+            except (OSError, ssl.SSLError) as e:  # TimeoutError is an OSError
+                log.debug("tls handshake failed", extra={"client": client_address[0],
                                                          "error": str(e)})
                 return
-        super().finish_request(request, client_address)
-
-    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 family: socket.AddressFamily) -> None:
-        self.address_family = family
-        super().__init__(addr, handler)
+            finally:
+                self.unwatch(tls_sock)
+            super().finish_request(tls_sock, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls_sock.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "governor"
-    timeout = 30  # seconds a connection may sit idle
+    timeout = None  # the server sets request_timeout on the socket
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http " + format, *args)
+
+    def handle_one_request(self) -> None:
+        # reading the request and writing the answer: within request_timeout, in all (a
+        # socket timeout alone restarts at each byte a slow client trickles in)
+        self.server.watch(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.unwatch(self.connection)
 
     def _send(self, code: int, body: bytes, ctype: str,
               headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
+        for k, v in {**self.server.exporter.headers, **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _authorized(self) -> bool:
-        exp = self.server.exporter
-        if exp.auth_user is None:
-            return True
-        header = self.headers.get("Authorization", "")
-        scheme, _, blob = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(blob, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
-        digest = hashlib.sha256(password.encode()).hexdigest()
-        # both compared in constant time, and both always compared
-        ok_user = hmac.compare_digest(user.encode(), exp.auth_user.encode())
-        ok_pass = hmac.compare_digest(digest, exp.auth_sha256 or "")
-        return ok_user and ok_pass
+        return self.server.exporter.auth.check(self.headers.get("Authorization"))
 
     def do_GET(self) -> None:
         exp = self.server.exporter
@@ -149,7 +234,10 @@ class Exporter:
 
     def __init__(self, listen: str = "127.0.0.1:9717", *, tls_cert: str | None = None,
                  tls_key: str | None = None, auth_user: str | None = None,
-                 auth_sha256: str | None = None, stale_after: float = 60.0) -> None:
+                 auth_sha256: str | None = None, stale_after: float = 60.0,
+                 web_config: WebConfig | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.host, self._port = parse_listen(listen)
         if bool(tls_cert) != bool(tls_key):
             raise ConfigError("give both exporter.tls_cert and exporter.tls_key, or neither")
@@ -158,13 +246,32 @@ class Exporter:
                               "exporter.basic_auth_password_sha256, or neither")
         if auth_sha256 is not None and (len(auth_sha256) != 64 or not all(
                 c in "0123456789abcdefABCDEF" for c in auth_sha256)):
-            raise ConfigError("not the hex SHA-256 of a password (64 hex digits); make it "
-                              "with: printf %s 'PASSWORD' | sha256sum",
-                              key="exporter.basic_auth_password_sha256")
-        self.tls_cert = tls_cert or None
-        self.tls_key = tls_key or None
+            raise ConfigError("not the hex SHA-256 of a password (64 hex digits); better, "
+                              "move to a bcrypt hash in exporter.web_config_file "
+                              "(docs/operations.md)", key="exporter.basic_auth_password_sha256")
+        wc = web_config or WebConfig()
+        if wc.tls and tls_cert:
+            raise ConfigError("TLS is set twice: in exporter.tls_cert/tls_key and in the web "
+                              "configuration file's tls_server_config; keep one",
+                              key="exporter.web_config_file")
+        if wc.users and auth_user:
+            raise ConfigError("basic auth is set twice: exporter.basic_auth_user and the web "
+                              "configuration file's basic_auth_users; keep the file's",
+                              key="exporter.basic_auth_user")
+        if not request_timeout > 0 or max_connections < 1:
+            raise ConfigError("request_timeout must be positive, max_connections at least 1",
+                              key="exporter")
+        if tls_cert and tls_key:
+            wc.cert_file, wc.key_file = tls_cert, tls_key
+        self.web_config = wc
+        self.tls_cert = wc.cert_file
+        self.tls_key = wc.key_file
+        self.auth = Authenticator(wc.users, legacy_user=auth_user or None,
+                                  legacy_sha256=auth_sha256 or None)
         self.auth_user = auth_user or None
-        self.auth_sha256 = auth_sha256.lower() if auth_sha256 else None
+        self.headers = dict(wc.headers)
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
         self.stale_after = stale_after
         self.current = Rendering(b"")
         self.published_at: float | None = None  # monotonic time of the last publish
@@ -178,8 +285,16 @@ class Exporter:
     @classmethod
     def from_config(cls, cfg: Any, *, stale_after: float | None = None) -> Exporter:
         """From a :class:`~governor.config.Config` (stale after three sampling intervals)."""
+        wc = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
+        if cfg.basic_auth_user:
+            log.warning("exporter.basic_auth_password_sha256 is deprecated (an unsalted "
+                        "SHA-256) and goes in the next release: put the user with a bcrypt "
+                        "hash in a web configuration file (exporter.web_config_file, "
+                        "basic_auth_users; docs/operations.md)")
         return cls(cfg.listen, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                    auth_user=cfg.basic_auth_user, auth_sha256=cfg.basic_auth_password_sha256,
+                   web_config=wc, request_timeout=cfg.exporter_request_timeout,
+                   max_connections=cfg.exporter_max_connections,
                    stale_after=stale_after if stale_after is not None
                    else max(3 * cfg.sample_interval, 30.0))
 
@@ -222,22 +337,16 @@ class Exporter:
         if self._server is not None:
             return
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        tls = self.web_config.ssl_context() if self.web_config.tls else None
         try:
-            srv = _Server((self.host, self._port), _Handler, family)
+            srv = _Server((self.host, self._port), _Handler, family,
+                          request_timeout=self.request_timeout,
+                          max_connections=self.max_connections)
         except OSError as e:
             raise ConfigError(f"cannot listen on {self.host}:{self._port}: {e.strerror}",
                               key="exporter.listen") from e
         srv.exporter = self
-        if self.tls_cert and self.tls_key:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                ctx.load_cert_chain(self.tls_cert, self.tls_key)
-            except (OSError, ssl.SSLError) as e:
-                srv.server_close()
-                raise ConfigError(f"cannot load TLS certificate/key: {e}",
-                                  key="exporter.tls_cert") from e
-            srv.tls = ctx
+        srv.tls = tls
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="governor-exporter", daemon=True)
