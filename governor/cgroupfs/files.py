@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from governor.cgroupfs import accel
-from governor.cgroupfs.names import check_relpath
+from governor.cgroupfs.names import check_relpath, display_path
 from governor.errors import CgroupError, GroupBusy, GroupGone, NotCgroup2Error
 
 # the optional C accelerator (see reader.py): a listing without an object per file
@@ -55,7 +55,7 @@ def _openat2(dirfd: int, path: str, flags: int) -> int:
     if _openat2_ok is not False:
         how = _OpenHow(flags | os.O_CLOEXEC, 0,
                        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how),
+        fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
                            ctypes.sizeof(how))
         if fd >= 0:
             _openat2_ok = True
@@ -210,7 +210,8 @@ class CgroupFS:
         hint = explain(op, file, err)
         if cls is GroupGone and err == errno.ENOENT:
             hint = "the group does not exist"
-        return cls(op, str(self.path(rel)), file, err, value=value, hint=hint)
+        # a name the kernel reported may hold bytes that are not UTF-8 (issue #15)
+        return cls(op, display_path(str(self.path(rel))), file, err, value=value, hint=hint)
 
     # -- low level: file descriptors ---------------------------------------------------
     def open(self, rel: str, file: str | None, flags: int) -> int:

@@ -12,7 +12,9 @@ turns that into the directory below the cgroup mount and back:
 
 The read path (sampler, OOM watch, status, ``ps``) lists groups through the layout, so a
 directory that is no group of this layout (a scope, a foreign child) is never taken for
-one.
+one.  A directory name the policy could not hold (``web 2``, a runtime's long scope name,
+bytes that are not UTF-8) is data: it is listed under its key
+(:func:`~governor.cgroupfs.names.escape_name`) and found again by it (issue #15).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from governor.cgroupfs.names import check_relpath
+from governor.cgroupfs.names import escape_name, unescape_relpath
 from governor.errors import CgroupError, GroupGone
 
 if TYPE_CHECKING:
@@ -35,6 +37,9 @@ class Layout:
     #: whether governor writes ``cgroup.subtree_control`` itself (systemd does it for
     #: its slices when a unit asks for accounting)
     manages_controllers = True
+    #: whether governor makes the directories itself (and marks them: only a marked one is
+    #: ever removed); systemd makes its slices, which governor knows by the names it built
+    makes_dirs = True
 
     def __init__(self, subtree: str) -> None:
         self.subtree = subtree.strip("/")
@@ -45,9 +50,9 @@ class Layout:
 
     # -- logical -> physical -----------------------------------------------------------
     def path(self, rel: str) -> str:
-        """``tenant`` or ``tenant/group`` -> its directory relative to the cgroup mount
-        (``""`` -> the subtree itself)."""
-        return f"{self.subtree}/{check_relpath(rel)}" if rel else self.subtree
+        """``tenant`` or ``tenant/group`` (keys) -> its directory relative to the cgroup
+        mount (``""`` -> the subtree itself); InvalidName for a key no directory has."""
+        return f"{self.subtree}/{unescape_relpath(rel)}" if rel else self.subtree
 
     def placement_path(self, rel: str) -> str:
         """Where processes placed into group ``rel`` are written (its ``cgroup.procs``)."""
@@ -55,7 +60,10 @@ class Layout:
 
     def sample_prefix(self, paths: list[str]) -> str | dict[str, str]:
         """What the sampler's fast loop prepends to a logical path to find its directory:
-        a string prefix here; a mapping when directory names are not the logical ones."""
+        a string prefix here; a mapping when directory names are not the logical ones
+        (some key is escaped: ``\\xNN`` or cut)."""
+        if any("\\" in p or "~" in p for p in paths):
+            return {p: self.path(p) for p in paths}
         return f"{self.subtree}/"
 
     def unsettable(self, file: str) -> str | None:
@@ -70,17 +78,18 @@ class Layout:
 
     def tenant_of_dir(self, dirname: str) -> str | None:
         """A child directory of the subtree -> the tenant it is (None: not a tenant)."""
-        return dirname
+        return escape_name(dirname)
 
     def group_of_dir(self, tenant: str, dirname: str) -> str | None:
         """A child directory of a tenant's directory -> the group name (None: not one)."""
-        return dirname
+        return escape_name(dirname)
 
     def group_of(self, cgroup_path: str) -> str | None:
         """A process's cgroup (``/proc/PID/cgroup``, ``/``-rooted) -> the logical path
-        below the subtree it is in (None when outside the subtree)."""
+        below the subtree it is in, as keys (None when outside the subtree)."""
         if cgroup_path.startswith(self._prefix):
-            return cgroup_path[len(self._prefix):]
+            rest = cgroup_path[len(self._prefix):]
+            return "/".join(escape_name(p) for p in rest.split("/")) if rest else rest
         return None
 
     def placed(self, cgroup_path: str, target: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import threading
 import time
@@ -20,11 +21,13 @@ from governor.cgroupfs import accel
 from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
 from governor.cgroupfs.layout import Layout, as_layout
-from governor.cgroupfs.names import check_relpath
+from governor.cgroupfs.names import check_relpath, display_path
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
+from governor.driver import DELEGATE_XATTRS
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
 _fast = accel.fastread()  # keep_warm's writer thread
+log = logging.getLogger("governor.cgroupfs")
 
 #: the controllers governor manages (cgroup-v2.rst "Controllers")
 MANAGED_CONTROLLERS = ("cpu", "io", "memory", "pids")
@@ -69,28 +72,103 @@ def enable_controllers(fs: CgroupFS, rel: str, wanted: Iterable[str]) -> list[st
     return add
 
 
+#: the extended attribute on every directory governor makes (issue #15), its value the
+#: subtree of the instance that made it: a plan removes a directory only when it carries
+#: its own subtree here (never a runtime's scope, another instance's subtree, or what an
+#: operator made), as oomd (``trusted.oomd_*``) and systemd (``trusted.delegate``) mark
+#: cgroups.  ``trusted.*`` needs CAP_SYS_ADMIN; a governor without it (a delegated,
+#: unprivileged subtree) writes ``user.*`` (cgroup2 takes both since Linux 5.7).
+MANAGED_XATTR = "trusted.governor.managed"
+MANAGED_XATTR_USER = "user.governor.managed"
+
+
+def mark_managed(fs: CgroupFS, rel: str, owner: str) -> None:
+    """Mark ``rel`` as made by the governor of subtree ``owner`` (:data:`MANAGED_XATTR`);
+    CgroupError when neither xattr can be set."""
+    try:
+        fd = fs.open(rel, None, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise fs._error("mark", rel, None, e, owner) from e
+    try:
+        try:
+            os.setxattr(fd, MANAGED_XATTR, owner.encode())
+        except PermissionError:  # not CAP_SYS_ADMIN: the user namespace of xattrs
+            os.setxattr(fd, MANAGED_XATTR_USER, owner.encode())
+    except OSError as e:
+        raise CgroupError("mark", str(fs.path(rel)), None, e.errno or 0, value=owner,
+                          hint=f"cannot set the {MANAGED_XATTR} (or {MANAGED_XATTR_USER}) "
+                               "extended attribute: a kernel before 5.7, or no permission; "
+                               "governor will never remove this directory") from e
+    finally:
+        os.close(fd)
+
+
+def _xattr(fs: CgroupFS, rel: str, names: Iterable[str]) -> bytes | None:
+    """The value of the first of ``names`` that ``rel`` carries (None: none; a directory
+    that cannot be opened carries none)."""
+    try:
+        fd = fs.open(rel, None, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for name in names:
+            try:
+                return os.getxattr(fd, name)
+            except OSError as e:
+                if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                    continue
+                raise fs._error("read", rel, None, e) from e
+        return None
+    finally:
+        os.close(fd)
+
+
+def managed_by(fs: CgroupFS, rel: str) -> str | None:
+    """The subtree whose governor made ``rel`` (its :data:`MANAGED_XATTR`), or None."""
+    value = _xattr(fs, rel, (MANAGED_XATTR, MANAGED_XATTR_USER))
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def delegated_here(fs: CgroupFS, rel: str) -> bool:
+    """Whether ``rel`` itself was delegated (``trusted.delegate``/``user.delegate`` is 1,
+    as systemd marks a unit with Delegate=yes): what is below it is not governor's."""
+    value = _xattr(fs, rel, DELEGATE_XATTRS)
+    return value is not None and value.strip() in (b"1", b"yes", b"true")
+
+
 def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_CONTROLLERS,
-           *, enable_for_children: bool = False) -> list[str]:
+           *, enable_for_children: bool = False, owner: str | None = None) -> list[str]:
     """Create ``rel`` and any missing ancestors with ``controllers_wanted`` usable in it.
 
     Controllers are enabled top-down through each ancestor's ``cgroup.subtree_control``
     (the root of ``fs`` included).  With ``enable_for_children`` they are also enabled in
     ``rel`` itself (an inner node such as a tenant).  Returns the groups it created; if a
     step fails, the groups created by this call are removed again before the error is
-    raised.
+    raised.  With ``owner`` (the governor's subtree) each directory made is marked with it
+    right after its mkdir (:func:`mark_managed`; a mark that cannot be set is logged: the
+    directory then is never removed by governor).
     """
     want = list(controllers_wanted)
     made: list[str] = []
+
+    def mkdir(path: str) -> None:
+        fs.mkdir(path)
+        made.append(path)
+        if owner is not None:
+            try:
+                mark_managed(fs, path, owner)
+            except CgroupError as e:
+                log.warning("group made but not marked as governor's", extra={
+                    "path": e.path, "errno": e.errno, "error": str(e)})
+
     try:
         for anc in ancestors(rel):
             if anc and not fs.exists(anc):
-                fs.mkdir(anc)
-                made.append(anc)
+                mkdir(anc)
             if want:
                 enable_controllers(fs, anc, want)
         if not fs.exists(rel):
-            fs.mkdir(rel)
-            made.append(rel)
+            mkdir(rel)
         if enable_for_children and want:
             enable_controllers(fs, rel, want)
     except BaseException:
@@ -199,12 +277,32 @@ def procs_below(fs: CgroupFS, rel: str, *, depth: int = 8) -> list[int]:
     return out
 
 
-def remove(fs: CgroupFS, rel: str, *, retries: int = 8, backoff: float = 0.01) -> None:
+def not_ours(fs: CgroupFS, rel: str, owner: str) -> str | None:
+    """Why ``rel`` or a directory below it is not governor's to remove (None: all of
+    them carry ``owner``'s mark and none was delegated)."""
+    if managed_by(fs, rel) != owner:
+        return (f"/{display_path(rel)} was not created by governor (no {MANAGED_XATTR} "
+                f"= {owner})")
+    if delegated_here(fs, rel):
+        return (f"/{display_path(rel)} is delegated (trusted.delegate): what is below it "
+                "is not governor's")
+    for child in fs.children(rel):
+        why = not_ours(fs, f"{rel}/{child}", owner)
+        if why is not None:
+            return why
+    return None
+
+
+def remove(fs: CgroupFS, rel: str, *, owner: str | None = None, retries: int = 8,
+           backoff: float = 0.01) -> None:
     """Remove ``rel`` and its (empty) child groups, deepest first.
 
     Refuses a populated group (:class:`GroupBusy`): governor never kills a tenant's
-    processes to remove a group.  An EBUSY from rmdir on an unpopulated group (the last
-    task is still exiting) is retried with exponential backoff.
+    processes to remove a group.  With ``owner`` (the governor's subtree) it also refuses
+    when ``rel`` or a directory below it is not marked as made by that governor, or was
+    delegated (:func:`not_ours`): what a runtime or an operator made is never removed.  An
+    EBUSY from rmdir on an unpopulated group (the last task is still exiting) is retried
+    with exponential backoff.
     """
     check_relpath(rel)
     if not rel:
@@ -216,6 +314,9 @@ def remove(fs: CgroupFS, rel: str, *, retries: int = 8, backoff: float = 0.01) -
         raise GroupBusy("rmdir", str(fs.path(rel)), None, errno.EBUSY,
                         hint="the group still has processes; governor does not remove a "
                              "populated group (move or stop them first)")
+    if owner is not None and (why := not_ours(fs, rel, owner)) is not None:
+        raise GroupBusy("rmdir", str(fs.path(rel)), None, errno.EBUSY,
+                        hint=f"{why}; governor removes only the directories it made")
     for child in fs.children(rel):
         remove(fs, f"{rel}/{child}", retries=retries, backoff=backoff)
     delay = backoff

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, enable_controllers, remove
+from governor.cgroupfs.tree import (
+    MANAGED_CONTROLLERS,
+    create,
+    enable_controllers,
+    mark_managed,
+    remove,
+)
 from governor.enforce.plan import Action, Plan
 from governor.errors import CgroupError, GovernorError
 from governor.failpoint import failpoint
@@ -38,18 +44,22 @@ class Outcome:
             f": {self.error}" if self.error else "")
 
 
-def _do(fs: CgroupFS, a: Action) -> None:
+def _do(fs: CgroupFS, a: Action, owner: str | None) -> None:
+    """One write; ``owner`` (the plan's) marks what is made and bounds what is removed."""
     if a.kind == "create":
         inner = a.new is not None and a.new.startswith("enable")
-        create(fs, a.path, MANAGED_CONTROLLERS, enable_for_children=inner)
+        create(fs, a.path, MANAGED_CONTROLLERS, enable_for_children=inner, owner=owner)
     elif a.kind == "enable":
         assert a.new is not None
         enable_controllers(fs, a.path, [c.lstrip("+") for c in a.new.split()])
     elif a.kind == "set":
         assert a.file is not None and a.new is not None
         fs.write(a.path, a.file, a.new)
+    elif a.kind == "mark":
+        assert a.new is not None
+        mark_managed(fs, a.path, a.new)
     elif a.kind == "remove":
-        remove(fs, a.path)
+        remove(fs, a.path, owner=owner)
 
 
 #: carries out one write action (the cgroupfs writes below, or the systemd driver's calls)
@@ -66,7 +76,7 @@ def apply_plan(fs: CgroupFS, plan: Plan, *,
     group's birth before the directory exists, so no sample can see it first).
     ``execute`` carries out each action (default: the cgroupfs writes); it raises a
     :class:`GovernorError` for a refusal."""
-    run: Executor = execute if execute is not None else (lambda a: _do(fs, a))
+    run: Executor = execute if execute is not None else (lambda a: _do(fs, a, plan.owner))
     outcomes: list[Outcome] = []
     failed_groups: set[str] = set()
     for a in plan.actions:

@@ -12,7 +12,14 @@ Ordering rules (each a kernel constraint or a safety choice):
   when the quota goes below the current burst: then the burst is lowered first;
 * groups that left the policy are removed deepest first, and only when empty: a populated
   one is kept with its limits as they are (governor never kills a tenant's processes
-  because a file changed).
+  because a file changed);
+* only what governor made is ever removed (issue #15): with the cgroupfs driver a
+  directory carrying its mark (``trusted.governor.managed`` = the subtree, set at mkdir),
+  with nothing unmarked or delegated below it; anything else (a runtime's scope, a second
+  instance's subtree, what an operator made) is left and the plan says so in a note.
+  Tenants and groups are looked for two levels down; below a group nothing is governor's.
+  A directory an earlier governor made carries no mark: one the policy names is adopted
+  (marked), one it does not name is never removed.
 
 Values are compared as the kernel reads them back: memory sizes are rounded down to the
 page size (the kernel stores pages), ``io.max`` lines compared field by field.
@@ -29,7 +36,8 @@ from pathlib import Path
 from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
-from governor.cgroupfs.tree import populated
+from governor.cgroupfs.names import display_path
+from governor.cgroupfs.tree import delegated_here, managed_by, not_ours, populated
 from governor.enforce.desired import DesiredGroup, DesiredState
 from governor.errors import CgroupError, GovernorError, GroupGone
 
@@ -47,7 +55,8 @@ _MEMORY_SIZES = ("memory.min", "memory.low", "memory.high", "memory.max", "memor
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a plan.  ``kind``: create | enable | set | remove | keep | note."""
+    """One step of a plan.  ``kind``: create | enable | set | mark | remove | keep | note
+    (``mark``: an existing directory the policy names is marked as governor's)."""
 
     kind: str
     path: str                    # relative to the cgroup mount ("" = the mount root)
@@ -58,14 +67,14 @@ class Action:
 
     @property
     def is_write(self) -> bool:
-        return self.kind in ("create", "enable", "set", "remove")
+        return self.kind in ("create", "enable", "set", "mark", "remove")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def __str__(self) -> str:
-        sym = {"create": "+", "enable": "+", "set": "~", "remove": "-", "keep": "=",
-               "note": "!"}[self.kind]
+        sym = {"create": "+", "enable": "+", "set": "~", "mark": "*", "remove": "-",
+               "keep": "=", "note": "!"}[self.kind]
         where = "/" + self.path + (f" {self.file}" if self.file else "")
         if self.kind == "set":
             old = "(absent)" if self.old is None else self.old
@@ -83,13 +92,16 @@ class Action:
 class Plan:
     actions: list[Action] = field(default_factory=list)
     digest: str = ""
+    #: the mark of the directories this plan creates and may remove (the cgroupfs driver:
+    #: its subtree); None where governor makes no directories (systemd makes the slices)
+    owner: str | None = None
 
     @property
     def writes(self) -> list[Action]:
         return [a for a in self.actions if a.is_write]
 
     def summary(self) -> dict[str, int]:
-        out = dict.fromkeys(("create", "enable", "set", "remove", "keep", "note"), 0)
+        out = dict.fromkeys(("create", "enable", "set", "mark", "remove", "keep", "note"), 0)
         for a in self.actions:
             out[a.kind] += 1
         return out
@@ -102,7 +114,8 @@ class Plan:
                        else "") + ".")
         return (f"Plan: {s['create']} to create, {s['set']} to change, {s['enable']} "
                 f"controller enables, {s['remove']} to remove, {s['keep']} kept, "
-                f"{s['note']} notes.")
+                f"{s['note']} notes" + (f", {s['mark']} to mark as governor's"
+                                        if s["mark"] else "") + ".")
 
 
 # -- comparing values as the kernel reads them ---------------------------------------------
@@ -244,34 +257,57 @@ def _group_actions(fs: CgroupFS, path: str, want: DesiredGroup,
     return out + _order_group_sets(sets, {k: v for k, v in current.items() if v})
 
 
-def _removals(fs: CgroupFS, layout: Layout, desired: DesiredState) -> list[Action]:
+def _removals(fs: CgroupFS, layout: Layout, desired: DesiredState,
+              owner: str | None) -> list[Action]:
     out: list[Action] = []
     wanted = set()
     for p in desired.groups:
         with contextlib.suppress(GovernorError):  # unspellable: noted by make_plan
             wanted.add(layout.path(p))
 
-    def visit(path: str) -> None:
+    def visit(path: str, depth: int) -> None:
         for child in fs.children(path):
             if not layout.is_group_dir(child):
                 continue  # a scope (systemd collects it), or no group of this layout
             cpath = f"{path}/{child}"
             if cpath in wanted:
-                visit(cpath)
+                # tenants hold groups; below a group (a runtime's scopes) and below a
+                # delegated directory nothing is governor's
+                if depth < 2 and not (owner is not None and delegated_here(fs, cpath)):
+                    visit(cpath, depth + 1)
                 continue
             try:
+                why = not_ours(fs, cpath, owner) if owner is not None else None
                 busy = populated(fs, cpath)
             except CgroupError:
                 continue
-            if busy:
+            shown = display_path(cpath)
+            if why is not None:
+                out.append(Action("note", shown, reason=f"/{shown} not in the policy, left "
+                                  f"as it is: {why}"))
+            elif busy:
                 out.append(Action("keep", cpath, reason="left the policy but has processes: "
                                   "its limits stay as they are until it is empty"))
             else:
                 out.append(Action("remove", cpath, reason="left the policy, empty"))
 
     if fs.exists(layout.subtree):
-        visit(layout.subtree)
+        visit(layout.subtree, 1)
     return out
+
+
+def _adoptions(fs: CgroupFS, path: str, owner: str) -> list[Action]:
+    """A directory the policy names that carries no mark (an earlier governor made it, or
+    an operator did for it): marked now, so it can be removed once the policy drops it.
+    One marked by another governor (another subtree) is never taken: a note."""
+    mark = managed_by(fs, path)
+    if mark == owner:
+        return []
+    if mark is None:
+        return [Action("mark", path, new=owner, reason="named by the policy, made before "
+                       "governor marked its directories: adopted")]
+    return [Action("note", path, reason=f"/{path} is named by the policy but was made by the "
+                   f"governor of {mark}: it will never be removed by this one")]
 
 
 def _block_devices(sys_block: Path) -> dict[str, str]:
@@ -348,7 +384,8 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
     Reads only: nothing is written.
     """
     layout = as_layout(subtree)
-    plan = Plan(digest=desired.digest)
+    owner = layout.subtree if layout.makes_dirs else None
+    plan = Plan(digest=desired.digest, owner=owner)
     plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
     root = layout.subtree
     if not fs.exists(root):
@@ -375,8 +412,11 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
         if not layout.manages_controllers:
             want, before, notes = _expressible(layout, path, want, before)
             plan.actions.extend(notes)
-        plan.actions.extend(_group_actions(fs, path, want, before))
-    removals = _removals(fs, layout, desired)
+        actions = _group_actions(fs, path, want, before)
+        if owner is not None and (not actions or actions[0].kind != "create"):
+            actions[:0] = _adoptions(fs, path, owner)
+        plan.actions.extend(actions)
+    removals = _removals(fs, layout, desired, owner)
     # deepest first
     removals.sort(key=lambda a: -a.path.count("/"))
     plan.actions.extend(removals)

@@ -117,6 +117,7 @@ class SliceLayout(Layout):
 
     driver = "systemd"
     manages_controllers = False
+    makes_dirs = False  # systemd makes the slices: governor's are those with its names
 
     def __init__(self, subtree: str) -> None:
         super().__init__(check_subtree(subtree))
