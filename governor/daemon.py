@@ -472,6 +472,7 @@ class Daemon:
             db_write_errors=self.db_write_errors + self.oom.db_write_errors
             + self.oom_sink.failed,
             spool_depth=self.spool.pending_samples(),
+            spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
             sample_errors=dict(self.sampler.error_counts))
         self.exporter.publish(render(Snapshot(

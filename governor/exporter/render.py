@@ -92,6 +92,8 @@ class Health:
     db_write_errors: int | None = None
     #: samples waiting in the local spool
     spool_depth: int | None = None
+    #: spool writes that failed by errno name ("ENOSPC"...): ``Spool.write_errors``
+    spool_write_errors: Mapping[str, int] = field(default_factory=dict)
     #: OOM webhook deliveries by result ("ok", "failed", "dropped")
     alerts: Mapping[str, int] = field(default_factory=dict)
     #: groups whose sample failed, by reason, cumulative: ``Sampler.error_counts``
@@ -256,6 +258,9 @@ DB_ERRORS: Final = _m("governor_database_write_errors_total", COUNTER,
                       "Database writes that failed (samples spooled, events not stored).")
 SPOOL_DEPTH: Final = _m("governor_spool_depth", GAUGE,
                         "Samples waiting in the local spool for the database.")
+SPOOL_WRITE_ERRORS: Final = _m("governor_spool_write_errors_total", COUNTER,
+                               "Spool writes that failed (disk full, quota, I/O error) by "
+                               "errno; each lost batch is recorded as a gap.")
 ALERTS: Final = _m("governor_oom_alerts_total", COUNTER,
                    "OOM alert webhook deliveries by result.")
 SAMPLE_ERRORS: Final = _m("governor_sample_errors_total", COUNTER,
@@ -376,6 +381,8 @@ def render(snap: Snapshot) -> bytes:
                  (DB_ERRORS, h.db_write_errors), (SPOOL_DEPTH, h.spool_depth)):
         if v is not None:
             fam(out, m, [f"{m.name}{own}{fmt_value(v)}"])
+    fam(out, SPOOL_WRITE_ERRORS, _by_label(SPOOL_WRITE_ERRORS.name, "errno", node,
+                                           h.spool_write_errors))
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
     fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
     return "".join(out).encode()

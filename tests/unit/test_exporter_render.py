@@ -67,7 +67,8 @@ def _one_group() -> Snapshot:
                     pressure_warnings={"acme/web": 2},
                     health=Health(pass_duration=0.25, last_success=1700000000.5,
                                   reloads={"ok": 1, "invalid": 2}, drift={"memory.max": 1},
-                                  db_write_errors=0, spool_depth=5))
+                                  db_write_errors=0, spool_depth=5,
+                                  spool_write_errors={"ENOSPC": 2}))
 
 
 def test_values_units_and_labels() -> None:
@@ -99,6 +100,7 @@ def test_values_units_and_labels() -> None:
     assert s[("governor_drift_corrections_total", (("file", "memory.max"),
                                                    ("node", "n1")))] == 1
     assert s[("governor_spool_depth", (("node", "n1"),))] == 5
+    assert s[("governor_spool_write_errors_total", (("errno", "ENOSPC"), ("node", "n1")))] == 2
     assert s[("governor_last_sample_timestamp_seconds", (("node", "n1"),))] == 1700000000.5
     assert ("governor_placements_total", (("node", "n1"), ("result", "moved"))) not in s
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from governor.security import AlreadyRunning, InstanceLock, UnsafeFile, check_strict_modes
+from governor.security import (
+    AlreadyRunning,
+    InstanceLock,
+    StateDir,
+    UnsafeFile,
+    UnsafeStateDir,
+    check_strict_modes,
+)
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
@@ -82,3 +89,95 @@ def test_rejected_reload_keeps_policy(tmp_path: Path) -> None:
     f.chmod(0o646)
     assert not e.reload()
     assert e.policy.digest == digest and e.reloads["invalid"] == 1
+
+
+# -- issue #15 item 11: state_dir symlinks are not followed --------------------------------
+
+
+
+def _private(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_state_file_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    state = _private(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (state / "governor.slice.lock").symlink_to(victim)
+    with pytest.raises(UnsafeStateDir, match=r"governor.slice.lock: a symlink.*remove"):
+        InstanceLock(state, "governor.slice").acquire()
+    assert victim.read_text() == "precious\n"
+    from governor.store.spool import Spool
+    (state / "s.spool").symlink_to(victim)
+    spool = Spool(state / "s.spool", max_samples=10)
+    with pytest.raises(UnsafeStateDir, match=r"s\.spool: a symlink"):
+        bool(spool)
+    assert victim.read_text() == "precious\n"
+
+
+def test_state_file_hard_link_is_refused(tmp_path: Path) -> None:
+    state = _private(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, state / "governor.slice.lock")
+    with pytest.raises(UnsafeStateDir, match="2 hard links"):
+        InstanceLock(state, "governor.slice").acquire()
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("where", ["state", "parent"])
+def test_writable_state_dir_or_parent_is_refused(tmp_path: Path, where: str) -> None:
+    parent = tmp_path / "p"
+    parent.mkdir(mode=0o755)
+    state = parent / "state"
+    state.mkdir(mode=0o700)
+    (state if where == "state" else parent).chmod(0o777)
+    bad = state if where == "state" else parent
+    with pytest.raises(UnsafeStateDir, match=rf"{bad}: writable by group or others "
+                       rf"\(mode 0777\).*chmod go-w {bad}"):
+        InstanceLock(state, "s").acquire()
+    assert not (state / "s.lock").exists()
+
+
+def test_sticky_root_parent_is_fine_but_not_as_the_state_dir(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a sticky directory owned by root needs root to make")
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with InstanceLock(sticky / "state", "s") as lock:
+        assert lock.path.exists()
+    assert (sticky / "state").stat().st_mode & 0o777 == 0o700
+    with pytest.raises(UnsafeStateDir, match="writable by group or others"):
+        StateDir(sticky)
+
+
+def test_symlinked_component_followed_only_when_trusted(tmp_path: Path) -> None:
+    real = _private(tmp_path)
+    (tmp_path / "link").symlink_to(real)
+    d = StateDir(tmp_path / "link")
+    assert d.path == str(real)
+    d.close()
+    if os.geteuid() == 0:
+        os.lchown(tmp_path / "link", 65534, 65534)
+        with pytest.raises(UnsafeStateDir, match="a symlink owned by uid 65534"):
+            StateDir(tmp_path / "link")
+
+
+def test_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    state = _private(tmp_path)
+    with pytest.raises(UnsafeStateDir, match=r"state: owned by uid \d+, not root or uid \d+; "):
+        StateDir(state, euid=4242) if os.geteuid() != 0 else _as_owner(state)
+
+
+def _as_owner(state: Path) -> StateDir:
+    os.chown(state, 4242, 4242)
+    return StateDir(state, euid=0)
+
+
+def test_missing_state_dir_is_created_private(tmp_path: Path) -> None:
+    with InstanceLock(tmp_path / "a" / "b", "s") as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
