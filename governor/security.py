@@ -77,7 +77,16 @@ class StateDir:
         self.euid = os.geteuid() if euid is None else euid
         self.path = os.path.abspath(os.fspath(path))
         self.fd = -1
-        self.fd = self._walk(create)
+        try:
+            self.fd = self._walk(create)
+        except OSError as e:
+            where = e.filename or self.path
+            raise UnsafeStateDir(
+                self.path, f"cannot be opened or created: "
+                f"[{errno.errorcode.get(e.errno or 0, e.errno)}] {e.strerror}"
+                + (f" ({where})" if where != self.path else ""),
+                f"create {self.path} owned by root, mode 0700, or choose another state_dir"
+                ) from e
 
     def _judge(self, fd: int, path: str, *, last: bool) -> None:
         st = os.fstat(fd)
@@ -119,12 +128,15 @@ class StateDir:
                 except FileNotFoundError:
                     if not create:
                         raise
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, 0o700, dir_fd=fd)
-                    nxt = os.open(name, flags, dir_fd=fd)
+                    try:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(name, 0o700, dir_fd=fd)
+                        nxt = os.open(name, flags, dir_fd=fd)
+                    except OSError as e:
+                        raise OSError(e.errno, e.strerror, path) from None
                 except OSError as e:
                     if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
+                        raise OSError(e.errno, e.strerror, path) from None
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     if not stat.S_ISLNK(st.st_mode):
                         raise UnsafeStateDir(path, "not a directory",

@@ -181,3 +181,15 @@ def test_missing_state_dir_is_created_private(tmp_path: Path) -> None:
     with InstanceLock(tmp_path / "a" / "b", "s") as lock:
         assert lock.path.read_text().strip() == str(os.getpid())
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
+
+
+def test_state_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wall").write_text("a file\n")
+    with pytest.raises(UnsafeStateDir, match=r"wall/state: not a directory|wall: not a dir"):
+        InstanceLock(tmp_path / "wall" / "state", "s").acquire()
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    if os.geteuid() == 0:
+        pytest.skip("root creates directories whatever the mode says")
+    with pytest.raises(UnsafeStateDir, match=r"cannot be opened or created: \[EACCES\]"):
+        InstanceLock(ro / "state", "s").acquire()
