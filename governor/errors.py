@@ -37,6 +37,29 @@ class InvalidName(GovernorError, ValueError):
         super().__init__(f"invalid group name {name!r}: {reason}")
 
 
+class UnknownTenant(GovernorError):
+    """``--tenant`` (or ``--group``) names nothing governor knows: a usage error, exit 2 from
+    every command (usage, bill, events, ps, launch), with the same words everywhere.
+
+    ``where`` says what was searched (the policy file, the database), ``known`` lists what
+    exists, so the operator sees the typo.
+    """
+
+    exit_code = 2
+
+    def __init__(self, tenant: str, *, group: str | None = None,
+                 where: str = "not in the policy and never metered",
+                 known: list[str] | None = None) -> None:
+        self.tenant = tenant
+        self.group = group
+        what = f"group {tenant}/{group}" if group is not None else f"tenant {tenant!r}"
+        msg = f"unknown {what}: {where}"
+        if known is not None:
+            msg += f" ({'groups' if group is not None else 'tenants'}: " \
+                   f"{', '.join(sorted(known)) or 'none'})"
+        super().__init__(msg)
+
+
 class NotCgroup2Error(GovernorError):
     """The host has no usable cgroup v2 hierarchy (or the path given is not one)."""
 

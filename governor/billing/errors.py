@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from governor.errors import GovernorError
+from governor.errors import GovernorError, UnknownTenant
+
+__all__ = ["BillingError", "InvalidPeriod", "NoPricePlan", "UnknownTenant"]
 
 
 class BillingError(GovernorError):
     """A report or bill that cannot be made as asked."""
-
-
-class UnknownTenant(BillingError):
-    """The tenant is neither in the policy nor in the database (a usage error: exit 2)."""
-
-    exit_code = 2
-
-    def __init__(self, tenant: str) -> None:
-        self.tenant = tenant
-        super().__init__(f"unknown tenant {tenant!r}: not in the policy and never metered")
 
 
 class InvalidPeriod(BillingError):

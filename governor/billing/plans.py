@@ -59,7 +59,7 @@ def plan_for(policy: PolicyLike, tenant: str, *, known_tenants: set[str]) -> Pri
         if tenant in known_tenants:
             raise NoPricePlan(f"tenant {tenant!r} is no longer in the policy, so it has no "
                               f"price plan: add it back with a plan to bill its past usage")
-        raise UnknownTenant(tenant)
+        raise UnknownTenant(tenant, known=sorted(set(policy.tenants) | known_tenants))
     if entry.plan is None:
         raise NoPricePlan(f"tenant {tenant!r} has no price plan: set tenants.{tenant}.plan")
     plan = policy.plans.get(entry.plan)

@@ -295,8 +295,10 @@ def usage_report(*, session: Session, tenant: str | None = None, start: datetime
     _check_period(start, end)
     where: list[ColumnElement[bool]] = []
     if tenant is not None:
-        if tenant not in _known_tenants(session):
-            raise UnknownTenant(tenant)
+        known = _known_tenants(session)
+        if tenant not in known:
+            raise UnknownTenant(tenant, where="never metered in this database",
+                                known=sorted(known))
         where.append(Tenant.name == tenant)
     keys: Sequence[KeyColumn]
     if by in ("hour", "day"):

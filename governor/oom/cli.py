@@ -12,6 +12,7 @@ import click
 
 from governor.cli import FORMAT, config_options, emit_json
 from governor.config import Config
+from governor.errors import UnknownTenant
 from governor.oom.events import ALL_KINDS
 
 if TYPE_CHECKING:
@@ -47,6 +48,9 @@ def query_events(session: Session, *, tenant: str | None = None, kind: str | Non
          .outerjoin(Group, Group.id == OomEvent.group_id)
          .order_by(OomEvent.ts, OomEvent.id))
     if tenant is not None:
+        known = set(session.execute(select(Tenant.name)).scalars())
+        if tenant not in known:
+            raise UnknownTenant(tenant, where="never seen in this database", known=sorted(known))
         q = q.where(Tenant.name == tenant)
     if kind is not None:
         q = q.where(OomEvent.kind == kind)

@@ -15,7 +15,7 @@ from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.config import Config
-from governor.errors import GovernorError
+from governor.errors import GovernorError, UnknownTenant
 from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, host_pidns
 from governor.policy import Policy, load_policy
 
@@ -118,10 +118,12 @@ def register(main: click.Group) -> None:
         except GovernorError as e:
             raise LaunchError(str(e)) from e
         t = pol.tenants.get(tenant)
-        if t is None or group not in t.groups:
-            known = ", ".join(g.path for g in pol.groups()) or "none"
-            raise LaunchError(f"no group {tenant}/{group} in the policy {c.policy} "
-                              f"(groups: {known})")
+        if t is None:
+            raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
+                                known=list(pol.tenants))
+        if group not in t.groups:
+            raise UnknownTenant(tenant, group=group, where=f"not in the policy {c.policy}",
+                                known=[g.path for g in pol.groups()])
         oom = t.groups[group].oom
         restart = None
         if "restart" in oom.actions:
@@ -147,7 +149,8 @@ def register(main: click.Group) -> None:
         c = cfg()
         pol = load_policy([c.policy])
         if tenant is not None and tenant not in pol.tenants:
-            raise click.BadParameter(f"no tenant {tenant!r} in the policy", param_hint="--tenant")
+            raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
+                                known=list(pol.tenants))
         with open_tree(c, writes=False) as t:
             rows = ps_rows(t.fs, t.layout, pol, tenant=tenant)
         if fmt == "json":

@@ -61,8 +61,12 @@ def test_events_table(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "python3" in out and "4242" in out and "100.0 MiB" in out
     assert "missed while down" in out
-    assert main(["events", "--config", str(config), "--tenant", "nobody"]) == 0
+    assert main(["events", "--config", str(config), "--since", "2099-01-01"]) == 0
     assert "no events" in capsys.readouterr().out
+    # an unknown tenant is a usage error, as in usage/bill/ps/launch (tests/unit/
+    # test_unknown_tenant.py), not an empty list
+    assert main(["events", "--config", str(config), "--tenant", "nobody"]) == 2
+    assert "unknown tenant 'nobody'" in capsys.readouterr().err
 
 
 def test_bad_since_is_a_usage_error(config: Path) -> None:
