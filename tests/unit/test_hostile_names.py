@@ -130,14 +130,16 @@ def test_sampling_pass_samples_hostile_names_under_their_key(
         hostile: tuple[CgroupFS, str], accelerated: bool) -> None:
     fs, key = hostile
     s = Sampler(fs, "governor.slice", "n1", accelerated=accelerated)
-    for _ in range(3):  # the slow tier, the fast tier, the C fast pass once fds are open
-        p = s.sample()
-        assert p.errors == [] and p.gone == []
-        assert sorted(x.path for x in p.samples) == sorted([*GOOD, key, f"acme/{key}"])
-        odd = {x.path: x for x in p.samples}[f"acme/{key}"]
-        assert odd.tenant == "acme" and odd.group == key
-        assert odd.cpu_usage_usec == 52083 and odd.memory_current == 270336
-    s.close()
+    try:
+        for _ in range(3):  # the slow tier, the fast tier, the C fast pass once fds are open
+            p = s.sample()
+            assert p.errors == [] and p.gone == []
+            assert sorted(x.path for x in p.samples) == sorted([*GOOD, key, f"acme/{key}"])
+            odd = {x.path: x for x in p.samples}[f"acme/{key}"]
+            assert odd.tenant == "acme" and odd.group == key
+            assert odd.cpu_usage_usec == 52083 and odd.memory_current == 270336
+    finally:
+        s.close()
 
 
 def test_status_snapshot_and_oom_discovery_list_hostile_names(
@@ -147,8 +149,11 @@ def test_status_snapshot_and_oom_discovery_list_hostile_names(
         snap = take(fs, "governor.slice", reader)
     assert sorted(snap.groups) == sorted([*GOOD, key, f"acme/{key}"])
     w = OomWatcher(fs, "governor.slice", "n1", use_inotify=False)
-    w.rescan(startup=True)
-    assert sorted(w.discover()) == sorted([*GOOD, key, f"acme/{key}"])
+    try:
+        w.rescan(startup=True)
+        assert sorted(w.discover()) == sorted([*GOOD, key, f"acme/{key}"])
+    finally:
+        w.close()
 
 
 def test_plan_start_and_reconcile_go_on_over_hostile_names(
@@ -197,6 +202,7 @@ def test_hostile_keys_are_stored_for_billing(hostile: tuple[CgroupFS, str],
     fs, key = hostile
     s = Sampler(fs, "governor.slice", "n1", accelerated=False)
     samples = s.sample().samples
+    s.close()
     record_samples(session=session, node="n1", samples=samples)
     session.commit()
     assert key in set(session.execute(select(Tenant.name)).scalars())
