@@ -34,6 +34,7 @@
 #include <Python.h>
 #include <datetime.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -132,11 +133,14 @@ static PyObject *int_of(const char *p, Py_ssize_t n) {
     return PyLong_FromString(tmp, NULL, 10);
 }
 
+/* the length of the run of digits at p; 0 past 4,000 digits, so that such text is "not
+ * this layout" and goes to the Python parser (int() refuses 4,300 digits: its ParseError,
+ * not a bare ValueError from here) */
 static Py_ssize_t digits(const char *p, const char *end) {
     const char *q = p;
     while (q < end && *q >= '0' && *q <= '9')
         q++;
-    return q - p;
+    return q - p > 4000 ? 0 : q - p;
 }
 
 /* ``DIGITS\n`` */
@@ -1174,8 +1178,12 @@ static int stat_field(const char **q, const char *end, long long *out) {
     if (p >= end || *p < '0' || *p > '9')
         return -1;
     unsigned long long v = 0;
-    for (; p < end && *p >= '0' && *p <= '9'; p++)
-        v = v * 10 + (unsigned long long)(*p - '0');
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > ((unsigned long long)LLONG_MAX - d) / 10) /* past a long long (procfs.py) */
+            return -1;
+        v = v * 10 + d;
+    }
     if (p < end && *p != ' ' && *p != '\n')
         return -1;
     *out = neg ? -(long long)v : (long long)v;
@@ -1206,7 +1214,8 @@ static PyObject *stat_tuple(PyObject *where, const char *buf, ssize_t n) {
             close_ = p;
             break;
         }
-    if (open_ == NULL || close_ == NULL || close_ < open_ || close_ + 2 > end)
+    if (open_ == NULL || close_ == NULL || close_ < open_ || close_ + 2 > end ||
+        close_[1] != ' ')
         goto bad;
     const char *q = close_ + 2;
     while (q < end && *q == ' ')
@@ -1356,11 +1365,12 @@ static PyObject *proc_ns(PyObject *self, PyObject *arg) {
     }
     unsigned long long v = 0;
     for (const char *p = l + 1; p < r; p++) {
-        if (*p < '0' || *p > '9') {
+        unsigned d = (unsigned)(*p - '0');
+        if (*p < '0' || *p > '9' || v > (ULLONG_MAX - d) / 10) {
             PyErr_Format(PyExc_ValueError, "%U: not a namespace link: %s", arg, buf);
             return NULL;
         }
-        v = v * 10 + (unsigned long long)(*p - '0');
+        v = v * 10 + d;
     }
     return PyLong_FromUnsignedLongLong(v);
 }

@@ -227,7 +227,10 @@ class FlatKeyedBytes:
         for pattern, keys in self.layouts:
             m = pattern.fullmatch(data)
             if m is not None:
-                return dict(zip(keys, map(int, m.groups()), strict=True))
+                try:
+                    return dict(zip(keys, map(int, m.groups()), strict=True))
+                except ValueError:  # past int()'s 4,300 digits: the text parser says so
+                    break
         out = parse_flat_keyed(data.decode(), self.fmt)
         keys = tuple(out)
         if len(self.layouts) < self.max_layouts:
@@ -252,8 +255,11 @@ def parse_io_stat_bytes(data: bytes) -> dict[str, dict[str, int]]:
         m = match(data, pos)
         if m is None:
             return parse_io_stat(data.decode())
-        out[m[1].decode()] = {"rbytes": int(m[2]), "wbytes": int(m[3]), "rios": int(m[4]),
-                              "wios": int(m[5]), "dbytes": int(m[6]), "dios": int(m[7])}
+        try:
+            out[m[1].decode()] = {"rbytes": int(m[2]), "wbytes": int(m[3]), "rios": int(m[4]),
+                                  "wios": int(m[5]), "dbytes": int(m[6]), "dios": int(m[7])}
+        except ValueError:  # past int()'s 4,300 digits: the text parser says so
+            return parse_io_stat(data.decode())
         pos = m.end()
     return out
 
@@ -269,10 +275,13 @@ def parse_psi_bytes(data: bytes) -> Psi:
     m = _PSI.fullmatch(data)
     if m is None:
         return parse_psi(data.decode())
-    some = PsiLine(float(m[1]), float(m[2]), float(m[3]), int(m[4]))
-    if m[5] is None:
-        return Psi(some, None)
-    return Psi(some, PsiLine(float(m[5]), float(m[6]), float(m[7]), int(m[8])))
+    try:
+        some = PsiLine(float(m[1]), float(m[2]), float(m[3]), int(m[4]))
+        if m[5] is None:
+            return Psi(some, None)
+        return Psi(some, PsiLine(float(m[5]), float(m[6]), float(m[7]), int(m[8])))
+    except ValueError:  # past int()'s 4,300 digits: the text parser says so
+        return parse_psi(data.decode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +297,9 @@ class MountEntry:
     mount_options: tuple[str, ...] = ()
 
 
+_OCTAL: Final = re.compile("[0-7]{3}")
+
+
 def _unescape(s: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo octal
     if "\\" not in s:
@@ -295,7 +307,7 @@ def _unescape(s: str) -> str:
     out = []
     i = 0
     while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) + 1 and s[i + 1:i + 4].isdigit():
+        if s[i] == "\\" and _OCTAL.fullmatch(s, i + 1, i + 4):
             out.append(chr(int(s[i + 1:i + 4], 8)))
             i += 4
         else:
@@ -317,8 +329,12 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         rf = right.split()
         if len(lf) < 6 or len(rf) < 3:
             raise ParseError("mountinfo", line, "too few fields")
+        try:
+            ids = int(lf[0]), int(lf[1])
+        except ValueError:
+            raise ParseError("mountinfo", line, "a mount id is not an integer") from None
         out.append(MountEntry(
-            mount_id=int(lf[0]), parent_id=int(lf[1]), root=_unescape(lf[3]),
+            mount_id=ids[0], parent_id=ids[1], root=_unescape(lf[3]),
             mount_point=_unescape(lf[4]), fstype=rf[0], source=_unescape(rf[1]),
             super_options=tuple(rf[2].split(",")), mount_options=tuple(lf[5].split(",")),
         ))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import types
 from dataclasses import dataclass
@@ -54,17 +55,38 @@ class Stat(NamedTuple):
         return bool(self.flags & PF_KTHREAD)
 
 
+#: what the kernel separates procfs fields with (``str.split()`` would also take \t, \r,
+#: \x1c... and ``int()`` "+5", "1_0" or other scripts' digits: the C reader does not)
+_SEP: Final = re.compile("[ \n]+")
+_STATE: Final = re.compile("[^ \n]+")
+_NUM: Final = re.compile("-?[0-9]+")
+_LLONG_MAX: Final = (1 << 63) - 1
+
+
+def _num(s: str, what: str) -> int:
+    """A decimal field as the kernel prints it (a long long), else ValueError."""
+    if _NUM.fullmatch(s) is None or abs(v := int(s)) > _LLONG_MAX:
+        raise ValueError(f"{what}: not a decimal field: {s[:40]!r}")
+    return v
+
+
 def parse_stat(text: str) -> Stat:
     """``/proc/PID/stat``: ``pid (comm) state ppid ... flags(9) ... starttime(22) ...``.
 
-    Text not in that layout raises ValueError (as the C reader does)."""
+    Fields are separated by spaces (or newlines); text not in that layout raises
+    ValueError, exactly where the C reader (``_fastread.proc_stat``) does."""
     open_, close = text.find("("), text.rfind(")")
-    rest = text[close + 2:].split()
-    # rest[0] is field 3 (state): field N is rest[N - 3]
-    if open_ < 0 or close < open_ or len(rest) < 20:
+    if open_ < 0 or close < open_ or close + 2 > len(text) or text[close + 1] != " ":
         raise ValueError(f"not the kernel's /proc/PID/stat layout: {text[:200]!r}")
-    return Stat(comm=text[open_ + 1:close], state=rest[0], ppid=int(rest[1]),
-                flags=int(rest[6]), starttime=int(rest[19]), num_threads=int(rest[17]))
+    rest = text[close + 2:].lstrip(" ")
+    state = _STATE.match(rest)
+    # fields from 4 (ppid) on: field N is fields[N - 4]
+    fields = [f for f in _SEP.split(rest[state.end():]) if f] if state else []
+    if state is None or len(fields) < 19:
+        raise ValueError(f"not the kernel's /proc/PID/stat layout: {text[:200]!r}")
+    return Stat(comm=text[open_ + 1:close], state=state[0], ppid=_num(fields[0], "stat"),
+                flags=_num(fields[5], "stat"), starttime=_num(fields[18], "stat"),
+                num_threads=_num(fields[16], "stat"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +121,28 @@ def parse_status(text: str) -> Status:
 def parse_cgroup(text: str) -> str | None:
     """The cgroup v2 path (the ``0::`` line) of ``/proc/PID/cgroup``; None when there is
     none (a cgroup v1 only host)."""
-    for line in text.splitlines():
+    for line in text.split("\n"):  # (not splitlines: a path may hold \r or \x1c)
         if line.startswith("0::"):
             return line[3:]
     return None
 
 
 def parse_ns_link(target: str) -> int:
-    """``pid:[4026531836]`` (the target of ``/proc/PID/ns/pid``) -> 4026531836."""
-    start, end = target.index("["), target.rindex("]")
-    return int(target[start + 1:end])
+    """``pid:[4026531836]`` (the target of ``/proc/PID/ns/pid``) -> 4026531836; ValueError
+    for any other text (digits only between the first ``[`` and the last ``]``)."""
+    start, end = target.find("["), target.rfind("]")
+    inner = target[start + 1:end]
+    if start < 0 or end <= start + 1 or re.fullmatch("[0-9]+", inner) is None \
+            or int(inner) >= 1 << 64:
+        raise ValueError(f"not a namespace link: {target[:200]!r}")
+    return int(inner)
+
+
+def parse_children(data: bytes) -> list[int]:
+    """``/proc/PID/task/TID/children``: pids separated by spaces; ValueError for any other
+    text (as ``_fastread.proc_children``)."""
+    return [_num(f, "children") for f in _SEP.split(data.decode("utf-8", "surrogateescape"))
+            if f]
 
 
 def parse_cmdline(data: bytes) -> str:
@@ -374,7 +408,7 @@ class Proc:
                     out.extend(kids)
                     continue
             try:
-                out.extend(int(x) for x in self._read(f"task/{tid}/children").split())
+                out.extend(parse_children(self._read(f"task/{tid}/children")))
             except ProcessGone:  # the thread (or the process) exited meanwhile
                 continue
         return out
