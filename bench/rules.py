@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/rules.py [--rules 1000 8000] [--cmdline-kib 200]``
   every 100th a duplicate of an earlier rule, so the warnings are exercised), wall seconds
   (best of 3 below 2,000 rules, else one run) and the number of overlap warnings;
 * cmdline matching: one compiled rule of each hostile shape (``(a+)+$``, ``(a|a)*b``,
-  ``(.*a){12}``, ``(x+x+)+y``) and a plain one, searched against a command line of
+  ``(.*a){12}``, ``(x+x+)+y``, ``.*a.*y``) and a plain one, searched against a command line of
   ``--cmdline-kib`` KiB of ``a`` (the worst case for those shapes), through
   ``CompiledRule.matches`` on a fake ``/proc`` (the length cap of procfs included): ms per
   match, worst of 5.
@@ -60,7 +60,7 @@ def bench_overlap(n: int) -> None:
 
 
 def bench_cmdline(kib: int) -> None:
-    patterns = [r"(a+)+$", r"(a|a)*b", r"(.*a){12}", r"(x+x+)+y", r"--job=42( |$)"]
+    patterns = [r"(a+)+$", r"(a|a)*b", r"(.*a){12}", r"(x+x+)+y", r".*a.*y", r"--job=42( |$)"]
     with tempfile.TemporaryDirectory() as root:
         (Path(root) / "1").mkdir()
         (Path(root) / "1" / "cmdline").write_bytes(b"prog\0" + b"a" * (kib * 1024) + b"!\0")

@@ -18,6 +18,8 @@ non-matching rules cost one small read.
 * ``exe`` is the target of ``/proc/PID/exe`` (a file replaced since start reads as
   ``PATH (deleted)``, which a glob ending in ``*`` still matches).
 * ``cgroup`` globs the current cgroup v2 path; ``*`` crosses ``/`` (fnmatch).
+* ``cmdline`` is an RE2 pattern searched in the first 4096 bytes of the command line
+  (:mod:`governor.policy.patterns`: linear time whatever a tenant puts in its arguments).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 
 from governor.placement.procfs import Proc
 from governor.policy.model import ContainerMatch, MatchRule, Policy
+from governor.policy.patterns import CmdlinePattern, compile_cmdline
 
 
 def glob_re(pattern: str) -> re.Pattern[str]:
@@ -71,7 +74,7 @@ class CompiledRule:
     comm: re.Pattern[str] | None = None
     exe: re.Pattern[str] | None = None
     cgroup: re.Pattern[str] | None = None
-    cmdline: re.Pattern[str] | None = None
+    cmdline: CmdlinePattern | None = None
     container: bool | ContainerMatch | None = None
     init: re.Pattern[str] | None = None
 
@@ -140,7 +143,7 @@ def compile_rule(rule: MatchRule, target: str, label: str, *,
     if rule.cgroup is not None:
         c.cgroup = glob_re(rule.cgroup)
     if rule.cmdline is not None:
-        c.cmdline = re.compile(rule.cmdline)
+        c.cmdline = compile_cmdline(rule.cmdline)
     c.container = rule.container
     if isinstance(rule.container, ContainerMatch) and rule.container.init is not None:
         c.init = glob_re(rule.container.init)

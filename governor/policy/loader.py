@@ -42,6 +42,7 @@ from governor.policy.model import (
     PriceVersion,
     Tenant,
 )
+from governor.policy.patterns import PatternError, compile_cmdline
 from governor.policy.problems import PolicyInvalid, Problem, Severity, jsonable
 from governor.policy.units import MAX, Size, UnitError, show
 
@@ -604,10 +605,10 @@ def _match_rule(ctx: _Ctx, path: KeyPath, raw: object) -> MatchRule | None:
             elif key == "cmdline":
                 pattern = _str(value, "cmdline is a regular expression")
                 try:
-                    re.compile(pattern)
-                except (re.error, RecursionError, OverflowError, ValueError) as exc:
-                    raise _Bad(f"{show(value)} is not a valid regular expression: {exc}")\
-                        from None
+                    compile_cmdline(pattern)
+                except PatternError as exc:
+                    raise _Bad(f"{show(value)} is not a valid regular expression "
+                               f"(RE2 syntax): {exc}") from None
                 values[key] = pattern
             elif key == "on_exec":
                 if not isinstance(value, bool):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from governor.placement.rules import ContainerView, Exclusions, RuleSet
 from governor.policy import PolicyInvalid
 from governor.policy.loader import parse_policy
 from governor.policy.model import Policy
+from governor.policy.patterns import CMDLINE_MAX
 from tests.unit.procfs_fake import (
     HOST_NS,
     REAL_KTHREAD_STAT,
@@ -973,3 +975,50 @@ def test_keep_warm_settings(tmp_path: Path) -> None:
         key = text.split(" =")[0]
         assert f"placement.{key}" in str(e.value) and str(f) in str(e.value), str(e.value)
         assert words in str(e.value), str(e.value)
+
+
+# --- issue 15 item 5: cmdline rules cost bounded work whatever the command line -----------
+
+@pytest.mark.parametrize(("pattern", "matches"), [
+    (r"(a+)+$", True), (r"(a|a)*b", False), (r"(.*a){12}", True), (r"(x+x+)+y", False),
+    (r"([a-z]+)*[0-9]", False)])
+def test_cmdline_200kb_matched_fast_by_catastrophic_patterns(tmp_path: Path, pattern: str,
+                                                             matches: bool) -> None:
+    """Runs of "a" ended by "!": each pattern backtracks exponentially in Python's re on
+    such a run (the issue: 20 s for a milder one on 200 KB); RE2 on the capped line
+    answers in microseconds.  The 50 ms bound is far above the measured time
+    (bench/rules.py), so a loaded host does not flake."""
+    add_process(tmp_path, 500, comm="run", cmdline=["run", ("a" * 4000 + "!") * 50])
+    rules = RuleSet.from_policy(parse_policy([("p.toml", (
+        "[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\n"
+        f"cmdline = '{pattern}'\n"))]))
+    cv = ContainerView(HOST_NS, lambda p, ns: None)
+    p = Proc(str(tmp_path), 500)
+    t0 = time.perf_counter()
+    got = rules.first(p, cv)
+    elapsed = time.perf_counter() - t0
+    assert (got is not None) is matches  # on "run " + "a" * 4000 + "!" + "a" * 91
+    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+    assert len(p.cmdline()) == CMDLINE_MAX  # one page read, not 200 KB
+
+
+@pytest.mark.parametrize(("where", "matches"), [(100, True), (CMDLINE_MAX - 20, True),
+                                                (CMDLINE_MAX + 10, False)])
+def test_cmdline_rules_see_the_first_4096_bytes(tmp_path: Path, where: int,
+                                                matches: bool) -> None:
+    arg = "x" * (where - len("java ")) + " --job=42 " + "y" * 10_000
+    add_process(tmp_path, 501, comm="java", cmdline=["java", arg])
+    rules = RuleSet.from_policy(parse_policy([("p.toml", (
+        "[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\ncmdline = '--job=42( |$)'\n"))]))
+    got = rules.first(Proc(str(tmp_path), 501), ContainerView(HOST_NS, lambda p, ns: None))
+    assert (got is not None) is matches
+
+
+def test_cmdline_non_utf8_bytes_do_not_break_matching(tmp_path: Path) -> None:
+    d = add_process(tmp_path, 502, comm="tool")
+    (d / "cmdline").write_bytes(b"tool\0--name=\xff\xfe\0--mode=batch\0")
+    rules = RuleSet.from_policy(parse_policy([("p.toml", (
+        "[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\n"
+        "cmdline = '--name=.* --mode=batch$'\n"))]))
+    p = Proc(str(tmp_path), 502)
+    assert rules.first(p, ContainerView(HOST_NS, lambda p, ns: None)) is not None

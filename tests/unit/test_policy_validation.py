@@ -114,7 +114,7 @@ GROUP_ERRORS = [
     ("match-field", "[[tenants.acme.groups.web.match]]\nusr = \"www-data\"", "match[0].usr",
      "did you mean user?"),
     ("match-regex", "[[tenants.acme.groups.web.match]]\ncmdline = \"((\"",
-     "match[0].cmdline", "not a valid regular expression"),
+     "match[0].cmdline", "not a valid regular expression (RE2 syntax): missing )"),
     ("match-uid", "[[tenants.acme.groups.web.match]]\nuid = -3", "match[0].uid",
      "out of range"),
     ("match-user-type", "[[tenants.acme.groups.web.match]]\nuser = 33", "match[0].user",
@@ -485,3 +485,34 @@ def test_overlap_check_near_linear_work(monkeypatch: pytest.MonkeyPatch) -> None
     policy = parse_policy([("p.toml", text)])
     assert policy.warnings == ()
     assert calls <= 3 * n
+
+
+# --- issue 15 item 5: cmdline patterns need bounded work on a tenant's command line -------
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    (r"^(?=.*--prod).*java", "lookaround and backreferences are not supported"),
+    (r"(?<!x)worker", "lookaround and backreferences are not supported"),
+    (r"(\w+) \1", "lookaround and backreferences are not supported"),
+    (r"((a{100}){100}){100}", "too large for a linear-time match"),
+    (r"job\Z", r"write \z (end of text) or $"),
+])
+def test_cmdline_backtracking_patterns_refused_at_check(pattern: str, why: str) -> None:
+    toml_value = pattern.replace("\\", "\\\\")
+    text = (f"[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\n"
+            f'cmdline = "{toml_value}"\n')
+    with pytest.raises(PolicyInvalid) as e:
+        parse_policy([("p.toml", text)])
+    [problem] = e.value.problems
+    assert (problem.file, problem.line, problem.key, problem.value) == (
+        "p.toml", 3, "tenants.a.groups.w.match[0].cmdline", pattern)
+    assert why in problem.message
+    assert "is not a valid regular expression (RE2 syntax)" in problem.message
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|a)*b", r"(.*a){12}", r"(x+x+)+y",
+                                     r"^/usr/bin/python3(\.\d+)? .*manage\.py"])
+def test_cmdline_catastrophic_shapes_are_accepted_and_linear(pattern: str) -> None:
+    # shapes that backtrack exponentially in Python's re are harmless in RE2: accepted
+    text = f"[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\ncmdline = '{pattern}'\n"
+    policy = parse_policy([("p.toml", text)])
+    assert policy.tenants["a"].groups["w"].match[0].cmdline == pattern
