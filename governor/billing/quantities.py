@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from governor.store.models import Group, HourlyRollup, Tenant
@@ -82,34 +83,39 @@ def share(total: int, hour: datetime, p: datetime, q: datetime) -> int:
 
 
 #: SQLite's SUM() of integers stops with "integer overflow" past 2**63 - 1 (a year of a
-#: big group's rollups gets there, issue #15): there each sum is taken in two halves, the
-#: high bits (``x >> 32``) and the low 32 bits (``x & 0xFFFFFFFF``), whose sums stay below
-#: 2**63 for 2**31 rows, and put together exactly in Python (:func:`exact`).  PostgreSQL's
-#: SUM(bigint) is a NUMERIC already: exact as it is.
+#: big group's rollups can get there, issue #15).  A query that overflows is run again with
+#: each sum taken in two halves, the high bits (``x >> 32``) and the low 32 bits
+#: (``x & 0xFFFFFFFF``), whose sums stay below 2**63 for 2**31 rows, put together exactly
+#: in Python (:func:`exact`).  Only then: the halves cost about half as much again (bench/
+#: bill.py).  PostgreSQL's SUM(bigint) is a NUMERIC: exact as it is, never split.
 _LOW_BITS = 32
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
 
-def exact_sum(expr: ColumnElement[Any] | InstrumentedAttribute[Any], dialect: str
+def exact_sum(expr: ColumnElement[Any] | InstrumentedAttribute[Any], split: bool
               ) -> list[ColumnElement[Any]]:
-    """The columns that sum ``expr`` exactly on ``dialect``: one on PostgreSQL, two
-    (high and low bits) on SQLite; :func:`exact` turns a row's values back into ints."""
-    if dialect != "sqlite":
+    """The columns that sum ``expr``: one, or two (high and low bits) when ``split``;
+    :func:`exact` turns a row's values back into ints."""
+    if not split:
         return [func.coalesce(func.sum(expr), 0)]
     return [func.coalesce(func.sum(expr.op(">>")(_LOW_BITS)), 0),
             func.coalesce(func.sum(expr.op("&")(_LOW_MASK)), 0)]
 
 
-def exact(values: Sequence[Any], dialect: str) -> list[int]:
+def exact(values: Sequence[Any], split: bool) -> list[int]:
     """The integer sums of a row's :func:`exact_sum` columns (in order)."""
-    if dialect != "sqlite":
+    if not split:
         return [int(v) for v in values]
     return [(int(hi) << _LOW_BITS) + int(lo) for hi, lo in zip(values[::2], values[1::2],
                                                                strict=True)]
 
 
-def _sums(dialect: str) -> list[ColumnElement[Any]]:
-    return [c for f in FIELDS for c in exact_sum(getattr(HourlyRollup, f), dialect)]
+def _sums(split: bool) -> list[ColumnElement[Any]]:
+    return [c for f in FIELDS for c in exact_sum(getattr(HourlyRollup, f), split)]
+
+
+def _overflowed(exc: OperationalError) -> bool:
+    return "integer overflow" in str(exc.orig)
 
 
 def sum_range(
@@ -121,10 +127,30 @@ def sum_range(
     where: Sequence[ColumnElement[bool]] = (),
 ) -> dict[tuple[Any, ...], Totals]:
     """Totals of the rollups over ``[start, end)`` grouped by ``keys`` (columns of
+    ``rollups_hourly``, ``groups`` and ``tenants``); exact past 2**63 (see ``exact_sum``)."""
+    try:
+        return _sum_range(session=session, start=start, end=end, keys=keys, where=where,
+                          split=False)
+    except OperationalError as exc:
+        if not _overflowed(exc):
+            raise
+        return _sum_range(session=session, start=start, end=end, keys=keys, where=where,
+                          split=True)
+
+
+def _sum_range(
+    *,
+    split: bool,
+    session: Session,
+    start: datetime,
+    end: datetime,
+    keys: Sequence[KeyColumn],
+    where: Sequence[ColumnElement[bool]] = (),
+) -> dict[tuple[Any, ...], Totals]:
+    """Totals of the rollups over ``[start, end)`` grouped by ``keys`` (columns of
     ``rollups_hourly``, ``groups`` and ``tenants``)."""
     out: dict[tuple[Any, ...], Totals] = {}
-    dialect = session.get_bind().dialect.name
-    base = (select(*keys, *_sums(dialect))
+    base = (select(*keys, *_sums(split))
             .select_from(HourlyRollup)
             .join(Group, Group.id == HourlyRollup.group_id)
             .join(Tenant, Tenant.id == Group.tenant_id)
@@ -134,7 +160,7 @@ def sum_range(
         q = base.where(HourlyRollup.hour >= full_from, HourlyRollup.hour < full_to)
         for row in session.execute(q.group_by(*keys)):
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
-            t.add(Totals(*exact(row[len(keys):], dialect)))
+            t.add(Totals(*exact(row[len(keys):], split)))
     partial = {hour_floor(start)} if hour_floor(start) != start else set()
     if hour_floor(end) != end:
         partial.add(hour_floor(end))
@@ -143,7 +169,7 @@ def sum_range(
             continue
         q = base.where(HourlyRollup.hour == hour)
         for row in session.execute(q.group_by(*keys)):
-            values = [share(v, hour, start, end) for v in exact(row[len(keys):], dialect)]
+            values = [share(v, hour, start, end) for v in exact(row[len(keys):], split)]
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
             t.add(Totals(*values))
     return out
@@ -165,6 +191,25 @@ ReservationTable = dict[tuple[int, int, int], int]
 
 def sum_pieces(
     *,
+    session: Session,
+    pieces: Sequence[tuple[datetime, datetime]],
+    group_ids: Select[tuple[int]],
+    reserved: ReservationTable | None = None,
+) -> dict[tuple[int, int, int], PieceTotals]:
+    """:func:`_sum_pieces`, exact past 2**63 (see ``exact_sum``)."""
+    try:
+        return _sum_pieces(session=session, pieces=pieces, group_ids=group_ids,
+                           reserved=reserved, split=False)
+    except OperationalError as exc:
+        if not _overflowed(exc):
+            raise
+        return _sum_pieces(session=session, pieces=pieces, group_ids=group_ids,
+                           reserved=reserved, split=True)
+
+
+def _sum_pieces(
+    *,
+    split: bool,
     session: Session,
     pieces: Sequence[tuple[datetime, datetime]],
     group_ids: Select[tuple[int]],
@@ -201,7 +246,7 @@ def sum_pieces(
         # memory rather than in an external merge (default work_mem is 4 MB); this
         # transaction only
         session.execute(text("SET LOCAL work_mem = '64MB'"))
-    sums = _sums(dialect)
+    sums = _sums(split)
     ids = group_ids.subquery()
     gid = next(iter(ids.c))
     res = None
@@ -226,8 +271,8 @@ def sum_pieces(
     def max_sums(res: Table, node_matches: ColumnElement[bool]) -> list[ColumnElement[Any]]:
         wins = and_(node_matches, cast(h.memory_byte_seconds, Float) * 1e6
                     < cast(res.c.reserved, Float) * h.covered_us)
-        return [*exact_sum(case((wins, 0), else_=h.memory_byte_seconds), dialect),
-                *exact_sum(case((wins, h.covered_us), else_=0), dialect)]
+        return [*exact_sum(case((wins, 0), else_=h.memory_byte_seconds), split),
+                *exact_sum(case((wins, h.covered_us), else_=0), split)]
 
     def collect(rows: Any, i: int, with_res: bool, multi: set[int] | None) -> None:
         """Rows (group, node low, node high, sums...) into ``out``; groups seen on several
@@ -237,7 +282,7 @@ def sum_pieces(
                 assert multi is not None
                 multi.add(row[0])
                 continue
-            values = exact(row[3:], dialect)
+            values = exact(row[3:], split)
             t = PieceTotals(*values[: len(FIELDS)])
             if with_res:
                 t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]

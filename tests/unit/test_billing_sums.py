@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governor.billing.quantities import HOUR_US
+from governor.billing.quantities import HOUR_US, sum_pieces
 from governor.billing.report import GIB, _amount, invoice, usage_report
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.models import Group
@@ -90,3 +91,14 @@ def test_sums_past_2_63_are_exact(session: Session, years: int) -> None:  # noqa
     [cut] = usage_report(session=session, start=T0 + half, end=end - half, by="group").rows
     exact_cpu = want["cpu_usec"] - BIG // 2 - (BIG + 977 * (hours - 1) + 1) // 2
     assert cut.cpu_core_hours == (D(exact_cpu) / D(HOUR_US)).quantize(D("1e-9"))
+
+    # the "max" basis sums (usage wins / reserved time) past 2**63 too: with 20 TiB
+    # reserved the reservation wins every hour, with 1 TiB the usage does
+    [(node_id, gid)] = session.execute(select(Group.node_id, Group.id)).all()
+    for reserved, wins, covered in ((20 << 40, 0, hours * HOUR_US),
+                                    (1 << 40, want["memory_byte_seconds"], 0)):
+        [t] = sum_pieces(session=session, pieces=[(T0, end)], group_ids=select(Group.id),
+                         reserved={(node_id, gid, 0): reserved}).values()
+        assert (t.cpu_usec, t.memory_byte_seconds) == (want["cpu_usec"],
+                                                       want["memory_byte_seconds"])
+        assert (t.mem_usage_wins, t.covered_reserved_us) == (wins, covered)
