@@ -75,6 +75,8 @@ def register(main: click.Group) -> None:
         """Show the writes that would make the kernel match the policy (nothing is written)."""
         c = cfg()
         pol = load_policy([c.policy])
+        for w in pol.warnings:  # an empty policy, overlapping rules: said before the plan
+            click.echo(f"governor: {w}", err=True)
         with open_tree(c, writes=False) as t:
             plan = make_plan(t.fs, t.layout, desired_state(pol),
                              iocost_devices=c.iocost_devices)
@@ -96,6 +98,8 @@ def register(main: click.Group) -> None:
         """
         c = cfg()
         pol = load_policy([c.policy])   # validation finishes before the first write
+        for w in pol.warnings:
+            click.echo(f"governor: {w}", err=True)
         with open_tree(c) as t:
             plan = make_plan(t.fs, t.layout, desired_state(pol),
                              iocost_devices=c.iocost_devices)

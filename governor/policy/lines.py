@@ -3,12 +3,15 @@
 tomllib reports positions only for syntax errors, so for a semantic problem we scan the
 text: every ``[table]`` / ``[[array]]`` header and every ``key = ...`` line is indexed under
 its full dotted path (array tables get ``[i]`` suffixes, counted in file order).  A lookup
-answers only when exactly one line has that path, falling back to the nearest parent key;
-anything clever (keys inside multi-line inline tables, odd quoting) just yields ``None``.
+answers only when exactly one line has that path; a path no line defines itself (a table
+made implicitly by a dotted key such as ``memroy.max = 1``, or by a sub-table header) is
+the first line below it; else the nearest parent key's line.  Anything clever (keys inside
+multi-line inline tables, odd quoting) just yields ``None``.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -54,6 +57,8 @@ class LineIndex:
         # array-of-tables path -> index of its latest item (O(1) lookups: policies with
         # thousands of groups must not make this quadratic)
         self._array_last: dict[str, int] = {}
+        # path -> first line defining something below it (implicit tables)
+        self._first_below: dict[str, int] = {}
         counters: dict[str, int] = defaultdict(int)
         table: list[str | int] = []
         in_multiline: str | None = None
@@ -71,17 +76,25 @@ class LineIndex:
                     table.append(counters[base])
                     self._array_last[base] = counters[base]
                     counters[base] += 1
-                self._lines[path_key(table)].append(number)
+                self._add(table, number)
                 continue
             keyline = _KEYLINE_RE.match(line)
             if keyline:
                 full = [*table, *_parts(keyline.group(1))]
-                self._lines[path_key(full)].append(number)
+                self._add(full, number)
                 rest = line[keyline.end():]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
                         in_multiline = quote
                         break
+
+    def _add(self, path: list[str | int], number: int) -> None:
+        key = ""
+        for part, after in itertools.pairwise(path):  # each proper prefix, as path_key has it
+            key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + part
+            if not isinstance(after, int):  # an array of tables itself stays ambiguous
+                self._first_below.setdefault(key, number)
+        self._lines[path_key(path)].append(number)
 
     def _resolve(self, parts: list[str]) -> list[str | int]:
         """Headers name absolute paths, but ``[a.b]`` after ``[[a]]`` continues the last
@@ -98,11 +111,15 @@ class LineIndex:
         return self._array_last.get(prefix)
 
     def find(self, path: Sequence[str | int]) -> int | None:
-        """The line of ``path`` (or of its nearest parent found), when unambiguous."""
+        """The line of ``path`` (or the first line below it when it is an implicit table,
+        or the line of its nearest parent found), when unambiguous."""
         parts = list(path)
+        below = self._first_below.get(path_key(parts))
         while parts:
             lines = self._lines.get(path_key(parts))
             if lines:
                 return lines[0] if len(lines) == 1 else None
+            if below is not None:
+                return below
             parts.pop()
         return None

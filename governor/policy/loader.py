@@ -346,7 +346,11 @@ def _flatten(table: Mapping[str, object], known: frozenset[str]) -> dict[str, ob
 
 
 def _unknown(ctx: _Ctx, base: KeyPath, name: str, value: object, known: Iterable[str]) -> None:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    close: list[str] = []
+    if isinstance(value, dict) and len(value) == 1:  # memroy.max = ...: compare it whole
+        close = difflib.get_close_matches(f"{name}.{next(iter(value))}", sorted(known), n=1,
+                                          cutoff=0.8)
+    close = close or difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     ctx.add((*base, name), value, f"unknown key {name}{hint}")
 
@@ -951,7 +955,7 @@ def _in_file_order(problems: list[Problem]) -> list[Problem]:
 
 
 def _build(docs: Sequence[_Doc], problems: list[Problem],
-           device_resolver: DeviceResolver | None) -> Policy:
+           device_resolver: DeviceResolver | None, given: Sequence[str] = ()) -> Policy:
     ctx = _Ctx(resolver=device_resolver or stat_block_device, problems=problems)
     tenants: dict[str, Tenant] = {}
     plans: dict[str, PricePlan] = {}
@@ -1003,6 +1007,8 @@ def _build(docs: Sequence[_Doc], problems: list[Problem],
             ctx.add(("tenants", tenant_name, "plan"), plan_name,
                     f"plan {show(plan_name)} does not exist{hint}", doc=doc)
     _overlaps(ctx, rules)
+    if not tenant_home and not any(p.severity == "error" for p in problems):
+        _empty(problems, docs, given)
     problems[:] = _in_file_order(problems)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
@@ -1010,6 +1016,20 @@ def _build(docs: Sequence[_Doc], problems: list[Problem],
         raise PolicyInvalid(problems)
     return Policy(tenants=tenants, plans=plans, sources=tuple(d.name for d in docs),
                   digest=_digest(tenants, plans), warnings=tuple(warnings))
+
+
+def _empty(problems: list[Problem], docs: Sequence[_Doc], given: Sequence[str]) -> None:
+    """A policy without tenants is valid (it governs nothing) but rarely meant: a wrong
+    path, an empty policy.d, a file whose tables are all commented out (issue 15)."""
+    where = ", ".join(given) or ", ".join(d.name for d in docs)
+    if not docs:
+        problems.append(Problem(where, "", None, "no *.toml policy file found: the policy "
+                                "is empty, so governor manages no tenant; check the path, "
+                                "or add a file such as tenants.toml", severity="warning"))
+        return
+    problems.append(Problem(where, "", None, "no tenants defined: the policy is empty, so "
+                            "governor manages no tenant; add a [tenants.<name>] table",
+                            severity="warning"))
 
 
 def load_policy(paths: Sequence[str | Path], *,
@@ -1026,7 +1046,7 @@ def load_policy(paths: Sequence[str | Path], *,
     if not paths:
         raise PolicyInvalid([Problem("", "", None, "no policy file or directory given")])
     docs = _read_paths(paths, problems)
-    return _build(docs, problems, device_resolver)
+    return _build(docs, problems, device_resolver, [str(p) for p in paths])
 
 
 def parse_policy(documents: Sequence[tuple[str, str]], *,

@@ -993,10 +993,12 @@ def test_cmdline_200kb_matched_fast_by_catastrophic_patterns(tmp_path: Path, pat
         "[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\n"
         f"cmdline = '{pattern}'\n"))]))
     cv = ContainerView(HOST_NS, lambda p, ns: None)
-    p = Proc(str(tmp_path), 500)
-    t0 = time.perf_counter()
-    got = rules.first(p, cv)
-    elapsed = time.perf_counter() - t0
+    elapsed = float("inf")
+    for _ in range(3):  # best of 3: the work, not a loaded host's scheduling
+        p = Proc(str(tmp_path), 500)
+        t0 = time.perf_counter()
+        got = rules.first(p, cv)
+        elapsed = min(elapsed, time.perf_counter() - t0)
     assert (got is not None) is matches  # on "run " + "a" * 4000 + "!" + "a" * 91
     assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
     assert len(p.cmdline()) == CMDLINE_MAX  # one page read, not 200 KB

@@ -248,3 +248,60 @@ def test_semantic_problem_gets_its_line(tmp_path: Path) -> None:
     assert problem.line == 6
     assert str(problem) == (f'{f}:6: tenants.acme.groups.web.memory.max: "12XB" is not a '
                             "size; use bytes or a number with K, M, G or T")
+
+
+@pytest.mark.parametrize(("text", "line", "key", "hint"), [
+    # a dotted key whose first part is misspelt: before, the [table] header's line (2)
+    ('[tenants.acme]\n[tenants.acme.groups.web]\ncpus = 1\n\nmemroy.max = "1G"\n', 5,
+     "tenants.acme.groups.web.memroy", "did you mean memory.max?"),
+    ('[tenants.acme]\ncpus = 1\n\n\noomm.actions = ["log"]\n', 5, "tenants.acme.oomm",
+     None),
+    ('[tenants.acme.groups.web]\ncpus = 1\n[tenants.acme.groups.web.memorry]\nmax = "1G"\n',
+     3, "tenants.acme.groups.web.memorry", "did you mean memory.max?"),
+    ('[tenants.acme.groups.web]\ncpus = 1\n\ncpu.wieght = 10\n', 4,
+     "tenants.acme.groups.web.cpu.wieght", "did you mean cpu.weight?"),
+])
+def test_typo_hint_carries_the_key_line(text: str, line: int, key: str,
+                                        hint: str | None) -> None:
+    with pytest.raises(PolicyInvalid) as e:
+        parse_policy([("p.toml", text)])
+    [problem] = e.value.problems
+    assert (problem.line, problem.key) == (line, key)
+    assert problem.message.startswith("unknown key")
+    if hint is not None:
+        assert problem.message.endswith(hint)
+
+
+@pytest.mark.parametrize(("files", "says"), [
+    ({}, "no *.toml policy file found"),                       # an empty policy.d
+    ({"a.toml": "# [tenants.acme]\n# everything commented out\n"}, "no tenants defined"),
+    ({"plans.toml": '[plans.p]\ncurrency = "EUR"\ncpu_core_hour = "1"\n'
+                    'memory_gib_hour = "1"\nio_read_gib = "1"\nio_write_gib = "1"\n'},
+     "no tenants defined"),
+])
+def test_empty_policy_loads_with_a_warning_naming_the_path(
+        tmp_path: Path, files: dict[str, str], says: str) -> None:
+    d = tmp_path / "policy.d"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    policy = load_policy([d])
+    assert policy.tenants == {}
+    [warning] = policy.warnings
+    assert (warning.severity, warning.file) == ("warning", str(d))
+    assert says in warning.message and "governor manages no tenant" in warning.message
+    assert str(warning).startswith(f"{d}: warning: ")
+
+
+def test_empty_policy_warning_from_policy_check(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from governor.policy.cli import policy
+
+    r = CliRunner().invoke(policy, ["check", str(tmp_path)])
+    assert r.exit_code == 0
+    assert f"{tmp_path}: warning: no *.toml policy file found" in r.stdout
+
+
+def test_a_policy_with_tenants_has_no_empty_warning() -> None:
+    assert parse_policy([("p.toml", "[tenants.a]\n")]).warnings == ()
