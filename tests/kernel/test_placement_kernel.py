@@ -433,6 +433,43 @@ def test_launch_exit_codes_and_user(cfg: Path, world: tuple[CgroupFS, Enforcer, 
     assert gone.returncode == 125 and "governor policy apply" in gone.stderr
 
 
+def test_launch_hardening_as_nobody_in_a_real_group(cfg: Path, world: tuple[CgroupFS,
+                                                                           Enforcer, Path],
+                                                   tmp_path: Path) -> None:
+    """Issue 15 item 4 through the CLI on the real kernel: root's environment (a database
+    password) and an open descriptor of root's do not reach a command launched as nobody,
+    which runs in its own session with nobody's groups only, inside the group."""
+    _fs, _enf, scratch = world
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    fd = os.open(secret, os.O_RDONLY)
+    script = ('ls /proc/$$/fd; echo "fds end"; id -u; id -g; id -G; '
+              'ps -o sid= -p $$ | tr -d " "; echo "pid $$"; cat /proc/self/cgroup; '
+              'echo "env:"; env')
+    try:
+        r = subprocess.run(
+            [*GOVERNOR, "launch", "--config", str(cfg), "-t", "t", "-g", "byuser", "--user",
+             "nobody", "--env", "APP_MODE=prod", "--", "sh", "-c", script],
+            check=False, capture_output=True, text=True, timeout=300, cwd=REPO,
+            pass_fds=(fd,), env={**os.environ,
+                                 "GOVERNOR_DATABASE": "postgresql://gov:s3cret@db/gov"})
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    end = lines.index("fds end")
+    assert sorted(lines[:end]) == ["0", "1", "2"], r.stdout
+    uid, gid, groups, sid, pid, cgroup = lines[end + 1:end + 7]
+    assert (uid, gid, groups) == ("65534", "65534", "65534"), r.stdout
+    assert f"pid {sid}" == pid, r.stdout
+    assert cgroup == f"0::/{scratch.name}/t/byuser"
+    assert "s3cret" not in r.stdout and "GOVERNOR_" not in r.stdout, r.stdout
+    env = dict(x.split("=", 1) for x in lines[lines.index("env:") + 1:])
+    assert (env["USER"], env["APP_MODE"], env["PATH"]) == ("nobody", "prod",
+                                                           "/usr/local/bin:/usr/bin:/bin")
+
+
 def test_ps_lists_group_processes(cfg: Path, world: tuple[CgroupFS, Enforcer, Path],
                                   procs: list[subprocess.Popen[bytes]]) -> None:
     _fs, _enf, scratch = world
