@@ -254,18 +254,18 @@ class Spool:
         place and the answer is False."""
         if not samples:
             return True
-        entries, pending = self._count()
-        full = pending + len(samples) > self.max_samples
-        if full:
-            walls = [s.wall for s in samples]
-            entry = {"kind": "gap", "node": node, "from": min(walls).isoformat(),
-                     "to": max(walls).isoformat(), "rows_lost": len(samples),
-                     "reason": f"spool full ({self.max_samples} samples) while {reason}"}
-        else:
-            # "n" right after "kind": _count reads it from the line's head
-            entry = {"kind": "samples", "n": len(samples), "node": node,
-                     "samples": [sample_to_json(s) for s in samples]}
         try:
+            entries, pending = self._count()
+            full = pending + len(samples) > self.max_samples
+            if full:
+                walls = [s.wall for s in samples]
+                entry = {"kind": "gap", "node": node, "from": min(walls).isoformat(),
+                         "to": max(walls).isoformat(), "rows_lost": len(samples),
+                         "reason": f"spool full ({self.max_samples} samples) while {reason}"}
+            else:
+                # "n" right after "kind": _count reads it from the line's head
+                entry = {"kind": "samples", "n": len(samples), "node": node,
+                         "samples": [sample_to_json(s) for s in samples]}
             self._flush_lost()
             self._append(entry)
         except OSError as exc:  # ENOSPC, EDQUOT, EIO, EROFS...: the disk cannot take it
