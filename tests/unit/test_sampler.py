@@ -1,13 +1,33 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from governor.cgroupfs.files import CgroupFS
 from governor.metering.sampler import Sampler
 from tests.unit.cgroupfs_fake import LEAF_FILES, READ_PATHS, create_child
+
+
+@pytest.fixture(autouse=True)
+def _close_samplers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every Sampler (its cached descriptors, inotify) and its CgroupFS a test made:
+    left open, this file's ~1,000 descriptors pushed later tests past select()'s 1024."""
+    made: list[Sampler] = []
+    init = Sampler.__init__
+
+    def track(self: Sampler, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Sampler, "__init__", track)
+    yield
+    for s in made:
+        s.close()
+        s.fs.close()
 
 
 def tree(tmp_path: Path) -> Path:
