@@ -474,7 +474,8 @@ class Daemon:
             spool_depth=self.spool.pending_samples(),
             spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
-            sample_errors=dict(self.sampler.error_counts))
+            sample_errors=dict(self.sampler.error_counts),
+            exporter_dropped=self.exporter.dropped())
         self.exporter.publish(render(Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),

@@ -129,3 +129,8 @@ class SnapshotCollector:
             for k, n in sorted(h.sample_errors.items()):
                 fam.add_metric([node, k], float(n))
             yield fam
+        if h.exporter_dropped:
+            fam = _family(r.EXPORTER_DROPPED, ["node", "reason"])
+            for k, n in sorted(h.exporter_dropped.items()):
+                fam.add_metric([node, k], float(n))
+            yield fam

@@ -98,6 +98,8 @@ class Health:
     alerts: Mapping[str, int] = field(default_factory=dict)
     #: groups whose sample failed, by reason, cumulative: ``Sampler.error_counts``
     sample_errors: Mapping[str, int] = field(default_factory=dict)
+    #: metrics-endpoint connections cut, by reason: ``Exporter.dropped()``
+    exporter_dropped: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,13 +268,16 @@ ALERTS: Final = _m("governor_oom_alerts_total", COUNTER,
 SAMPLE_ERRORS: Final = _m("governor_sample_errors_total", COUNTER,
                           "Group samples lost because a stat file could not be read or "
                           "parsed, by reason (the pass goes on with the other groups).")
+EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUNTER,
+                             "Connections to the metrics endpoint cut by reason: over_limit "
+                             "(past max_connections), timeout (past request_timeout).")
 
 ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _, _ in CPU_METRICS), *(m for m, _ in MEMORY_METRICS),
     *(m for m, _ in EVENT_METRICS), *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
     GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
-    DB_ERRORS, SPOOL_DEPTH, ALERTS, SAMPLE_ERRORS,
+    DB_ERRORS, SPOOL_DEPTH, ALERTS, SAMPLE_ERRORS, EXPORTER_DROPPED,
 )
 
 
@@ -385,6 +390,8 @@ def render(snap: Snapshot) -> bytes:
                                            h.spool_write_errors))
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
     fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
+    fam(out, EXPORTER_DROPPED, _by_label(EXPORTER_DROPPED.name, "reason", node,
+                                         h.exporter_dropped))
     return "".join(out).encode()
 
 

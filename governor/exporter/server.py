@@ -333,6 +333,16 @@ class Exporter:
             "stale_after_seconds": self.stale_after,
             "publications": self.publications}
 
+    def dropped(self) -> dict[str, int]:
+        """Connections the server cut, by reason, since it started: ``over_limit`` (one more
+        than max_connections, refused at once) and ``timeout`` (a handshake or request not
+        done within request_timeout)."""
+        srv = self._server
+        if srv is None:
+            return {}
+        return {k: n for k, n in (("over_limit", srv.refused), ("timeout", srv.timed_out))
+                if n}
+
     def start(self) -> None:
         if self._server is not None:
             return

@@ -72,7 +72,8 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     drift={"memory.max": 2, "cpu.weight": 1}, enforce_write_errors=0,
                     policy_failed_writes=0, database_up=True,
                     db_write_errors=4, spool_depth=0, alerts={"ok": 2, "failed": 1},
-                    sample_errors={"parse": 2, "read": 1})
+                    sample_errors={"parse": 2, "read": 1},
+                    exporter_dropped={"over_limit": 3, "timeout": 1})
     return Snapshot(node=node, groups=latest, limits=limits, costs=costs,
                     pressure_warnings={f"{tnames[0]}/g000000": 3}, health=health)
 

@@ -22,7 +22,9 @@ import pytest
 
 from governor.config import load_config
 from governor.errors import ConfigError
+from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
+from governor.exporter.testing import parsed_samples
 from governor.exporter.webconfig import credentials, load_web_config
 
 
@@ -140,6 +142,11 @@ def test_connections_over_the_cap_are_refused_at_once() -> None:
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 503 ") and b"too many connections" in answer
         assert exp._server is not None and exp._server.refused >= 1
+        assert exp.dropped()["over_limit"] == exp._server.refused  # -> the metric below
+        text = render(Snapshot(node="n", groups={},
+                               health=Health(exporter_dropped=exp.dropped()))).decode()
+        assert parsed_samples(text)[("governor_exporter_connections_dropped_total",
+                                     (("node", "n"), ("reason", "over_limit")))] >= 1
         idle.pop().close()  # a slot comes free: scrapes work again
         assert _scrape_ok_within(exp.url + "/metrics", 10.0)
     finally:
