@@ -119,6 +119,11 @@ class SnapshotCollector:
                 fam = _family(m, ["node"])
                 fam.add_metric([node], float(v))
                 yield fam
+        if h.spool_write_errors:
+            fam = _family(r.SPOOL_WRITE_ERRORS, ["errno", "node"])
+            for k, n in sorted(h.spool_write_errors.items()):
+                fam.add_metric([k, node], float(n))
+            yield fam
         if h.alerts:
             fam = _family(r.ALERTS, ["node", "result"])
             for k, n in sorted(h.alerts.items()):
