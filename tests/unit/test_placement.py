@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -334,16 +335,15 @@ cgroup = "/system.slice/adopt.service"
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> tuple[Path, RecordingFS, Placer]:
+def world(tmp_path: Path) -> Iterator[tuple[Path, RecordingFS, Placer]]:
     proc = new_proc(tmp_path)
     cg = tmp_path / "cg"
     for g in ("web", "batch", "ctr", "svc"):
         (cg / "gov" / "t" / g).mkdir(parents=True)
         (cg / "gov" / "t" / g / "cgroup.procs").write_text("")
-    fs = RecordingFS(cg, proc)
     pol: Policy = parse_policy([("p.toml", PLACER_POLICY)])
-    placer = fake_placer(fs, pol, proc, 999_999)
-    return proc, fs, placer
+    with RecordingFS(cg, proc) as fs:  # its root fd closed after the test (a full run
+        yield proc, fs, fake_placer(fs, pol, proc, 999_999)  # hit select()'s 1024)
 
 
 def test_rescan_places_matching_and_leaves_the_rest(world: tuple[Path, RecordingFS, Placer]
