@@ -424,7 +424,8 @@ def test_launch_exit_codes_and_user(cfg: Path, world: tuple[CgroupFS, Enforcer, 
     ne = governor("launch", "-t", "t", "-g", "byexe", "--", "/etc/hostname", cfg=cfg)
     assert ne.returncode == 126 and "cannot execute" in ne.stderr
     mg = governor("launch", "-t", "t", "-g", "nope", "--", "true", cfg=cfg)
-    assert mg.returncode == 125 and "no group t/nope in the policy" in mg.stderr
+    # a group the policy does not have is a usage error, as everywhere (UnknownTenant)
+    assert mg.returncode == 2 and "unknown group t/nope: not in the policy" in mg.stderr
     bu = governor("launch", "-t", "t", "-g", "byexe", "--user", "no-such-user-x", "--",
                   "true", cfg=cfg)
     assert bu.returncode == 125 and "no such user" in bu.stderr
