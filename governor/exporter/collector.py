@@ -11,7 +11,7 @@ times.  It is written plainly, independently of the renderer's string building.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -24,6 +24,15 @@ def _family(m: r.Metric, labels: list[str]) -> CounterMetricFamily | GaugeMetric
     if m.type == r.COUNTER:
         return CounterMetricFamily(m.name, m.help, labels=labels)
     return GaugeMetricFamily(m.name, m.help, labels=labels)
+
+
+def _counted(m: r.Metric, label: str, node: str,
+             counts: Mapping[str, int]) -> CounterMetricFamily | GaugeMetricFamily:
+    """One counter family with a sample per ``label`` value."""
+    fam = _family(m, ["node", label])
+    for k, n in sorted(counts.items()):
+        fam.add_metric([node, k], float(n))
+    return fam
 
 
 class SnapshotCollector:
@@ -107,10 +116,7 @@ class SnapshotCollector:
         for m, label, counts in ((r.PLACEMENTS, "result", h.placements),
                                  (r.RELOADS, "result", h.reloads), (r.DRIFT, "file", h.drift)):
             if counts:
-                fam = _family(m, ["node", label])
-                for k, n in sorted(counts.items()):
-                    fam.add_metric([node, k], float(n))
-                yield fam
+                yield _counted(m, label, node, counts)
         for m, v in ((r.ENFORCE_ERRORS, h.enforce_write_errors),
                      (r.POLICY_FAILED, h.policy_failed_writes),
                      (r.DATABASE_UP, None if h.database_up is None else int(h.database_up)),
@@ -119,23 +125,9 @@ class SnapshotCollector:
                 fam = _family(m, ["node"])
                 fam.add_metric([node], float(v))
                 yield fam
-        if h.spool_write_errors:
-            fam = _family(r.SPOOL_WRITE_ERRORS, ["errno", "node"])
-            for k, n in sorted(h.spool_write_errors.items()):
-                fam.add_metric([k, node], float(n))
-            yield fam
-        if h.alerts:
-            fam = _family(r.ALERTS, ["node", "result"])
-            for k, n in sorted(h.alerts.items()):
-                fam.add_metric([node, k], float(n))
-            yield fam
-        if h.sample_errors:
-            fam = _family(r.SAMPLE_ERRORS, ["node", "reason"])
-            for k, n in sorted(h.sample_errors.items()):
-                fam.add_metric([node, k], float(n))
-            yield fam
-        if h.exporter_dropped:
-            fam = _family(r.EXPORTER_DROPPED, ["node", "reason"])
-            for k, n in sorted(h.exporter_dropped.items()):
-                fam.add_metric([node, k], float(n))
-            yield fam
+        for m, label, counts in ((r.SPOOL_WRITE_ERRORS, "errno", h.spool_write_errors),
+                                 (r.ALERTS, "result", h.alerts),
+                                 (r.SAMPLE_ERRORS, "reason", h.sample_errors),
+                                 (r.EXPORTER_DROPPED, "reason", h.exporter_dropped)):
+            if counts:
+                yield _counted(m, label, node, counts)

@@ -187,8 +187,9 @@ class Proc:
         self._cmdline: str | None = None
         self._pidns: int | None = None
 
-    def _read(self, name: str, limit: int | None = None) -> bytes:
-        """The whole file (any length; ``limit``: OSError(EFBIG) at that many bytes)."""
+    def _read(self, name: str, limit: int | None = None, *, head: int | None = None) -> bytes:
+        """The whole file (any length; ``limit``: OSError(EFBIG) at that many bytes), or
+        with ``head`` at most that many bytes from its start, in one read(2)."""
         try:
             fd = os.open(f"{self.base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -198,8 +199,8 @@ class Proc:
         try:
             # one read(2) gets a whole procfs file (seq_file hands out a complete record;
             # cmdline fills the buffer); a full buffer means there may be more
-            b = os.read(fd, _READ_SIZE)
-            if len(b) < _READ_SIZE:
+            b = os.read(fd, _READ_SIZE if head is None else head)
+            if head is not None or len(b) < _READ_SIZE:
                 return b
             chunks = [b]
             total = len(b)
@@ -353,20 +354,7 @@ class Proc:
 
     def _read_head(self, name: str, size: int) -> bytes:
         """At most ``size`` bytes from the start of a procfs file, in one read(2)."""
-        try:
-            fd = os.open(f"{self.base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            if _gone(e):
-                raise ProcessGone(self.pid) from e
-            raise
-        try:
-            return os.read(fd, size)
-        except OSError as e:
-            if _gone(e):
-                raise ProcessGone(self.pid) from e
-            raise
-        finally:
-            os.close(fd)
+        return self._read(name, head=size)
 
     def pidns(self) -> int:
         if self._pidns is None:

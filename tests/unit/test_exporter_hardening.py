@@ -26,16 +26,7 @@ from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
 from governor.exporter.testing import parsed_samples
 from governor.exporter.webconfig import credentials, load_web_config
-
-
-def get(url: str, headers: dict[str, str] | None = None,
-        context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+from tests.unit.test_exporter_server import get
 
 
 def basic(user: str, password: str) -> dict[str, str]:
