@@ -256,11 +256,20 @@ def _duration(v: object, *, key: str, file: str | None) -> float:
     return parse_duration(v, key=key, file=file)
 
 
+#: the URL schemes of the database drivers governor installs (SQLite from Python, psycopg 3)
+DB_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres",
+                        "postgresql+psycopg"})
+
+
 def _db_url(v: object, *, key: str, file: str | None) -> str:
     s = _str(v, key=key, file=file)
-    if not s.startswith(("sqlite", "postgresql")):
-        raise ConfigError(f"{s!r}: use sqlite:////path/to/file.db or "
-                          "postgresql+psycopg://user@host/dbname", file=file, key=key)
+    scheme = s.split("://", 1)[0] if "://" in s else None
+    if scheme not in DB_SCHEMES:
+        from governor.log import mask_secrets
+
+        raise ConfigError(f"{mask_secrets(s)!r}: use sqlite:////path/to/file.db or "
+                          "postgresql+psycopg://user@host/dbname (the drivers governor "
+                          f"ships: {', '.join(sorted(DB_SCHEMES))})", file=file, key=key)
     return s
 
 

@@ -36,9 +36,10 @@ MASK = "***"
 _URL_PASSWORD = re.compile(
     r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"<>]*:)[^\s'\"<>]*@")
 # password=... in libpq DSNs ("host=h password=x"), query strings and key=value lines;
-# a quoted value is masked whole (libpq quotes with single quotes, we with double)
+# a quoted value is masked whole (libpq quotes with single quotes, we with double); a key
+# that ends a path or a name ("/etc/passwd: file is not a database") is not one
 _KEY_VALUE = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token)"
+    r"(?P<head>(?<![\w/])(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token)"
     r"\s*[=:]\s*)(?:'(?:[^'\\]|\\.)*'|\\?\"(?:[^\"\\]|\\.)*\\?\"|[^\s&;,'\"\\]+)",
     re.IGNORECASE)
 # an Authorization header's credentials ("Authorization: Basic dXNlcjpwdw==")

@@ -106,3 +106,20 @@ def test_doctor_on_this_host_fails_with_reason(capsys: pytest.CaptureFixture[str
     rc = main(["doctor", "--format", "json", "--cgroup-root", "/sys/fs/cgroup/unified"])
     out = capsys.readouterr().out
     assert rc == 1 and '"ok": false' in out
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+asyncpg://u:s3cret@h/x",   # a driver governor does not install
+    "mysql://root:s3cret@h/x",
+    "notaurl",
+    "sqlitefoo:///x.db",
+])
+def test_database_url_of_a_driver_governor_lacks_is_a_clear_error(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by trying: postgresql+asyncpg passed the check, then ended in 'unexpected
+    ModuleNotFoundError' at connect."""
+    rc = main(["db", "current", "--database", url])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "database.url" in err and "postgresql+psycopg://user@host/dbname" in err
+    assert "s3cret" not in err and "Traceback" not in err and "unexpected" not in err

@@ -32,6 +32,10 @@ SECRET = "s3cret"
     # nothing secret: unchanged
     ("postgresql://gov@db/gov", "postgresql://gov@db/gov"),
     ("sqlite:////var/lib/governor/governor.db", "sqlite:////var/lib/governor/governor.db"),
+    # a key that ends a path is no key: the file name stays readable
+    ("sqlite:////etc/passwd: file is not a database",
+     "sqlite:////etc/passwd: file is not a database"),
+    ("database.password = s3cret", "database.password = ***"),
     ("http://127.0.0.1:9717/metrics", "http://127.0.0.1:9717/metrics"),
     ("password authentication failed for user \"gov\"",
      "password authentication failed for user \"gov\""),
