@@ -15,6 +15,7 @@ from governor.store.db import (
     current_revision,
     database_errors,
     head_revision,
+    make_sqlite_file_private,
     missing_dirs,
     upgrade,
 )
@@ -29,9 +30,13 @@ def run_db_upgrade(database_url: str) -> tuple[str | None, str | None]:
     :class:`~governor.store.errors.DatabaseError` (URL masked, what failed, the fix)."""
     with database_errors(database_url, "connect to"):
         created = missing_dirs(database_url)
+        private = make_sqlite_file_private(database_url)  # before any connection to it
     engine = connect(database_url)
     for d in created:
         click.echo(f"governor: created directory {d} (mode 0700) for the database", err=True)
+    if private:
+        click.echo("governor: made the database file mode 0600 (others could read it)",
+                   err=True)
     try:
         with database_errors(database_url, "read"):
             before = current_revision(engine)

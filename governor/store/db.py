@@ -151,30 +151,57 @@ def connect(url: str | URL) -> Engine:
     return engine
 
 
+#: the header every SQLite 3 database file starts with (sqlite.org/fileformat.html 1.3.1)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _prepare_sqlite_file(database: str) -> None:
     """Create the SQLite file (and its directory) private: mode 0600.
 
     SQLite creates the ``-wal`` and ``-shm`` files with the permissions of the database
-    file, so they are private too.
+    file, so they are private too.  An existing file is never changed here (a URL that
+    points at another file, ``sqlite:////etc/passwd``, must leave it as it was: the
+    connection then fails with "file is not a database"), nor opened: closing any
+    descriptor of the database file drops every POSIX lock this process holds on it,
+    SQLite's own included ("How To Corrupt An SQLite Database File", 2.2), and engines are
+    made while others are open (the daemon makes several).  ``governor db upgrade`` makes
+    an existing database private (:func:`make_sqlite_file_private`).
     """
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # An existing file is never opened here: closing any descriptor of the database file
-    # drops every POSIX lock this process holds on it, those of SQLite's open connections
-    # included ("How To Corrupt An SQLite Database File", 2.2), and engines are made while
-    # others are open (the daemon makes several).
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # made meanwhile by another process
-            st = os.stat(path)
-        else:
-            os.close(fd)  # a new, empty file: no connection can hold a lock on it yet
-            return
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # a new, empty file: no connection can hold a lock on it yet
+
+
+def make_sqlite_file_private(url: str | URL) -> bool:
+    """Make an existing SQLite database file that others may read mode 0600, if it is a
+    regular file of this user's whose header says it is a SQLite database (anything else
+    is left alone).  Call it before this process opens any connection to the file (it
+    opens the file to read the header: see :func:`_prepare_sqlite_file`).  True if the
+    mode was changed."""
+    u = normalize_url(url)
+    database = u.database or ""
+    if u.get_backend_name() != "sqlite" or database in ("", ":memory:") \
+            or database.startswith("file:"):
+        return False
+    try:
+        fd = os.open(database, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # missing or unreadable: the connection says what is wrong
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
+                or not stat.S_IMODE(st.st_mode) & 0o077:
+            return False
+        if os.pread(fd, len(SQLITE_MAGIC), 0) != SQLITE_MAGIC:
+            return False
+        os.fchmod(fd, 0o600)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -126,3 +127,32 @@ def test_making_an_engine_never_drops_sqlite_locks(tmp_path):
     (tmp_path / "new").mkdir()
     _prepare_sqlite_file(str(tmp_path / "new" / "n.db"))
     assert (tmp_path / "new" / "n.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_file_that_is_no_database_is_never_changed(tmp_path):
+    """Found by trying `governor usage --database sqlite:////etc/passwd` as root: the
+    command failed ('file is not a database') but had made /etc/passwd mode 0600."""
+    from governor.store.db import DatabaseError, connect
+
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    victim.chmod(0o644)
+    with pytest.raises(DatabaseError, match="not a database"):
+        connect(f"sqlite:///{victim}")
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+    assert victim.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert not (tmp_path / "passwd-wal").exists() and not (tmp_path / "passwd-shm").exists()
+
+
+def test_db_upgrade_makes_an_existing_database_private(tmp_path, capsys):
+    from governor.cli import main
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as c:  # a database file others can read (umask 022)
+        c.execute("CREATE TABLE t (x)")
+    path.chmod(0o644)
+    make_engine(f"sqlite:///{path}").dispose()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # an engine changes nothing
+    assert main(["db", "upgrade", "--database", f"sqlite:///{path}"]) == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "made the database file mode 0600" in capsys.readouterr().err
