@@ -34,6 +34,11 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     "/kubepods.slice/*", "/kubepods/*")
 
 
+#: the longest duration a setting may have (100 years): found by trying, `interval = 1e308`
+#: passed the check and overflowed timedelta when the scheduler started
+DURATION_MAX = 100 * 365.25 * 86400
+
+
 def parse_duration(value: object, *, key: str, file: str | None) -> float:
     """``10s``, ``500ms``, ``2m``, ``1h`` or a number of seconds -> seconds (> 0)."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -41,7 +46,10 @@ def parse_duration(value: object, *, key: str, file: str | None) -> float:
         raise ConfigError(f"{value!r} is not a duration; use e.g. \"10s\", \"500ms\", \"2m\"",
                           file=file, key=key)
     if isinstance(value, int | float):
-        secs = float(value)
+        try:
+            secs = float(value)
+        except OverflowError:  # an int past a float's range
+            secs = math.inf
     elif isinstance(value, str):
         s = value.strip()
         num, unit = s, "s"
@@ -59,7 +67,11 @@ def parse_duration(value: object, *, key: str, file: str | None) -> float:
     if not secs > 0:
         raise ConfigError(f"{value!r}: a duration must be positive", file=file, key=key)
     if not math.isfinite(secs):
-        raise ConfigError(f"{value!r}: a duration must be finite", file=file, key=key)
+        raise ConfigError(f"{str(value)[:40]!r}: a duration must be finite", file=file,
+                          key=key)
+    if secs > DURATION_MAX:  # timedelta and the scheduler overflow long before a float does
+        raise ConfigError(f"{str(value)[:40]!r}: a duration is at most 100 years "
+                          f"({DURATION_MAX:.0f} s)", file=file, key=key)
     return secs
 
 

@@ -45,6 +45,10 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
                                    "governor.subtree?"),
     ("[sampling]\ninterval = 'soon'\n", "sampling.interval: 'soon' is not a duration"),
     ("[sampling]\ninterval = -1\n", "must be positive"),
+    # found by trying: these passed and overflowed timedelta when the scheduler started
+    ("[sampling]\ninterval = 1e308\n", "sampling.interval: '1e+308': a duration is at most"),
+    (f"[sampling]\ninterval = {10**400}\n", "a duration must be finite"),
+    ("[exporter]\nrequest_timeout = \"99999999999d\"\n", "exporter.request_timeout"),
     ("[governor]\nsubtree = '../etc'\n", "governor.subtree"),
     ("[governor]\nsubtree = '/'\n", "must not be the cgroup root"),
     ("[exporter]\nlisten = '9717'\n", "HOST:PORT"),
