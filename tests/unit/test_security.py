@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -187,9 +188,38 @@ def test_state_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "wall").write_text("a file\n")
     with pytest.raises(UnsafeStateDir, match=r"wall/state: not a directory|wall: not a dir"):
         InstanceLock(tmp_path / "wall" / "state", "s").acquire()
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    if os.geteuid() == 0:
-        pytest.skip("root creates directories whatever the mode says")
-    with pytest.raises(UnsafeStateDir, match=r"cannot be opened or created: \[EACCES\]"):
-        InstanceLock(ro / "state", "s").acquire()
+
+
+def test_state_dir_in_a_directory_we_cannot_write_is_a_clear_error() -> None:
+    """EACCES needs a user the modes bind (root creates directories whatever they say):
+    the check runs as nobody in a forked child, in a directory of nobody's, mode 0500."""
+    nobody = 65534
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        ro = Path(top) / "ro"
+        ro.mkdir(mode=0o500)
+        os.chmod(top, 0o755)
+        os.chown(ro, nobody, nobody)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            rc = 70
+            try:
+                os.close(r)
+                os.setgid(nobody)
+                os.setuid(nobody)
+                try:
+                    InstanceLock(ro / "state", "s").acquire()
+                    msg = "acquired"
+                except UnsafeStateDir as e:
+                    msg = str(e)
+                os.write(w, msg.encode())
+                rc = 0
+            finally:
+                os._exit(rc)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            said = f.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert "cannot be opened or created: [EACCES]" in said, said
+    assert str(ro / "state") in said
