@@ -336,12 +336,12 @@ class Exporter:
     def dropped(self) -> dict[str, int]:
         """Connections the server cut, by reason, since it started: ``over_limit`` (one more
         than max_connections, refused at once) and ``timeout`` (a handshake or request not
-        done within request_timeout)."""
+        done within request_timeout); both always, 0 included, so that ``increase()`` sees
+        the first one."""
         srv = self._server
         if srv is None:
             return {}
-        return {k: n for k, n in (("over_limit", srv.refused), ("timeout", srv.timed_out))
-                if n}
+        return {"over_limit": srv.refused, "timeout": srv.timed_out}
 
     def start(self) -> None:
         if self._server is not None:

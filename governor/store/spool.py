@@ -79,6 +79,10 @@ def _errno_name(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
+#: the errnos of a failed spool write that are exported from 0 (a full disk, a quota, a
+#: failing disk); any other appears when it first happens
+WRITE_ERRNOS = ("ENOSPC", "EDQUOT", "EIO")
+
 class Spool:
     """The journal at ``path`` (created mode 0600) holding at most ``max_samples`` samples.
 
@@ -108,7 +112,9 @@ class Spool:
         #: gaps not yet in the file (it could not be written), oldest first
         self.lost: list[dict[str, Any]] = []
         #: failed writes by errno name, since start
-        self.write_errors: Counter[str] = Counter()
+        #: by errno name; the usual ones from 0, so the exported counter exists before the
+        #: first failure and ``increase()`` sees it (an alert rule watches it)
+        self.write_errors: Counter[str] = Counter(dict.fromkeys(WRITE_ERRNOS, 0))
         self._failing: str | None = None
 
     @property
