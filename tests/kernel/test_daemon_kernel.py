@@ -458,10 +458,14 @@ cpu.weight = 100
         hog = in_group(s, "evil/hog", ["bash", "-c", "while true; do dd if=/dev/zero "
                                        "of=/dev/null bs=96M count=1; sleep 3; done"],
                        stderr=subprocess.DEVNULL)
-        time.sleep(8)
+        # both attacks under way (seen in the kernel's counters) before measuring
+        assert wait(lambda: kernel_counter(s, "evil/hog", "memory.events", "oom_kill") >= 1
+                    and kernel_counter(s, "evil/bomb", "pids.events", "max") >= 1, 90)
         u0, t0 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
+        e0 = kernel_counter(s, "evil", "cpu.stat", "usage_usec")
         time.sleep(15)
         u1, t1 = kernel_counter(s, "good/work", "cpu.stat", "usage_usec"), time.monotonic()
+        e1 = kernel_counter(s, "evil", "cpu.stat", "usage_usec")
         kills = kernel_counter(s, "evil/hog", "memory.events", "oom_kill")
         pids_max_hits = kernel_counter(s, "evil/bomb", "pids.events", "max")
     finally:
@@ -474,8 +478,14 @@ cpu.weight = 100
         rc = gov.stop()
     assert rc == 0, gov.tail()
     assert kills >= 1 and pids_max_hits >= 1   # both attacks really happened
-    share = (u1 - u0) / 1e6 / (t1 - t0)
-    assert share >= 0.7, f"the neighbour got {share:.2f} cores"   # weight 100 of 200: 1 of 2
+    share, evil = (u1 - u0) / 1e6 / (t1 - t0), (e1 - e0) / 1e6 / (t1 - t0)
+    # weight 100 against the attackers' 100: at least half of the CPU the two use (the
+    # neighbour's one thread is all it asks for).  A share of the CPU used, not cores: how
+    # much of the host the VM gets varies (with a CPU hog beside the VM the neighbour had
+    # 0.56 of a core, where the test once asked 0.7 of one)
+    assert share > 0.1, f"the neighbour got {share:.2f} cores"
+    assert share / (share + evil) >= 0.45, \
+        f"the neighbour got {share:.2f} cores, the attackers {evil:.2f}"
     m = re.findall(r'msg="governor stopped" passes=(\d+) slow_passes=(\d+) late_passes=(\d+)',
                    gov.log.read_text())
     assert m, gov.tail()
