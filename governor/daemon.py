@@ -43,7 +43,7 @@ from governor.config import Config
 from governor.driver import Tree, delegated, open_tree
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
-from governor.metering.sampler import SAMPLE_ERROR_REASONS, Sampler
+from governor.metering.sampler import Sampler
 
 log = logging.getLogger("governor.daemon")
 
@@ -474,8 +474,7 @@ class Daemon:
             spool_depth=self.spool.pending_samples(),
             spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
-            # every reason from 0, so that increase() sees the first failure
-            sample_errors=dict.fromkeys(SAMPLE_ERROR_REASONS, 0) | self.sampler.error_counts,
+            sample_errors=dict(self.sampler.error_counts),
             exporter_dropped=self.exporter.dropped())
         self.exporter.publish(render(Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,

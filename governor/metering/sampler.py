@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -163,8 +164,11 @@ class Sampler:
     passes: int = 0
     #: the C accelerator (None: whenever it is in use, see reader.ACCELERATED)
     accelerated: bool | None = None
-    #: groups whose sample failed, by reason, since start (governor_sample_errors_total)
-    error_counts: dict[str, int] = field(default_factory=dict)
+    #: groups whose sample failed, by reason, since start (governor_sample_errors_total);
+    #: every reason from 0, so the exported counter exists before the first failure and
+    #: ``increase()`` sees it (an alert rule watches it)
+    error_counts: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(SAMPLE_ERROR_REASONS, 0)))
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
@@ -291,7 +295,7 @@ class Sampler:
         """Count a group's failed sample by reason; log it the first time per reason."""
         failed.add(path)
         reason = e.reason if isinstance(e, StatFileError) else READ_ERROR
-        self.error_counts[reason] = self.error_counts.get(reason, 0) + 1
+        self.error_counts[reason] += 1
         errors.append(str(e))
         seen = self._failing.setdefault(path, set())
         if reason not in seen:

@@ -38,6 +38,7 @@ from governor.oom.watch import OomWatcher
 from governor.policy.model import Limits, OomSettings, PressureKey
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.models import OomEvent as Row
+from governor.store.spool import WRITE_ERRNOS
 from tests.unit.test_exporter_dashboards import dashboard_expressions, rule_expressions
 
 pytestmark = pytest.mark.kernel
@@ -126,7 +127,10 @@ class Gov:
                                       reloads={"ok": 1, "invalid": 0}, drift={"memory.max": 0},
                                       enforce_write_errors=0,
                                       db_write_errors=self.watcher.db_write_errors,
-                                      spool_depth=0, alerts=dict(self.alerter.results)))
+                                      spool_depth=0, alerts=dict(self.alerter.results),
+                                      # as the daemon wires them (a spool never failed)
+                                      sample_errors=dict(self.sampler.error_counts),
+                                      spool_write_errors=dict.fromkeys(WRITE_ERRNOS, 0)))
         self.watcher.on_sample(self.sampler.latest)
         self.exporter.publish(render(snap), created=p.started.timestamp())
 
