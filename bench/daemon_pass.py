@@ -9,11 +9,17 @@ runs, stage by stage: ``Sampler.sample()`` (read and parse), ``record_samples`` 
 CPU time of each stage is printed (min and median over the passes after two warm-ups), so
 a stage that grows out of proportion shows at once.  The real-kernel figures of the whole
 daemon are ``bench/run daemon_cost``.
+
+``meter`` is the daemon's way since issue #16 (``Meter.step`` against the previous pass's
+samples in memory, written with ``write_metered``); ``meter_db`` is the store's
+``meter()`` over the stored rows (the way before, and the catch-up after a start), run
+on a second node of the same database from the same samples, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -23,10 +29,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.reader import raise_nofile_limit
 from governor.exporter.render import Health, Snapshot, render
+from governor.metering.meter import Meter
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
-from governor.store.service import meter, record_samples
+from governor.store.service import (
+    Incarnations,
+    load_anchors,
+    meter,
+    record_samples,
+    store_samples,
+    write_metered,
+)
 from tests.unit.cgroupfs_fake import create_groups
 
 
@@ -40,6 +55,7 @@ def main() -> int:
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=8)
     args = ap.parse_args()
+    raise_nofile_limit()  # as the daemon: ~12 descriptors per group
     tmp = Path(tempfile.mkdtemp(prefix="governor-pass-"))
     create_groups(tmp / "cg" / "gov", args.groups)
     url = f"sqlite:///{tmp}/governor.db"
@@ -49,16 +65,31 @@ def main() -> int:
     fs = CgroupFS(tmp / "cg", verify=False)
     sampler = Sampler(fs, "gov", "bench")
     times: dict[str, list[float]] = {}
+    m = Meter()
+    inc = Incarnations()
     for p in range(args.passes + 2):
         c0 = cpu()
         ps = sampler.sample()
         c1 = cpu()
         with scope() as session:
-            record_samples(session=session, node="bench", samples=ps.samples)
+            node_id, ids = store_samples(session=session, node="bench", samples=ps.samples,
+                                         incarnations=inc)
         c2 = cpu()
         with scope() as session:
-            meter(session=session, node="bench")
+            unknown = m.unknown(ps.samples)
+            resolved = load_anchors(session=session, node="bench", node_id=node_id,
+                                    samples=unknown, ids=ids) if unknown else None
+            step = m.step(ps.samples, resolved)
+            write_metered(session=session, node_id=node_id, metered=step, ids=ids)
+        m.advance(step)
         c3 = cpu()
+        other = [dataclasses.replace(s, node="bench-db") for s in ps.samples]
+        with scope() as session:
+            record_samples(session=session, node="bench-db", samples=other)
+        c5 = cpu()
+        with scope() as session:
+            meter(session=session, node="bench-db")
+        c6 = cpu()
         render(Snapshot(node="bench", groups=dict(sampler.latest), limits={}, costs={},
                         pressure_warnings={}, health=Health(
                             pass_duration=c1 - c0, last_success=time.time(),
@@ -68,7 +99,8 @@ def main() -> int:
         c4 = cpu()
         if p >= 2:
             for k, v in (("sample", c1 - c0), ("record", c2 - c1), ("meter", c3 - c2),
-                         ("render", c4 - c3), ("pass", c4 - c0)):
+                         ("render", c4 - c6), ("pass", c3 - c0 + c4 - c6),
+                         ("meter_db", c6 - c5)):
                 times.setdefault(k, []).append(v)
         time.sleep(1.05)  # samples one second apart (timestamps are the store's keys)
     n = len(ps.samples)

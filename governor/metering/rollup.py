@@ -16,25 +16,12 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from governor.metering.usage import IntervalUsage
+from governor.metering.usage import QUANTITIES, Interval, IntervalUsage
 
 HOUR = timedelta(hours=1)
 
-#: quantities carried by an hourly rollup (all integers)
-ROLLUP_QUANTITIES = (
-    "cpu_usec",
-    "cpu_user_usec",
-    "cpu_system_usec",
-    "cpu_throttled_usec",
-    "memory_byte_seconds",
-    "io_rbytes",
-    "io_wbytes",
-    "io_rios",
-    "io_wios",
-    "io_dbytes",
-    "oom_events",
-    "oom_kills",
-)
+#: quantities carried by an hourly rollup (all integers): an interval's, in its order
+ROLLUP_QUANTITIES = QUANTITIES
 
 
 def split_exact(total: int, weights: Sequence[int]) -> list[int]:
@@ -106,6 +93,12 @@ def split_by_hour(usage: IntervalUsage) -> list[tuple[datetime, int, dict[str, i
 
     Quantities that are ``None`` in the interval (unknown) are left out of every piece.
     """
+    hour = hour_floor(usage.start)
+    if usage.start < usage.end <= hour + HOUR:
+        # within one hour (nearly every interval): one piece holding everything, which
+        # is what the split below gives for a single weight, without its arithmetic
+        return [(hour, usage.duration_us, {name: value for name in ROLLUP_QUANTITIES
+                                           if (value := getattr(usage, name)) is not None})]
     pieces = hour_pieces(usage.start, usage.end)
     if not pieces:
         return []
@@ -122,6 +115,24 @@ def split_by_hour(usage: IntervalUsage) -> list[tuple[datetime, int, dict[str, i
         for (_, _, q), part in zip(out, split_exact(value, weights), strict=True):
             q[name] = part
     return out
+
+
+def split_interval(iv: Interval) -> list[tuple[datetime, int, tuple[int | None, ...]]]:
+    """:func:`split_by_hour` of an :class:`~governor.metering.usage.Interval`:
+    ``(hour, covered_us, quantities)`` per piece, quantities in the interval's order
+    (``None`` stays ``None`` in every piece)."""
+    hour = hour_floor(iv.start)
+    if iv.start < iv.end <= hour + HOUR:
+        return [(hour, iv.duration_us, iv.quantities)]   # nearly every interval
+    pieces = hour_pieces(iv.start, iv.end)
+    if not pieces:
+        return []
+    weights = [us for _, us in pieces]
+    covered = split_exact(iv.duration_us, weights)
+    shares = [split_exact(v, weights) if v is not None else [None] * len(pieces)
+              for v in iv.quantities]
+    return [(h, c, tuple(col[i] for col in shares))
+            for i, ((h, _), c) in enumerate(zip(pieces, covered, strict=True))]
 
 
 RollupKey = tuple[str, str, str | None, int, datetime]

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from fractions import Fraction
+from operator import attrgetter
+from typing import Final, NamedTuple
 
 from governor.metering.sample import COUNTER_FIELDS, IO_FIELDS, GroupSample, IoCounters
 
@@ -65,14 +66,13 @@ class IntervalUsage:
     from_creation: bool = False
 
 
-def _delta(prev: int | None, cur: int | None) -> int | None:
-    if prev is None or cur is None:
-        return None
-    return cur - prev
-
-
 def _trapezoid(a: int, b: int, dt_us: int) -> int:
-    return round(Fraction((a + b) * dt_us, 2 * _US))
+    """``(a + b) / 2 * dt`` in byte-seconds, rounded half to even: integer arithmetic,
+    exactly ``round(Fraction((a + b) * dt_us, 2 * _US))``."""
+    q, r = divmod((a + b) * dt_us, 2 * _US)   # r / (2 * _US) is the fraction
+    if r > _US or (r == _US and q % 2):
+        q += 1
+    return q
 
 
 def _wall_us(start: datetime, end: datetime) -> int:
@@ -94,55 +94,64 @@ def _io_deltas(prev: GroupSample | None, cur: GroupSample) -> dict[str, IoCounte
     return out
 
 
-def _build(
-    prev: GroupSample | None, cur: GroupSample, start: datetime, dt_us: int
-) -> IntervalUsage | None:
-    io = _io_deltas(prev, cur)
-    if io is None:
-        return None
+#: the quantities of an interval, in this order (the hourly rollups carry the same)
+QUANTITIES: Final = (
+    "cpu_usec",
+    "cpu_user_usec",
+    "cpu_system_usec",
+    "cpu_throttled_usec",
+    "memory_byte_seconds",
+    "io_rbytes",
+    "io_wbytes",
+    "io_rios",
+    "io_wios",
+    "io_dbytes",
+    "oom_events",
+    "oom_kills",
+)
 
-    def counter(name: str) -> int | None:
-        now = getattr(cur, name)
-        if prev is None:
-            return None if now is None else int(now)
-        return _delta(getattr(prev, name), now)
-
-    mem_prev = 0 if prev is None else prev.memory_current
-    mem = None
-    if mem_prev is not None and cur.memory_current is not None:
-        mem = _trapezoid(mem_prev, cur.memory_current, dt_us)
-    return IntervalUsage(
-        node=cur.node,
-        tenant=cur.tenant,
-        group=cur.group,
-        cgroup_id=cur.cgroup_id,
-        start=start,
-        end=cur.wall,
-        duration_us=dt_us,
-        cpu_usec=counter("cpu_usage_usec"),
-        cpu_user_usec=counter("cpu_user_usec"),
-        cpu_system_usec=counter("cpu_system_usec"),
-        cpu_throttled_usec=counter("cpu_throttled_usec"),
-        memory_byte_seconds=mem,
-        io_rbytes=sum(d["rbytes"] for d in io.values()),
-        io_wbytes=sum(d["wbytes"] for d in io.values()),
-        io_rios=sum(d["rios"] for d in io.values()),
-        io_wios=sum(d["wios"] for d in io.values()),
-        io_dbytes=sum(d["dbytes"] for d in io.values()),
-        io=io,
-        oom_events=counter("memory_events_oom"),
-        oom_kills=counter("memory_events_oom_kill"),
-        from_creation=prev is None,
-    )
+#: the counters behind QUANTITIES' cpu_* and oom_* entries
+_CPU = attrgetter("cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_throttled_usec")
+_OOM = attrgetter("memory_events_oom", "memory_events_oom_kill")
+_COUNTERS = attrgetter(*COUNTER_FIELDS)
 
 
-def usage_between(prev: GroupSample | None, cur: GroupSample) -> IntervalUsage | None:
-    """The usage between ``prev`` and ``cur``, or ``None`` when it cannot be known.
+class Interval(NamedTuple):
+    """One interval's usage, flat: what the meter writes (a row and rollup shares)."""
 
-    See the module documentation for the rules on resets, new incarnations and restarts.
-    ``prev`` is ``None`` for the first sample ever seen of a path.
-    """
-    if prev is not None and (prev.node, prev.path) != (cur.node, cur.path):
+    start: datetime
+    end: datetime
+    #: length used for the memory integral, in microseconds
+    duration_us: int
+    from_creation: bool
+    #: in :data:`QUANTITIES` order; ``None``: unknown (a counter missing)
+    quantities: tuple[int | None, ...]
+
+
+def _from_creation(cur: GroupSample, dt_us: int) -> tuple[int | None, ...] | None:
+    """The quantities of a new incarnation's first interval: its counters from zero (None
+    when an IO counter is negative: not a counter)."""
+    rb = wb = ri = wi = db = 0
+    for now in cur.io.values():
+        if any(now[f] < 0 for f in IO_FIELDS):
+            return None
+        rb += now["rbytes"]
+        wb += now["wbytes"]
+        ri += now["rios"]
+        wi += now["wios"]
+        db += now["dbytes"]
+    cpu = [None if n is None else int(n) for n in _CPU(cur)]
+    oom = [None if n is None else int(n) for n in _OOM(cur)]
+    mc = cur.memory_current
+    mem = None if mc is None else _trapezoid(0, mc, dt_us)
+    return (cpu[0], cpu[1], cpu[2], cpu[3], mem, rb, wb, ri, wi, db, oom[0], oom[1])
+
+
+def interval_between(prev: GroupSample | None, cur: GroupSample) -> Interval | None:
+    """The usage between ``prev`` and ``cur`` as an :class:`Interval`, or ``None`` when
+    it cannot be known: the rules of :func:`usage_between`, which builds on it."""
+    if prev is not None and (prev.node, prev.tenant, prev.group) != (
+            cur.node, cur.tenant, cur.group):
         raise ValueError(f"samples of different groups: {prev.node}:{prev.path} "
                          f"and {cur.node}:{cur.path}")
     if prev is None or prev.cgroup_id != cur.cgroup_id:
@@ -151,14 +160,85 @@ def usage_between(prev: GroupSample | None, cur: GroupSample) -> IntervalUsage |
             return None
         if prev is not None and created < prev.wall:
             return None
-        return _build(None, cur, created, _wall_us(created, cur.wall))
+        dt_us = _wall_us(created, cur.wall)
+        q = _from_creation(cur, dt_us)
+        return None if q is None else Interval(created, cur.wall, dt_us, True, q)
     if cur.wall <= prev.wall:
         return None
-    for name in COUNTER_FIELDS:
-        d = _delta(getattr(prev, name), getattr(cur, name))
-        if d is not None and d < 0:
-            return None
+    pc: tuple[int | None, ...] = _COUNTERS(prev)
+    cc: tuple[int | None, ...] = _COUNTERS(cur)
+    deltas: list[int | None] = []
+    for before, now in zip(pc, cc, strict=True):
+        if before is None or now is None:
+            deltas.append(None)
+        elif now < before:
+            return None  # a reset
+        else:
+            deltas.append(now - before)
     dt_us = round((cur.monotonic - prev.monotonic) * _US)
     if dt_us <= 0:
         dt_us = _wall_us(prev.wall, cur.wall)
-    return _build(prev, cur, prev.wall, dt_us)
+    io = _io_totals(prev, cur)
+    if io is None:
+        return None
+    mp, mc = prev.memory_current, cur.memory_current
+    mem = None if mp is None or mc is None else _trapezoid(mp, mc, dt_us)
+    return Interval(prev.wall, cur.wall, dt_us, False, (
+        deltas[_I_CPU], deltas[_I_USER], deltas[_I_SYSTEM], deltas[_I_THROTTLED], mem,
+        *io, deltas[_I_OOM], deltas[_I_KILL]))
+
+
+#: where QUANTITIES' counters sit in COUNTER_FIELDS
+_I_CPU, _I_USER, _I_SYSTEM, _I_THROTTLED, _I_OOM, _I_KILL = (
+    COUNTER_FIELDS.index(name) for name in (
+        "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_throttled_usec",
+        "memory_events_oom", "memory_events_oom_kill"))
+
+
+def _io_totals(prev: GroupSample, cur: GroupSample) -> tuple[int, int, int, int, int] | None:
+    """Bytes and operations read, written, discarded since ``prev``, all devices; None
+    when a device's counter went backwards (a reset)."""
+    cio = cur.io
+    if not cio:
+        return (0, 0, 0, 0, 0)
+    pio = prev.io
+    rb = wb = ri = wi = db = 0
+    for dev, now in cio.items():
+        before = pio.get(dev)
+        if before is None:
+            d_rb, d_wb, d_ri, d_wi, d_db = (now["rbytes"], now["wbytes"], now["rios"],
+                                            now["wios"], now["dbytes"])
+        else:
+            d_rb = now["rbytes"] - before["rbytes"]
+            d_wb = now["wbytes"] - before["wbytes"]
+            d_ri = now["rios"] - before["rios"]
+            d_wi = now["wios"] - before["wios"]
+            d_db = now["dbytes"] - before["dbytes"]
+        if d_rb < 0 or d_wb < 0 or d_ri < 0 or d_wi < 0 or d_db < 0:
+            return None
+        rb += d_rb
+        wb += d_wb
+        ri += d_ri
+        wi += d_wi
+        db += d_db
+    return (rb, wb, ri, wi, db)
+
+
+def usage_between(prev: GroupSample | None, cur: GroupSample) -> IntervalUsage | None:
+    """The usage between ``prev`` and ``cur``, or ``None`` when it cannot be known.
+
+    See the module documentation for the rules on resets, new incarnations and restarts.
+    ``prev`` is ``None`` for the first sample ever seen of a path.  (The meter uses
+    :func:`interval_between`, the same numbers without the per-device detail.)
+    """
+    iv = interval_between(prev, cur)
+    if iv is None:
+        return None
+    io = _io_deltas(None if iv.from_creation else prev, cur)
+    if io is None:  # cannot be: interval_between checked the same counters
+        return None
+    values = dict(zip(QUANTITIES, iv.quantities, strict=True))
+    return IntervalUsage(node=cur.node, tenant=cur.tenant, group=cur.group,
+                         cgroup_id=cur.cgroup_id, start=iv.start, end=iv.end,
+                         duration_us=iv.duration_us, io=io, from_creation=iv.from_creation,
+                         **values)  # type: ignore[arg-type]

@@ -15,14 +15,25 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Integer, String, Table, delete, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
-from governor.metering.rollup import ROLLUP_QUANTITIES, split_by_hour
+from governor.metering.meter import Anchor, IncKey, Metered, inc_key, pair_series
+from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.metering.sample import GAUGE_FIELDS, GroupSample, IoCounters
-from governor.metering.usage import IntervalUsage, usage_between
 from governor.store.errors import StoreError
 from governor.store.models import (
     AppliedPolicy,
@@ -118,12 +129,12 @@ class Incarnations:
 
     def __init__(self) -> None:
         self.ids: dict[tuple[int, str, str | None, int], int] = {}
+        #: node name -> id (a node's row is never removed)
+        self.node_ids: dict[str, int] = {}
 
     def forget(self) -> None:
         self.ids.clear()
-
-
-IncarnationKey = tuple[str, str | None, int]
+        self.node_ids.clear()
 
 
 def incarnation_ids(
@@ -139,11 +150,11 @@ def incarnation_ids(
 def _incarnation_ids(
     *, session: Session, node_id: int, samples: Iterable[GroupSample],
     cache: Incarnations | None = None,
-) -> dict[IncarnationKey, int]:
+) -> dict[IncKey, int]:
     """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows
     (the key record_samples uses: no path string built per sample)."""
-    wanted: dict[IncarnationKey, GroupSample] = {}
-    ids: dict[IncarnationKey, int] = {}
+    wanted: dict[IncKey, GroupSample] = {}
+    ids: dict[IncKey, int] = {}
     known = cache.ids if cache is not None else {}
     for s in samples:
         key = (s.tenant, s.group, s.cgroup_id)
@@ -211,25 +222,48 @@ _IO_COLUMNS = ("node_id", "group_id", "ts", "device", "rbytes", "wbytes", "rios"
 
 
 def _sqlite_ts(dt: datetime) -> str:
-    """A UTC time in SQLAlchemy's SQLite DATETIME storage format (what UTCDateTime writes)."""
-    return f"{dt.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+    """A UTC time in SQLAlchemy's SQLite DATETIME storage format (what UTCDateTime writes):
+    ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    if dt.tzinfo is not UTC:
+        if dt.utcoffset():
+            dt = dt.astimezone(UTC)
+        return dt.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return dt.isoformat(" ", "microseconds")[:26]   # without its "+00:00"
+
+
+class _TsCache:
+    """datetime -> SQLite text for the times of the last two generations: a pass writes
+    each sample's time as a sample, an interval's end and an anchor, and the next pass
+    as an interval's start; converted once.  Bounded: a generation is dropped when the
+    current one holds ``size`` times."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self.current: dict[datetime, str] = {}
+        self.previous: dict[datetime, str] = {}
+
+    def __call__(self, dt: datetime) -> str:
+        t = self.current.get(dt)
+        if t is None:
+            t = self.previous.get(dt)
+            if t is None:
+                t = _sqlite_ts(dt)
+            if len(self.current) >= self.size:
+                self.previous, self.current = self.current, {}
+            self.current[dt] = t
+        return t
+
+
+_SQLITE_TS = _TsCache()
 
 
 def ts_converter(session: Session) -> Callable[[datetime], Any]:
     """Turns a UTC datetime into the DBAPI value :func:`bulk_insert_ignore` passes on
-    unchanged (``ts_index=None``): text on SQLite (cached: a batch has few distinct
-    times), the datetime itself on PostgreSQL."""
+    unchanged (``ts_index=None``): text on SQLite (cached across calls: the same times
+    come back within a pass and the next), the datetime itself on PostgreSQL."""
     if session.get_bind().dialect.name != "sqlite":
         return lambda dt: dt
-    cache: dict[datetime, str] = {}
-
-    def convert(dt: datetime) -> str:
-        t = cache.get(dt)
-        if t is None:
-            t = cache[dt] = _sqlite_ts(dt)
-        return t
-
-    return convert
+    return _SQLITE_TS
 
 
 def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
@@ -292,6 +326,8 @@ def _pg_types(table: str, columns: Sequence[str]) -> list[str]:
             names.append("int4")
         elif isinstance(t, Float):
             names.append("float8")
+        elif isinstance(t, Boolean):
+            names.append("bool")
         elif isinstance(t, String):
             names.append("text")
         else:
@@ -307,12 +343,25 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
     This is the sampler's entry point: one call per tick with every group's sample, in the
     caller's transaction.  ``incarnations`` (optional) caches group ids across calls.
     """
+    store_samples(session=session, node=node, samples=samples, incarnations=incarnations)
+    return len(samples)
+
+
+def store_samples(*, session: Session, node: str, samples: Sequence[GroupSample],
+                  incarnations: Incarnations | None = None
+                  ) -> tuple[int, dict[IncKey, int]]:
+    """:func:`record_samples`, returning the node's id and the group (incarnation) id of
+    each sample's ``(tenant, group, cgroup_id)``: what the in-memory meter's rows need."""
     if not samples:
-        return 0
+        return 0, {}
     for s in samples:
         if s.node != node:
             raise ValueError(f"sample of node {s.node!r} passed to record_samples for {node!r}")
-    node_id = ensure_node(session=session, name=node)
+    node_id = incarnations.node_ids.get(node) if incarnations is not None else None
+    if node_id is None:
+        node_id = ensure_node(session=session, name=node)
+        if incarnations is not None:
+            incarnations.node_ids[node] = node_id
     ids = _incarnation_ids(session=session, node_id=node_id, samples=samples,
                            cache=incarnations)
     rows: list[tuple[Any, ...]] = []
@@ -331,7 +380,60 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
                             c["wios"], c["dbytes"]))
     bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
     bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
-    return len(rows)
+    return node_id, ids
+
+
+def load_anchors(*, session: Session, node: str, node_id: int,
+                 samples: Sequence[GroupSample], ids: Mapping[IncKey, int]
+                 ) -> dict[IncKey, Anchor]:
+    """The anchors of ``samples``' incarnations as the store has them (``ids``: their group
+    ids, from :func:`store_samples`): for the in-memory meter, once per incarnation it does
+    not hold (after a start, a long absence, a new incarnation).  The same rules as
+    :func:`meter`: an incarnation metered before pairs with the sample at its
+    ``metered_until`` (none if retention removed it); one never metered with the latest
+    sample of an earlier incarnation of its path before its first sample."""
+    wanted = {inc_key(s): s for s in samples}
+    gids = sorted({ids[k] for k in wanted})
+    groups: dict[int, Group] = {}
+    for chunk in _chunks(gids):
+        groups.update((g.id, g) for g in session.execute(
+            select(Group).where(Group.id.in_(chunk))).scalars())
+    tenants = dict(session.execute(select(Tenant.id, Tenant.name).where(
+        Tenant.id.in_(sorted({g.tenant_id for g in groups.values()})))).tuples().all())
+    anchored = sorted((g.id, g.metered_until) for g in groups.values()
+                      if g.metered_until is not None)
+    rows: dict[tuple[int, datetime], Any] = {}
+    io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
+    for chunk in _chunks(anchored):
+        times = sorted({ts for _, ts in chunk})
+        want = set(chunk)
+        # by time alone (the key's order: node, ts, group), filtered here: with the
+        # group ids in the query too, SQLite probed every (time, group) pair, 1,000 x 1,000
+        for row in session.execute(select(*_SAMPLE_COLS).where(
+                Sample.node_id == node_id, Sample.ts.in_(times))).mappings():
+            if (row["group_id"], row["ts"]) in want:
+                rows[(row["group_id"], row["ts"])] = row
+        for r in session.execute(select(SampleIo).where(
+                SampleIo.node_id == node_id, SampleIo.ts.in_(times))).scalars():
+            if (r.group_id, r.ts) in want:
+                io[(r.group_id, r.ts)][r.device] = IoCounters(
+                    rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios,
+                    dbytes=r.dbytes)
+    out: dict[IncKey, Anchor] = {}
+    for key, s in wanted.items():
+        g = groups[ids[key]]
+        tenant = tenants[g.tenant_id]
+        if g.metered_until is not None:
+            at = rows.get((g.id, g.metered_until))
+            out[key] = Anchor(None if at is None else _to_sample(
+                at, g, node, tenant, io.get((g.id, g.metered_until), {})), g.metered_until)
+            continue
+        others = list(session.execute(select(Group).where(
+            Group.node_id == node_id, Group.path == g.path)).scalars())
+        out[key] = Anchor(_previous_incarnation_sample(
+            session=session, node=node, group=g, tenant=tenant, before=s.wall,
+            others=others, fresh={}), None)
+    return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -429,13 +531,12 @@ def meter(*, session: Session, node: str) -> MeterResult:
     by_path: dict[str, list[Group]] = defaultdict(list)
     for g in groups.values():
         by_path[g.path].append(g)
-    usages: list[tuple[int, IntervalUsage]] = []
-    skipped = 0
-    new_anchor: dict[int, datetime] = {}
+    series: dict[int, Sequence[GroupSample]] = {}
+    previous: dict[int, GroupSample | None] = {}
     for gid, samples in by_group.items():
         g = groups[gid]
         prev: GroupSample | None = None
-        todo = samples
+        todo: Sequence[GroupSample] = samples
         if g.metered_until is not None and samples[0].wall == g.metered_until:
             prev, todo = samples[0], samples[1:]
         elif g.metered_until is None:
@@ -443,55 +544,86 @@ def meter(*, session: Session, node: str) -> MeterResult:
                                                 tenant=tenants[g.tenant_id],
                                                 before=samples[0].wall,
                                                 others=by_path[g.path], fresh=by_group)
-        for cur in todo:
-            u = usage_between(prev, cur)
-            if u is None:
-                skipped += 1
-            else:
-                usages.append((gid, u))
-            prev = cur
-        if todo:
-            new_anchor[gid] = todo[-1].wall
+        series[gid] = todo
+        previous[gid] = prev
+    metered = pair_series(series, previous)
+    write_metered(session=session, node_id=node_id, metered=metered)
+    return MeterResult(len(rows), len(metered.usages), metered.skipped, len(metered.rollups))
 
-    rollups: dict[tuple[int, datetime], dict[str, int]] = {}
-    usage_rows: list[dict[str, Any]] = []
-    for gid, u in usages:
-        usage_rows.append({
-            "node_id": node_id, "group_id": gid, "end_ts": u.end, "start_ts": u.start,
-            "duration_us": u.duration_us, "from_creation": u.from_creation,
-            **{q: getattr(u, q) or 0 for q in ROLLUP_QUANTITIES},
-        })
-        for hour, covered, quantities in split_by_hour(u):
-            acc = rollups.setdefault((gid, hour), {"covered_us": 0, "intervals": 0,
-                                                  **dict.fromkeys(ROLLUP_QUANTITIES, 0)})
-            acc["covered_us"] += covered
-            acc["intervals"] += 1
-            for name, value in quantities.items():
-                acc[name] += value
+
+def write_metered(*, session: Session, node_id: int, metered: Metered[Any],
+                  ids: Mapping[Any, int] | None = None) -> None:
+    """Write a meter step: its interval usage rows (an interval already stored is
+    skipped), its rollups added into ``rollups_hourly``, and its anchors
+    (``groups.metered_until``), each as one executemany.  Keys are group ids, or looked up
+    in ``ids`` (the in-memory meter's incarnation keys)."""
+    gid = (lambda k: k) if ids is None else ids.__getitem__
+    conv = ts_converter(session)
+    usage_rows = [
+        (node_id, gid(k), conv(iv.end), conv(iv.start), iv.duration_us, iv.from_creation,
+         *[q or 0 for q in iv.quantities])
+        for k, iv in metered.usages]
     if usage_rows:
-        session.execute(insert_ignore(session, _USAGE), usage_rows)
-    if rollups:
-        upsert_rollups(session=session, node_id=node_id, rollups=rollups)
-    # through the loaded objects: one batched UPDATE at flush.  (An ORM-enabled
-    # ``update(Group).where(Group.id == gid)`` per group re-evaluated its criteria against
-    # every Group in the session: O(groups^2), 5-6 s of CPU a pass at 1,000 groups.)
-    for gid, ts in new_anchor.items():
-        groups[gid].metered_until = ts
-    session.flush()
-    return MeterResult(len(rows), len(usages), skipped, len(rollups))
+        bulk_insert_ignore(session, "usage_intervals", _USAGE_COLUMNS, usage_rows,
+                           ts_index=None)
+    if metered.rollups:
+        upsert_rollups(session=session, node_id=node_id, rollups={
+            (gid(k), hour): q for (k, hour), q in metered.rollups.items()})
+    if metered.anchors:
+        _set_anchors(session, [(gid(k), s.wall) for k, s in metered.anchors.items()])
+
+
+_USAGE_COLUMNS = ("node_id", "group_id", "end_ts", "start_ts", "duration_us",
+                  "from_creation", *ROLLUP_QUANTITIES)
+_ROLLUP_NAMES = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
+
+
+def _set_anchors(session: Session, anchors: Sequence[tuple[int, datetime]]) -> None:
+    """``groups.metered_until`` of each ``(group id, time)``, one executemany."""
+    if session.get_bind().dialect.name == "sqlite":
+        conv = ts_converter(session)
+        dbapi = session.connection().connection.driver_connection
+        cur = dbapi.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany("UPDATE groups SET metered_until = ? WHERE id = ?",
+                            [(conv(ts), gid) for gid, ts in anchors])
+        finally:
+            cur.close()
+        return
+    session.execute(update(_GROUPS).where(_GROUPS.c.id == bindparam("gid")).values(
+        metered_until=bindparam("ts")).execution_options(synchronize_session=False),
+        [{"gid": gid, "ts": ts} for gid, ts in anchors])
 
 
 def upsert_rollups(*, session: Session, node_id: int,
-                   rollups: Mapping[tuple[int, datetime], Mapping[str, int]]) -> None:
-    """Add ``rollups`` (keyed by group id and hour) into ``rollups_hourly``."""
+                   rollups: Mapping[tuple[int, datetime], Sequence[int]]) -> None:
+    """Add ``rollups`` (keyed by group id and hour; values ``covered_us``, ``intervals``
+    and the ROLLUP_QUANTITIES, in that order) into ``rollups_hourly``: one executemany of
+    ``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``."""
+    names = _ROLLUP_NAMES
+    if session.get_bind().dialect.name == "sqlite":
+        conv = ts_converter(session)
+        cols = ", ".join(("node_id", "group_id", "hour", *names))
+        marks = ", ".join("?" * (3 + len(names)))
+        sets = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+        dbapi = session.connection().connection.driver_connection
+        cur = dbapi.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(
+                f"INSERT INTO rollups_hourly ({cols}) VALUES ({marks}) "  # noqa: S608
+                f"ON CONFLICT (node_id, group_id, hour) DO UPDATE SET {sets}",
+                [(node_id, gid, conv(hour), *values) for (gid, hour), values in rollups.items()])
+        finally:
+            cur.close()
+        return
     stmt: Any = _insert(session, _ROLLUPS)
-    names = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
     stmt = stmt.on_conflict_do_update(
         index_elements=["node_id", "group_id", "hour"],
         set_={n: _ROLLUPS.c[n] + stmt.excluded[n] for n in names},
     )
     session.execute(stmt, [
-        {"node_id": node_id, "group_id": gid, "hour": hour, **values}
+        {"node_id": node_id, "group_id": gid, "hour": hour,
+         **dict(zip(names, values, strict=True))}
         for (gid, hour), values in rollups.items()
     ])
 

@@ -131,3 +131,12 @@ def test_interval_across_two_hour_boundaries_splits_exactly():
     assert [q["memory_byte_seconds"] for _, _, q in parts] == [600 * GIB, 3600 * GIB, 600 * GIB]
     assert sum(q["io_wbytes"] for _, _, q in parts) == 1_000_001
     assert sum(c for _, c, _ in parts) == u.duration_us
+
+
+@given(st.integers(0, 1 << 62), st.integers(0, 1 << 62), st.integers(1, 1 << 40))
+def test_trapezoid_integer_rounding_is_the_exact_half_even_one(a: int, b: int, dt: int) -> None:
+    """Issue #16: the memory integral in integer arithmetic, as round(Fraction) gave it."""
+    from governor.metering.usage import _trapezoid
+
+    assert _trapezoid(a, b, dt) == round(Fraction((a + b) * dt, 2 * 1_000_000))
+    assert _trapezoid(1, 0, 1_000_000) == 0 and _trapezoid(3, 0, 1_000_000) == 2

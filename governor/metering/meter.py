@@ -1,0 +1,177 @@
+"""The meter step: samples paired into interval usage and hourly rollups.  No I/O here.
+
+:func:`pair_series` is the one pairing rule, used both by the daemon's in-memory
+:class:`Meter` (each pass pairs what it just read with the previous pass's samples, held in
+memory: nothing is read back from the database) and by :func:`governor.store.service.meter`
+(the catch-up over stored samples after a restart, a crash between a pass's two commits, or
+a drained spool).  Both give the same rows for the same samples: one function, one answer.
+
+An *anchor* is an incarnation's last metered sample: the next sample pairs with it.  The
+daemon holds every live incarnation's anchor in memory; one it does not hold (the first
+pass after a start, a group seen again after a long absence, a new incarnation) is
+resolved from the database once, by :func:`governor.store.service.load_anchors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from governor.metering.rollup import split_interval
+from governor.metering.sample import GroupSample
+from governor.metering.usage import Interval, interval_between
+
+K = TypeVar("K", bound=Hashable)
+
+#: an incarnation in memory: (tenant, group, cgroup_id)
+IncKey = tuple[str, str | None, int]
+
+
+def inc_key(s: GroupSample) -> IncKey:
+    return (s.tenant, s.group, s.cgroup_id)
+
+
+@dataclasses.dataclass(slots=True)
+class Metered(Generic[K]):
+    """What one meter step produced, keyed by ``K`` (a group id in the store, an
+    :data:`IncKey` in memory)."""
+
+    #: samples paired (the anchors' own samples not counted)
+    samples: int
+    #: ``(key, interval)`` of each interval, in the order of the samples
+    usages: list[tuple[K, Interval]]
+    #: ``(key, hour) -> [covered_us, intervals, *quantities]`` (the quantities in
+    #: :data:`~governor.metering.rollup.ROLLUP_QUANTITIES` order, unknown ones as 0) to add
+    #: into the hourly rollups
+    rollups: dict[tuple[K, datetime], list[int]]
+    #: the new anchor of each key that had samples
+    anchors: dict[K, GroupSample]
+    #: intervals that could not be known (a reset, an unknown birth)
+    skipped: int
+
+
+def add_interval(rollups: dict[tuple[K, datetime], list[int]], key: K,
+                 iv: Interval) -> None:
+    """Add ``iv``, split on hour boundaries, into ``rollups``."""
+    for hour, covered, quantities in split_interval(iv):
+        acc = rollups.get((key, hour))
+        if acc is None:
+            rollups[(key, hour)] = [covered, 1, *[q or 0 for q in quantities]]
+            continue
+        acc[0] += covered
+        acc[1] += 1
+        for i, q in enumerate(quantities, 2):
+            if q:
+                acc[i] += q
+
+
+def pair_series(series: Mapping[K, Sequence[GroupSample]],
+                previous: Mapping[K, GroupSample | None]) -> Metered[K]:
+    """Pair each key's samples (oldest first) with the one before: the first with
+    ``previous[key]`` (``None``: the first sample of a path, counted from its birth when
+    known).  See :func:`~governor.metering.usage.usage_between` for the rules."""
+    usages: list[tuple[K, Interval]] = []
+    rollups: dict[tuple[K, datetime], list[int]] = {}
+    anchors: dict[K, GroupSample] = {}
+    skipped = n = 0
+    for key, samples in series.items():
+        if not samples:
+            continue
+        prev = previous.get(key)
+        for cur in samples:
+            iv = interval_between(prev, cur)
+            if iv is None:
+                skipped += 1
+            else:
+                usages.append((key, iv))
+                add_interval(rollups, key, iv)
+            prev = cur
+        n += len(samples)
+        anchors[key] = samples[-1]
+    return Metered(n, usages, rollups, anchors, skipped)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where an incarnation's metering stands: ``sample`` pairs with its next sample
+    (``None``: none to pair with; the next is counted from its birth when known), and
+    samples at or before ``floor`` are metered already (``None``: nothing metered yet)."""
+
+    sample: GroupSample | None
+    floor: datetime | None
+
+
+#: an incarnation not sampled for this many passes leaves memory (a removed group); if it
+#: comes back its anchor is resolved from the database again
+KEEP_PASSES = 360
+
+
+class Meter:
+    """The daemon's in-memory meter: every live incarnation's anchor.
+
+    A pass calls :meth:`unknown` (incarnations to resolve from the database), then
+    :meth:`step` (pure: nothing changes here), writes the result in one transaction, and
+    only once that committed calls :meth:`advance`.  A step whose write failed is simply
+    not advanced; :meth:`forget` drops everything (the store then meters from its rows and
+    the anchors are resolved again).
+    """
+
+    def __init__(self, *, keep_passes: int = KEEP_PASSES) -> None:
+        self.keep_passes = keep_passes
+        self._anchors: dict[IncKey, Anchor] = {}
+        self._seen: dict[IncKey, int] = {}
+        self._passes = 0
+
+    def __len__(self) -> int:
+        return len(self._anchors)
+
+    def forget(self) -> None:
+        self._anchors.clear()
+        self._seen.clear()
+
+    def unknown(self, samples: Sequence[GroupSample]) -> list[GroupSample]:
+        """The samples whose incarnation has no anchor in memory."""
+        anchors = self._anchors
+        return [s for s in samples if inc_key(s) not in anchors]
+
+    def step(self, samples: Sequence[GroupSample],
+             resolved: Mapping[IncKey, Anchor] | None = None) -> Metered[IncKey]:
+        """Meter ``samples`` (one pass: one sample per incarnation, or several in time
+        order) against the anchors in memory and ``resolved`` (those :meth:`unknown`
+        named).  Samples at or before an anchor's floor are ignored, as the store does
+        with samples that arrive late."""
+        anchors = self._anchors
+        series: dict[IncKey, list[GroupSample]] = {}
+        previous: dict[IncKey, GroupSample | None] = {}
+        for s in samples:
+            key = (s.tenant, s.group, s.cgroup_id)
+            a = anchors.get(key)
+            if a is None:
+                a = resolved.get(key) if resolved is not None else None
+                if a is None:
+                    raise ValueError(f"no anchor for {s.path} (cgroup id {s.cgroup_id}): "
+                                     "resolve what Meter.unknown names first")
+            if a.floor is not None and s.wall <= a.floor:
+                continue
+            got = series.get(key)
+            if got is None:
+                series[key] = [s]
+                previous[key] = a.sample
+            elif s.wall > got[-1].wall:
+                got.append(s)
+        return pair_series(series, previous)
+
+    def advance(self, metered: Metered[IncKey]) -> None:
+        """The step's rows are committed: its samples are the anchors now."""
+        self._passes += 1
+        n = self._passes
+        for key, s in metered.anchors.items():
+            self._anchors[key] = Anchor(s, s.wall)
+            self._seen[key] = n
+        if n % max(1, min(60, self.keep_passes)) == 0:
+            old = [k for k, seen in self._seen.items() if n - seen > self.keep_passes]
+            for k in old:
+                del self._anchors[k]
+                del self._seen[k]
