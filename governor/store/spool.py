@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -31,9 +32,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from governor.failpoint import failpoint
+from governor.metering.meter import IncKey
 from governor.metering.sample import GroupSample, IoCounters
 from governor.security import StateDir
-from governor.store.service import Incarnations, record_gap, record_samples
+from governor.store.service import Incarnations, record_gap, record_samples, store_samples
 
 log = logging.getLogger(__name__)
 
@@ -304,14 +306,19 @@ class Spool:
             log.warning("spool %s: drained lines not noted (%s: %s): a restart replays "
                         "them, harmlessly", self.path, _errno_name(exc), exc.strerror)
 
-    def drain(self, session_scope: Callable[[], AbstractContextManager[Session]]) -> int:
-        """Write every pending entry, each in its own transaction, in order (the journal
+    def drain(self, session_scope: Callable[[], AbstractContextManager[Session]], *,
+              max_entries: int | None = None) -> int:
+        """Write the pending entries, each in its own transaction, in order (the journal
         read once, a line at a time), then the gaps held in memory; returns the number of
-        entries drained.  Raises the database error if it fails again midway (what was
-        drained stays drained)."""
+        entries drained.  With ``max_entries`` at most that many are written (the daemon
+        drains in steps, between its passes); the files go once everything is drained.
+        Raises the database error if it fails again midway (what was drained stays
+        drained)."""
         n = 0
         entries, samples = self._count()
         for i, e in self.entries():
+            if max_entries is not None and n >= max_entries:
+                return n
             with session_scope() as session:
                 _store(session, e)
             failpoint("store.spool.after_commit")  # crash tests: replayed on restart
@@ -321,6 +328,8 @@ class Spool:
             samples -= len(e["samples"]) if e["kind"] == "samples" else 0
             self._counts = (max(entries, 0), max(samples, 0))
         while self.lost:
+            if max_entries is not None and n >= max_entries:
+                return n
             with session_scope() as session:
                 _store(session, self.lost[0])
             self.lost.pop(0)
@@ -348,6 +357,12 @@ class SpoolingWriter:
 
     ``session_scope`` opens a session in a transaction that commits on success (for example
     :func:`governor.store.db.session_scope`).
+
+    A pass never drains the spool (a backlog of hours would hold it for minutes): while
+    the spool holds anything, new batches go behind it ("queued"), in order, and
+    :meth:`drain` -- the daemon's own job, between passes -- writes the backlog a few
+    batches at a time.  :attr:`lock` serialises the two (and the daemon's metering
+    write): the database sees samples in time order.
     """
 
     def __init__(self, *, spool: Spool,
@@ -357,24 +372,47 @@ class SpoolingWriter:
         self.incarnations = Incarnations()
         #: why the last batch was spooled (the database error's first line), None: stored
         self.last_error: str | None = None
+        #: the node id and the group id of each sample of the last batch stored
+        self.node_id = 0
+        self.ids: dict[IncKey, int] = {}
+        self.lock = threading.RLock()
 
     def submit(self, node: str, samples: Sequence[GroupSample]) -> str:
-        """Store ``samples``; returns "stored", "spooled" or "gap"."""
-        try:
+        """Store ``samples``; returns "stored", "queued" (behind the spool's backlog, which
+        :meth:`drain` writes), "spooled" (the database is unreachable) or "gap" (the spool
+        could not take them)."""
+        with self.lock:
             if self.spool:
-                self.spool.drain(self.session_scope)
-            with self.session_scope() as session:
-                record_samples(session=session, node=node, samples=samples,
-                               incarnations=self.incarnations)
-                failpoint("store.write.before_commit")  # crash tests: rolled back
-            failpoint("store.write.after_commit")  # crash tests: stored, not yet metered
-            self.last_error = None
-            return "stored"
-        except DBAPIError as exc:
-            self.incarnations.forget()
-            # only "cannot reach the database" spools; a bad statement is a bug to raise
-            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                return "queued" if self.spool.put(
+                    node, samples, reason="behind the spool's backlog") else "gap"
+            try:
+                with self.session_scope() as session:
+                    self.node_id, self.ids = store_samples(
+                        session=session, node=node, samples=samples,
+                        incarnations=self.incarnations)
+                    failpoint("store.write.before_commit")  # crash tests: rolled back
+                failpoint("store.write.after_commit")  # crash tests: stored, not yet metered
+                self.last_error = None
+                return "stored"
+            except DBAPIError as exc:
+                self.incarnations.forget()
+                self.ids = {}
+                # only "cannot reach the database" spools; a bad statement is a bug to raise
+                if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                    raise
+                self.last_error = (str(exc.orig).strip().splitlines() or ["?"])[0]
+                reason = f"database unreachable: {self.last_error}"
+                return "spooled" if self.spool.put(node, samples, reason=reason) else "gap"
+
+    def drain(self, *, max_entries: int | None = None) -> int:
+        """Write up to ``max_entries`` batches of the backlog (all: ``None``), in order;
+        returns how many.  Raises the database error if it fails (what was written stays
+        written)."""
+        with self.lock:
+            if not self.spool:
+                return 0
+            try:
+                return self.spool.drain(self.session_scope, max_entries=max_entries)
+            except DBAPIError:
+                self.incarnations.forget()
                 raise
-            self.last_error = (str(exc.orig).strip().splitlines() or ["?"])[0]
-            reason = f"database unreachable: {self.last_error}"
-            return "spooled" if self.spool.put(node, samples, reason=reason) else "gap"

@@ -55,15 +55,19 @@ def test_unreachable_database_spools_then_drains_in_order(engine, db_url, tmp_pa
 
     spool = Spool(tmp_path / "spool" / "journal.jsonl", max_samples=100)
     writer = SpoolingWriter(spool=spool, session_scope=scope)
-    assert [writer.submit("n1", _batch(i)) for i in range(3)] == ["spooled"] * 3
+    # the first finds the database unreachable; the next go behind it without trying
+    assert [writer.submit("n1", _batch(i)) for i in range(3)] == ["spooled", "queued", "queued"]
     assert spool.pending_samples() == 9
     assert oct((tmp_path / "spool" / "journal.jsonl").stat().st_mode & 0o777) == "0o600"
 
     current["engine"] = engine  # the database is back
-    assert writer.submit("n1", _batch(3)) == "stored"
+    assert writer.submit("n1", _batch(3)) == "queued"   # behind the backlog, in order
+    assert writer.drain(max_entries=2) == 2 and spool.pending_samples() == 6
+    assert writer.drain() == 2
+    assert writer.submit("n1", _batch(4)) == "stored"
     assert not spool and not (tmp_path / "spool" / "journal.jsonl").exists()
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(Sample)).scalar_one() == 12
+        assert conn.execute(select(func.count()).select_from(Sample)).scalar_one() == 15
         assert conn.execute(select(func.count()).select_from(Gap)).scalar_one() == 0
 
 
@@ -72,7 +76,7 @@ def test_full_spool_records_a_gap_never_silent(engine, db_url, tmp_path):  # noq
     spool = Spool(tmp_path / "journal.jsonl", max_samples=6)
     writer = SpoolingWriter(spool=spool, session_scope=lambda: scope_factory(current["engine"])())  # noqa: PLW0108
     results = [writer.submit("n1", _batch(i)) for i in range(4)]
-    assert results == ["spooled", "spooled", "gap", "gap"]
+    assert results == ["spooled", "queued", "gap", "gap"]
     current["engine"] = engine
     assert spool.drain(scope_factory(engine)) == 4
     with engine.connect() as conn:
@@ -173,7 +177,8 @@ def test_full_disk_records_a_gap_logged_once_and_counted(engine, tmp_path, caplo
     assert spool.put("n1", _batch(3), reason="db down") is True
     assert [e["kind"] for e in Spool(path, max_samples=100).pending()] == [
         "samples", "gap", "samples"]
-    assert writer.submit("n1", _batch(4)) == "stored"
+    assert writer.submit("n1", _batch(4)) == "queued"
+    assert writer.drain() == 4   # samples, the gap, samples, and the queued batch
     with engine.connect() as conn:
         [gap] = conn.execute(select(Gap.rows_lost, Gap.from_ts, Gap.to_ts, Gap.reason)).all()
         assert conn.execute(select(func.count()).select_from(Sample)).scalar() == 9
@@ -188,6 +193,7 @@ def test_full_disk_gap_is_stored_even_if_the_journal_never_takes_it(engine, tmp_
     writer = SpoolingWriter(spool=spool, session_scope=_broken_scope)
     assert writer.submit("n1", _batch(0)) == "gap"
     writer.session_scope = scope_factory(engine)
+    assert writer.drain() == 1   # the gap held in memory, stored by the drain job
     assert writer.submit("n1", _batch(1)) == "stored"
     with engine.connect() as conn:
         assert conn.execute(select(Gap.rows_lost)).scalars().all() == [3]
