@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -26,12 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,6 +102,13 @@ def _fix(u: URL, text: str) -> str:
             f"({where})")
 
 
+def _alembic_errors() -> tuple[type[Exception], ...]:
+    """Alembic's CommandError, when a command has loaded alembic (only the migrating ones
+    do)."""
+    exc = sys.modules.get("alembic.util.exc")
+    return (exc.CommandError,) if exc is not None else ()
+
+
 @contextmanager
 def database_errors(url: str | URL, action: str) -> Iterator[None]:
     """Turn what the driver, SQLAlchemy or Alembic raise while ``action``-ing the database
@@ -114,7 +117,10 @@ def database_errors(url: str | URL, action: str) -> Iterator[None]:
     the fix.  Governor's own errors (an out-of-date schema...) pass unchanged."""
     try:
         yield
-    except (SQLAlchemyError, OSError, CommandError) as exc:
+    except Exception as exc:
+        # alembic's errors only exist once a command in the block has imported it
+        if not isinstance(exc, (SQLAlchemyError, OSError, *_alembic_errors())):
+            raise
         u = normalize_url(url)
         text = _first_line(exc)
         if isinstance(u.password, str) and u.password:
@@ -238,7 +244,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(url: str | URL | None = None) -> Config:
+def alembic_config(url: str | URL | None = None) -> Any:
+    """Alembic's configuration for governor's migrations (alembic is imported here, only
+    by the commands that migrate: the daemon never loads it, see :func:`head_revision`)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
@@ -249,21 +259,51 @@ def alembic_config(url: str | URL | None = None) -> Config:
     return cfg
 
 
+_REVISION = re.compile(r"^revision(?:\s*:\s*str)?\s*=\s*[\"']([^\"']+)[\"']", re.M)
+_DOWN = re.compile(
+    r"^down_revision(?:\s*:[^=\n]*)?\s*=\s*(?:None|[\"']([^\"']+)[\"'])", re.M)
+
+
+def revisions() -> dict[str, str | None]:
+    """``revision -> down_revision`` of every migration script, read as text: checking
+    the schema (every daemon start, every reconnect) needs no alembic, whose import (with
+    mako, pygments and asyncio) was 30 MiB of the daemon's resident memory (issue #16)."""
+    out: dict[str, str | None] = {}
+    for f in sorted((migrations_dir() / "versions").glob("*.py")):
+        body = f.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(body), _DOWN.search(body)
+        if rev is None or down is None:
+            raise StoreError(f"migration script {f} has no revision/down_revision line: "
+                             "the installation is damaged")
+        out[rev[1]] = down[1]
+    return out
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise StoreError("governor's migrations have no head revision")
-    return head
+    revs = revisions()
+    heads = sorted(set(revs) - {d for d in revs.values() if d is not None})
+    if len(heads) != 1:
+        raise StoreError(f"governor's migrations have {len(heads)} head revisions "
+                         f"({', '.join(heads) or 'none'}), not one")
+    return heads[0]
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (``None``: never migrated)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:
+        raise StoreError(f"the database is at several revisions ({', '.join(rows)}): "
+                         "it was migrated by something other than governor")
+    return rows[0] if rows else None
 
 
 def upgrade(url: str | URL | Engine, revision: str = "head") -> str | None:
     """Migrate the database to ``revision`` (default: the newest); returns the new revision."""
+    from alembic import command
+
     engine = url if isinstance(url, Engine) else make_engine(url)
     try:
         cfg = alembic_config()
@@ -282,11 +322,8 @@ def check_schema(engine: Engine, *, config_hint: str = "FILE") -> None:
     current = current_revision(engine)
     if current == needed:
         return
-    script = ScriptDirectory.from_config(alembic_config())
-    if current is not None:
-        known = {rev.revision for rev in script.walk_revisions()}
-        if current not in known:
-            raise SchemaTooNew(current, needed)
+    if current is not None and current not in revisions():
+        raise SchemaTooNew(current, needed)
     raise SchemaOutOfDate(current, needed, config_hint=config_hint)
 
 
@@ -300,6 +337,8 @@ def _main(argv: list[str]) -> int:
             url = f"sqlite:///{tmp}/scratch.db"
             upgrade(url)
             cfg = alembic_config(url)
+            from alembic import command
+
             command.revision(cfg, message=argv[2], autogenerate=True)
         return 0
     print(_main.__doc__, file=sys.stderr)
