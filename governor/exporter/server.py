@@ -35,6 +35,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -203,11 +204,18 @@ class _Handler(BaseHTTPRequestHandler):
             r = exp.current
             exp.scrapes += 1  # counted before the reply: a client that has it sees the count
             gz = "gzip" in self.headers.get("Accept-Encoding", "")
+            try:  # the pass's snapshot is rendered by the first scrape that asks for it
+                body = r.gzipped() if gz else r.body
+            except Exception:
+                log.exception("rendering the metrics failed")
+                self._send(500, b"rendering the metrics failed (see the daemon's log)\n",
+                           "text/plain; charset=utf-8")
+                return
             if gz:
-                self._send(200, r.gzipped(), CONTENT_TYPE,
+                self._send(200, body, CONTENT_TYPE,
                            {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
             else:
-                self._send(200, r.body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
+                self._send(200, body, CONTENT_TYPE, {"Vary": "Accept-Encoding"})
         elif path in ("/healthz", "/livez"):
             ok, doc = exp.health()
             if path == "/livez":
@@ -310,8 +318,10 @@ class Exporter:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
-    def publish(self, body: bytes, *, created: float | None = None) -> None:
-        """Serve ``body`` (one rendering) from now on."""
+    def publish(self, body: bytes | Callable[[], bytes], *, created: float | None = None
+                ) -> None:
+        """Serve ``body`` from now on: the exposition, or a function rendering it on the
+        first scrape (see :class:`~governor.exporter.render.Rendering`)."""
         self.current = Rendering(body, created if created is not None else time.time())
         self.published_at = time.monotonic()
         self.publications += 1

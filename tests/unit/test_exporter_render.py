@@ -148,3 +148,29 @@ def test_rendering_gzip_made_once_and_round_trips() -> None:
     assert gzip.decompress(gz) == body
     assert r.gzipped() is gz  # made once, then reused
     assert len(gz) < len(body) / 5
+
+
+def test_a_pass_publishes_without_rendering_the_first_scrape_renders_once() -> None:
+    """Issue #16: passes no scrape asks for cost no rendering; concurrent scrapes of one
+    pass share one rendering, gzipped or not."""
+    import threading
+
+    snap = snapshot(30)
+    calls: list[int] = []
+
+    def make() -> bytes:
+        calls.append(1)
+        return render(snap)
+
+    r = Rendering(make, created=1.0)
+    assert not r.rendered and calls == []
+    bodies: list[bytes] = []
+    threads = [threading.Thread(target=lambda: bodies.append(r.body)) for _ in range(8)]
+    threads += [threading.Thread(target=lambda: bodies.append(gzip.decompress(r.gzipped())))
+                for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and r.rendered
+    assert set(bodies) == {render(snap)}

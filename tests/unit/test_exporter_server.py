@@ -58,6 +58,26 @@ def test_metrics_plain_and_gzip_serve_the_published_rendering(exporter: Exporter
     assert exporter.scrapes == 3
 
 
+def test_a_rendering_that_fails_at_scrape_is_a_500_not_a_traceback(
+        exporter: Exporter, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #16: a pass publishes a function that renders on the first scrape; if it
+    fails, the scrape gets a 500 and the daemon's log the error, and the next pass's
+    rendering is served."""
+    def broken() -> bytes:
+        raise ValueError("a bug in a renderer")
+
+    exporter.publish(broken)
+    for enc in ({}, {"Accept-Encoding": "gzip"}):
+        code, _, data = get(exporter.url + "/metrics", enc)
+        assert code == 500 and b"rendering the metrics failed" in data
+    assert "rendering the metrics failed" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+    exporter.publish(lambda: b"governor_spool_depth 0\n")
+    code, _, data = get(exporter.url + "/metrics")
+    assert (code, data) == (200, b"governor_spool_depth 0\n")
+
+
 def test_healthz_follows_the_age_of_the_last_publication(exporter: Exporter) -> None:
     code, _, data = get(exporter.url + "/healthz")
     assert code == 503 and json.loads(data)["status"] == "stale"
