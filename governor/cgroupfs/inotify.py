@@ -18,6 +18,7 @@ IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
 #: a directory's entries changed, or the directory itself went
 DIR_CHANGES = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
                | IN_MOVE_SELF | IN_ONLYDIR)
@@ -54,7 +55,12 @@ class Inotify:
 
     def read(self) -> list[tuple[int, int]]:
         """``(wd, mask)`` of every queued event (empty when none)."""
-        out: list[tuple[int, int]] = []
+        return [(wd, mask) for wd, mask, _name in self.read_named()]
+
+    def read_named(self) -> list[tuple[int, int, str]]:
+        """``(wd, mask, name)`` of every queued event (name: the entry of a watched
+        directory the event is about, "" for the watched object itself)."""
+        out: list[tuple[int, int, str]] = []
         while True:
             try:
                 buf = os.read(self.fd, 65536)
@@ -63,8 +69,10 @@ class Inotify:
             off = 0
             while off + _EVENT.size <= len(buf):
                 wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
-                out.append((wd, mask))
-                off += _EVENT.size + length
+                start = off + _EVENT.size
+                name = buf[start:start + length].rstrip(b"\0")
+                out.append((wd, mask, os.fsdecode(name)))
+                off = start + length
 
     def close(self) -> None:
         os.close(self.fd)

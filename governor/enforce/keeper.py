@@ -5,7 +5,9 @@
   logged, the failure is counted, and the policy in force stays exactly as it was.
 * :meth:`Enforcer.reconcile` (at an interval): plans against the kernel again; with an
   unchanged policy any write it has to make is drift (a file edited by hand, a group
-  removed behind governor's back) and is restored and counted.
+  removed behind governor's back) and is restored and counted.  With a
+  :class:`~governor.enforce.drift.DriftWatch` (the daemon's) a reconcile plans only the
+  groups inotify saw written or removed, and all of them every ``FULL_EVERY``-th time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.enforce.apply import Executor, Outcome, apply_plan
 from governor.enforce.desired import DesiredState, desired_state
+from governor.enforce.drift import DriftWatch
 from governor.enforce.plan import Action, Plan, make_plan
+from governor.errors import GovernorError
 from governor.policy import Policy, PolicyInvalid, load_policy
 from governor.policy.model import PricePlan
 
@@ -38,7 +42,8 @@ class Enforcer:
                  iocost_devices: tuple[str, ...] = (), recorder: Recorder | None = None,
                  sys_block: str = "/sys/block",
                  on_created: Callable[[str, bool], None] | None = None,
-                 executor: Callable[[Plan], Executor | None] | None = None) -> None:
+                 executor: Callable[[Plan], Executor | None] | None = None,
+                 drift_watch: DriftWatch | None = None) -> None:
         self.fs = fs
         self.layout = as_layout(subtree)
         self.subtree = self.layout.subtree
@@ -60,6 +65,10 @@ class Enforcer:
         #: failed writes of the last apply or reconcile: 0 once the kernel matches the
         #: policy again (a degraded governor until then: /healthz, sd_notify STATUS=)
         self.last_failed = 0
+        #: which groups a reconcile needs to plan (None: every group, every time)
+        self.drift_watch = drift_watch
+        #: groups planned by the reconciles so far (the drift watch keeps it small)
+        self.reconciled_groups = 0
         self._lock = threading.Lock()
 
     # -- policy versions -----------------------------------------------------------------
@@ -94,17 +103,37 @@ class Enforcer:
             self._apply(trigger, drift=False)
         return True
 
+    def _watch(self, desired: DesiredState, outcomes: list[Outcome]) -> None:
+        """Watch every group of ``desired`` (those made just now too); a group whose write
+        failed is planned again at the next reconcile."""
+        assert self.drift_watch is not None
+        groups: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for rel, g in desired.groups.items():
+            try:
+                path = self.layout.path(rel)
+            except GovernorError:
+                continue   # a name the driver cannot spell: noted by the plan
+            files = tuple(f for f, _ in g.files)
+            groups[rel] = (path, (*files, "cgroup.subtree_control") if g.enable else files)
+        self.drift_watch.watch(groups)
+        by_path = {path: rel for rel, (path, _) in groups.items()}
+        self.drift_watch.mark(by_path[o.action.path] for o in outcomes
+                              if not o.ok and o.action.path in by_path)
+
     def plan(self) -> Plan:
         assert self.policy is not None
         return make_plan(self.fs, self.layout, desired_state(self.policy),
                          previous=self.applied, iocost_devices=self.iocost_devices,
                          sys_block=self.sys_block)
 
-    def _apply(self, trigger: str, *, drift: bool) -> list[Outcome]:
+    def _apply(self, trigger: str, *, drift: bool,
+               only: set[str] | None = None) -> list[Outcome]:
         assert self.policy is not None
         desired = desired_state(self.policy)
         plan = make_plan(self.fs, self.layout, desired, previous=self.applied,
-                         iocost_devices=self.iocost_devices, sys_block=self.sys_block)
+                         iocost_devices=self.iocost_devices, sys_block=self.sys_block,
+                         only=only)
+        self.reconciled_groups += len(desired.groups) if only is None else len(only)
         notify = self.on_created
         group_of = self.layout.group_of
 
@@ -129,6 +158,8 @@ class Enforcer:
                     "path": o.action.path, "file": o.action.file, "was": o.action.old,
                     "now": o.action.new, "kind": o.action.kind})
         self.applied = desired
+        if self.drift_watch is not None:
+            self._watch(desired, outcomes)
         failed = sum(not o.ok for o in outcomes)
         self.last_failed = failed
         if outcomes or not drift:
@@ -150,7 +181,10 @@ class Enforcer:
         if self.policy is None:
             return []
         with self._lock:
-            return self._apply("reconcile", drift=True)
+            only = self.drift_watch.take() if self.drift_watch is not None else None
+            if only is not None and not only:
+                return []   # nothing written since: nothing to read
+            return self._apply("reconcile", drift=True, only=only)
 
 
 class PolicyWatcher:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -373,7 +373,8 @@ def _iocost_actions(fs: CgroupFS, desired: DesiredState, iocost_devices: Iterabl
 
 def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
               previous: DesiredState | None = None, iocost_devices: Iterable[str] = (),
-              sys_block: str | Path = "/sys/block") -> Plan:
+              sys_block: str | Path = "/sys/block",
+              only: Collection[str] | None = None) -> Plan:
     """Read the kernel's current state below the subtree and diff it with ``desired``.
 
     ``fs`` is rooted at the cgroup mount; every path in the plan is below the subtree, as
@@ -382,11 +383,15 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
     reset to the kernel's defaults).  Where systemd makes the groups, controllers are its
     business (no ``enable`` actions) and a file it cannot express is a note, not a write.
     Reads only: nothing is written.
+
+    ``only`` (a reconcile told by :class:`~governor.enforce.drift.DriftWatch` which groups
+    changed) plans those groups alone: no IO cost model, no removals.
     """
     layout = as_layout(subtree)
     owner = layout.subtree if layout.makes_dirs else None
     plan = Plan(digest=desired.digest, owner=owner)
-    plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
+    if only is None:
+        plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
     root = layout.subtree
     if not fs.exists(root):
         plan.actions.append(Action("create", root, new=(
@@ -403,6 +408,8 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
                                        " ".join("+" + c for c in missing)))
     prev = previous.groups if previous is not None else {}
     for rel, group in desired.groups.items():
+        if only is not None and rel not in only:
+            continue
         try:
             path = layout.path(rel)
         except GovernorError as e:  # a name the driver cannot spell: the others go on
@@ -416,6 +423,8 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
         if owner is not None and (not actions or actions[0].kind != "create"):
             actions[:0] = _adoptions(fs, path, owner)
         plan.actions.extend(actions)
+    if only is not None:
+        return plan
     removals = _removals(fs, layout, desired, owner)
     # deepest first
     removals.sort(key=lambda a: -a.path.count("/"))
