@@ -370,3 +370,41 @@ def test_database_down_at_start_is_one_error_not_one_per_group(
     msgs = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("stored OOM totals unreadable") for m in msgs) == 1, msgs
     assert w.db_write_errors == groups  # every group still counted
+
+
+def test_rescan_leaves_watched_groups_alone_and_still_sees_a_new_incarnation(
+        tree: Path) -> None:
+    """Issue #16: a rescan looks only at groups it does not watch (the inode of every group
+    every 2 s was a third of the daemon's CPU at 1,000 groups); a group removed and made
+    again under its name ends its watch (IN_IGNORED) and is adopted as a new incarnation."""
+    import shutil
+
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", victim_wait=0.0)
+    w.rescan(startup=True)
+    old = w._groups["acme/web"].cgroup_id
+    looked: list[str] = []
+    real = fs.inode
+
+    def counting(rel: str) -> int:
+        looked.append(rel)
+        return real(rel)
+
+    fs.inode = counting  # type: ignore[method-assign]
+    w.rescan()
+    assert looked == []      # all three watched: none looked at again
+    (tree / "gov/acme/new").mkdir()
+    write_events(tree / "gov/acme/new")
+    # made before the old one goes (tmpfs may hand a freed inode number out again; the
+    # kernel's cgroup ids are never reused)
+    (tree / "gov/acme/web.new").mkdir()
+    write_events(tree / "gov/acme/web.new", oom_kill=1)
+    shutil.rmtree(tree / "gov/acme/web")
+    (tree / "gov/acme/web.new").rename(tree / "gov/acme/web")
+    w.poll_once(0.5)         # the old watch's IN_IGNORED
+    w.rescan()
+    assert sorted(looked) == ["gov/acme/new", "gov/acme/web"]
+    assert w._groups["acme/web"].cgroup_id != old
+    assert w._groups["acme/web"].cgroup_id == real("gov/acme/web")
+    assert "acme/new" in w._groups
+    w.close()
