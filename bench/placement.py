@@ -57,12 +57,15 @@ ROOT = Path("/sys/fs/cgroup")
 SLEEP = "/usr/bin/sleep"
 POLICY = '[tenants.t.groups.g]\n[[tenants.t.groups.g.match]]\ncomm = "sleep"\n'
 LOADGEN = Path(__file__).resolve().parent / "build" / "placement_load"
+#: the governors --variants can run beside cgrulesengd
+VARIANTS = ("governor", "warm-always", "warm-off")
 
 Result = dict[str, Any]
 
 
 # -- the governor side -------------------------------------------------------------------
-def serve(subtree: str, policy_file: str, nice: int, keep_warm: float) -> int:
+def serve(subtree: str, policy_file: str, nice: int, keep_warm: float,
+          min_rate: int) -> int:
     """A Placer in this process until SIGTERM; its counters as a JSON line on stdout at
     each SIGUSR1 and at the end."""
     from governor.placement import netlink
@@ -94,7 +97,7 @@ def serve(subtree: str, policy_file: str, nice: int, keep_warm: float) -> int:
     signal.signal(signal.SIGUSR1, on_signal)
     with CgroupFS(ROOT) as fs:
         placer = TimedPlacer(fs, subtree, lambda: pol, exclude=(), nice=nice,
-                             keep_warm=keep_warm,
+                             keep_warm=keep_warm, keep_warm_min_rate=min_rate,
                              keep_warm_interval=Config().keep_warm_interval)
         ok = placer.start()
         print("ready" if ok else "no-connector", flush=True)
@@ -109,9 +112,11 @@ def serve(subtree: str, policy_file: str, nice: int, keep_warm: float) -> int:
 
 
 class Governor:
-    def __init__(self, subtree: str, policy_file: Path, nice: int, keep_warm: float) -> None:
+    def __init__(self, subtree: str, policy_file: Path, nice: int, keep_warm: float,
+                 min_rate: int) -> None:
         self.p = subprocess.Popen([sys.executable, __file__, "--serve", subtree,
-                                   str(policy_file), str(nice), str(keep_warm)],
+                                   str(policy_file), str(nice), str(keep_warm),
+                                   str(min_rate)],
                                   stdout=subprocess.PIPE, text=True)
         assert self.p.stdout is not None
         line = self.p.stdout.readline().strip()
@@ -302,6 +307,15 @@ def main() -> int:
                     help="governor's [placement] keep_warm: no-op migrations for this long "
                     "after a move keep the next moves from waiting for an RCU grace period "
                     "(default: the daemon's, 1 s; 0: off)")
+    ap.add_argument("--keep-warm-min-rate", type=int, default=Config().keep_warm_min_rate,
+                    metavar="N", help="governor's [placement] keep_warm_min_rate: the window "
+                    "opens only when N moves were made within the last second (default: the "
+                    "daemon's; 0: after every move)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=["governor"],
+                    help="governors to run beside cgrulesengd on every load: governor (the "
+                    "--keep-warm and --keep-warm-min-rate given, by default the daemon's), "
+                    "warm-always (keep_warm_min_rate 0: a window after every move, as before "
+                    "issue 16), warm-off (keep_warm 0)")
     ap.add_argument("--peer-nice", type=int, default=0, metavar="N",
                     help="run cgrulesengd at nice N (governor's listener thread runs at "
                     "[placement] listener_nice, default -10)")
@@ -311,11 +325,13 @@ def main() -> int:
     ap.add_argument("--host-calibration", type=float, default=0.0, metavar="US",
                     help="the host's --calibrate figure: VM latencies are also shown divided "
                     "by (VM calibration / this), the host-speed estimate")
-    ap.add_argument("--serve", nargs=4, metavar=("SUBTREE", "POLICY", "NICE", "KEEP_WARM"),
+    ap.add_argument("--serve", nargs=5,
+                    metavar=("SUBTREE", "POLICY", "NICE", "KEEP_WARM", "MIN_RATE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        return serve(args.serve[0], args.serve[1], int(args.serve[2]), float(args.serve[3]))
+        return serve(args.serve[0], args.serve[1], int(args.serve[2]), float(args.serve[3]),
+                     int(args.serve[4]))
     if args.calibrate:
         print(f"{calibrate():.2f}")
         return 0
@@ -327,8 +343,14 @@ def main() -> int:
         return 2
     vm_cal = calibrate()
     slowdown = vm_cal / args.host_calibration if args.host_calibration > 0 else math.nan
-    print(f"governor's listener thread at nice {args.listener_nice}, keep_warm "
-          f"{args.keep_warm:g} s; cgrulesengd at nice {args.peer_nice}", flush=True)
+    # variant -> (keep_warm, keep_warm_min_rate)
+    settings = {"governor": (args.keep_warm, args.keep_warm_min_rate),
+                "warm-always": (args.keep_warm or Config().keep_warm, 0),
+                "warm-off": (0.0, 0)}
+    names = [*args.variants, "cgrulesengd"]
+    print(f"governor's listener thread at nice {args.listener_nice}; " + ", ".join(
+        f"{v}: keep_warm {settings[v][0]:g} s, keep_warm_min_rate {settings[v][1]}"
+        for v in args.variants) + f"; cgrulesengd at nice {args.peer_nice}", flush=True)
     print(f"placement bench: {os.cpu_count()} vCPUs, child lifetime {args.lifetime:g} s; "
           f"calibration (Placer CPU per exec event, kernel write replaced by a file write): "
           f"VM {vm_cal:.1f} us, host "
@@ -356,10 +378,10 @@ def main() -> int:
             # daemons alternate load by load (a fresh daemon each time), so a change in the
             # machine's load over the run falls on both
             for i, (label, rate, count) in enumerate(loads):
-                for name in ("governor", "cgrulesengd"):
+                for name in names:
                     daemon: Governor | Cgrulesengd = (
-                        Governor(subtree, policy_file, args.listener_nice, args.keep_warm)
-                        if name == "governor"
+                        Governor(subtree, policy_file, args.listener_nice, *settings[name])
+                        if name != "cgrulesengd"
                         else Cgrulesengd(f"{subtree}/t/g", args.peer_nice))
                     try:
                         wait_ready(target, daemon)
@@ -376,7 +398,10 @@ def main() -> int:
                             after = daemon.counters()
                             r["warm"] = (after["keep_warm_writes"]
                                          - before["keep_warm_writes"])
-                            handling[mode, i] = per_event(before, after)
+                            r["windows"] = (after["keep_warm_windows"]
+                                            - before["keep_warm_windows"])
+                            if name == names[0]:
+                                handling[mode, i] = per_event(before, after)
                             for k, v in after["handle_max_seconds_by_event"].items():
                                 handle_max[k] = max(v, handle_max.get(k, 0.0))
                             for k, v in after["cpu"].items():
@@ -390,8 +415,9 @@ def main() -> int:
                               f"{r['pass_us']:.0f} us; {r['from_exec']} of {r['placed']} "
                               "timed from the kernel's exec event); daemon CPU "
                               f"{r['cpu_ms']:.2f} ms per process spawned"
-                              + (f", {r['warm']} keep_warm no-op migrations" if "warm" in r
-                                 else ""), flush=True)
+                              + (f", {r['warm']} keep_warm no-op migrations in "
+                                 f"{r['windows']} windows" if "warm" in r else ""),
+                              flush=True)
                     finally:
                         daemon.stop()
     finally:
@@ -407,24 +433,31 @@ def main() -> int:
         print(f"exec-to-placed, cgroup2 mount {mode}: VM (TCG) ms as measured; cpu/proc = the "
               f"daemon's CPU ms per process spawned; host = VM / {slowdown:.1f} (the "
               "calibration), an estimate; ratio = governor / cgrulesengd")
-        head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<11} {'placed/of':>10} {'miss':>5} "
-                f"{'p50':>8} {'p99':>8} {'max':>8} {'cpu/proc':>8} | {'host p50':>8} "
-                f"{'host p99':>8}")
+        head = (f"{'load':<14} {'achieved/s':>10} | {'daemon':<12} {'placed/of':>10} {'miss':>5} "
+                f"{'p50':>8} {'p99':>8} {'max':>8} {'cpu/proc':>8} {'warm':>6} | "
+                f"{'host p50':>8} {'host p99':>8}")
         print(head)
         print("-" * len(head))
         for i, (label, _rate, _count) in enumerate(loads):
-            g, c = results[mode, i]["governor"], results[mode, i]["cgrulesengd"]
-            for name, r in (("governor", g), ("cgrulesengd", c)):
-                print(f"{label:<14} {r['achieved']:>10.0f} | {name:<11} "
+            c = results[mode, i]["cgrulesengd"]
+            for name in names:
+                r = results[mode, i][name]
+                warm = str(r["warm"]) if "warm" in r else ""
+                print(f"{label:<14} {r['achieved']:>10.0f} | {name:<12} "
                       f"{str(r['placed']) + '/' + str(r['spawned']):>10} "
                       f"{r['misses']:>5} {fmt_ms(r['p50']):>8} {fmt_ms(r['p99']):>8} "
-                      f"{fmt_ms(r['max']):>8} {r['cpu_ms']:>8.2f} | {host(r['p50']):>8} "
-                      f"{host(r['p99']):>8}")
-            # placed: the share of the processes spawned (the VM spawns a different number)
-            share = ratio(g["placed"] / max(g["spawned"], 1), c["placed"] / max(c["spawned"], 1))
-            print(f"{label:<14} {'':>10} | {'ratio':<11} {share:>10} {'':>5} "
-                  f"{ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
-                  f"{ratio(g['max'], c['max']):>8} {ratio(g['cpu_ms'], c['cpu_ms']):>8} |")
+                      f"{fmt_ms(r['max']):>8} {r['cpu_ms']:>8.2f} {warm:>6} | "
+                      f"{host(r['p50']):>8} {host(r['p99']):>8}")
+            for name in args.variants:  # ratios to the same load's cgrulesengd
+                g = results[mode, i][name]
+                # placed: the share of the processes spawned (the VM spawns its own number)
+                share = ratio(g["placed"] / max(g["spawned"], 1),
+                              c["placed"] / max(c["spawned"], 1))
+                tag = "ratio " + name.removeprefix("warm-")
+                print(f"{label:<14} {'':>10} | {tag:<12} {share:>10} "
+                      f"{'':>5} {ratio(g['p50'], c['p50']):>8} {ratio(g['p99'], c['p99']):>8} "
+                      f"{ratio(g['max'], c['max']):>8} {ratio(g['cpu_ms'], c['cpu_ms']):>8} "
+                      f"{'':>6} |")
     print()
     print("governor Placer, time per connector event in the VM, mean us by load: wall (its"
           " handle_seconds counters) / CPU of the listener thread")

@@ -33,6 +33,11 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     *(f"!*/{s}{tail}" for s in RUNTIME_SCOPES for tail in ("", "/*")),
     "/kubepods.slice/*", "/kubepods/*")
 
+#: [placement] keep_warm_min_rate: keep_warm's window opens only when at least this many
+#: moves were made within the last second (issue #16: below it the no-op writes cost more
+#: per move than cgrulesengd's whole move; bench/README.md, docs/placement.md)
+KEEP_WARM_MIN_RATE = 20
+
 
 #: the longest duration a setting may have (100 years): found by trying, `interval = 1e308`
 #: passed the check and overflowed timedelta when the scheduler started
@@ -122,6 +127,7 @@ class Config:
     listener_nice: int = -10                # nice of the connector listener thread
     keep_warm: float = 1.0                  # keep moves fast this long after one (0: off)
     keep_warm_interval: float = 0.004       # no-op migration interval meanwhile
+    keep_warm_min_rate: int = KEEP_WARM_MIN_RATE  # moves within a second that open it
     # [exporter]
     listen: str = "127.0.0.1:9717"
     tls_cert: str | None = None
@@ -214,6 +220,15 @@ def _keep_warm_interval(v: object, *, key: str, file: str | None) -> float:
                           "period (a few milliseconds; \"4ms\" is the default)",
                           file=file, key=key)
     return secs
+
+
+def _keep_warm_min_rate(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
+        raise ConfigError(f"{v!r} is not a whole number of moves a second from 0 to 100000 "
+                          "(keep_warm's window opens when this many moves were made within "
+                          f"the last second; 0: after every move; default {KEEP_WARM_MIN_RATE})",
+                          file=file, key=key)
+    return v
 
 
 def _subtree(v: object, *, key: str, file: str | None) -> str:
@@ -319,6 +334,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "listener_nice": ("listener_nice", _nice),
         "keep_warm": ("keep_warm", _keep_warm),
         "keep_warm_interval": ("keep_warm_interval", _keep_warm_interval),
+        "keep_warm_min_rate": ("keep_warm_min_rate", _keep_warm_min_rate),
     },
     "exporter": {
         "listen": ("listen", _listen),

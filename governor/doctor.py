@@ -194,8 +194,11 @@ def _favordynmods_check(cfg: Config, root: Path, mountinfo: str, rules: int | No
     detail = (f"{mp} is mounted without it: a move into a group (placement, "
               "`governor launch`) after a quiet spell waits for an RCU grace period (16 ms "
               "measured on Linux 6.1)")
-    detail += (f"; [placement] keep_warm spares the moves within {cfg.keep_warm:g} s of "
-               "another" if cfg.keep_warm > 0 else
+    rate = cfg.keep_warm_min_rate
+    detail += ((f"; [placement] keep_warm spares the moves within {cfg.keep_warm:g} s of "
+                "another" + (f" while at least {rate} come within a second (keep_warm_min_rate)"
+                             if rate > 1 else ""))
+               if cfg.keep_warm > 0 else
                "; with [placement] keep_warm = 0 every move waits")
     if too_old:
         return Check(name, True, detail + f"; this kernel ({release}) predates the option "

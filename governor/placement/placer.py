@@ -17,6 +17,9 @@ Decisions (docs/placement.md has the user's version):
 * **Moves kept fast**: for ``keep_warm`` seconds after a move, the listener repeats a no-op
   migration every ``keep_warm_interval`` (:class:`tree.MigrationWarmer`), so the next move
   does not wait for an RCU grace period; ``favordynmods`` makes that wait go for good.
+  The window opens only while at least ``keep_warm_min_rate`` moves were made within the
+  last second (:class:`governor.placement.warm.KeepWarmGate`): below that rate its writes
+  would cost more per move than the move itself.
 * **Races**: a process is held by a pidfd before anything about it is read, and the write
   happens only while that pidfd says it has not exited (so its pid cannot have been
   reused; without pidfds the start time is read again and compared); ESRCH on the write
@@ -41,11 +44,12 @@ from typing import Final
 from governor.cgroupfs import mount, tree
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
-from governor.config import DEFAULT_EXCLUDE
+from governor.config import DEFAULT_EXCLUDE, KEEP_WARM_MIN_RATE
 from governor.errors import CgroupError, GovernorError
 from governor.placement import netlink
 from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
 from governor.placement.rules import CompiledRule, ContainerView, Exclusions, RuleSet
+from governor.placement.warm import KeepWarmGate
 from governor.policy.model import Policy
 
 log = logging.getLogger("governor.placement")
@@ -82,6 +86,7 @@ class Counters:
     listener_nice: int | None = None  # the listener thread's nice once it was set
     keep_warm_writes: int = 0         # no-op migrations that kept moves fast
     keep_warm_errors: int = 0
+    keep_warm_windows: int = 0        # windows opened (moves at keep_warm_min_rate or more)
 
     def as_dict(self) -> dict[str, object]:
         return {"placements": dict(self.placements), "events": dict(self.events),
@@ -92,7 +97,8 @@ class Counters:
                 "handle_max_seconds_by_event": dict(self.handle_max_seconds_by_event),
                 "connector": self.connector, "listener_nice": self.listener_nice,
                 "keep_warm_writes": self.keep_warm_writes,
-                "keep_warm_errors": self.keep_warm_errors}
+                "keep_warm_errors": self.keep_warm_errors,
+                "keep_warm_windows": self.keep_warm_windows}
 
 
 class Placer:
@@ -107,6 +113,7 @@ class Placer:
                  rules_factory: Callable[[Policy | None], RuleSet] = RuleSet.from_policy,
                  nice: int | None = None, keep_warm: float = 0.0,
                  keep_warm_interval: float = 0.004,
+                 keep_warm_min_rate: int = KEEP_WARM_MIN_RATE,
                  start_scope: Callable[[str, int], None] | None = None) -> None:
         self.fs = fs
         self.layout = as_layout(subtree)
@@ -141,6 +148,8 @@ class Placer:
         #: the interval of its no-op migrations (shorter than an RCU grace period)
         self.keep_warm = keep_warm
         self.keep_warm_interval = keep_warm_interval
+        #: opens the window only while moves come at keep_warm_min_rate a second or more
+        self.warm_gate = KeepWarmGate(keep_warm_min_rate)
         self.warmer = tree.MigrationWarmer(fs, proc_file=f"{proc_root}/thread-self/cgroup")
         self._warm_logged = False
 
@@ -321,12 +330,22 @@ class Placer:
         self._count("moved")
         now = time.monotonic()
         if self.keep_warm > 0:
-            self.warmer.moved(now + self.keep_warm)
+            self._warm_after_move(now)
         self._recent[pid] = (target, now)
         if len(self._recent) > 4096:
             self._recent = {k: v for k, v in self._recent.items()
                             if now - v[1] < FOLLOW_WINDOW}
         return "moved"
+
+    def _warm_after_move(self, now: float) -> None:
+        """Tell the warmer about a move while the gate has the window open (a move inside
+        an open window also counts as its write); a closed window stays closed."""
+        gate = self.warm_gate
+        opened = gate.opened
+        until = gate.moved(now, self.keep_warm)
+        self.counters.keep_warm_windows += gate.opened - opened
+        if until > now:
+            self.warmer.moved(until)
 
     # -- events --------------------------------------------------------------------------
     def _on_fork(self, parent: int, child: int) -> None:

@@ -317,7 +317,8 @@ def test_keep_warm_migrations_move_nothing(world: tuple[CgroupFS, Enforcer, Path
     # the daemon's way: the C accelerator's thread writes after each move, for the window
     from governor.placement.procfs import ACCELERATED
 
-    placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=(), keep_warm=0.5)
+    placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=(), keep_warm=0.5,
+                    keep_warm_min_rate=0)  # a window after every move (the rate: below)
     sleeps: list[subprocess.Popen[bytes]] = []
 
     def place_one() -> None:
@@ -514,3 +515,53 @@ def test_launch_restarts_an_oom_killed_container(cfg: Path, world: tuple[CgroupF
                  f"echo ok >> {runs}; exit 3", cfg=cfg)
     assert r.returncode == 3 and "restart" not in r.stderr, r.stderr
     assert runs.read_text().split()[-1] == "ok"
+
+
+def test_keep_warm_opens_only_at_min_rate(world: tuple[CgroupFS, Enforcer, Path]) -> None:
+    """keep_warm made adaptive (issue #16) on the real kernel: with keep_warm_min_rate 5,
+    moves a second apart open no window (no no-op migration at all); a burst of 10 opens
+    one, whose writes stop once the window after the burst is over."""
+    fs, enf, scratch = world
+    want = f"/{scratch.name}/t/storm"
+    placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=(), keep_warm=0.5,
+                    keep_warm_min_rate=5)
+    sleeps: list[subprocess.Popen[bytes]] = []
+    burst: subprocess.Popen[bytes] | None = None
+
+    def settle(what: str, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert check(), what
+
+    assert placer.start() is True
+    try:
+        for _ in range(3):  # slow: one move, then more than a second before the next
+            sleeps.append(subprocess.Popen(["sleep", "30"]))
+            assert wait_for(sleeps[-1].pid, want) == want
+            time.sleep(1.1)
+        if placer.warmer.background:
+            placer._warm_stats()  # the C thread's count now, not at the listener's next read
+        slow = placer.counters.as_dict()
+        assert slow["keep_warm_windows"] == 0 and slow["keep_warm_writes"] == 0, slow
+        # a burst: ten sleeps forked by one shell within a fraction of a second
+        burst = subprocess.Popen(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do "
+                                  "sleep 4 & done; wait"])
+        settle("the burst placed", lambda: placer.counters.placements["moved"] >= 13)
+        settle("a window opened", lambda: placer.counters.keep_warm_windows >= 1)
+        settle("no-op migrations in it", lambda: placer.counters.keep_warm_writes > 0)
+        time.sleep(1.5)  # past the window (0.5 s after the last move at the rate)
+        done = placer.counters.keep_warm_writes
+        time.sleep(1.0)
+        assert placer.counters.keep_warm_writes == done  # closed with the window
+        assert placer.counters.keep_warm_errors == 0
+    finally:
+        placer.stop()
+        if burst is not None:
+            burst.wait(timeout=60)  # its sleeps end by themselves
+        for s in sleeps:
+            s.kill()
+            s.wait()
+    c = placer.counters
+    print(f"keep_warm_min_rate 5: 3 slow moves, no window; a burst of 10: "
+          f"{c.keep_warm_windows} window(s), {c.keep_warm_writes} no-op migrations")

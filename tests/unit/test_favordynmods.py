@@ -313,6 +313,7 @@ def test_doctor_off_with_rules_suggests_it(mountinfo: Path) -> None:
     assert c.ok and c.info and not c.required  # informational: never a failure
     assert "/sys/fs/cgroup is mounted without it" in c.detail and "RCU grace period" in c.detail
     assert "keep_warm spares the moves within 1 s of another" in c.detail
+    assert "while at least 20 come within a second" in c.detail
     assert c.fix.startswith("`[placement] favordynmods = true` (Linux 6.0+) cuts that wait")
     lines: list[str] = []
     render([c], lines.append)

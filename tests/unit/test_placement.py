@@ -38,6 +38,7 @@ from governor.placement.procfs import (
     parse_status,
 )
 from governor.placement.rules import ContainerView, Exclusions, RuleSet
+from governor.placement.warm import KeepWarmGate
 from governor.policy import PolicyInvalid
 from governor.policy.loader import parse_policy
 from governor.policy.model import Policy
@@ -915,6 +916,7 @@ def test_keep_warm_follows_moves_then_stops(world: tuple[Path, RecordingFS, Plac
 
     proc, _fs, placer = world
     placer.keep_warm, placer.keep_warm_interval = 0.3, 0.01
+    placer.warm_gate = KeepWarmGate(0)  # a window after every move (the rate rule: its own test)
     touched: list[float] = []
 
     def touch() -> None:  # the no-op write, as far as the window logic sees it
