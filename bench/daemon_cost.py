@@ -1,5 +1,6 @@
 # needs: kernel
 # timeout: 3600
+# host calibration: --calibrate
 """The daemon's own cost at 1,000 managed groups (issue #7), next to the sampler alone.
 
 Run inside the sandbox: ``bench/run daemon_cost [--groups 1000] [--interval 10]
@@ -19,12 +20,21 @@ After a warm-up (the policy applied, the first passes stored) each is measured f
 ``--minutes``: CPU time (user + system, all threads, from ``/proc/PID/stat``) as a share of
 one core, and RSS read every interval (mean and max).  The ratio daemon / sampler says what
 the rest of the daemon costs on top of the reads.
+
+``--profile SECONDS`` (default 120; 0: none): after the daemon's measured window, py-spy
+samples it for that long (``py-spy record --nonblocking --format raw``, every thread, idle
+time left out) and the top 10 functions by own time and by time including callees are
+printed: where the daemon's CPU goes, on the real kernel.  ``--groups 10000`` also prints
+the passes' durations (from the daemon's log at stop) against the interval.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,12 +88,143 @@ def measure(pid: int, seconds: float, interval: float) -> tuple[float, float, in
     return (c1 - c0) / wall, sum(rss) / len(rss) / 1024, max(rss)
 
 
+FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy ``seconds`` of ``pid`` (all threads, not idle), then the top 10 functions by
+    own samples and by samples including callees."""
+    spy = Path(sys.executable).with_name("py-spy")
+    r = subprocess.run([str(spy), "record", "--pid", str(pid), "--duration", f"{seconds:.0f}",
+                        "--rate", "50", "--nonblocking", "--threads", "--format", "raw",
+                        "--output", str(out)], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not out.exists():
+        print(f"profile: py-spy failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+        return
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = []
+        for frame in stack.split(";"):
+            m = FRAME.match(frame)
+            if m is None:
+                continue  # the thread's own label
+            path = m["file"]
+            short = path.split("site-packages/")[-1].split("/main/")[-1]
+            names.append(f"{m['fn']} ({short})")
+        if not names:
+            continue
+        own[names[-1]] += n
+        for name in set(names):
+            incl[name] += n
+    print(f"profile: {total} samples at 50 Hz over {seconds:.0f} s "
+          f"({total / 50 / seconds * 100:.1f}% of a core busy in Python)")
+    # the threads' own wrappers (threading, the executor, APScheduler) include everything
+    wrappers = ("(threading.py)", "(concurrent/", "(apscheduler/")
+    incl = collections.Counter({k: v for k, v in incl.items()
+                                if not any(w in k for w in wrappers)})
+    for title, counter in (("own time", own), ("including callees", incl)):
+        print(f"  top 10 by {title}:")
+        for name, n in counter.most_common(10):
+            print(f"    {n / max(total, 1) * 100:5.1f}%  {name}")
+
+
+def scrape_cost(pid: int, url: str, scrapes: int, background: float) -> tuple[float, int]:
+    """The daemon's CPU seconds per scrape of /metrics (gzip, as Prometheus asks), each
+    of a pass not scraped before (so each renders), taken between passes: CPU across the
+    request less the daemon's background rate over its wall time.  And the body's size."""
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    health = url.replace("/metrics", "/healthz")
+    seen = -1
+    costs = []
+    size = 0
+    for _ in range(scrapes):
+        while True:  # a new pass published, and done a second ago
+            with urllib.request.urlopen(health, timeout=60) as r:
+                n = int(json.load(r)["publications"])
+            if n != seen:
+                seen = n
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        c0, _ = usage(pid)
+        t0 = time.monotonic()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            size = len(r.read())
+        wall = time.monotonic() - t0
+        c1, _ = usage(pid)
+        costs.append(max(0.0, c1 - c0 - background * wall))
+    costs.sort()
+    return costs[len(costs) // 2], size
+
+
+def calibrate(rounds: int = 5, groups: int = 1000) -> float:
+    """CPU ms of the daemon's own kind of work, no kernel: ``groups`` samples metered in
+    memory and their rows written to SQLite (a temporary file), best of ``rounds``.  Run
+    on the host (bench/run does it first) and in the VM: their ratio is the VM/host factor
+    the host-speed estimate divides by, as bench/run placement does."""
+    from datetime import UTC, datetime, timedelta
+
+    from governor.metering.meter import Anchor, Meter, inc_key
+    from governor.store.db import make_engine, scope_factory, upgrade
+    from governor.store.service import Incarnations, store_samples, write_metered
+    from governor.store.testing import make_sample
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    best = float("inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/cal.db"
+        upgrade(url)
+        engine = make_engine(url)
+        scope = scope_factory(engine)
+        m, inc = Meter(), Incarnations()
+        for r in range(rounds + 1):
+            batch = [make_sample(node="cal", group=f"g{i}", cgroup_id=i, cpu=r * 1000 + i,
+                                 mem=1 << 20, rbytes=r * 4096,
+                                 wall=t0 + timedelta(seconds=10 * r, microseconds=i))
+                     for i in range(groups)]
+            c = time.process_time()
+            with scope() as session:
+                node_id, ids = store_samples(session=session, node="cal", samples=batch,
+                                             incarnations=inc)
+            with scope() as session:
+                step = m.step(batch, {inc_key(s): Anchor(None, None) for s in batch}
+                              if r == 0 else None)
+                write_metered(session=session, node_id=node_id, metered=step, ids=ids)
+            m.advance(step)
+            took = time.process_time() - c
+            if r:
+                best = min(best, took)
+        engine.dispose()
+    return best * 1e3
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--profile", type=float, default=120.0, metavar="SECONDS")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="print the host calibration (CPU ms of metering and storing 1,000 "
+                    "samples) and exit; bench/run runs it on the host first")
+    ap.add_argument("--host-calibration", type=float, default=0.0, metavar="MS",
+                    help="the host's --calibrate figure: CPU shares are also shown divided "
+                    "by the VM/host factor (the host-speed estimate)")
+    ap.add_argument("--scrapes", type=int, default=10,
+                    help="scrapes of the daemon's /metrics after its window (0: none)")
     args = ap.parse_args()
+    if args.calibrate:
+        print(f"{calibrate():.2f}")
+        return 0
     from governor.store.db import upgrade
 
     tmp = Path(tempfile.mkdtemp(prefix="governor-cost-"))
@@ -92,25 +233,29 @@ def main() -> int:
     db = f"sqlite:///{tmp}/governor.db"
     upgrade(db)
     cfg = tmp / "config.toml"
+    port = free_port()
     cfg.write_text(
         f'[governor]\ncgroup_root = "{ROOT}"\nsubtree = "{SUBTREE}"\npolicy = "{pol}"\n'
         f'state_dir = "{tmp}/state"\nnode = "vm"\n[database]\nurl = "{db}"\n'
-        f'[exporter]\nlisten = "127.0.0.1:{free_port()}"\n')
+        f'[exporter]\nlisten = "127.0.0.1:{port}"\n')
     seconds = args.minutes * 60
     print(f"daemon_cost: {args.groups} groups, interval {args.interval:g} s, "
           f"{args.minutes:g} min each, {os.cpu_count()} vCPUs", flush=True)
 
     # 1. the whole daemon
     log = tmp / "daemon.log"
+    t_start = time.monotonic()
     with log.open("w") as logf:
         d = subprocess.Popen([sys.executable, "-m", "governor", "run", "--config", str(cfg),
                               "--sample-interval", f"{args.interval:g}s"],
                              stderr=logf, cwd=REPO)
-    wait_until(lambda: "governor running" in log.read_text() or d.poll() is not None, 900,
+    wait_until(lambda: "governor running" in log.read_text() or d.poll() is not None, 3600,
                "the daemon to start", step=0.5)
     if d.poll() is not None:
         print(log.read_text()[-3000:])
         return 1
+    print(f"daemon started in {time.monotonic() - t_start:.0f} s (the policy applied)",
+          flush=True)
     sleepers = []
     for t in range((args.groups + 99) // 100):
         procs = ROOT / SUBTREE / f"t{t:02d}" / "g000" / "cgroup.procs"
@@ -119,6 +264,11 @@ def main() -> int:
     # warm-up: a few passes after start-up
     time.sleep(3 * args.interval)
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval)
+    if args.profile > 0:
+        profile(d.pid, args.profile, tmp / "profile.txt")
+    scrape = None
+    if args.scrapes > 0:
+        scrape = scrape_cost(d.pid, f"http://127.0.0.1:{port}/metrics", args.scrapes, d_cpu)
     d.send_signal(signal.SIGTERM)
     d.wait(300)
     text = log.read_text()
@@ -143,6 +293,18 @@ def main() -> int:
     print(f"{'governor run':<16} {d_cpu * 100:>16.2f} {d_rss:>13.1f} {d_max / 1024:>12.1f}")
     print(f"{'sampler alone':<16} {s_cpu * 100:>16.2f} {s_rss:>13.1f} {s_max / 1024:>12.1f}")
     print(f"ratio daemon / sampler: CPU {d_cpu / s_cpu:.2f}x, RSS {d_rss / s_rss:.2f}x")
+    if args.host_calibration > 0:
+        factor = calibrate() / args.host_calibration
+        print(f"VM/host factor {factor:.1f} (metering and storing 1,000 samples: "
+              f"{args.host_calibration:.1f} ms on the host); host-speed estimate: governor "
+              f"run {d_cpu * 100 / factor:.2f}% of one host core, the sampler alone "
+              f"{s_cpu * 100 / factor:.2f}%")
+    if scrape is not None:
+        reads = s_cpu * args.interval
+        print(f"one scrape of /metrics ({scrape[1] / 1024:.0f} KiB gzipped): "
+              f"{scrape[0] * 1e3:.0f} ms of the daemon's CPU (median of {args.scrapes}); "
+              f"one pass's reads (the sampler alone): {reads * 1e3:.0f} ms; "
+              f"ratio {scrape[0] / reads:.2f}")
     return 0
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,6 +44,7 @@ from governor.config import Config
 from governor.driver import Tree, delegated, open_tree
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
+from governor.metering.meter import Meter
 from governor.metering.sampler import Sampler
 
 log = logging.getLogger("governor.daemon")
@@ -51,8 +53,14 @@ log = logging.getLogger("governor.daemon")
 WATCH_INTERVAL = 1.0
 #: how often retention runs (it is idempotent; a daily cadence would do)
 RETENTION_INTERVAL = 3600.0
-#: the billed-cost gauge is recomputed at most this often (it reads hourly rollups)
-COST_INTERVAL = 60.0
+#: the billed-cost gauge is recomputed this often, by its own job (it reads the month's
+#: hourly rollups: never part of a sampling pass)
+COST_INTERVAL = 300.0
+#: the spool's backlog drains by its own job (never inside a pass): this often at most,
+#: DRAIN_STEP batches per step, with DRAIN_PAUSE between steps for a pass to go in
+DRAIN_INTERVAL = 5.0
+DRAIN_STEP = 8
+DRAIN_PAUSE = 0.05
 #: at most this many applied policies / OOM events wait in memory for the database
 MAX_PENDING_POLICIES = 1000
 MAX_PENDING_EVENTS = 10_000
@@ -61,6 +69,32 @@ MAX_PENDING_EVENTS = 10_000
 #: default is 5 ms).  An exec event must not wait behind a sampling or metering pass for
 #: the default: bench/gil_wait.py measures the listener's wait both ways.
 SWITCH_INTERVAL = 0.001
+
+
+#: glibc's mallopt(3) parameter M_ARENA_MAX, and the daemon's value (see limit_arenas)
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """At most ``arenas`` glibc malloc arenas (issue #16, resident memory): by default each
+    thread that allocates gets its own (up to 8 per CPU), and memory freed in one stays
+    resident there; the daemon's dozen threads (scheduler workers, placement, OOM watch,
+    exporter) each kept some.  Called before any thread starts.  False where the C library
+    is not glibc (nothing changed) or refuses; ``MALLOC_ARENA_MAX`` in the environment wins."""
+    import ctypes
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def settle_heap() -> int:
@@ -122,6 +156,18 @@ def keep_warm_for(tree: Tree, keep_warm: float,
     log.info("keep_warm off: the daemon's own cgroup is not delegated to it (Delegate=yes "
              "in governor.service turns it on)", extra={"cgroup": own or "unknown"})
     return 0.0
+
+
+def _drift_watch(fs: Any) -> Any:
+    """The reconcile's inotify watch (None without inotify: every reconcile reads all)."""
+    from governor.enforce.drift import DriftWatch
+
+    try:
+        return DriftWatch(fs)
+    except OSError as e:
+        log.warning("no inotify for drift: each reconcile reads every managed file",
+                    extra={"error": e.strerror})
+        return None
 
 
 class PolicyRecorder:
@@ -317,6 +363,7 @@ class Daemon:
         from governor.store.spool import Spool, SpoolingWriter
 
         self.jobs: list[tuple[str, float, Callable[[], Any]]] = []
+        limit_arenas()  # before the first thread
         # the database is tried, not required: enforcement never waits for it
         self.db = Database(cfg.database_url, config_hint=cfg.source or "FILE")
         self.db.check()  # up to PG_CONNECT_TIMEOUT: a stop asked meanwhile ends it here
@@ -336,15 +383,21 @@ class Daemon:
         self.enforcer = Enforcer(self.fs, layout, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
                                  on_created=self.sampler.expect_birth,
-                                 executor=self.tree.executor)
+                                 executor=self.tree.executor, drift_watch=_drift_watch(self.fs))
         self.watcher = PolicyWatcher(cfg.policy)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
+        #: the in-memory meter (anchors of every live incarnation); ``_meter_ready`` False:
+        #: the store holds samples not metered yet (a start, a crash between a pass's two
+        #: commits, a drained spool), so the next pass meters from the store's rows first
+        self.meter = Meter()
+        self._meter_ready = False
         self.placer = Placer(self.fs, layout, lambda: self.enforcer.policy,
                              exclude=cfg.exclude_cgroups, nice=cfg.listener_nice,
                              keep_warm=keep_warm_for(self.tree, cfg.keep_warm),
                              keep_warm_interval=cfg.keep_warm_interval,
+                             keep_warm_min_rate=cfg.keep_warm_min_rate,
                              start_scope=(self.tree.driver.start_scope
                                           if self.tree.driver is not None else None))
         self.oom_sink = DeferredSink(DbSink(self.scope, cfg.node), self.db)
@@ -365,12 +418,13 @@ class Daemon:
         self.slow_passes = 0
         self.late_passes = 0
         self.costs: dict[tuple[str, str], Any] = {}
-        self._costs_at = 0.0
         self._last_pass_start: float | None = None
         #: monotonic start of the sampling pass in progress (None: none running)
         self._pass_running_since: float | None = None
         #: (wall start, seconds, groups sampled) of the last pass
         self._last_pass: tuple[datetime, float, int] | None = None
+        #: whole passes (read, store, meter, publish): count, total and longest seconds
+        self.pass_seconds = (0, 0.0, 0.0)
         self._stored_last = True
 
     # -- jobs ----------------------------------------------------------------------------
@@ -399,6 +453,9 @@ class Daemon:
             self._sample(start)
         finally:
             self._pass_running_since = None
+            took = time.monotonic() - start
+            n, total, longest = self.pass_seconds
+            self.pass_seconds = (n + 1, total + took, max(longest, took))
 
     def _store(self, samples: Sequence[Any]) -> str:
         """Store a pass's samples, or spool them while the database is down; returns
@@ -415,13 +472,72 @@ class Daemon:
             outcome = "spooled" if self.spool.put(
                 node, samples, reason=f"storing failed: {type(e).__name__}") else "gap"
             return "error" if outcome == "spooled" else outcome
-        if outcome != "stored":
+        if outcome not in ("stored", "queued"):
             self.db.lost(self.writer.last_error or "a write failed")
         return outcome
 
+    def _meter(self, samples: Sequence[Any]) -> None:
+        """Meter the pass just stored: in memory, against the previous pass's samples
+        (nothing read back), written in one transaction; or, when the store holds samples
+        not yet metered, from the store's rows (the anchors are then resolved again)."""
+        from governor.store.service import load_anchors, meter, write_metered
+
+        node = self.cfg.node
+        step = None
+        try:
+            with self.scope() as session:
+                if not self._meter_ready:
+                    meter(session=session, node=node)
+                else:
+                    w = self.writer
+                    unknown = self.meter.unknown(samples)
+                    resolved = load_anchors(session=session, node=node, node_id=w.node_id,
+                                            samples=unknown, ids=w.ids) if unknown else None
+                    step = self.meter.step(samples, resolved)
+                    write_metered(session=session, node_id=w.node_id, metered=step,
+                                  ids=w.ids)
+                failpoint("store.meter.before_commit")  # crash tests
+        except Exception:
+            self.db_write_errors += 1
+            self._meter_ready = False
+            log.exception("metering failed")
+            return
+        if step is None:
+            self.meter.forget()
+            self._meter_ready = True
+        else:
+            self.meter.advance(step)
+
+    def _drain(self) -> None:
+        """The spool's backlog written between passes, a few batches at a time (a pass
+        may take the writer's lock between steps), each step metered from the store."""
+        from governor.store.gate import reason
+        from governor.store.service import meter
+
+        while self.spool and self.db.up and not self.stop_event.is_set():
+            try:
+                with self.writer.lock:
+                    n = self.writer.drain(max_entries=DRAIN_STEP)
+                    with self.scope() as session:
+                        meter(session=session, node=self.cfg.node)
+                    self._meter_ready = False
+            except Exception as e:
+                from sqlalchemy.exc import DBAPIError, OperationalError
+
+                if isinstance(e, OperationalError) or (
+                        isinstance(e, DBAPIError) and e.connection_invalidated):
+                    self.db.lost(reason(e))
+                else:
+                    self.db_write_errors += 1
+                    log.exception("draining the spool failed")
+                return
+            if n:
+                log.info("spool drained a step", extra={
+                    "batches": n, "spool_depth": self.spool.pending_samples()})
+            time.sleep(DRAIN_PAUSE)
+
     def _sample(self, start: float) -> None:
         from governor.exporter.render import Health, Snapshot, render
-        from governor.store.service import meter
 
         if self._last_pass_start is not None and \
                 start - self._last_pass_start > 2 * self.cfg.sample_interval:
@@ -435,8 +551,15 @@ class Daemon:
             self.recorder.flush()
             self.oom_sink.flush()
         if p.samples:
-            outcome = self._store(p.samples)
-            if outcome != "stored":
+            with self.writer.lock:
+                outcome = self._store(p.samples)
+                if outcome == "stored":
+                    self._meter(p.samples)
+                else:
+                    self._meter_ready = False
+            if outcome == "queued":
+                self._stored_last = True
+            elif outcome != "stored":
                 self.db_write_errors += 1
                 # once per outage at warning level (the database's state is logged apart)
                 log.log(logging.WARNING if self._stored_last else logging.DEBUG,
@@ -446,18 +569,10 @@ class Daemon:
                 self._stored_last = False
             else:
                 self._stored_last = True
-                try:
-                    with self.scope() as session:
-                        meter(session=session, node=self.cfg.node)
-                        failpoint("store.meter.before_commit")  # crash tests
-                except Exception:
-                    self.db_write_errors += 1
-                    log.exception("metering failed")
         if p.samples:  # one bad group costs its own sample, not the pass (its errors
             # are counted in governor_sample_errors_total)
             self.last_success = p.started.timestamp()
         self.oom.on_sample(self.sampler.latest)
-        self._update_costs()
         pol = self.enforcer.policy
         limits = {}
         if pol is not None:
@@ -476,10 +591,12 @@ class Daemon:
             alerts=dict(self.alerter.results) if self.alerter else {},
             sample_errors=dict(self.sampler.error_counts),
             exporter_dropped=self.exporter.dropped())
-        self.exporter.publish(render(Snapshot(
+        snap = Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),
-            health=health)), created=p.started.timestamp())
+            health=health)
+        # rendered by the first scrape that asks for it, not here
+        self.exporter.publish(partial(render, snap), created=p.started.timestamp())
         self._last_pass = (p.started, p.duration, len(p.samples))
         self.exporter.set_problems(self.problems())
         self.notifier.notify(self.status_line())
@@ -522,13 +639,11 @@ class Daemon:
         return self.watchdog is None or since is None or now - since <= 2 * self.watchdog
 
     def _update_costs(self) -> None:
-        """The billed cost so far this month per tenant and currency (from rollups)."""
-        now = time.monotonic()
-        if now - self._costs_at < COST_INTERVAL and self.costs:
-            return
+        """The billed cost so far this month per tenant and currency (from rollups): its
+        own job, every COST_INTERVAL, never inside a pass; the gauge shows it from the
+        next pass on."""
         if not self.db.up:
             return  # the last costs stay; recomputed once the database answers
-        self._costs_at = now
         pol = self.enforcer.policy
         if pol is None:
             return
@@ -587,6 +702,8 @@ class Daemon:
         if self.alerter is not None:
             self.alerter.stop(timeout=1.0)
         self.sampler.close()
+        if self.enforcer.drift_watch is not None:
+            self.enforcer.drift_watch.close()
         self.tree.close()
         self.db.dispose()
 
@@ -622,6 +739,7 @@ class Daemon:
         self.oom.start()
         self.exporter.start()
         self.sample()  # a first pass right away: metrics and a baseline sample
+        self._update_costs()
         log.debug("start-up heap frozen", extra={"objects": settle_heap()})
         self.scheduler.add_job(self.sample, "interval", id="sample",
                                seconds=self.cfg.sample_interval)
@@ -631,6 +749,10 @@ class Daemon:
                                seconds=WATCH_INTERVAL)
         self.scheduler.add_job(self._retention, "interval", id="retention",
                                seconds=RETENTION_INTERVAL)
+        self.scheduler.add_job(self._drain, "interval", id="spool-drain",
+                               seconds=min(self.cfg.sample_interval, DRAIN_INTERVAL))
+        self.scheduler.add_job(self._update_costs, "interval", id="costs",
+                               seconds=COST_INTERVAL)
         for name, seconds, fn in [*self.placer.jobs(self.cfg.rescan_interval), *self.jobs]:
             self.scheduler.add_job(fn, "interval", id=name, seconds=seconds)
         # lateness is judged against the schedule: its first pass is due one interval
@@ -682,10 +804,14 @@ class Daemon:
                 self.alerter.stop()
             self.exporter.stop()
             self.sampler.close()
+            if self.enforcer.drift_watch is not None:
+                self.enforcer.drift_watch.close()
             self.tree.close()  # the mount and, with systemd, the bus
             self.db.dispose()
             log.info("governor stopped", extra={
                 "passes": self.sampler.passes, "slow_passes": self.slow_passes,
                 "late_passes": self.late_passes, "db_write_errors": self.db_write_errors,
-                "database_up": self.db.up, "spool_depth": self.spool.pending_samples()})
+                "database_up": self.db.up, "spool_depth": self.spool.pending_samples(),
+                "pass_mean_s": round(self.pass_seconds[1] / max(self.pass_seconds[0], 1), 3),
+                "pass_max_s": round(self.pass_seconds[2], 3)})
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,13 +19,14 @@ from sqlalchemy import create_engine, func, select
 from governor.config import Config
 from governor.daemon import Daemon, DeferredSink, PolicyRecorder
 from governor.errors import ConfigError
+from governor.metering.meter import Meter
 from governor.oom.events import OomEvent
 from governor.oom.store import DbSink
 from governor.policy import load_policy
 from governor.store.db import upgrade
 from governor.store.errors import DatabaseUnavailable
 from governor.store.gate import Database, masked
-from governor.store.models import AppliedPolicy, Gap, PricePlanRow, Sample
+from governor.store.models import AppliedPolicy, Gap, IntervalUsageRow, PricePlanRow, Sample
 from governor.store.models import OomEvent as OomEventRow
 from governor.store.spool import Spool, SpoolingWriter
 from governor.store.testing import make_sample
@@ -123,6 +125,11 @@ def daemon_for_store(db: Database, tmp_path: Path) -> Daemon:
     d.db = db
     d.spool = Spool(tmp_path / "state" / "s.spool", max_samples=1000)
     d.writer = SpoolingWriter(spool=d.spool, session_scope=db.scope)
+    d.scope = db.scope
+    d.meter = Meter()
+    d._meter_ready = False
+    d.stop_event = threading.Event()
+    d.db_write_errors = 0
     return d
 
 
@@ -135,16 +142,23 @@ def test_samples_spooled_while_down_drained_once_up_none_lost(tmp_path: Path) ->
     assert d.spool.pending_samples() == 12
     unblock(url, wall)
     assert db.check()
-    assert d._store(batch(4)) == "stored"
-    assert not d.spool
+    # a pass never drains: its batch goes behind the backlog, at once
+    assert d._store(batch(4)) == "queued" and db.up
+    assert d.spool.pending_samples() == 15
+    d._drain()   # the daemon's own job, between passes: in steps, then metered
+    assert not d.spool and not d._meter_ready
+    assert d._store(batch(5)) == "stored"
     e = create_engine(url)
     with e.connect() as c:
-        assert c.execute(select(func.count()).select_from(Sample)).scalar_one() == 15
+        assert c.execute(select(func.count()).select_from(Sample)).scalar_one() == 18
         assert c.execute(select(func.count()).select_from(Gap)).scalar_one() == 0
+        # the drain metered what it wrote: every interval of the spooled passes
+        assert c.execute(select(func.count()).select_from(IntervalUsageRow)
+                         ).scalar_one() >= 4
     e.dispose()
     # and lost again: a failing write marks it down, the next pass spools without trying
     db.lost("connection reset")
-    assert d._store(batch(5)) == "spooled" and not db.up
+    assert d._store(batch(6)) == "spooled" and not db.up
     db.dispose()
 
 
