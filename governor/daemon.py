@@ -260,6 +260,10 @@ class DeferredSink:
     def totals(self, path: str, cgroup_id: int) -> dict[str, int]:
         return dict(self.sink.totals(path, cgroup_id))
 
+    def totals_many(self, keys: Sequence[tuple[str, int]]
+                    ) -> dict[tuple[str, int], dict[str, int]]:
+        return dict(self.sink.totals_many(keys))
+
     def record(self, events: Sequence[Any]) -> None:
         with self._lock:
             self.pending.extend(events)

@@ -24,9 +24,15 @@ from governor.store.service import ensure_node, incarnation_ids, record_oom_even
 
 Scope = Callable[[], AbstractContextManager[Session]]
 
+#: group ids per ``IN (...)`` query (below every backend's bound-parameter limit)
+_CHUNK = 500
+
 
 class EventSink(Protocol):
     def totals(self, path: str, cgroup_id: int) -> dict[str, int]: ...
+
+    def totals_many(self, keys: Sequence[tuple[str, int]]
+                    ) -> dict[tuple[str, int], dict[str, int]]: ...
 
     def record(self, events: Sequence[OomEvent]) -> None: ...
 
@@ -48,12 +54,35 @@ class DbSink:
 
     def totals(self, path: str, cgroup_id: int) -> dict[str, int]:
         """Sum of the recorded counts per kind for one incarnation."""
+        return self.totals_many([(path, cgroup_id)])[(path, cgroup_id)]
+
+    def totals_many(self, keys: Sequence[tuple[str, int]]
+                    ) -> dict[tuple[str, int], dict[str, int]]:
+        """:meth:`totals` of many incarnations ``(path, cgroup_id)`` in one transaction
+        (issue #16: at start the watcher adopts every group at once; a transaction per
+        group was thousands of commits, and held the database from the first pass)."""
+        out: dict[tuple[str, int], dict[str, int]] = {k: {} for k in keys}
+        if not keys:
+            return out
+        now, mono = datetime.now(UTC), time.monotonic()
         with self.scope() as session:
-            gid = _incarnation(session, self.node, path, cgroup_id)
-            rows = session.execute(
-                select(OomEventRow.kind, func.sum(OomEventRow.count))
-                .where(OomEventRow.group_id == gid).group_by(OomEventRow.kind))
-            return {kind: int(n) for kind, n in rows}
+            node_id = ensure_node(session=session, name=self.node)
+            stubs = []
+            for path, cid in out:
+                tenant, _, group = path.partition("/")
+                stubs.append(GroupSample(node=self.node, tenant=tenant, group=group or None,
+                                         cgroup_id=cid, wall=now, monotonic=mono))
+            gids = incarnation_ids(session=session, node_id=node_id, samples=stubs)
+            by_gid = {gids[k]: out[k] for k in out}
+            ordered = sorted(by_gid)
+            for i in range(0, len(ordered), _CHUNK):
+                rows = session.execute(
+                    select(OomEventRow.group_id, OomEventRow.kind, func.sum(OomEventRow.count))
+                    .where(OomEventRow.group_id.in_(ordered[i:i + _CHUNK]))
+                    .group_by(OomEventRow.group_id, OomEventRow.kind))
+                for gid, kind, n in rows:
+                    by_gid[gid][kind] = int(n)
+        return out
 
     def record(self, events: Sequence[OomEvent]) -> None:
         """All of ``events`` in one transaction (all stored, or none and the error raised)."""

@@ -173,7 +173,7 @@ class OomWatcher:
         live = set(self.discover())
         for path in [p for p in self._groups if p not in live]:
             self._forget(path)
-        adopted: list[str] = []
+        found: list[tuple[_Watched, dict[str, int]]] = []
         for path in sorted(live):
             known = self._groups.get(path)
             if known is not None and known.wd is not None:
@@ -187,12 +187,16 @@ class OomWatcher:
                 continue
             if w is not None:
                 self._forget(path)  # re-created under the same name: a new incarnation
-            self._adopt(path, cid, startup=startup)
-            adopted.append(path)
+            seen = self._watch_new(path, cid)
+            if seen is not None:
+                found.append(seen)
+        adopted = self._adopt(found, startup=startup)
         # every group when the settings changed, else only those adopted now
         self._arm_triggers(None if self._settings_changed or startup else adopted)
 
-    def _adopt(self, path: str, cid: int, *, startup: bool) -> None:
+    def _watch_new(self, path: str, cid: int) -> tuple[_Watched, dict[str, int]] | None:
+        """Watch a new incarnation's ``memory.events`` and read it (None: no memory
+        controller there, or gone already)."""
         w = _Watched(path, cid, {})
         if self.inotify is not None:
             # watch before reading, so no change between the read and the watch is lost
@@ -203,29 +207,48 @@ class OomWatcher:
                 log.warning("cannot watch memory.events, polling it",
                             extra={"group": path, "error": e.strerror})
         counters = self._read_counters(path)
-        if counters is None:  # memory controller not enabled here, or gone already
+        if counters is None:
             if w.wd is not None and self.inotify is not None:
                 self.inotify.remove(w.wd)
                 self._by_wd.pop(w.wd, None)
-            return
-        stored: dict[str, int] = {}
+            return None
+        return w, counters
+
+    def _adopt(self, found: list[tuple[_Watched, dict[str, int]]], *, startup: bool
+               ) -> list[str]:
+        """Take on the new incarnations ``found``: their stored totals are read in one
+        transaction (issue #16: one per group was thousands of commits at start, holding
+        the database from the first pass), then their counters are compared."""
+        if not found:
+            return []
+        stored: dict[tuple[str, int], dict[str, int]] | None = {}
         if self.sink is not None:
             try:
-                stored = self.sink.totals(path, cid)
+                stored = self.sink.totals_many([(w.path, w.cgroup_id) for w, _ in found])
                 self._totals_failing = 0
             except Exception as e:
                 # without the stored totals the difference is unknown: start from the
                 # kernel's values (nothing double-counted; a later start compares again)
-                self.db_write_errors += 1
+                stored = None
+                self.db_write_errors += len(found)
                 self._totals_failing += 1
                 if self._totals_failing == 1:  # once per outage, not once per group
                     log.error("stored OOM totals unreadable (the next groups' are not "
                               "logged until one is read)",
-                              extra={"group": path, "error": str(e)})
-                stored = {k: counters.get(k, 0) for k in COUNTER_KINDS}
-        w.counters = {k: stored.get(k, 0) for k in COUNTER_KINDS}
-        self._groups[path] = w
-        self._apply(w, counters, missed=startup)
+                              extra={"group": found[0][0].path, "groups": len(found),
+                                     "error": str(e)})
+        events: list[OomEvent] = []
+        for w, counters in found:
+            if stored is None:
+                totals = {k: counters.get(k, 0) for k in COUNTER_KINDS}
+            else:
+                totals = stored.get((w.path, w.cgroup_id), {})
+            w.counters = {k: totals.get(k, 0) for k in COUNTER_KINDS}
+            self._groups[w.path] = w
+            self._apply(w, counters, missed=startup, batch=events)
+        if events:
+            self._emit(events)
+        return [w.path for w, _ in found]
 
     def _forget(self, path: str) -> None:
         w = self._groups.pop(path, None)
@@ -290,7 +313,10 @@ class OomWatcher:
             return
         self._apply(w, counters, missed=False)
 
-    def _apply(self, w: _Watched, counters: Mapping[str, int], *, missed: bool) -> None:
+    def _apply(self, w: _Watched, counters: Mapping[str, int], *, missed: bool,
+               batch: list[OomEvent] | None = None) -> None:
+        """Turn ``counters``' growth since ``w``'s into events: emitted now, or added to
+        ``batch`` (adoption emits a whole rescan's in one transaction)."""
         now = datetime.now(UTC)
         tenant, _, group = w.path.partition("/")
         for kind in COUNTER_KINDS:
@@ -310,6 +336,8 @@ class OomWatcher:
             if kind == "oom_kill" and not missed and self.kmsg is not None \
                     and self.kmsg.fd is not None:
                 self._pending.append(_Pending(ev, time.monotonic() + self.victim_wait))
+            elif batch is not None:
+                batch.append(ev)
             else:
                 self._emit([ev])
             if kind == "high" and not missed:

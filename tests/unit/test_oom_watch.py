@@ -167,6 +167,43 @@ def test_restart_records_only_what_was_missed(tree: Path, sink: DbSink) -> None:
     assert sink.totals("acme/web", fs.inode("gov/acme/web")) == {"oom_kill": 1}
 
 
+def test_start_reads_every_groups_stored_totals_in_one_transaction(
+        tree: Path, sink: DbSink) -> None:
+    """Issue #16: adopting N groups at start is one database transaction, not N (a commit
+    per group held the database from the first pass: "database is locked" at 3,000)."""
+    fs = CgroupFS(tree, verify=False)
+    for i in range(30):
+        (tree / f"gov/acme/g{i:02d}").mkdir()
+        write_events(tree / f"gov/acme/g{i:02d}", oom_kill=i % 3, oom=i % 3)
+    w = OomWatcher(fs, "gov", "n1", sink=sink)
+    w.rescan(startup=True)   # first start: the kernel's counts are recorded as missed
+    w.close()
+    opened = []
+    scope = sink.scope
+
+    def counting_scope():  # type: ignore[no-untyped-def]
+        opened.append(1)
+        return scope()
+
+    sink.scope = counting_scope
+    for i in range(30):
+        write_events(tree / f"gov/acme/g{i:02d}", oom_kill=i % 3 + 1, oom=i % 3)
+    got: list[OomEvent] = []
+    w = OomWatcher(fs, "gov", "n1", sink=sink)
+    w.listeners.append(got.append)
+    w.rescan(startup=True)
+    w.flush()
+    w.close()
+    # one transaction read every group's totals; the flush wrote the events in one more
+    assert len(opened) == 2
+    kills = sorted((e.group, e.count) for e in got if e.kind == "oom_kill" and e.group)
+    assert kills == [(f"g{i:02d}", 1) for i in range(30)]   # only what was missed
+    keys = [("acme/g00", fs.inode("gov/acme/g00")), ("acme/g05", fs.inode("gov/acme/g05")),
+            ("acme/none", 999_999)]
+    assert sink.totals_many(keys) == {keys[0]: {"oom_kill": 1}, keys[1]: {
+        "oom": 2, "oom_kill": 3}, keys[2]: {}}
+
+
 def test_victims_from_kmsg_are_attached(tree: Path, sink: DbSink, tmp_path: Path) -> None:
     fs = CgroupFS(tree, verify=False)
     klog = tmp_path / "kmsg"
@@ -354,6 +391,9 @@ def test_database_down_at_start_is_one_error_not_one_per_group(
 
     class DownSink:
         def totals(self, path: str, cid: int) -> dict[str, int]:
+            raise OSError("database down")
+
+        def totals_many(self, keys: object) -> dict[tuple[str, int], dict[str, int]]:
             raise OSError("database down")
 
         def __getattr__(self, name: str) -> object:
