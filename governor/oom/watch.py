@@ -27,6 +27,7 @@ A fired trigger, a crossed threshold or a ``memory.high`` event raises a ``press
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -128,10 +129,16 @@ class OomWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
+        #: paths of the groups whose memory.events has no inotify watch (read every poll)
+        self._unwatched: set[str] = set()
+        # one epoll set, kept (issue #16: a poll() set built anew twice a second registered
+        # every PSI trigger each time, and the kernel polled each one)
+        self._ep = select.epoll()
         self.inotify: Inotify | None = None
         if use_inotify:
             try:
                 self.inotify = Inotify()
+                self._ep.register(self.inotify.fd, select.EPOLLIN)
             except OSError as e:
                 log.warning("inotify unavailable, polling memory.events",
                             extra={"error": e.strerror})
@@ -245,6 +252,8 @@ class OomWatcher:
                 totals = stored.get((w.path, w.cgroup_id), {})
             w.counters = {k: totals.get(k, 0) for k in COUNTER_KINDS}
             self._groups[w.path] = w
+            if w.wd is None:
+                self._unwatched.add(w.path)
             self._apply(w, counters, missed=startup, batch=events)
         if events:
             self._emit(events)
@@ -252,6 +261,7 @@ class OomWatcher:
 
     def _forget(self, path: str) -> None:
         w = self._groups.pop(path, None)
+        self._unwatched.discard(path)
         if w is None:
             return
         if w.wd is not None:
@@ -264,6 +274,8 @@ class OomWatcher:
     def _disarm(self, w: _Watched) -> None:
         if w.psi_fd is not None:
             self._by_psi.pop(w.psi_fd, None)
+            with contextlib.suppress(OSError):
+                self._ep.unregister(w.psi_fd)
             os.close(w.psi_fd)
             w.psi_fd = None
             w.psi_line = None
@@ -295,6 +307,7 @@ class OomWatcher:
                 continue
             try:
                 os.write(fd, line.encode() + b"\0")
+                self._ep.register(fd, select.EPOLLPRI)
             except OSError as e:
                 os.close(fd)
                 log.warning("PSI trigger refused", extra={"group": path, "trigger": line,
@@ -447,20 +460,25 @@ class OomWatcher:
     # -- the loop -------------------------------------------------------------------------
     def poll_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for something to happen and handle it."""
-        poller = select.poll()
-        if self.inotify is not None:
-            poller.register(self.inotify.fd, select.POLLIN)
-        if self.kmsg is not None and self.kmsg.fd is not None:
-            poller.register(self.kmsg.fd, select.POLLIN)
-        for fd in self._by_psi:
-            poller.register(fd, select.POLLPRI)
+        kfd = self.kmsg.fd if self.kmsg is not None else None
+        always: list[tuple[int, int]] = []
+        if kfd is not None:   # kept registered: a closed fd leaves the set by itself
+            try:
+                try:
+                    self._ep.modify(kfd, select.EPOLLIN)
+                except FileNotFoundError:
+                    self._ep.register(kfd, select.EPOLLIN)
+            except PermissionError:
+                # a file epoll cannot wait on (a regular file standing in for /dev/kmsg)
+                # is always readable, as poll() says of it
+                always.append((kfd, select.EPOLLIN))
         if self._pending:
             timeout = max(0.0, min(timeout, min(p.deadline for p in self._pending)
                                    - time.monotonic()))
         try:
-            ready = poller.poll(timeout * 1000)
+            ready = always + self._ep.poll(0 if always else timeout)
         except InterruptedError:
-            ready = []
+            ready = always
         with self._lock:
             inbox, self._inbox = self._inbox, []
         for where, why in inbox:
@@ -477,10 +495,11 @@ class OomWatcher:
                         gone = self._groups.get(hit)
                         if gone is not None:
                             gone.wd = None
+                            self._unwatched.add(hit)
                         continue
                     changed.add(hit)
-            elif fd in self._by_psi and mask & (select.POLLPRI | select.POLLERR):
-                if mask & select.POLLERR:  # the group went away under the trigger
+            elif fd in self._by_psi and mask & (select.EPOLLPRI | select.EPOLLERR):
+                if mask & select.EPOLLERR:  # the group went away under the trigger
                     w = self._groups.get(self._by_psi[fd])
                     if w is not None:
                         self._disarm(w)
@@ -489,7 +508,7 @@ class OomWatcher:
         if self.inotify is None:
             changed.update(self._groups)  # polling fallback: look at every group
         else:
-            changed.update(p for p, w in self._groups.items() if w.wd is None)
+            changed.update(self._unwatched)
         for path in sorted(changed):
             self.check(path)
         self._take_victims(time.monotonic())
@@ -533,6 +552,7 @@ class OomWatcher:
             self.inotify = None
         if self.kmsg is not None:
             self.kmsg.close()
+        self._ep.close()
 
 
 def split_by_victims(ev: OomEvent, victims: Sequence[Victim]) -> list[OomEvent]:
