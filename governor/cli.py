@@ -9,6 +9,7 @@ bad input: every :class:`~governor.errors.GovernorError` becomes one clear messa
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import json
 import sys
@@ -61,7 +62,36 @@ def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: the commands that live next to their domain code: name -> (module, attribute) to load,
+#: a command or a function that registers its module's commands.  Loaded when named (or
+#: listed by --help): `governor run` imports what the daemon runs, not rich and the
+#: reporting commands (issue #16, resident memory)
+LAZY_COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sandbox": (("governor.sandbox.cli", "sandbox"),),
+    "policy": (("governor.policy.cli", "policy"), ("governor.enforce.cli", "register")),
+    "run": (("governor.enforce.cli", "register_run"),),
+    "launch": (("governor.placement.cli", "register"),),
+    "ps": (("governor.placement.cli", "register"),),
+    "events": (("governor.oom.cli", "register"),),
+    "status": (("governor.status.cli", "register"),),
+    "top": (("governor.status.cli", "register"),),
+    "demo": (("governor.demo", "register"),),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose :data:`LAZY_COMMANDS` are imported when first named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            _load(self, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="governor")
 def main_group() -> None:
     """governor: a cgroup v2 resource governor and metering service."""
@@ -162,35 +192,21 @@ def bill_cmd(cfg: Callable[[], Config], *, tenant: str | None, start: str | None
     run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt)
 
 
-def _register() -> None:
-    """Attach the command groups that live next to their domain code."""
-    import importlib
-
-    for module, name in (
-        ("governor.sandbox.cli", "sandbox"),
-        ("governor.policy.cli", "policy"),
-        ("governor.enforce.cli", "register"),
-        ("governor.enforce.cli", "register_run"),
-
-        ("governor.placement.cli", "register"),
-        ("governor.oom.cli", "register"),
-        ("governor.status.cli", "register"),
-        ("governor.demo", "register"),
-    ):
+def _load(group: click.Group, name: str) -> None:
+    """Attach the command ``name`` from the module that defines it (with the others that
+    module registers)."""
+    for module, attr in LAZY_COMMANDS[name]:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and module.startswith(e.name):
-                continue  # that part is not built yet
+                continue  # that part is not built (installed) here
             raise
-        obj = getattr(mod, name, None)
+        obj = getattr(mod, attr)
         if isinstance(obj, click.Command):
-            main_group.add_command(obj)
-        elif callable(obj):
-            obj(main_group)
-
-
-_register()
+            group.add_command(obj)
+        else:
+            obj(group)
 
 
 def main(argv: list[str] | None = None) -> int:
