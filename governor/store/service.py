@@ -27,7 +27,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
@@ -76,10 +75,16 @@ _CHUNK = 5000
 
 def _insert(session: Session, table: Table) -> Insert:
     """A dialect-specific INSERT that knows ON CONFLICT (SQLite >= 3.24, PostgreSQL)."""
+    # the dialect's module is imported by the engine that uses it: a daemon on SQLite
+    # never loads PostgreSQL's (with asyncio, 2 MiB resident; issue #16)
     name = session.get_bind().dialect.name
     if name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(table)
     if name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table)
     raise StoreError(f"unsupported database dialect {name!r}")
 
