@@ -150,6 +150,28 @@ def test_rendering_gzip_made_once_and_round_trips() -> None:
     assert len(gz) < len(body) / 5
 
 
+def test_once_gzipped_only_the_gzip_copy_is_held() -> None:
+    """Issue #16 (resident memory): after the first gzip request the text is dropped;
+    a plain request still gets the same text, from the gzip copy, and nothing renders
+    again."""
+    snap = snapshot(30)
+    calls: list[int] = []
+
+    def make() -> bytes:
+        calls.append(1)
+        return render(snap)
+
+    r = Rendering(make)
+    gz = r.gzipped()
+    assert r._body is None and r._gz is gz
+    assert r.body == render(snap) and calls == [1]
+    assert r._body is None   # not kept either
+    plain_first = Rendering(make)
+    assert plain_first.body == render(snap)
+    assert gzip.decompress(plain_first.gzipped()) == render(snap)
+    assert plain_first._body is None and calls == [1, 1]
+
+
 def test_a_pass_publishes_without_rendering_the_first_scrape_renders_once() -> None:
     """Issue #16: passes no scrape asks for cost no rendering; concurrent scrapes of one
     pass share one rendering, gzipped or not."""
