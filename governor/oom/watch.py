@@ -34,12 +34,19 @@ import select
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.inotify import IN_IGNORED, Inotify
+from governor.cgroupfs.inotify import (
+    IN_CREATE,
+    IN_IGNORED,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.parse import ParseError, parse_flat_keyed
 from governor.cgroupfs.reader import GroupStats
@@ -88,6 +95,12 @@ def pressure_trigger(settings: OomSettings) -> str | None:
     return None if best is None else f"{best[1]} {best[0]} {PSI_WINDOW_US}"
 
 
+#: with inotify on the directories, a new group is seen when it is made; the full rescan
+#: is a safety net this often (issue #16: listing every group every 2 s was a third of
+#: the sampler's own cost at 1,000 groups)
+SAFETY_RESCAN = 60.0
+
+
 class OomWatcher:
     """Produces :class:`OomEvent`\\ s for every managed group (tenants and their groups)."""
 
@@ -134,6 +147,12 @@ class OomWatcher:
         # one epoll set, kept (issue #16: a poll() set built anew twice a second registered
         # every PSI trigger each time, and the kernel polled each one)
         self._ep = select.epoll()
+        # written by stop(), set_settings() and on_sample() to end the loop's wait at once
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._ep.register(self._wake, select.EPOLLIN)
+        #: inotify watches of the subtree's and the tenants' directories: wd -> path ("")
+        self._dir_wds: dict[int, str] = {}
+        self._rescan_due = False
         self.inotify: Inotify | None = None
         if use_inotify:
             try:
@@ -151,6 +170,12 @@ class OomWatcher:
             self._settings_changed = True
         if self.actions is not None:
             self.actions.set_settings(settings)
+        self._poke()
+
+    def _poke(self) -> None:
+        """End the loop's wait now (any thread)."""
+        with contextlib.suppress(OSError, ValueError):
+            os.eventfd_write(self._wake, 1)
 
     # -- discovery ------------------------------------------------------------------------
     def _rel(self, path: str) -> str:
@@ -177,7 +202,13 @@ class OomWatcher:
         its directory's removal ends the watch (``IN_IGNORED``), and the path is then
         checked here like a new one, so a group made again under the same name is a new
         incarnation all the same."""
+        self._rescan_due = False
+        self._watch_dirs(None)
         live = set(self.discover())
+        # a tenant made since: watch its directory, then list again (what was made in
+        # between is seen by this listing, what comes after by the watch)
+        if self._watch_dirs(p for p in live if "/" not in p):
+            live = set(self.discover())
         for path in [p for p in self._groups if p not in live]:
             self._forget(path)
         found: list[tuple[_Watched, dict[str, int]]] = []
@@ -200,6 +231,25 @@ class OomWatcher:
         adopted = self._adopt(found, startup=startup)
         # every group when the settings changed, else only those adopted now
         self._arm_triggers(None if self._settings_changed or startup else adopted)
+
+    def _watch_dirs(self, tenants: Iterable[str] | None) -> bool:
+        """Watch the subtree's directory (``tenants`` None) or these tenants' for new
+        subdirectories; True if a watch was added."""
+        if self.inotify is None:
+            return False
+        have = set(self._dir_wds.values())
+        added = False
+        for path in ([""] if tenants is None else tenants):
+            if path in have:
+                continue
+            try:
+                where = self.fs.path(self.subtree if not path else self._rel(path))
+                wd = self.inotify.add(str(where), IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
+            except (OSError, CgroupError):
+                continue   # not there (yet): the safety rescan looks again
+            self._dir_wds[wd] = path
+            added = True
+        return added
 
     def _watch_new(self, path: str, cid: int) -> tuple[_Watched, dict[str, int]] | None:
         """Watch a new incarnation's ``memory.events`` and read it (None: no memory
@@ -397,6 +447,7 @@ class OomWatcher:
                 if value >= pct:
                     with self._lock:  # handled by the watcher's own thread
                         self._inbox.append((path, f"{key} {value} >= {pct}"))
+                    self._poke()
                     break
 
     # -- victims --------------------------------------------------------------------------
@@ -485,8 +536,20 @@ class OomWatcher:
             self._pressure(where, why)
         changed: set[str] = set()
         for fd, mask in ready:
-            if self.inotify is not None and fd == self.inotify.fd:
+            if fd == self._wake:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._wake)
+            elif self.inotify is not None and fd == self.inotify.fd:
                 for wd, emask in self.inotify.read():
+                    if emask & IN_Q_OVERFLOW:   # events lost: look at everything
+                        changed.update(self._groups)
+                        self._rescan_due = True
+                        continue
+                    if wd in self._dir_wds:
+                        if emask & IN_IGNORED:   # the directory is gone
+                            del self._dir_wds[wd]
+                        self._rescan_due = True
+                        continue
                     hit = self._by_wd.get(wd)
                     if hit is None:
                         continue
@@ -517,18 +580,28 @@ class OomWatcher:
         if self.kmsg is not None and self.kmsg.fd is None:
             self.kmsg.open()
         self.rescan(startup=True)
-        next_scan = time.monotonic() + self.rescan_interval
+        next_scan = time.monotonic() + self._rescan_every()
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= next_scan or self._settings_changed:
+            if now >= next_scan or self._settings_changed or self._rescan_due:
                 self.rescan()
-                next_scan = now + self.rescan_interval
+                next_scan = now + self._rescan_every()
+            # the groups' memory.events and the directories are watched: wait for them
+            # (or a wake-up) until the next rescan; without a watch, poll
+            wait = next_scan - now
+            if self.inotify is None or self._unwatched:
+                wait = min(wait, self.poll_interval)
             try:
-                self.poll_once(min(self.poll_interval, max(0.0, next_scan - now)))
+                self.poll_once(max(0.0, wait))
             except Exception:
                 log.exception("oom watch pass failed")
                 self._stop.wait(self.poll_interval)
         self.flush()
+
+    def _rescan_every(self) -> float:
+        """The full rescan's interval: ``rescan_interval`` without inotify on the
+        directories, else :data:`SAFETY_RESCAN`."""
+        return SAFETY_RESCAN if self._dir_wds else self.rescan_interval
 
     def start(self) -> None:
         if self._thread is not None:
@@ -539,6 +612,7 @@ class OomWatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._poke()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -553,6 +627,7 @@ class OomWatcher:
         if self.kmsg is not None:
             self.kmsg.close()
         self._ep.close()
+        os.close(self._wake)
 
 
 def split_by_victims(ev: OomEvent, victims: Sequence[Victim]) -> list[OomEvent]:

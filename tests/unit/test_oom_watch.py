@@ -448,3 +448,37 @@ def test_rescan_leaves_watched_groups_alone_and_still_sees_a_new_incarnation(
     assert w._groups["acme/web"].cgroup_id == real("gov/acme/web")
     assert "acme/new" in w._groups
     w.close()
+
+
+def test_new_groups_and_tenants_are_seen_when_made_not_by_rescanning(tree: Path) -> None:
+    """Issue #16: the watcher no longer lists every group every 2 s; inotify on the
+    subtree's and the tenants' directories brings a rescan when a directory appears
+    (the full rescan is a safety net, here never due), and stop() ends its wait at once."""
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", rescan_interval=1000.0, poll_interval=1000.0)
+    w.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(w._dir_wds) < 2 and time.monotonic() < deadline:   # started
+            time.sleep(0.01)
+        assert sorted(w._dir_wds.values()) == ["", "acme"]
+        # made whole elsewhere and moved in (a kernel's group has its files when it
+        # appears): a group, then a new tenant with a group at once
+        (tree / "new").mkdir()
+        write_events(tree / "new")
+        (tree / "new").rename(tree / "gov/acme/new")
+        (tree / "beta/web").mkdir(parents=True)
+        write_events(tree / "beta")
+        write_events(tree / "beta/web")
+        (tree / "beta").rename(tree / "gov/beta")
+        while time.monotonic() < deadline and not {"acme/new", "beta", "beta/web"} <= set(
+                w._groups):
+            time.sleep(0.01)
+        assert {"acme/new", "beta", "beta/web"} <= set(w._groups), sorted(w._groups)
+        assert sorted(w._dir_wds.values()) == ["", "acme", "beta"]
+    finally:
+        t0 = time.monotonic()
+        w.stop()
+        stopped = time.monotonic() - t0
+        w.close()
+    assert w._thread is None and stopped < 2.0   # woken, not waiting out a poll
