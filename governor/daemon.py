@@ -23,8 +23,11 @@ running for longer than ``WatchdogSec=``: a stuck pass gets the daemon restarted
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -49,8 +52,13 @@ from governor.metering.sampler import Sampler
 
 log = logging.getLogger("governor.daemon")
 
-#: how often the policy files are checked for changes (a stat per file)
+#: how often the policy files are checked for changes (a stat per file) when inotify
+#: cannot watch their directory
 WATCH_INTERVAL = 1.0
+#: how often they are checked all the same while it does (a symlink's target elsewhere)
+WATCH_SAFETY = 30.0
+#: the main loop's shortest wait (while the watchdog is held back by a stuck pass)
+MIN_WAIT = 0.2
 #: how often retention runs (it is idempotent; a daily cadence would do)
 RETENTION_INTERVAL = 3600.0
 #: the billed-cost gauge is recomputed this often, by its own job (it reads the month's
@@ -83,7 +91,6 @@ def limit_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     exporter) each kept some.  Called before any thread starts.  False where the C library
     is not glibc (nothing changed) or refuses; ``MALLOC_ARENA_MAX`` in the environment wins."""
     import ctypes
-    import os
 
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
@@ -306,6 +313,9 @@ class DeferredSink:
 
 
 class Daemon:
+    #: the spool-drain job is scheduled (not paused)
+    _drain_on = True
+
     def __init__(self, cfg: Config) -> None:
         from governor.security import InstanceLock, check_strict_modes
 
@@ -315,6 +325,8 @@ class Daemon:
         # policy right after the start's apply, a TERM ends start-up cleanly (exit 0).
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
+        # the signal handler writes here: the main loop's wait ends at once
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signals_before = self._install_signals()
         self.cfg = cfg
         try:
@@ -326,6 +338,7 @@ class Daemon:
             self.lock.acquire()
         except BaseException:
             self._restore_signals()
+            self._close_wake()
             raise
         try:
             failpoint("daemon.start")  # signal tests: a start-up that takes its time
@@ -334,6 +347,7 @@ class Daemon:
         except BaseException:
             self.lock.release(remove=True)
             self._restore_signals()
+            self._close_wake()
             raise
 
     def _stop_if_asked(self) -> None:
@@ -388,7 +402,7 @@ class Daemon:
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
                                  on_created=self.sampler.expect_birth,
                                  executor=self.tree.executor, drift_watch=_drift_watch(self.fs))
-        self.watcher = PolicyWatcher(cfg.policy)
+        self.watcher = PolicyWatcher(cfg.policy, watch=True)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
@@ -436,6 +450,10 @@ class Daemon:
         if self.watcher.changed():
             log.info("policy files changed", extra={"path": self.cfg.policy})
             self.reload_event.set()
+
+    def _next_watch(self) -> float:
+        return time.monotonic() + (WATCH_INTERVAL if self.watcher.fileno() is None
+                                   else WATCH_SAFETY)
 
     def _reconcile(self) -> None:
         try:
@@ -512,6 +530,20 @@ class Daemon:
         else:
             self.meter.advance(step)
 
+    def _draining(self, on: bool) -> None:
+        """Run the spool-drain job (while the spool holds anything) or pause it (issue
+        #16: an empty spool's job still cost a scheduler dispatch every 5 s)."""
+        if on == self._drain_on:
+            return
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is None or scheduler.get_job("spool-drain") is None:
+            return
+        if on:
+            scheduler.resume_job("spool-drain")
+        else:
+            scheduler.pause_job("spool-drain")
+        self._drain_on = on
+
     def _drain(self) -> None:
         """The spool's backlog written between passes, a few batches at a time (a pass
         may take the writer's lock between steps), each step metered from the store."""
@@ -539,6 +571,9 @@ class Daemon:
                 log.info("spool drained a step", extra={
                     "batches": n, "spool_depth": self.spool.pending_samples()})
             time.sleep(DRAIN_PAUSE)
+        with self.writer.lock:   # a pass spools under it: never paused with work queued
+            if not self.spool:
+                self._draining(False)
 
     def _sample(self, start: float) -> None:
         from governor.exporter.render import Health, Snapshot, render
@@ -561,6 +596,7 @@ class Daemon:
                     self._meter(p.samples)
                 else:
                     self._meter_ready = False
+                    self._draining(True)   # the drain job runs while the spool holds any
             if outcome == "queued":
                 self._stored_last = True
             elif outcome != "stored":
@@ -693,6 +729,30 @@ class Daemon:
             self.reload_event.set()
         else:
             self.stop_event.set()
+        with contextlib.suppress(OSError, AttributeError):
+            os.write(self._wake_w, b"\0")
+
+    def _wait(self, seconds: float) -> bool:
+        """The main loop's wait: until a signal, a possible policy change or ``seconds``
+        (issue #16: no wake-ups in between; the loop woke 5 times a second and a
+        scheduler job checked the policy every second).  True when the policy files may
+        have changed."""
+        fd = self.watcher.fileno()
+        fds = [self._wake_r] if fd is None else [self._wake_r, fd]
+        ready, _, _ = select.select(fds, [], [], seconds)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        if fd is not None and fd in ready:
+            self.watcher.drain()
+            return True
+        return False
+
+    def _close_wake(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def run(self) -> int:
         try:
@@ -700,12 +760,14 @@ class Daemon:
         finally:
             self.lock.release(remove=True)
             self._restore_signals()
+            self._close_wake()
 
     def _close(self) -> None:
         """Release what :meth:`_setup` opened (a start that ends before running)."""
         if self.alerter is not None:
             self.alerter.stop(timeout=1.0)
         self.sampler.close()
+        self.watcher.close()
         if self.enforcer.drift_watch is not None:
             self.enforcer.drift_watch.close()
         self.tree.close()
@@ -749,12 +811,11 @@ class Daemon:
                                seconds=self.cfg.sample_interval)
         self.scheduler.add_job(self._reconcile, "interval", id="reconcile",
                                seconds=self.cfg.reconcile_interval)
-        self.scheduler.add_job(self._watch, "interval", id="policy-watch",
-                               seconds=WATCH_INTERVAL)
         self.scheduler.add_job(self._retention, "interval", id="retention",
                                seconds=RETENTION_INTERVAL)
         self.scheduler.add_job(self._drain, "interval", id="spool-drain",
                                seconds=min(self.cfg.sample_interval, DRAIN_INTERVAL))
+        self._draining(bool(self.spool))
         self.scheduler.add_job(self._update_costs, "interval", id="costs",
                                seconds=COST_INTERVAL)
         for name, seconds, fn in [*self.placer.jobs(self.cfg.rescan_interval), *self.jobs]:
@@ -769,6 +830,7 @@ class Daemon:
             "listen": self.cfg.listen, "sample_interval": self.cfg.sample_interval,
             "reconcile_interval": self.cfg.reconcile_interval, "connector": connector})
         next_ping = 0.0
+        next_watch = self._next_watch()
         stuck_logged = False
         try:
             while not self.stop_event.is_set():
@@ -785,7 +847,14 @@ class Daemon:
                                       "running_s": round(now - (self._pass_running_since
                                                                 or now), 1),
                                       "watchdog_s": 2 * self.watchdog})
-                if self.reload_event.wait(0.2):
+                deadline = next_watch if self.watchdog is None else min(next_watch, next_ping)
+                if not self.reload_event.is_set() and not self.stop_event.is_set() and \
+                        self._wait(max(MIN_WAIT, deadline - time.monotonic())):
+                    next_watch = 0.0   # inotify: look now
+                if time.monotonic() >= next_watch:
+                    self._watch()
+                    next_watch = self._next_watch()
+                if self.reload_event.is_set():
                     self.reload_event.clear()
                     self.notifier.notify(
                         "RELOADING=1",
@@ -808,6 +877,7 @@ class Daemon:
                 self.alerter.stop()
             self.exporter.stop()
             self.sampler.close()
+            self.watcher.close()
             if self.enforcer.drift_watch is not None:
                 self.enforcer.drift_watch.close()
             self.tree.close()  # the mount and, with systemd, the bus

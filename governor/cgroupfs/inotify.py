@@ -1,5 +1,6 @@
 """inotify(7) for the cgroup tree: ``memory.events`` changes (the OOM watcher) and groups
-made, removed or renamed (the sampler's listing)."""
+made, removed or renamed (the sampler's listing); and for the policy files (the daemon's
+policy watch)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import struct
 
 IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100

@@ -21,6 +21,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.inotify import (
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    Inotify,
+)
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.enforce.apply import Executor, Outcome, apply_plan
 from governor.enforce.desired import DesiredState, desired_state
@@ -187,14 +199,69 @@ class Enforcer:
             return self._apply("reconcile", drift=True, only=only)
 
 
-class PolicyWatcher:
-    """Notices a change to the policy file or drop-in directory by polling a cheap
-    signature (name, inode, size, mtime of every ``*.toml``): it works for editors that
-    save by rename and for files replaced by configuration management."""
+#: what in the policy's directory (or the policy file's) may change the policy: a file
+#: written and closed, made, removed, renamed in or out, its mode or times changed, or the
+#: directory itself gone.  Not IN_MODIFY: a file being written is looked at once closed
+#: (a write that truncates first must never load as an empty policy)
+POLICY_EVENTS = (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE
+                 | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
 
-    def __init__(self, path: str) -> None:
+
+class PolicyWatcher:
+    """Notices a change to the policy file or drop-in directory by a cheap signature
+    (name, inode, size, mtime of every ``*.toml``): it works for editors that save by
+    rename and for files replaced by configuration management.
+
+    With ``watch=True`` the directory (the file's, or the drop-in directory) is watched
+    with inotify: :meth:`fileno` is then readable when the signature may have changed, so
+    the daemon waits on it instead of polling every second (issue #16); it still compares
+    every few seconds, for what inotify cannot see (a symlink's target elsewhere).
+    :meth:`fileno` is None while no watch is set (the directory is missing): poll."""
+
+    def __init__(self, path: str, *, watch: bool = False) -> None:
         self.path = Path(path)
         self._sig = self.signature()
+        self._ino: Inotify | None = None
+        self._wd: int | None = None
+        self._where = self.path
+        if watch:
+            try:
+                self._ino = Inotify()
+            except OSError as e:
+                log.warning("inotify unavailable: policy files polled every second",
+                            extra={"error": e.strerror})
+            self._arm()
+
+    def _arm(self) -> None:
+        """Watch the drop-in directory, or the directory the file is in (a drop-in
+        directory not made yet: its parent, until it is made)."""
+        if self._ino is None:
+            return
+        where = self.path if self.path.is_dir() else self.path.parent
+        if self._wd is not None:
+            if where == self._where:
+                return
+            self._ino.remove(self._wd)
+            self._wd = None
+        try:
+            self._wd = self._ino.add(str(where), POLICY_EVENTS)
+            self._where = where
+        except OSError:
+            self._wd = None   # missing for now: polled, and armed again at each check
+
+    def fileno(self) -> int | None:
+        """The descriptor to wait on (readable: look again), None: poll instead."""
+        return self._ino.fd if self._ino is not None and self._wd is not None else None
+
+    def drain(self) -> None:
+        """Consume the queued events (the watch is set again if its directory went)."""
+        if self._ino is None:
+            return
+        for wd, mask in self._ino.read():
+            if wd == self._wd and mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                if not mask & IN_IGNORED:
+                    self._ino.remove(wd)
+                self._wd = None
 
     def signature(self) -> tuple[tuple[str, int, int, int], ...]:
         files = sorted(self.path.glob("*.toml")) if self.path.is_dir() else [self.path]
@@ -208,11 +275,18 @@ class PolicyWatcher:
         return tuple(out)
 
     def changed(self) -> bool:
+        self._arm()
         sig = self.signature()
         if sig != self._sig:
             self._sig = sig
             return True
         return False
+
+    def close(self) -> None:
+        if self._ino is not None:
+            self._ino.close()
+            self._ino = None
+            self._wd = None
 
 
 def now() -> datetime:
