@@ -101,8 +101,20 @@ def test_fast_sample_constructor_equals_the_dataclass_init(tmp_path: Path) -> No
             x.node = "other"  # type: ignore[misc]
     bad = [getattr(x, name) for name in _SAMPLE_FIELDS]
     bad[_SAMPLE_FIELDS.index("psi")] = {"nope": 1}
-    with pytest.raises(ValueError, match="unknown PSI key"):
+    with pytest.raises(ValueError, match="unknown PSI key 'nope'"):
         _make_sample(bad)  # __post_init__ still checks
+    from datetime import datetime, timedelta, timezone
+
+    for field, value in (("wall", datetime(2026, 1, 1)),
+                         ("created", datetime(2026, 1, 1)),
+                         ("wall", datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2))))):
+        odd = [getattr(x, name) for name in _SAMPLE_FIELDS]
+        odd[_SAMPLE_FIELDS.index(field)] = value
+        if value.tzinfo is None:
+            with pytest.raises(ValueError, match=f"GroupSample.{field} must be timezone-aware"):
+                _make_sample(odd)
+        else:   # aware, another zone: an instant all the same, accepted
+            assert getattr(_make_sample(odd), field) == value
 
 
 def test_birth_reaches_a_group_row_made_first_by_another_writer(tmp_path: Path) -> None:
