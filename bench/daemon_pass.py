@@ -1,6 +1,6 @@
 """The parts of one daemon sampling pass on the host, per stage, at N groups.
 
-Run: ``.venv/bin/python bench/daemon_pass.py [--groups 1000] [--passes 8]``.
+Run: ``.venv/bin/python bench/daemon_pass.py [--groups 1000] [--passes 8] [--gc-young N]``.
 
 A fake cgroup tree (tmpfs files holding real 6.1 kernel output, ``tests/unit/cgroupfs_fake``)
 of N groups in tenants of 100 and an SQLite store; each pass runs what ``Daemon.sample``
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import gc
 import sys
 import tempfile
 import time
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import raise_nofile_limit
+from governor.daemon import GC_YOUNG
 from governor.exporter.render import Health, Snapshot, render
 from governor.metering.meter import Meter
 from governor.metering.sampler import Sampler
@@ -46,15 +47,34 @@ from tests.unit.cgroupfs_fake import create_groups
 
 
 def cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    return time.process_time()   # every thread of this process, in nanoseconds
+
+
+class GcTimer:
+    """Collections and the time they took, from gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=8)
+    ap.add_argument("--gc-young", type=int, default=GC_YOUNG, metavar="N",
+                    help="the collector's first threshold after the warm-up, as the daemon "
+                    f"sets it (default {GC_YOUNG}; CPython's own: 700)")
     args = ap.parse_args()
+    gct = GcTimer()
     raise_nofile_limit()  # as the daemon: ~12 descriptors per group
     tmp = Path(tempfile.mkdtemp(prefix="governor-pass-"))
     create_groups(tmp / "cg" / "gov", args.groups)
@@ -97,6 +117,11 @@ def main() -> int:
                             drift={}, enforce_write_errors=0, db_write_errors=0,
                             spool_depth=0, alerts={})))
         c4 = cpu()
+        if p == 1:   # as the daemon after its start: the heap frozen, the threshold set
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(args.gc_young, *gc.get_threshold()[1:])
+            gc.callbacks.append(gct)
         if p >= 2:
             for k, v in (("sample", c1 - c0), ("record", c2 - c1), ("meter", c3 - c2),
                          ("render", c4 - c6), ("pass", c3 - c0 + c4 - c6),
@@ -110,6 +135,8 @@ def main() -> int:
         v.sort()
         print(f"  {k:<7} min {v[0] * 1e3:8.1f}  median {v[len(v) // 2] * 1e3:8.1f}  "
               f"per group {v[len(v) // 2] / n * 1e6:7.1f} us")
+    print(f"  gc      {gct.count / args.passes:.1f} collections a pass, "
+          f"{gct.seconds / args.passes * 1e3:.2f} ms a pass (first threshold {args.gc_young})")
     sampler.close()
     fs.close()
     engine.dispose()

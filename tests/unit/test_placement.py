@@ -804,12 +804,20 @@ def test_settle_heap_freezes_the_start_up_heap() -> None:
 
     Cycle()  # cyclic garbage: collected, not frozen
     before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     try:
         frozen = daemon.settle_heap()
         assert frozen == gc.get_freeze_count() > before
         assert not any(type(o) is Cycle for o in gc.get_objects())
+        # the young generation is collected less often, and cyclic garbage all the same
+        # once that many objects accumulate (issue #16)
+        assert gc.get_threshold() == (daemon.GC_YOUNG, *thresholds[1:])
+        for _ in range(3 * daemon.GC_YOUNG):
+            Cycle()
+        assert sum(type(o) is Cycle for o in gc.get_objects()) <= daemon.GC_YOUNG
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
     assert 0 < daemon.SWITCH_INTERVAL < 0.005
 
 
