@@ -109,6 +109,14 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.wait()
 
 
+
+def settle(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait up to ``timeout`` seconds for ``check``; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert check(), what
+
 def test_connector_reports_fork_exec_exit() -> None:
     with netlink.Connector() as conn:
         p = subprocess.Popen(["/bin/true"])
@@ -326,12 +334,6 @@ def test_keep_warm_migrations_move_nothing(world: tuple[CgroupFS, Enforcer, Path
         want = f"/{scratch.name}/t/storm"
         assert wait_for(sleeps[-1].pid, want) == want
 
-    def settle(what: str, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not check() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert check(), what
-
     assert placer.start() is True
     away.mkdir()
     try:
@@ -527,12 +529,6 @@ def test_keep_warm_opens_only_at_min_rate(world: tuple[CgroupFS, Enforcer, Path]
                     keep_warm_min_rate=5)
     sleeps: list[subprocess.Popen[bytes]] = []
     burst: subprocess.Popen[bytes] | None = None
-
-    def settle(what: str, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not check() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert check(), what
 
     assert placer.start() is True
     try:
