@@ -432,7 +432,7 @@ class Daemon:
                         if cfg.oom_webhook_url else None)
         self.oom = OomWatcher(self.fs, layout, cfg.node,
                               actions=OomActions(alerter=self.alerter), kmsg=KmsgReader(),
-                              sink=self.oom_sink)
+                              sink=self.oom_sink, unwatched_from_samples=True)
         self.exporter = Exporter.from_config(cfg)
         self.exporter.set_problems([self.db.problem or "database down"] if not self.db.up
                                    else [])

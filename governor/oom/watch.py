@@ -108,7 +108,8 @@ class OomWatcher:
                  sink: EventSink | None = None, actions: OomActions | None = None,
                  kmsg: KmsgReader | None = None, victim_wait: float = 0.5,
                  rescan_interval: float = 2.0, poll_interval: float = 0.5,
-                 warn_interval: float = 10.0, use_inotify: bool = True) -> None:
+                 warn_interval: float = 10.0, use_inotify: bool = True,
+                 unwatched_from_samples: bool = False) -> None:
         self.fs = fs
         self.layout = as_layout(subtree)
         self.subtree = self.layout.subtree
@@ -142,8 +143,16 @@ class OomWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
-        #: paths of the groups whose memory.events has no inotify watch (read every poll)
+        #: paths of the groups whose memory.events has no inotify watch (read every poll,
+        #: or, with ``unwatched_from_samples``, checked with each sampling pass's counters
+        #: given to :meth:`on_sample`: the sampler reads memory.events anyway, and at
+        #: 10,000 groups past fs.inotify.max_user_watches the watcher's own reads every
+        #: 0.5 s were half of the daemon's CPU, issue #16)
         self._unwatched: set[str] = set()
+        self.unwatched_from_samples = unwatched_from_samples
+        self._fed: dict[str, Mapping[str, int]] = {}
+        self._unwatchable = 0   # groups this rescan could not watch (logged once a rescan)
+        self._unwatchable_error = ""
         # one epoll set, kept (issue #16: a poll() set built anew twice a second registered
         # every PSI trigger each time, and the kernel polled each one)
         self._ep = select.epoll()
@@ -229,6 +238,13 @@ class OomWatcher:
             if seen is not None:
                 found.append(seen)
         adopted = self._adopt(found, startup=startup)
+        if self._unwatchable:
+            log.warning("cannot watch memory.events of some groups: their OOM events are "
+                        + ("seen with each sampling pass" if self.unwatched_from_samples
+                           else "polled") + " (raise fs.inotify.max_user_watches)",
+                        extra={"groups": self._unwatchable,
+                               "error": self._unwatchable_error})
+            self._unwatchable = 0
         # every group when the settings changed, else only those adopted now
         self._arm_triggers(None if self._settings_changed or startup else adopted)
 
@@ -261,8 +277,9 @@ class OomWatcher:
                 w.wd = self.inotify.add(str(self.fs.path(self._rel(path)) / "memory.events"))
                 self._by_wd[w.wd] = path
             except OSError as e:
-                log.warning("cannot watch memory.events, polling it",
-                            extra={"group": path, "error": e.strerror})
+                if not self._unwatchable:
+                    self._unwatchable_error = e.strerror or str(e)
+                self._unwatchable += 1
         counters = self._read_counters(path)
         if counters is None:
             if w.wd is not None and self.inotify is not None:
@@ -430,6 +447,16 @@ class OomWatcher:
         """Check the 60 s / 300 s pressure thresholds (and the 10 s ones of groups without
         an armed trigger) against a sampling pass's PSI averages.  Safe to call from the
         sampler's thread: crossings are queued and raised by the watcher's loop."""
+        if self.unwatched_from_samples and self._unwatched:
+            fed = {}
+            for path in list(self._unwatched):   # a copy: the watcher's thread changes it
+                st = latest.get(path)
+                if st is not None and st.memory_events is not None:
+                    fed[path] = st.memory_events
+            if fed:
+                with self._lock:
+                    self._fed.update(fed)
+                self._poke()
         with self._lock:
             settings = self._settings
         for path, s in settings.items():
@@ -532,6 +559,7 @@ class OomWatcher:
             ready = always
         with self._lock:
             inbox, self._inbox = self._inbox, []
+            fed, self._fed = self._fed, {}
         for where, why in inbox:
             self._pressure(where, why)
         changed: set[str] = set()
@@ -570,8 +598,12 @@ class OomWatcher:
                 self._pressure(self._by_psi[fd], "PSI trigger fired")
         if self.inotify is None:
             changed.update(self._groups)  # polling fallback: look at every group
-        else:
+        elif not self.unwatched_from_samples:
             changed.update(self._unwatched)
+        for path, counters in fed.items():   # a pass's counters of unwatched groups
+            w = self._groups.get(path)
+            if w is not None and w.wd is None and path not in changed:
+                self._apply(w, counters, missed=False)
         for path in sorted(changed):
             self.check(path)
         self._take_victims(time.monotonic())
@@ -589,7 +621,7 @@ class OomWatcher:
             # the groups' memory.events and the directories are watched: wait for them
             # (or a wake-up) until the next rescan; without a watch, poll
             wait = next_scan - now
-            if self.inotify is None or self._unwatched:
+            if self.inotify is None or (self._unwatched and not self.unwatched_from_samples):
                 wait = min(wait, self.poll_interval)
             try:
                 self.poll_once(max(0.0, wait))

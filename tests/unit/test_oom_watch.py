@@ -482,3 +482,55 @@ def test_new_groups_and_tenants_are_seen_when_made_not_by_rescanning(tree: Path)
         stopped = time.monotonic() - t0
         w.close()
     assert w._thread is None and stopped < 2.0   # woken, not waiting out a poll
+
+
+def test_groups_past_the_watch_limit_are_checked_with_each_pass_logged_once(
+        tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue #16, 10,000 groups past fs.inotify.max_user_watches: the groups whose
+    memory.events cannot be watched are one warning (not one per group), and in the
+    daemon (``unwatched_from_samples``) they are checked with each sampling pass's
+    counters, never read by the watcher itself every 0.5 s."""
+    import errno
+    import logging
+
+    from governor.cgroupfs.reader import GroupStats
+
+    fs = CgroupFS(tree, verify=False)
+    for i in range(5):
+        (tree / f"gov/acme/x{i}").mkdir()
+        write_events(tree / f"gov/acme/x{i}")
+    w = OomWatcher(fs, "gov", "n1", unwatched_from_samples=True)
+    assert w.inotify is not None
+    real_add = w.inotify.add
+
+    def add(path: str, mask: int = 2) -> int:
+        if "/x" in path and path.endswith("memory.events"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_add(path, mask)
+
+    w.inotify.add = add  # type: ignore[method-assign]
+    got: list[OomEvent] = []
+    w.listeners.append(got.append)
+    with caplog.at_level(logging.WARNING, logger="governor.oom"):
+        w.rescan(startup=True)
+    warned = [r for r in caplog.records if "cannot watch memory.events" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].groups == 5   # type: ignore[attr-defined]
+    assert w._unwatched == {f"acme/x{i}" for i in range(5)}
+    reads: list[str] = []
+    real_read = w._read_counters
+    w._read_counters = lambda p: reads.append(p) or real_read(p)  # type: ignore[method-assign]
+    write_events(tree / "gov/acme/x3", oom_kill=2, oom=2)
+    w.poll_once(0.05)
+    assert reads == [] and got == []   # not read by the watcher
+    counters = {"low": 0, "high": 0, "max": 0, "oom": 2, "oom_kill": 2, "oom_group_kill": 0}
+    w.on_sample({"acme/x3": GroupStats(cgroup_id=fs.inode("gov/acme/x3"),
+                                       memory_events=counters)})
+    w.poll_once(0.05)
+    w.flush()
+    assert sorted((e.group, e.kind, e.count) for e in got) == [
+        ("x3", "oom", 2), ("x3", "oom_kill", 2)]
+    w.on_sample({"acme/x3": GroupStats(cgroup_id=1, memory_events=counters)})
+    w.poll_once(0.05)
+    w.flush()
+    assert len(got) == 2 and reads == []   # the same counters again: nothing new
+    w.close()
