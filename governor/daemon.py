@@ -321,8 +321,10 @@ class DeferredSink:
 
 
 class Daemon:
-    #: the spool-drain job is scheduled (not paused)
+    #: the spool-drain job is scheduled (not paused); and whether it should be
     _drain_on = True
+    _drain_wanted = True
+    _wakeup_before = -1
 
     def __init__(self, cfg: Config) -> None:
         from governor.security import InstanceLock, check_strict_modes
@@ -369,12 +371,18 @@ class Daemon:
         outside the main thread, where Python cannot install one)."""
         if threading.current_thread() is not threading.main_thread():
             return {}
+        # a signal the kernel hands to another thread interrupts nothing in the main
+        # one, whose handler then runs only when its select() returns: the signal's
+        # byte in the wake pipe ends that wait at once
+        self._wakeup_before = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         return {sig: signal.signal(sig, self._on_signal)
                 for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
 
     def _restore_signals(self) -> None:
         for sig, handler in self._signals_before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if self._signals_before:
+            signal.set_wakeup_fd(self._wakeup_before)
         self._signals_before = {}
 
     def _setup(self, cfg: Config) -> None:
@@ -539,8 +547,19 @@ class Daemon:
             self.meter.advance(step)
 
     def _draining(self, on: bool) -> None:
-        """Run the spool-drain job (while the spool holds anything) or pause it (issue
-        #16: an empty spool's job still cost a scheduler dispatch every 5 s)."""
+        """Ask for the spool-drain job to run (while the spool holds anything) or to pause
+        (issue #16: an empty spool's job still cost a scheduler dispatch every 5 s).  Any
+        thread may ask; the main loop does it (:meth:`_apply_draining`): a job that called
+        the scheduler itself could wait forever on the lock its shutdown holds."""
+        before, self._drain_wanted = self._drain_wanted, on
+        if on != before or on != self._drain_on:
+            with contextlib.suppress(OSError, AttributeError):
+                os.write(self._wake_w, b"\0")
+
+    def _apply_draining(self) -> None:
+        """The main thread's half of :meth:`_draining` (and at start, before the scheduler
+        runs)."""
+        on = self._drain_wanted
         if on == self._drain_on:
             return
         scheduler = getattr(self, "scheduler", None)
@@ -823,7 +842,8 @@ class Daemon:
                                seconds=RETENTION_INTERVAL)
         self.scheduler.add_job(self._drain, "interval", id="spool-drain",
                                seconds=min(self.cfg.sample_interval, DRAIN_INTERVAL))
-        self._draining(bool(self.spool))
+        self._drain_wanted = bool(self.spool)
+        self._apply_draining()
         self.scheduler.add_job(self._update_costs, "interval", id="costs",
                                seconds=COST_INTERVAL)
         for name, seconds, fn in [*self.placer.jobs(self.cfg.rescan_interval), *self.jobs]:
@@ -859,6 +879,7 @@ class Daemon:
                 if not self.reload_event.is_set() and not self.stop_event.is_set() and \
                         self._wait(max(MIN_WAIT, deadline - time.monotonic())):
                     next_watch = 0.0   # inotify: look now
+                self._apply_draining()
                 if time.monotonic() >= next_watch:
                     self._watch()
                     next_watch = self._next_watch()

@@ -227,3 +227,47 @@ def test_status_line_and_watchdog_gate(tmp_path: Path) -> None:
     d._pass_running_since = 900.0           # running 100 s: stuck, no ping
     assert not d._watchdog_ok(1000.0)
     db.dispose()
+
+
+def test_the_drain_job_is_paused_by_the_main_loop_never_by_a_job(tmp_path: Path) -> None:
+    """Issue #16: the spool-drain job is paused while the spool is empty.  A job that paused
+    it itself deadlocked a stop (APScheduler's shutdown holds the lock its pause_job needs
+    while it waits for the job): the job only asks, the main loop pauses and resumes."""
+    import os
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    d = object.__new__(Daemon)
+    d._wake_r, d._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    d.scheduler = BackgroundScheduler(timezone="UTC")
+    d.scheduler.add_job(lambda: None, "interval", id="spool-drain", seconds=3600)
+    asked = threading.Event()
+
+    def job() -> None:   # a drain that ends while the daemon stops
+        time.sleep(0.5)
+        d._draining(False)
+        asked.set()
+
+    d.scheduler.add_job(job, id="drain-now")
+    d.scheduler.start()
+    try:
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        d.scheduler.shutdown(wait=True)   # while the job runs
+        assert asked.is_set() and time.monotonic() - t0 < 5
+        assert os.read(d._wake_r, 16)     # the main loop was woken to do it
+        d._apply_draining()               # after shutdown: nothing to pause any more
+        d.scheduler = BackgroundScheduler(timezone="UTC")
+        d.scheduler.add_job(lambda: None, "interval", id="spool-drain", seconds=3600)
+        d.scheduler.start()
+        d._drain_on = True
+        d._draining(False)
+        d._apply_draining()
+        assert d.scheduler.get_job("spool-drain").next_run_time is None   # paused
+        d._draining(True)
+        d._apply_draining()
+        assert d.scheduler.get_job("spool-drain").next_run_time is not None
+    finally:
+        if d.scheduler.running:
+            d.scheduler.shutdown(wait=False)
+        d._close_wake()
