@@ -368,24 +368,43 @@ def test_exporter_output_equals_the_kernel_values(gov: Gov) -> None:
             if now == before or time.monotonic() > deadline:
                 break
             before = now
-        g.publish()
-        with urllib.request.urlopen(g.exporter.url + "/metrics", timeout=10) as r:
-            s = parsed_samples(r.read().decode())
-        for i, p in enumerate(grps):
-            lbl = (("group", f"k{i}"), ("node", "vm"), ("tenant", "t"))
-            cpu = dict(line.split() for line in (p / "cpu.stat").read_text().splitlines())
-            ev = dict(line.split() for line in (p / "memory.events").read_text().splitlines())
-            assert s[("governor_cpu_usage_seconds_total", lbl)] == int(cpu["usage_usec"]) / 1e6
-            assert s[("governor_cpu_throttled_periods_total", lbl)] == int(cpu["nr_throttled"])
-            assert s[("governor_memory_usage_bytes", lbl)] == int(
-                (p / "memory.current").read_text())
-            assert s[("governor_memory_peak_bytes", lbl)] == int((p / "memory.peak").read_text())
-            assert s[("governor_pids_current", lbl)] == int((p / "pids.current").read_text()) == 1
-            assert s[("governor_oom_kills_total", lbl)] == int(ev["oom_kill"]) == 0
-            assert s[("governor_memory_high_events_total", lbl)] == int(ev["high"])
-            psi = (p / "memory.pressure").read_text().split("\n")[0].split()[-1]
-            assert s[("governor_memory_pressure_some_seconds_total", lbl)] == int(
-                psi.split("=")[1]) / 1e6
+
+        def mismatches() -> list[str]:
+            g.publish()
+            with urllib.request.urlopen(g.exporter.url + "/metrics", timeout=10) as r:
+                s = parsed_samples(r.read().decode())
+            out = []
+            for i, p in enumerate(grps):
+                lbl = (("group", f"k{i}"), ("node", "vm"), ("tenant", "t"))
+                cpu = dict(line.split() for line in (p / "cpu.stat").read_text().splitlines())
+                ev = dict(line.split()
+                          for line in (p / "memory.events").read_text().splitlines())
+                psi = (p / "memory.pressure").read_text().split("\n")[0].split()[-1]
+                for name, kernel in (
+                        ("governor_cpu_usage_seconds_total", int(cpu["usage_usec"]) / 1e6),
+                        ("governor_cpu_throttled_periods_total", int(cpu["nr_throttled"])),
+                        ("governor_memory_usage_bytes", int((p / "memory.current").read_text())),
+                        ("governor_memory_peak_bytes", int((p / "memory.peak").read_text())),
+                        ("governor_pids_current", int((p / "pids.current").read_text())),
+                        ("governor_oom_kills_total", int(ev["oom_kill"])),
+                        ("governor_memory_high_events_total", int(ev["high"])),
+                        ("governor_memory_pressure_some_seconds_total",
+                         int(psi.split("=")[1]) / 1e6)):
+                    if s[(name, lbl)] != kernel:
+                        out.append(f"k{i} {name}: exported {s[(name, lbl)]}, kernel {kernel}")
+                assert s[("governor_pids_current", lbl)] == 1
+                assert s[("governor_oom_kills_total", lbl)] == 0
+            return out
+
+        # an idle group's values still move now and then (memory.current when the kernel
+        # drains its per-CPU charge cache: 36 pages once, in a CI run): equal in a pass
+        # during which the kernel's values held still, as they are when read back at once
+        for _ in range(10):
+            diff = mismatches()
+            if not diff:
+                break
+            time.sleep(0.5)
+        assert not diff, diff
     finally:
         for p in sleepers:
             p.kill()
