@@ -415,7 +415,7 @@ class Rendering:
     2.2 MB at 1,000 groups) and a rare plain request gets it decompressed.
     """
 
-    __slots__ = ("_body", "_done", "_gz", "_lock", "_make", "created")
+    __slots__ = ("_body", "_gz", "_lock", "_make", "created")
 
     def __init__(self, body: bytes | Callable[[], bytes], created: float | None = None
                  ) -> None:
@@ -424,19 +424,17 @@ class Rendering:
         #: unix time of the pass this rendering shows (None: unknown)
         self.created = created
         self._gz: bytes | None = None
-        self._done = self._make is None
         self._lock = threading.Lock()
 
     def _render_locked(self) -> bytes:
         assert self._make is not None
         body = self._make()
         self._make = None
-        self._done = True
         return body
 
     @property
     def rendered(self) -> bool:
-        return self._done
+        return self._make is None
 
     @property
     def body(self) -> bytes:
