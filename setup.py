@@ -1,10 +1,12 @@
-"""Only the optional C accelerator lives here; pyproject.toml holds all the metadata.
+"""Only the optional C accelerators live here; pyproject.toml holds all the metadata.
 
 ``governor.cgroupfs._fastread`` (governor/cgroupfs/_fastread.c) is the sampler's hot path
 in C: the preads of a group's cached descriptors and the parsing of their numbers, and the
-mapping of those values onto a ``GroupSample``.  It is optional (as in SQLAlchemy, msgpack,
-PyYAML): when it cannot be built (no compiler or Python headers) the install goes on and
-governor uses the pure-Python path, which gives identical values (tests/unit/test_fastread.py).
+mapping of those values onto a ``GroupSample``.  ``governor.exporter._fastrender``
+(governor/exporter/_fastrender.c) writes the exporter's per-group families.  Both are
+optional (as in SQLAlchemy, msgpack, PyYAML): when they cannot be built (no compiler or
+Python headers) the install goes on and governor uses the pure-Python twins, which give
+identical results (tests/unit/test_fastread.py, tests/unit/test_fastrender.py).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +16,13 @@ setup(
         Extension(
             "governor.cgroupfs._fastread",
             ["governor/cgroupfs/_fastread.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
+            "governor.exporter._fastrender",
+            ["governor/exporter/_fastrender.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers"],
             optional=True,

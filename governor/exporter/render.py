@@ -25,9 +25,18 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 from governor.cgroupfs.reader import GroupStats
+from governor.exporter.families import (
+    KIND_ATTR,
+    KIND_DICT,
+    KIND_DICT_USEC,
+    KIND_ITEM,
+    KIND_PSI_FULL,
+    KIND_PSI_SOME,
+    family,
+)
 from governor.policy.model import Limits
 from governor.policy.units import MAX
 
@@ -304,10 +313,19 @@ def _family(out: list[str], m: Metric, lines: list[str]) -> None:
         out.append("\n")
 
 
+def fam_text(out: list[str], m: Metric, text: str) -> None:
+    """Append one family from its joined sample lines; none: the family is left out."""
+    if text:
+        out.append(f"# HELP {m.name} {escape_help(m.help)}\n# TYPE {m.name} {m.type}\n")
+        out.append(text)
+        out.append("\n")
+
+
 def render(snap: Snapshot) -> bytes:
     """The whole exposition for ``snap`` as UTF-8 bytes.
 
-    Hot loops build each family with one list comprehension over pre-escaped label sets.
+    The per-group families are written by :func:`~governor.exporter.families.family` (C,
+    or its Python twin) over pre-escaped label sets; the rest with list comprehensions.
     Integer values are written as exact decimal integers and finite floats with ``repr``
     (shortest round-trip): both parse to exactly the value client_python's
     ``floatToGoString`` spelling parses to.  Values that may be infinite (limits) go through
@@ -317,42 +335,28 @@ def render(snap: Snapshot) -> bytes:
     out: list[str] = []
     fam = _family
     # label sets of every group, escaped once ("device" < "group" < "node" < "tenant")
-    rows: list[tuple[str, GroupStats]] = []
+    rows: list[tuple[str, Any]] = []   # (labels, GroupStats)
     for path in sorted(snap.groups):
         tenant, group = split_path(path)
         rows.append((f'group="{escape_label(group)}",node="{node}",'
                      f'tenant="{escape_label(tenant)}"}} ', snap.groups[path]))
-    cpu = [(lbl, st.cpu) for lbl, st in rows if st.cpu is not None]
     for m, key, seconds in _CPU:
-        p = m.name + "{"
-        if seconds:
-            fam(out, m, [f"{p}{lbl}{c[key] / 1e6!r}" for lbl, c in cpu if key in c])
-        else:
-            fam(out, m, [f"{p}{lbl}{c[key]}" for lbl, c in cpu if key in c])
+        fam_text(out, m, family(m.name + "{", rows, KIND_DICT_USEC if seconds else KIND_DICT,
+                                "cpu", key))
     for m, attr in _MEM:
-        p = m.name + "{"
-        vals = [(lbl, getattr(st, attr)) for lbl, st in rows]
-        fam(out, m, [f"{p}{lbl}{v}" for lbl, v in vals if v is not None])
-    ev = [(lbl, st.memory_events) for lbl, st in rows if st.memory_events is not None]
+        fam_text(out, m, family(m.name + "{", rows, KIND_ATTR, attr, None))
     for m, key in _EVENTS:
-        p = m.name + "{"
-        fam(out, m, [f"{p}{lbl}{e[key]}" for lbl, e in ev if key in e])
+        fam_text(out, m, family(m.name + "{", rows, KIND_DICT, "memory_events", key))
     for m, res, line in _PSI:
-        p = m.name + "{"
-        psi = [(lbl, st.psi.get(res)) for lbl, st in rows]
-        if line == "some":
-            fam(out, m, [f"{p}{lbl}{x.some.total / 1e6!r}" for lbl, x in psi if x is not None])
-        else:
-            fam(out, m, [f"{p}{lbl}{x.full.total / 1e6!r}" for lbl, x in psi
-                         if x is not None and x.full is not None])
-    io_rows: list[tuple[str, Mapping[str, int]]] = []
+        fam_text(out, m, family(m.name + "{", rows,
+                                KIND_PSI_SOME if line == "some" else KIND_PSI_FULL, "psi", res))
+    io_rows: list[tuple[str, Any]] = []
     for lbl, st in rows:
         if st.io:
             for dev in sorted(st.io):
                 io_rows.append((f'device="{escape_label(dev)}",{lbl}', st.io[dev]))
     for m, key in IO_METRICS:
-        p = m.name + "{"
-        fam(out, m, [f"{p}{lbl}{c[key]}" for lbl, c in io_rows if key in c])
+        fam_text(out, m, family(m.name + "{", io_rows, KIND_ITEM, "", key))
     limit_rows: list[tuple[str, Limits]] = []
     for path in sorted(snap.limits):
         tenant, group = split_path(path)
