@@ -24,6 +24,7 @@ running for longer than ``WatchdogSec=``: a stuck pass gets the daemon restarted
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -61,6 +62,8 @@ WATCH_SAFETY = 30.0
 MIN_WAIT = 0.2
 #: the collector's first threshold once running (see :func:`settle_heap`)
 GC_YOUNG = 10_000
+#: the C heap's free pages are given back every this many passes (see :func:`trim_heap`)
+TRIM_PASSES = 30
 #: how often retention runs (it is idempotent; a daily cadence would do)
 RETENTION_INTERVAL = 3600.0
 #: the billed-cost gauge is recomputed this often, by its own job (it reads the month's
@@ -120,7 +123,29 @@ def settle_heap() -> int:
     # CPU with CPython's 700; `bench/daemon_pass.py --gc-young 700` against the default
     # shows both); cyclic garbage is still collected once that many objects accumulate
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+    trim_heap()
     return gc.get_freeze_count()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes  # (imported already: the openat2 choke point, cgroupfs/files.py)
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):   # not glibc: musl has no malloc_trim
+        return None
+    return trim
+
+
+def trim_heap() -> bool:
+    """Give the free pages of the C heap back to the kernel (glibc's ``malloc_trim``:
+    the top of the heap and whole free pages inside it).  Start-up (the policy applied to
+    every group, the first pass's catch-up) leaves several MiB free but resident; at
+    1,000 groups this was 6 MiB of the daemon's RSS (issue #16: at most 80 MiB).  About
+    0.1 ms on the host.  False where there is no malloc_trim."""
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
 
 
 def apply_favordynmods(cfg: Config, cgroup_root: str | Path, *,
@@ -494,6 +519,8 @@ class Daemon:
             took = time.monotonic() - start
             n, total, longest = self.pass_seconds
             self.pass_seconds = (n + 1, total + took, max(longest, took))
+            if (n + 1) % TRIM_PASSES == 0:
+                trim_heap()   # what a burst (a reload, a drain, new groups) left free
 
     def _store(self, samples: Sequence[Any]) -> str:
         """Store a pass's samples, or spool them while the database is down; returns

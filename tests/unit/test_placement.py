@@ -1034,3 +1034,33 @@ def test_cmdline_non_utf8_bytes_do_not_break_matching(tmp_path: Path) -> None:
         "cmdline = '--name=.* --mode=batch$'\n"))]))
     p = Proc(str(tmp_path), 502)
     assert rules.first(p, ContainerView(HOST_NS, lambda p, ns: None)) is not None
+
+
+def test_trim_heap_gives_free_pages_inside_the_heap_back() -> None:
+    """What a burst allocated and freed between live objects stays resident until
+    trim_heap (glibc's malloc_trim) gives those pages back; the daemon trims after its
+    start-up and every TRIM_PASSES passes (issue #16: RSS)."""
+    import platform
+
+    from governor import daemon
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+
+    def rss_kib() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    daemon.trim_heap()
+    # 48 MiB in 2 KiB blocks (malloc's, not Python's small-object arenas), every 64th kept
+    # alive so that free() cannot shrink the heap from its top
+    blocks = [bytes(2048) + bytes([i % 251]) for i in range(24_000)]
+    kept = blocks[::64]
+    del blocks
+    before = rss_kib()
+    assert daemon.trim_heap() is True
+    after = rss_kib()
+    assert before - after > 20 * 1024, (before, after)
+    assert len(kept) == 375
