@@ -91,6 +91,26 @@ def measure(pid: int, seconds: float, interval: float) -> tuple[float, float, in
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
+def smaps(pid: int) -> str:
+    """Where ``pid``'s resident memory is, from /proc/PID/smaps: the heap and anonymous
+    mappings (Python's objects and arenas, malloc), and each file mapped (the interpreter,
+    extension modules, shared libraries), largest first, in MiB."""
+    by: collections.Counter[str] = collections.Counter()
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                path = head[5] if len(head) > 5 else ""
+                name = ("anonymous" if not path else path if path.startswith("[")
+                        else Path(path).name)
+            elif head and head[0] == "Rss:":
+                by[name] += int(head[1])
+    total = sum(by.values())
+    top = ", ".join(f"{k} {v / 1024:.1f}" for k, v in by.most_common(8))
+    return f"RSS {total / 1024:.1f} MiB: {top}"
+
+
 def profile(pid: int, seconds: float, out: Path) -> None:
     """py-spy ``seconds`` of ``pid`` (all threads, not idle), then the top 10 functions by
     own samples and by samples including callees."""
@@ -264,6 +284,7 @@ def main() -> int:
     # warm-up: a few passes after start-up
     time.sleep(3 * args.interval)
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval)
+    print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
         profile(d.pid, args.profile, tmp / "profile.txt")
     scrape = None
@@ -282,6 +303,7 @@ def main() -> int:
     first = s.stdout.readline().strip()
     time.sleep(2 * args.interval)
     s_cpu, s_rss, s_max = measure(s.pid, seconds, args.interval)
+    print(f"sampler memory at the end of its window: {smaps(s.pid)}", flush=True)
     s.kill()
     s.wait()
     for p in sleepers:
