@@ -1,0 +1,367 @@
+"""The image store: OCI layouts written on the fly, imported into a tmp state directory;
+layers shared, blobs verified, hostile layouts refused with nothing left behind, ``rm``
+and the running containers' records, two imports at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from governor.image import inuse
+from governor.image.errors import (
+    BlobError,
+    ImageInUse,
+    ImageNotFound,
+    LayoutError,
+    StoreError,
+    UnsafeLayer,
+)
+from governor.image.oci import MEDIA_INDEX, MEDIA_MANIFEST
+from governor.image.source import read_directory, read_layout, read_source
+from governor.image.store import ImageStore
+from governor.image.unpack import OPAQUE_XATTR
+from tests.unit.oci_writer import (
+    TAR_ZSTD,
+    LayerBlob,
+    OCILayout,
+    base_members,
+    file,
+    gz_layer,
+    layer,
+    make_tar,
+    plain_layer,
+    sha256,
+    symlink,
+    upper_members,
+)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (mknod) need root")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(str(tmp_path / "state"))
+
+
+def two_images(root: Path) -> tuple[OCILayout, LayerBlob, LayerBlob]:
+    """A layout with ``base`` (the base layer) and ``app`` (base + the upper layer)."""
+    lay = OCILayout(root)
+    base, upper = layer(base_members()), layer(upper_members())
+    lay.add_image([base], tag="base", cmd=["/bin/sh"])
+    lay.add_image([base, upper], tag="app", env=["PATH=/bin", "MODE=prod"],
+                  entrypoint=["/usr/bin/tool"], cmd=["--serve"], workdir="/srv",
+                  user="1000:1000")
+    return lay, base, upper
+
+
+def leftovers(store: ImageStore) -> list[str]:
+    return os.listdir(store.tmp_dir) if os.path.isdir(store.tmp_dir) else []
+
+
+@needs_root
+def test_two_images_share_the_base_layer(tmp_path: Path, store: ImageStore) -> None:
+    lay, base, upper = two_images(tmp_path / "oci")
+    a = store.import_image(read_layout(str(lay.root), "base"), "base", "1")
+    b = store.import_image(read_layout(str(lay.root), "app"), "app", "1")
+    assert a.layers == [base.diff_id] and b.layers == [base.diff_id, upper.diff_id]
+    assert b.digest == lay.manifests[1]["digest"]
+    assert b.config == {"Env": ["PATH=/bin", "MODE=prod"], "WorkingDir": "/srv",
+                        "Entrypoint": ["/usr/bin/tool"], "Cmd": ["--serve"],
+                        "User": "1000:1000"}
+    assert sorted(os.listdir(store.layers_dir)) == sorted(
+        [base.diff_id[7:], upper.diff_id[7:]])  # the base is stored once
+    low, up = Path(store.layer_path(base.diff_id)), Path(store.layer_path(upper.diff_id))
+    assert (low / "etc/motd").read_bytes() == b"welcome\n"  # lower layer untouched
+    assert stat.S_ISCHR((up / "etc/motd").lstat().st_mode)
+    assert os.getxattr(up / "data", OPAQUE_XATTR) == b"y"
+    assert [i.ref for i in store.images()] == ["app:1", "base:1"]
+    du = store.usage()
+    by = {u.diff_id: u for u in du.layers}
+    assert by[base.diff_id].images == ["app:1", "base:1"]
+    assert by[upper.diff_id].images == ["app:1"]
+    assert du.total == by[base.diff_id].size + by[upper.diff_id].size
+    assert du.saved == by[base.diff_id].size > 0
+    meta = json.loads(Path(store.meta_path).read_text())
+    assert meta["images"]["app:1"]["layers"] == b.layers
+    assert leftovers(store) == []
+
+
+@needs_root
+def test_rm_keeps_shared_layers_and_deletes_unused_ones(tmp_path: Path,
+                                                        store: ImageStore) -> None:
+    lay, base, upper = two_images(tmp_path / "oci")
+    store.import_image(read_layout(str(lay.root), "base"), "base", "1")
+    store.import_image(read_layout(str(lay.root), "app"), "app", "1")
+    assert store.remove("app", "1") == [upper.diff_id]
+    assert os.listdir(store.layers_dir) == [base.diff_id[7:]]
+    assert store.remove("base", "1") == [base.diff_id]
+    assert os.listdir(store.layers_dir) == [] and store.images() == []
+    with pytest.raises(ImageNotFound, match=r"no image 'base:1' in the store \(images: none\)"):
+        store.remove("base", "1")
+
+
+@needs_root
+def test_rm_refuses_while_a_container_runs_and_succeeds_after(tmp_path: Path,
+                                                              store: ImageStore) -> None:
+    lay, base, _ = two_images(tmp_path / "oci")
+    store.import_image(read_layout(str(lay.root), "base"), "base", "1")
+    rec = store.add_container("c1", "base", "1", os.getpid())
+    assert rec.layers == [base.diff_id] and rec.starttime > 0
+    with pytest.raises(ImageInUse, match=rf"image base:1 is used by running container\(s\) "
+                       rf"c1 \(pid {os.getpid()}\): stop them first"):
+        store.remove("base", "1")
+    du = store.usage()
+    assert du.layers[0].containers == ["c1"]
+    store.remove_container("c1")
+    assert store.remove("base", "1") == [base.diff_id]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@needs_root
+def test_stale_container_records_are_removed_by_rm(tmp_path: Path, store: ImageStore) -> None:
+    lay, _, _ = two_images(tmp_path / "oci")
+    img = store.import_image(read_layout(str(lay.root), "base"), "base", "1")
+    me = inuse.start_time(os.getpid())
+    for cid, pid, start in (("gone", _dead_pid(), 1), ("reused", os.getpid(), me + 1)):
+        inuse.write_record(store.containers_dir, inuse.ContainerRecord(
+            cid, img.ref, img.digest, img.layers, pid, start, "2026-01-01T00:00:00+00:00"))
+    assert store.containers() == []  # neither is alive: a dead pid, a reused one
+    store.remove("base", "1")
+    assert os.listdir(store.containers_dir) == []
+
+
+@needs_root
+def test_a_running_container_keeps_its_layers_when_its_tag_moves(tmp_path: Path,
+                                                                 store: ImageStore) -> None:
+    lay, base, _ = two_images(tmp_path / "oci")
+    store.import_image(read_layout(str(lay.root), "base"), "img", "1")
+    store.add_container("c1", "img", "1", os.getpid())
+    other = OCILayout(tmp_path / "other")
+    new = layer([file("v2", b"2")])
+    other.add_image([new])
+    store.import_image(read_layout(str(other.root), None), "img", "1")  # same name:tag
+    assert sorted(os.listdir(store.layers_dir)) == sorted([base.diff_id[7:], new.diff_id[7:]])
+    by = {u.diff_id: u for u in store.usage().layers}
+    assert by[base.diff_id].images == [] and by[base.diff_id].containers == ["c1"]
+    store.remove_container("c1")
+    store.remove("img", "1")
+    assert os.listdir(store.layers_dir) == []
+
+
+def test_a_bad_digest_is_refused_before_anything_is_unpacked(tmp_path: Path,
+                                                             store: ImageStore) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    m = lay.add_image([layer([file("a", b"x")])])
+    blob = lay.blob_path(lay.layer_digests(m)[0])
+    data = bytearray(blob.read_bytes())
+    data[20] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(BlobError, match=rf"{blob}: blob sha256:\w+: content digest is "
+                       "sha256:[0-9a-f]{64}: the blob is corrupt or was changed"):
+        read_layout(str(lay.root), None)
+    assert not os.path.exists(store.root)
+
+
+@pytest.mark.parametrize(("size", "problem"), [(-1, "the descriptor says"),
+                                               (+1, "the descriptor says")])
+def test_a_size_that_differs_is_refused(tmp_path: Path, size: int, problem: str) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    m = lay.add_image([layer([file("a", b"x")])])
+    doc = json.loads(lay.blob_path(m).read_bytes())
+    doc["layers"][0]["size"] += size
+    data = json.dumps(doc).encode()
+    lay.manifests[0] = {"mediaType": MEDIA_MANIFEST, "digest": lay.put_blob(data),
+                        "size": len(data)}
+    lay.write_index()
+    with pytest.raises(BlobError, match=problem):
+        read_layout(str(lay.root), None)
+
+
+def test_a_missing_blob_and_a_missing_layout(tmp_path: Path) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    m = lay.add_image([layer([file("a")])])
+    lay.blob_path(lay.layer_digests(m)[0]).unlink()
+    with pytest.raises(BlobError, match="missing: the layout lacks a blob"):
+        read_layout(str(lay.root), None)
+    with pytest.raises(LayoutError, match="no such directory"):
+        read_source(str(tmp_path / "nope"), None)
+    with pytest.raises(LayoutError, match="not an OCI image layout"):
+        read_source(str(tmp_path), "v1")
+
+
+def test_zstd_layers_are_refused_by_name(tmp_path: Path) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    tar = make_tar([file("a")])
+    lay.add_image([LayerBlob(tar, sha256(tar), TAR_ZSTD)])
+    with pytest.raises(LayoutError, match=r"layers\[0\].mediaType: "
+                       r"'application/vnd.oci.image.layer.v1.tar\+zstd': zstd"):
+        read_layout(str(lay.root), None)
+
+
+def test_a_nested_index_picks_this_platform(tmp_path: Path, store: ImageStore) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    lb = plain_layer(make_tar([file("hello", b"hi")]))
+    m = lay.add_image([lb])
+    entry = lay.manifests.pop()
+    from governor.image.oci import host_architecture
+
+    entry["platform"] = {"os": "linux", "architecture": host_architecture()}
+    nested = json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()
+    lay.manifests.append({"mediaType": MEDIA_INDEX, "digest": lay.put_blob(nested),
+                          "size": len(nested), "annotations": {
+                              "org.opencontainers.image.ref.name": "multi"}})
+    lay.write_index()
+    src = read_layout(str(lay.root), "multi")
+    assert src.digest == m and src.ref_tag == "multi"
+    rec = store.import_image(src, "multi", "latest")
+    assert (Path(store.layer_path(rec.layers[0])) / "hello").read_bytes() == b"hi"
+
+
+@pytest.mark.parametrize("case", ["truncated-gzip", "symlink-escape", "diff-id-lie", "device"])
+def test_hostile_layers_leave_nothing_behind(tmp_path: Path, store: ImageStore,
+                                             case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    good = OCILayout(tmp_path / "good")
+    good.add_image([layer([file("ok", b"ok")])])
+    kept = store.import_image(read_layout(str(good.root), None), "good", "1")
+    before = sorted(os.listdir(store.layers_dir))
+    lay = OCILayout(tmp_path / "bad")
+    if case == "truncated-gzip":
+        ok = gz_layer(make_tar([file("big", os.urandom(300_000))]))
+        lb = LayerBlob(ok.data[: len(ok.data) - 1000], ok.diff_id)  # digest of what is there
+        match = "truncated or corrupt gzip stream"
+    elif case == "symlink-escape":
+        lb = layer([symlink("link", str(outside)), file("link/evil", b"x")])
+        match = "member 'link/evil': its parent link is a symlink"
+    elif case == "diff-id-lie":
+        real = layer([file("a", b"x")])
+        lb = LayerBlob(real.data, sha256(b"something else"))
+        match = "uncompresses to sha256:.*but the image config's rootfs.diff_ids says"
+    else:
+        from tests.unit.oci_writer import device
+
+        lb = layer([file("a", b"x"), device("dev/null")])
+        match = "member 'dev/null': a character device"
+    lay.add_image([layer([file("first", b"1")]), lb])
+    with pytest.raises(UnsafeLayer, match=f"image bad:1: layer sha256:\\w+: .*{match}"):
+        store.import_image(read_layout(str(lay.root), None), "bad", "1")
+    assert os.listdir(outside) == []
+    assert leftovers(store) == []
+    # the refused image keeps none of its layers, the first (good) one included; the
+    # image stored before is intact
+    assert [i.ref for i in store.images()] == ["good:1"]
+    assert sorted(os.listdir(store.layers_dir)) == before
+    assert (Path(store.layer_path(kept.layers[0])) / "ok").read_bytes() == b"ok"
+    store.remove("good", "1")
+    assert os.listdir(store.layers_dir) == []
+
+
+def test_a_directory_imports_as_one_layer(tmp_path: Path, store: ImageStore) -> None:
+    src = tmp_path / "rootfs"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin/app").write_text("#!/bin/sh\n")
+    (src / "bin/app").chmod(0o755)
+    os.link(src / "bin/app", src / "bin/app2")
+    (src / "etc").mkdir()
+    (src / "etc/conf").write_text("c")
+    (tmp_path / "secret").write_text("s")
+    os.symlink(tmp_path / "secret", src / "etc/link")  # stored as a symlink, never read
+    rec = store.import_image(read_directory(str(src)), "rootfs", "latest")
+    got = Path(store.layer_path(rec.layers[0]))
+    assert (got / "bin/app").read_text() == "#!/bin/sh\n"
+    assert stat.S_IMODE((got / "bin/app").stat().st_mode) == 0o755
+    assert (got / "bin/app").stat().st_ino == (got / "bin/app2").stat().st_ino
+    assert os.readlink(got / "etc/link") == str(tmp_path / "secret")
+    assert rec.digest.startswith("sha256:") and len(rec.layers) == 1
+    again = store.import_image(read_directory(str(src)), "rootfs", "copy")
+    assert again.layers == rec.layers  # the same tar: stored once
+    assert len(os.listdir(store.layers_dir)) == 1 and leftovers(store) == []
+
+
+def test_a_directory_with_a_fifo_is_refused(tmp_path: Path, store: ImageStore) -> None:
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(UnsafeLayer, match="member 'pipe': a fifo"):
+        store.import_image(read_directory(str(src)), "rootfs", "latest")
+    assert leftovers(store) == [] and os.listdir(store.layers_dir) == []
+
+
+def test_crash_leftovers_are_cleaned_and_orphans_adopted(tmp_path: Path,
+                                                         store: ImageStore) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    lb = layer([file("a", b"x")])
+    lay.add_image([lb])
+    store.import_image(read_layout(str(lay.root), None), "x", "1")
+    # a crash after the layer's rename, before images.json: the layer is orphaned
+    os.unlink(store.meta_path)
+    Path(store.tmp_dir, "layer-half").mkdir()  # and one midway through an unpack
+    Path(store.tmp_dir, "layer-half", "f").write_text("partial")
+    rec = store.import_image(read_layout(str(lay.root), None), "x", "1")
+    assert rec.layers == [lb.diff_id] and rec.size > 0
+    assert leftovers(store) == []
+
+
+def test_a_damaged_metadata_file_is_an_error_naming_it(tmp_path: Path,
+                                                       store: ImageStore) -> None:
+    os.makedirs(store.root)
+    Path(store.meta_path).write_text("{not json")
+    with pytest.raises(StoreError, match=f"image store {store.meta_path}: not valid JSON"):
+        store.images()
+    Path(store.meta_path).write_text('{"version": 99}')
+    with pytest.raises(StoreError, match="not an image store of version 1"):
+        store.images()
+
+
+def test_a_symlinked_store_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "state" / "images")
+    lay = OCILayout(tmp_path / "oci")
+    lay.add_image([layer([file("a")])])
+    with pytest.raises(StoreError, match=r"not a directory \(a symlink is refused too\)"):
+        ImageStore(str(tmp_path / "state")).import_image(
+            read_layout(str(lay.root), None), "x", "1")
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def _import(state: str, layout: str, tag: str) -> None:
+    ImageStore(state).import_image(read_layout(layout, tag), tag, "1")
+
+
+@needs_root
+def test_two_imports_at_once_leave_a_consistent_store(tmp_path: Path) -> None:
+    lay = OCILayout(tmp_path / "oci")
+    base = layer([*base_members(), file("big", os.urandom(2 << 20))])
+    tags = [f"img{i}" for i in range(4)]
+    for i, tag in enumerate(tags):
+        lay.add_image([base, layer([file(f"own{i}", b"%d" % i)])], tag=tag)
+    state = str(tmp_path / "state")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_import, args=(state, str(lay.root), t)) for t in tags]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = ImageStore(state)
+    assert sorted(i.name for i in store.images()) == tags
+    assert len(os.listdir(store.layers_dir)) == 5  # the base once, one layer each
+    by = {u.diff_id: u for u in store.usage().layers}
+    assert len(by[base.diff_id].images) == 4
+    meta = json.loads(Path(store.meta_path).read_text())
+    assert set(meta["layers"]) == set(by)
+    assert leftovers(store) == []
