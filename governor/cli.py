@@ -76,6 +76,7 @@ LAZY_COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
     "status": (("governor.status.cli", "register"),),
     "top": (("governor.status.cli", "register"),),
     "demo": (("governor.demo", "register"),),
+    "image": (("governor.image.cli", "image"),),
 }
 
 

@@ -2,7 +2,8 @@
 # scripts/setup.sh [--test]: everything governor needs on a fresh Debian 12 machine, as root.
 #   - Debian packages: qemu-system-x86 busybox-static (the sandbox VM); with --test also
 #     cgroup-tools postgresql prometheus prometheus-alertmanager (peers and services the
-#     test suite runs); skipped when all are installed;
+#     test suite runs) and umoci (writes the OCI image layouts `governor image import`
+#     is tested on); skipped when all are installed;
 #   - the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml, setup.py,
 #     the C accelerator governor/cgroupfs/*.c or the Python changed; gcc and the Python
 #     headers build the accelerator, without them governor runs its pure-Python path);
@@ -21,7 +22,7 @@ quietly() {  # run a noisy command; show its output only when it fails
 }
 
 APT_PKGS=(qemu-system-x86 busybox-static)
-[ "${1:-}" = --test ] && APT_PKGS+=(cgroup-tools postgresql prometheus prometheus-alertmanager)
+[ "${1:-}" = --test ] && APT_PKGS+=(cgroup-tools postgresql prometheus prometheus-alertmanager umoci)
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || APT_PKGS+=(python3-venv)
 missing=()
 for p in "${APT_PKGS[@]}"; do

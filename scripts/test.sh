@@ -5,7 +5,7 @@
 #
 # It does everything itself, each step quick when already done:
 #   1. apt: qemu-system-x86 busybox-static cgroup-tools postgresql prometheus
-#      prometheus-alertmanager (skipped when all are installed);
+#      prometheus-alertmanager umoci (skipped when all are installed);
 #   2. the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml or the
 #      Python changed);
 #   3. `governor sandbox setup`: kernel + initramfs of the cgroup v2 test VM;

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from governor.image import oci
-from governor.image.errors import BlobError, LayoutError, describe_os_error
+from governor.image.errors import BadReference, BlobError, LayoutError, describe_os_error
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -265,8 +265,8 @@ def read_source(path: str, tag: str | None) -> SourceImage:
     """``PATH[:TAG]`` of ``image import``: an OCI image layout (it has ``oci-layout``), or
     a plain directory (one layer; a tag cannot select anything there)."""
     if not os.path.isdir(path):
-        raise LayoutError(path, "no such directory: give an OCI image layout (oci-layout, "
-                          "index.json, blobs/) or a directory to import as one layer")
+        raise BadReference(path, "no such directory: give an OCI image layout (oci-layout, "
+                           "index.json, blobs/) or a directory to import as one layer")
     if is_layout(path):
         return read_layout(path, tag)
     if tag is not None:

@@ -16,6 +16,7 @@ import pytest
 
 from governor.image import inuse
 from governor.image.errors import (
+    BadReference,
     BlobError,
     ImageInUse,
     ImageNotFound,
@@ -195,7 +196,7 @@ def test_a_missing_blob_and_a_missing_layout(tmp_path: Path) -> None:
     lay.blob_path(lay.layer_digests(m)[0]).unlink()
     with pytest.raises(BlobError, match="missing: the layout lacks a blob"):
         read_layout(str(lay.root), None)
-    with pytest.raises(LayoutError, match="no such directory"):
+    with pytest.raises(BadReference, match="no such directory"):
         read_source(str(tmp_path / "nope"), None)
     with pytest.raises(LayoutError, match="not an OCI image layout"):
         read_source(str(tmp_path), "v1")
