@@ -124,3 +124,27 @@ def remove_tree(path: str, *, trash: str) -> None:
         raise StoreError(path, f"cannot be removed: {describe_os_error(e)}", err=e.errno
                          ) from e
     shutil.rmtree(gone, ignore_errors=True)
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated below ``path`` (``du``: blocks, each hard-linked inode once, no
+    symlink followed)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [path]
+    while stack:
+        here = stack.pop()
+        st = os.lstat(here)
+        total += st.st_blocks * 512
+        with os.scandir(here) as it:
+            for e in it:
+                est = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    stack.append(e.path)
+                    continue
+                if est.st_nlink > 1:
+                    if (est.st_dev, est.st_ino) in seen:
+                        continue
+                    seen.add((est.st_dev, est.st_ino))
+                total += est.st_blocks * 512
+    return total

@@ -33,6 +33,7 @@ from governor.image.errors import (
     describe_os_error,
 )
 from governor.image.fsutil import (
+    disk_usage,
     ensure_dir,
     fsync_dir,
     locked,
@@ -42,7 +43,7 @@ from governor.image.fsutil import (
     write_json,
 )
 from governor.image.source import LayerSource, SourceImage
-from governor.image.unpack import disk_usage, unpack_layer
+from governor.image.unpack import unpack_layer
 
 STORE_VERSION = 1
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from governor.image.errors import StoreError, UnsafeLayer, describe_os_error
+from governor.image.fsutil import disk_usage
 from governor.image.oci import Compression
 
 WHITEOUT_PREFIX = ".wh."
@@ -51,6 +52,9 @@ KEPT_XATTRS = frozenset({"security.capability"})
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_MTIME = 2**62 // 10**9
+#: errors a member's own name or shape causes (a component longer than NAME_MAX, too many
+#: links to one file): refusals of the layer, not failures of the store
+_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL})
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ class _Unpacker:
         except (UnsafeLayer, StoreError, _SourceBroken, tarfile.TarError):
             raise
         except OSError as e:
+            if e.errno in _MEMBER_ERRNOS:  # the archive's fault, not the store's
+                raise self.refuse(m.name, describe_os_error(e)) from e
             raise self.store_error(f"writing member {m.name!r}", e, parts) from e
 
     def regular(self, tf: tarfile.TarFile, parts: list[str], m: tarfile.TarInfo) -> None:
@@ -377,26 +383,3 @@ def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: 
         os.close(rootfd)
     return Unpacked("sha256:" + reader.hash.hexdigest(), disk_usage(dest))
 
-
-def disk_usage(path: str) -> int:
-    """Bytes allocated below ``path`` (``du``: blocks, each hard-linked inode once, no
-    symlink followed)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [path]
-    while stack:
-        here = stack.pop()
-        st = os.lstat(here)
-        total += st.st_blocks * 512
-        with os.scandir(here) as it:
-            for e in it:
-                est = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(est.st_mode):
-                    stack.append(e.path)
-                    continue
-                if est.st_nlink > 1:
-                    if (est.st_dev, est.st_ino) in seen:
-                        continue
-                    seen.add((est.st_dev, est.st_ino))
-                total += est.st_blocks * 512
-    return total

@@ -135,6 +135,7 @@ HOSTILE: list[tuple[str, list[Member], str, str]] = [
     ("block-device", [device("sda", tarfile.BLKTYPE, 8, 0)], "sda", "block device"),
     ("fifo", [device("pipe", tarfile.FIFOTYPE, 0, 0)], "pipe", "fifo"),
     ("whiteout-of-dotdot", [file("a/.wh...")], "a/.wh...", "names no file"),
+    ("name-too-long", [file("x" * 300, b"x")], "x" * 300, "ENAMETOOLONG"),
 ]
 
 
