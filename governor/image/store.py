@@ -26,6 +26,7 @@ from typing import Any
 
 from governor.image import inuse
 from governor.image.errors import (
+    ImageError,
     ImageInUse,
     ImageNotFound,
     StoreError,
@@ -44,6 +45,7 @@ from governor.image.fsutil import (
 )
 from governor.image.source import LayerSource, SourceImage
 from governor.image.unpack import unpack_layer
+from governor.placement.procfs import ProcessGone
 
 STORE_VERSION = 1
 
@@ -210,7 +212,12 @@ class ImageStore:
     def _clean_tmp(self) -> None:
         """Leftovers of a crashed import or removal (only ever touched under the lock)."""
         for name in os.listdir(self.tmp_dir):
-            shutil.rmtree(os.path.join(self.tmp_dir, name), ignore_errors=True)
+            path = os.path.join(self.tmp_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def _collect(self, meta: dict[str, Any]) -> list[str]:
         """Forget and delete the layers no image and no live container uses (and layer
@@ -254,8 +261,13 @@ class ImageStore:
         self._setup()
         with locked(os.path.join(self.root, "lock")):
             img = self.get(name, tag)
-            rec = inuse.ContainerRecord(cid, img.ref, img.digest, img.layers, pid,
-                                        inuse.start_time(pid, self.proc_root), _now())
+            try:
+                started = inuse.start_time(pid, self.proc_root)
+            except ProcessGone:
+                raise ImageError(f"container {cid} of image {img.ref}: process {pid} is not "
+                                 "running, so there is nothing to record") from None
+            rec = inuse.ContainerRecord(cid, img.ref, img.digest, img.layers, pid, started,
+                                        _now())
             inuse.write_record(self.containers_dir, rec)
             return rec
 

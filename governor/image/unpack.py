@@ -53,8 +53,9 @@ _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_MTIME = 2**62 // 10**9
 #: errors a member's own name or shape causes (a component longer than NAME_MAX, too many
-#: links to one file): refusals of the layer, not failures of the store
-_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL})
+#: links to one file, a hard link to a file an earlier member of the layer removed):
+#: refusals of the layer, not failures of the store
+_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL, errno.ENOENT})
 
 
 @dataclass(frozen=True)

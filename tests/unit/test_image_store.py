@@ -18,6 +18,7 @@ from governor.image import inuse
 from governor.image.errors import (
     BadReference,
     BlobError,
+    ImageError,
     ImageInUse,
     ImageNotFound,
     LayoutError,
@@ -139,6 +140,9 @@ def test_stale_container_records_are_removed_by_rm(tmp_path: Path, store: ImageS
         inuse.write_record(store.containers_dir, inuse.ContainerRecord(
             cid, img.ref, img.digest, img.layers, pid, start, "2026-01-01T00:00:00+00:00"))
     assert store.containers() == []  # neither is alive: a dead pid, a reused one
+    with pytest.raises(ImageError, match=r"container c9 of image base:1: process \d+ is not "
+                       "running"):
+        store.add_container("c9", "base", "1", _dead_pid())
     store.remove("base", "1")
     assert os.listdir(store.containers_dir) == []
 

@@ -136,6 +136,8 @@ HOSTILE: list[tuple[str, list[Member], str, str]] = [
     ("fifo", [device("pipe", tarfile.FIFOTYPE, 0, 0)], "pipe", "fifo"),
     ("whiteout-of-dotdot", [file("a/.wh...")], "a/.wh...", "names no file"),
     ("name-too-long", [file("x" * 300, b"x")], "x" * 300, "ENAMETOOLONG"),
+    ("hardlink-to-what-it-replaces", [directory("a"), file("a/f"), hardlink("a", "a/f")], "a",
+     "ENOENT"),
 ]
 
 
