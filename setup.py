@@ -2,11 +2,12 @@
 
 ``governor.cgroupfs._fastread`` (governor/cgroupfs/_fastread.c) is the sampler's hot path
 in C: the preads of a group's cached descriptors and the parsing of their numbers, and the
-mapping of those values onto a ``GroupSample``.  ``governor.exporter._fastrender``
-(governor/exporter/_fastrender.c) writes the exporter's per-group families.  Both are
-optional (as in SQLAlchemy, msgpack, PyYAML): when they cannot be built (no compiler or
-Python headers) the install goes on and governor uses the pure-Python twins, which give
-identical results (tests/unit/test_fastread.py, tests/unit/test_fastrender.py).
+mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter``
+(governor/metering/_fastmeter.c) meters two samples of one incarnation, and
+``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
+per-group families.  All are optional (as in SQLAlchemy, msgpack, PyYAML): when they
+cannot be built (no compiler or Python headers) the install goes on and governor uses the
+pure-Python twins, which give identical results (tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py).
 """
 
 from setuptools import Extension, setup
@@ -16,6 +17,13 @@ setup(
         Extension(
             "governor.cgroupfs._fastread",
             ["governor/cgroupfs/_fastread.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
+            "governor.metering._fastmeter",
+            ["governor/metering/_fastmeter.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers"],
             optional=True,

@@ -5,8 +5,9 @@
 #     test suite runs) and umoci (writes the OCI image layouts `governor image import`
 #     is tested on); skipped when all are installed;
 #   - the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml, setup.py,
-#     the C accelerator governor/cgroupfs/*.c or the Python changed; gcc and the Python
-#     headers build the accelerator, without them governor runs its pure-Python path);
+#     the C accelerators governor/{cgroupfs,metering,exporter}/*.c or the Python changed;
+#     gcc and the Python headers build the accelerators, without them governor runs its
+#     pure-Python twins);
 #   - `governor sandbox setup`: the cgroup v2 test kernel and initramfs (a no-op when done).
 # Each step is quick when already done. Used by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
@@ -37,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # the hash covers what `pip install -e` builds from: the metadata and the C accelerators
-want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/cgroupfs/*.c governor/exporter/*.c | sha256sum | cut -d' ' -f1)"
+want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/cgroupfs/*.c governor/metering/*.c governor/exporter/*.c | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
    || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
   step "venv: .venv with pip install -e '.[dev]'"

@@ -1,0 +1,558 @@
+/* governor.metering._fastmeter: the meter's per-sample step in C (optional accelerator).
+ *
+ *   interval(prev, cur) -> Interval | None | NotImplemented
+ *   rollup_add(rollups, rkey, covered_us, quantities) -> None   (see its doc below)
+ *
+ * governor.metering.usage.interval_between for two samples of the same incarnation, the
+ * case of nearly every group in nearly every pass: the counters' deltas (None when a
+ * counter is missing from either sample; None for the whole interval when one went
+ * down: a reset), the IO totals over every device (a device first seen counts from 0; one
+ * that went down is a reset), the memory integral by the trapezoid rule rounded half to
+ * even, the monotonic length rounded half to even.  Every other case is handed back as
+ * NotImplemented and the Python twin computes it, so its rules stay in one place: no
+ * previous sample or another incarnation (counted from its birth), samples of different
+ * groups (the twin raises), a monotonic clock that did not advance (the twin takes the
+ * wall clock), a value that is not an int or does not fit 64 bits, io counters that are
+ * not a dict of the five fields.  tests/unit/test_fastmeter.py runs both over the same
+ * samples and compares.
+ *
+ * Module state only (the Interval class and interned names, set by configure() when
+ * usage.py is imported); nothing global.  Errors raise; none is cleared.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <limits.h>
+#include <math.h>
+
+#define US_PER_S 1000000LL
+
+/* the counters of a sample, in governor.metering.sample.COUNTER_FIELDS order */
+#define N_COUNTERS 12
+static const char *const COUNTER_NAMES[N_COUNTERS] = {
+    "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_nr_periods",
+    "cpu_nr_throttled", "cpu_throttled_usec", "memory_events_low", "memory_events_high",
+    "memory_events_max", "memory_events_oom", "memory_events_oom_kill",
+    "memory_events_oom_group_kill",
+};
+/* where QUANTITIES' counters sit in COUNTER_NAMES */
+enum { I_CPU = 0, I_USER = 1, I_SYSTEM = 2, I_THROTTLED = 5, I_OOM = 9, I_KILL = 10 };
+
+/* io.stat fields summed, in IO_FIELDS order */
+#define N_IO 5
+static const char *const IO_NAMES[N_IO] = {"rbytes", "wbytes", "rios", "wios", "dbytes"};
+
+/* the quantities of an interval (usage.QUANTITIES) */
+#define N_QUANTITIES 12
+
+typedef struct {
+    PyObject *interval_type;   /* usage.Interval (a tuple subclass), NULL until configure */
+    PyObject *counters[N_COUNTERS];
+    PyObject *io_fields[N_IO];
+    PyObject *s_node, *s_tenant, *s_group, *s_cgroup_id, *s_wall, *s_monotonic,
+        *s_memory_current, *s_io;
+} state_t;
+
+static state_t *get_state(PyObject *module)
+{
+    return (state_t *)PyModule_GetState(module);
+}
+
+#define FALLBACK() do { result = Py_NewRef(Py_NotImplemented); goto done; } while (0)
+
+/* an attribute as a 64-bit int: 1 and *out set; 0: None (*out untouched); -1: error set;
+ * -2: not handled here (not an exact int, or past 64 bits) */
+static int get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r;
+    if (v == Py_None) {
+        r = 0;
+    } else if (!PyLong_CheckExact(v)) {
+        r = -2;
+    } else {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred())
+            r = -1;
+        else if (overflow)
+            r = -2;
+        else {
+            *out = x;
+            r = 1;
+        }
+    }
+    Py_DECREF(v);
+    return r;
+}
+
+/* an io counter of one device's dict: 1 set; -1 error; -2 not handled */
+static int io_field(PyObject *d, PyObject *name, long long *out)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name);   /* borrowed */
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : -2;
+    if (!PyLong_CheckExact(v))
+        return -2;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow)
+        return -2;
+    *out = x;
+    return 1;
+}
+
+/* the five io totals since prev: 1 set; 0 a reset; -1 error; -2 not handled */
+static int io_totals(state_t *st, PyObject *prev, PyObject *cur, long long tot[N_IO])
+{
+    for (int f = 0; f < N_IO; f++)
+        tot[f] = 0;
+    PyObject *cio = PyObject_GetAttr(cur, st->s_io);
+    if (cio == NULL)
+        return -1;
+    int r = 1;
+    PyObject *pio = NULL;
+    if (!PyDict_Check(cio)) {
+        r = -2;
+        goto out;
+    }
+    if (PyDict_GET_SIZE(cio) == 0)
+        goto out;
+    pio = PyObject_GetAttr(prev, st->s_io);
+    if (pio == NULL) {
+        r = -1;
+        goto out;
+    }
+    if (!PyDict_Check(pio)) {
+        r = -2;
+        goto out;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *dev, *now;
+    while (PyDict_Next(cio, &pos, &dev, &now)) {
+        if (!PyDict_Check(now)) {
+            r = -2;
+            goto out;
+        }
+        PyObject *before = PyDict_GetItemWithError(pio, dev);   /* borrowed */
+        if (before == NULL && PyErr_Occurred()) {
+            r = -1;
+            goto out;
+        }
+        if (before != NULL && !PyDict_Check(before)) {
+            r = -2;
+            goto out;
+        }
+        long long d[N_IO];
+        for (int f = 0; f < N_IO; f++) {
+            long long n, b = 0;
+            int k = io_field(now, st->io_fields[f], &n);
+            if (k == 1 && before != NULL)
+                k = io_field(before, st->io_fields[f], &b);
+            if (k != 1) {
+                r = k;
+                goto out;
+            }
+            if ((b < 0 && n > LLONG_MAX + b) || (b > 0 && n < LLONG_MIN + b)) {
+                r = -2;
+                goto out;
+            }
+            d[f] = n - b;
+        }
+        /* as the twin: a device's deltas are all computed, then checked */
+        for (int f = 0; f < N_IO; f++)
+            if (d[f] < 0) {
+                r = 0;
+                goto out;
+            }
+        for (int f = 0; f < N_IO; f++) {
+            if (tot[f] > LLONG_MAX - d[f]) {
+                r = -2;
+                goto out;
+            }
+            tot[f] += d[f];
+        }
+    }
+out:
+    Py_DECREF(cio);
+    Py_XDECREF(pio);
+    return r;
+}
+
+/* (a + b) / 2 * dt_us in byte-seconds, rounded half to even, for a, b >= 0 and dt > 0:
+ * 1 and *out set, or -2 when the result does not fit 64 bits */
+static int trapezoid(long long a, long long b, long long dt_us, long long *out)
+{
+    unsigned __int128 num = ((unsigned __int128)(unsigned long long)a + (unsigned long long)b)
+                            * (unsigned long long)dt_us;
+    unsigned __int128 den = 2 * (unsigned __int128)US_PER_S;
+    unsigned __int128 q = num / den, r = num % den;
+    if (r > (unsigned __int128)US_PER_S || (r == (unsigned __int128)US_PER_S && (q & 1)))
+        q += 1;
+    if (q > (unsigned __int128)LLONG_MAX)
+        return -2;
+    *out = (long long)q;
+    return 1;
+}
+
+static PyObject *new_int_or_none(int known, long long v)
+{
+    return known ? PyLong_FromLongLong(v) : Py_NewRef(Py_None);
+}
+
+PyDoc_STRVAR(interval_doc,
+"interval(prev, cur, /) -> Interval | None | NotImplemented\n\n"
+"usage.interval_between(prev, cur) for two samples of one incarnation; NotImplemented\n"
+"for the cases the Python twin computes (see the module's source).");
+
+static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "interval() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    state_t *st = get_state(module);
+    if (st->interval_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastmeter.configure() was not called");
+        return NULL;
+    }
+    PyObject *prev = args[0], *cur = args[1];
+    PyObject *result = NULL, *pw = NULL, *cw = NULL, *pm = NULL, *cm = NULL;
+    if (prev == Py_None)
+        return Py_NewRef(Py_NotImplemented);
+    /* same group, same incarnation: else the twin (it raises, or counts from birth) */
+    PyObject *same_names[4] = {st->s_cgroup_id, st->s_node, st->s_tenant, st->s_group};
+    for (int i = 0; i < 4; i++) {
+        PyObject *a = PyObject_GetAttr(prev, same_names[i]);
+        if (a == NULL)
+            return NULL;
+        PyObject *b = PyObject_GetAttr(cur, same_names[i]);
+        if (b == NULL) {
+            Py_DECREF(a);
+            return NULL;
+        }
+        int eq = PyObject_RichCompareBool(a, b, Py_EQ);
+        Py_DECREF(a);
+        Py_DECREF(b);
+        if (eq < 0)
+            return NULL;
+        if (!eq)
+            return Py_NewRef(Py_NotImplemented);
+    }
+    pw = PyObject_GetAttr(prev, st->s_wall);
+    if (pw == NULL)
+        goto done;
+    cw = PyObject_GetAttr(cur, st->s_wall);
+    if (cw == NULL)
+        goto done;
+    int later = PyObject_RichCompareBool(cw, pw, Py_GT);
+    if (later < 0)
+        goto done;
+    if (!later) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* counters: deltas, None when missing from either; a decrease is a reset */
+    long long delta[N_COUNTERS];
+    int known[N_COUNTERS];
+    for (int i = 0; i < N_COUNTERS; i++) {
+        long long b = 0, n = 0;
+        int kb = get_ll(prev, st->counters[i], &b);
+        if (kb == -1)
+            goto done;
+        int kn = get_ll(cur, st->counters[i], &n);
+        if (kn == -1)
+            goto done;
+        if (kb == -2 || kn == -2)
+            FALLBACK();
+        known[i] = kb == 1 && kn == 1;
+        if (!known[i])
+            continue;
+        if (n < b) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (b < 0 && n > LLONG_MAX + b)
+            FALLBACK();
+        delta[i] = n - b;
+    }
+    /* the monotonic length, rounded half to even as round() does */
+    pm = PyObject_GetAttr(prev, st->s_monotonic);
+    if (pm == NULL)
+        goto done;
+    cm = PyObject_GetAttr(cur, st->s_monotonic);
+    if (cm == NULL)
+        goto done;
+    if (!PyFloat_CheckExact(pm) || !PyFloat_CheckExact(cm))
+        FALLBACK();
+    double x = (PyFloat_AS_DOUBLE(cm) - PyFloat_AS_DOUBLE(pm)) * 1e6;
+    if (!(x > 0.5 && x < 9.0e18))   /* <= 0 after rounding (wall clock), NaN, huge */
+        FALLBACK();
+    double rx = nearbyint(x);   /* the default rounding mode: to nearest, ties to even */
+    long long dt_us = (long long)rx;
+    long long io[N_IO];
+    int k = io_totals(st, prev, cur, io);
+    if (k == -1)
+        goto done;
+    if (k == -2)
+        FALLBACK();
+    if (k == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    long long mp = 0, mc = 0, mem = 0;
+    int kp = get_ll(prev, st->s_memory_current, &mp);
+    if (kp == -1)
+        goto done;
+    int kc = get_ll(cur, st->s_memory_current, &mc);
+    if (kc == -1)
+        goto done;
+    if (kp == -2 || kc == -2 || (kp == 1 && mp < 0) || (kc == 1 && mc < 0))
+        FALLBACK();
+    int mem_known = kp == 1 && kc == 1;
+    if (mem_known && trapezoid(mp, mc, dt_us, &mem) == -2)
+        FALLBACK();
+    PyObject *q = PyTuple_New(N_QUANTITIES);
+    if (q == NULL)
+        goto done;
+    PyObject *items[N_QUANTITIES] = {
+        new_int_or_none(known[I_CPU], delta[I_CPU]),
+        new_int_or_none(known[I_USER], delta[I_USER]),
+        new_int_or_none(known[I_SYSTEM], delta[I_SYSTEM]),
+        new_int_or_none(known[I_THROTTLED], delta[I_THROTTLED]),
+        new_int_or_none(mem_known, mem),
+        PyLong_FromLongLong(io[0]), PyLong_FromLongLong(io[1]), PyLong_FromLongLong(io[2]),
+        PyLong_FromLongLong(io[3]), PyLong_FromLongLong(io[4]),
+        new_int_or_none(known[I_OOM], delta[I_OOM]),
+        new_int_or_none(known[I_KILL], delta[I_KILL]),
+    };
+    int failed = 0;
+    for (int i = 0; i < N_QUANTITIES; i++) {
+        if (items[i] == NULL)
+            failed = 1;
+        PyTuple_SET_ITEM(q, i, items[i]);   /* a NULL item is fine in a tuple freed below */
+    }
+    if (failed) {
+        Py_DECREF(q);
+        goto done;
+    }
+    PyObject *dt = PyLong_FromLongLong(dt_us);
+    if (dt == NULL) {
+        Py_DECREF(q);
+        goto done;
+    }
+    /* Interval(prev.wall, cur.wall, dt_us, False, q): a NamedTuple is a tuple subclass,
+     * made as its own _make makes it (tuple.__new__(cls, iterable)) */
+    PyObject *fields = PyTuple_Pack(5, pw, cw, dt, Py_False, q);
+    Py_DECREF(dt);
+    Py_DECREF(q);
+    if (fields == NULL)
+        goto done;
+    PyObject *targs = PyTuple_Pack(1, fields);
+    Py_DECREF(fields);
+    if (targs == NULL)
+        goto done;
+    result = PyTuple_Type.tp_new((PyTypeObject *)st->interval_type, targs, NULL);
+    Py_DECREF(targs);
+done:
+    Py_XDECREF(pw);
+    Py_XDECREF(cw);
+    Py_XDECREF(pm);
+    Py_XDECREF(cm);
+    return result;
+}
+
+PyDoc_STRVAR(rollup_add_doc,
+"rollup_add(rollups, rkey, covered_us, quantities, /) -> None\n\n"
+"Add one interval piece into rollups[rkey] ([covered_us, intervals, *quantities], None\n"
+"quantities as 0), making the entry when absent: meter.add_interval's accumulation.");
+
+/* acc[i] += v for a Python int v (ints of any size: sums may pass 64 bits) */
+static int add_at(PyObject *acc, Py_ssize_t i, PyObject *v)
+{
+    PyObject *old = PyList_GET_ITEM(acc, i);
+    PyObject *sum = PyNumber_Add(old, v);
+    if (sum == NULL)
+        return -1;
+    PyList_SET_ITEM(acc, i, sum);
+    Py_DECREF(old);
+    return 0;
+}
+
+static PyObject *rollup_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "rollup_add() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *rollups = args[0], *rkey = args[1], *covered = args[2], *q = args[3];
+    if (!PyDict_Check(rollups) || !PyTuple_Check(q)) {
+        PyErr_SetString(PyExc_TypeError, "rollup_add(rollups: dict, rkey, covered_us: int, "
+                        "quantities: tuple)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(q);
+    PyObject *acc = PyDict_GetItemWithError(rollups, rkey);   /* borrowed */
+    if (acc == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        acc = PyList_New(n + 2);
+        if (acc == NULL)
+            return NULL;
+        PyList_SET_ITEM(acc, 0, Py_NewRef(covered));
+        PyList_SET_ITEM(acc, 1, PyLong_FromLong(1));
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *v = PyTuple_GET_ITEM(q, i);
+            if (v == Py_None) {
+                v = PyLong_FromLong(0);
+                if (v == NULL) {
+                    Py_DECREF(acc);
+                    return NULL;
+                }
+                PyList_SET_ITEM(acc, i + 2, v);
+            } else {
+                PyList_SET_ITEM(acc, i + 2, Py_NewRef(v));
+            }
+        }
+        if (PyList_GET_ITEM(acc, 1) == NULL) {
+            Py_DECREF(acc);
+            return NULL;
+        }
+        int r = PyDict_SetItem(rollups, rkey, acc);
+        Py_DECREF(acc);
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!PyList_Check(acc) || PyList_GET_SIZE(acc) != n + 2) {
+        PyErr_SetString(PyExc_ValueError, "a rollup entry is not a list of covered_us, "
+                        "intervals and one value per quantity");
+        return NULL;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    if (one == NULL)
+        return NULL;
+    int r = add_at(acc, 0, covered);
+    if (r == 0)
+        r = add_at(acc, 1, one);
+    Py_DECREF(one);
+    for (Py_ssize_t i = 0; r == 0 && i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(q, i);
+        if (v == Py_None)
+            continue;
+        int t = PyObject_IsTrue(v);
+        if (t < 0)
+            return NULL;
+        if (t)
+            r = add_at(acc, i + 2, v);
+    }
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(interval_type, /) -> None\n\n"
+"The Interval class (governor.metering.usage.Interval, a tuple subclass) to build.");
+
+static PyObject *configure(PyObject *module, PyObject *arg)
+{
+    if (!PyType_Check(arg) || !PyType_IsSubtype((PyTypeObject *)arg, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes a tuple subclass");
+        return NULL;
+    }
+    state_t *st = get_state(module);
+    Py_XSETREF(st->interval_type, Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"interval", (PyCFunction)(void (*)(void))interval, METH_FASTCALL, interval_doc},
+    {"rollup_add", (PyCFunction)(void (*)(void))rollup_add, METH_FASTCALL, rollup_add_doc},
+    {"configure", configure, METH_O, configure_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int exec_module(PyObject *m)
+{
+    state_t *st = get_state(m);
+    for (int i = 0; i < N_COUNTERS; i++)
+        if ((st->counters[i] = PyUnicode_InternFromString(COUNTER_NAMES[i])) == NULL)
+            return -1;
+    for (int i = 0; i < N_IO; i++)
+        if ((st->io_fields[i] = PyUnicode_InternFromString(IO_NAMES[i])) == NULL)
+            return -1;
+    if ((st->s_node = PyUnicode_InternFromString("node")) == NULL ||
+            (st->s_tenant = PyUnicode_InternFromString("tenant")) == NULL ||
+            (st->s_group = PyUnicode_InternFromString("group")) == NULL ||
+            (st->s_cgroup_id = PyUnicode_InternFromString("cgroup_id")) == NULL ||
+            (st->s_wall = PyUnicode_InternFromString("wall")) == NULL ||
+            (st->s_monotonic = PyUnicode_InternFromString("monotonic")) == NULL ||
+            (st->s_memory_current = PyUnicode_InternFromString("memory_current")) == NULL ||
+            (st->s_io = PyUnicode_InternFromString("io")) == NULL)
+        return -1;
+    if (PyModule_AddIntConstant(m, "N_COUNTERS", N_COUNTERS) < 0 ||
+            PyModule_AddIntConstant(m, "N_QUANTITIES", N_QUANTITIES) < 0)
+        return -1;
+    return 0;
+}
+
+static int traverse(PyObject *m, visitproc visit, void *arg)
+{
+    state_t *st = get_state(m);
+    if (st == NULL)
+        return 0;
+    Py_VISIT(st->interval_type);
+    return 0;
+}
+
+static int clear(PyObject *m)
+{
+    state_t *st = get_state(m);
+    if (st == NULL)
+        return 0;
+    Py_CLEAR(st->interval_type);
+    for (int i = 0; i < N_COUNTERS; i++)
+        Py_CLEAR(st->counters[i]);
+    for (int i = 0; i < N_IO; i++)
+        Py_CLEAR(st->io_fields[i]);
+    Py_CLEAR(st->s_node);
+    Py_CLEAR(st->s_tenant);
+    Py_CLEAR(st->s_group);
+    Py_CLEAR(st->s_cgroup_id);
+    Py_CLEAR(st->s_wall);
+    Py_CLEAR(st->s_monotonic);
+    Py_CLEAR(st->s_memory_current);
+    Py_CLEAR(st->s_io);
+    return 0;
+}
+
+static void free_module(void *m)
+{
+    clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "governor.metering._fastmeter",
+    .m_doc = "The meter's per-sample step in C (twin: governor/metering/usage.py).",
+    .m_size = sizeof(state_t),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = traverse,
+    .m_clear = clear,
+    .m_free = free_module,
+};
+
+PyMODINIT_FUNC PyInit__fastmeter(void)
+{
+    return PyModuleDef_Init(&module);
+}
