@@ -286,4 +286,4 @@ def test_the_time_text_cache_holds_two_passes_not_the_whole_run(
         # this pass's 50 sample times and the last pass's, plus an hour or two
         assert len(_SQLITE_TS) <= 2 * len(groups) + 4, p
     expected = (T0 + timedelta(seconds=390)).isoformat(" ", "microseconds")[:26]
-    assert _SQLITE_TS.current[T0 + timedelta(seconds=390)] == expected
+    assert _SQLITE_TS[T0 + timedelta(seconds=390)] == expected
