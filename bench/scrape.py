@@ -9,7 +9,10 @@ Run: ``.venv/bin/python bench/scrape.py [--groups 1000] [--scrapes 30] [--passes
    every scrape renders, gzips and sends the whole exposition: the worst case.  The
    scrapes come from a separate process (its CPU is not counted); this process's CPU time
    over them, divided by their number, is the cost of one scrape.  Goal: below one pass's
-   reads.  (On the real kernel the reads cost more than these tmpfs reads, so the ratio
+   reads.  Its parts are timed too: the render (C families, and the Python twin), the
+   gzip copy (level 1), the rest being the HTTP exchange.  Run in the VM
+   (``governor sandbox exec -- .venv/bin/python bench/scrape.py``) they show what TCG
+   makes of each: zlib's deflate loop suffers far more than the reads' system calls.  (On the real kernel the reads cost more than these tmpfs reads, so the ratio
    there is more favourable still.)
 3. **Passes while scraped**: the wall time of passes (read + publish) alone, then with a
    client scraping every 50 ms: p50 and max side by side.  The exporter renders from
@@ -19,18 +22,23 @@ Run: ``.venv/bin/python bench/scrape.py [--groups 1000] [--scrapes 30] [--passes
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from governor.cgroupfs.files import CgroupFS
+from governor.exporter import render as render_mod
+from governor.exporter.families import ACCELERATED, family_py
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
 from governor.metering.sampler import Sampler
@@ -103,6 +111,22 @@ def main() -> int:
     client.wait()
     scrape = statistics.median(costs)
 
+    # the parts of a scrape: the render (the C families, and the Python twin for
+    # comparison) and the gzip copy Prometheus asks for
+    def best(f: Callable[[], object], n: int = 7) -> float:
+        out = []
+        for _ in range(n):
+            c = cpu()
+            f()
+            out.append(cpu() - c)
+        return min(out)
+
+    body = render(snap)
+    t_render = best(lambda: render(snap))
+    with mock.patch.object(render_mod, "family", family_py):
+        t_render_py = best(lambda: render(snap))
+    t_gzip = best(lambda: gzip.compress(body, compresslevel=1, mtime=0))
+
     def passes(n: int) -> list[float]:
         out = []
         for _ in range(n):
@@ -128,6 +152,9 @@ def main() -> int:
     print(f"  one pass's reads (Sampler.sample)       {read * 1e3:8.1f}")
     print(f"  one scrape (render + gzip + send)       {scrape * 1e3:8.1f}   "
           f"ratio scrape / reads {scrape / read:.2f}")
+    print(f"    render {t_render * 1e3:.1f} (C families{'' if ACCELERATED else ': not built'}; "
+          f"the Python twin {t_render_py * 1e3:.1f}), gzip level 1 {t_gzip * 1e3:.1f}, "
+          "the rest the HTTP exchange (best of 7)")
     print("passes (read + publish), wall ms    p50      max")
     print(f"  alone                          {statistics.median(alone) * 1e3:8.1f} "
           f"{max(alone) * 1e3:8.1f}")
