@@ -229,15 +229,25 @@ def _connector_check(cfg: Config) -> Check:
 
 
 def _accelerator_check() -> Check:
+    """The three optional C extensions (sampler, meter, exporter): in use, or why not."""
+    import os
+
     from governor.cgroupfs import reader
-    if reader.ACCELERATED:
-        return Check("sampler accelerator", True,
-                     "C extension governor.cgroupfs._fastread in use", required=False)
-    why = ("GOVERNOR_PURE_PYTHON=1 is set" if reader._fastread is not None
-           else "governor.cgroupfs._fastread is not built")
-    return Check("sampler accelerator", False,
-                 f"{why}: the sampler runs its pure-Python path (same values, more CPU "
-                 "per sampling pass)",
+    from governor.exporter import families
+    from governor.metering import usage
+
+    parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
+             ("governor.metering._fastmeter", usage._FAST is not None),
+             ("governor.exporter._fastrender", families.ACCELERATED is not None))
+    if all(used for _, used in parts):
+        return Check("C accelerators", True,
+                     "in use: " + ", ".join(name for name, _ in parts), required=False)
+    off = [name for name, used in parts if not used]
+    why = ("GOVERNOR_PURE_PYTHON=1 is set" if os.environ.get("GOVERNOR_PURE_PYTHON") == "1"
+           else f"not built: {', '.join(off)}")
+    return Check("C accelerators", False,
+                 f"{why}: their pure-Python twins run instead (same values, more CPU per "
+                 "sampling pass and per scrape)",
                  "reinstall with a C compiler and the Python headers (apt-get install gcc "
                  "python3-dev; pip install -e .)", required=False)
 

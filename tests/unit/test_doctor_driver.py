@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from governor.config import Config
@@ -47,3 +48,23 @@ def test_bad_database_url_never_shows_the_password() -> None:
         assert "s3cret" not in c.detail + c.fix
     c = _database_check(Config(database_url="postgresql+psycopg://gov:s3cret@db:notaport/x"))
     assert not c.ok and "***" in c.detail and "postgresql+psycopg://" in c.fix
+
+
+def test_doctor_says_which_c_accelerators_run() -> None:
+    """All three when built; with GOVERNOR_PURE_PYTHON=1 the twins, and why."""
+    import subprocess
+    import sys
+
+    from governor.cgroupfs import reader
+
+    code = ("from governor.doctor import _accelerator_check as c; x = c(); "
+            "print(x.ok, x.detail)")
+    env = {k: v for k, v in os.environ.items() if k != "GOVERNOR_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    if reader._fastread is not None:
+        assert out.startswith("True in use: governor.cgroupfs._fastread, "
+                              "governor.metering._fastmeter, governor.exporter._fastrender")
+    pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "GOVERNOR_PURE_PYTHON": "1"}, check=True).stdout
+    assert pure.startswith("False GOVERNOR_PURE_PYTHON=1 is set: their pure-Python twins")
