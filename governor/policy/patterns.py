@@ -18,15 +18,23 @@ command line is any bytes) reads as ``?``, so ``.`` still crosses it.
 
 from __future__ import annotations
 
-from typing import Final
-
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+import functools
+from typing import Any, Final
 
 #: bytes of a command line a ``cmdline`` pattern sees (one page)
 CMDLINE_MAX: Final = 4096
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # the reason is reported as a policy problem, not on stderr
+
+@functools.cache
+def _re2() -> tuple[Any, Any]:
+    """RE2 and its options, imported with the first pattern compiled: a policy without
+    ``cmdline`` rules never loads it (the module and its C++ runtime are 2.7 MiB of the
+    daemon's resident memory; issue #16)."""
+    import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+
+    options = re2.Options()
+    options.log_errors = False  # the reason is reported as a policy problem, not on stderr
+    return re2, options
 
 
 class PatternError(ValueError):
@@ -41,8 +49,9 @@ class CmdlinePattern:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
+        re2, options = _re2()
         try:
-            self._rx = re2.compile(pattern.encode("utf-8", "surrogatepass"), options=_OPTIONS)
+            self._rx = re2.compile(pattern.encode("utf-8", "surrogatepass"), options=options)
         except re2.error as e:
             reason = e.args[0] if e.args else e
             if isinstance(reason, bytes):

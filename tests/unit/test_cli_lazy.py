@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 from click.testing import CliRunner
@@ -58,3 +59,23 @@ def test_run_does_not_import_the_reporting_commands() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_re2_is_loaded_by_the_first_cmdline_pattern_only(tmp_path: Path) -> None:
+    """A policy without ``cmdline`` rules never loads RE2 (2.7 MiB of the daemon's RSS);
+    one with a ``cmdline`` rule loads it when the policy is loaded."""
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[tenants.acme.groups.web]\ncpu.weight = 100\n'
+                     '[[tenants.acme.groups.web.match]]\ncomm = "nginx"\n')
+    ruled = tmp_path / "ruled.toml"
+    ruled.write_text('[tenants.acme.groups.web]\ncpu.weight = 100\n'
+                     '[[tenants.acme.groups.web.match]]\ncmdline = "gunicorn.*app"\n')
+    code = ("import sys\n"
+            "import governor.daemon, governor.placement.rules\n"
+            "from governor.policy.loader import load_policy\n"
+            "p = load_policy(sys.argv[1])\n"
+            "print('re2' in sys.modules)\n")
+    for path, loaded in ((plain, False), (ruled, True)):
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == str(loaded), (path, out)
