@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -108,7 +109,15 @@ def smaps(pid: int) -> str:
                 by[name] += int(head[1])
     total = sum(by.values())
     top = ", ".join(f"{k} {v / 1024:.1f}" for k, v in by.most_common(8))
-    return f"RSS {total / 1024:.1f} MiB: {top}"
+    # SQLite connections open (each keeps its own page cache, up to 2 MiB by default)
+    dbs = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".db"):
+                    dbs += 1
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    return f"RSS {total / 1024:.1f} MiB: {top}; {threads} threads, {dbs} database files open"
 
 
 def profile(pid: int, seconds: float, out: Path) -> None:
