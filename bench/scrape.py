@@ -12,8 +12,9 @@ Run: ``.venv/bin/python bench/scrape.py [--groups 1000] [--scrapes 30] [--passes
    reads.  Its parts are timed too: the render (C families, and the Python twin), the
    gzip copy (level 1), the rest being the HTTP exchange.  Run in the VM
    (``governor sandbox exec -- .venv/bin/python bench/scrape.py``) they show what TCG
-   makes of each: zlib's deflate loop suffers far more than the reads' system calls.  (On the real kernel the reads cost more than these tmpfs reads, so the ratio
-   there is more favourable still.)
+   makes of each: zlib's deflate loop suffers far more than the reads' system calls.
+   (On the real kernel the reads cost more than these tmpfs reads, so the ratio there is
+   more favourable still.)
 3. **Passes while scraped**: the wall time of passes (read + publish) alone, then with a
    client scraping every 50 ms: p50 and max side by side.  The exporter renders from
    what the pass produced; a scrape never touches the database.
@@ -37,6 +38,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.reader import raise_nofile_limit
 from governor.exporter import render as render_mod
 from governor.exporter.families import ACCELERATED, family_py
 from governor.exporter.render import Health, Snapshot, render
@@ -77,6 +79,7 @@ def main() -> int:
     ap.add_argument("--scrapes", type=int, default=30)
     ap.add_argument("--passes", type=int, default=12)
     args = ap.parse_args()
+    raise_nofile_limit()   # as the daemon: about 12 descriptors per group
     tmp = Path(tempfile.mkdtemp(prefix="governor-scrape-"))
     create_groups(tmp / "cg" / "gov", args.groups)
     fs = CgroupFS(tmp / "cg", verify=False)
