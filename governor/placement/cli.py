@@ -77,17 +77,22 @@ def register(main: click.Group) -> None:
     @click.option("--tenant", "-t", required=True, help="tenant of the group")
     @click.option("--group", "-g", "group", required=True, help="group to run in")
     @click.option("--unshare", metavar="NS[,NS...]",
-                  help="new namespaces: pid, mount, uts, ipc, net (pid implies mount)")
+                  help="new namespaces: pid, mount, uts, ipc, net, cgroup, user (pid "
+                  "implies mount; with --image: default pid,mount,uts,ipc,net)")
+    @click.option("--image", metavar="NAME[:TAG]",
+                  help="run in a container of this image of the store (governor image ls)")
+    @click.option("--keep", is_flag=True,
+                  help="with --image: keep the container's upper layer after it ends")
     @click.option("--hostname", help="hostname inside the new uts namespace")
     @click.option("--user", "-u", metavar="USER", help="run as this user (name or uid): "
                   "its own groups, a new session, no_new_privs")
     @click.option("--env", "-e", "env", metavar="NAME[=VALUE]", multiple=True,
                   help="pass this variable (NAME alone: its value here, if set); "
                   "repeatable")
-    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+    @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
     def launch(*, cfg: Callable[[], Config], tenant: str, group: str, unshare: str | None,
-               hostname: str | None, user: str | None, env: tuple[str, ...],
-               command: tuple[str, ...]) -> None:
+               image: str | None, keep: bool, hostname: str | None, user: str | None,
+               env: tuple[str, ...], command: tuple[str, ...]) -> None:
         """Run COMMAND inside a group from its first instruction.
 
         \b
@@ -98,6 +103,12 @@ def register(main: click.Group) -> None:
         launch it; 126 not executable; 127 not found; 2 usage.  If the group's policy has
         oom.actions = ["restart"], an OOM-killed command is restarted (oom.restart_max,
         oom.restart_backoff).
+
+        \b
+        governor launch --tenant acme --group web --image acme/web:v2 [--keep] -- [CMD]
+        A container of a stored image: its layers under a fresh upper layer (overlayfs),
+        pivot_root, its own /proc, /dev and read-only /sys, the image's Env, WorkingDir,
+        Entrypoint + Cmd (CMD replaces Cmd) and User (from the image's /etc/passwd).
         """
         from governor.placement.launch import (
             LaunchError,
@@ -108,10 +119,24 @@ def register(main: click.Group) -> None:
         from governor.placement.launch import launch as run
         from governor.policy.model import RESTART_BACKOFF_CAP_US
 
+        if image is None and not command:
+            raise click.UsageError("no command given: governor launch ... -- CMD [ARGS...]")
+        if keep and image is None:
+            raise click.BadParameter("--keep is for a container of an image (--image)",
+                                     param_hint="--keep")
         try:
             passed = parse_env_options(env, os.environ)
         except LaunchError as e:
             raise click.BadParameter(str(e), param_hint="--env") from None
+        ref = None
+        if image is not None:
+            from governor.image.errors import ImageError
+            from governor.image.oci import parse_image_ref
+
+            try:
+                ref = parse_image_ref(image)
+            except ImageError as e:
+                raise click.BadParameter(str(e), param_hint="--image") from None
         try:
             c = cfg()
             pol = load_policy([c.policy])
@@ -135,9 +160,18 @@ def register(main: click.Group) -> None:
         except GovernorError as e:
             raise LaunchError(str(e)) from e
         with tree:
-            code = run(tree.fs, rel, list(command), unshare=unshare,
-                       hostname=hostname, user=user, env=passed,
-                       restart=restart)
+            if ref is not None:
+                from governor.image.store import ImageStore
+                from governor.placement.container import launch_image
+
+                code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
+                                    list(command), state_dir=c.state_dir, unshare=unshare,
+                                    hostname=hostname, user=user, env=passed, keep=keep,
+                                    restart=restart)
+            else:
+                code = run(tree.fs, rel, list(command), unshare=unshare,
+                           hostname=hostname, user=user, env=passed,
+                           restart=restart)
         sys.exit(code)
 
     @main.command()

@@ -7,8 +7,12 @@ runs outside) -> close every inherited descriptor above 2 -> with ``--user``, a 
 session (``setsid``) -> unshare(2) the namespaces -> mount propagation made private,
 hostname, loopback up -> with a new pid namespace, fork once more so the command is pid 1
 and mount a fresh ``/proc`` -> drop to the user (setgroups, setgid, setuid, checked, then
-``PR_SET_NO_NEW_PRIVS``) -> execvpe.  A failure on the way is sent to the parent through a
-close-on-exec pipe (EOF means exec succeeded), as subprocess does.
+``PR_SET_NO_NEW_PRIVS``) -> with ``--unshare user``, a user namespace in which the command
+keeps its own ids (last: the mounts and the drop need the host's) -> execvpe.  A failure on
+the way is sent to the parent through a close-on-exec pipe (EOF means exec succeeded), as
+subprocess does.  With ``--image`` (governor.placement.container) the child builds the
+container's root (governor.placement.rootfs) where it would mount ``/proc``, and takes the
+user and environment from the image.
 
 What the command inherits (issue 15: a launch must not hand root's secrets to a tenant):
 
@@ -72,6 +76,7 @@ from governor.errors import CgroupError, GovernorError
 
 if TYPE_CHECKING:
     from governor.driver import Tree
+    from governor.placement.rootfs import Rootfs
 
 EXIT_LAUNCH_FAILED: Final = 125
 EXIT_NOT_EXECUTABLE: Final = 126
@@ -83,8 +88,11 @@ CLONE_NEWUTS: Final = 0x04000000
 CLONE_NEWIPC: Final = 0x08000000
 CLONE_NEWNET: Final = 0x40000000
 CLONE_NEWPID: Final = 0x20000000
+CLONE_NEWCGROUP: Final = 0x02000000
+CLONE_NEWUSER: Final = 0x10000000
 NAMESPACES: Final = {"pid": CLONE_NEWPID, "mount": CLONE_NEWNS, "uts": CLONE_NEWUTS,
-                     "ipc": CLONE_NEWIPC, "net": CLONE_NEWNET}
+                     "ipc": CLONE_NEWIPC, "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP,
+                     "user": CLONE_NEWUSER}
 # mount.h
 MS_NOSUID: Final = 2
 MS_NODEV: Final = 4
@@ -92,6 +100,7 @@ MS_NOEXEC: Final = 8
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 1 << 18
 PR_SET_NO_NEW_PRIVS: Final = 38
+PR_SET_PDEATHSIG: Final = 1
 # sockios.h / if.h
 SIOCGIFFLAGS: Final = 0x8913
 SIOCSIFFLAGS: Final = 0x8914
@@ -267,22 +276,49 @@ def _fail(wfd: int, stage: str, err: int, detail: str) -> None:
         os._exit(code)
 
 
+def enter_user_ns(uid: int, gid: int) -> None:
+    """A new user namespace in which the process keeps its own uid and gid (the one-line
+    maps user_namespaces(7) lets a process write for itself): its capabilities then
+    reach only what that namespace owns, not the namespaces and mounts made before."""
+    if _libc.unshare(CLONE_NEWUSER) != 0:
+        err = ctypes.get_errno()
+        why = ""
+        if err == errno.EPERM:  # user_namespaces(7), unshare(2) EPERM
+            why = (" (the kernel refuses a user namespace to a process whose root is not its "
+                   "mount namespace's, as in a chroot, and to a thread of a multithreaded "
+                   "process)")
+        elif err == errno.ENOSPC:
+            why = " (user.max_user_namespaces reached: sysctl user.max_user_namespaces)"
+        raise OSError(err, f"unshare user: {os.strerror(err)}{why}")
+    for name, text in (("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1"),
+                       ("uid_map", f"{uid} {uid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
 def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None,
-           user: User | None, argv: Sequence[str], env: dict[str, str]) -> None:
-    """Runs in the forked child; never returns."""
+           user: User | None, argv: Sequence[str], env: dict[str, str],
+           rootfs: Rootfs | None = None) -> None:
+    """Runs in the forked child; never returns.  With ``rootfs`` (``--image``) the child
+    dies with its parent (PR_SET_PDEATHSIG: a container never outlives the launch that
+    records it) and builds the container's root (governor.placement.rootfs) where the
+    plain launch mounts ``/proc``; the user and environment then come from the image."""
     stage = "cgroup"
     try:
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         tree.move(fs, rel, os.getpid())  # join the group: everything after runs inside
+        if rootfs is not None:
+            stage = "pdeathsig"
+            _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         stage = "descriptors"
         close_inherited(wfd)
-        if user is not None:
+        if user is not None or rootfs is not None:
             stage = "session"
             os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
-        if flags:
-            stage = "unshare"
-            _check(_libc.unshare(flags), "unshare")
+        if flags & ~CLONE_NEWUSER:
+            stage = "unshare"  # the user namespace comes last, after the mounts
+            _check(_libc.unshare(flags & ~CLONE_NEWUSER), "unshare")
         if flags & CLONE_NEWNS:
             stage = "mount"
             _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None),
@@ -302,9 +338,16 @@ def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None
                 os.close(wfd)
                 _forward_to(pid)
                 os._exit(_wait(pid))
-            stage = "proc"
-            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                               None), "mount /proc")
+            if rootfs is not None:
+                stage = "pdeathsig"
+                _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+            else:
+                stage = "proc"
+                _check(_libc.mount(b"proc", b"/proc", b"proc",
+                                   MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+        if rootfs is not None:
+            stage = "rootfs"
+            user, env = rootfs.enter()
         if user is not None:
             stage = "user"
             os.setgroups(list(user.groups))
@@ -312,12 +355,19 @@ def _child(wfd: int, *, fs: CgroupFS, rel: str, flags: int, hostname: str | None
             os.setuid(user.uid)
             verify_dropped(user)
             _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        if flags & CLONE_NEWUSER:
+            stage = "userns"
+            enter_user_ns(os.getuid(), os.getgid())
+        if rootfs is not None:  # the setuid above cleared it
+            _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         stage = "exec"
         os.execvpe(argv[0], list(argv), env)  # noqa: S606 - running the user's command is the point
     except CgroupError as e:
         _fail(wfd, stage, e.errno, str(e))
     except OSError as e:
         _fail(wfd, stage, e.errno or 0, e.strerror or str(e))
+    except GovernorError as e:
+        _fail(wfd, stage, 0, str(e))
     except BaseException as e:  # never return into the parent's code in the child
         _fail(wfd, stage, 0, repr(e))
 
@@ -393,7 +443,7 @@ class _Supervisor:
 
 def _run_once(fs: CgroupFS, rel: str, argv: Sequence[str], sup: _Supervisor, *,
               flags: int, hostname: str | None, user: User | None,
-              env: dict[str, str]) -> int:
+              env: dict[str, str], rootfs: Rootfs | None) -> int:
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -401,7 +451,7 @@ def _run_once(fs: CgroupFS, rel: str, argv: Sequence[str], sup: _Supervisor, *,
     if pid == 0:
         os.close(rfd)
         _child(wfd, fs=fs, rel=rel, flags=flags, hostname=hostname, user=user, argv=argv,
-               env=env)
+               env=env, rootfs=rootfs)
     sup.child = pid
     os.close(wfd)
     try:
@@ -418,7 +468,7 @@ def _run_once(fs: CgroupFS, rel: str, argv: Sequence[str], sup: _Supervisor, *,
             print(f"governor: launch: {argv[0]}: {what}: {detail}", file=sys.stderr)
             return EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
         hint = ""
-        if err in (errno.EPERM, errno.EACCES):
+        if err in (errno.EPERM, errno.EACCES) and stage != "userns":
             hint = " (run as root: namespaces, mounts and other users need privileges)"
         raise LaunchError(f"cannot launch {argv[0]!r} ({stage} step): {detail}{hint}")
     return code
@@ -443,8 +493,13 @@ def where_to_launch(tree: Tree, target: str) -> str:
 
 def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,
            hostname: str | None = None, user: str | None = None,
-           env: Mapping[str, str] | None = None, restart: Restart | None = None) -> int:
+           env: Mapping[str, str] | None = None, restart: Restart | None = None,
+           rootfs: Rootfs | None = None) -> int:
     """Run ``argv`` in group ``rel`` (relative to ``fs``); returns its exit code.
+
+    With ``rootfs`` (``launch --image``, governor.placement.container) the command runs
+    in that root filesystem (which needs ``mount`` in ``unshare``); ``user`` and ``env``
+    are then unused: the user and the environment are resolved in the image.
 
     The command's environment is :func:`launch_env` of governor's own, with ``env`` the
     variables passed explicitly (``--env``); nothing else of the caller's is passed.
@@ -466,14 +521,19 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
     if not fs.exists(rel):
         raise LaunchError(f"group {rel} does not exist in {fs.root}: run `governor policy "
                           "apply` to create it")
-    who = resolve_user(user) if user is not None else None
-    environ = launch_env(os.environ, who if who is not None else _caller(), env)
+    if rootfs is not None:
+        if not flags & CLONE_NEWNS:
+            raise LaunchError("an image needs its own mount namespace (--unshare mount)")
+        who, environ = None, {}
+    else:
+        who = resolve_user(user) if user is not None else None
+        environ = launch_env(os.environ, who if who is not None else _caller(), env)
     restarts = 0
     with _Supervisor() as sup:
         while True:
             kills_before = oom_kills(fs, rel) if restart is not None else None
             code = _run_once(fs, rel, argv, sup, flags=flags, hostname=hostname, user=who,
-                             env=environ)
+                             env=environ, rootfs=rootfs)
             if restart is None or code != 128 + signal.SIGKILL or sup.stopped is not None:
                 return code
             kills_after = oom_kills(fs, rel)

@@ -669,8 +669,9 @@ def test_parse_unshare_and_users() -> None:
     assert parse_unshare("pid") == CLONE_NEWPID | CLONE_NEWNS  # pid brings mount
     assert parse_unshare("net, mount") == CLONE_NEWNET | CLONE_NEWNS
     assert parse_unshare(None) == 0
-    with pytest.raises(LaunchError, match="unknown namespace 'user'"):
-        parse_unshare("pid,user")
+    # user and cgroup are known since launch --image (issue #19); time is not
+    with pytest.raises(LaunchError, match="unknown namespace 'time'"):
+        parse_unshare("pid,time")
     assert resolve_user("root").uid == 0 and resolve_user("0").name == "root"
     with pytest.raises(LaunchError, match="no such user") as e:
         resolve_user("no-such-user-x")

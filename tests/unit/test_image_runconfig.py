@@ -1,0 +1,193 @@
+"""``launch --image``, the pure parts: the image config -> argv, user (from the image's own
+passwd and group files), environment, working directory; the overlay's mount options and
+the namespaces.  What the kernel does with them is in tests/kernel/test_image_kernel.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from governor.image import runconfig
+from governor.image.store import ImageRecord, ImageStore
+from governor.placement.container import IMAGE_NAMESPACES, ContainerDirs, namespaces, plan
+from governor.placement.launch import ROOT_PATH, USER_PATH, LaunchError, User, parse_unshare
+from governor.placement.rootfs import MAX_MOUNT_DATA, RootfsError, overlay_options
+
+IMG = "shop:v2"
+PASSWD = """root:x:0:0:root:/root:/bin/ash
+daemon:x:1:1:daemon:/usr/sbin:/sbin/nologin
++nis::::::
+broken line
+app:x:1000:1000:App:/home/app:/bin/sh
+svc:x:2000:2001::/srv:
+"""
+GROUP = """root:x:0:root
+staff:x:50:app,svc
+app:x:1000:
+svcgrp:x:2001:
+web:x:33:app
+"""
+
+
+@pytest.mark.parametrize(("entrypoint", "cmd", "given", "want"), [
+    (None, ["/bin/sh"], [], ["/bin/sh"]),
+    (["/bin/app", "--serve"], ["--port", "80"], [], ["/bin/app", "--serve", "--port", "80"]),
+    # a command given replaces Cmd, never Entrypoint (docker run IMAGE CMD)
+    (["/bin/app", "--serve"], ["--port", "80"], ["--port", "8080"],
+     ["/bin/app", "--serve", "--port", "8080"]),
+    (None, ["/bin/sh"], ["echo", "hi"], ["echo", "hi"]),
+    (["/bin/sh", "-c"], None, ["exit 3"], ["/bin/sh", "-c", "exit 3"]),
+])
+def test_argv_is_entrypoint_then_cmd_or_given(entrypoint: list[str] | None,
+                                              cmd: list[str] | None, given: list[str],
+                                              want: list[str]) -> None:
+    assert runconfig.image_argv(IMG, entrypoint, cmd, given) == want
+
+
+def test_argv_none_at_all_names_the_image() -> None:
+    with pytest.raises(LaunchError, match=r"image shop:v2 has no Entrypoint or Cmd in its "
+                       r"config: give the command after --"):
+        runconfig.image_argv(IMG, None, [], [])
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ("", User("root", 0, 0, (0,), "/root", "/bin/ash")),
+    ("0", User("root", 0, 0, (0,), "/root", "/bin/ash")),
+    ("root", User("root", 0, 0, (0,), "/root", "/bin/ash")),
+    # a name from the image's passwd; supplementary groups from its group file
+    ("app", User("app", 1000, 1000, (1000, 50, 33), "/home/app", "/bin/sh")),
+    ("1000", User("app", 1000, 1000, (1000, 50, 33), "/home/app", "/bin/sh")),
+    ("app:staff", User("app", 1000, 50, (50, 33), "/home/app", "/bin/sh")),
+    ("app:7", User("app", 1000, 7, (7, 50, 33), "/home/app", "/bin/sh")),
+    ("svc", User("svc", 2000, 2001, (2001, 50), "/srv", "/bin/sh")),
+    # numeric ids need no entry: gid 0 and home / (as docker)
+    ("4242", User("4242", 4242, 0, (0,), "/", "/bin/sh")),
+    ("4242:4343", User("4242", 4242, 4343, (4343,), "/", "/bin/sh")),
+    ("4242:web", User("4242", 4242, 33, (33,), "/", "/bin/sh")),
+])
+def test_user_from_the_images_own_files(spec: str, want: User) -> None:
+    assert runconfig.resolve_user(IMG, spec, PASSWD, GROUP) == want
+
+
+def test_user_name_is_never_the_hosts() -> None:
+    """``nobody`` and ``root`` exist on every host; an image without them must not get
+    the host's ids."""
+    with pytest.raises(LaunchError, match=r"image shop:v2: config.User 'nobody': the image "
+                       r"has no such user in its /etc/passwd \(names are looked up in the "
+                       r"image, not on the host\)"):
+        runconfig.resolve_user(IMG, "nobody", PASSWD, GROUP)
+    with pytest.raises(LaunchError, match=r"--user 'app': the image has no /etc/passwd"):
+        runconfig.resolve_user(IMG, "app", None, None, source="--user")
+    # numeric ids work without the files
+    assert runconfig.resolve_user(IMG, "12:34", None, None).uid == 12
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("app:nogroup", r"config.User 'app:nogroup': the image has no such group in its "
+                    r"/etc/group; use a numeric gid"),
+    ("app:", r"config.User 'app:': write user, uid, user:group or uid:gid"),
+    (":50", r"config.User ':50': write user, uid, user:group or uid:gid"),
+    ("99999999999", r"uid 99999999999 is out of range \(0 to 4294967294\)"),
+    ("1:99999999999", r"gid 99999999999 is out of range"),
+])
+def test_user_errors_name_the_value(spec: str, message: str) -> None:
+    with pytest.raises(LaunchError, match=message):
+        runconfig.resolve_user(IMG, spec, PASSWD, GROUP)
+
+
+def test_env_order_launch_rules_then_image_then_explicit() -> None:
+    caller = {"TERM": "xterm", "LANG": "C.UTF-8", "GOVERNOR_DATABASE": "postgres://s3cret",
+              "PATH": "/tmp/evil"}
+    app = runconfig.resolve_user(IMG, "app", PASSWD, GROUP)
+    image_env = runconfig.parse_image_env(IMG, ["PATH=/opt/app/bin:/bin", "MODE=image",
+                                                "EMPTY=", "EQ=a=b"])
+    env = runconfig.container_env(caller, app, image_env, {"MODE": "cli"})
+    assert env == {"TERM": "xterm", "LANG": "C.UTF-8", "HOME": "/home/app", "USER": "app",
+                   "LOGNAME": "app", "SHELL": "/bin/sh", "PATH": "/opt/app/bin:/bin",
+                   "MODE": "cli", "EMPTY": "", "EQ": "a=b"}
+    root = runconfig.resolve_user(IMG, "", PASSWD, GROUP)
+    assert runconfig.container_env({}, root, {}, {})["PATH"] == ROOT_PATH
+    assert runconfig.container_env({}, app, {}, {})["PATH"] == USER_PATH
+    with pytest.raises(LaunchError, match=r"config.Env entry 'NOEQUALS' is not NAME=VALUE"):
+        runconfig.parse_image_env(IMG, ["NOEQUALS"])
+
+
+@pytest.mark.parametrize(("value", "want"), [("", "/"), ("/srv/app", "/srv/app"),
+                                             ("/", "/")])
+def test_workdir(value: str, want: str) -> None:
+    assert runconfig.workdir(IMG, value) == want
+
+
+def test_workdir_relative_refused() -> None:
+    with pytest.raises(LaunchError, match=r"WorkingDir 'srv' is not an absolute path"):
+        runconfig.workdir(IMG, "srv")
+
+
+def test_passwd_and_group_parsing_skips_what_getpwnam_skips() -> None:
+    users = runconfig.parse_passwd(PASSWD)
+    assert [u.name for u in users] == ["root", "daemon", "app", "svc"]
+    assert users[-1].shell == "/bin/sh"  # empty shell field: /bin/sh
+    groups = runconfig.parse_group(GROUP + "bad:x:notanumber:\n")
+    assert [g.name for g in groups] == ["root", "staff", "app", "svcgrp", "web"]
+    assert groups[1].members == ("app", "svc")
+
+
+def test_overlay_options_top_layer_first_and_refusals() -> None:
+    assert overlay_options(["/s/l/top", "/s/l/base"], "/s/c/u", "/s/c/w") == \
+        "lowerdir=/s/l/top:/s/l/base,upperdir=/s/c/u,workdir=/s/c/w"
+    with pytest.raises(RootfsError, match=r"overlay layer path '/state:x/l': must be "
+                       r"absolute without ',', ':' or"):
+        overlay_options(["/state:x/l"], "/u", "/w")
+    with pytest.raises(RootfsError, match=r"overlay layer path 'rel': must be absolute"):
+        overlay_options(["rel"], "/u", "/w")
+    many = [f"/var/lib/governor/images/layers/{i:064x}" for i in range(60)]
+    with pytest.raises(RootfsError, match=rf"overlay mount options for 60 layers are \d+ "
+                       rf"bytes, more than the kernel's {MAX_MOUNT_DATA}"):
+        overlay_options(many, "/u", "/w")
+
+
+def test_namespaces_with_an_image() -> None:
+    assert namespaces(None) == IMAGE_NAMESPACES
+    assert namespaces("pid,net") == "pid,net,mount"  # the image needs its mount ns
+    assert namespaces("pid,mount,uts,ipc,net,cgroup,user") == \
+        "pid,mount,uts,ipc,net,cgroup,user"
+    assert parse_unshare("cgroup,user") == 0x02000000 | 0x10000000
+    with pytest.raises(LaunchError, match=r"unknown namespace 'time'; use pid, mount, uts, "
+                       r"ipc, net, cgroup, user"):
+        parse_unshare("time")
+
+
+def test_plan_stacks_the_store_layers_top_first(tmp_path: Path) -> None:
+    store = ImageStore(str(tmp_path))
+    base, top = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    img = ImageRecord("shop", "v2", "sha256:" + "c" * 64, "/src", "2026-01-01T00:00:00+00:00",
+                      {"Env": ["PATH=/bin", "A=1"], "WorkingDir": "/srv",
+                       "Entrypoint": ["/bin/app"], "Cmd": ["--default"], "User": "app"},
+                      [base, top], "amd64")
+    dirs = ContainerDirs.create(str(tmp_path), "c1")
+    assert oct(Path(dirs.upper).stat().st_mode & 0o777) == "0o755"
+    argv, rootfs = plan(img, store, dirs, ["--other"], user=None, env={"B": "2"},
+                        caller={"TERM": "vt100", "SECRET": "x"})
+    assert argv == ["/bin/app", "--other"]
+    assert rootfs.lowers == (f"{tmp_path}/images/layers/{'b' * 64}",
+                             f"{tmp_path}/images/layers/{'a' * 64}")
+    assert (rootfs.upper, rootfs.work, rootfs.merged) == (
+        f"{tmp_path}/containers/c1/upper", f"{tmp_path}/containers/c1/work",
+        f"{tmp_path}/containers/c1/rootfs")
+    assert (rootfs.workdir, rootfs.user, rootfs.user_source) == ("/srv", "app", "config.User")
+    assert dict(rootfs.image_env) == {"PATH": "/bin", "A": "1"}
+    assert dict(rootfs.caller_env) == {"TERM": "vt100"}  # the allow-list only
+    _, over = plan(img, store, dirs, [], user="0", env={}, caller={})
+    assert (over.user, over.user_source) == ("0", "--user")
+    dirs.remove(keep_upper=True)
+    assert sorted(p.name for p in Path(dirs.root).iterdir()) == ["upper"]
+    dirs.remove(keep_upper=False)
+    assert not Path(dirs.root).exists()
+
+
+def test_container_dir_error_names_the_path(tmp_path: Path) -> None:
+    (tmp_path / "containers").write_text("not a directory")
+    with pytest.raises(LaunchError, match=rf"cannot create the container directory "
+                       rf"{tmp_path}/containers/c1: \[(ENOTDIR|EEXIST)\]"):
+        ContainerDirs.create(str(tmp_path), "c1")
