@@ -162,7 +162,7 @@ def containers_dir(world: World) -> list[str]:
     return sorted(os.listdir(d)) if d.exists() else []
 
 
-SCRIPT = r"""read cg < /proc/self/cgroup; echo "cg=$cg"
+SCRIPT = r"""read -r cg < /proc/self/cgroup; echo "cg=$cg"
 echo "pid=$$"; echo "host=$(hostname)"; echo "pwd=$(pwd)"
 echo "env=$GREETING,$EXTRA,$PATH,$HOME"
 echo "etc=$(ls /etc | tr '\n' ' ')"; echo "data=$(ls /data | tr '\n' ' ')"
@@ -329,7 +329,7 @@ def test_image_cgroup_namespace_and_user_namespace_refusal(world: World) -> None
     namespace of its own (the systemd suite checks that: tests/systemd/test_image_systemd.py)."""
     r = governor("launch", "-t", "t", "-g", "box", "--image", "box:v1", "--unshare",
                  "pid,mount,uts,ipc,net,cgroup", "--",
-                 'read cg < /proc/self/cgroup; echo "$cg"', cfg=world.cfg)
+                 'read -r cg < /proc/self/cgroup; echo "$cg"', cfg=world.cfg)
     assert (r.returncode, r.stdout) == (0, "0::/\n"), r.stderr
     r = governor("launch", "-t", "t", "-g", "box", "--image", "box:v1", "--unshare",
                  "pid,mount,uts,ipc,net,user", "--", "tr -s ' ' < /proc/self/uid_map",

@@ -191,3 +191,38 @@ def test_container_dir_error_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match=rf"cannot create the container directory "
                        rf"{tmp_path}/containers/c1: \[(ENOTDIR|EEXIST)\]"):
         ContainerDirs.create(str(tmp_path), "c1")
+
+
+def test_mount_points_symlinks_and_files_of_the_image_refused(tmp_path: Path) -> None:
+    """A mount point the image has as a symlink (``/proc -> /etc``) or a file would send
+    governor's mount elsewhere: refused naming it; a missing one is created."""
+    from governor.placement.rootfs import mount_point
+
+    (tmp_path / "proc").symlink_to("/etc")
+    (tmp_path / "dev").write_text("")
+    with pytest.raises(RootfsError, match=rf"the image's {tmp_path}/proc is a symlink: "
+                       r"governor mounts its own there and needs a directory: \[ENOTDIR\]"):
+        mount_point(str(tmp_path / "proc"))
+    with pytest.raises(RootfsError, match=r"/dev is not a directory"):
+        mount_point(str(tmp_path / "dev"))
+    mount_point(str(tmp_path / "sys"), 0o555)
+    assert (tmp_path / "sys").is_dir()
+    err = RootfsError(2, "mknod /dev/null c 1 3")
+    assert (err.errno, err.strerror) == (2, "mknod /dev/null c 1 3: [ENOENT] No such file or "
+                                            "directory")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--keep", "--", "true"], "--keep is for a container of an image (--image)"),
+    ([], "no command given: governor launch ... -- CMD [ARGS...]"),
+    (["--image", "Bad:Name"], "name 'Bad' is not valid"),
+])
+def test_launch_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 args: list[str], message: str) -> None:
+    from governor.cli import main
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[governor]\nstate_dir = "{tmp_path}/state"\n')
+    code = main(["launch", "--config", str(cfg), "-t", "t", "-g", "g", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
