@@ -2,8 +2,9 @@
 # scripts/setup.sh [--test]: everything governor needs on a fresh Debian 12 machine, as root.
 #   - Debian packages: qemu-system-x86 busybox-static (the sandbox VM); with --test also
 #     cgroup-tools postgresql prometheus prometheus-alertmanager (peers and services the
-#     test suite runs) and umoci (writes the OCI image layouts `governor image import`
-#     is tested on); skipped when all are installed;
+#     test suite runs), umoci (writes the OCI image layouts `governor image import`
+#     is tested on) and runc (the peer of bench/image_launch); skipped when all are
+#     installed;
 #   - the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml, setup.py,
 #     the C accelerators governor/{cgroupfs,metering,exporter}/*.c or the Python changed;
 #     gcc and the Python headers build the accelerators, without them governor runs its
@@ -23,7 +24,7 @@ quietly() {  # run a noisy command; show its output only when it fails
 }
 
 APT_PKGS=(qemu-system-x86 busybox-static)
-[ "${1:-}" = --test ] && APT_PKGS+=(cgroup-tools postgresql prometheus prometheus-alertmanager umoci)
+[ "${1:-}" = --test ] && APT_PKGS+=(cgroup-tools postgresql prometheus prometheus-alertmanager umoci runc)
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || APT_PKGS+=(python3-venv)
 missing=()
 for p in "${APT_PKGS[@]}"; do
