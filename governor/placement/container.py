@@ -5,7 +5,7 @@ In the launching process, before anything runs: the image's record is read
 ``Cmd`` (or the one given), a container id drawn (random hex), and the container's
 directories created under ``<state_dir>/containers/<id>/``: ``upper/`` (its writes),
 ``work/`` (overlayfs's scratch, same filesystem) and ``rootfs/`` (the mount point).  The
-container is then recorded with :meth:`ImageStore.add_container` under the launching
+container is recorded, just before, with :meth:`ImageStore.add_container` under the launching
 process's pid (so ``governor image rm`` refuses the image, and its layers are kept, from
 before the overlay is mounted until after the container is gone; the child dies with
 the launching process, so the record's pid lives exactly as long as the container can)
@@ -13,9 +13,10 @@ and run by :func:`governor.placement.launch.launch` with a
 :class:`~governor.placement.rootfs.Rootfs`: join the group, namespaces, the overlay,
 ``pivot_root``, ``/proc``, ``/dev``, ``/sys``, the user and environment of the image, exec.
 
-Afterwards (an exit, a signal, a SIGKILL of the child, a failed launch) the record is
-removed, then ``work/`` and ``rootfs/``, and ``upper/`` too unless ``keep``: then its path
-is printed.
+Afterwards (an exit, a signal, a SIGKILL of the child, a failed launch) ``work/`` and
+``rootfs/`` are removed, and ``upper/`` too unless ``keep`` (then its path is printed),
+then the record.  The directory of a launch that was itself SIGKILLed is removed by the
+next launch (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,34 @@ class ContainerDirs:
                                       f"{describe_os_error(e)}") from e
 
 
+def sweep(state_dir: str, store: ImageStore) -> list[str]:
+    """Remove the directories a killed launch left (``governor launch`` itself SIGKILLed:
+    its container died with it, PR_SET_PDEATHSIG, but nothing ran its cleanup): those
+    that still have ``work/`` (a ``--keep``'d container has only ``upper/``) and no live
+    record.  The listing is read before the records, and a launch records its container
+    before creating its directory, so a directory listed here whose launch runs has its
+    record read below."""
+    base = os.path.join(os.path.abspath(state_dir), "containers")
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise LaunchError(f"cannot list {base}: {describe_os_error(e)}") from e
+    try:
+        live = {rec.id for rec in store.containers()}
+    except ImageError as e:
+        raise LaunchError(str(e)) from e
+    gone = []
+    for name in sorted(names):
+        d = os.path.join(base, name)
+        if name in live or not os.path.isdir(os.path.join(d, "work")):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(name)
+    return gone
+
+
 def namespaces(unshare: str | None) -> str:
     """``--unshare`` with ``--image``: the list given (mount added), else the default."""
     if unshare is None:
@@ -133,24 +162,25 @@ def launch_image(fs: CgroupFS, rel: str, store: ImageStore, ref: tuple[str, str]
     except ImageError as e:
         raise LaunchError(str(e)) from e
     cid = secrets.token_hex(ID_BYTES)
-    dirs = ContainerDirs.create(state_dir, cid)
+    sweep(state_dir, store)
+    try:  # recorded before its directory exists: see sweep
+        store.add_container(cid, name, tag, os.getpid())
+    except ImageError as e:
+        raise LaunchError(f"container {cid}: {e}") from e
     try:
-        argv, rootfs = plan(img, store, dirs, command, user=user, env=env or {},
-                            caller=os.environ)
+        dirs = ContainerDirs.create(state_dir, cid)
         try:
-            store.add_container(cid, name, tag, os.getpid())
-        except ImageError as e:
-            raise LaunchError(f"container {cid}: {e}") from e
-        ns = namespaces(unshare)
-        if hostname is None and "uts" in ns.split(","):
-            hostname = cid[:12]
-        try:
+            argv, rootfs = plan(img, store, dirs, command, user=user, env=env or {},
+                                caller=os.environ)
+            ns = namespaces(unshare)
+            if hostname is None and "uts" in ns.split(","):
+                hostname = cid[:12]
             return launch(fs, rel, argv, unshare=ns, hostname=hostname, restart=restart,
                           rootfs=rootfs)
         finally:
-            store.remove_container(cid)
+            dirs.remove(keep_upper=keep)
+            if keep:
+                print(f"governor: launch: container {cid}: upper layer kept in "
+                      f"{dirs.upper}", file=sys.stderr, flush=True)
     finally:
-        dirs.remove(keep_upper=keep)
-        if keep:
-            print(f"governor: launch: container {cid}: upper layer kept in {dirs.upper}",
-                  file=sys.stderr, flush=True)
+        store.remove_container(cid)

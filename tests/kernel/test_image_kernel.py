@@ -283,6 +283,29 @@ def test_image_sigkill_of_the_launchers_child_cleans_up(world: World) -> None:
     assert containers_dir(world) == []
     assert world.store.containers() == []
     assert mountinfo() == world.mounts
+    # the launch itself SIGKILLed: its container dies with it (PR_SET_PDEATHSIG), its
+    # directory stays (nothing ran the cleanup) until the next launch sweeps it
+    p = popen("launch", "-t", "t", "-g", "box", "--image", "box:v1", "--",
+              "echo ready; sleep 300", cfg=world.cfg)
+    try:
+        read_ready(p)
+        (cid,) = containers_dir(world)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    deadline = time.monotonic() + 30
+    while procs_file.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs_file.read_text().split() == []
+    assert containers_dir(world) == [cid]
+    assert world.store.containers() == []  # its record's pid is gone: stale
+    r = governor("launch", "-t", "t", "-g", "box", "--image", "box:v1", "--", "true",
+                 cfg=world.cfg)
+    assert r.returncode == 0, r.stderr
+    assert containers_dir(world) == []
     world.store.remove("box", "v1")  # nothing uses it now
 
 

@@ -4,6 +4,7 @@ the namespaces.  What the kernel does with them is in tests/kernel/test_image_ke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,27 @@ def test_launch_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code = main(["launch", "--config", str(cfg), "-t", "t", "-g", "g", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_sweep_removes_only_what_a_killed_launch_left(tmp_path: Path) -> None:
+    """A directory with work/ and no live record (its launch was SIGKILLed) goes; a
+    --keep'd one (upper/ only) and a running one (a live record) stay."""
+    from governor.image import inuse
+    from governor.placement.container import sweep
+
+    store = ImageStore(str(tmp_path))
+    for cid in ("stale", "kept", "running"):
+        ContainerDirs.create(str(tmp_path), cid)
+    ContainerDirs(str(tmp_path / "containers" / "kept"), "", str(tmp_path / "containers" /
+                  "kept" / "work"), str(tmp_path / "containers" / "kept" / "rootfs")
+                  ).remove(keep_upper=True)
+    os.makedirs(store.containers_dir)
+    me = os.getpid()
+    inuse.write_record(store.containers_dir, inuse.ContainerRecord(
+        "running", "shop:v2", "sha256:" + "c" * 64, [], me, inuse.start_time(me),
+        "2026-01-01T00:00:00+00:00"))
+    inuse.write_record(store.containers_dir, inuse.ContainerRecord(
+        "stale", "shop:v2", "sha256:" + "c" * 64, [], me, 1, "2026-01-01T00:00:00+00:00"))
+    assert sweep(str(tmp_path), store) == ["stale"]
+    assert sorted(os.listdir(tmp_path / "containers")) == ["kept", "running"]
+    assert sweep(str(tmp_path / "nowhere"), store) == []
