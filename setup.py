@@ -7,33 +7,28 @@ mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter`
 ``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
 per-group families.  All are optional (as in SQLAlchemy, msgpack, PyYAML): when they
 cannot be built (no compiler or Python headers) the install goes on and governor uses the
-pure-Python twins, which give identical results (tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py).
+pure-Python twins, which give identical results (tests/unit/test_fastread.py,
+test_fastmeter.py, test_fastrender.py).
 """
 
 from setuptools import Extension, setup
 
+
+def accelerator(module: str) -> Extension:
+    """``governor.<package>._<name>`` from ``governor/<package>/_<name>.c``, optional."""
+    return Extension(
+        module,
+        [module.replace(".", "/") + ".c"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                            "-Wno-missing-field-initializers"],
+        optional=True,
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "governor.cgroupfs._fastread",
-            ["governor/cgroupfs/_fastread.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers"],
-            optional=True,
-        ),
-        Extension(
-            "governor.metering._fastmeter",
-            ["governor/metering/_fastmeter.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers"],
-            optional=True,
-        ),
-        Extension(
-            "governor.exporter._fastrender",
-            ["governor/exporter/_fastrender.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers"],
-            optional=True,
-        ),
+        accelerator("governor.cgroupfs._fastread"),
+        accelerator("governor.metering._fastmeter"),
+        accelerator("governor.exporter._fastrender"),
     ],
 )

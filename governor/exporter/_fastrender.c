@@ -86,19 +86,29 @@ static int buf_put(buf_t *b, const char *s, size_t n)
     return 0;
 }
 
-/* an int as Python's str(int) writes it; a non-int raises TypeError */
-static int put_int(buf_t *b, PyObject *v)
+/* an exact int as a long long: 1 and *x set; 0 past 64 bits; -1 an error (TypeError for
+ * a value that is not an int, naming ``what``) */
+static int as_long_long(PyObject *v, const char *what, long long *x)
 {
     if (!PyLong_CheckExact(v)) {
-        PyErr_Format(PyExc_TypeError, "expected an int value, got %.100s",
-                     Py_TYPE(v)->tp_name);
+        PyErr_Format(PyExc_TypeError, "expected %s, got %.100s", what, Py_TYPE(v)->tp_name);
         return -1;
     }
     int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (x == -1 && PyErr_Occurred())
+    *x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (*x == -1 && PyErr_Occurred())
         return -1;
-    if (overflow == 0) {
+    return overflow == 0;
+}
+
+/* an int as Python's str(int) writes it; a non-int raises TypeError */
+static int put_int(buf_t *b, PyObject *v)
+{
+    long long x;
+    int k = as_long_long(v, "an int value", &x);
+    if (k < 0)
+        return -1;
+    if (k == 1) {
         char tmp[32];
         int n = snprintf(tmp, sizeof tmp, "%lld", x);
         return buf_put(b, tmp, (size_t)n);
@@ -116,16 +126,11 @@ static int put_int(buf_t *b, PyObject *v)
 /* repr(v / 1e6) for an int v, as Python computes it (int to float, then divide) */
 static int put_seconds(buf_t *b, PyObject *v)
 {
-    if (!PyLong_CheckExact(v)) {
-        PyErr_Format(PyExc_TypeError, "expected an int of microseconds, got %.100s",
-                     Py_TYPE(v)->tp_name);
+    long long x;
+    int k = as_long_long(v, "an int of microseconds", &x);
+    if (k < 0)
         return -1;
-    }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow == 0 && x >= EXACT_MIN_USEC && x < EXACT_MAX_USEC) {
+    if (k == 1 && x >= EXACT_MIN_USEC && x < EXACT_MAX_USEC) {
         /* repr(x / 1e6) is the exact decimal here (see EXACT_MIN_USEC), without dtoa */
         char tmp[40];
         int n = snprintf(tmp, sizeof tmp, "%lld.%06lld", x / 1000000, x % 1000000);
