@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,15 +258,17 @@ def test_a_step_not_advanced_changes_nothing_in_memory() -> None:
         == [4000]
 
 
-def test_the_time_text_cache_holds_two_passes_not_the_whole_run(
-        engine: Engine) -> None:  # noqa: F811
+def test_the_time_text_cache_holds_two_passes_not_the_whole_run(tmp_path: Path) -> None:
     """Each pass's times are converted to SQLite text once and reused by the next pass
     (its intervals' starts); older times leave the cache, so a long run does not keep
     every sample's time alive (it did: 100,000 of them, 15 MiB at 1,000 groups)."""
+    from governor.store.db import make_engine, upgrade
     from governor.store.service import _SQLITE_TS
-    if engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL takes the datetimes themselves: no text cache")
-    scope = scope_factory(engine)
+
+    # SQLite only: PostgreSQL takes the datetimes themselves (no text cache)
+    sqlite = make_engine(f"sqlite:///{tmp_path}/governor.db")
+    upgrade(sqlite)
+    scope = scope_factory(sqlite)
     m, inc = Meter(), Incarnations()
     groups = [("acme", f"g{i}") for i in range(50)]
     for p in range(40):
@@ -287,3 +290,4 @@ def test_the_time_text_cache_holds_two_passes_not_the_whole_run(
         assert len(_SQLITE_TS) <= 2 * len(groups) + 4, p
     expected = (T0 + timedelta(seconds=390)).isoformat(" ", "microseconds")[:26]
     assert _SQLITE_TS[T0 + timedelta(seconds=390)] == expected
+    sqlite.dispose()
