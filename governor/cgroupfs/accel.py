@@ -1,4 +1,4 @@
-"""The optional C accelerator (``governor/cgroupfs/_fastread.c``), loaded in one place.
+"""The sampler's C accelerator (``governor/cgroupfs/_fastread.c``), through :mod:`governor.accel`.
 
 None when it is not built (no compiler at install time) or when ``GOVERNOR_PURE_PYTHON=1``
 is set: every caller then takes its pure-Python path, which gives the same results
@@ -6,16 +6,11 @@ is set: every caller then takes its pure-Python path, which gives the same resul
 
 from __future__ import annotations
 
-import os
 import types
+
+from governor.accel import load
 
 
 def fastread() -> types.ModuleType | None:
     """``governor.cgroupfs._fastread``, or None (not built, or pure Python asked for)."""
-    if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-        return None
-    try:
-        from governor.cgroupfs import _fastread
-    except ImportError:
-        return None
-    return _fastread
+    return load("governor.cgroupfs._fastread")

@@ -13,9 +13,10 @@ selects the Python twin, as for the sampler's accelerator.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, Final
+
+from governor.accel import load
 
 KIND_ATTR: Final = 0        #: ``getattr(stats, attr)``; None: no line
 KIND_DICT: Final = 1        #: ``getattr(stats, attr)[key]``; dict None or key absent: none
@@ -50,13 +51,8 @@ def family_py(prefix: str, rows: Rows, kind: int, attr: str, key: str | None, /)
 
 
 def _accelerated() -> Callable[[str, Rows, int, str, str | None], str] | None:
-    if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-        return None
-    try:
-        from governor.exporter import _fastrender
-    except ImportError:
-        return None
-    return _fastrender.family
+    fast = load("governor.exporter._fastrender")
+    return None if fast is None else fast.family
 
 
 #: the C accelerator's ``family`` when built (and not turned off), else None

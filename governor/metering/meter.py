@@ -15,11 +15,11 @@ resolved from the database once, by :func:`governor.store.service.load_anchors`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
+from governor.accel import load
 from governor.metering.rollup import HOUR, hour_floor, split_interval
 from governor.metering.sample import GroupSample
 from governor.metering.usage import Interval, interval_between
@@ -69,13 +69,8 @@ def _rollup_add_py(rollups: dict[Any, list[int]], rkey: Any, covered: int,
 
 def _rollup_add_fast() -> Callable[[dict[Any, list[int]], Any, int,
                                     tuple[int | None, ...]], None] | None:
-    if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
-        return None
-    try:
-        from governor.metering import _fastmeter
-    except ImportError:
-        return None
-    return _fastmeter.rollup_add
+    fast = load("governor.metering._fastmeter")
+    return None if fast is None else fast.rollup_add
 
 
 #: ``rollup_add(rollups, (key, hour), covered_us, quantities)``: C when built, else Python

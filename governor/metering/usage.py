@@ -27,12 +27,12 @@ The rules (also in docs/billing.md):
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
+from governor.accel import load
 from governor.metering.sample import COUNTER_FIELDS, IO_FIELDS, GroupSample, IoCounters
 
 _US = 1_000_000
@@ -243,14 +243,11 @@ def _io_totals(prev: GroupSample, cur: GroupSample) -> tuple[int, int, int, int,
 def _accelerated() -> Callable[[GroupSample | None, GroupSample], Any] | None:
     """``governor.metering._fastmeter.interval``, configured; None when it is not built
     or ``GOVERNOR_PURE_PYTHON=1`` asks for the Python twin."""
-    if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
+    fast = load("governor.metering._fastmeter")
+    if fast is None:
         return None
-    try:
-        from governor.metering import _fastmeter
-    except ImportError:
-        return None
-    _fastmeter.configure(Interval)
-    return _fastmeter.interval
+    fast.configure(Interval)
+    return fast.interval  # type: ignore[no-any-return]
 
 
 _FAST: Final = _accelerated()
