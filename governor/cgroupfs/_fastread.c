@@ -20,9 +20,9 @@
  *
  *   to_sample(st, node, path, started, t0, mono, created) -> GroupSample
  *       governor.metering.sampler.to_sample of the same GroupStats with
- *       wall = started + timedelta(seconds=mono - t0); anything it does not handle (a
- *       mapping that is not a dict, a pressure resource other than cpu/memory/io) is
- *       passed to the Python to_sample.
+ *       wall = started + timedelta(seconds=mono - t0) and storage_bytes None (the pass
+ *       sets it later); anything it does not handle (a mapping that is not a dict, a
+ *       pressure resource other than cpu/memory/io) is passed to the Python to_sample.
  *
  * Objects are built the way GroupSample's fast constructor in sampler.py builds them:
  * allocated by their type, each __slots__ member set through its member descriptor (the
@@ -90,7 +90,7 @@ static const char *IO_KEYS[6] = {"rbytes", "wbytes", "rios", "wios", "dbytes", "
 static const char *PSI_RES[3] = {"cpu", "memory", "io"};
 
 static int reader_ready, sample_ready;
-#define N_SAMPLE_FIELDS 30
+#define N_SAMPLE_FIELDS 31
 
 /* ---- building slotted objects ------------------------------------------------------- */
 
@@ -744,6 +744,8 @@ static PyObject *make_sample(PyObject *st, PyObject *node, PyObject *path, PyObj
         }
     }
     v[k++] = Py_NewRef(created);
+    /* storage_bytes: not a cgroup file; the pass sets it after the sample is built */
+    v[k++] = Py_NewRef(Py_None);
     if (k != n_sample_fields) {
         PyErr_Format(PyExc_RuntimeError, "to_sample built %d fields, GroupSample has %d", k,
                      n_sample_fields);

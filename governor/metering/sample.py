@@ -1,9 +1,10 @@
 """The raw sample: what the sampler reads from one group's interface files at one instant.
 
 Only raw kernel counters and gauges, exactly as the kernel reports them (see
-Documentation/admin-guide/cgroup-v2.rst for each file).  A value the sampler could not read is
-``None``: missing is not zero.  Rates and usage are derived later from *pairs* of samples
-(:mod:`governor.metering.usage`).
+Documentation/admin-guide/cgroup-v2.rst for each file), plus one gauge the cgroup files do not
+have: the bytes of the group's containers' writable layers (``storage_bytes``, from a project
+quota per container).  A value the sampler could not read is ``None``: missing is not zero.
+Rates and usage are derived later from *pairs* of samples (:mod:`governor.metering.usage`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ class GroupSample:
     incarnation whose counters started again from zero.  ``created`` is the incarnation's
     creation time when the sampler *knows* it (governor made the directory, or saw the
     creation); ``None`` when it was merely found.
+
+    ``storage_bytes`` is the only value not read from the group's interface files: the bytes
+    used by the writable (upper) layers of the group's containers launched from images
+    (``governor launch --image``), summed, each measured by the project quota of its
+    container's upper directory.  ``None`` when the group has no container storage measured
+    (no container from an image, or the read failed: missing is not zero).  It is the last
+    field and the readers (:func:`~governor.metering.sampler.to_sample` and its C twin) leave
+    it ``None``: the pass sets it after the sample is built, through the slot's member
+    descriptor (``GroupSample.storage_bytes.__set__``), as the readers set every field.
     """
 
     node: str
@@ -80,6 +90,9 @@ class GroupSample:
     #: PSI ``total=`` counters in microseconds, keys from :data:`PSI_KEYS`
     psi: Mapping[str, int] = dataclasses.field(default_factory=dict)
     created: datetime | None = None
+    #: bytes of the writable layers of the group's containers launched from images, summed
+    #: (see the class documentation); None: none measured
+    storage_bytes: int | None = None
 
     def __post_init__(self) -> None:
         # a sample per group per pass: the common case (UTC, known keys) is tested first,

@@ -678,3 +678,21 @@ def test_item17_c_pass_raises_an_error_it_cannot_hand_back(tmp_path: Path) -> No
     finally:
         reader._accelerated()  # the real configuration back
         s.close()
+
+
+def test_to_sample_leaves_storage_for_the_pass_to_set() -> None:
+    """Issue #19: ``storage_bytes`` is not a cgroup file; both readers make it None, and
+    the pass sets it afterwards through the slot's member descriptor (the frozen
+    dataclass refuses attribute assignment)."""
+    from governor.metering.sample import GroupSample
+
+    assert C_TO_SAMPLE is not None
+    for make in (C_TO_SAMPLE, to_sample_at):
+        s = make(stats(), "n", "acme/web", STARTED, 1.0, 1.5, None)
+        assert s.storage_bytes is None
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.storage_bytes = 1  # type: ignore[misc]
+        GroupSample.storage_bytes.__set__(s, 3 << 40)  # type: ignore[attr-defined]
+        assert s.storage_bytes == 3 << 40
+        assert s == dataclasses.replace(make(stats(), "n", "acme/web", STARTED, 1.0, 1.5,
+                                             None), storage_bytes=3 << 40)
