@@ -62,8 +62,8 @@ _LIMIT_KEYS: Final = frozenset({
     *_SIZE_KEYS, "cpu.weight", "cpu.shares", "cpu.max", "cpus", "cpu.max.burst",
     "io.weight", "io.blkio_weight", "io.max", "pids.max", "oom.group_kill",
 })
-_GROUP_KEYS: Final = _LIMIT_KEYS | {"oom.actions", "oom.pressure", "oom.restart_max",
-                                    "oom.restart_backoff", "match"}
+_GROUP_KEYS: Final = _LIMIT_KEYS | {"storage.max", "oom.actions", "oom.pressure",
+                                    "oom.restart_max", "oom.restart_backoff", "match"}
 _TENANT_KEYS: Final = _LIMIT_KEYS | {"plan", "groups"}
 #: keys whose value is a table of their own (not more dotted keys)
 _LEAF_TABLES: Final = frozenset({"io.max", "oom.pressure"})
@@ -709,6 +709,7 @@ def _group(ctx: _Ctx, tenant: str, name: str, raw: object,
             _unknown(ctx, base, key, value, _GROUP_KEYS)
     limits = _limits(ctx, base, flat)
     oom = _oom(ctx, base, flat)
+    storage_max = _storage_max(ctx, base, flat)
     match: list[MatchRule] = []
     if "match" in raw:
         raw_rules = raw["match"]
@@ -726,7 +727,32 @@ def _group(ctx: _Ctx, tenant: str, name: str, raw: object,
         return None
     assert ctx.doc is not None
     return Group(name=name, tenant=tenant, limits=limits, match=tuple(match), oom=oom,
-                 source=ctx.doc.name)
+                 storage_max=storage_max, source=ctx.doc.name)
+
+
+#: the smallest storage.max: a container's upper layer needs a few blocks before the
+#: command's first write (overlayfs's work directory, copied-up parents)
+STORAGE_MIN: Final = 1 << 20
+
+
+def _storage_max(ctx: _Ctx, base: KeyPath, flat: Mapping[str, object]) -> int | None:
+    """``storage.max``: the most bytes the group's containers may write to their writable
+    layers together (a project quota, governor.image.writable); None: no limit."""
+    if "storage.max" not in flat:
+        return None
+    raw = flat["storage.max"]
+    try:
+        size = _size(raw)
+    except _Bad as exc:
+        ctx.add((*base, "storage.max"), raw, str(exc))
+        return None
+    if size is MAX:
+        return None
+    if not isinstance(size, int) or size < STORAGE_MIN:
+        ctx.add((*base, "storage.max"), raw, f"{show(raw)} is below the smallest "
+                                              f"storage.max, 1M; use \"max\" for no limit")
+        return None
+    return size
 
 
 def _fmt(size: Size) -> str:
@@ -767,9 +793,15 @@ def _tenant(ctx: _Ctx, name: str, raw: object,
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a tenant is a table: [tenants.<name>]")
         return None
-    flat = _flatten({k: v for k, v in raw.items() if k != "groups"}, _TENANT_KEYS)
+    # storage.max flattened too, to be refused by its name (it is a group's key)
+    flat = _flatten({k: v for k, v in raw.items() if k != "groups"},
+                    _TENANT_KEYS | {"storage.max"})
     for key, value in flat.items():
-        if key not in _TENANT_KEYS:
+        if key == "storage.max":
+            ctx.add((*base, key), value, "storage.max is set per group (the writable layers "
+                                         "of the group's containers from images): move it "
+                                         "to [tenants.<tenant>.groups.<group>]")
+        elif key not in _TENANT_KEYS:
             _unknown(ctx, base, key, value, _TENANT_KEYS)
     plan: str | None = None
     if "plan" in flat:
@@ -934,6 +966,9 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
                                 "pressure": [[str(k), v] for k, v in g.oom.pressure],
                                 "restart_max": g.oom.restart_max,
                                 "restart_backoff_us": g.oom.restart_backoff_us},
+                        # only when set: a policy without it keeps its digest
+                        **({"storage_max": g.storage_max} if g.storage_max is not None
+                           else {}),
                     }
                     for g in t.groups.values()
                 },

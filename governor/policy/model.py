@@ -184,6 +184,9 @@ class Group:
     limits: Limits
     match: tuple[MatchRule, ...] = ()
     oom: OomSettings = field(default_factory=OomSettings)
+    #: storage.max: bytes the writable layers of the group's containers may hold together
+    #: (a project quota, not a cgroup file: governor.image.writable); None = no limit
+    storage_max: int | None = None
     source: str = ""
 
     @property

@@ -126,6 +126,10 @@ GROUP_ERRORS = [
      "match[0].container", "true/false"),
     ("match-not-array", "[tenants.acme.groups.web.match]\nuser = \"x\"", "match",
      "array of tables"),
+    ("storage-max-small", 'storage.max = "4K"', "storage.max", "below the smallest"),
+    ("storage-max-zero", "storage.max = 0", "storage.max", "below the smallest"),
+    ("storage-max-type", "storage.max = true", "storage.max", "true is not a size"),
+    ("storage-max-unit", 'storage.max = "5 parsecs"', "storage.max", "not a size; use bytes"),
 ]
 
 
@@ -516,3 +520,21 @@ def test_cmdline_catastrophic_shapes_are_accepted_and_linear(pattern: str) -> No
     text = f"[tenants.a.groups.w]\n[[tenants.a.groups.w.match]]\ncmdline = '{pattern}'\n"
     policy = parse_policy([("p.toml", text)])
     assert policy.tenants["a"].groups["w"].match[0].cmdline == pattern
+
+
+def test_storage_max_per_group_and_refused_on_a_tenant() -> None:
+    policy = parse_policy([("s.toml", group_doc('storage.max = "2G"'))],
+                          device_resolver=_resolver)
+    web = policy.tenants["acme"].groups["web"]
+    assert web.storage_max == 2 << 30
+    assert "storage.max" not in dict(web.limits.files())  # not a cgroup file
+    unlimited = parse_policy([("s.toml", group_doc('storage.max = "max"'))],
+                             device_resolver=_resolver)
+    assert unlimited.tenants["acme"].groups["web"].storage_max is None
+    # a policy without it keeps its digest (versions already recorded stay the same)
+    plain = parse_policy([("s.toml", group_doc(""))], device_resolver=_resolver)
+    assert plain.tenants["acme"].groups["web"].storage_max is None
+    assert plain.digest == unlimited.digest != policy.digest
+    problem = one(group_doc("", tenant='storage.max = "1G"'))
+    assert problem.key == "tenants.acme.storage.max"
+    assert "set per group" in problem.message
