@@ -141,6 +141,11 @@ class Config:
     oom_webhook_url: str | None = None      # alert action target; None: alerts only logged
     oom_webhook_timeout: float = 5.0
     oom_webhook_retries: int = 3
+    # [images]
+    #: a loop-mounted ext4 pool of this size for containers' writable layers when the
+    #: state directory has no project quotas (governor.image.writable); None: none
+    image_pool_size: int | None = None
+    image_project_base: int = 0x4F560000    # first project id of the groups' writable layers
 
     @property
     def subtree_parts(self) -> list[str]:
@@ -288,6 +293,15 @@ DB_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres",
                         "postgresql+psycopg"})
 
 
+def _project_base(v: object, *, key: str, file: str | None) -> int:
+    # a 32-bit project id, with room for 2**20 groups above it
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**32 - 1 - (1 << 20):
+        raise ConfigError(f"{v!r}: give a project id from 1 to {2**32 - 1 - (1 << 20)} "
+                          "(governor takes the ids from it upwards, one per group)",
+                          file=file, key=key)
+    return v
+
+
 def _db_url(v: object, *, key: str, file: str | None) -> str:
     s = _str(v, key=key, file=file)
     scheme = s.split("://", 1)[0] if "://" in s else None
@@ -345,6 +359,10 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "web_config_file": ("web_config_file", _opt_str),
         "request_timeout": ("exporter_request_timeout", _duration),
         "max_connections": ("exporter_max_connections", _pos_int),
+    },
+    "images": {
+        "pool_size": ("image_pool_size", _size),
+        "project_base": ("image_project_base", _project_base),
     },
     "oom": {
         "webhook_url": ("oom_webhook_url", _webhook),
