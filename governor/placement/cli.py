@@ -162,12 +162,15 @@ def register(main: click.Group) -> None:
         with tree:
             if ref is not None:
                 from governor.image.store import ImageStore
+                from governor.image.writable import Pool
                 from governor.placement.container import launch_image
 
+                pool = Pool(c.state_dir, c.image_pool_size, c.image_project_base)
                 code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
                                     list(command), state_dir=c.state_dir, unshare=unshare,
                                     hostname=hostname, user=user, env=passed, keep=keep,
-                                    restart=restart)
+                                    restart=restart, group=f"{tenant}/{group}", pool=pool,
+                                    storage_max=t.groups[group].storage_max)
             else:
                 code = run(tree.fs, rel, list(command), unshare=unshare,
                            hostname=hostname, user=user, env=passed,

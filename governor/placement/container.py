@@ -34,7 +34,9 @@ from typing import Final
 from governor.cgroupfs.files import CgroupFS
 from governor.image import runconfig
 from governor.image.errors import ImageError, describe_os_error
+from governor.image.quota import QuotaError, set_project
 from governor.image.store import ImageRecord, ImageStore
+from governor.image.writable import Pool, WritableError
 from governor.placement.launch import KEPT_VARS, LaunchError, Restart, launch
 from governor.placement.rootfs import Rootfs
 
@@ -53,7 +55,9 @@ class ContainerDirs:
     merged: str
 
     @classmethod
-    def create(cls, state_dir: str, cid: str) -> ContainerDirs:
+    def create(cls, state_dir: str, cid: str, project: int | None = None) -> ContainerDirs:
+        """The directories of container ``cid``; with ``project`` the container's directory
+        gets that project id (inherited by all below) before anything is made in it."""
         base = os.path.join(os.path.abspath(state_dir), "containers")
         root = os.path.join(base, cid)
         d = cls(root, os.path.join(root, "upper"), os.path.join(root, "work"),
@@ -61,10 +65,16 @@ class ContainerDirs:
         try:
             os.makedirs(base, 0o700, exist_ok=True)
             os.mkdir(root, 0o700)
+            if project is not None:
+                set_project(root, project)
             os.mkdir(d.upper, 0o755)  # overlayfs gives the container's / this directory's
             os.chmod(d.upper, 0o755)  # noqa: S103 (mode; the umask must not narrow it)
             os.mkdir(d.work, 0o700)
             os.mkdir(d.merged, 0o755)
+        except QuotaError as e:
+            shutil.rmtree(root, ignore_errors=True)
+            raise LaunchError(f"cannot give the container directory {root} its group's "
+                              f"project: {e}") from e
         except OSError as e:
             shutil.rmtree(root, ignore_errors=True)
             raise LaunchError(f"cannot create the container directory {root}: "
@@ -153,14 +163,27 @@ def launch_image(fs: CgroupFS, rel: str, store: ImageStore, ref: tuple[str, str]
                  command: Sequence[str], *, state_dir: str, unshare: str | None = None,
                  hostname: str | None = None, user: str | None = None,
                  env: Mapping[str, str] | None = None, keep: bool = False,
-                 restart: Restart | None = None) -> int:
+                 restart: Restart | None = None, group: str | None = None,
+                 pool: Pool | None = None, storage_max: int | None = None) -> int:
     """Run a container of image ``ref`` (name, tag) in group ``rel``; returns the exit
-    code (the rules of :func:`launch`)."""
+    code (the rules of :func:`launch`).
+
+    Its writable layer is in the project of ``group`` (the policy's ``tenant/group``;
+    default ``rel``) on ``pool`` (default: the state directory's, with no pool file), whose
+    hard limit is set to ``storage_max`` (None: none) first: see governor.image.writable."""
     name, tag = ref
     try:
         img = store.get(name, tag)
     except ImageError as e:
         raise LaunchError(str(e)) from e
+    pool = pool or Pool(state_dir)
+    try:
+        pool.ensure()
+        project = pool.project_for(group or rel)
+        pool.set_limit(project, storage_max)
+    except (WritableError, QuotaError) as e:
+        raise LaunchError(f"the writable layer of a container of {img.ref} in "
+                          f"{group or rel}: {e}") from e
     cid = secrets.token_hex(ID_BYTES)
     sweep(state_dir, store)
     try:  # recorded before its directory exists: see sweep
@@ -168,7 +191,7 @@ def launch_image(fs: CgroupFS, rel: str, store: ImageStore, ref: tuple[str, str]
     except ImageError as e:
         raise LaunchError(f"container {cid}: {e}") from e
     try:
-        dirs = ContainerDirs.create(state_dir, cid)
+        dirs = ContainerDirs.create(state_dir, cid, project)
         try:
             argv, rootfs = plan(img, store, dirs, command, user=user, env=env or {},
                                 caller=os.environ)

@@ -31,6 +31,7 @@ from governor.enforce.keeper import Enforcer
 from governor.image.errors import ImageInUse
 from governor.image.source import read_source
 from governor.image.store import ImageStore
+from tests.pool import writable_pool
 from tests.unit import oci_writer as w
 
 pytestmark = pytest.mark.kernel
@@ -85,7 +86,8 @@ def world(cgroup2_mount: Path, scratch_subtree: Path, tmp_path: Path) -> Iterato
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[governor]\ncgroup_root = "/sys/fs/cgroup"\n'
                    f'subtree = "{scratch_subtree.name}"\npolicy = "{pol}"\n'
-                   f'state_dir = "{state}"\n[database]\nurl = "sqlite:///{tmp_path / "g.db"}"\n')
+                   f'state_dir = "{state}"\n[database]\nurl = "sqlite:///{tmp_path / "g.db"}"\n'
+                   f'[images]\npool_size = "256M"\n')
     layout = w.OCILayout(tmp_path / "layout")
     base, upper = base_layer(), upper_layer()
     layout.add_image([base, upper], tag="v1", env=["PATH=/bin", "GREETING=hello"],
@@ -95,7 +97,7 @@ def world(cgroup2_mount: Path, scratch_subtree: Path, tmp_path: Path) -> Iterato
     store = ImageStore(str(state))
     store.import_image(read_source(str(layout.root), "v1"), "box", "v1")
     store.import_image(read_source(str(layout.root), "plain"), "plain", "v1")
-    with CgroupFS(cgroup2_mount) as fs:
+    with CgroupFS(cgroup2_mount) as fs, writable_pool(state):
         enf = Enforcer(fs, scratch_subtree.name, str(pol))
         assert enf.reload(trigger="test")
         yield World(cfg, state, store, scratch_subtree, mountinfo())
@@ -158,8 +160,10 @@ def read_ready(p: subprocess.Popen[str]) -> str:
 
 
 def containers_dir(world: World) -> list[str]:
+    """The containers' directories (not the pool's own lost+found and project ids)."""
     d = world.state / "containers"
-    return sorted(os.listdir(d)) if d.exists() else []
+    skip = {"lost+found", "projects.json"}
+    return sorted(n for n in os.listdir(d) if n not in skip) if d.exists() else []
 
 
 SCRIPT = r"""read -r cg < /proc/self/cgroup; echo "cg=$cg"

@@ -5,6 +5,7 @@ scope goes when the container ends."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 
 from governor.image.source import read_source
 from governor.image.store import ImageStore
+from governor.image.writable import Pool
 from tests.kernel.test_image_kernel import base_layer, upper_layer
+from tests.pool import load_pool_modules
 from tests.unit import oci_writer as w
 
 pytestmark = pytest.mark.systemd
@@ -28,10 +31,12 @@ def test_image_container_runs_in_its_launch_scope(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[governor]\nsubtree = "gvimage.slice"\npolicy = "{pol}"\n'
                    f'state_dir = "{state}"\n'
-                   f'[database]\nurl = "sqlite:///{tmp_path}/g.db"\n')
+                   f'[database]\nurl = "sqlite:///{tmp_path}/g.db"\n'
+                   f'[images]\npool_size = "64M"\n')
     for f in (pol, cfg):
         f.chmod(0o600)
     gov = [sys.executable, "-m", "governor"]
+    load_pool_modules()  # the launch makes the pool itself (mkfs.ext4, mount -o loop)
     r = subprocess.run([*gov, "policy", "apply", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=300, check=False, cwd=REPO)
     assert r.returncode == 0, r.stderr
@@ -77,5 +82,15 @@ def test_image_container_runs_in_its_launch_scope(tmp_path: Path) -> None:
                         "tr -s ' ' < /proc/self/uid_map"],
                        capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
     assert (r.returncode, r.stdout) == (0, " 0 0 1\n"), r.stderr
-    assert not any((state / "containers").iterdir())
+    # the pool the first launch made: an ext4 with project quotas on containers/, which
+    # holds nothing of the containers now (only the project ids and ext4's lost+found)
+    pool = Pool(str(state), 64 << 20)
+    try:
+        assert pool.ready()
+        assert sorted(os.listdir(pool.containers)) == ["lost+found", "projects.json"]
+        assert list(pool.projects()) == ["acme/box"]
+        [usage] = pool.usage(pool.projects()).values()
+        assert usage.bytes == 0 and usage.inodes == 0  # the containers' writes went with them
+    finally:
+        subprocess.run(["umount", "-l", pool.containers], check=False)
     assert ImageStore(str(state)).containers() == []
