@@ -48,8 +48,10 @@ from governor.config import Config
 from governor.driver import Tree, delegated, open_tree
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
+from governor.image.writable import Pool
 from governor.metering.meter import Meter
 from governor.metering.sampler import Sampler
+from governor.metering.storage import StorageMeter
 
 log = logging.getLogger("governor.daemon")
 
@@ -444,6 +446,10 @@ class Daemon:
                                  on_created=self.sampler.expect_birth,
                                  executor=self.tree.executor, drift_watch=_drift_watch(self.fs))
         self.watcher = PolicyWatcher(cfg.policy, watch=True)
+        #: the groups' writable-layer bytes (containers from images), filled into each pass
+        self.storage = StorageMeter(
+            Pool(cfg.state_dir, cfg.image_pool_size, cfg.image_project_base),
+            self._storage_limits)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
         self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
@@ -629,6 +635,10 @@ class Daemon:
             if not self.spool:
                 self._draining(False)
 
+    def _storage_limits(self) -> dict[str, int | None]:
+        pol = self.enforcer.policy
+        return {} if pol is None else {g.path: g.storage_max for g in pol.groups()}
+
     def _sample(self, start: float) -> None:
         from governor.exporter.render import Health, Snapshot, render
 
@@ -639,6 +649,7 @@ class Daemon:
                 "gap_s": round(start - self._last_pass_start, 3)})
         self._last_pass_start = start
         p = self.sampler.sample()
+        self.storage.fill(p.samples)
         outcome = "skipped"
         if self.db.check():   # while down: one attempt per pass (schema checked then)
             self.recorder.flush()
@@ -858,6 +869,7 @@ class Daemon:
                         extra={"rescan_interval": self.cfg.rescan_interval})
         self.oom.start()
         self.exporter.start()
+        self.storage.start()
         self.sample()  # a first pass right away: metrics and a baseline sample
         self._update_costs()
         log.debug("start-up heap frozen", extra={"objects": settle_heap()})
