@@ -252,6 +252,28 @@ def _accelerator_check() -> Check:
                  "python3-dev; pip install -e .)", required=False)
 
 
+def _writable_check(cfg: Config) -> Check:
+    """Whether containers from images can have metered, limited writable layers here."""
+    from governor.image.writable import Pool
+
+    pool = Pool(cfg.state_dir, cfg.image_pool_size, cfg.image_project_base)
+    name = "writable layers"
+    if pool.ready():
+        return Check(name, True, f"{pool.containers} has project quotas on: each group's "
+                     "containers' writes are metered and limited by storage.max",
+                     required=False)
+    if cfg.image_pool_size is not None:
+        have = "exists and is mounted by the next launch" if os.path.exists(
+            pool.image_file) else "is made by the first launch --image"
+        return Check(name, True, f"{pool.containers} has no project quotas; the pool "
+                     f"{pool.image_file} ({cfg.image_pool_size} bytes, sparse) {have}",
+                     required=False)
+    return Check(name, False, f"{pool.containers} has no project quotas and [images] "
+                 "pool_size is unset: launch --image refuses (a writable layer must be "
+                 "metered)", "set [images] pool_size, or put containers/ on XFS (prjquota) "
+                 "or ext4 (-O quota,project; prjquota)", required=False)
+
+
 def _driver_checks(cfg: Config, root: Path | None, run_dir: str) -> list[Check]:
     """Which cgroup driver is in use and why; with systemd, whether its bus answers; with
     cgroupfs on a systemd host, whether the subtree is delegated."""
@@ -306,6 +328,7 @@ def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo",
                         "the process connector", required=False))
     checks.append(_connector_check(cfg))
     checks.append(_accelerator_check())
+    checks.append(_writable_check(cfg))
     checks.append(_database_check(cfg))
     policy, rules = _policy_check(cfg)
     checks.append(policy)

@@ -68,3 +68,19 @@ def test_doctor_says_which_c_accelerators_run() -> None:
     pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "GOVERNOR_PURE_PYTHON": "1"}, check=True).stdout
     assert pure.startswith("False GOVERNOR_PURE_PYTHON=1 is set: their pure-Python twins")
+
+
+def test_doctor_writable_layers_states(tmp_path: Path) -> None:
+    from governor.config import Config
+    from governor.doctor import _writable_check
+
+    cfg = Config(state_dir=str(tmp_path))
+    c = _writable_check(cfg)
+    assert (c.ok, c.required) == (False, False)
+    assert "pool_size" in c.detail and "prjquota" in c.fix
+    cfg.image_pool_size = 1 << 30
+    c = _writable_check(cfg)
+    assert c.ok and "is made by the first launch" in c.detail
+    (tmp_path / "containers.ext4").write_bytes(b"")
+    c = _writable_check(cfg)
+    assert c.ok and "mounted by the next launch" in c.detail
