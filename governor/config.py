@@ -117,6 +117,7 @@ class Config:
     # [sampling]
     sample_interval: float = 10.0
     slow_every: int = 6                     # memory.stat every Nth pass
+    write_every: int = 6                    # usage rows, rollups, anchors every Nth pass
     # [enforce]
     reconcile_interval: float = 30.0
     iocost_devices: tuple[str, ...] = ()
@@ -293,6 +294,14 @@ DB_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres",
                         "postgresql+psycopg"})
 
 
+def _write_every(v: object, *, key: str, file: str | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 360:
+        raise ConfigError(f"{v!r}: give a number of passes from 1 to 360 (the raw samples "
+                          "are written every pass; the usage rows derived from them every "
+                          "this many)", file=file, key=key)
+    return v
+
+
 def _project_base(v: object, *, key: str, file: str | None) -> int:
     # a 32-bit project id, with room for 2**20 groups above it
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2**32 - 1 - (1 << 20):
@@ -336,6 +345,7 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
     "sampling": {
         "interval": ("sample_interval", _duration),
         "slow_every": ("slow_every", _pos_int),
+        "write_every": ("write_every", _write_every),
     },
     "enforce": {
         "reconcile_interval": ("reconcile_interval", _duration),

@@ -49,7 +49,7 @@ from governor.driver import Tree, delegated, open_tree
 from governor.enforce.keeper import Enforcer, PolicyWatcher
 from governor.failpoint import failpoint
 from governor.image.writable import Pool
-from governor.metering.meter import Meter
+from governor.metering.meter import Meter, Pending
 from governor.metering.sampler import Sampler
 from governor.metering.storage import StorageMeter
 
@@ -457,6 +457,10 @@ class Daemon:
         #: the store holds samples not metered yet (a start, a crash between a pass's two
         #: commits, a drained spool), so the next pass meters from the store's rows first
         self.meter = Meter()
+        #: meter steps not written yet (the raw samples are, every pass): written every
+        #: [sampling] write_every passes, dropped on any failure (governor.metering.meter.
+        #: Pending says why nothing is lost)
+        self.pending: Pending[int] = Pending()
         self._meter_ready = False
         self.placer = Placer(self.fs, layout, lambda: self.enforcer.policy,
                              exclude=cfg.exclude_cgroups, nice=cfg.listener_nice,
@@ -514,12 +518,13 @@ class Daemon:
             return
         self.oom.set_settings({g.path: g.oom for g in pol.groups()})
 
-    def sample(self) -> None:
-        """One sampling pass: read, store (or spool), meter, watch, publish."""
+    def sample(self, *, final: bool = False) -> None:
+        """One sampling pass: read, store (or spool), meter, watch, publish; ``final``:
+        the last before exit, which writes every meter step held."""
         start = time.monotonic()
         self._pass_running_since = start
         try:
-            self._sample(start)
+            self._sample(start, final=final)
         finally:
             self._pass_running_since = None
             took = time.monotonic() - start
@@ -547,30 +552,42 @@ class Daemon:
             self.db.lost(self.writer.last_error or "a write failed")
         return outcome
 
-    def _meter(self, samples: Sequence[Any]) -> None:
+    def _meter(self, samples: Sequence[Any], *, flush: bool = False) -> None:
         """Meter the pass just stored: in memory, against the previous pass's samples
-        (nothing read back), written in one transaction; or, when the store holds samples
-        not yet metered, from the store's rows (the anchors are then resolved again)."""
+        (nothing read back), held in :attr:`pending` and written every ``write_every``
+        passes (and with ``flush``) in one transaction; or, when the store holds samples
+        not metered yet, from the store's rows (the anchors are then resolved again)."""
         from governor.store.service import load_anchors, meter, write_metered
 
         node = self.cfg.node
         step = None
         try:
-            with self.scope() as session:
-                if not self._meter_ready:
+            if not self._meter_ready:
+                self.pending.clear()  # the store's meter makes it again from the rows
+                with self.scope() as session:
                     meter(session=session, node=node)
-                else:
-                    w = self.writer
-                    unknown = self.meter.unknown(samples)
-                    resolved = load_anchors(session=session, node=node, node_id=w.node_id,
-                                            samples=unknown, ids=w.ids) if unknown else None
-                    step = self.meter.step(samples, resolved)
-                    write_metered(session=session, node_id=w.node_id, metered=step,
-                                  ids=w.ids)
-                failpoint("store.meter.before_commit")  # crash tests
+                    failpoint("store.meter.before_commit")  # crash tests
+            else:
+                w = self.writer
+                unknown = self.meter.unknown(samples)
+                resolved = None
+                if unknown:
+                    with self.scope() as session:
+                        resolved = load_anchors(session=session, node=node,
+                                                node_id=w.node_id, samples=unknown, ids=w.ids)
+                # the rollups are made from what Pending merged, when it writes
+                step = self.meter.step(samples, resolved, with_rollups=False)
+                self.pending.add(step, w.ids)
+                if flush or self.pending.passes >= self.cfg.write_every:
+                    with self.scope() as session:
+                        write_metered(session=session, node_id=w.node_id,
+                                      metered=self.pending.metered())
+                        failpoint("store.meter.before_commit")  # crash tests
+                    self.pending.clear()
         except Exception:
             self.db_write_errors += 1
             self._meter_ready = False
+            self.pending.clear()
             log.exception("metering failed")
             return
         if step is None:
@@ -639,7 +656,7 @@ class Daemon:
         pol = self.enforcer.policy
         return {} if pol is None else {g.path: g.storage_max for g in pol.groups()}
 
-    def _sample(self, start: float) -> None:
+    def _sample(self, start: float, *, final: bool = False) -> None:
         from governor.exporter.render import Health, Snapshot, render
 
         if self._last_pass_start is not None and \
@@ -658,7 +675,7 @@ class Daemon:
             with self.writer.lock:
                 outcome = self._store(p.samples)
                 if outcome == "stored":
-                    self._meter(p.samples)
+                    self._meter(p.samples, flush=final)
                 else:
                     self._meter_ready = False
                     self._draining(True)   # the drain job runs while the spool holds any
@@ -936,7 +953,7 @@ class Daemon:
             self.notifier.notify("STOPPING=1", "STATUS=stopping: a last sample, then exit")
             self.scheduler.shutdown(wait=True)   # the job in progress finishes
             try:
-                self.sample()                    # the last samples, stored before exit
+                self.sample(final=True)          # the last samples, stored before exit
             except Exception:
                 log.exception("last sampling pass failed")
             self.placer.stop()

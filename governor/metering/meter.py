@@ -85,10 +85,13 @@ def add_interval(rollups: dict[tuple[K, datetime], list[int]], key: K,
 
 
 def pair_series(series: Mapping[K, Sequence[GroupSample]],
-                previous: Mapping[K, GroupSample | None]) -> Metered[K]:
+                previous: Mapping[K, GroupSample | None], *,
+                with_rollups: bool = True) -> Metered[K]:
     """Pair each key's samples (oldest first) with the one before: the first with
     ``previous[key]`` (``None``: the first sample of a path, counted from its birth when
-    known).  See :func:`~governor.metering.usage.usage_between` for the rules."""
+    known).  See :func:`~governor.metering.usage.usage_between` for the rules.  Without
+    ``with_rollups`` the rollups are left empty (:class:`Pending` makes them when it
+    writes)."""
     usages: list[tuple[K, Interval]] = []
     rollups: dict[tuple[K, datetime], list[int]] = {}
     anchors: dict[K, GroupSample] = {}
@@ -109,6 +112,9 @@ def pair_series(series: Mapping[K, Sequence[GroupSample]],
                 skipped += 1
             else:
                 usages.append((key, iv))
+                if not with_rollups:
+                    prev = cur
+                    continue
                 start, end = iv.start, iv.end
                 if lo is not None and hi is not None and lo <= start < end <= hi:
                     add(rollups, (key, lo), iv.duration_us, iv.quantities)
@@ -173,7 +179,8 @@ class Meter:
         return [s for s in samples if (s.tenant, s.group, s.cgroup_id) not in last]
 
     def step(self, samples: Sequence[GroupSample],
-             resolved: Mapping[IncKey, Anchor] | None = None) -> Metered[IncKey]:
+             resolved: Mapping[IncKey, Anchor] | None = None, *,
+             with_rollups: bool = True) -> Metered[IncKey]:
         """Meter ``samples`` (one pass: one sample per incarnation, or several in time
         order) against the anchors in memory and ``resolved`` (those :meth:`unknown`
         named).  Samples at or before an anchor's floor are ignored, as the store does
@@ -201,7 +208,7 @@ class Meter:
                 previous[key] = prev
             elif s.wall > got[-1].wall:
                 got.append(s)
-        return pair_series(series, previous)
+        return pair_series(series, previous, with_rollups=with_rollups)
 
     def advance(self, metered: Metered[IncKey]) -> None:
         """The step's rows are committed: its samples are the anchors now."""
@@ -214,3 +221,94 @@ class Meter:
             for k in old:
                 del self._last[k]
                 del self._seen[k]
+
+
+class Pending(Generic[K]):
+    """Meter steps computed but not written yet: the daemon writes the derived rows every
+    few passes (issue #16), the raw samples every pass.
+
+    Why that loses nothing: the raw samples of every pass are committed before their step
+    is added here, and the stored anchors (``groups.metered_until``) move only when the
+    rows this holds are written, in the same transaction.  A crash, a failed write or a
+    database outage drops what this holds, and the store's catch-up meter (from the stored
+    anchors over the stored samples: :func:`governor.store.service.meter`) makes the same
+    usage again.
+
+    What it saves: a group costs one rollup upsert, one anchor update and one interval row
+    per write instead of per pass.  A key's consecutive intervals are merged while they
+    are contiguous and inside one hour: the merged interval's quantities are the sums of
+    its pieces' (counter deltas and integrals over adjacent pieces; an unknown quantity
+    counts 0, as :func:`governor.store.service.write_metered` stores it), accumulated by
+    the meter's own ``rollup_add`` (C when built).  The rollups are made when written, from
+    the merged intervals: one that lies in an hour adds its sums and its count of pieces
+    there, as the pieces would have one by one; an interval across an hour boundary is
+    never merged and is split as :func:`pair_series` splits it.  So the rows written are
+    the rollups, anchors and usage of the passes held, to the unit.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.passes = 0
+        self.samples = 0
+        self.skipped = 0
+        #: each key's growing interval: [start, end, end of its hour (start when it
+        #: crosses one: never merged), from_creation]
+        self._span: dict[K, list[Any]] = {}
+        #: each growing interval's [duration_us, pieces, *quantities]
+        self._acc: dict[K, list[int]] = {}
+        #: closed intervals: (key, span, acc), in order
+        self._done: list[tuple[K, list[Any], list[int]]] = []
+        self._anchors: dict[K, GroupSample] = {}
+
+    def __bool__(self) -> bool:
+        return self.passes > 0
+
+    def clear(self) -> None:
+        self._reset()
+
+    def add(self, step: Metered[Any], ids: Mapping[Any, K]) -> None:
+        """Hold ``step``, its keys turned into this one's by ``ids`` (the daemon's:
+        incarnation keys into the store's group ids of the pass that made it)."""
+        self.passes += 1
+        self.samples += step.samples
+        self.skipped += step.skipped
+        span, acc, done, add = self._span, self._acc, self._done, rollup_add
+        for k, iv in step.usages:
+            key = ids[k]
+            sp = span.get(key)
+            if sp is not None:
+                if sp[1] == iv.start and iv.end <= sp[2]:
+                    sp[1] = iv.end
+                    add(acc, key, iv.duration_us, iv.quantities)
+                    continue
+                done.append((key, sp, acc.pop(key)))
+            start, end = iv.start, iv.end
+            hour_end = hour_floor(start) + HOUR
+            span[key] = [start, end, hour_end if end <= hour_end else start,
+                         iv.from_creation]
+            add(acc, key, iv.duration_us, iv.quantities)
+        anchors = self._anchors
+        for k, sample in step.anchors.items():
+            anchors[ids[k]] = sample
+
+    def metered(self) -> Metered[K]:
+        """Everything held, as one step to write."""
+        usages: list[tuple[K, Interval]] = []
+        rollups: dict[tuple[K, datetime], list[int]] = {}
+        acc = self._acc
+        for key, sp, a in [*self._done, *((k, sp, acc[k]) for k, sp in self._span.items())]:
+            iv = Interval(sp[0], sp[1], a[0], sp[3], tuple(a[2:]))
+            usages.append((key, iv))
+            if sp[2] == sp[0]:  # across an hour boundary: alone, split as pair_series does
+                add_interval(rollups, key, iv)
+                continue
+            rkey = (key, hour_floor(sp[0]))
+            got = rollups.get(rkey)
+            if got is None:
+                rollups[rkey] = list(a)
+            else:
+                for i, v in enumerate(a):
+                    got[i] += v
+        return Metered(self.samples, usages, rollups, self._anchors, self.skipped)

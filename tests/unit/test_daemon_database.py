@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select
 from governor.config import Config
 from governor.daemon import Daemon, DeferredSink, PolicyRecorder
 from governor.errors import ConfigError
-from governor.metering.meter import Meter
+from governor.metering.meter import Meter, Pending
 from governor.oom.events import OomEvent
 from governor.oom.store import DbSink
 from governor.policy import load_policy
@@ -127,6 +127,7 @@ def daemon_for_store(db: Database, tmp_path: Path) -> Daemon:
     d.writer = SpoolingWriter(spool=d.spool, session_scope=db.scope)
     d.scope = db.scope
     d.meter = Meter()
+    d.pending = Pending()
     d._meter_ready = False
     d.stop_event = threading.Event()
     d.db_write_errors = 0
