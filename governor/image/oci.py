@@ -54,7 +54,9 @@ UNREADABLE_LAYER_TYPES = {
 }
 
 REF_NAME = "org.opencontainers.image.ref.name"
-#: the largest index, manifest or config read into memory (real ones are a few KiB)
+#: the largest index, manifest or config read into memory (real ones are a few KiB), as
+#: containerd's registry resolver caps manifests (``remotes/docker``: ``MaxManifestSize``,
+#: about 4 MiB).  A larger one is refused from its size, before a byte of it is read.
 MAX_JSON = 4 << 20
 
 # distribution-spec's grammar for repository names and tags
@@ -114,8 +116,12 @@ class ImageConfig:
 def load_json(data: bytes, path: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LayoutError(path, f"not valid JSON ({e})") from e
+    except RecursionError as e:  # "[[[[...": 4 MiB of brackets outnest the parser's stack
+        raise LayoutError(path, "not valid JSON: nested too deeply") from e
+    except ValueError as e:
+        # JSONDecodeError and UnicodeDecodeError, and the plain ValueError of an integer
+        # longer than sys.get_int_max_str_digits() (4300 digits)
+        raise LayoutError(path, f"not valid JSON ({str(e)[:200]})") from e
     if not isinstance(doc, dict):
         raise LayoutError(path, f"a JSON object is needed, found {type(doc).__name__}")
     return doc

@@ -49,8 +49,8 @@ class SourceImage:
 
 def _open_blob(layout: str, digest: str) -> tuple[int, str]:
     path = os.path.join(layout, "blobs", oci.ALGORITHM, digest.split(":", 1)[1])
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:  # O_NONBLOCK: the open of a fifo in a blob's place returns (and is refused below)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise BlobError(path, digest, "missing: the layout lacks a blob its descriptors "
                         "name") from None
@@ -69,7 +69,7 @@ def verify_blob(layout: str, desc: oci.Descriptor, *, keep: bool = False) -> byt
     either is a :class:`BlobError`.  With ``keep`` the content is returned (JSON
     documents, at most :data:`oci.MAX_JSON` bytes)."""
     fd, path = _open_blob(layout, desc.digest)
-    if keep and desc.size > oci.MAX_JSON:
+    if keep and desc.size > oci.MAX_JSON:  # refused before a byte of it is read
         os.close(fd)
         raise BlobError(path, desc.digest, f"size {desc.size} is more than a JSON document "
                         f"may be ({oci.MAX_JSON} bytes)")
@@ -100,19 +100,38 @@ def verify_blob(layout: str, desc: oci.Descriptor, *, keep: bool = False) -> byt
 
 
 def _read_small(path: str) -> bytes:
+    """``oci-layout`` or ``index.json``: a regular file of at most :data:`oci.MAX_JSON`
+    bytes.  Opened with O_NONBLOCK (a fifo put there would block the open forever) and
+    measured with fstat before a byte is read: a 2 GiB index.json is refused, not read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise LayoutError(path, f"cannot be read: {describe_os_error(e)}; an OCI image "
                           "layout has oci-layout, index.json and blobs/sha256/",
                           err=e.errno) from e
     try:
-        data = os.read(fd, oci.MAX_JSON + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LayoutError(path, "not a regular file")
+        if st.st_size > oci.MAX_JSON:
+            raise LayoutError(path, f"{st.st_size} bytes, larger than a JSON document of "
+                              f"the layout may be ({oci.MAX_JSON} bytes)")
+        chunks: list[bytes] = []
+        n = 0
+        while n <= oci.MAX_JSON:  # read to the end: the file may grow after the fstat
+            chunk = os.read(fd, oci.MAX_JSON + 1 - n)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+    except OSError as e:
+        raise LayoutError(path, f"cannot be read: {describe_os_error(e)}", err=e.errno) from e
     finally:
         os.close(fd)
-    if len(data) > oci.MAX_JSON:
-        raise LayoutError(path, f"larger than {oci.MAX_JSON} bytes")
-    return data
+    if n > oci.MAX_JSON:
+        raise LayoutError(path, f"larger than a JSON document of the layout may be "
+                          f"({oci.MAX_JSON} bytes)")
+    return b"".join(chunks)
 
 
 def is_layout(path: str) -> bool:

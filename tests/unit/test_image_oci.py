@@ -192,3 +192,16 @@ def test_config_of_another_os_is_refused() -> None:
     doc["os"] = "windows"
     with pytest.raises(LayoutError, match="c: os: 'windows': governor runs linux images"):
         oci.parse_config(json.dumps(doc).encode(), "c")
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"[" * 100_000, "nested too deeply"),                   # RecursionError in json
+    (b'{"schemaVersion": ' + b"9" * 5000 + b"}", "4300"),  # int_max_str_digits
+    (b'{"schemaVersion": 2, "manifests": [}', "Expecting value"),
+    (b'{"a": "\xff"}', "utf-8"),                           # not UTF-8
+], ids=["deep-nesting", "long-int", "syntax", "not-utf8"])
+def test_hostile_json_is_a_layout_error(data: bytes, problem: str) -> None:
+    """Each failure of the JSON parser is a LayoutError naming the file, never an
+    unexpected RecursionError or ValueError."""
+    with pytest.raises(LayoutError, match=r"^index\.json: not valid JSON.*" + problem):
+        oci.parse_index(data, "index.json")

@@ -370,3 +370,85 @@ def test_two_imports_at_once_leave_a_consistent_store(tmp_path: Path) -> None:
     meta = json.loads(Path(store.meta_path).read_text())
     assert set(meta["layers"]) == set(by)
     assert leftovers(store) == []
+
+
+# -- JSON documents: a size cap before anything is read ------------------------------------
+def _stored_good_image(tmp_path: Path, store: ImageStore) -> tuple[str, Path]:
+    """An image imported before the hostile one: it must stay intact."""
+    good = OCILayout(tmp_path / "good")
+    good.add_image([layer([file("ok", b"ok")])])
+    rec = store.import_image(read_layout(str(good.root), None), "good", "1")
+    return rec.ref, Path(store.layer_path(rec.layers[0]))
+
+
+def _intact(store: ImageStore, ref: str, layer_dir: Path) -> None:
+    assert leftovers(store) == []
+    assert [i.ref for i in store.images()] == [ref]
+    assert os.listdir(store.layers_dir) == [layer_dir.name]
+    assert (layer_dir / "ok").read_bytes() == b"ok"
+
+
+TWO_GIB = 2 << 30
+
+
+def test_an_enormous_index_json_is_refused_from_its_size(tmp_path: Path,
+                                                         store: ImageStore) -> None:
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay = OCILayout(tmp_path / "huge")
+    lay.add_image([layer([file("a")])])
+    index = lay.root / "index.json"
+    os.truncate(index, TWO_GIB)  # sparse: no gigabytes written, none read
+    with pytest.raises(LayoutError, match=rf"{index}: {TWO_GIB} bytes, larger than a JSON "
+                       rf"document of the layout may be \({4 << 20} bytes\)"):
+        read_layout(str(lay.root), None)
+    _intact(store, ref, kept)
+
+
+@pytest.mark.parametrize("what", ["manifest", "config", "nested-index"])
+def test_an_enormous_json_blob_is_refused_before_it_is_read(tmp_path: Path, store: ImageStore,
+                                                            what: str) -> None:
+    """The descriptor says 2 GiB (and the blob is that large, sparse): refused from the
+    descriptor's size, before the blob is hashed or read into memory."""
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay = OCILayout(tmp_path / "huge")
+    m = lay.add_image([layer([file("a")])])
+    big = "sha256:" + "c" * 64
+    with open(lay.blob_path(big), "wb") as f:
+        f.truncate(TWO_GIB)
+    if what == "config":
+        doc = json.loads(lay.blob_path(m).read_bytes())
+        doc["config"]["digest"], doc["config"]["size"] = big, TWO_GIB
+        data = json.dumps(doc).encode()
+        lay.manifests[0].update(digest=lay.put_blob(data), size=len(data))
+    else:
+        lay.manifests[0].update(digest=big, size=TWO_GIB)
+        if what == "nested-index":
+            lay.manifests[0]["mediaType"] = MEDIA_INDEX
+    lay.write_index()
+    with pytest.raises(BlobError, match=rf"blob {big}: size {TWO_GIB} is more than a JSON "
+                       rf"document may be \({4 << 20} bytes\)"):
+        read_layout(str(lay.root), None)
+    _intact(store, ref, kept)
+
+
+@pytest.mark.parametrize("where", ["index.json", "blob"])
+def test_a_fifo_in_the_layout_is_refused_not_waited_on(tmp_path: Path, where: str) -> None:
+    import signal
+
+    lay = OCILayout(tmp_path / "fifo")
+    m = lay.add_image([layer([file("a")])])
+    path = lay.root / "index.json" if where == "index.json" else lay.blob_path(m)
+    path.unlink()
+    os.mkfifo(path)
+
+    def hung(_sig: int, _frame: object) -> None:
+        raise AssertionError(f"opening the fifo {path} blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises((LayoutError, BlobError), match=f"{path}: .*not a regular file"):
+            read_layout(str(lay.root), None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
