@@ -73,6 +73,21 @@ class UnsafeLayer(ImageError):
         super().__init__(f"{where}: {problem}")
 
 
+class LayerLimit(UnsafeLayer):
+    """A layer past one of the limits of the configuration's ``[images]`` section: names
+    the image, the layer, the limit, its value and the key that raises it.  Nothing of the
+    layer is kept (exit 1: the image is larger than this host accepts)."""
+
+    def __init__(self, image: str, layer: str, member: str | None, problem: str, *,
+                 key: str, limit: str) -> None:
+        self.key = key
+        self.limit = limit
+        section, _, name = key.partition(".")
+        super().__init__(image, layer, member, f"{problem}: the limit is {key} = {limit}; "
+                         f"to import it, raise {name} in the [{section}] section of the "
+                         "configuration")
+
+
 class StoreError(ImageError):
     """The image store itself cannot be used (permissions, a filesystem without trusted
     xattrs, a full disk): names the path and the errno.  An environment error (exit 2)."""
@@ -83,6 +98,29 @@ class StoreError(ImageError):
         self.path = path
         self.errno = err
         super().__init__(f"image store {path}: {problem}")
+
+
+class LowSpace(StoreError):
+    """Unpacking a layer would leave the state directory's filesystem with less free space
+    than ``[images] min_free_space`` keeps (for the database, the spool, the logs): names
+    the image, the layer (and member), the space free and the key.  Nothing of the layer is
+    kept.  An environment error (exit 2)."""
+
+    def __init__(self, path: str, image: str, layer: str, member: str | None, problem: str,
+                 *, key: str, limit: str) -> None:
+        self.image = image
+        self.layer = layer
+        self.member = member
+        self.key = key
+        self.limit = limit
+        section, _, name = key.partition(".")
+        where = f"image {image}: layer {layer}"
+        if member is not None:
+            where += f": member {member!r}"
+        super().__init__(path, f"{where}: {problem}, less than {key} = {limit} keeps free: "
+                         "free some space (governor image df, governor image rm) or lower "
+                         f"{name} in the [{section}] section of the configuration",
+                         err=_errno.ENOSPC)
 
 
 class ImageNotFound(ImageError):

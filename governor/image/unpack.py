@@ -41,6 +41,7 @@ from typing import BinaryIO
 
 from governor.image.errors import StoreError, UnsafeLayer, describe_os_error
 from governor.image.fsutil import disk_usage
+from governor.image.limits import MAX_MEMBER_HEADERS, ImportLimits, LayerBudget
 from governor.image.oci import Compression
 
 WHITEOUT_PREFIX = ".wh."
@@ -53,9 +54,11 @@ _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_MTIME = 2**62 // 10**9
 #: errors a member's own name or shape causes (a component longer than NAME_MAX, too many
-#: links to one file, a hard link to a file an earlier member of the layer removed):
-#: refusals of the layer, not failures of the store
-_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL, errno.ENOENT})
+#: links to one file, a hard link to a file an earlier member of the layer removed, an
+#: xattr value the kernel refuses or past its 64 KiB): refusals of the layer, not failures
+#: of the store
+_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL, errno.ENOENT,
+                            errno.E2BIG})
 
 
 @dataclass(frozen=True)
@@ -72,22 +75,40 @@ class _SourceBroken(Exception):
         super().__init__(str(cause))
 
 
-class _HashingReader(io.RawIOBase):
-    """The uncompressed stream, hashed as tarfile reads it; read errors become
-    :class:`_SourceBroken` so they are told apart from errors writing the layer."""
+class _HeadersTooLarge(Exception):
+    """More than :data:`MAX_MEMBER_HEADERS` bytes read before tarfile gave a member."""
 
-    def __init__(self, inner: BinaryIO | gzip.GzipFile) -> None:
+
+class _HashingReader(io.RawIOBase):
+    """The uncompressed stream, hashed and counted against the layer's budget as tarfile
+    reads it; read errors become :class:`_SourceBroken` so they are told apart from errors
+    writing the layer.
+
+    ``header_limit`` is the stream position tarfile may reach while it reads the headers of
+    the next member (None while a member's data is read): tarfile reads a pax header, a GNU
+    long name or a sparse map into memory whole, whatever size its header declares."""
+
+    def __init__(self, inner: BinaryIO | gzip.GzipFile, budget: LayerBudget) -> None:
         self.inner = inner
+        self.budget = budget
         self.hash = hashlib.sha256()
+        self.count = 0
+        self.header_limit: int | None = None
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > _CHUNK:  # never the whole stream at once (a gzip bomb)
+            size = _CHUNK
         try:
             data = self.inner.read(size)
         except (OSError, EOFError, zlib.error) as e:
             raise _SourceBroken(e) from e
+        self.count += len(data)
+        self.budget.read(len(data))
+        if self.header_limit is not None and self.count > self.header_limit:
+            raise _HeadersTooLarge
         self.hash.update(data)
         return data
 
@@ -121,15 +142,38 @@ def _mtime_ns(m: tarfile.TarInfo) -> int:
     return int(min(max(t, 0), _MAX_MTIME) * 10**9)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attrs:
+    """What is set on a file or directory after its content: a directory's are kept until
+    the end of the layer, so only these (never the member's TarInfo, which holds every pax
+    header it came with: up to 1 MiB for each of a million directories)."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, m: tarfile.TarInfo) -> _Attrs:
+        kept = tuple((name, value.encode("utf-8", "surrogateescape"))
+                     for key, value in m.pax_headers.items()
+                     if (name := key.removeprefix("SCHILY.xattr.")) != key
+                     and name in KEPT_XATTRS)
+        return cls(m.name, m.mode & 0o7777, m.uid, m.gid, _mtime_ns(m), kept)
+
+
 class _Unpacker:
-    def __init__(self, rootfd: int, dest: str, *, image: str, layer: str, as_root: bool
-                 ) -> None:
+    def __init__(self, rootfd: int, dest: str, *, image: str, layer: str, as_root: bool,
+                 budget: LayerBudget) -> None:
         self.rootfd = rootfd
         self.dest = dest
         self.image = image
         self.layer = layer
         self.as_root = as_root
-        self.dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
+        self.budget = budget
+        self.dirs: dict[tuple[str, ...], _Attrs] = {}
 
     def refuse(self, member: str | None, why: str) -> UnsafeLayer:
         return UnsafeLayer(self.image, self.layer, member, why)
@@ -188,6 +232,7 @@ class _Unpacker:
 
     # -- members ---------------------------------------------------------------------------
     def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        self.budget.entry(m.name)
         try:
             parts = member_parts(m.name)
         except ValueError as e:
@@ -195,7 +240,7 @@ class _Unpacker:
         if not parts:  # the layer's root itself
             if not m.isdir():
                 raise self.refuse(m.name, "the layer's root must be a directory")
-            self.dirs[()] = m
+            self.dirs[()] = _Attrs.of(m)
             return
         base = parts[-1]
         try:
@@ -231,33 +276,33 @@ class _Unpacker:
         src = tf.extractfile(m)
         if src is None:
             raise self.refuse(m.name, "a regular file without data")
+        self.budget.declare(m.size, m.name)  # a sparse member: its whole logical size
         with self.parent(parts, m.name) as pfd:
             self.clear(pfd, parts[-1], keep_dir=False)
             fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
                 while chunk := src.read(_CHUNK):
+                    self.budget.write(len(chunk), m.name)
                     _write_all(fd, chunk)
-                self.attributes(fd, m)
+                self.attributes(fd, _Attrs.of(m))
             finally:
                 os.close(fd)
 
-    def attributes(self, fd: int, m: tarfile.TarInfo) -> None:
+    def attributes(self, fd: int, a: _Attrs) -> None:
         if self.as_root:
-            os.fchown(fd, m.uid, m.gid)  # before the mode: chown clears setuid bits
-        os.fchmod(fd, m.mode & 0o7777)
-        for key, value in m.pax_headers.items():
-            name = key.removeprefix("SCHILY.xattr.")
-            if name != key and name in KEPT_XATTRS and self.as_root:
-                os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
-        t = _mtime_ns(m)
-        os.utime(fd, ns=(t, t))
+            os.fchown(fd, a.uid, a.gid)  # before the mode: chown clears setuid bits
+        os.fchmod(fd, a.mode)
+        if self.as_root:
+            for name, value in a.xattrs:
+                os.setxattr(fd, name, value)
+        os.utime(fd, ns=(a.mtime_ns, a.mtime_ns))
 
     def directory(self, parts: list[str], m: tarfile.TarInfo) -> None:
         with self.parent(parts, m.name) as pfd:
             if not self.clear(pfd, parts[-1], keep_dir=True):
                 os.mkdir(parts[-1], 0o700, dir_fd=pfd)
-        self.dirs[tuple(parts)] = m  # mode, owner and times once its members are in
+        self.dirs[tuple(parts)] = _Attrs.of(m)  # mode, owner, times once its members are in
 
     def symlink(self, parts: list[str], m: tarfile.TarInfo) -> None:
         if not m.linkname or "\0" in m.linkname:
@@ -340,6 +385,8 @@ class _Unpacker:
             try:
                 self.attributes(fd, m)
             except OSError as e:
+                if e.errno in _MEMBER_ERRNOS:  # e.g. a security.capability the kernel refuses
+                    raise self.refuse(m.name, describe_os_error(e)) from e
                 raise self.store_error(f"directory {m.name!r}", e, list(parts)) from e
             finally:
                 os.close(fd)
@@ -352,26 +399,51 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: str,
-                 layer: str, as_root: bool | None = None) -> Unpacked:
-    """Unpack the archive ``blob`` into the empty directory ``dest``.  Raises
-    :class:`UnsafeLayer` for a hostile, truncated or corrupt archive and
-    :class:`StoreError` when the store cannot be written; the caller removes ``dest``."""
+                 layer: str, as_root: bool | None = None,
+                 budget: LayerBudget | None = None) -> Unpacked:
+    """Unpack the archive ``blob`` into the empty directory ``dest``, within ``budget``
+    (default: the default limits, measuring the free space of ``dest``).  Raises
+    :class:`UnsafeLayer` for a hostile, truncated or corrupt archive (:class:`LayerLimit`
+    for one past a limit) and :class:`StoreError` when the store cannot be written
+    (:class:`LowSpace` when it would be left too full); the caller removes ``dest``."""
     root = os.geteuid() == 0 if as_root is None else as_root
+    if budget is None:
+        budget = LayerBudget(ImportLimits(), image=image, layer=layer, where=dest)
     inner: BinaryIO | gzip.GzipFile = blob
     if compression == "gzip":
         inner = gzip.GzipFile(fileobj=blob, mode="rb")
-    reader = _HashingReader(inner)
+    reader = _HashingReader(inner, budget)
+    # tarfile reads ahead by up to one record (tarfile.RECORDSIZE) beyond what it parsed
+    slack = MAX_MEMBER_HEADERS + tarfile.RECORDSIZE
     rootfd = os.open(dest, _DIR_FLAGS)
-    u = _Unpacker(rootfd, dest, image=image, layer=layer, as_root=root)
+    u = _Unpacker(rootfd, dest, image=image, layer=layer, as_root=root, budget=budget)
     current: str | None = None
     try:
+        reader.header_limit = slack  # open() reads the first member's headers
         with tarfile.open(fileobj=reader, mode="r|") as tf:
-            for m in tf:
+            # next(), not iteration: each member is dropped once it is unpacked, where
+            # iterating keeps every TarInfo in tf.members (about 450 bytes each, and each
+            # one's pax headers)
+            while (m := tf.next()) is not None:
+                tf.members.clear()  # type: ignore[attr-defined]  # (typeshed omits it)
+                reader.header_limit = None
                 current = m.name
                 u.member(tf, m)
+                # tf.offset: where the next member's headers start, past this one's data
+                reader.header_limit = tf.offset + slack
             current = None
+        reader.header_limit = None
         reader.drain()
         u.finish_dirs()
+    except _HeadersTooLarge:
+        after = f"after member {current!r}" if current is not None else "at its start"
+        raise UnsafeLayer(image, layer, None, f"more than {MAX_MEMBER_HEADERS} bytes of "
+                          f"headers (pax extended headers, GNU long names, sparse maps) "
+                          f"for one member {after}: governor reads at most that much of "
+                          "them, as Go's archive/tar does") from None
+    except RecursionError as e:  # tarfile reads chained extended headers recursively
+        raise UnsafeLayer(image, layer, current, "extended headers chained too deeply "
+                          "before one member") from e
     except _SourceBroken as e:
         what = "gzip stream" if compression == "gzip" else "archive"
         raise UnsafeLayer(image, layer, current, f"truncated or corrupt {what} "
@@ -383,4 +455,3 @@ def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: 
     finally:
         os.close(rootfd)
     return Unpacked("sha256:" + reader.hash.hexdigest(), disk_usage(dest))
-

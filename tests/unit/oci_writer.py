@@ -65,6 +65,18 @@ def device(name: str, kind: bytes = tarfile.CHRTYPE, major: int = 1, minor: int 
     return ti, None
 
 
+def sparse_file(name: str, realsize: int, tail: bytes = b"end") -> Member:
+    """A pax (GNU format 1.0) sparse file of ``realsize`` bytes, all a hole but ``tail`` at
+    its end: a few hundred bytes in the archive, ``realsize`` once unpacked."""
+    sparse_map = f"1\n{realsize - len(tail)}\n{len(tail)}\n".encode()
+    data = sparse_map.ljust(512, b"\0") + tail
+    ti = _info(f"GNUSparseFile.0/{name}", tarfile.REGTYPE, mode=0o644)
+    ti.size = len(data)
+    ti.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                      "GNU.sparse.name": name, "GNU.sparse.realsize": str(realsize)}
+    return ti, data
+
+
 def make_tar(members: list[Member]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:

@@ -3,6 +3,7 @@ table of hostile archives each refused with nothing written outside the layer.""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from governor.image.errors import StoreError, UnsafeLayer
+from governor.image.errors import LayerLimit, LowSpace, StoreError, UnsafeLayer
+from governor.image.limits import RECHECK_ENTRIES, ImportLimits, LayerBudget
 from governor.image.unpack import OPAQUE_XATTR, member_parts, unpack_layer
 from tests.unit.oci_writer import (
     Member,
@@ -26,6 +28,7 @@ from tests.unit.oci_writer import (
     hardlink,
     make_tar,
     sha256,
+    sparse_file,
     symlink,
     upper_members,
 )
@@ -232,3 +235,152 @@ def _unpack_unprivileged(d: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, msg
     assert f"image store {d}" in msg and OPAQUE_XATTR in msg and "EPERM" in msg, msg
+
+
+# -- limits: what a layer may take (governor.image.limits) -----------------------------------
+MiB = 1 << 20
+ZEROS = bytes(4 * MiB)  # gzips to about 4 KiB
+
+
+def unpack_within(blob: bytes, dest: Path, limits: ImportLimits, *, gz: bool = True,
+                  free: int = 1 << 50) -> LayerBudget:
+    dest.mkdir(exist_ok=True)
+    budget = LayerBudget(limits, image="bomb:1", layer="sha256:feed", where=str(dest),
+                         free=lambda _path: free)
+    unpack_layer(io.BytesIO(gzip.compress(blob) if gz else blob), str(dest),
+                 compression="gzip" if gz else "none", image="bomb:1", layer="sha256:feed",
+                 budget=budget)
+    return budget
+
+
+def files_in(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+SIZE_KEY = ('the limit is images.max_layer_size = "1M"; to import it, raise max_layer_size '
+            "in the [images] section of the configuration")
+
+BOMBS: list[tuple[str, bytes, str]] = [
+    # one file of zeros: its declared size is refused before a byte of it is written
+    ("gzip-bomb-one-file", make_tar([file("zeros", ZEROS)]),
+     "member 'zeros': 4194304 bytes, which would take the layer's files past 1048576 bytes"),
+    # many files under the limit each, over it together: the stream passes it first
+    ("gzip-bomb-many-files", make_tar([file(f"z{i}", bytes(64 << 10)) for i in range(32)]),
+     "uncompresses to more than 1048576 bytes"),
+    # a small tar, then megabytes of zeros after its end: the stream itself is counted
+    ("gzip-bomb-trailer", make_tar([file("a", b"x")]) + ZEROS,
+     "uncompresses to more than 1048576 bytes"),
+    # a sparse file: a few hundred bytes in the archive, its logical size written out
+    ("sparse", make_tar([sparse_file("holes", 4 * MiB)]),
+     "member 'holes': 4194304 bytes, which would take"),
+    # sparse files under the limit each, over it together: the files written are counted
+    ("sparse-many", make_tar([sparse_file("s0", 600 << 10), sparse_file("s1", 600 << 10)]),
+     "member 's1': 614400 bytes, which would take the layer's files past 1048576 bytes"),
+]
+
+
+@pytest.mark.parametrize(("tar", "why"), [b[1:] for b in BOMBS], ids=[b[0] for b in BOMBS])
+def test_a_layer_larger_than_max_layer_size_is_refused(tmp_path: Path, tar: bytes,
+                                                        why: str) -> None:
+    assert len(gzip.compress(tar)) < 64 << 10  # small on the wire
+    d = tmp_path / "l"
+    with pytest.raises(LayerLimit) as e:
+        unpack_within(tar, d, ImportLimits(max_layer_size=MiB))
+    msg = str(e.value)
+    assert msg.startswith("image bomb:1: layer sha256:feed: "), msg
+    assert why in msg and SIZE_KEY in msg, msg
+    assert e.value.key == "images.max_layer_size" and e.value.exit_code == 1
+    assert sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) <= MiB
+
+
+def test_under_the_limits_a_sparse_file_is_unpacked_whole(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    budget = unpack_within(make_tar([sparse_file("holes", 2 * MiB, b"end"), file("a", b"x")]),
+                           d, ImportLimits(max_layer_size=4 * MiB, max_layer_entries=2))
+    data = (d / "holes").read_bytes()
+    assert len(data) == 2 * MiB and data.endswith(b"end") and not data[:-3].strip(b"\0")
+    assert budget.written == 2 * MiB + 1 and budget.entries == 2
+    assert budget.stream < 16 << 10  # what was read: the archive, not the holes
+
+
+def test_too_many_entries_are_refused(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with pytest.raises(LayerLimit, match=r"^image bomb:1: layer sha256:feed: member 'f20': "
+                       r"more than 20 entries: the limit is images.max_layer_entries = 20; "
+                       r"to import it, raise max_layer_entries in the \[images\] section"):
+        unpack_within(make_tar([file(f"f{i}") for i in range(50)]), d,
+                      ImportLimits(max_layer_entries=20))
+    assert len(files_in(d)) == 20
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_headers_past_one_mib_are_refused_before_they_are_read(tmp_path: Path,
+                                                               fmt: int) -> None:
+    """A pax header or a GNU long name that declares 2 MiB: tarfile would read it into
+    memory whole; it is refused after 1 MiB and a record of it."""
+    ti, data = file("a" * (2 * MiB) if fmt == tarfile.GNU_FORMAT else "a", b"x")
+    if fmt == tarfile.PAX_FORMAT:
+        ti.pax_headers["comment"] = "c" * (2 * MiB)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        tf.addfile(file("first", b"1")[0], io.BytesIO(b"1"))
+        tf.addfile(ti, io.BytesIO(data))
+    with pytest.raises(UnsafeLayer, match=r"more than 1048576 bytes of headers \(pax extended "
+                       r"headers, GNU long names, sparse maps\) for one member after member "
+                       r"'first'"):
+        unpack_within(buf.getvalue(), tmp_path / "l", ImportLimits())
+    assert files_in(tmp_path / "l") == ["first"]
+
+
+def test_headers_under_one_mib_are_read(tmp_path: Path) -> None:
+    ti, data = file("a", b"x")
+    ti.pax_headers["comment"] = "c" * (MiB - 4096)
+    unpack_within(make_tar([file("first", b"1"), (ti, data)]), tmp_path / "l",
+                  ImportLimits())
+    assert (tmp_path / "l" / "a").read_bytes() == b"x"
+
+
+def test_chained_extended_headers_are_refused(tmp_path: Path) -> None:
+    """Each pax header before a member makes tarfile recurse once: 600 of them (600 KiB,
+    under the 1 MiB of headers) pass Python's recursion limit."""
+    ti, data = file("a", b"x")
+    ti.pax_headers["comment"] = "c"
+    one = make_tar([(ti, data)])
+    pax_record = one[:1024]  # the pax header block and its data block
+    with pytest.raises(UnsafeLayer, match="extended headers chained too deeply"):
+        unpack_within(pax_record * 600 + one, tmp_path / "l", ImportLimits())
+
+
+def test_low_free_space_is_refused_before_a_file_is_written(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with pytest.raises(LowSpace) as e:
+        unpack_within(make_tar([file("small", b"s"), file("big", bytes(16 * MiB))]), d,
+                      ImportLimits(min_free_space=90 * MiB), free=100 * MiB)
+    msg = str(e.value)
+    assert msg.startswith(f"image store {d}: image bomb:1: layer sha256:feed: member 'big': "
+                          "104857600 bytes are free on its filesystem and it needs 16777216 "
+                          "bytes: 88080384 would be left, less than images.min_free_space "
+                          '= "90M" keeps free'), msg
+    assert "lower min_free_space in the [images] section" in msg
+    assert e.value.exit_code == 2 and e.value.errno == errno.ENOSPC
+    assert files_in(d) == ["small"]
+
+
+def test_free_space_is_measured_again_while_entries_are_made(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def free(path: str) -> int:
+        calls.append(path)
+        return 10 * MiB  # the reserve is 20M: refused at the first measure
+
+    d = tmp_path / "l"
+    d.mkdir()
+    budget = LayerBudget(ImportLimits(min_free_space=20 * MiB), image="bomb:1",
+                         layer="sha256:feed", where=str(d), free=free)
+    tar = make_tar([file(f"f{i}") for i in range(RECHECK_ENTRIES + 10)])
+    with pytest.raises(LowSpace, match=f"member 'f{RECHECK_ENTRIES - 1}': 10485760 bytes are "
+                       "free on its filesystem, less than images.min_free_space"):
+        unpack_layer(io.BytesIO(tar), str(d), compression="none", image="bomb:1",
+                     layer="sha256:feed", budget=budget)
+    assert calls == [str(d)]
+    assert len(files_in(d)) == RECHECK_ENTRIES - 1
