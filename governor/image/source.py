@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -22,6 +23,7 @@ from typing import BinaryIO
 
 from governor.image import oci
 from governor.image.errors import BadReference, BlobError, LayoutError, describe_os_error
+from governor.image.limits import LayerBudget
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -29,13 +31,14 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class LayerSource:
-    """One layer to unpack: ``open(tmpdir)`` gives its (verified) archive."""
+    """One layer to unpack: ``open(tmpdir, budget)`` gives its (verified) archive; what
+    it writes in ``tmpdir`` to make it (a directory's archive) counts against ``budget``."""
 
     digest: str                  # the blob's digest (the layer's name in messages)
     diff_id: str | None          # what the config says it uncompresses to; None: unknown
     compression: oci.Compression
     size: int
-    open: Callable[[str], BinaryIO]
+    open: Callable[[str, LayerBudget], BinaryIO]
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,8 @@ def read_layout(path: str, tag: str | None) -> SourceImage:
     return SourceImage(path, desc.digest, chosen_tag, config, layers)
 
 
-def _blob_opener(layout: str, digest: str) -> Callable[[str], BinaryIO]:
-    def open_blob(_tmpdir: str) -> BinaryIO:
+def _blob_opener(layout: str, digest: str) -> Callable[[str, LayerBudget], BinaryIO]:
+    def open_blob(_tmpdir: str, _budget: LayerBudget) -> BinaryIO:
         fd, _ = _open_blob(layout, digest)
         return os.fdopen(fd, "rb")
     return open_blob
@@ -189,12 +192,12 @@ def read_directory(path: str) -> SourceImage:
                           err=e.errno) from e
     os.close(fd)
 
-    def archive(tmpdir: str) -> BinaryIO:
+    def archive(tmpdir: str, budget: LayerBudget) -> BinaryIO:
         import tempfile
 
         out = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (the caller closes it)
         try:
-            write_directory_tar(path, out)
+            write_directory_tar(path, _Budgeted(out, budget))
             out.seek(0)
         except BaseException:
             out.close()
@@ -207,7 +210,31 @@ def read_directory(path: str) -> SourceImage:
                        [LayerSource(f"dir:{os.path.abspath(path)}", None, "none", 0, archive)])
 
 
-def write_directory_tar(path: str, out: BinaryIO) -> None:
+class _Budgeted(io.RawIOBase):
+    """``out``, each write counted against the layer's budget before it is made: a
+    directory with a terabyte sparse file (or just a large tree) is refused while it is
+    archived into ``images/tmp/``, not once the disk is full."""
+
+    def __init__(self, out: BinaryIO, budget: LayerBudget) -> None:
+        self.out = out
+        self.budget = budget
+        self.refused = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.refused:  # tarfile flushing its buffer while the refusal propagates
+            return len(data)
+        try:
+            self.budget.archive(len(data))
+        except BaseException:
+            self.refused = True
+            raise
+        return self.out.write(data)
+
+
+def write_directory_tar(path: str, out: BinaryIO | io.RawIOBase) -> None:
     """Archive the tree at ``path`` into ``out`` (pax), reaching every entry through its
     parent's descriptor with O_NOFOLLOW; an entry swapped while it is read is an error.
     Sockets are skipped (they cannot be archived); devices and fifos are archived, and the
@@ -221,6 +248,9 @@ def write_directory_tar(path: str, out: BinaryIO) -> None:
         where = e.filename or path
         raise LayoutError(str(where), f"cannot be archived: {describe_os_error(e)}",
                           err=e.errno) from e
+    except RecursionError as e:  # _walk recurses once per directory level
+        raise LayoutError(path, "directories nested too deeply to archive (deeper than "
+                          "Python's recursion limit)") from e
     finally:
         os.close(rootfd)
 

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,7 @@ from governor.image.fsutil import (
     syncfs,
     write_json,
 )
+from governor.image.limits import ImportLimits, LayerBudget, free_space
 from governor.image.source import LayerSource, SourceImage
 from governor.image.unpack import unpack_layer
 from governor.placement.procfs import ProcessGone
@@ -96,9 +98,17 @@ def _now() -> str:
 
 
 class ImageStore:
-    def __init__(self, state_dir: str, *, proc_root: str = "/proc") -> None:
+    """The store under ``<state_dir>/images``.  ``limits`` bound what importing one layer
+    may take (the configuration's ``[images]``); ``free_space`` measures a filesystem's
+    free bytes (:func:`governor.image.limits.free_space`; tests pass their own)."""
+
+    def __init__(self, state_dir: str, *, proc_root: str = "/proc",
+                 limits: ImportLimits | None = None,
+                 free_space: Callable[[str], int] = free_space) -> None:
         self.root = os.path.join(os.path.abspath(state_dir), "images")
         self.proc_root = proc_root
+        self.limits = limits if limits is not None else ImportLimits()
+        self.free_space = free_space
         self.meta_path = os.path.join(self.root, "images.json")
         self.layers_dir = os.path.join(self.root, "layers")
         self.containers_dir = os.path.join(self.root, "containers")
@@ -178,13 +188,16 @@ class ImageStore:
                 meta["layers"][known] = {"size": disk_usage(self.layer_path(known)),
                                          "blob": layer.digest, "unpacked": _now()}
             return known
+        budget = LayerBudget(self.limits, image=ref, layer=layer.digest, where=self.tmp_dir,
+                             free=self.free_space)
+        budget.start(layer.size)
         tmp = tempfile.mkdtemp(prefix="layer-", dir=self.tmp_dir)
         try:
             os.chmod(tmp, 0o755)  # noqa: S103 (a layer's root: every container reads it)
             try:
-                with layer.open(self.tmp_dir) as blob:
+                with layer.open(self.tmp_dir, budget) as blob:
                     got = unpack_layer(blob, tmp, compression=layer.compression, image=ref,
-                                       layer=layer.digest)
+                                       layer=layer.digest, budget=budget)
             except OSError as e:
                 raise StoreError(tmp, f"unpacking layer {layer.digest} of {ref}: "
                                  f"{describe_os_error(e)}", err=e.errno) from e

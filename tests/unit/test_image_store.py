@@ -21,10 +21,13 @@ from governor.image.errors import (
     ImageError,
     ImageInUse,
     ImageNotFound,
+    LayerLimit,
     LayoutError,
+    LowSpace,
     StoreError,
     UnsafeLayer,
 )
+from governor.image.limits import ImportLimits
 from governor.image.oci import MEDIA_INDEX, MEDIA_MANIFEST
 from governor.image.source import read_directory, read_layout, read_source
 from governor.image.store import ImageStore
@@ -452,3 +455,109 @@ def test_a_fifo_in_the_layout_is_refused_not_waited_on(tmp_path: Path, where: st
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+# -- limits: a layer past one is refused, and the store stays as it was --------------------
+MiB = 1 << 20
+SIZE_LIMIT = ('the limit is images.max_layer_size = "1M"; to import it, raise max_layer_size '
+              "in the [images] section of the configuration")
+
+
+def _hostile_layout(root: Path, hostile: LayerBlob) -> tuple[OCILayout, list[str]]:
+    """A good first layer, then the hostile one: the first is unpacked, then deleted."""
+    lay = OCILayout(root)
+    m = lay.add_image([layer([file("first", b"1")]), hostile])
+    return lay, lay.layer_digests(m)
+
+
+LIMIT_CASES: list[tuple[str, LayerBlob, ImportLimits, str]] = [
+    ("gzip-bomb", gz_layer(make_tar([file("zeros", bytes(4 * MiB))])),
+     ImportLimits(max_layer_size=MiB, min_free_space=0),
+     "member 'zeros': 4194304 bytes, which would take the layer's files past 1048576 "
+     f"bytes: {SIZE_LIMIT}"),
+    ("zeros-after-the-end", gz_layer(make_tar([file("a", b"x")]) + bytes(4 * MiB)),
+     ImportLimits(max_layer_size=MiB, min_free_space=0),
+     f"uncompresses to more than 1048576 bytes: {SIZE_LIMIT}"),
+    ("too-many-entries", layer([file(f"f{i}") for i in range(200)]),
+     ImportLimits(max_layer_entries=100, min_free_space=0),
+     "member 'f100': more than 100 entries: the limit is images.max_layer_entries = 100; to "
+     "import it, raise max_layer_entries in the [images] section of the configuration"),
+]
+
+
+@pytest.mark.parametrize(("hostile", "limits", "why"), [c[1:] for c in LIMIT_CASES],
+                         ids=[c[0] for c in LIMIT_CASES])
+def test_a_layer_past_a_limit_leaves_the_store_as_it_was(
+        tmp_path: Path, store: ImageStore, hostile: LayerBlob, limits: ImportLimits,
+        why: str) -> None:
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay, digests = _hostile_layout(tmp_path / "bomb", hostile)
+    limited = ImageStore(str(tmp_path / "state"), limits=limits)
+    with pytest.raises(LayerLimit) as e:
+        limited.import_image(read_layout(str(lay.root), None), "bomb", "1")
+    assert str(e.value) == f"image bomb:1: layer {digests[1]}: {why}"
+    assert e.value.exit_code == 1
+    _intact(store, ref, kept)
+    assert [i.ref for i in limited.images()] == [ref]
+
+
+def test_a_directory_past_the_limit_is_refused_while_it_is_archived(
+        tmp_path: Path, store: ImageStore) -> None:
+    ref, kept = _stored_good_image(tmp_path, store)
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.truncate(4 * MiB)  # a hole: archived (and unpacked) as 4 MiB of zeros
+    limited = ImageStore(str(tmp_path / "state"),
+                         limits=ImportLimits(max_layer_size=MiB, min_free_space=0))
+    with pytest.raises(LayerLimit) as e:
+        limited.import_image(read_directory(str(src)), "rootfs", "1")
+    assert str(e.value) == (f"image rootfs:1: layer dir:{src}: the directory archives to "
+                            f"more than 1048576 bytes: {SIZE_LIMIT}")
+    _intact(store, ref, kept)
+
+
+class FakeFree:
+    """The free space the store sees (the seam governor.image.limits.free_space)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.paths: list[str] = []
+
+    def __call__(self, path: str) -> int:
+        self.paths.append(path)
+        return self.free
+
+
+def test_too_little_free_space_refuses_a_layer_before_it_is_unpacked(
+        tmp_path: Path, store: ImageStore) -> None:
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay, digests = _hostile_layout(tmp_path / "img", layer([file("a", b"x")]))
+    size = lay.blob_path(digests[0]).stat().st_size
+    free = FakeFree(20 * MiB)
+    limited = ImageStore(str(tmp_path / "state"), limits=ImportLimits(min_free_space=20 * MiB),
+                         free_space=free)
+    with pytest.raises(LowSpace) as e:
+        limited.import_image(read_layout(str(lay.root), None), "img", "1")
+    assert str(e.value) == (
+        f"image store {limited.tmp_dir}: image img:1: layer {digests[0]}: 20971520 bytes "
+        f"are free on its filesystem and the layer takes at least its compressed size, "
+        f"{size} bytes: {20 * MiB - size} would be left, less than images.min_free_space = "
+        '"20M" keeps free: free some space (governor image df, governor image rm) or lower '
+        "min_free_space in the [images] section of the configuration")
+    assert e.value.exit_code == 2
+    assert free.paths == [limited.tmp_dir]
+    _intact(store, ref, kept)
+
+
+def test_too_little_free_space_refuses_a_layer_while_it_is_unpacked(
+        tmp_path: Path, store: ImageStore) -> None:
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay, digests = _hostile_layout(tmp_path / "img", layer([file("big", bytes(16 * MiB))]))
+    limited = ImageStore(str(tmp_path / "state"), limits=ImportLimits(min_free_space=90 * MiB),
+                         free_space=FakeFree(100 * MiB))
+    with pytest.raises(LowSpace, match=rf"image img:1: layer {digests[1]}: member 'big': "
+                       r"104857600 bytes are free on its filesystem and it needs 16777216 "
+                       r"bytes: 88080384 would be left, less than images.min_free_space"):
+        limited.import_image(read_layout(str(lay.root), None), "img", "1")
+    _intact(store, ref, kept)
