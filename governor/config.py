@@ -147,6 +147,10 @@ class Config:
     #: state directory has no project quotas (governor.image.writable); None: none
     image_pool_size: int | None = None
     image_project_base: int = 0x4F560000    # first project id of the groups' writable layers
+    # (the defaults of governor.image.limits.ImportLimits)
+    image_max_layer_size: int = 16 << 30    # bytes one layer may uncompress to
+    image_max_layer_entries: int = 1_000_000
+    image_min_free_space: int = 1 << 30     # what an import leaves free on state_dir's fs
 
     @property
     def subtree_parts(self) -> list[str]:
@@ -262,6 +266,14 @@ def _size(v: object, *, key: str, file: str | None) -> int:
     return size
 
 
+def _pos_size(v: object, *, key: str, file: str | None) -> int:
+    size = _size(v, key=key, file=file)
+    if size < 1:
+        raise ConfigError(f"{v!r}: give a size of at least 1 byte, such as \"16G\"",
+                          file=file, key=key)
+    return size
+
+
 def _weight(v: object, *, key: str, file: str | None) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
         raise ConfigError(f"{v!r} is not a weight 1..10000", file=file, key=key)
@@ -370,14 +382,17 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "request_timeout": ("exporter_request_timeout", _duration),
         "max_connections": ("exporter_max_connections", _pos_int),
     },
-    "images": {
-        "pool_size": ("image_pool_size", _size),
-        "project_base": ("image_project_base", _project_base),
-    },
     "oom": {
         "webhook_url": ("oom_webhook_url", _webhook),
         "webhook_timeout": ("oom_webhook_timeout", _duration),
         "webhook_retries": ("oom_webhook_retries", _count),
+    },
+    "images": {
+        "max_layer_size": ("image_max_layer_size", _pos_size),
+        "max_layer_entries": ("image_max_layer_entries", _pos_int),
+        "min_free_space": ("image_min_free_space", _size),
+        "pool_size": ("image_pool_size", _size),
+        "project_base": ("image_project_base", _project_base),
     },
 }
 

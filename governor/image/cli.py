@@ -37,9 +37,13 @@ def short(digest: str) -> str:
 
 
 def _store(cfg: Callable[[], Config]) -> Any:
+    from governor.image.limits import ImportLimits
     from governor.image.store import ImageStore
 
-    return ImageStore(cfg().state_dir)
+    c = cfg()
+    return ImageStore(c.state_dir, limits=ImportLimits(
+        max_layer_size=c.image_max_layer_size, max_layer_entries=c.image_max_layer_entries,
+        min_free_space=c.image_min_free_space))
 
 
 @click.group("image")
@@ -62,7 +66,9 @@ def import_cmd(cfg: Callable[[], Config], source: str, name: str | None) -> None
     Every blob's sha256 digest and size is verified; each layer is unpacked once (a layer
     already stored is shared) with whiteouts in overlayfs form; a hostile layer (a path
     leaving it, a write through a symlink, a device node, a truncated archive) is refused
-    and nothing of it is kept.
+    and nothing of it is kept. So is a layer past the limits of the configuration's
+    [images] section: max_layer_size (16G), max_layer_entries (1000000), and
+    min_free_space (1G) left free on the state directory's filesystem.
     """
     from governor.image import oci
     from governor.image.source import read_source

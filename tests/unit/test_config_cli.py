@@ -28,8 +28,23 @@ def test_example_config_is_valid_and_matches_defaults() -> None:
     cfg = load_config(example, environ={})
     defaults = load_config(None, environ={}, missing_ok=True)
     for attr in ("subtree", "sample_interval", "reconcile_interval", "listen", "slow_every",
-                 "spool_max_samples", "retention_raw", "log_format"):
+                 "spool_max_samples", "retention_raw", "log_format", "image_max_layer_size",
+                 "image_max_layer_entries", "image_min_free_space"):
         assert getattr(cfg, attr) == getattr(defaults, attr), attr
+
+
+def test_image_limits_default_to_the_stores_defaults(tmp_path: Path) -> None:
+    from governor.image.limits import ImportLimits
+
+    cfg = load_config(None, environ={}, missing_ok=True)
+    assert ImportLimits() == ImportLimits(cfg.image_max_layer_size,
+                                          cfg.image_max_layer_entries,
+                                          cfg.image_min_free_space)
+    p = write(tmp_path, '[images]\nmax_layer_size = "1M"\nmax_layer_entries = 10\n'
+                        "min_free_space = 0\n")
+    cfg = load_config(p, environ={})
+    assert (cfg.image_max_layer_size, cfg.image_max_layer_entries,
+            cfg.image_min_free_space) == (1 << 20, 10, 0)
 
 
 def test_precedence_file_env_override(tmp_path: Path) -> None:
@@ -55,6 +70,11 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
     ("[exporter]\nlisten = '127.0.0.1:99999'\n", "1..65535"),
     ("[database]\nurl = 'mysql://x'\n", "sqlite:////"),
     ("[governor]\nlog_format = 'xml'\n", "keyvalue, json"),
+    ("[images]\nmax_layer_size = 0\n", "images.max_layer_size: 0: give a size of at least"),
+    ("[images]\nmax_layer_size = '16 gigs'\n", "images.max_layer_size: '16 gigs'"),
+    ("[images]\nmax_layer_entries = 0\n", "images.max_layer_entries: 0 is not a positive"),
+    ("[images]\nmin_free_space = -1\n", "images.min_free_space: -1"),
+    ("[images]\nmax_layer_sise = 1\n", "did you mean images.max_layer_size?"),
     ("[nope]\n", "nope: unknown setting"),
     ("[governor\n", "TOML syntax error"),
 ])

@@ -20,7 +20,9 @@ from tests.unit.oci_writer import (
     OCILayout,
     base_members,
     file,
+    gz_layer,
     layer,
+    make_tar,
     symlink,
     upper_members,
 )
@@ -126,6 +128,45 @@ def test_a_hostile_import_is_one_line_and_leaves_nothing(
     assert os.listdir(outside) == []
     store = ImageStore(str(tmp_path / "state"))
     assert os.listdir(store.layers_dir) == [] and os.listdir(store.tmp_dir) == []
+
+
+def test_the_limits_come_from_the_configuration(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """[images] max_layer_size and min_free_space reach the import: a layer past one is
+    refused in one line naming the key (exit 1; too little room: exit 2), images/tmp/ is
+    left empty, the image imported before stays; raised, the same import passes."""
+    cfg = tmp_path / "config.toml"
+
+    def limits(text: str) -> None:
+        cfg.write_text(f'[governor]\nstate_dir = "{tmp_path}/state"\n[images]\n{text}\n')
+
+    limits('max_layer_size = "1M"\nmin_free_space = 0')
+    good = OCILayout(tmp_path / "good")
+    good.add_image([layer([file("ok", b"ok")])])
+    assert run(capsys, cfg, "import", str(good.root))[0] == 0
+    bomb = OCILayout(tmp_path / "bomb")  # 4 MiB of zeros after the archive's end
+    m = bomb.add_image([gz_layer(make_tar([file("a", b"x")]) + bytes(4 << 20))])
+    assert bomb.blob_path(bomb.layer_digests(m)[0]).stat().st_size < 64 << 10
+    code, out, err = run(capsys, cfg, "import", str(bomb.root))
+    assert (code, out) == (1, "")
+    assert err == (f"governor: error: image bomb:latest: layer {bomb.layer_digests(m)[0]}: "
+                   'uncompresses to more than 1048576 bytes: the limit is '
+                   'images.max_layer_size = "1M"; to import it, raise max_layer_size in the '
+                   "[images] section of the configuration\n")
+    store = ImageStore(str(tmp_path / "state"))
+    assert os.listdir(store.tmp_dir) == []
+    assert [i.ref for i in store.images()] == ["good:latest"]
+
+    limits('min_free_space = "1024T"')  # more than any disk the tests run on has free
+    code, out, err = run(capsys, cfg, "import", str(bomb.root))
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "bytes are free on its filesystem" in err
+    assert 'less than images.min_free_space = "1024T" keeps free' in err
+    assert os.listdir(store.tmp_dir) == [] and len(store.images()) == 1
+
+    limits('max_layer_size = "8M"\nmin_free_space = 0')
+    assert run(capsys, cfg, "import", str(bomb.root))[0] == 0
+    assert [i.ref for i in store.images()] == ["bomb:latest", "good:latest"]
 
 
 def test_a_bad_digest_through_the_cli(tmp_path: Path, config: Path,
