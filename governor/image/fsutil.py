@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from typing import Any
 
 from governor.image.errors import StoreError, describe_os_error
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def ensure_dir(path: str) -> None:
@@ -123,7 +125,67 @@ def remove_tree(path: str, *, trash: str) -> None:
     except OSError as e:
         raise StoreError(path, f"cannot be removed: {describe_os_error(e)}", err=e.errno
                          ) from e
-    shutil.rmtree(gone, ignore_errors=True)
+    with contextlib.suppress(OSError):  # what is left in trash goes at the next clean-up
+        remove_all(gone)
+
+
+def remove_all(name: str, *, dir_fd: int | None = None) -> None:
+    """``rm -rf name`` (relative to ``dir_fd``), never through a symlink, and without
+    recursion: ``shutil.rmtree`` recurses once per directory level, so a layer 1,000
+    directories deep (one tar member of 2 KiB names it) raised RecursionError, and the
+    half-unpacked layer stayed in ``images/tmp/``, failing every later import's clean-up.
+
+    One descriptor is held at a time: the way back up is ``..``, checked to be the
+    directory the way down came from; each level keeps the names of its subdirectories
+    still to remove (its files are unlinked as it is first listed)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        levels = [(_identity(fd), _unlink_files(fd))]
+        while True:
+            pending = levels[-1][1]
+            if pending:
+                down = os.open(pending[-1], _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = down
+                levels.append((_identity(fd), _unlink_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if _identity(fd) != levels[-1][0]:
+                raise OSError(errno.ESTALE, "a directory was moved while it was removed",
+                              name)
+            os.rmdir(levels[-1][1].pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlink every entry of the directory ``fd`` but its subdirectories (returned)."""
+    dirs = []
+    with os.scandir(fd) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                dirs.append(e.name)
+            else:
+                os.unlink(e.name, dir_fd=fd)
+    return dirs
 
 
 def disk_usage(path: str) -> int:

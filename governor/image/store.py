@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from governor.image.fsutil import (
     fsync_dir,
     locked,
     read_json,
+    remove_all,
     remove_tree,
     syncfs,
     write_json,
@@ -206,7 +206,7 @@ class ImageStore:
                                   f"but the image config's rootfs.diff_ids says {known}")
             final = self.layer_path(got.diff_id)
             if os.path.isdir(final):  # the same tar reached through another blob
-                shutil.rmtree(tmp)
+                remove_all(tmp)
             else:
                 try:
                     syncfs(tmp)
@@ -216,7 +216,8 @@ class ImageStore:
                     raise StoreError(final, f"layer {layer.digest} of {ref} cannot be put in "
                                      f"place: {describe_os_error(e)}", err=e.errno) from e
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):  # else the next import's clean-up removes it
+                remove_all(tmp)
             raise
         meta["layers"].setdefault(got.diff_id, {"size": got.size, "blob": layer.digest,
                                                 "unpacked": _now()})
@@ -225,12 +226,8 @@ class ImageStore:
     def _clean_tmp(self) -> None:
         """Leftovers of a crashed import or removal (only ever touched under the lock)."""
         for name in os.listdir(self.tmp_dir):
-            path = os.path.join(self.tmp_dir, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            with contextlib.suppress(OSError):
+                remove_all(os.path.join(self.tmp_dir, name))
 
     def _collect(self, meta: dict[str, Any]) -> list[str]:
         """Forget and delete the layers no image and no live container uses (and layer

@@ -31,7 +31,6 @@ import hashlib
 import io
 import math
 import os
-import shutil
 import stat
 import tarfile
 import zlib
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from governor.image.errors import StoreError, UnsafeLayer, describe_os_error
-from governor.image.fsutil import disk_usage
+from governor.image.fsutil import disk_usage, remove_all
 from governor.image.limits import MAX_MEMBER_HEADERS, ImportLimits, LayerBudget
 from governor.image.oci import Compression
 
@@ -225,7 +224,7 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
-            shutil.rmtree(name, dir_fd=pfd)
+            remove_all(name, dir_fd=pfd)
         else:
             os.unlink(name, dir_fd=pfd)
         return False

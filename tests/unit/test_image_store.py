@@ -561,3 +561,58 @@ def test_too_little_free_space_refuses_a_layer_while_it_is_unpacked(
                        r"bytes: 88080384 would be left, less than images.min_free_space"):
         limited.import_image(read_layout(str(lay.root), None), "img", "1")
     _intact(store, ref, kept)
+
+
+# -- a layer deeper than Python's recursion limit ------------------------------------------
+DEEP = "/".join(["d"] * 1500)  # one member, 3 KiB of name: 1,500 directories
+
+
+def test_a_deep_hostile_layer_is_removed_from_tmp(tmp_path: Path, store: ImageStore) -> None:
+    """shutil.rmtree recursed per level: RecursionError, the layer left in images/tmp/,
+    and every later import's clean-up failing the same way."""
+    from tests.unit.oci_writer import device
+
+    ref, kept = _stored_good_image(tmp_path, store)
+    lay, _ = _hostile_layout(tmp_path / "deep", layer([file(f"{DEEP}/f", b"x"),
+                                                       device("dev/null")]))
+    with pytest.raises(UnsafeLayer, match="member 'dev/null': a character device"):
+        store.import_image(read_layout(str(lay.root), None), "deep", "1")
+    _intact(store, ref, kept)
+
+
+def test_a_deep_layer_is_imported_and_removed(tmp_path: Path, store: ImageStore) -> None:
+    lay = OCILayout(tmp_path / "deep")
+    lay.add_image([layer([file(f"{DEEP}/f", b"x")])])
+    rec = store.import_image(read_layout(str(lay.root), None), "deep", "1")
+    assert (Path(store.layer_path(rec.layers[0])) / DEEP / "f").read_bytes() == b"x"
+    assert store.remove("deep", "1") == rec.layers
+    assert os.listdir(store.layers_dir) == [] and leftovers(store) == []
+
+
+def test_remove_all_never_follows_a_symlink(tmp_path: Path) -> None:
+    from governor.image.fsutil import remove_all
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    top = tmp_path / "top"
+    deep = top / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("f")
+    (top / "a" / "g").write_text("g")
+    (top / "a" / "c").mkdir()
+    os.symlink(outside, deep / "link")
+    os.symlink(outside, top / "a" / "dirlink")
+    remove_all(str(top))
+    assert not top.exists() and (outside / "keep").read_text() == "k"
+    os.symlink(outside, tmp_path / "alone")
+    remove_all(str(tmp_path / "alone"))  # a symlink itself: unlinked, its target kept
+    remove_all(str(tmp_path / "missing"))
+    assert os.listdir(outside) == ["keep"]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (tmp_path / "rel" / "x").mkdir(parents=True)
+        remove_all("rel", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["outside"]
