@@ -293,8 +293,12 @@ class ImageStore:
 
     # -- rm, df ------------------------------------------------------------------------------
     def remove(self, name: str, tag: str) -> list[str]:
-        """Remove image ``name:tag``; the layers nothing else uses go with it (returned)."""
+        """Remove image ``name:tag``; the layers nothing else uses go with it (returned).
+        An image that is not there is :class:`ImageNotFound` (exit 2, like an unknown
+        tenant), also when there is no store yet: none is created for it."""
         ref = f"{name}:{tag}"
+        if not os.path.isfile(self.meta_path):
+            raise ImageNotFound(ref, [])
         self._setup()
         with locked(os.path.join(self.root, "lock")):
             meta = self._load()

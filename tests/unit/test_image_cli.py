@@ -115,6 +115,31 @@ def test_errors_are_one_line(tmp_path: Path, config: Path, capsys: pytest.Captur
     assert err.count("\n") == 1 and err.startswith("governor: error: ") and message in err, err
 
 
+def test_rm_of_an_image_that_is_not_there(tmp_path: Path, config: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2, as every governor command exits for a name it does not know (an unknown
+    tenant: UnknownTenant), not 1 (the thing is wrong) and not 0; nothing else changes."""
+    state = tmp_path / "state"
+    code, out, err = run(capsys, config, "rm", "ghost")
+    assert (code, out) == (2, "")
+    assert err == ("governor: error: no image 'ghost:latest' in the store (images: none)\n")
+    assert not state.exists()  # no store is made to say so
+    lay = OCILayout(tmp_path / "app")
+    lay.add_image([layer([file("a", b"1")])])
+    assert run(capsys, config, "import", str(lay.root))[0] == 0
+    store = ImageStore(str(state))
+    layers = os.listdir(store.layers_dir)
+    for ref in ("app:v2", "ghost"):  # another tag of a stored name; another name
+        code, out, err = run(capsys, config, "rm", ref)
+        assert (code, out) == (2, "")
+        assert err == (f"governor: error: no image {(ref if ':' in ref else ref + ':latest')!r}"
+                       " in the store (images: app:latest)\n")
+    assert [i.ref for i in store.images()] == ["app:latest"]
+    assert os.listdir(store.layers_dir) == layers
+    assert run(capsys, config, "rm", "app")[0] == 0
+    assert run(capsys, config, "rm", "app")[0] == 2  # the second time: gone
+
+
 def test_a_hostile_import_is_one_line_and_leaves_nothing(
         tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outside = tmp_path / "outside"
