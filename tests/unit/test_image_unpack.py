@@ -384,3 +384,16 @@ def test_free_space_is_measured_again_while_entries_are_made(tmp_path: Path) -> 
                      layer="sha256:feed", budget=budget)
     assert calls == [str(d)]
     assert len(files_in(d)) == RECHECK_ENTRIES - 1
+
+
+@needs_root
+@pytest.mark.parametrize(("member", "value", "why"), [
+    (directory("dir"), b"bogus", "EINVAL"),            # set once the layer's members are in
+    (file("ping", b"\x7fELF"), b"c" * 70_000, "E2BIG"),  # past the kernel's 64 KiB
+])
+def test_a_capability_the_kernel_refuses_is_the_layers_fault(
+        tmp_path: Path, member: Member, value: bytes, why: str) -> None:
+    ti, data = member
+    ti.pax_headers["SCHILY.xattr.security.capability"] = value.decode()
+    with pytest.raises(UnsafeLayer, match=rf"member '{ti.name}': \[{why}\]"):
+        unpack([(ti, data)], tmp_path / "l")
