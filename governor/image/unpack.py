@@ -27,13 +27,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
-import hashlib
-import io
 import math
 import os
 import stat
 import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -42,6 +39,7 @@ from governor.image.errors import StoreError, UnsafeLayer, describe_os_error
 from governor.image.fsutil import disk_usage, remove_all
 from governor.image.limits import MAX_MEMBER_HEADERS, ImportLimits, LayerBudget
 from governor.image.oci import Compression
+from governor.image.stream import HeadersTooLarge, LayerStream, SourceBroken
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -64,61 +62,6 @@ _MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK, errno.EINVAL, errn
 class Unpacked:
     diff_id: str   # sha256 of the uncompressed archive
     size: int      # bytes the layer takes on disk
-
-
-class _SourceBroken(Exception):
-    """Reading (or decompressing) the archive failed: it is truncated or corrupt."""
-
-    def __init__(self, cause: BaseException) -> None:
-        self.cause = cause
-        super().__init__(str(cause))
-
-
-class _HeadersTooLarge(Exception):
-    """More than :data:`MAX_MEMBER_HEADERS` bytes read before tarfile gave a member."""
-
-
-class _HashingReader(io.RawIOBase):
-    """The uncompressed stream, hashed and counted against the layer's budget as tarfile
-    reads it; read errors become :class:`_SourceBroken` so they are told apart from errors
-    writing the layer.
-
-    ``header_limit`` is the stream position tarfile may reach while it reads the headers of
-    the next member (None while a member's data is read): tarfile reads a pax header, a GNU
-    long name or a sparse map into memory whole, whatever size its header declares."""
-
-    def __init__(self, inner: BinaryIO | gzip.GzipFile, budget: LayerBudget) -> None:
-        self.inner = inner
-        self.budget = budget
-        self.hash = hashlib.sha256()
-        self.count = 0
-        self.header_limit: int | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0 or size > _CHUNK:  # never the whole stream at once (a gzip bomb)
-            size = _CHUNK
-        try:
-            data = self.inner.read(size)
-        except (OSError, EOFError, zlib.error) as e:
-            raise _SourceBroken(e) from e
-        self.count += len(data)
-        self.budget.read(len(data))
-        if self.header_limit is not None and self.count > self.header_limit:
-            raise _HeadersTooLarge
-        self.hash.update(data)
-        return data
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
 
 
 def member_parts(name: str) -> list[str]:
@@ -264,7 +207,7 @@ class _Unpacker:
                                   "in image layers (a container gets its own /dev)")
             else:
                 raise self.refuse(m.name, f"unsupported tar member type {m.type!r}")
-        except (UnsafeLayer, StoreError, _SourceBroken, tarfile.TarError):
+        except (UnsafeLayer, StoreError, SourceBroken, tarfile.TarError):
             raise
         except OSError as e:
             if e.errno in _MEMBER_ERRNOS:  # the archive's fault, not the store's
@@ -411,7 +354,7 @@ def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: 
     inner: BinaryIO | gzip.GzipFile = blob
     if compression == "gzip":
         inner = gzip.GzipFile(fileobj=blob, mode="rb")
-    reader = _HashingReader(inner, budget)
+    reader = LayerStream(inner, budget)
     # tarfile reads ahead by up to one record (tarfile.RECORDSIZE) beyond what it parsed
     slack = MAX_MEMBER_HEADERS + tarfile.RECORDSIZE
     rootfd = os.open(dest, _DIR_FLAGS)
@@ -434,7 +377,7 @@ def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: 
         reader.header_limit = None
         reader.drain()
         u.finish_dirs()
-    except _HeadersTooLarge:
+    except HeadersTooLarge:
         after = f"after member {current!r}" if current is not None else "at its start"
         raise UnsafeLayer(image, layer, None, f"more than {MAX_MEMBER_HEADERS} bytes of "
                           f"headers (pax extended headers, GNU long names, sparse maps) "
@@ -443,7 +386,7 @@ def unpack_layer(blob: BinaryIO, dest: str, *, compression: Compression, image: 
     except RecursionError as e:  # tarfile reads chained extended headers recursively
         raise UnsafeLayer(image, layer, current, "extended headers chained too deeply "
                           "before one member") from e
-    except _SourceBroken as e:
+    except SourceBroken as e:
         what = "gzip stream" if compression == "gzip" else "archive"
         raise UnsafeLayer(image, layer, current, f"truncated or corrupt {what} "
                           f"({type(e.cause).__name__}: {e.cause or 'unexpected end'})"
