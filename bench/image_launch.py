@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from governor.cgroupfs.files import CgroupFS  # noqa: E402
 from governor.enforce.keeper import Enforcer  # noqa: E402
+from governor.image.limits import ImportLimits  # noqa: E402
 from governor.image.source import read_source  # noqa: E402
 from governor.image.store import ImageStore  # noqa: E402
 from governor.image.writable import Pool  # noqa: E402
@@ -183,7 +184,9 @@ def run(args: argparse.Namespace, tmp: Path, subtree: str, fs: CgroupFS, runc: s
                    f'[images]\npool_size = "{POOL_SIZE}"\n')
     layout = tmp / "layout"
     build_layout(layout)
-    store = ImageStore(str(state))
+    # the sandbox VM's /tmp is a tmpfs of half its 1 GiB of memory: less is free there than
+    # the default [images] min_free_space (1G) keeps, so the store here keeps none
+    store = ImageStore(str(state), limits=ImportLimits(min_free_space=0))
     store.import_image(read_source(str(layout), "v1"), "img", "v1")
     bundle = tmp / "bundle"
     subprocess.run([umoci, "unpack", "--image", f"{layout}:v1", str(bundle)], check=True,

@@ -29,6 +29,7 @@ import pytest
 from governor.cgroupfs.files import CgroupFS
 from governor.enforce.keeper import Enforcer
 from governor.image.errors import ImageInUse
+from governor.image.limits import ImportLimits
 from governor.image.source import read_source
 from governor.image.store import ImageStore
 from tests.pool import writable_pool
@@ -94,7 +95,9 @@ def world(cgroup2_mount: Path, scratch_subtree: Path, tmp_path: Path) -> Iterato
                      entrypoint=["/bin/sh", "-c"], cmd=["echo default-cmd"],
                      workdir="/srv/app")
     layout.add_image([base], tag="plain", cmd=["/bin/echo", "plain-default"], user="app")
-    store = ImageStore(str(state))
+    # the sandbox VM's /tmp is a tmpfs of half its 1 GiB of memory: less is free there than
+    # the default [images] min_free_space (1G) keeps, so the store here keeps none
+    store = ImageStore(str(state), limits=ImportLimits(min_free_space=0))
     store.import_image(read_source(str(layout.root), "v1"), "box", "v1")
     store.import_image(read_source(str(layout.root), "plain"), "plain", "v1")
     with CgroupFS(cgroup2_mount) as fs, writable_pool(state):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from governor.image.limits import ImportLimits
 from governor.image.source import read_source
 from governor.image.store import ImageStore
 from governor.image.writable import Pool
@@ -43,7 +44,10 @@ def test_image_container_runs_in_its_launch_scope(tmp_path: Path) -> None:
     layout = w.OCILayout(tmp_path / "layout")
     layout.add_image([base_layer(), upper_layer()], tag="v1", env=["PATH=/bin"],
                      entrypoint=["/bin/sh", "-c"])
-    ImageStore(str(state)).import_image(read_source(str(layout.root), "v1"), "box", "v1")
+    # the sandbox VM's /tmp is a tmpfs of half its 1 GiB of memory: less is free there than
+    # the default [images] min_free_space (1G) keeps, so the store here keeps none
+    ImageStore(str(state), limits=ImportLimits(min_free_space=0)).import_image(
+        read_source(str(layout.root), "v1"), "box", "v1")
     p = subprocess.Popen([*gov, "launch", "--config", str(cfg), "-t", "acme", "-g", "box",
                           "--image", "box:v1", "--",
                           'read -r cg < /proc/self/cgroup; echo "$cg"; echo "$$"; read x'],
