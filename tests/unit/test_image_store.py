@@ -616,3 +616,25 @@ def test_remove_all_never_follows_a_symlink(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["outside"]
+
+
+def test_a_directory_nested_too_deeply_to_archive_is_a_layout_error(
+        tmp_path: Path, store: ImageStore) -> None:
+    src = tmp_path / "rootfs"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1200):  # deeper than the recursion limit, one level at a time
+        os.mkdir("d", dir_fd=fd)
+        down = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = down
+    os.close(fd)
+    try:
+        with pytest.raises(LayoutError, match=r"rootfs.*: (directories nested too deeply to "
+                           r"archive|cannot be archived: \[EMFILE\])"):
+            store.import_image(read_directory(str(src)), "rootfs", "1")
+        assert leftovers(store) == [] and store.images() == []
+    finally:  # pytest's clean-up of old tmp_paths uses shutil.rmtree, which recurses
+        from governor.image.fsutil import remove_all
+
+        remove_all(str(src))
