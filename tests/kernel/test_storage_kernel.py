@@ -20,6 +20,7 @@ import pytest
 
 from governor.cgroupfs.files import CgroupFS
 from governor.enforce.keeper import Enforcer
+from governor.image.limits import ImportLimits
 from governor.image.source import read_source
 from governor.image.store import ImageStore
 from governor.image.writable import Pool
@@ -183,8 +184,9 @@ def test_storage_refused_without_project_quotas(world: World, tmp_path: Path) ->
                    .replace('[images]\npool_size = "256M"\n', ""))
     assert "pool_size" not in cfg.read_text()
     # the world's layout (its tmp_path is this test's) imported into the plain state too
-    ImageStore(str(state)).import_image(read_source(str(tmp_path / "layout"), "v1"), "box",
-                                        "v1")
+    # (no free-space reserve: the sandbox's /tmp is a small tmpfs, as the world's store)
+    ImageStore(str(state), limits=ImportLimits(min_free_space=0)).import_image(
+        read_source(str(tmp_path / "layout"), "v1"), "box", "v1")
     r = governor("launch", "-t", "t", "-g", "box", "--image", "box:v1", "--", "true",
                  cfg=cfg)
     assert r.returncode == 125, (r.returncode, r.stderr)  # launch failed (docker's 125)
