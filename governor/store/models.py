@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -159,6 +160,8 @@ class Sample(Base):
     psi_memory_full_usec: Mapped[int | None] = mapped_column(BigInteger)
     psi_io_some_usec: Mapped[int | None] = mapped_column(BigInteger)
     psi_io_full_usec: Mapped[int | None] = mapped_column(BigInteger)
+    #: GroupSample.storage_bytes (issue #19, migration 0002): NULL in rows stored before it
+    storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SampleIo(Base):
@@ -195,6 +198,11 @@ class _Quantities:
     io_dbytes: Mapped[int] = mapped_column(BigInteger, default=0)
     oom_events: Mapped[int] = mapped_column(BigInteger, default=0)
     oom_kills: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: the writable layers' integral (issue #19), added by migration 0002: the rows written
+    #: before it hold 0 (the server default), which is what they metered of it; the server
+    #: default also keeps a writer that does not name the column valid
+    storage_byte_seconds: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                      server_default=text("0"))
 
 
 class IntervalUsageRow(_Quantities, Base):
@@ -243,6 +251,9 @@ class PricePlanRow(Base):
     io_write_gib: Mapped[Decimal] = mapped_column(MONEY)
     oom_kill: Mapped[Decimal] = mapped_column(MONEY)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the writable layers' price (issue #19, migration 0002); NULL: recorded before
+    #: governor priced them (governor.billing.history says how such a row is read)
+    storage_gib_hour: Mapped[Decimal | None] = mapped_column(MONEY)
 
 
 class AppliedPolicy(Base):

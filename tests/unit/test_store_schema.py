@@ -181,3 +181,95 @@ def test_schema_check_reads_revisions_without_alembic(db_url: str) -> None:  # n
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+#: one row of each table migration 0002 widens, as governor 0.1 (revision 0001) wrote them
+_ROWS_0001 = [
+    "INSERT INTO nodes (id, name, first_seen) VALUES (1, 'n1', '2026-11-01 00:00:00')",
+    "INSERT INTO tenants (id, name) VALUES (1, 'acme')",
+    "INSERT INTO groups (id, node_id, tenant_id, name, path, cgroup_id, first_seen) "
+    "VALUES (7, 1, 1, 'web', 'acme/web', 100, '2026-11-01 00:00:00')",
+    "INSERT INTO samples (node_id, group_id, ts, mono, memory_current, cpu_usage_usec) "
+    "VALUES (1, 7, '2026-11-01 10:00:00', 5.5, 4096, 123)",
+    "INSERT INTO usage_intervals (node_id, group_id, end_ts, start_ts, duration_us, "
+    "from_creation, cpu_usec, cpu_user_usec, cpu_system_usec, cpu_throttled_usec, "
+    "memory_byte_seconds, io_rbytes, io_wbytes, io_rios, io_wios, io_dbytes, oom_events, "
+    "oom_kills) VALUES (1, 7, '2026-11-01 10:00:10', '2026-11-01 10:00:00', 10000000, "
+    "false, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
+    "INSERT INTO rollups_hourly (node_id, group_id, hour, covered_us, intervals, cpu_usec, "
+    "cpu_user_usec, cpu_system_usec, cpu_throttled_usec, memory_byte_seconds, io_rbytes, "
+    "io_wbytes, io_rios, io_wios, io_dbytes, oom_events, oom_kills) VALUES (1, 7, "
+    "'2026-11-01 10:00:00', 10000000, 1, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
+    "INSERT INTO price_plans (id, name, version, currency, memory_basis, cpu_core_hour, "
+    "memory_gib_hour, io_read_gib, io_write_gib, oom_kill, recorded_at) VALUES (1, 'std', 1, "
+    "'EUR', 'usage', 0.04, 0.005, 0.01, 0.02, 0, '2026-11-01 00:00:00')",
+]
+
+
+def test_migration_0002_keeps_every_row_of_a_0001_database(db_url):  # noqa: F811
+    """Issue #19: a database of governor 0.1 upgrades to the storage columns without
+    losing a row: raw samples get NULL storage (not measured), usage and rollups 0 (what
+    they metered of it), recorded price versions NULL (never priced)."""
+    from decimal import Decimal
+
+    from sqlalchemy import select
+
+    from governor.store.db import session_factory
+    from governor.store.models import HourlyRollup, IntervalUsageRow, PricePlanRow, Sample
+
+    assert upgrade(db_url, "0001") == "0001"
+    eng = make_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            for sql in _ROWS_0001:
+                conn.execute(text(sql))
+        assert "storage_bytes" not in {c["name"] for c in inspect(eng).get_columns("samples")}
+        assert upgrade(eng) == head_revision() == "0002"
+        check_schema(eng)
+        with session_factory(eng)() as s:
+            sample = s.execute(select(Sample)).scalar_one()
+            assert (sample.memory_current, sample.cpu_usage_usec, sample.mono,
+                    sample.storage_bytes) == (4096, 123, 5.5, None)
+            iv = s.execute(select(IntervalUsageRow)).scalar_one()
+            assert (iv.memory_byte_seconds, iv.io_dbytes, iv.duration_us,
+                    iv.storage_byte_seconds) == (40960, 5, 10_000_000, 0)
+            r = s.execute(select(HourlyRollup)).scalar_one()
+            assert (r.covered_us, r.intervals, r.memory_byte_seconds,
+                    r.storage_byte_seconds) == (10_000_000, 1, 40960, 0)
+            plan = s.execute(select(PricePlanRow)).scalar_one()
+            assert (plan.memory_gib_hour, plan.storage_gib_hour) == (Decimal("0.005"), None)
+    finally:
+        eng.dispose()
+
+
+def test_migration_0002_downgrades_to_0001_keeping_the_rows(db_url):  # noqa: F811
+    from alembic import command
+
+    from governor.store.db import alembic_config
+
+    upgrade(db_url, "0001")
+    eng = make_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            for sql in _ROWS_0001:
+                conn.execute(text(sql))
+        upgrade(eng)
+        with eng.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+        assert current_revision(eng) == "0001"
+        for table, column in (("samples", "storage_bytes"), ("price_plans", "storage_gib_hour"),
+                              ("usage_intervals", "storage_byte_seconds"),
+                              ("rollups_hourly", "storage_byte_seconds")):
+            assert column not in {c["name"] for c in inspect(eng).get_columns(table)}
+            with eng.connect() as conn:
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
+        if eng.dialect.name == "sqlite":  # dropped in place: still WITHOUT ROWID
+            with eng.connect() as conn:
+                ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'samples'")
+                                   ).scalar()
+            assert "WITHOUT ROWID" in ddl
+        assert upgrade(eng) == "0002"
+    finally:
+        eng.dispose()
