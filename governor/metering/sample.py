@@ -128,7 +128,8 @@ COUNTER_FIELDS: Final = (
     "memory_events_oom_group_kill",
 )
 
-#: gauges (instantaneous values) of a sample
+#: gauges (instantaneous values) of a sample, each stored in the raw samples' column of the
+#: same name (governor.store.service)
 GAUGE_FIELDS: Final = (
     "memory_current",
     "memory_peak",
@@ -139,6 +140,7 @@ GAUGE_FIELDS: Final = (
     "memory_stat_sock",
     "memory_stat_shmem",
     "pids_current",
+    "storage_bytes",
 )
 
 

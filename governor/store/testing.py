@@ -74,8 +74,10 @@ def session(engine: Engine) -> Iterator[Session]:
 def make_sample(*, node: str = "n1", tenant: str = "acme", group: str | None = "web",
                 cgroup_id: int = 100, wall: datetime, mono: float | None = None,
                 cpu: int = 0, mem: int = 0, rbytes: int = 0, wbytes: int = 0,
-                oom_kill: int = 0, created: datetime | None = None) -> GroupSample:
-    """A sample with the counters tests care about (user/system split 3:1)."""
+                oom_kill: int = 0, created: datetime | None = None,
+                storage: int | None = None) -> GroupSample:
+    """A sample with the counters tests care about (user/system split 3:1); ``storage``:
+    the writable layers' bytes (None: no container storage measured)."""
     return GroupSample(
         node=node, tenant=tenant, group=group, cgroup_id=cgroup_id, wall=wall,
         monotonic=mono if mono is not None else wall.timestamp(),
@@ -90,5 +92,5 @@ def make_sample(*, node: str = "n1", tenant: str = "acme", group: str | None = "
         io={"8:0": {"rbytes": rbytes, "wbytes": wbytes, "rios": rbytes // 4096,
                     "wios": wbytes // 4096, "dbytes": 0}} if rbytes or wbytes else {},
         psi={"cpu_some": cpu // 10, "memory_some": 0, "io_some": 0},
-        created=created,
+        created=created, storage_bytes=storage,
     )

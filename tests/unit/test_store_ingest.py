@@ -221,3 +221,27 @@ def test_recreated_group_pairs_with_the_earlier_incarnation_by_key(session):  # 
     result = meter(session=session, node="n1")
     assert result.skipped == 1
     assert _sum(session, IntervalUsageRow.cpu_usec) == 3 * (CORE_HOUR // 6) + 1_000
+
+
+def test_storage_bytes_are_stored_and_come_back_in_the_anchor(session):  # noqa: F811
+    """Issue #19: the writable layers' bytes are a raw gauge like memory.current: stored
+    as given (None stays NULL: missing is not zero), and read back into the sample the
+    next pass pairs with after a restart (load_anchors)."""
+    from governor.metering.meter import inc_key
+    from governor.store.service import load_anchors, store_samples
+
+    a = make_sample(wall=T0, storage=5 << 40)
+    b = make_sample(group="db", cgroup_id=101, wall=T0)
+    node_id, ids = store_samples(session=session, node="n1", samples=[a, b])
+    session.commit()
+    got = dict(session.execute(select(Sample.group_id, Sample.storage_bytes)).tuples().all())
+    assert got == {ids[inc_key(a)]: 5 << 40, ids[inc_key(b)]: None}
+    meter(session=session, node="n1")   # anchors both at T0
+    session.commit()
+    later = [make_sample(wall=T0 + timedelta(minutes=1)),
+             make_sample(group="db", cgroup_id=101, wall=T0 + timedelta(minutes=1))]
+    anchors = load_anchors(session=session, node="n1", node_id=node_id, samples=later,
+                           ids=ids)
+    assert anchors[inc_key(a)].sample == a and anchors[inc_key(a)].sample.storage_bytes == 5 << 40
+    assert anchors[inc_key(b)].sample is not None
+    assert anchors[inc_key(b)].sample.storage_bytes is None

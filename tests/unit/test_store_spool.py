@@ -45,6 +45,17 @@ def _broken_engine(db_url, tmp_path):  # noqa: F811
 def test_sample_json_round_trip():
     s = make_sample(wall=T0, cpu=5, rbytes=4096, created=T0 - timedelta(seconds=3))
     assert sample_from_json(sample_to_json(s)) == s
+    big = make_sample(wall=T0, storage=(1 << 63) - 1)
+    assert sample_from_json(json.loads(json.dumps(sample_to_json(big)))) == big
+
+
+def test_a_line_spooled_before_storage_metering_reads_as_not_measured():
+    """A journal written by a governor without storage_bytes (issue #19) drains after the
+    upgrade: the missing key is None, not 0."""
+    d = sample_to_json(make_sample(wall=T0, storage=123))
+    assert d["storage_bytes"] == 123
+    del d["storage_bytes"]
+    assert sample_from_json(d).storage_bytes is None
 
 
 def test_unreachable_database_spools_then_drains_in_order(engine, db_url, tmp_path):  # noqa: F811
