@@ -58,7 +58,8 @@ def load(url: str) -> None:
         for h in range(hours):
             hour = START + timedelta(hours=h)
             rows = [(node_id, gid, hour, 3_600_000_000, 360, 1_800_000_000 + g, 0, 0, 0,
-                     (1 << 30) * 3600 + g, 1 << 20, 1 << 21, 256, 512, 0, 0, g % 2)
+                     (1 << 30) * 3600 + g, 1 << 20, 1 << 21, 256, 512, 0, 0, g % 2,
+                     (g % 2) * (2 << 30) * 3600)   # storage: every other group
                     for g, gid in enumerate(ids.values())]
             bulk_insert_ignore(session, "rollups_hourly", cols, rows, ts_index=2)
         record_applied_policy(session=session, node="n1", applied_at=START, policy_hash="b",

@@ -7,8 +7,9 @@
  * case of nearly every group in nearly every pass: the counters' deltas (None when a
  * counter is missing from either sample; None for the whole interval when one went
  * down: a reset), the IO totals over every device (a device first seen counts from 0; one
- * that went down is a reset), the memory integral by the trapezoid rule rounded half to
- * even, the monotonic length rounded half to even.  Every other case is handed back as
+ * that went down is a reset), the memory and storage (writable layers) integrals by the
+ * trapezoid rule rounded half to even (None unless both ends are known), the monotonic
+ * length rounded half to even.  Every other case is handed back as
  * NotImplemented and the Python twin computes it, so its rules stay in one place: no
  * previous sample or another incarnation (counted from its birth), samples of different
  * groups (the twin raises), a monotonic clock that did not advance (the twin takes the
@@ -42,14 +43,14 @@ enum { I_CPU = 0, I_USER = 1, I_SYSTEM = 2, I_THROTTLED = 5, I_OOM = 9, I_KILL =
 static const char *const IO_NAMES[N_IO] = {"rbytes", "wbytes", "rios", "wios", "dbytes"};
 
 /* the quantities of an interval (usage.QUANTITIES) */
-#define N_QUANTITIES 12
+#define N_QUANTITIES 13
 
 typedef struct {
     PyObject *interval_type;   /* usage.Interval (a tuple subclass), NULL until configure */
     PyObject *counters[N_COUNTERS];
     PyObject *io_fields[N_IO];
     PyObject *s_node, *s_tenant, *s_group, *s_cgroup_id, *s_wall, *s_monotonic,
-        *s_memory_current, *s_io;
+        *s_memory_current, *s_storage_bytes, *s_io;
 } state_t;
 
 static state_t *get_state(PyObject *module)
@@ -198,6 +199,26 @@ static int trapezoid(long long a, long long b, long long dt_us, long long *out)
     return 1;
 }
 
+/* The integral of the gauge ``name`` over dt_us, the trapezoid of its values in prev and
+ * cur: 1 and *out set; 0 unknown (None in either: the twin's rule); -1 an error set; -2
+ * not handled here (not an exact int, past 64 bits, negative, or a result past 64 bits) */
+static int gauge_integral(PyObject *prev, PyObject *cur, PyObject *name, long long dt_us,
+                          long long *out)
+{
+    long long a = 0, b = 0;
+    int ka = get_ll(prev, name, &a);
+    if (ka == -1)
+        return -1;
+    int kb = get_ll(cur, name, &b);
+    if (kb == -1)
+        return -1;
+    if (ka == -2 || kb == -2 || (ka == 1 && a < 0) || (kb == 1 && b < 0))
+        return -2;
+    if (ka != 1 || kb != 1)
+        return 0;
+    return trapezoid(a, b, dt_us, out);
+}
+
 static PyObject *new_int_or_none(int known, long long v)
 {
     return known ? PyLong_FromLongLong(v) : Py_NewRef(Py_None);
@@ -303,17 +324,16 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         result = Py_NewRef(Py_None);
         goto done;
     }
-    long long mp = 0, mc = 0, mem = 0;
-    int kp = get_ll(prev, st->s_memory_current, &mp);
-    if (kp == -1)
+    long long mem = 0, sto = 0;
+    int mem_known = gauge_integral(prev, cur, st->s_memory_current, dt_us, &mem);
+    if (mem_known == -1)
         goto done;
-    int kc = get_ll(cur, st->s_memory_current, &mc);
-    if (kc == -1)
-        goto done;
-    if (kp == -2 || kc == -2 || (kp == 1 && mp < 0) || (kc == 1 && mc < 0))
+    if (mem_known == -2)
         FALLBACK();
-    int mem_known = kp == 1 && kc == 1;
-    if (mem_known && trapezoid(mp, mc, dt_us, &mem) == -2)
+    int sto_known = gauge_integral(prev, cur, st->s_storage_bytes, dt_us, &sto);
+    if (sto_known == -1)
+        goto done;
+    if (sto_known == -2)
         FALLBACK();
     PyObject *q = PyTuple_New(N_QUANTITIES);
     if (q == NULL)
@@ -328,6 +348,7 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         PyLong_FromLongLong(io[3]), PyLong_FromLongLong(io[4]),
         new_int_or_none(known[I_OOM], delta[I_OOM]),
         new_int_or_none(known[I_KILL], delta[I_KILL]),
+        new_int_or_none(sto_known, sto),
     };
     int failed = 0;
     for (int i = 0; i < N_QUANTITIES; i++) {
@@ -492,6 +513,7 @@ static int exec_module(PyObject *m)
             (st->s_wall = PyUnicode_InternFromString("wall")) == NULL ||
             (st->s_monotonic = PyUnicode_InternFromString("monotonic")) == NULL ||
             (st->s_memory_current = PyUnicode_InternFromString("memory_current")) == NULL ||
+            (st->s_storage_bytes = PyUnicode_InternFromString("storage_bytes")) == NULL ||
             (st->s_io = PyUnicode_InternFromString("io")) == NULL)
         return -1;
     if (PyModule_AddIntConstant(m, "N_COUNTERS", N_COUNTERS) < 0 ||
@@ -526,6 +548,7 @@ static int clear(PyObject *m)
     Py_CLEAR(st->s_wall);
     Py_CLEAR(st->s_monotonic);
     Py_CLEAR(st->s_memory_current);
+    Py_CLEAR(st->s_storage_bytes);
     Py_CLEAR(st->s_io);
     return 0;
 }

@@ -1,13 +1,14 @@
 """Hourly rollups with exact integer sums.
 
 An interval that crosses one or more hour boundaries is split by *time share*: each piece
-gets the share of every quantity (CPU microseconds, memory byte-seconds, IO bytes and
-operations, OOM counts) proportional to its length in wall-clock microseconds.  Shares are
-assigned by cumulative flooring (:func:`split_exact`): piece ``i`` of a total ``T`` with
-weights ``w`` is ``floor(T*W_i/W) - floor(T*W_{i-1}/W)`` where ``W_i`` is the running sum of
-weights.  Every piece is a non-negative integer, pieces differ from the exact share by less
-than 1, and the pieces always add up to exactly ``T`` -- so the sum of the hourly rollups of
-a group equals the sum of its interval usages to the unit, and no rounding drift accumulates.
+gets the share of every quantity (CPU microseconds, memory and writable-layer byte-seconds,
+IO bytes and operations, OOM counts) proportional to its length in wall-clock
+microseconds.  Shares are assigned by cumulative flooring (:func:`split_exact`): piece
+``i`` of a total ``T`` with weights ``w`` is ``floor(T*W_i/W) - floor(T*W_{i-1}/W)`` where
+``W_i`` is the running sum of weights.  Every piece is a non-negative integer, pieces
+differ from the exact share by less than 1, and the pieces always add up to exactly ``T``
+-- so the sum of the hourly rollups of a group equals the sum of its interval usages to the
+unit, and no rounding drift accumulates.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class HourRollup:
     io_dbytes: int = 0
     oom_events: int = 0
     oom_kills: int = 0
+    storage_byte_seconds: int = 0
 
 
 def split_by_hour(usage: IntervalUsage) -> list[tuple[datetime, int, dict[str, int]]]:
@@ -104,7 +106,7 @@ def split_by_hour(usage: IntervalUsage) -> list[tuple[datetime, int, dict[str, i
         return []
     weights = [us for _, us in pieces]
     out: list[tuple[datetime, int, dict[str, int]]] = [(h, us, {}) for h, us in pieces]
-    # the memory integral's own length (monotonic) may differ slightly from the wall-clock
+    # the integrals' own length (monotonic) may differ slightly from the wall-clock
     # length; the covered time per hour is the wall-clock share of duration_us, split exactly
     covered = split_exact(usage.duration_us, weights)
     out = [(h, c, q) for (h, _, q), c in zip(out, covered, strict=True)]

@@ -19,6 +19,16 @@ The rules (also in docs/billing.md):
   byte-second per interval (1 GiB-hour is 3.9e12 byte-seconds, so the rounding is far below
   any billed unit).  From creation the start value is 0 bytes.  ``dt`` is the monotonic-clock
   difference (immune to wall-clock steps) when positive, else the wall-clock difference.
+* **Storage integral** (issue #19) in byte-seconds of ``storage_bytes``, the writable layers
+  of the group's containers launched from images: the memory integral's rule exactly (the
+  same trapezoid, rounding and ``dt``; 0 bytes at a known creation).  Its ends follow the
+  memory rule too: an interval is counted only when **both** ends were measured.  A layer
+  that appears (``prev`` None, ``cur`` a number: a container started, or its first read
+  succeeded, within the interval) or disappears (``prev`` a number, ``cur`` None: the last
+  container ended, or a read failed) gives ``None`` for that interval, since when it
+  started or ended inside the interval is not known and a failed read is not 0 bytes.  So
+  the first and last interval of a container's life are not billed: at most one sampling
+  interval at each end, never a byte-second that was not measured at both ends.
 * **IO**: per-device byte and operation deltas; a device first seen in ``cur`` counts from 0
   (io.stat lists a device once the group has done IO on it); a device that went backwards is a
   reset.
@@ -48,7 +58,7 @@ class IntervalUsage:
     cgroup_id: int
     start: datetime
     end: datetime
-    #: length of the interval used for the memory integral, in microseconds
+    #: length of the interval used for the memory and storage integrals, in microseconds
     duration_us: int
     cpu_usec: int | None
     cpu_user_usec: int | None
@@ -64,6 +74,8 @@ class IntervalUsage:
     io: dict[str, IoCounters]
     oom_events: int | None
     oom_kills: int | None
+    #: the writable layers' integral in byte-seconds (the module's storage rule)
+    storage_byte_seconds: int | None
     #: True when the counters were taken from zero at a known creation time
     from_creation: bool = False
 
@@ -110,6 +122,7 @@ QUANTITIES: Final = (
     "io_dbytes",
     "oom_events",
     "oom_kills",
+    "storage_byte_seconds",
 )
 
 #: the counters behind QUANTITIES' cpu_* and oom_* entries
@@ -123,7 +136,7 @@ class Interval(NamedTuple):
 
     start: datetime
     end: datetime
-    #: length used for the memory integral, in microseconds
+    #: length used for the memory and storage integrals, in microseconds
     duration_us: int
     from_creation: bool
     #: in :data:`QUANTITIES` order; ``None``: unknown (a counter missing)
@@ -144,9 +157,10 @@ def _from_creation(cur: GroupSample, dt_us: int) -> tuple[int | None, ...] | Non
         db += now["dbytes"]
     cpu = [None if n is None else int(n) for n in _CPU(cur)]
     oom = [None if n is None else int(n) for n in _OOM(cur)]
-    mc = cur.memory_current
+    mc, sc = cur.memory_current, cur.storage_bytes
     mem = None if mc is None else _trapezoid(0, mc, dt_us)
-    return (cpu[0], cpu[1], cpu[2], cpu[3], mem, rb, wb, ri, wi, db, oom[0], oom[1])
+    sto = None if sc is None else _trapezoid(0, sc, dt_us)
+    return (cpu[0], cpu[1], cpu[2], cpu[3], mem, rb, wb, ri, wi, db, oom[0], oom[1], sto)
 
 
 def interval_between(prev: GroupSample | None, cur: GroupSample) -> Interval | None:
@@ -199,9 +213,11 @@ def interval_between_py(prev: GroupSample | None, cur: GroupSample) -> Interval 
         return None
     mp, mc = prev.memory_current, cur.memory_current
     mem = None if mp is None or mc is None else _trapezoid(mp, mc, dt_us)
+    sp, sc = prev.storage_bytes, cur.storage_bytes
+    sto = None if sp is None or sc is None else _trapezoid(sp, sc, dt_us)
     return Interval(prev.wall, cur.wall, dt_us, False, (
         deltas[_I_CPU], deltas[_I_USER], deltas[_I_SYSTEM], deltas[_I_THROTTLED], mem,
-        *io, deltas[_I_OOM], deltas[_I_KILL]))
+        *io, deltas[_I_OOM], deltas[_I_KILL], sto))
 
 
 #: where QUANTITIES' counters sit in COUNTER_FIELDS

@@ -293,8 +293,9 @@ def test_one_group_with_rollups_of_two_nodes(session, basis, expected_gib_hours)
     n2 = ensure_node(session=session, name="n2")
     gid = session.execute(select(Group.id).where(Group.path == "acme/web")).scalar_one()
     cols = ("node_id", "group_id", "hour", "covered_us", "intervals", *ROLLUP_QUANTITIES)
-    rows = [(n2, gid, T0 + timedelta(hours=h), 3_600_000_000, 360, 0, 0, 0, 0,
-             3 * GIB * 3600, 0, 0, 0, 0, 0, 0, 0) for h in range(3)]
+    q = dict.fromkeys(ROLLUP_QUANTITIES, 0) | {"memory_byte_seconds": 3 * GIB * 3600}
+    rows = [(n2, gid, T0 + timedelta(hours=h), 3_600_000_000, 360,
+             *(q[n] for n in ROLLUP_QUANTITIES)) for h in range(3)]
     bulk_insert_ignore(session, "rollups_hourly", cols, rows, ts_index=2)
     record_applied_policy(session=session, node="n1", applied_at=T0, policy_hash="a",
                           trigger="start", writes=[{"path": "acme/web", "file": "memory.min",

@@ -4,7 +4,8 @@
 ``interval_between_py`` gives, or raise the same error, for every pair of samples:
 counters missing, reset in any position, past 64 bits, not ints; IO devices new, gone,
 reset, with fields missing; monotonic clocks that stand still or go back; wall clocks
-that do; other incarnations and other groups; memory integrals whose rounding is a tie.
+that do; other incarnations and other groups; memory and storage integrals whose rounding
+is a tie, storage measured at one end only, past 64 bits.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def _num(rnd: random.Random, base: int) -> Any:
 
 def _sample(rnd: random.Random, *, base: dict[str, int], cid: int, wall: datetime,
             mono: float, io: dict[str, dict[str, int]], mem: Any,
-            group: str | None = "web") -> GroupSample:
+            group: str | None = "web", storage: Any = None) -> GroupSample:
     return GroupSample(
         node="n1", tenant="acme", group=group, cgroup_id=cid, wall=wall, monotonic=mono,
-        memory_current=mem, io=io,
+        memory_current=mem, io=io, storage_bytes=storage,
         created=wall - timedelta(seconds=rnd.choice([1, 30, 3600])) if rnd.random() < 0.5
         else None,
         **{f: _num(rnd, base[f]) for f in COUNTER_FIELDS})
@@ -57,7 +58,14 @@ def _pair(rnd: random.Random) -> tuple[GroupSample | None, GroupSample]:
             for i in range(rnd.randrange(0, 4))}
     mem = rnd.choice([None, 0, 4096, rnd.randrange(0, 1 << 40), (1 << 63) - 1, -5])
     mono = rnd.uniform(0, 10**6)
-    prev = _sample(rnd, base=base, cid=100, wall=T0, mono=mono, io=devs, mem=mem)
+    # the writable layers (issue #19): None on either side (a container started or ended,
+    # a failed read), huge (past 64 bits, or a sum past them), not an int, negative
+    storage = [rnd.choice([None, None, 0, 4096, rnd.randrange(0, 1 << 50), (1 << 63) - 1,
+                           1 << 64, 1 << 70, -3, 2.0]) for _ in range(2)]
+    if rnd.random() < 0.5:
+        storage[1] = storage[0]
+    prev = _sample(rnd, base=base, cid=100, wall=T0, mono=mono, io=devs, mem=mem,
+                   storage=storage[0])
     # the next sample: counters up (or a reset), devices changed, clocks moved
     nxt = {f: v + rnd.choice([0, 1, rnd.randrange(0, 10**7)]) for f, v in base.items()}
     if rnd.random() < 0.15:
@@ -79,7 +87,7 @@ def _pair(rnd: random.Random) -> tuple[GroupSample | None, GroupSample]:
     cid = 100 if rnd.random() < 0.9 else 101
     group = "web" if rnd.random() < 0.97 else "db"
     cur = _sample(rnd, base=nxt, cid=cid, wall=T0 + timedelta(seconds=wall_step),
-                  mono=mono + step, io=io2, mem=cur_mem, group=group)
+                  mono=mono + step, io=io2, mem=cur_mem, group=group, storage=storage[1])
     return (None if rnd.random() < 0.05 else prev), cur
 
 
@@ -93,7 +101,7 @@ def _outcome(f: Any, prev: GroupSample | None, cur: GroupSample) -> Any:
 @pytest.mark.parametrize("seed", range(40))
 def test_c_and_the_twin_give_the_same_interval_for_every_pair(seed: int) -> None:
     rnd = random.Random(seed)
-    handled = 0
+    handled = handled_storage = 0
     for _ in range(300):
         prev, cur = _pair(rnd)
         want = _outcome(interval_between_py, prev, cur)
@@ -103,7 +111,11 @@ def test_c_and_the_twin_give_the_same_interval_for_every_pair(seed: int) -> None
             assert type(got[1]) is Interval
         if usage._FAST is not None and usage._FAST(prev, cur) is not NotImplemented:
             handled += 1
+            storage_known = (prev is not None and prev.storage_bytes is not None
+                             and cur.storage_bytes is not None)
+            handled_storage += storage_known and got[1] is not None
     assert handled > 100   # the common case is C's
+    assert handled_storage > 5   # storage on both ends too
 
 
 def test_the_memory_integral_rounds_ties_to_even_as_the_twin() -> None:
@@ -120,6 +132,16 @@ def test_the_memory_integral_rounds_ties_to_even_as_the_twin() -> None:
         fast = usage._FAST(prev, cur)
         assert fast is not NotImplemented
         assert fast == interval_between_py(prev, cur)
+        # the writable layers' integral: the same rule, the same ties, at its own index
+        cur = dataclasses.replace(cur, memory_current=None, storage_bytes=b)
+        fast = usage._FAST(dataclasses.replace(prev, memory_current=None, storage_bytes=a),
+                           cur)
+        assert fast is not NotImplemented
+        assert fast == interval_between_py(dataclasses.replace(
+            prev, memory_current=None, storage_bytes=a), cur)
+        q = dict(zip(usage.QUANTITIES, fast.quantities, strict=True))
+        assert q["memory_byte_seconds"] is None
+        assert q["storage_byte_seconds"] == round((a + b) * dt_s / 2)
 
 
 def test_other_cases_are_handed_to_the_twin() -> None:
@@ -145,7 +167,7 @@ def test_rollup_add_in_c_accumulates_as_the_twin(seed: int) -> None:
     for _ in range(500):
         rkey = (rnd.randrange(6), rnd.randrange(3))
         q = tuple(rnd.choice([None, 0, 1, rnd.randrange(10**9), (1 << 63) - 1, 1 << 70])
-                  for _ in range(12))
+                  for _ in usage.QUANTITIES)
         covered = rnd.randrange(0, 10**7)
         meter.rollup_add(fast, rkey, covered, q)
         meter._rollup_add_py(slow, rkey, covered, q)

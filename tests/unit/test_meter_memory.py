@@ -51,7 +51,7 @@ def history(seed: int, passes: int = 60, *, clock_steps: bool = False
     stored, its metering never committed)."""
     rnd = random.Random(seed)
     state = {p: {"cid": 100 + i, "cpu": 0, "mem": 4096, "rb": 0, "wb": 0, "oom": 0,
-                 "born": T0 - timedelta(seconds=rnd.randint(0, 30))}
+                 "sto": None, "born": T0 - timedelta(seconds=rnd.randint(0, 30))}
              for i, p in enumerate(PATHS)}
     next_cid = 1000
     wall = T0
@@ -87,10 +87,15 @@ def history(seed: int, passes: int = 60, *, clock_steps: bool = False
                 if rnd.random() < 0.05:
                     st["oom"] += 1
             st["mem"] = rnd.randint(0, 1 << 30)
+            # the writable layers (issue #19): a container starts or ends now and then
+            if rnd.random() < 0.15:
+                st["sto"] = None if st["sto"] is not None else 0
+            if st["sto"] is not None:
+                st["sto"] += rnd.randint(0, 1 << 30)
             batch.append({"tenant": p[0], "group": p[1], "cgroup_id": st["cid"],
                           "wall": wall, "mono": mono, "cpu": st["cpu"], "mem": st["mem"],
                           "rbytes": st["rb"], "wbytes": st["wb"], "oom_kill": st["oom"],
-                          "created": st["born"]})
+                          "created": st["born"], "storage": st["sto"]})
         out.append(("crash" if roll > 0.95 else "pass", batch))
     return out
 
@@ -164,14 +169,16 @@ def rows(engine: Engine, node: str) -> tuple[list[tuple[Any, ...]], list[tuple[A
                    IntervalUsageRow.end_ts, IntervalUsageRow.duration_us,
                    IntervalUsageRow.from_creation, IntervalUsageRow.cpu_usec,
                    IntervalUsageRow.memory_byte_seconds, IntervalUsageRow.io_rbytes,
-                   IntervalUsageRow.io_wbytes, IntervalUsageRow.oom_kills)
+                   IntervalUsageRow.io_wbytes, IntervalUsageRow.oom_kills,
+                   IntervalUsageRow.storage_byte_seconds)
             .join(Group, Group.id == IntervalUsageRow.group_id)
             .where(IntervalUsageRow.node_id == nid)).all()
         rollups = c.execute(
             select(Group.path, Group.cgroup_id, HourlyRollup.hour, HourlyRollup.covered_us,
                    HourlyRollup.intervals, HourlyRollup.cpu_usec,
                    HourlyRollup.memory_byte_seconds, HourlyRollup.io_rbytes,
-                   HourlyRollup.io_wbytes, HourlyRollup.oom_kills)
+                   HourlyRollup.io_wbytes, HourlyRollup.oom_kills,
+                   HourlyRollup.storage_byte_seconds)
             .join(Group, Group.id == HourlyRollup.group_id)
             .where(HourlyRollup.node_id == nid)).all()
         anchors = c.execute(select(Group.path, Group.cgroup_id, Group.metered_until)
@@ -192,6 +199,7 @@ def test_in_memory_metering_writes_exactly_what_the_store_meter_writes(
     usage_db, roll_db = rows(engine, "db")
     usage_mem, roll_mem = rows(engine, "mem")
     assert usage_db, "the history metered nothing: the case tests nothing"
+    assert any(r[-1] for r in usage_db), "no storage metered: the storage part tests nothing"
     assert usage_mem == usage_db
     assert roll_mem == roll_db
     assert resolved > 0
@@ -220,7 +228,7 @@ def test_wall_clock_steps_back_bill_the_same_counters(engine: Engine, seed: int)
             for i, v in enumerate((r[6], r[8], r[9], r[10])):
                 acc[i] += v
         for r in roll:
-            if len(r) == 10:  # a rollup row (the anchors' rows have 3 columns)
+            if len(r) == 11:  # a rollup row (the anchors' rows have 3 columns)
                 acc = out.setdefault((r[0], r[1]), [0] * 8)
                 for i, v in enumerate((r[5], r[7], r[8], r[9])):
                     acc[4 + i] += v

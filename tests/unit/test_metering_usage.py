@@ -140,3 +140,77 @@ def test_trapezoid_integer_rounding_is_the_exact_half_even_one(a: int, b: int, d
 
     assert _trapezoid(a, b, dt) == round(Fraction((a + b) * dt, 2 * 1_000_000))
     assert _trapezoid(1, 0, 1_000_000) == 0 and _trapezoid(3, 0, 1_000_000) == 2
+
+
+# --- the writable layers (issue #19): the memory rule, counted only with both ends known ---
+
+
+@pytest.mark.parametrize(("before", "after", "want"), [
+    (GIB, 3 * GIB, 20 * GIB),       # (1 GiB + 3 GiB) / 2 * 10 s, as memory
+    (0, 0, 0),                      # measured and empty: 0, not unknown
+    (5 * GIB, 0, 25 * GIB),         # a layer cleaned out inside the interval
+    (None, 2 * GIB, None),          # appeared: a container started (or a read came back)
+    (2 * GIB, None, None),          # disappeared: the last container ended (or a read failed)
+    (None, None, None),             # no container from an image
+])
+def test_storage_integral_needs_both_ends(before, after, want):
+    a = make_sample(wall=T0, cpu=1_000, mem=GIB, storage=before)
+    b = make_sample(wall=T0 + timedelta(seconds=10), cpu=2_000, mem=GIB, storage=after)
+    u = usage_between(a, b)
+    assert u is not None and u.storage_byte_seconds == want
+    assert u.memory_byte_seconds == 10 * GIB and u.cpu_usec == 1_000   # the rest unchanged
+
+
+def test_storage_integral_is_the_memory_integral_of_the_same_values():
+    """The same trapezoid, rounding half-even and dt (monotonic, else wall) as memory."""
+    for mono_b, (x, y) in ((3.0000015, (1, 2)), (1.0, (7, 0)), (2.5, (1 << 62, 1 << 62))):
+        a = make_sample(wall=T0, mono=1.0, mem=x, storage=x)
+        b = make_sample(wall=T0 + timedelta(seconds=2), mono=mono_b, mem=y, storage=y)
+        u = usage_between(a, b)
+        assert u is not None and u.storage_byte_seconds == u.memory_byte_seconds
+
+
+def test_storage_from_a_known_creation_starts_at_zero():
+    created = T0 + timedelta(seconds=4)
+    b = make_sample(wall=T0 + timedelta(seconds=10), cgroup_id=2, mem=0, storage=2 * GIB,
+                    created=created)
+    u = usage_between(make_sample(wall=T0, cgroup_id=1, storage=9 * GIB), b)
+    assert u is not None and u.from_creation
+    assert u.storage_byte_seconds == 6 * GIB   # (0 + 2 GiB) / 2 * 6 s
+    u = usage_between(None, dataclasses.replace(b, storage_bytes=None))
+    assert u is not None and u.storage_byte_seconds is None
+
+
+def test_storage_splits_by_hour_exactly_and_unknown_stays_out():
+    start = datetime(2026, 11, 1, 10, 50, tzinfo=UTC)
+    end = datetime(2026, 11, 1, 12, 10, tzinfo=UTC)
+    u = usage_between(make_sample(wall=start, storage=GIB + 1),
+                      make_sample(wall=end, storage=GIB))
+    assert u is not None
+    parts = split_by_hour(u)
+    assert sum(q["storage_byte_seconds"] for _, _, q in parts) == u.storage_byte_seconds
+    assert [q["storage_byte_seconds"] for _, _, q in parts] == [
+        600 * GIB + 300, 3600 * GIB + 1800, 600 * GIB + 300]
+    u = usage_between(make_sample(wall=start), make_sample(wall=end, storage=GIB))
+    assert u is not None and all("storage_byte_seconds" not in q
+                                 for _, _, q in split_by_hour(u))
+
+
+def test_hour_rollups_add_up_storage_like_memory():
+    from itertools import pairwise
+
+    from governor.metering import HourRollup, add_to_rollups
+
+    rollups: dict = {}
+    walls = [T0 + timedelta(minutes=50 + 10 * i) for i in range(4)]   # 10:50 .. 11:20
+    samples = [make_sample(wall=w, mem=GIB, storage=s)
+               for w, s in zip(walls, [GIB, GIB, None, 3 * GIB], strict=True)]
+    for a, b in pairwise(samples):
+        u = usage_between(a, b)
+        assert u is not None
+        add_to_rollups(rollups, u)
+    by_hour = {k[-1].hour: r for k, r in rollups.items()}
+    assert isinstance(by_hour[10], HourRollup)
+    assert by_hour[10].storage_byte_seconds == 600 * GIB   # 10:50-11:00
+    assert by_hour[11].storage_byte_seconds == 0   # 11:00-11:10 one end unknown, then none
+    assert by_hour[10].memory_byte_seconds + by_hour[11].memory_byte_seconds == 1800 * GIB

@@ -245,3 +245,20 @@ def test_storage_bytes_are_stored_and_come_back_in_the_anchor(session):  # noqa:
     assert anchors[inc_key(a)].sample == a and anchors[inc_key(a)].sample.storage_bytes == 5 << 40
     assert anchors[inc_key(b)].sample is not None
     assert anchors[inc_key(b)].sample.storage_bytes is None
+
+
+def test_meter_rolls_up_storage_only_where_both_ends_were_measured(session):  # noqa: F811
+    """Issue #19 through the store: the writable layers' integral in usage_intervals and
+    rollups_hourly, the interval where a container's layer appeared counted as 0 (its
+    quantity unknown, stored as 0 as memory's is)."""
+    ticks = [make_sample(wall=T0 + i * timedelta(minutes=10), mem=GIB, storage=s)
+             for i, s in enumerate([None, 2 * GIB, 4 * GIB, 4 * GIB, None])]
+    record_samples(session=session, node="n1", samples=ticks)
+    r = meter(session=session, node="n1")
+    session.commit()
+    assert (r.intervals, r.skipped) == (4, 1)
+    got = session.execute(select(IntervalUsageRow.end_ts, IntervalUsageRow.storage_byte_seconds)
+                          .order_by(IntervalUsageRow.end_ts)).tuples().all()
+    assert [v for _, v in got] == [0, 3 * 600 * GIB, 4 * 600 * GIB, 0]
+    assert _sum(session, HourlyRollup.storage_byte_seconds) == 7 * 600 * GIB
+    assert _sum(session, HourlyRollup.memory_byte_seconds) == 4 * 600 * GIB

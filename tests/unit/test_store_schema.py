@@ -184,25 +184,26 @@ def test_schema_check_reads_revisions_without_alembic(db_url: str) -> None:  # n
 
 
 #: one row of each table migration 0002 widens, as governor 0.1 (revision 0001) wrote them
+#: (times in UTCDateTime's SQLite text: the rollups' upsert matches its key on it)
 _ROWS_0001 = [
-    "INSERT INTO nodes (id, name, first_seen) VALUES (1, 'n1', '2026-11-01 00:00:00')",
+    "INSERT INTO nodes (id, name, first_seen) VALUES (1, 'n1', '2026-11-01 00:00:00.000000')",
     "INSERT INTO tenants (id, name) VALUES (1, 'acme')",
     "INSERT INTO groups (id, node_id, tenant_id, name, path, cgroup_id, first_seen) "
-    "VALUES (7, 1, 1, 'web', 'acme/web', 100, '2026-11-01 00:00:00')",
+    "VALUES (7, 1, 1, 'web', 'acme/web', 100, '2026-11-01 00:00:00.000000')",
     "INSERT INTO samples (node_id, group_id, ts, mono, memory_current, cpu_usage_usec) "
-    "VALUES (1, 7, '2026-11-01 10:00:00', 5.5, 4096, 123)",
+    "VALUES (1, 7, '2026-11-01 10:00:00.000000', 5.5, 4096, 123)",
     "INSERT INTO usage_intervals (node_id, group_id, end_ts, start_ts, duration_us, "
     "from_creation, cpu_usec, cpu_user_usec, cpu_system_usec, cpu_throttled_usec, "
     "memory_byte_seconds, io_rbytes, io_wbytes, io_rios, io_wios, io_dbytes, oom_events, "
-    "oom_kills) VALUES (1, 7, '2026-11-01 10:00:10', '2026-11-01 10:00:00', 10000000, "
-    "false, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
+    "oom_kills) VALUES (1, 7, '2026-11-01 10:00:10.000000', '2026-11-01 10:00:00.000000', "
+    "10000000, false, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
     "INSERT INTO rollups_hourly (node_id, group_id, hour, covered_us, intervals, cpu_usec, "
     "cpu_user_usec, cpu_system_usec, cpu_throttled_usec, memory_byte_seconds, io_rbytes, "
     "io_wbytes, io_rios, io_wios, io_dbytes, oom_events, oom_kills) VALUES (1, 7, "
-    "'2026-11-01 10:00:00', 10000000, 1, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
+    "'2026-11-01 10:00:00.000000', 10000000, 1, 11, 6, 5, 0, 40960, 1, 2, 3, 4, 5, 0, 0)",
     "INSERT INTO price_plans (id, name, version, currency, memory_basis, cpu_core_hour, "
     "memory_gib_hour, io_read_gib, io_write_gib, oom_kill, recorded_at) VALUES (1, 'std', 1, "
-    "'EUR', 'usage', 0.04, 0.005, 0.01, 0.02, 0, '2026-11-01 00:00:00')",
+    "'EUR', 'usage', 0.04, 0.005, 0.01, 0.02, 0, '2026-11-01 00:00:00.000000')",
 ]
 
 
@@ -271,5 +272,36 @@ def test_migration_0002_downgrades_to_0001_keeping_the_rows(db_url):  # noqa: F8
                                    ).scalar()
             assert "WITHOUT ROWID" in ddl
         assert upgrade(eng) == "0002"
+    finally:
+        eng.dispose()
+
+
+def test_an_hour_rolled_up_before_0002_takes_the_storage_metered_after(db_url):  # noqa: F811
+    """The rollups' upsert adds into the row of an hour that began before the upgrade
+    (its storage 0 from the server default, never NULL, which would swallow the sum)."""
+    from sqlalchemy import select
+
+    from governor.metering.rollup import ROLLUP_QUANTITIES
+    from governor.store.db import session_factory
+    from governor.store.models import HourlyRollup
+    from governor.store.service import upsert_rollups
+
+    upgrade(db_url, "0001")
+    eng = make_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            for sql in _ROWS_0001:
+                conn.execute(text(sql))
+        upgrade(eng)
+        with session_factory(eng)() as s:
+            hour = s.execute(select(HourlyRollup.hour)).scalar_one()
+            q = dict.fromkeys(ROLLUP_QUANTITIES, 0) | {"memory_byte_seconds": 5,
+                                                      "storage_byte_seconds": 7 << 40}
+            upsert_rollups(session=s, node_id=1, rollups={
+                (7, hour): [10_000_000, 1, *(q[n] for n in ROLLUP_QUANTITIES)]})
+            s.commit()
+            r = s.execute(select(HourlyRollup)).scalar_one()
+            assert (r.intervals, r.memory_byte_seconds, r.storage_byte_seconds) == (
+                2, 40965, 7 << 40)
     finally:
         eng.dispose()
