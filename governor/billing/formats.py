@@ -119,11 +119,13 @@ def render_invoices(invoices: Sequence[Invoice], fmt: str, out: TextIO) -> None:
 
 
 def render_usage(report: UsageReport, fmt: str, out: TextIO) -> None:
+    # storage_gib_hours (issue #19) last: the columns before it keep their places in CSV
     columns = (report.by, "tenant", "cpu_core_hours", "memory_gib_hours", "io_read_gib",
-               "io_write_gib", "oom_kills")
+               "io_write_gib", "oom_kills", "storage_gib_hours")
     rows = [{report.by: r.key, "tenant": r.tenant, "cpu_core_hours": r.cpu_core_hours,
              "memory_gib_hours": r.memory_gib_hours, "io_read_gib": r.io_read_gib,
-             "io_write_gib": r.io_write_gib, "oom_kills": r.oom_kills} for r in report.rows]
+             "io_write_gib": r.io_write_gib, "oom_kills": r.oom_kills,
+             "storage_gib_hours": r.storage_gib_hours} for r in report.rows]
     if fmt in ("csv", "focus"):
         if fmt == "focus":
             raise ValueError("the focus format is for bills (it needs prices): use csv or json")

@@ -21,6 +21,13 @@ A plan's currency and memory basis are fixed by its first recording (every recor
 is in them): a policy that changes either is a conflict, and that plan's versions are not
 recorded until it is put back (or a new plan made).
 
+The storage price (``storage_gib_hour``, issue #19) came after versions were recorded: a
+version recorded before it (migration 0002) has it NULL, *not recorded yet*.  No bill
+priced storage with such a version (nothing of the writable layers was metered before
+0002), so it is not fixed: bills take the policy's storage price of the same version (0
+when the policy no longer has it), and the next recording fills it in from the policy, in
+force or not, without a conflict.  From then on it is fixed like every other price.
+
 For billing, the recorded versions of a plan win over the policy's for the same effective
 time; versions only in the policy (a bill before anything was recorded, or a future
 version not yet recorded) come from the policy.
@@ -42,7 +49,8 @@ from governor.store.models import PricePlanRow
 
 log = logging.getLogger("governor.billing")
 
-_PRICES = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib", "oom_kill")
+_PRICES = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib", "oom_kill",
+           "storage_gib_hour")
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class RecordedVersion:
     io_read_gib: Decimal
     io_write_gib: Decimal
     oom_kill: Decimal
+    storage_gib_hour: Decimal
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,9 @@ def record_price_plans(*, session: Session, plans: Mapping[str, PricePlanLike],
         for eff, v in sorted(wanted.items(), key=lambda kv: (kv[0] is not None, kv[0])):
             terms = _terms(plan, v)
             row = rows.get(eff)
+            if row is not None and row.storage_gib_hour is None:
+                # recorded before storage was priced: no bill has used it (see above)
+                row.storage_gib_hour = Decimal(v.storage_gib_hour)
             if row is None:
                 top += 1
                 session.add(PricePlanRow(
@@ -177,18 +189,22 @@ def with_recorded_prices(policy: PolicyLike, session: Session) -> PolicyLike:
         by_plan.setdefault(r.name, []).append(r)
     plans: dict[str, PricePlanLike] = dict(policy.plans)
     for name, recorded in by_plan.items():
-        versions: dict[datetime | None, PriceVersionLike] = {}
         current = policy.plans.get(name)
-        if current is not None:
-            versions.update({v.effective: v for v in current.versions})
-        for r in recorded:
-            versions[_aware(r.effective)] = RecordedVersion(
-                _aware(r.effective), *(Decimal(getattr(r, k)) for k in _PRICES))
         base = recorded[0]  # the first recording fixed the plan's currency and basis
-        if current is not None and (current.currency, current.memory_basis) != (
+        # the policy's versions count only in the recorded currency and basis
+        in_policy: dict[datetime | None, PriceVersionLike] = {}
+        if current is not None and (current.currency, current.memory_basis) == (
                 base.currency, base.memory_basis):
-            versions = {k: v for k, v in versions.items()
-                        if isinstance(v, RecordedVersion)}
+            in_policy = {v.effective: v for v in current.versions}
+        versions = dict(in_policy)
+        for r in recorded:
+            eff = _aware(r.effective)
+            storage = r.storage_gib_hour
+            if storage is None:  # not recorded yet (see the module documentation)
+                same = in_policy.get(eff)
+                storage = Decimal(0) if same is None else same.storage_gib_hour
+            prices = {k: Decimal(getattr(r, k)) for k in _PRICES if k != "storage_gib_hour"}
+            versions[eff] = RecordedVersion(eff, storage_gib_hour=Decimal(storage), **prices)
         ordered = sorted(versions.values(),
                          key=lambda v: (v.effective is not None, v.effective))
         plans[name] = RecordedPlan(name=name, currency=base.currency,

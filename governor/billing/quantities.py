@@ -45,7 +45,7 @@ HOUR_US = 3_600_000_000
 
 #: the integer quantities summed by reports and bills, in rollup units
 FIELDS = ("covered_us", "cpu_usec", "memory_byte_seconds", "io_rbytes", "io_wbytes",
-          "oom_kills")
+          "oom_kills", "storage_byte_seconds")
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,6 +56,7 @@ class Totals:
     io_rbytes: int = 0
     io_wbytes: int = 0
     oom_kills: int = 0
+    storage_byte_seconds: int = 0
 
     def add(self, other: Totals) -> None:
         for f in FIELDS:

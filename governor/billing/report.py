@@ -18,6 +18,10 @@ lines and a total of 0.
   by an applied policy on that node) times the time the group existed (covered time);
 * ``max`` -- per node and hour, the larger of the two.
 A reservation written as ``max`` protects all the group uses, so it is billed as usage.
+
+**Storage** (the writable layers of containers launched from images, issue #19) is billed
+on its usage integral whatever the memory basis, in GiB-hours, exactly as the ``usage``
+basis bills memory.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ RESOURCES: Final[dict[str, tuple[str, int, str]]] = {
     "cpu": ("core-hour", HOUR_US, "cpu_core_hour"),
     # memory quantities are kept in byte-microseconds so that reservations stay exact
     "memory": ("GiB-hour", GIB * HOUR_US, "memory_gib_hour"),
+    # the writable layers of containers launched from images (issue #19): their integral,
+    # in byte-microseconds as memory's usage basis
+    "storage": ("GiB-hour", GIB * HOUR_US, "storage_gib_hour"),
     "io_read": ("GiB", GIB, "io_read_gib"),
     "io_write": ("GiB", GIB, "io_write_gib"),
     "oom_kill": ("kill", 1, "oom_kill"),
@@ -229,6 +236,7 @@ def invoice(*, session: Session, policy: PolicyLike, tenant: str, start: datetim
         else:
             mem_bus = t.mem_usage_wins * 1_000_000 + r * t.covered_reserved_us
         for resource, value in (("cpu", t.cpu_usec), ("memory", mem_bus),
+                                ("storage", t.storage_byte_seconds * 1_000_000),
                                 ("io_read", t.io_rbytes), ("io_write", t.io_wbytes),
                                 ("oom_kill", t.oom_kills)):
             key = (path, resource, idx)
@@ -265,6 +273,8 @@ class UsageRow:
     io_read_gib: Decimal
     io_write_gib: Decimal
     oom_kills: int
+    #: the writable layers of containers launched from images (issue #19)
+    storage_gib_hours: Decimal
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -282,7 +292,8 @@ def _usage_row(key: str, tenant: str, t: Totals) -> UsageRow:
     return UsageRow(key=key, tenant=tenant, cpu_core_hours=q(t.cpu_usec, HOUR_US),
                     memory_gib_hours=q(t.memory_byte_seconds, GIB * 3600),
                     io_read_gib=q(t.io_rbytes, GIB), io_write_gib=q(t.io_wbytes, GIB),
-                    oom_kills=t.oom_kills)
+                    oom_kills=t.oom_kills,
+                    storage_gib_hours=q(t.storage_byte_seconds, GIB * 3600))
 
 
 def usage_report(*, session: Session, tenant: str | None = None, start: datetime,

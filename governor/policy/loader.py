@@ -72,7 +72,10 @@ _OOM_ACTIONS: Final = ("log", "alert", "restart")
 _MATCH_FIELDS: Final = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup",
                         "container", "on_exec")
 _PRICE_FIELDS: Final = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib",
-                        "oom_kill")
+                        "oom_kill", "storage_gib_hour")
+#: price keys a plan may leave out: 0 (storage_gib_hour came with issue #19, after plans
+#: were written without it)
+_OPTIONAL_PRICES: Final = frozenset({"oom_kill", "storage_gib_hour"})
 _PLAN_KEYS: Final = ("currency", *_PRICE_FIELDS, "memory_basis", "prices")
 _MEMORY_BASES: Final = ("usage", "reservation", "max")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -868,7 +871,7 @@ def _plan(ctx: _Ctx, name: str, raw: object) -> PricePlan | None:
     prices: dict[str, Decimal] = {}
     for key in _PRICE_FIELDS:
         if key not in raw:
-            if key == "oom_kill":
+            if key in _OPTIONAL_PRICES:
                 prices[key] = Decimal(0)
             else:
                 ctx.add(base, None, f"{key} is missing (a decimal string like \"0.040\")")

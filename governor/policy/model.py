@@ -216,6 +216,8 @@ class PriceVersion:
     io_read_gib: Decimal
     io_write_gib: Decimal
     oom_kill: Decimal = Decimal(0)
+    #: per GiB-hour of the writable layers of containers launched from images (issue #19)
+    storage_gib_hour: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from governor.billing.report import invoice
 from governor.policy.model import PriceVersion
 from governor.store.models import PricePlanRow
 from governor.store.testing import db_url, engine, session  # noqa: F401
-from tests.unit.test_billing_invoice import T0, T3, _meter, _policy
+from tests.unit.test_billing_invoice import GIB, T0, T3, _meter, _policy
 
 D = Decimal
 V1 = PriceVersion(None, D("0.04"), D("0.005"), D("0.01"), D("0.02"), D("1"))
@@ -125,3 +125,52 @@ def test_an_applied_policy_records_its_price_plans(tmp_path):
         assert c.execute(select(PricePlanRow.name, PricePlanRow.cpu_core_hour)).all() == [
             ("std", D("0.04"))]
     e.dispose()
+
+
+# --- the storage price (issue #19): a version recorded before it has it NULL -------------
+
+def _storage_amount(session, policy):  # noqa: F811
+    inv = invoice(session=session, policy=with_recorded_prices(policy, session),
+                  tenant="acme", start=T0, end=T3)
+    return sum((x.amount for x in inv.lines if x.resource == "storage"), D(0))
+
+
+def _with_storage(price, *, cpu="0.04"):
+    return _policy(PriceVersion(None, D(cpu), D("0.005"), D("0.01"), D("0.02"), D("1"),
+                                storage_gib_hour=D(price)))
+
+
+def test_a_storage_price_is_recorded_and_then_fixed(session):  # noqa: F811
+    _meter(session, storage=10 * GIB)   # 30 GiB-hours in [T0, T3)
+    assert record_price_plans(session=session, plans=_with_storage("0.01").plans,
+                              now=T0) == []
+    assert _rows(session)[0].storage_gib_hour == D("0.01")
+    c = record_price_plans(session=session, plans=_with_storage("0.02").plans, now=NOW)
+    assert [(x.field, x.recorded, x.policy) for x in c] == [
+        ("storage_gib_hour", "0.01", "0.02")]
+    assert _storage_amount(session, _with_storage("0.02")) == D("0.30")
+
+
+def test_a_version_recorded_before_storage_was_priced_takes_the_policys_price(session):  # noqa: F811
+    """A price_plans row from before migration 0002 has storage_gib_hour NULL: bills take
+    the policy's storage price for that version (0 if the policy has no such version),
+    and the next recording fills it in, in force or not, without calling it a conflict
+    (no bill priced storage with it); from then on it is fixed."""
+    _meter(session, storage=10 * GIB)
+    record_price_plans(session=session, plans=_policy(V1).plans, now=T0)
+    [row] = _rows(session)
+    row.storage_gib_hour = None   # as migration 0002 leaves a row recorded by 0.1
+    session.flush()
+    assert _storage_amount(session, _with_storage("0.01")) == D("0.30")
+    assert _cpu_amount(session, _with_storage("0.01", cpu="0.50")) == (D("0.12"), "EUR")
+    # the policy no longer has the recorded version (only a later one): storage at 0
+    other = _policy(PriceVersion(T3, D("0.04"), D("0.005"), D("0.01"), D("0.02"), D("1"),
+                                 storage_gib_hour=D("9")))
+    assert _storage_amount(session, other) == 0
+    # recorded now, long after the version took effect: not a conflict
+    assert record_price_plans(session=session, plans=_with_storage("0.01").plans,
+                              now=NOW) == []
+    assert _rows(session)[0].storage_gib_hour == D("0.01")
+    assert _storage_amount(session, _with_storage("0.07")) == D("0.30")
+    c = record_price_plans(session=session, plans=_with_storage("0.07").plans, now=NOW)
+    assert [x.field for x in c] == ["storage_gib_hour"]

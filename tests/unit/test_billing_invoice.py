@@ -33,10 +33,10 @@ def _policy(*versions, basis="usage", currency="EUR", plan="std"):
                   sources=("test",), digest="x")
 
 
-def _meter(db, *, node="n1", group="web", hours=3, cores=1, mem=GIB):
+def _meter(db, *, node="n1", group="web", hours=3, cores=1, mem=GIB, storage=None):
     ticks = [make_sample(node=node, group=group, wall=T0 + i * timedelta(minutes=10),
                          cpu=i * cores * CORE_HOUR // 6, mem=mem, rbytes=i * GIB // 6,
-                         wbytes=i * GIB // 3)
+                         wbytes=i * GIB // 3, storage=storage)
              for i in range(hours * 6 + 1)]
     record_samples(session=db, node=node, samples=ticks)
     meter(session=db, node=node)
@@ -325,3 +325,106 @@ def test_integer_amount_is_the_fraction_rounding():
         want = round_money(Fraction(units, divisor) * Fraction(price), currency)
         got = _amount(units, divisor, price, currency)
         assert (got, str(got)) == (want, str(want)), (units, divisor, price, currency)
+
+
+# --- storage: the writable layers of containers launched from images (issue #19) ---
+
+def _storage_policy(price, basis="usage"):
+    return _policy(PriceVersion(None, D("0.04"), D("0.005"), D("0.01"), D("0.02"), D("1"),
+                                storage_gib_hour=D(price)), basis=basis)
+
+
+@pytest.mark.parametrize("basis", ["usage", "reservation", "max"])
+def test_storage_line_is_exact_whatever_the_memory_basis(session, basis):  # noqa: F811
+    """5 GiB of writable layers for 3 hours: 54,000 GiB-seconds = 15 GiB-hours, at
+    0.001 a GiB-hour exactly 0.015, half-even to 0.02 (a float product lands either side
+    of the tie)."""
+    _meter(session, storage=5 * GIB)
+    inv = invoice(session=session, policy=_storage_policy("0.001", basis), tenant="acme",
+                  start=T0, end=T3)
+    line = _line(inv, "storage")
+    assert (line.quantity, line.unit, line.unit_price, line.amount) == (
+        D("15.000000000"), "GiB-hour", D("0.001"), D("0.02"))
+    # after memory (none under "reservation": no reservation was written), before io
+    assert [x.resource for x in inv.lines] == [
+        "cpu", *(["memory"] if basis != "reservation" else []), "storage", "io_read",
+        "io_write"]
+    assert inv.total == sum((x.amount for x in inv.lines), D(0))
+
+
+def test_storage_amount_is_the_exact_fraction(session):  # noqa: F811
+    """An odd byte count over a period cut inside an hour: the amount is the exact
+    integer byte-seconds times the Decimal price, rounded once."""
+    from fractions import Fraction
+
+    from sqlalchemy import func, select
+
+    from governor.store.models import HourlyRollup
+
+    s = 7 * GIB + 123_457
+    _meter(session, storage=s)
+    stored = session.execute(select(func.sum(HourlyRollup.storage_byte_seconds))).scalar_one()
+    assert stored == s * 3 * 3600
+    end = T3 - timedelta(minutes=20)   # 2h40m: the last hour's exact share
+    inv = invoice(session=session, policy=_storage_policy("0.0123"), tenant="acme",
+                  start=T0, end=end)
+    line = _line(inv, "storage")
+    bs = s * 2 * 3600 + s * 3600 * 40 * 60 // 3600   # whole hours, then 40 of 60 minutes
+    exact = Fraction(bs, GIB * 3600) * Fraction("0.0123")
+    assert line.amount == D(round(exact * 100)) / 100 == D("0.23")   # 18.67 GiB-h
+    assert line.quantity == (D(bs) / D(GIB * 3600)).quantize(D("1e-9"))
+
+
+def test_no_storage_measured_is_no_storage_line(session):  # noqa: F811
+    _meter(session)   # no container from an image: storage None throughout
+    inv = invoice(session=session, policy=_storage_policy("5"), tenant="acme", start=T0,
+                  end=T3)
+    assert "storage" not in {x.resource for x in inv.lines}
+
+
+def test_storage_in_every_bill_format(session):  # noqa: F811
+    _meter(session, storage=5 * GIB)
+    inv = invoice(session=session, policy=_storage_policy("0.001"), tenant="acme", start=T0,
+                  end=T3)
+    rows = list(csv.DictReader(io.StringIO(render_to_string([inv], "csv"))))
+    [row] = [r for r in rows if r["resource"] == "storage"]
+    assert (row["quantity"], row["unit"], row["unit_price"], row["amount"]) == (
+        "15.000000000", "GiB-hour", "0.001", "0.02")
+    doc = json.loads(render_to_string([inv], "json"))
+    [line] = [x for x in doc[0]["lines"] if x["resource"] == "storage"]
+    assert (line["quantity"], line["unit"], line["amount"]) == ("15.000000000", "GiB-hour",
+                                                                "0.02")
+    assert doc[0]["total"] == str(inv.total)
+    rows = list(csv.DictReader(io.StringIO(render_to_string([inv], "focus"))))
+    [focus] = [r for r in rows if r["SkuId"] == "std/storage/v0"]
+    assert (focus["BilledCost"], focus["ListUnitPrice"], focus["ConsumedQuantity"],
+            focus["ConsumedUnit"], focus["PricingUnit"]) == (
+        "0.02", "0.001", "15.000000000", "GiB-hour", "GiB-hour")
+    assert focus["ChargeDescription"] == "storage of acme/web (std)"
+    assert focus["ResourceId"] == "governor:acme/web"
+    table = render_to_string([inv], "table")
+    [cells] = [[c.strip() for c in ln.split("│")[1:-1]] for ln in table.splitlines()
+               if "storage" in ln]
+    assert cells == ["web", "storage", "15", "GiB-hour", "0.001", "0.02"], table
+
+
+def test_usage_report_has_storage_gib_hours_last(session):  # noqa: F811
+    from governor.billing.formats import render_usage
+
+    _meter(session, storage=5 * GIB)
+    _meter(session, node="n2", group="db")   # its own node: metered in time order
+    report = usage_report(session=session, start=T0, end=T3, by="group")
+    assert {r.key: r.storage_gib_hours for r in report.rows} == {
+        "acme/db": 0, "acme/web": D("15.000000000")}
+    out = io.StringIO()
+    render_usage(report, "csv", out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0])[-2:] == ["oom_kills", "storage_gib_hours"]
+    assert [D(r["storage_gib_hours"]) for r in rows] == [0, 15]
+    assert rows[1]["storage_gib_hours"] == "15.000000000"
+    out = io.StringIO()
+    render_usage(report, "json", out)
+    assert [D(r["storage_gib_hours"]) for r in json.loads(out.getvalue())["rows"]] == [0, 15]
+    out = io.StringIO()
+    render_usage(report, "table", out)
+    assert "storage_gib_hours" in out.getvalue() and "15.000000000" in out.getvalue()

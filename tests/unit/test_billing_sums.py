@@ -29,7 +29,8 @@ TIB10 = 10 << 40
 
 
 def _policy() -> Policy:
-    v = PriceVersion(None, D("0.04"), D("0.005"), D("0.01"), D("0.02"), D("1"))
+    v = PriceVersion(None, D("0.04"), D("0.005"), D("0.01"), D("0.02"), D("1"),
+                     storage_gib_hour=D("0.0002"))
     return Policy(tenants={"acme": Tenant(name="acme", plan="std", limits=Limits(), groups={})},
                   plans={"std": PricePlan("std", "EUR", (v,), "usage")},
                   sources=("test",), digest="x")
@@ -47,17 +48,17 @@ def _rollups(db: Session, hours: int) -> dict[str, int]:
     cols = ("node_id", "group_id", "hour", "covered_us", "intervals", "cpu_usec",
             "memory_byte_seconds", "io_rbytes", "io_wbytes", "oom_kills", "cpu_user_usec",
             "cpu_system_usec", "cpu_throttled_usec", "io_rios", "io_wios", "io_dbytes",
-            "oom_events")
+            "oom_events", "storage_byte_seconds")
     rows = []
     for i in range(hours):
         rows.append((node_id, g.id, T0 + timedelta(hours=i), HOUR_US, 360,
                      BIG + 977 * i, TIB10 * 3600 + i, BIG + 3 * i, BIG - 5 * i, 1,
-                     0, 0, 0, 0, 0, 0, 1))
+                     0, 0, 0, 0, 0, 0, 1, BIG + 11 * i))
     bulk_insert_ignore(db, "rollups_hourly", cols, rows, ts_index=2)
     db.commit()
     return {"cpu_usec": sum(r[5] for r in rows), "memory_byte_seconds": sum(r[6] for r in rows),
             "io_rbytes": sum(r[7] for r in rows), "io_wbytes": sum(r[8] for r in rows),
-            "oom_kills": hours}
+            "oom_kills": hours, "storage_byte_seconds": sum(r[17] for r in rows)}
 
 
 @pytest.mark.parametrize("years", [1, 10])
@@ -65,6 +66,7 @@ def test_sums_past_2_63_are_exact(session: Session, years: int) -> None:  # noqa
     hours = years * 8760
     want = _rollups(session, hours)
     assert want["cpu_usec"] > 2**63 and want["io_wbytes"] > 2**63
+    assert want["storage_byte_seconds"] > 2**63   # the writable layers too (issue #19)
     end = T0 + timedelta(hours=hours)
     # a period cut inside the first and last hour too (the shares are exact)
     [row] = usage_report(session=session, start=T0, end=end, by="group").rows
@@ -73,6 +75,8 @@ def test_sums_past_2_63_are_exact(session: Session, years: int) -> None:  # noqa
     assert row.memory_gib_hours == (D(want["memory_byte_seconds"]) / D(GIB * 3600)).quantize(
         D("1e-9"))
     assert row.oom_kills == hours
+    assert row.storage_gib_hours == (D(want["storage_byte_seconds"]) / D(GIB * 3600)
+                                     ).quantize(D("1e-9"))
 
     inv = invoice(session=session, policy=_policy(), tenant="acme", start=T0, end=end)
     by = {x.resource: x for x in inv.lines}
@@ -80,11 +84,16 @@ def test_sums_past_2_63_are_exact(session: Session, years: int) -> None:  # noqa
     assert by["io_write"].amount == _amount(want["io_wbytes"], GIB, D("0.02"), "EUR")
     assert by["memory"].amount == _amount(want["memory_byte_seconds"] * 1_000_000,
                                           GIB * HOUR_US, D("0.005"), "EUR")
+    assert by["storage"].amount == _amount(want["storage_byte_seconds"] * 1_000_000,
+                                           GIB * HOUR_US, D("0.0002"), "EUR")
     assert inv.total == sum((x.amount for x in inv.lines), D(0))
     # the exact figure, spelt out once: 8760 hours of 2**62 + 977 i microseconds of CPU
     if years == 1:
         assert want["cpu_usec"] == 8760 * BIG + 977 * 8759 * 8760 // 2
         assert by["cpu"].amount == D("448870772460.68")
+        # and 8760 hours of 2**62 + 11 i byte-seconds of writable layers, at 0.0002
+        assert want["storage_byte_seconds"] == 8760 * BIG + 11 * 8759 * 8760 // 2
+        assert by["storage"].amount == D("2090217.42")
 
     # a period starting and ending inside an hour: the whole hours plus exact shares
     half = timedelta(minutes=30)
@@ -101,4 +110,5 @@ def test_sums_past_2_63_are_exact(session: Session, years: int) -> None:  # noqa
                          reserved={(node_id, gid, 0): reserved}).values()
         assert (t.cpu_usec, t.memory_byte_seconds) == (want["cpu_usec"],
                                                        want["memory_byte_seconds"])
+        assert t.storage_byte_seconds == want["storage_byte_seconds"]
         assert (t.mem_usage_wins, t.covered_reserved_us) == (wins, covered)

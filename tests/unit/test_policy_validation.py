@@ -174,6 +174,12 @@ OTHER_ERRORS = [
      "io_write_gib is missing"),
     ("currency", PLANS.replace('"EUR"', '"euro"'), "plans.standard.currency",
      "ISO 4217"),
+    ("storage-money", PLANS + 'storage_gib_hour = 0.001\n', "plans.standard.storage_gib_hour",
+     "is a float; write money as a string"),
+    ("storage-negative", PLANS + "[[plans.standard.prices]]\neffective = 2026-12-01T00:00:00Z\n"
+     'storage_gib_hour = "-0.1"\n', "plans.standard.prices[0].storage_gib_hour", "negative"),
+    ("storage-key", PLANS + 'storage_gib_hours = "1"\n', "plans.standard.storage_gib_hours",
+     "did you mean storage_gib_hour?"),
     ("memory-basis", PLANS + 'memory_basis = "peak"\n', "plans.standard.memory_basis",
      "usage, reservation, max"),
     ("plan-key", PLANS + 'cpu_core_hours = "1"\n', "plans.standard.cpu_core_hours",
@@ -538,3 +544,25 @@ def test_storage_max_per_group_and_refused_on_a_tenant() -> None:
     problem = one(group_doc("", tenant='storage.max = "1G"'))
     assert problem.key == "tenants.acme.storage.max"
     assert "set per group" in problem.message
+
+
+def test_storage_price_is_optional_and_versioned() -> None:
+    """Issue #19: storage_gib_hour (the writable layers of containers launched from
+    images) may be left out, as oom_kill: 0; a later version sets it or inherits it, and
+    it is part of the digest."""
+    from governor.policy import PricePlan
+
+    def plan(text: str) -> PricePlan:
+        return parse_policy([("p.toml", text)], device_resolver=_resolver).plans["standard"]
+
+    assert [v.storage_gib_hour for v in plan(PLANS).versions] == [Decimal(0)]
+    priced = PLANS + 'storage_gib_hour = "0.0004"\n'
+    later = priced + "[[plans.standard.prices]]\neffective = 2026-12-01T00:00:00Z\n" \
+        'cpu_core_hour = "1"\n[[plans.standard.prices]]\neffective = 2027-01-01T00:00:00Z\n' \
+        'storage_gib_hour = "0.0005"\n'
+    assert [v.storage_gib_hour for v in plan(later).versions] == [
+        Decimal("0.0004"), Decimal("0.0004"), Decimal("0.0005")]
+    digest = parse_policy([("p.toml", priced)], device_resolver=_resolver).digest
+    assert digest != parse_policy([("p.toml", PLANS)], device_resolver=_resolver).digest
+    assert digest != parse_policy([("p.toml", priced.replace("0.0004", "0.0003"))],
+                                  device_resolver=_resolver).digest
