@@ -92,6 +92,11 @@ def tenants_overview() -> dict[str, Any]:
         panel(6, "Memory pressure (some, share of time)",
               [(f"max by (tenant) (rate(governor_memory_pressure_some_seconds_total{{{n}{T}}}"
                 "[$__rate_interval]))", "{{tenant}}")], "percentunit", 12, 16),
+        panel(7, "Writable layers per tenant (containers from images)",
+              [(f'sum by (tenant) (governor_storage_bytes{{{n}tenant=~"$tenant",group!=""}})',
+                "{{tenant}}")], "bytes", 0, 24,
+              desc="Bytes of the writable layers of the tenant's groups' containers "
+                   "launched from images, billed per GiB-hour as storage."),
     ], variables(groups=False))
 
 
@@ -144,6 +149,10 @@ def group_detail() -> dict[str, Any]:
         panel(8, "Tasks", [(f"governor_pids_current{{{s}}}", "{{group}} tasks"),
                            (f"governor_pids_max{{{s}}} < +Inf", "{{group}} pids.max")],
               "short", 12, 24),
+        panel(9, "Writable layers (containers from images)",
+              [(f"governor_storage_bytes{{{s}}}", "{{group}} writable layers")], "bytes", 0, 32,
+              desc="Bytes of the writable layers of the group's containers launched from "
+                   "images (no series while none runs), billed per GiB-hour as storage."),
     ], variables())
 
 

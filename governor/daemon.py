@@ -714,7 +714,8 @@ class Daemon:
             sample_errors=dict(self.sampler.error_counts),
             exporter_dropped=self.exporter.dropped())
         snap = Snapshot(
-            node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
+            node=self.cfg.node, groups=dict(self.sampler.latest),
+            samples={s.path: s for s in p.samples}, limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),
             health=health)
         # rendered by the first scrape that asks for it, not here

@@ -63,6 +63,14 @@ class SnapshotCollector:
                     fam.add_metric([*split_path(path), node], float(getattr(st, attr)))
             if fam.samples:
                 yield fam
+        for m, attr in r.SAMPLE_METRICS:
+            fam = _family(m, glabels)
+            for path in sorted(snap.samples):
+                value = getattr(snap.samples[path], attr)
+                if value is not None:
+                    fam.add_metric([*split_path(path), node], float(value))
+            if fam.samples:
+                yield fam
         for m, key in r.EVENT_METRICS:
             fam = _family(m, glabels)
             for path, st in groups:

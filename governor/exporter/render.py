@@ -4,8 +4,10 @@ The sampler renders once per pass (:func:`render`) and every scrape is served fr
 rendering (:class:`Rendering`, with a gzip copy made on the first gzip request), so a scrape
 costs a memcpy, not a walk over the groups.  The input is plain data, never the store:
 the latest :class:`~governor.cgroupfs.reader.GroupStats` per group path (``Sampler.latest``),
-the policy's :class:`~governor.policy.model.Limits` per path, billed cost per tenant and
-currency, and the governor's own health counters (:class:`Snapshot`).
+the pass's :class:`~governor.metering.sample.GroupSample` per path (for what only a sample
+carries: the writable layers' bytes), the policy's :class:`~governor.policy.model.Limits`
+per path, billed cost per tenant and currency, and the governor's own health counters
+(:class:`Snapshot`).
 
 The output is byte-for-byte what prometheus-client's ``generate_latest`` writes for the same
 families (labels in sorted name order, values through client_python's ``floatToGoString``,
@@ -37,6 +39,7 @@ from governor.exporter.families import (
     KIND_PSI_SOME,
     family,
 )
+from governor.metering.sample import GroupSample
 from governor.policy.model import Limits
 from governor.policy.units import MAX
 
@@ -118,6 +121,9 @@ class Snapshot:
     node: str
     #: ``Sampler.latest``: "tenant" or "tenant/group" -> raw stats
     groups: Mapping[str, GroupStats]
+    #: the pass's samples by path, for the gauges a sample carries beyond the cgroup files
+    #: (``storage_bytes``); a group whose sample failed this pass has none
+    samples: Mapping[str, GroupSample] = field(default_factory=dict)
     #: the policy's limits per path (groups not in the policy get no limit series)
     limits: Mapping[str, Limits] = field(default_factory=dict)
     #: billed cost so far in the current period: (tenant, currency) -> amount
@@ -174,6 +180,13 @@ MEMORY_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
         "Swap used by the group (memory.swap.current)."), "swap_current"),
     (_m("governor_pids_current", GAUGE, "Tasks in the group (pids.current)."),
      "pids_current"),
+)
+#: GroupSample attribute -> gauge: what a sample carries beyond the cgroup files
+SAMPLE_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
+    (_m("governor_storage_bytes", GAUGE,
+        "Bytes used by the writable layers of the group's containers launched from images, "
+        "summed (a project quota per container); no series while none is measured."),
+     "storage_bytes"),
 )
 #: memory.events key -> counter
 EVENT_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
@@ -283,7 +296,8 @@ EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUN
 
 ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _, _ in CPU_METRICS), *(m for m, _ in MEMORY_METRICS),
-    *(m for m, _ in EVENT_METRICS), *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
+    *(m for m, _ in SAMPLE_METRICS), *(m for m, _ in EVENT_METRICS),
+    *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
     GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
     DB_ERRORS, SPOOL_DEPTH, SPOOL_WRITE_ERRORS, ALERTS, SAMPLE_ERRORS, EXPORTER_DROPPED,
@@ -345,6 +359,16 @@ def render(snap: Snapshot) -> bytes:
                                 "cpu", key))
     for m, attr in _MEM:
         fam_text(out, m, family(m.name + "{", rows, KIND_ATTR, attr, None))
+    samples = snap.samples
+    for m, attr in SAMPLE_METRICS:
+        # only the samples that have it (few: the groups with containers from images)
+        have = sorted(p for p, s in samples.items() if getattr(s, attr) is not None)
+        sample_rows: list[tuple[str, Any]] = []   # (labels, GroupSample)
+        for path in have:
+            tenant, group = split_path(path)
+            sample_rows.append((f'group="{escape_label(group)}",node="{node}",'
+                                f'tenant="{escape_label(tenant)}"}} ', samples[path]))
+        fam_text(out, m, family(m.name + "{", sample_rows, KIND_ATTR, attr, None))
     for m, key in _EVENTS:
         fam_text(out, m, family(m.name + "{", rows, KIND_DICT, "memory_events", key))
     for m, res, line in _PSI:

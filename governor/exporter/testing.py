@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from governor.cgroupfs.parse import Psi, PsiLine
 from governor.cgroupfs.reader import GroupStats
 from governor.exporter.render import Health, Snapshot
+from governor.metering.sample import GroupSample
 from governor.policy.model import Limits
 from governor.policy.units import MAX
 
@@ -41,7 +43,8 @@ def stats(rng: random.Random, cid: int, devices: int = 1) -> GroupStats:
 def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
              node: str = "node-1", odd_names: bool = False) -> Snapshot:
     """``groups`` groups spread over ``tenants`` tenants (plus the tenants' own rows),
-    with policy limits for every group, costs per tenant and a full health block.
+    with policy limits for every group, costs per tenant and a full health block; every
+    fourth group's sample has the writable layers of image containers (storage_bytes).
     ``odd_names`` puts characters that must be escaped into node and tenant names (the
     renderer must escape them; real names cannot contain them)."""
     rng = random.Random(seed)  # noqa: S311 (synthetic data, not secrets)
@@ -51,6 +54,8 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
         node = 'node "1"\\'
     latest: dict[str, GroupStats] = {}
     limits: dict[str, Limits] = {}
+    samples: dict[str, GroupSample] = {}
+    wall = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
     cid = 1000
     for t in tnames:
         cid += 1
@@ -60,6 +65,10 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
         path = f"{t}/g{i:06d}"
         cid += 1
         latest[path] = stats(rng, cid, devices)
+        tenant, _, name = path.partition("/")
+        samples[path] = GroupSample(
+            node=node, tenant=tenant, group=name, cgroup_id=cid, wall=wall, monotonic=1.0,
+            storage_bytes=rng.randrange(0, 1 << 40) if i % 4 == 0 else None)
         limits[path] = Limits(memory_max=rng.choice((MAX, 1 << 30)), memory_high=MAX,
                               memory_low=rng.randrange(0, 1 << 28), memory_min=0,
                               memory_swap_max=0, pids_max=rng.choice((MAX, 512)))
@@ -75,7 +84,7 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     alerts={"ok": 2, "failed": 1},
                     sample_errors={"parse": 2, "read": 1},
                     exporter_dropped={"over_limit": 3, "timeout": 1})
-    return Snapshot(node=node, groups=latest, limits=limits, costs=costs,
+    return Snapshot(node=node, groups=latest, samples=samples, limits=limits, costs=costs,
                     pressure_warnings={f"{tnames[0]}/g000000": 3}, health=health)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -23,6 +24,7 @@ from governor.exporter.render import (
     render,
 )
 from governor.exporter.testing import family_types, parsed_samples, snapshot
+from governor.metering.sample import GroupSample
 from governor.policy.model import Limits
 from governor.policy.units import MAX
 
@@ -60,7 +62,12 @@ def _one_group() -> Snapshot:
         pids_current=3,
         psi={"memory": Psi(PsiLine(0.5, 0.1, 0.0, 1_234_567), PsiLine(0.0, 0.0, 0.0, 42))},
     )
-    return Snapshot(node="n1", groups={"acme/web": st, "acme": st},
+    walls = {"wall": datetime(2026, 12, 6, tzinfo=UTC), "monotonic": 1.0}
+    samples = {"acme/web": GroupSample(node="n1", tenant="acme", group="web", cgroup_id=7,
+                                       storage_bytes=(5 << 30) + 1, **walls),  # type: ignore[arg-type]
+               "acme": GroupSample(node="n1", tenant="acme", group=None, cgroup_id=7,
+                                   **walls)}  # type: ignore[arg-type]
+    return Snapshot(node="n1", groups={"acme/web": st, "acme": st}, samples=samples,
                     limits={"acme/web": Limits(memory_max=MAX, memory_high=1 << 29,
                                                memory_low=0, pids_max=64)},
                     costs={("acme", "EUR"): Decimal("12.50")},
@@ -81,6 +88,8 @@ def test_values_units_and_labels() -> None:
     assert s[("governor_cpu_throttled_periods_total", web)] == 3
     assert s[("governor_memory_usage_bytes", web)] == 1 << 30
     assert s[("governor_memory_peak_bytes", web)] == (1 << 30) + 4096
+    assert s[("governor_storage_bytes", web)] == (5 << 30) + 1   # the writable layers
+    assert ("governor_storage_bytes", tenant) not in s   # none measured: no series
     assert s[("governor_memory_max_bytes", web)] == math.inf
     assert s[("governor_memory_high_bytes", web)] == 1 << 29
     assert s[("governor_pids_max", web)] == 64
@@ -111,6 +120,33 @@ def test_missing_values_are_left_out_not_zero() -> None:
     assert parsed_samples(text) == {
         ("governor_memory_usage_bytes", (("group", "g"), ("node", "n"), ("tenant", "t"))): 10}
     assert "governor_cpu_usage_seconds_total" not in text  # no empty families either
+
+
+def test_storage_is_written_exactly_for_the_samples_that_measured_it() -> None:
+    """Issue #19: governor_storage_bytes comes from the pass's samples, only where
+    storage_bytes is known (no container from an image: no series, not 0), as an exact
+    integer past 2**53 too."""
+    def sample(path: str, storage: int | None) -> GroupSample:
+        tenant, _, group = path.partition("/")
+        return GroupSample(node="n", tenant=tenant, group=group or None, cgroup_id=1,
+                           wall=datetime(2026, 12, 6, tzinfo=UTC), monotonic=1.0,
+                           storage_bytes=storage)
+
+    snap = Snapshot(node="n", groups={}, samples={
+        "t/a": sample("t/a", (1 << 53) + 1), "t/b": sample("t/b", None),
+        "t/c": sample("t/c", 0), "t": sample("t", None)})
+    text = render(snap).decode()
+    assert text == (
+        "# HELP governor_storage_bytes Bytes used by the writable layers of the group's "
+        "containers launched from images, summed (a project quota per container); no "
+        "series while none is measured.\n"
+        "# TYPE governor_storage_bytes gauge\n"
+        'governor_storage_bytes{group="a",node="n",tenant="t"} 9007199254740993\n'
+        'governor_storage_bytes{group="c",node="n",tenant="t"} 0\n')
+    ref = parsed_samples(reference(snap).decode())   # floats: the same doubles
+    assert {k: float(v) for k, v in parsed_samples(text).items()} == ref
+    none = Snapshot(node="n", groups={}, samples={"t/b": sample("t/b", None)})
+    assert render(none) == b""
 
 
 def test_empty_snapshot_renders_nothing() -> None:

@@ -4,13 +4,15 @@
 kind, values missing in every way (attribute None, dict None, key absent, PSI resource or
 ``full`` line absent), integers up to and beyond 64 bits, microsecond values on both sides
 of the exact-decimal bounds of the C code's seconds formatting, and labels with escapes
-and non-ASCII text.  The whole exposition is compared too (render() with the accelerator
-against the same render with the twin), and bad rows raise, as the Python loop does.
+and non-ASCII text; the writable layers' bytes read from GroupSample rows (issue #19).  The
+whole exposition is compared too (render() with the accelerator against the same render
+with the twin), and bad rows raise, as the Python loop does.
 """
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from governor.exporter.families import (
     KIND_PSI_SOME,
     family_py,
 )
+from governor.metering.sample import GroupSample
 
 pytestmark = pytest.mark.skipif(
     families.ACCELERATED is None,
@@ -107,6 +110,25 @@ def test_every_kind_writes_what_the_python_twin_writes(seed: int) -> None:
             family_py("io{", io_rows, KIND_ITEM, "", key)
 
 
+def _sample(rnd: random.Random, i: int) -> GroupSample:
+    """A sample with the writable layers' bytes: None (none measured) or any int."""
+    return GroupSample(node="n1", tenant="t", group=f"g{i}", cgroup_id=i,
+                       wall=datetime(2026, 12, 6, tzinfo=UTC), monotonic=1.0,
+                       storage_bytes=None if rnd.random() < 0.3 else _value(rnd))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_storage_family_reads_samples_as_the_twin(seed: int) -> None:
+    rnd = random.Random(seed)
+    rows = [(rnd.choice(LABELS) + str(i), _sample(rnd, i)) for i in range(rnd.randrange(0, 60))]
+    assert families.ACCELERATED is not None
+    want = family_py("governor_storage_bytes{", rows, KIND_ATTR, "storage_bytes", None)
+    got = families.ACCELERATED("governor_storage_bytes{", rows, KIND_ATTR, "storage_bytes",
+                               None)
+    assert got == want
+    assert want.count("\n") + bool(want) == sum(s.storage_bytes is not None for _, s in rows)
+
+
 def test_seconds_are_repr_of_the_value_over_a_million_on_both_sides_of_the_bounds() -> None:
     assert families.ACCELERATED is not None
     for v in EDGES + list(range(2000)) + [10**k + d for k in range(2, 19) for d in (-1, 0, 1)]:
@@ -146,12 +168,13 @@ def test_the_whole_exposition_is_the_same_with_the_twin(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rnd = random.Random(7)
     groups = {f"t{i % 5}/g{i}" if i % 7 else f"t{i % 5}": _stats(rnd) for i in range(300)}
+    samples = {path: _sample(rnd, i) for i, path in enumerate(groups)}
     health = render.Health(pass_duration=0.5, last_success=1.0, groups_sampled=300,
                            placements={}, reloads={}, drift={}, enforce_write_errors=0,
                            db_write_errors=0, spool_depth=0, alerts={})
-    snap = render.Snapshot(node="n1", groups=groups, limits={}, costs={},
+    snap = render.Snapshot(node="n1", groups=groups, samples=samples, limits={}, costs={},
                            pressure_warnings={}, health=health)
     fast = render.render(snap)
     monkeypatch.setattr(render, "family", family_py)
     assert render.render(snap) == fast
-    assert fast.count(b"\n") > 3000
+    assert fast.count(b"\n") > 3000 and b"governor_storage_bytes{" in fast
