@@ -1,8 +1,9 @@
 """Rows as a rich table (``status --format table`` and each frame of ``top``); pure.
 
-Units: CPU in % of one core (150 = 1.5 cores busy), memory in IEC units (KiB, MiB, GiB),
-IO in bytes per second, a kernel ``max`` shown as ∞, a value the kernel does not provide
-(controller not enabled) as ``-``, a gone group as ``gone`` with no figures.
+Units: CPU in % of one core (150 = 1.5 cores busy), memory and the writable layers of
+containers from images (STORAGE) in IEC units (KiB, MiB, GiB), IO in bytes per second, a
+kernel ``max`` shown as ∞, a value not available (controller not enabled, no container
+storage measured) as ``-``, a gone group as ``gone`` with no figures.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
     t.add_column("MAX", justify="right", no_wrap=True)
     t.add_column("HIGH", justify="right", no_wrap=True)
     t.add_column("SWAP", justify="right", no_wrap=True)
+    t.add_column("STORAGE", justify="right", no_wrap=True)
     t.add_column("IO READ" + mark["io"], justify="right", no_wrap=True)
     t.add_column("IO WRITE", justify="right", no_wrap=True)
     t.add_column("PIDS" + mark["pids"], justify="right", no_wrap=True)
@@ -72,7 +74,7 @@ def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
     for r in rs:
         name = Text(r.tenant, style="bold") if r.group is None else Text(f"  {r.group}")
         if r.state == "gone":
-            t.add_row(name, Text("gone", style="dim"), *([""] * 8), style="dim")
+            t.add_row(name, Text("gone", style="dim"), *([""] * 9), style="dim")
             continue
         swap = human_bytes(r.swap_current_bytes)
         if r.swap_max_bytes is not None:
@@ -84,8 +86,9 @@ def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
             oom += f" (+{r.oom_kills_interval})"
         t.add_row(name, _cpu(r), human_bytes(r.memory_current_bytes),
                   limit_bytes(r.memory_max_bytes), limit_bytes(r.memory_high_bytes), swap,
-                  _rate(r.io_read_bytes_per_s), _rate(r.io_write_bytes_per_s), pids,
+                  human_bytes(r.storage_bytes), _rate(r.io_read_bytes_per_s),
+                  _rate(r.io_write_bytes_per_s), pids,
                   Text(oom, style="red") if r.oom_kills_interval else oom)
     if not rs:
-        t.add_row(Text("(no tenants below the subtree)", style="dim"), *([""] * 9))
+        t.add_row(Text("(no tenants below the subtree)", style="dim"), *([""] * 10))
     return t

@@ -9,6 +9,7 @@ second snapshot (shown as gone), never read as zeros.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
@@ -16,6 +17,12 @@ from governor.cgroupfs.parse import parse_cpu_max
 from governor.cgroupfs.reader import StatReader
 from governor.errors import GroupGone
 from governor.status.view import GroupRead, Limits, Snapshot
+
+#: the writable layers' bytes of the containers launched from images in a group, by its path
+#: ("tenant" or "tenant/group"), summed; None when none is measured (no such container, or
+#: it could not be read: missing is not zero).  Given by the code that measures them (issue
+#: #19: a project quota per container), not read from the cgroup.
+StorageMeter = Callable[[str], int | None]
 
 
 def read_limits(reader: StatReader, rel: str) -> Limits:
@@ -27,8 +34,10 @@ def read_limits(reader: StatReader, rel: str) -> Limits:
                   cpu_max=None if cpu is None else parse_cpu_max(cpu))
 
 
-def take(fs: CgroupFS, subtree: Layout | str, reader: StatReader) -> Snapshot:
-    """Read every group once; a group gone while being read is absent from the result."""
+def take(fs: CgroupFS, subtree: Layout | str, reader: StatReader,
+         storage: StorageMeter | None = None) -> Snapshot:
+    """Read every group once; a group gone while being read is absent from the result.
+    ``storage`` measures each group's writable layers (None: not measured here)."""
     snap = Snapshot()
     layout = as_layout(subtree)
     for path in layout.groups(fs):
@@ -40,22 +49,25 @@ def take(fs: CgroupFS, subtree: Layout | str, reader: StatReader) -> Snapshot:
         except GroupGone:
             reader.forget(rel)
             continue
-        snap.groups[path] = GroupRead(st, limits, at)
+        snap.groups[path] = GroupRead(st, limits, at,
+                                      None if storage is None else storage(path))
     return snap
 
 
 class Source:
     """Successive snapshots of one subtree (one reader kept across them)."""
 
-    def __init__(self, fs: CgroupFS, subtree: Layout | str) -> None:
+    def __init__(self, fs: CgroupFS, subtree: Layout | str,
+                 storage: StorageMeter | None = None) -> None:
         self.fs = fs
+        self.storage = storage
         self.layout = as_layout(subtree)
         self.subtree = self.layout.subtree
         self.reader = StatReader(fs)
         self._seen: set[str] = set()
 
     def take(self) -> Snapshot:
-        snap = take(self.fs, self.layout, self.reader)
+        snap = take(self.fs, self.layout, self.reader, self.storage)
         for path in self._seen - set(snap.groups):
             self.reader.forget(self.layout.path(path))  # removed: drop its descriptors
         self._seen = set(snap.groups)

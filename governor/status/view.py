@@ -8,7 +8,9 @@ derives rates from a *pair* of snapshots and never from a single read:
   (100 = one core busy);
 * IO read/write bytes per second: deltas of ``io.stat rbytes``/``wbytes`` summed over the
   devices (a device line absent from io.stat means no IO was seen there yet: 0);
-* OOM kills: ``memory.events oom_kill`` (total, and how many happened between the reads).
+* OOM kills: ``memory.events oom_kill`` (total, and how many happened between the reads);
+* storage: the bytes of the writable layers of the group's containers launched from images
+  (issue #19), as measured at the second read (``None``: none measured).
 
 A group present in the first snapshot and absent from the second is ``gone`` (no figures,
 not zeros); a group that appeared, or was re-created with a new cgroup id, between the reads
@@ -46,6 +48,10 @@ class GroupRead:
     stats: GroupStats
     limits: Limits
     at: float  # time.monotonic() when this group was read
+    #: bytes of the writable layers of the group's containers launched from images, summed
+    #: (not a cgroup file: measured by the image code, see snapshot.StorageMeter); None: none
+    #: measured (no such container, or the measurer could not read it)
+    storage_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,7 @@ class Row:
     pids_max: Limit | None = None
     oom_kills: int | None = None
     oom_kills_interval: int | None = None
+    storage_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape (docs/status.md)."""
@@ -88,7 +95,7 @@ JSON_FIELDS: tuple[str, ...] = (
     "path", "tenant", "group", "state", "interval_s", "cpu_percent", "cpu_usage_usec",
     "cpu_max_cores", "memory_current_bytes", "memory_max_bytes", "memory_high_bytes",
     "swap_current_bytes", "swap_max_bytes", "io_read_bytes_per_s", "io_write_bytes_per_s",
-    "pids_current", "pids_max", "oom_kills", "oom_kills_interval",
+    "pids_current", "pids_max", "oom_kills", "oom_kills_interval", "storage_bytes",
 )
 
 
@@ -136,7 +143,8 @@ def row(path: str, before: GroupRead | None, after: GroupRead | None) -> Row:
         "memory_current_bytes": st.memory_current, "memory_max_bytes": lim.memory_max,
         "memory_high_bytes": lim.memory_high, "swap_current_bytes": st.swap_current,
         "swap_max_bytes": lim.swap_max, "pids_current": st.pids_current,
-        "pids_max": lim.pids_max, "oom_kills": _oom_kills(st)}
+        "pids_max": lim.pids_max, "oom_kills": _oom_kills(st),
+        "storage_bytes": after.storage_bytes}
     if before is None or before.stats.cgroup_id != st.cgroup_id:
         return Row(path, tenant, group, "new", **common)
     dt = after.at - before.at

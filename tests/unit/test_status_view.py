@@ -206,3 +206,49 @@ def test_status_refuses_a_root_that_is_not_cgroup2(tmp_path: Path,
     rc = main(["status", "--cgroup-root", str(tmp_path), "--format", "json"])
     assert rc == 2
     assert "is not on a cgroup2 filesystem" in capsys.readouterr().err
+
+
+def test_storage_of_containers_from_images_is_shown_and_missing_is_a_dash(
+        tmp_path: Path) -> None:
+    """Issue #19: the writable layers' bytes, from the measurer the snapshot is given, at
+    the second read: a column of the table (``-`` when none is measured, never 0B unless
+    measured so), a JSON field (null), nothing for a gone group."""
+    measured = {"acme/web": 5 << 30, "acme/batch": 0}
+    asked: list[str] = []
+
+    def storage(path: str) -> int | None:
+        asked.append(path)
+        return measured.get(path)
+
+    src = Source(CgroupFS(tree(tmp_path), verify=False), "governor.slice", storage=storage)
+    a = timed(src.take(), 0.0)
+    assert sorted(asked) == ["acme", "acme/batch", "acme/web", "globex", "globex/api"]
+    assert a.groups["acme/web"].storage_bytes == 5 << 30
+    measured["acme/web"] = (5 << 30) + (512 << 20)   # grew between the reads
+    shutil.rmtree(tmp_path / "cg/governor.slice/globex/api")
+    b = timed(src.take(), 1.0)
+    rs = by_path(rows(a, b))
+    assert rs["acme/web"].storage_bytes == (5 << 30) + (512 << 20)
+    assert rs["acme/batch"].storage_bytes == 0 and rs["acme"].storage_bytes is None
+    assert rs["globex/api"].state == "gone" and rs["globex/api"].storage_bytes is None
+    assert JSON_FIELDS[-1] == "storage_bytes"
+    assert rs["acme/web"].as_dict()["storage_bytes"] == (5 << 30) + (512 << 20)
+    assert rs["acme"].as_dict()["storage_bytes"] is None
+    console = Console(record=True, width=220, color_system=None)
+    console.print(table(rows(a, b, sort="name"), sort="name"))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "TENANT/GROUP" in line)
+    assert header.split()[6:8] == ["SWAP", "STORAGE"]
+    end = header.index("STORAGE") + len("STORAGE")   # right-justified: the cell ends there
+
+    def cell(name: str) -> str:
+        line = next(ln for ln in text.splitlines() if ln.split()[:1] == [name])
+        return line[:end].split()[-1]
+    assert (cell("web"), cell("batch"), cell("acme"), cell("globex")) == (
+        "5.5GiB", "0B", "-", "-")
+    assert next(ln for ln in text.splitlines() if ln.split()[:1] == ["api"]).split() == [
+        "api", "gone"]
+    # without a measurer (the default): every group's storage is missing, not zero
+    (tmp_path / "plain").mkdir()
+    plain = Source(CgroupFS(tree(tmp_path / "plain"), verify=False), "governor.slice")
+    assert all(g.storage_bytes is None for g in plain.take().groups.values())
