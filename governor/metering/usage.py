@@ -262,6 +262,15 @@ def _accelerated() -> Callable[[GroupSample | None, GroupSample], Any] | None:
     fast = load("governor.metering._fastmeter")
     if fast is None:
         return None
+    built: int = fast.N_QUANTITIES
+    if built != len(QUANTITIES):
+        # a build older than the quantities (storage_byte_seconds came later) would write
+        # intervals one value short: refuse it, as _fastread refuses another GroupSample
+        raise ImportError(
+            f"{fast.__file__} was built for {built} quantities, but "
+            f"governor.metering.usage.QUANTITIES has {len(QUANTITIES)}: rebuild it "
+            "(python setup.py build_ext --inplace, or pip install -e .), or set "
+            "GOVERNOR_PURE_PYTHON=1")
     fast.configure(Interval)
     return fast.interval  # type: ignore[no-any-return]
 

@@ -204,3 +204,17 @@ def test_pair_series_rollups_are_the_plain_sum_of_each_intervals_pieces() -> Non
         add_interval(want, k, iv)
     assert got.rollups == want
     assert len(got.usages) > 300 and len({h for _, h in want}) > 2
+
+
+def test_a_stale_build_with_other_quantities_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A _fastmeter built before storage_byte_seconds would write intervals one value
+    short; importing the meter says so and how to rebuild."""
+    import types
+
+    stale = types.SimpleNamespace(N_QUANTITIES=len(usage.QUANTITIES) - 1,
+                                  __file__="/x/_fastmeter.so", configure=lambda _: None)
+    monkeypatch.setattr(usage, "load", lambda _: stale)
+    with pytest.raises(ImportError, match=r"built for 12 quantities.*has 13: rebuild it"):
+        usage._accelerated()
+    monkeypatch.setattr(usage, "load", lambda _: None)
+    assert usage._accelerated() is None
