@@ -152,7 +152,7 @@ def group_detail() -> dict[str, Any]:
         panel(9, "Writable layers (containers from images)",
               [(f"governor_storage_bytes{{{s}}}", "{{group}} writable layers")], "bytes", 0, 32,
               desc="Bytes of the writable layers of the group's containers launched from "
-                   "images (no series while none runs), billed per GiB-hour as storage."),
+                   "images (no series while not measured), billed per GiB-hour as storage."),
     ], variables())
 
 

@@ -47,7 +47,8 @@ class GroupSample:
     used by the writable (upper) layers of the group's containers launched from images
     (``governor launch --image``), summed, each measured by the project quota of its
     container's upper directory.  ``None`` when the group has no container storage measured
-    (no container from an image, or the read failed: missing is not zero).  It is the last
+    (nothing measured on this host, a tenant's own sample, or the read failed: missing is not
+    zero); 0 when measured and empty (a group without containers from images).  It is the last
     field and the readers (:func:`~governor.metering.sampler.to_sample` and its C twin) leave
     it ``None``: the pass sets it after the sample is built, through the slot's member
     descriptor (``GroupSample.storage_bytes.__set__``), as the readers set every field.

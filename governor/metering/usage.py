@@ -22,13 +22,14 @@ The rules (also in docs/billing.md):
 * **Storage integral** (issue #19) in byte-seconds of ``storage_bytes``, the writable layers
   of the group's containers launched from images: the memory integral's rule exactly (the
   same trapezoid, rounding and ``dt``; 0 bytes at a known creation).  Its ends follow the
-  memory rule too: an interval is counted only when **both** ends were measured.  A layer
-  that appears (``prev`` None, ``cur`` a number: a container started, or its first read
-  succeeded, within the interval) or disappears (``prev`` a number, ``cur`` None: the last
-  container ended, or a read failed) gives ``None`` for that interval, since when it
-  started or ended inside the interval is not known and a failed read is not 0 bytes.  So
-  the first and last interval of a container's life are not billed: at most one sampling
-  interval at each end, never a byte-second that was not measured at both ends.
+  memory rule too: an interval is counted only when **both** ends were measured.  A gauge
+  that appears (``prev`` None, ``cur`` a number: measuring began, or a failed read came
+  back) or disappears (``prev`` a number, ``cur`` None: a read failed, or measuring
+  stopped) gives ``None`` for that interval: what the layers held before the first or after
+  the last measurement is not known, and a failed read is not 0 bytes.  So an unmeasured
+  stretch costs the intervals that touch it, never a byte-second that was not measured at
+  both ends.  (A group measured empty, 0 bytes, is known: a container that starts in it is
+  counted from its first interval, 0 to its first size.)
 * **IO**: per-device byte and operation deltas; a device first seen in ``cur`` counts from 0
   (io.stat lists a device once the group has done IO on it); a device that went backwards is a
   reset.

@@ -19,10 +19,10 @@ from governor.errors import GroupGone
 from governor.status.view import GroupRead, Limits, Snapshot
 
 #: the writable layers' bytes of the containers launched from images in a group, by its path
-#: ("tenant" or "tenant/group"), summed; None when none is measured (no such container, or
-#: it could not be read: missing is not zero).  Given by the code that measures them (issue
+#: ("tenant" or "tenant/group"), summed; None when not measured (or it could not be read:
+#: missing is not zero).  Given by the code that measures them (issue
 #: #19: a project quota per container), not read from the cgroup.
-StorageMeter = Callable[[str], int | None]
+WritableBytes = Callable[[str], int | None]
 
 
 def read_limits(reader: StatReader, rel: str) -> Limits:
@@ -35,7 +35,7 @@ def read_limits(reader: StatReader, rel: str) -> Limits:
 
 
 def take(fs: CgroupFS, subtree: Layout | str, reader: StatReader,
-         storage: StorageMeter | None = None) -> Snapshot:
+         storage: WritableBytes | None = None) -> Snapshot:
     """Read every group once; a group gone while being read is absent from the result.
     ``storage`` measures each group's writable layers (None: not measured here)."""
     snap = Snapshot()
@@ -58,7 +58,7 @@ class Source:
     """Successive snapshots of one subtree (one reader kept across them)."""
 
     def __init__(self, fs: CgroupFS, subtree: Layout | str,
-                 storage: StorageMeter | None = None) -> None:
+                 storage: WritableBytes | None = None) -> None:
         self.fs = fs
         self.storage = storage
         self.layout = as_layout(subtree)

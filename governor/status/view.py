@@ -49,8 +49,8 @@ class GroupRead:
     limits: Limits
     at: float  # time.monotonic() when this group was read
     #: bytes of the writable layers of the group's containers launched from images, summed
-    #: (not a cgroup file: measured by the image code, see snapshot.StorageMeter); None: none
-    #: measured (no such container, or the measurer could not read it)
+    #: (not a cgroup file: measured by the image code, see snapshot.WritableBytes); None: not
+    #: measured (no measurer, or it could not read it)
     storage_bytes: int | None = None
 
 

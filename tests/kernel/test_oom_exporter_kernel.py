@@ -505,7 +505,7 @@ def check_expressions(g: Gov, prom: str) -> None:
         if not query(prom, body):
             no_data.append(where)
     # the only series the VM cannot have: block IO (its disks are a RAM overlay and 9p);
-    # and the writable layers' bytes while no container from an image runs (issue #19)
+    # and the writable layers' bytes while none are measured on the host (issue #19)
     for where in no_data:
         expr = {**dashboard_expressions(), **rule_expressions()}[where]
         no_io = "governor_io_" in expr and not any(

@@ -376,7 +376,7 @@ def test_storage_amount_is_the_exact_fraction(session):  # noqa: F811
 
 
 def test_no_storage_measured_is_no_storage_line(session):  # noqa: F811
-    _meter(session)   # no container from an image: storage None throughout
+    _meter(session)   # nothing measured: storage None throughout
     inv = invoice(session=session, policy=_storage_policy("5"), tenant="acme", start=T0,
                   end=T3)
     assert "storage" not in {x.resource for x in inv.lines}

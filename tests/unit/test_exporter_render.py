@@ -124,7 +124,7 @@ def test_missing_values_are_left_out_not_zero() -> None:
 
 def test_storage_is_written_exactly_for_the_samples_that_measured_it() -> None:
     """Issue #19: governor_storage_bytes comes from the pass's samples, only where
-    storage_bytes is known (no container from an image: no series, not 0), as an exact
+    storage_bytes is known (nothing measured: no series, not 0), as an exact
     integer past 2**53 too."""
     def sample(path: str, storage: int | None) -> GroupSample:
         tenant, _, group = path.partition("/")

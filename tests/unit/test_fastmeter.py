@@ -58,7 +58,7 @@ def _pair(rnd: random.Random) -> tuple[GroupSample | None, GroupSample]:
             for i in range(rnd.randrange(0, 4))}
     mem = rnd.choice([None, 0, 4096, rnd.randrange(0, 1 << 40), (1 << 63) - 1, -5])
     mono = rnd.uniform(0, 10**6)
-    # the writable layers (issue #19): None on either side (a container started or ended,
+    # the writable layers (issue #19): None on either side (measuring began or stopped,
     # a failed read), huge (past 64 bits, or a sum past them), not an int, negative
     storage = [rnd.choice([None, None, 0, 4096, rnd.randrange(0, 1 << 50), (1 << 63) - 1,
                            1 << 64, 1 << 70, -3, 2.0]) for _ in range(2)]

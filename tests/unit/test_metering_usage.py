@@ -148,10 +148,11 @@ def test_trapezoid_integer_rounding_is_the_exact_half_even_one(a: int, b: int, d
 @pytest.mark.parametrize(("before", "after", "want"), [
     (GIB, 3 * GIB, 20 * GIB),       # (1 GiB + 3 GiB) / 2 * 10 s, as memory
     (0, 0, 0),                      # measured and empty: 0, not unknown
+    (0, 2 * GIB, 10 * GIB),         # a container started in a group measured empty
     (5 * GIB, 0, 25 * GIB),         # a layer cleaned out inside the interval
-    (None, 2 * GIB, None),          # appeared: a container started (or a read came back)
-    (2 * GIB, None, None),          # disappeared: the last container ended (or a read failed)
-    (None, None, None),             # no container from an image
+    (None, 2 * GIB, None),          # appeared: measuring began (or a read came back)
+    (2 * GIB, None, None),          # disappeared: a read failed (or measuring stopped)
+    (None, None, None),             # nothing measured
 ])
 def test_storage_integral_needs_both_ends(before, after, want):
     a = make_sample(wall=T0, cpu=1_000, mem=GIB, storage=before)
