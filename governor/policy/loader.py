@@ -950,7 +950,10 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
                 "memory_basis": p.memory_basis,
                 "versions": [
                     {"effective": v.effective.isoformat() if v.effective else None,
-                     **{f: _decimal_text(getattr(v, f)) for f in _PRICE_FIELDS}}
+                     # storage_gib_hour only when priced: a policy from before it keeps
+                     # the digest its applied versions were recorded under
+                     **{f: _decimal_text(getattr(v, f)) for f in _PRICE_FIELDS
+                        if f != "storage_gib_hour" or getattr(v, f)}}
                     for v in p.versions
                 ],
             }

@@ -566,3 +566,15 @@ def test_storage_price_is_optional_and_versioned() -> None:
     assert digest != parse_policy([("p.toml", PLANS)], device_resolver=_resolver).digest
     assert digest != parse_policy([("p.toml", priced.replace("0.0004", "0.0003"))],
                                   device_resolver=_resolver).digest
+
+
+def test_digest_of_a_policy_without_the_storage_keys_is_unchanged() -> None:
+    """A policy that neither prices storage nor limits it hashes as before issue #19 (the
+    digest of PLANS + one group, computed at 8927799, before the storage keys existed):
+    an upgrade records no new policy version for an unchanged file."""
+    text = group_doc('memory.max = "1G"')
+    got = parse_policy([("p.toml", text)], device_resolver=_resolver).digest
+    assert got == DIGEST_BEFORE_STORAGE
+
+
+DIGEST_BEFORE_STORAGE = "6cf2ca26bdb9e8d96e72d778c8b307e836a36e681f3f444b61b769eae9ea5e79"
