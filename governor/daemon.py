@@ -712,7 +712,8 @@ class Daemon:
             spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
             sample_errors=dict(self.sampler.error_counts),
-            exporter_dropped=self.exporter.dropped())
+            exporter_dropped=self.exporter.dropped(),
+            storage_full=dict(self.storage.full_counts))
         snap = Snapshot(
             node=self.cfg.node, groups=dict(self.sampler.latest),
             samples={s.path: s for s in p.samples}, limits=limits,

@@ -139,3 +139,8 @@ class SnapshotCollector:
                                  (r.EXPORTER_DROPPED, "reason", h.exporter_dropped)):
             if counts:
                 yield _counted(m, label, node, counts)
+        if h.storage_full:
+            fam = _family(r.STORAGE_FULL, ["tenant", "group", "node"])
+            for path, n in h.storage_full.items():
+                fam.add_metric([*r.split_path(path), node], float(n))
+            yield fam

@@ -112,6 +112,9 @@ class Health:
     sample_errors: Mapping[str, int] = field(default_factory=dict)
     #: metrics-endpoint connections cut, by reason: ``Exporter.dropped()``
     exporter_dropped: Mapping[str, int] = field(default_factory=dict)
+    #: times each group ("tenant/group") reached its storage.max: ``StorageMeter.
+    #: full_counts`` (0 from the first pass that sees the group's limit)
+    storage_full: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,10 @@ ALERTS: Final = _m("governor_oom_alerts_total", COUNTER,
 SAMPLE_ERRORS: Final = _m("governor_sample_errors_total", COUNTER,
                           "Group samples lost because a stat file could not be read or "
                           "parsed, by reason (the pass goes on with the other groups).")
+STORAGE_FULL: Final = _m("governor_storage_max_reached_total", COUNTER,
+                         "Times the writable layers of a group's containers from images "
+                         "reached its storage.max (their writes fail with EDQUOT until "
+                         "space is freed or the limit raised).")
 EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUNTER,
                              "Connections to the metrics endpoint cut by reason: over_limit "
                              "(past max_connections), timeout (past request_timeout).")
@@ -301,6 +308,7 @@ ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
     GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
     DB_ERRORS, SPOOL_DEPTH, SPOOL_WRITE_ERRORS, ALERTS, SAMPLE_ERRORS, EXPORTER_DROPPED,
+    STORAGE_FULL,
 )
 
 
@@ -420,6 +428,12 @@ def render(snap: Snapshot) -> bytes:
     fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
     fam(out, EXPORTER_DROPPED, _by_label(EXPORTER_DROPPED.name, "reason", node,
                                          h.exporter_dropped))
+    full = []
+    for path in sorted(h.storage_full):
+        tenant, _, group = path.partition("/")
+        full.append(f'{STORAGE_FULL.name}{{group="{escape_label(group)}",node="{node}",'
+                    f'tenant="{escape_label(tenant)}"}} {fmt_value(h.storage_full[path])}')
+    fam(out, STORAGE_FULL, full)
     return "".join(out).encode()
 
 

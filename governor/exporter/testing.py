@@ -83,7 +83,8 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     db_write_errors=4, spool_depth=0, spool_write_errors={"ENOSPC": 2},
                     alerts={"ok": 2, "failed": 1},
                     sample_errors={"parse": 2, "read": 1},
-                    exporter_dropped={"over_limit": 3, "timeout": 1})
+                    exporter_dropped={"over_limit": 3, "timeout": 1},
+                    storage_full={"acme/web": 1, "acme/batch": 0})
     return Snapshot(node=node, groups=latest, samples=samples, limits=limits, costs=costs,
                     pressure_warnings={f"{tnames[0]}/g000000": 3}, health=health)
 

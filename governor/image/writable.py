@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -232,6 +232,27 @@ class Pool:
             quota.set_limit(fd, project, limit, self.containers)
         finally:
             os.close(fd)
+
+    def measurer(self) -> Callable[[str], int | None] | None:
+        """A function of a group's path to its writable layers' bytes now, as the daemon's
+        pass measures them (0: a group without a project; None: a tenant, or unreadable);
+        None when ``containers/`` has no project quotas (nothing to measure)."""
+        if not self.ready():
+            return None
+
+        def measure(path: str) -> int | None:
+            if "/" not in path:
+                return None  # a tenant: its groups carry the bytes
+            try:
+                projects = self.projects()
+                if path not in projects:
+                    return 0
+                u = self.usage({path: projects[path]}).get(path)
+            except WritableError:
+                return None
+            return None if u is None else u.bytes
+
+        return measure
 
     def usage(self, groups: Mapping[str, int]) -> dict[str, quota.ProjectUsage]:
         """The usage of each group's project (groups whose read fails are left out)."""

@@ -130,6 +130,8 @@ class StorageMeter:
                 return
             log.info("storage.max set", extra={"group": path, "project": u.project,
                                                "limit": limit, "was": u.limit})
+        if limit is not None:
+            self.full_counts.setdefault(path, 0)  # exported from 0, so increase() sees it
         if limit is not None and u.bytes >= limit - min(FULL_MARGIN, limit // 16):
             if path not in self._full:
                 self._full.add(path)

@@ -58,6 +58,12 @@ class Keys:
         return data.decode(errors="replace")
 
 
+def _writable(c: Config) -> Callable[[str], int | None] | None:
+    from governor.image.writable import Pool
+
+    return Pool(c.state_dir, c.image_pool_size, c.image_project_base).measurer()
+
+
 @contextlib.contextmanager
 def keyboard(fd: int | None) -> Iterator[Keys]:
     """Cbreak mode on a terminal ``fd`` (keys without Enter, no echo; Ctrl-C still SIGINT),
@@ -131,7 +137,7 @@ def register(main: click.Group) -> None:
         c = cfg()
         secs = parse_duration(interval, key="--interval", file=None)
         with open_tree(c, writes=False) as t:
-            src = Source(t.fs, t.layout)
+            src = Source(t.fs, t.layout, storage=_writable(c))
             try:
                 a = src.take()
                 time.sleep(secs)
@@ -176,7 +182,7 @@ def register(main: click.Group) -> None:
                     "[c]pu [m]emory [i]o [p]ids [n]ame  [q]uit")
 
         with open_tree(c, writes=False) as t:
-            src = Source(t.fs, t.layout)
+            src = Source(t.fs, t.layout, storage=_writable(c))
             try:
                 with keyboard(stdin) as keys, contextlib.suppress(KeyboardInterrupt):
                     run_top(src.take, console=Console(), keys=keys, interval=secs,

@@ -232,3 +232,20 @@ def test_a_pass_publishes_without_rendering_the_first_scrape_renders_once() -> N
         t.join()
     assert calls == [1] and r.rendered
     assert set(bodies) == {render(snap)}
+
+
+def test_storage_max_reached_counter() -> None:
+    from governor.exporter.render import Health
+
+    snap = Snapshot(node="n1", groups={}, limits={}, costs={}, pressure_warnings={},
+                    health=Health(storage_full={"acme/web": 2, 'b"x/y\\z': 0}))
+    text = render(snap).decode()
+    assert "# TYPE governor_storage_max_reached_total counter" in text
+    assert 'governor_storage_max_reached_total{group="web",node="n1",tenant="acme"} 2' in text
+    assert 'governor_storage_max_reached_total{group="y\\\\z",node="n1",tenant="b\\"x"} 0' \
+        in text
+    got = parsed_samples(text)
+    assert sum(1 for name, _ in got if name == "governor_storage_max_reached_total") == 2
+    empty = Snapshot(node="n1", groups={}, limits={}, costs={}, pressure_warnings={},
+                     health=Health())
+    assert "governor_storage_max_reached_total" not in render(empty).decode()

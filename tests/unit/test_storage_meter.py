@@ -174,3 +174,14 @@ def test_quota_calls_on_a_filesystem_without_them_say_what_to_change(tmp_path: P
     assert str(tmp_path) in str(info.value)
     assert "Q_GETQUOTA" in str(info.value)
     assert info.value.errno != 0
+
+
+def test_measurer_for_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = FakePool(tmp_path, {"t/box": 7})
+    pool.quota[7][0] = 5 * MIB
+    measure = pool.measurer()
+    assert measure is not None
+    assert (measure("t/box"), measure("t/none"), measure("t")) == (5 * MIB, 0, None)
+    pool.fail.add(7)
+    assert measure("t/box") is None  # unreadable: not measured, never 0
+    assert FakePool(tmp_path / "b", {}, ready=False).measurer() is None
