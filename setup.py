@@ -5,10 +5,11 @@ in C: the preads of a group's cached descriptors and the parsing of their number
 mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter``
 (governor/metering/_fastmeter.c) meters two samples of one incarnation, and
 ``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
-per-group families.  All are optional (as in SQLAlchemy, msgpack, PyYAML): when they
+per-group families, and ``governor.store._fastrows`` (governor/store/_fastrows.c) makes the
+rows of a pass's raw samples.  All are optional (as in SQLAlchemy, msgpack, PyYAML): when they
 cannot be built (no compiler or Python headers) the install goes on and governor uses the
 pure-Python twins, which give identical results (tests/unit/test_fastread.py,
-test_fastmeter.py, test_fastrender.py).
+test_fastmeter.py, test_fastrender.py, test_fastrows.py).
 """
 
 from setuptools import Extension, setup
@@ -30,5 +31,6 @@ setup(
         accelerator("governor.cgroupfs._fastread"),
         accelerator("governor.metering._fastmeter"),
         accelerator("governor.exporter._fastrender"),
+        accelerator("governor.store._fastrows"),
     ],
 )

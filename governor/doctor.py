@@ -229,16 +229,19 @@ def _connector_check(cfg: Config) -> Check:
 
 
 def _accelerator_check() -> Check:
-    """The three optional C extensions (sampler, meter, exporter): in use, or why not."""
+    """The four optional C extensions (sampler, meter, exporter, store rows): in use, or
+    why not."""
     import os
 
     from governor.cgroupfs import reader
     from governor.exporter import families
     from governor.metering import usage
+    from governor.store import service
 
     parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
              ("governor.metering._fastmeter", usage._FAST is not None),
-             ("governor.exporter._fastrender", families.ACCELERATED is not None))
+             ("governor.exporter._fastrender", families.ACCELERATED is not None),
+             ("governor.store._fastrows", service.sample_rows is not service._sample_rows_py))
     if all(used for _, used in parts):
         return Check("C accelerators", True,
                      "in use: " + ", ".join(name for name, _ in parts), required=False)

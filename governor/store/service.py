@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
+from governor.accel import load
 from governor.metering.meter import Anchor, IncKey, Metered, inc_key, pair_series
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.metering.sample import GAUGE_FIELDS, GroupSample, IoCounters
@@ -226,6 +227,52 @@ _IO_COLUMNS = ("node_id", "group_id", "ts", "device", "rbytes", "wbytes", "rios"
                "dbytes")
 
 
+_PSI_KEYS: Final = tuple(_PSI_COLUMNS)
+_IO_FIELDS: Final = ("rbytes", "wbytes", "rios", "wios", "dbytes")
+
+
+def _sample_rows_py(samples: Sequence[GroupSample], ids: Mapping[IncKey, int],
+                    node_id: int, cache: _TsCache | None
+                    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The ``samples`` and ``sample_io`` rows of ``samples``: each sample's group id from
+    ``ids``, its time as stored (SQLite's text through ``cache``; the datetime itself when
+    ``cache`` is None), its counters, gauges and PSI totals, one IO row per device.  The
+    twin of ``governor.store._fastrows.sample_rows`` (tests/unit/test_fastrows.py)."""
+    rows: list[tuple[Any, ...]] = []
+    io_rows: list[tuple[Any, ...]] = []
+    psi_keys = _PSI_KEYS
+    counters = attrgetter(*_COUNTER_COLUMNS)
+    for s in samples:
+        gid = ids[(s.tenant, s.group, s.cgroup_id)]
+        ts = s.wall if cache is None else cache[s.wall]
+        rows.append((node_id, gid, ts, s.monotonic, *counters(s), *map(s.psi.get, psi_keys)))
+        for dev, c in s.io.items():
+            io_rows.append((node_id, gid, ts, dev, c["rbytes"], c["wbytes"], c["rios"],
+                            c["wios"], c["dbytes"]))
+    return rows, io_rows
+
+
+#: the rows of a pass: ``samples`` rows and ``sample_io`` rows
+Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def _sample_rows_fast() -> Callable[..., Rows] | None:
+    fast = load("governor.store._fastrows")
+    if fast is None:
+        return None
+    c_rows = fast.sample_rows
+
+    def rows(samples: Sequence[GroupSample], ids: Mapping[IncKey, int], node_id: int,
+             cache: _TsCache | None) -> Rows:
+        fresh = cache.fresh if cache is not None else None
+        size = cache.size if cache is not None else 0
+        got: Rows = c_rows(samples, ids, node_id, _COUNTER_COLUMNS, _PSI_KEYS, _IO_FIELDS,
+                           cache, fresh, size)
+        return got
+
+    return rows
+
+
 def _sqlite_ts(dt: datetime) -> str:
     """A UTC time in SQLAlchemy's SQLite DATETIME storage format (what UTCDateTime writes):
     ``YYYY-MM-DD HH:MM:SS.ffffff``."""
@@ -252,24 +299,28 @@ class _TsCache(dict[datetime, str]):
     def __init__(self, size: int = 65_536) -> None:
         super().__init__()
         self.size = size
-        self._current: list[datetime] = []
+        #: the times converted in this generation (the C row builder appends to it too)
+        self.fresh: list[datetime] = []
         self._previous: list[datetime] = []
 
     def turn(self) -> None:
         """Start a generation: the times of the one before stay; older ones are dropped."""
         for dt in self._previous:
-            del self[dt]
-        self._previous, self._current = self._current, []
+            self.pop(dt, None)
+        self._previous, self.fresh = self.fresh, []
 
     def __missing__(self, dt: datetime) -> str:
-        if len(self._current) >= self.size:
+        if len(self.fresh) >= self.size:
             self.turn()
         t = self[dt] = _sqlite_ts(dt)
-        self._current.append(dt)
+        self.fresh.append(dt)
         return t
 
 
 _SQLITE_TS = _TsCache()
+
+#: the rows of a pass's samples: C when built (governor/store/_fastrows.c), else Python
+sample_rows: Final = _sample_rows_fast() or _sample_rows_py
 
 
 def ts_converter(session: Session) -> Callable[[datetime], Any]:
@@ -379,20 +430,11 @@ def store_samples(*, session: Session, node: str, samples: Sequence[GroupSample]
             incarnations.node_ids[node] = node_id
     ids = _incarnation_ids(session=session, node_id=node_id, samples=samples,
                            cache=incarnations)
-    rows: list[tuple[Any, ...]] = []
-    io_rows: list[tuple[Any, ...]] = []
-    psi_keys = tuple(_PSI_COLUMNS)
-    counters = attrgetter(*_COUNTER_COLUMNS)
-    conv = ts_converter(session)
+    cache = None
     if session.get_bind().dialect.name == "sqlite":
         _SQLITE_TS.turn()   # a pass: its times, and the last pass's (its intervals' starts)
-    for s in samples:
-        gid = ids[(s.tenant, s.group, s.cgroup_id)]
-        ts = conv(s.wall)
-        rows.append((node_id, gid, ts, s.monotonic, *counters(s), *map(s.psi.get, psi_keys)))
-        for dev, c in s.io.items():
-            io_rows.append((node_id, gid, ts, dev, c["rbytes"], c["wbytes"], c["rios"],
-                            c["wios"], c["dbytes"]))
+        cache = _SQLITE_TS
+    rows, io_rows = sample_rows(samples, ids, node_id, cache)
     bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
     bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
     return node_id, ids

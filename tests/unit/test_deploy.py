@@ -430,7 +430,7 @@ def test_dockerfile_two_stages_no_compiler_in_the_image() -> None:
     assert "'/src[postgres]'" in build_runs
     # the accelerator is optional in setup.py: the build insists on it
     assert ("import governor.cgroupfs._fastread, governor.metering._fastmeter, "
-            "governor.exporter._fastrender") in build_runs
+            "governor.exporter._fastrender, governor.store._fastrows") in build_runs
     final_runs = " ".join(a for i, a in final if i == "RUN")
     assert "gcc" not in final_runs and "-dev" not in final_runs
     assert "install -y --no-install-recommends python3 " in final_runs
@@ -516,8 +516,8 @@ def test_image_builds_and_runs(tmp_path: Path) -> None:
             f"governor, version {image().rpartition(':')[2]}"
         out = run("/opt/governor/bin/python", "-c",
                   "import governor.cgroupfs._fastread as f, governor.metering._fastmeter as m, "
-                  "governor.exporter._fastrender as r, psycopg; "
-                  "print(f.__file__, m.__file__, r.__file__)")
+                  "governor.exporter._fastrender as r, governor.store._fastrows as s, "
+                  "psycopg; print(f.__file__, m.__file__, r.__file__, s.__file__)")
         assert out.strip().endswith(".so")
         # no compiler in the image; nsenter (util-linux) for the DaemonSet's command
         run("sh", "-c", "! command -v gcc && ! command -v cc && command -v nsenter")
