@@ -505,10 +505,12 @@ def check_expressions(g: Gov, prom: str) -> None:
         if not query(prom, body):
             no_data.append(where)
     # the only series the VM cannot have: block IO (its disks are a RAM overlay and 9p);
-    # and the writable layers' bytes while none are measured on the host (issue #19)
+    # and the writable layers' bytes and storage.max hits while none are measured or
+    # limited on the host (issue #19)
     for where in no_data:
         expr = {**dashboard_expressions(), **rule_expressions()}[where]
         no_io = "governor_io_" in expr and not any(
             n.startswith("governor_io_") and "pressure" not in n for n in exported)
-        no_storage = "governor_storage_bytes" in expr and "governor_storage_bytes" not in exported
+        no_storage = any(m in expr and m not in exported for m in (
+            "governor_storage_bytes", "governor_storage_max_reached_total"))
         assert no_io or no_storage, where
