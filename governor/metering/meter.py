@@ -148,10 +148,12 @@ class Meter:
     """The daemon's in-memory meter: every live incarnation's anchor.
 
     A pass calls :meth:`unknown` (incarnations to resolve from the database), then
-    :meth:`step` (pure: nothing changes here), writes the result in one transaction, and
-    only once that committed calls :meth:`advance`.  A step whose write failed is simply
-    not advanced; :meth:`forget` drops everything (the store then meters from its rows and
-    the anchors are resolved again).
+    :meth:`step` (pure: nothing changes here), hands the step to :class:`Pending` (the
+    daemon writes what it holds every few passes, in one transaction) and calls
+    :meth:`advance`.  When a write fails, the daemon drops what :class:`Pending` holds and
+    calls :meth:`forget`, which drops everything here: the store then meters from its rows
+    (from the anchors it holds, which only move with a write) and the anchors are resolved
+    again.
 
     An anchor in memory is always its incarnation's last metered sample, which is also its
     floor (``Anchor(s, s.wall)``): the sample itself is kept, so advancing a pass is two
