@@ -448,7 +448,7 @@ class Daemon:
         self.watcher = PolicyWatcher(cfg.policy, watch=True)
         #: the groups' writable-layer bytes (containers from images), filled into each pass
         self.storage = StorageMeter(
-            Pool(cfg.state_dir, cfg.image_pool_size, cfg.image_project_base),
+            Pool.from_config(cfg),
             self._storage_limits)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)

@@ -259,7 +259,7 @@ def _writable_check(cfg: Config) -> Check:
     """Whether containers from images can have metered, limited writable layers here."""
     from governor.image.writable import Pool
 
-    pool = Pool(cfg.state_dir, cfg.image_pool_size, cfg.image_project_base)
+    pool = Pool.from_config(cfg)
     name = "writable layers"
     if pool.ready():
         return Check(name, True, f"{pool.containers} has project quotas on: each group's "

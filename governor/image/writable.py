@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from governor.config import Config
 from governor.image import quota
 from governor.image.errors import describe_os_error
 from governor.image.fsutil import write_json
@@ -76,6 +77,11 @@ class Pool:
     #: bytes of the loop-mounted ext4 governor may make; None: never make one
     pool_size: int | None = None
     project_base: int = PROJECT_BASE
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Pool:
+        """The pool of ``cfg``'s state directory, with its ``[images]`` settings."""
+        return cls(cfg.state_dir, cfg.image_pool_size, cfg.image_project_base)
 
     @property
     def containers(self) -> str:

@@ -165,7 +165,7 @@ def register(main: click.Group) -> None:
                 from governor.image.writable import Pool
                 from governor.placement.container import launch_image
 
-                pool = Pool(c.state_dir, c.image_pool_size, c.image_project_base)
+                pool = Pool.from_config(c)
                 code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
                                     list(command), state_dir=c.state_dir, unshare=unshare,
                                     hostname=hostname, user=user, env=passed, keep=keep,

@@ -61,7 +61,7 @@ class Keys:
 def _writable(c: Config) -> Callable[[str], int | None] | None:
     from governor.image.writable import Pool
 
-    return Pool(c.state_dir, c.image_pool_size, c.image_project_base).measurer()
+    return Pool.from_config(c).measurer()
 
 
 @contextlib.contextmanager
