@@ -6,13 +6,24 @@ mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter`
 (governor/metering/_fastmeter.c) meters two samples of one incarnation, and
 ``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
 per-group families, and ``governor.store._fastrows`` (governor/store/_fastrows.c) makes the
-rows of a pass's raw samples.  All are optional (as in SQLAlchemy, msgpack, PyYAML): when they
-cannot be built (no compiler or Python headers) the install goes on and governor uses the
-pure-Python twins, which give identical results (tests/unit/test_fastread.py,
-test_fastmeter.py, test_fastrender.py, test_fastrows.py).
+rows of a pass's raw samples.  ``governor/placement/governor-launch`` is an executable, the
+launcher's client (governor/placement/_launch_client.c, ``governor launcher``), built with
+the same compiler next to the package's modules.  All are optional (as in SQLAlchemy,
+msgpack, PyYAML): when they cannot be built (no compiler or Python headers) the install goes
+on and governor uses the pure-Python twins, which give identical results
+(tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py), and
+``governor launch`` in place of the client.
 """
 
+import os
+import shutil
+
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import BaseError, CCompilerError
+
+CLIENT_SRC = "governor/placement/_launch_client.c"
+CLIENT = "governor-launch"
 
 
 def accelerator(module: str) -> Extension:
@@ -26,7 +37,27 @@ def accelerator(module: str) -> Extension:
     )
 
 
+class BuildExtAndClient(build_ext):
+    """The accelerators, then the launcher's client as an executable in the package (and in
+    the source tree for an in-place or editable build); optional like them."""
+
+    def run(self) -> None:
+        super().run()
+        out = os.path.join(self.build_lib, "governor", "placement")
+        try:
+            objs = self.compiler.compile([CLIENT_SRC], output_dir=self.build_temp,
+                                         extra_postargs=["-O2", "-Wall", "-Wextra"])
+            self.compiler.link_executable(objs, CLIENT, output_dir=out)
+        except (CCompilerError, BaseError) as e:
+            self.warn(f"{CLIENT} not built ({e}): `governor launch` works without it")
+            return
+        if self.inplace or getattr(self, "editable_mode", False):
+            shutil.copy2(os.path.join(out, CLIENT), os.path.join("governor", "placement",
+                                                                  CLIENT))
+
+
 setup(
+    cmdclass={"build_ext": BuildExtAndClient},
     ext_modules=[
         accelerator("governor.cgroupfs._fastread"),
         accelerator("governor.metering._fastmeter"),

@@ -71,6 +71,7 @@ LAZY_COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
     "policy": (("governor.policy.cli", "policy"), ("governor.enforce.cli", "register")),
     "run": (("governor.enforce.cli", "register_run"),),
     "launch": (("governor.placement.cli", "register"),),
+    "launcher": (("governor.placement.cli", "register"),),
     "ps": (("governor.placement.cli", "register"),),
     "events": (("governor.oom.cli", "register"),),
     "status": (("governor.status.cli", "register"),),
@@ -218,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     problem no module turned into a :class:`GovernorError`) is one line on stderr, exit 2;
     its traceback, masked too, goes to the log at debug level (``log_level = "debug"``, or
     ``GOVERNOR_LOG_LEVEL=debug`` for a command that does not set up the daemon's log)."""
+    return run_command(main_group, argv, "governor")
+
+
+def run_command(cmd: click.Command, argv: list[str] | None, prog: str) -> int:
+    """Run ``cmd`` as :func:`main` runs the ``governor`` group (the launcher's shims run
+    ``governor-launch``'s requests this way)."""
     from governor.log import mask_secrets
 
     try:
-        main_group.main(args=argv, prog_name="governor", standalone_mode=False)
+        cmd.main(args=argv, prog_name=prog, standalone_mode=False)
     except GovernorError as e:
-        click.echo(f"governor: error: {mask_secrets(str(e))}", err=True)
+        click.echo(f"{prog}: error: {mask_secrets(str(e))}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return int(e.exit_code)

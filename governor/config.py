@@ -151,6 +151,9 @@ class Config:
     image_max_layer_size: int = 16 << 30    # bytes one layer may uncompress to
     image_max_layer_entries: int = 1_000_000
     image_min_free_space: int = 1 << 30     # what an import leaves free on state_dir's fs
+    # [launcher]
+    #: the unix socket `governor launcher` serves and `governor-launch` connects to
+    launcher_socket: str = "/run/governor/launch.sock"
 
     @property
     def subtree_parts(self) -> list[str]:
@@ -176,6 +179,15 @@ def _bool(v: object, *, key: str, file: str | None) -> bool:
 def _opt_str(v: object, *, key: str, file: str | None) -> str | None:
     s = _str(v, key=key, file=file)
     return s or None
+
+
+def _socket_path(v: object, *, key: str, file: str | None) -> str:
+    """An absolute path a unix socket can be bound at (sun_path: 107 bytes)."""
+    s = _str(v, key=key, file=file)
+    if not s.startswith("/") or "\0" in s or len(s.encode()) > 107:
+        raise ConfigError(f"{s!r} is not an absolute path of at most 107 bytes (a unix "
+                          "socket's)", file=file, key=key)
+    return s
 
 
 def _choice(*choices: str) -> _Conv:
@@ -393,6 +405,9 @@ SCHEMA: dict[str, dict[str, tuple[str, _Conv]]] = {
         "min_free_space": ("image_min_free_space", _size),
         "pool_size": ("image_pool_size", _size),
         "project_base": ("image_project_base", _project_base),
+    },
+    "launcher": {
+        "socket": ("launcher_socket", _socket_path),
     },
 }
 

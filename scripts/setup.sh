@@ -38,8 +38,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   quietly apt-get install -y --no-install-recommends "${missing[@]}" || die "apt-get install failed"
 fi
 
-# the hash covers what `pip install -e` builds from: the metadata and the C accelerators
-want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/cgroupfs/*.c governor/metering/*.c governor/exporter/*.c | sha256sum | cut -d' ' -f1)"
+# the hash covers what `pip install -e` builds from: the metadata, the C accelerators and
+# the launcher's client
+want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/*/*.c | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
    || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
   step "venv: .venv with pip install -e '.[dev]'"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 
@@ -18,6 +20,8 @@ from governor.config import Config
 from governor.errors import GovernorError, UnknownTenant
 from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, host_pidns
 from governor.policy import Policy, load_policy
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -67,32 +71,132 @@ def ps_rows(fs: CgroupFS, subtree: Layout | str, policy: Policy, *,
     return rows
 
 
+#: ``governor launch`` and ``governor-launch`` (the launcher's client) take the same
+#: options and arguments
+LAUNCH_SETTINGS: dict[str, Any] = {"ignore_unknown_options": True,
+                                   "allow_interspersed_args": False}
+
+
+def launch_options(func: F) -> F:
+    """The options and arguments of a launch (``governor launch``, ``governor-launch``)."""
+    for deco in reversed((
+        click.option("--tenant", "-t", required=True, help="tenant of the group"),
+        click.option("--group", "-g", "group", required=True, help="group to run in"),
+        click.option("--unshare", metavar="NS[,NS...]",
+                     help="new namespaces: pid, mount, uts, ipc, net, cgroup, user (pid "
+                     "implies mount; with --image: default pid,mount,uts,ipc,net)"),
+        click.option("--image", metavar="NAME[:TAG]",
+                     help="run in a container of this image of the store (governor image "
+                     "ls)"),
+        click.option("--keep", is_flag=True,
+                     help="with --image: keep the container's upper layer after it ends"),
+        click.option("--hostname", help="hostname inside the new uts namespace"),
+        click.option("--user", "-u", metavar="USER", help="run as this user (name or uid): "
+                     "its own groups, a new session, no_new_privs"),
+        click.option("--env", "-e", "env", metavar="NAME[=VALUE]", multiple=True,
+                     help="pass this variable (NAME alone: its value here, if set); "
+                     "repeatable"),
+        click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED),
+    )):
+        func = deco(func)
+    return func
+
+
+def run_launch(c: Config, pol: Policy, *, tenant: str, group: str, unshare: str | None,
+               image: str | None, keep: bool, hostname: str | None, user: str | None,
+               env: tuple[str, ...], command: tuple[str, ...]) -> int:
+    """The launch ``governor launch`` and the launcher's shims run, from parsed options;
+    returns the exit code."""
+    from governor.driver import open_tree
+    from governor.placement.launch import (
+        LaunchError,
+        Restart,
+        parse_env_options,
+        where_to_launch,
+    )
+    from governor.placement.launch import launch as run
+    from governor.policy.model import RESTART_BACKOFF_CAP_US
+
+    if image is None and not command:
+        raise click.UsageError("no command given: governor launch ... -- CMD [ARGS...]")
+    if keep and image is None:
+        raise click.BadParameter("--keep is for a container of an image (--image)",
+                                 param_hint="--keep")
+    try:
+        passed = parse_env_options(env, os.environ)
+    except LaunchError as e:
+        raise click.BadParameter(str(e), param_hint="--env") from None
+    ref = None
+    if image is not None:
+        from governor.image.errors import ImageError
+        from governor.image.oci import parse_image_ref
+
+        try:
+            ref = parse_image_ref(image)
+        except ImageError as e:
+            raise click.BadParameter(str(e), param_hint="--image") from None
+    t = pol.tenants.get(tenant)
+    if t is None:
+        raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
+                            known=list(pol.tenants))
+    if group not in t.groups:
+        raise UnknownTenant(tenant, group=group, where=f"not in the policy {c.policy}",
+                            known=[g.path for g in pol.groups()])
+    oom = t.groups[group].oom
+    restart = None
+    if "restart" in oom.actions:
+        restart = Restart(oom.restart_max, oom.restart_backoff_us / 1e6,
+                          RESTART_BACKOFF_CAP_US / 1e6)
+    try:
+        tree = open_tree(c)
+        rel = where_to_launch(tree, f"{tenant}/{group}")
+    except GovernorError as e:
+        raise LaunchError(str(e)) from e
+    with tree:
+        if ref is not None:
+            from governor.image.store import ImageStore
+            from governor.image.writable import Pool
+            from governor.placement.container import launch_image
+
+            pool = Pool.from_config(c)
+            code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
+                                list(command), state_dir=c.state_dir, unshare=unshare,
+                                hostname=hostname, user=user, env=passed, keep=keep,
+                                restart=restart, group=f"{tenant}/{group}", pool=pool,
+                                storage_max=t.groups[group].storage_max)
+        else:
+            code = run(tree.fs, rel, list(command), unshare=unshare,
+                       hostname=hostname, user=user, env=passed,
+                       restart=restart)
+    return code
+
+
+def warm_up(c: Config) -> None:
+    """Import what a launch runs (and open the tree once: the driver's modules), so a
+    shim starts with nothing left to import."""
+    import governor.image.store
+    import governor.image.writable
+    import governor.placement.container
+    import governor.placement.launch
+    import governor.placement.rootfs  # noqa: F401
+    from governor.driver import open_tree
+
+    try:
+        open_tree(c).close()
+    except GovernorError as e:  # each launch will say it, as governor launch would
+        import logging
+
+        logging.getLogger("governor.launcher").warning("launcher: %s", e)
+
+
 def register(main: click.Group) -> None:
     from governor.cli import FORMAT, config_options, emit_json
     from governor.driver import open_tree
 
-    @main.command(context_settings={"ignore_unknown_options": True,
-                                    "allow_interspersed_args": False})
+    @main.command(context_settings=LAUNCH_SETTINGS)
     @config_options
-    @click.option("--tenant", "-t", required=True, help="tenant of the group")
-    @click.option("--group", "-g", "group", required=True, help="group to run in")
-    @click.option("--unshare", metavar="NS[,NS...]",
-                  help="new namespaces: pid, mount, uts, ipc, net, cgroup, user (pid "
-                  "implies mount; with --image: default pid,mount,uts,ipc,net)")
-    @click.option("--image", metavar="NAME[:TAG]",
-                  help="run in a container of this image of the store (governor image ls)")
-    @click.option("--keep", is_flag=True,
-                  help="with --image: keep the container's upper layer after it ends")
-    @click.option("--hostname", help="hostname inside the new uts namespace")
-    @click.option("--user", "-u", metavar="USER", help="run as this user (name or uid): "
-                  "its own groups, a new session, no_new_privs")
-    @click.option("--env", "-e", "env", metavar="NAME[=VALUE]", multiple=True,
-                  help="pass this variable (NAME alone: its value here, if set); "
-                  "repeatable")
-    @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-    def launch(*, cfg: Callable[[], Config], tenant: str, group: str, unshare: str | None,
-               image: str | None, keep: bool, hostname: str | None, user: str | None,
-               env: tuple[str, ...], command: tuple[str, ...]) -> None:
+    @launch_options
+    def launch(*, cfg: Callable[[], Config], **opts: Any) -> None:
         """Run COMMAND inside a group from its first instruction.
 
         \b
@@ -110,72 +214,84 @@ def register(main: click.Group) -> None:
         pivot_root, its own /proc, /dev and read-only /sys, the image's Env, WorkingDir,
         Entrypoint + Cmd (CMD replaces Cmd) and User (from the image's /etc/passwd).
         """
-        from governor.placement.launch import (
-            LaunchError,
-            Restart,
-            parse_env_options,
-            where_to_launch,
-        )
-        from governor.placement.launch import launch as run
-        from governor.policy.model import RESTART_BACKOFF_CAP_US
-
-        if image is None and not command:
-            raise click.UsageError("no command given: governor launch ... -- CMD [ARGS...]")
-        if keep and image is None:
-            raise click.BadParameter("--keep is for a container of an image (--image)",
-                                     param_hint="--keep")
-        try:
-            passed = parse_env_options(env, os.environ)
-        except LaunchError as e:
-            raise click.BadParameter(str(e), param_hint="--env") from None
-        ref = None
-        if image is not None:
-            from governor.image.errors import ImageError
-            from governor.image.oci import parse_image_ref
-
-            try:
-                ref = parse_image_ref(image)
-            except ImageError as e:
-                raise click.BadParameter(str(e), param_hint="--image") from None
         try:
             c = cfg()
             pol = load_policy([c.policy])
         except GovernorError as e:
-            raise LaunchError(str(e)) from e
-        t = pol.tenants.get(tenant)
-        if t is None:
-            raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
-                                known=list(pol.tenants))
-        if group not in t.groups:
-            raise UnknownTenant(tenant, group=group, where=f"not in the policy {c.policy}",
-                                known=[g.path for g in pol.groups()])
-        oom = t.groups[group].oom
-        restart = None
-        if "restart" in oom.actions:
-            restart = Restart(oom.restart_max, oom.restart_backoff_us / 1e6,
-                              RESTART_BACKOFF_CAP_US / 1e6)
-        try:
-            tree = open_tree(c)
-            rel = where_to_launch(tree, f"{tenant}/{group}")
-        except GovernorError as e:
-            raise LaunchError(str(e)) from e
-        with tree:
-            if ref is not None:
-                from governor.image.store import ImageStore
-                from governor.image.writable import Pool
-                from governor.placement.container import launch_image
+            from governor.placement.launch import LaunchError
 
-                pool = Pool.from_config(c)
-                code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
-                                    list(command), state_dir=c.state_dir, unshare=unshare,
-                                    hostname=hostname, user=user, env=passed, keep=keep,
-                                    restart=restart, group=f"{tenant}/{group}", pool=pool,
-                                    storage_max=t.groups[group].storage_max)
-            else:
-                code = run(tree.fs, rel, list(command), unshare=unshare,
-                           hostname=hostname, user=user, env=passed,
-                           restart=restart)
-        sys.exit(code)
+            raise LaunchError(str(e)) from e
+        sys.exit(run_launch(c, pol, **opts))
+
+    @main.command()
+    @config_options
+    @click.option("--socket", "socket_path", metavar="PATH",
+                  help="unix socket to serve [default: [launcher] socket, "
+                  "/run/governor/launch.sock]")
+    def launcher(cfg: Callable[[], Config], socket_path: str | None) -> None:
+        """Serve governor-launch: `governor launch` without Python's start.
+
+        \b
+        governor-launch --tenant acme --group web --image acme/web:v2 -- CMD ARGS
+        takes the options of `governor launch` (not --config and its overrides: this
+        process's configuration holds) and hands the launch to this process, which has
+        imported governor and read the configuration and policy (again when a policy file
+        changes, or on SIGHUP).  Each launch runs in a shim process of its own that
+        outlives this one: stopping or restarting the launcher touches no container.
+        Root only: the socket is 0600 and each client's uid is checked.
+        """
+        from governor.cli import run_command
+        from governor.log import setup_logging
+        from governor.placement.launcher import Cached, Launcher, Request, bind
+        from governor.sdnotify import Notifier
+
+        c = cfg()
+        setup_logging(c.log_format, c.log_level)
+        path = socket_path or c.launcher_socket
+        pol: Cached[Policy] = Cached([c.policy], load_policy)
+        pol.refresh()
+        warm_up(c)
+
+        @click.command(context_settings=LAUNCH_SETTINGS)
+        @launch_options
+        @click.option("--config", "--policy", "--database", "--cgroup-root", "--subtree",
+                      "refused", metavar="X", hidden=True, multiple=True)
+        def request(refused: tuple[str, ...], **opts: Any) -> None:
+            from governor.placement.launch import LaunchError
+
+            if refused:
+                raise click.UsageError(
+                    "--config, --policy, --database, --cgroup-root and --subtree are the "
+                    f"launcher's own ({c.source or 'its configuration'}); run `governor "
+                    "launch` to launch with other settings")
+            try:
+                policy = pol.get()
+            except GovernorError as e:
+                raise LaunchError(str(e)) from e
+            sys.exit(run_launch(c, policy, **opts))
+
+        def handle(req: Request) -> int:
+            return run_command(request, req.argv, "governor-launch")
+
+        notifier = Notifier()
+        sock = bind(path)
+        try:
+            def ready() -> None:
+                notifier.notify("READY=1", f"STATUS=serving {path}")
+                click.echo(f"governor launcher: serving {path}", err=True)
+
+            def reload() -> None:
+                notifier.notify("RELOADING=1")
+                pol.refresh(force=True)
+                notifier.notify("READY=1")
+
+            Launcher(sock, handle, before_fork=pol.refresh, on_reload=reload,
+                     ready=ready).serve()
+            notifier.notify("STOPPING=1")
+        finally:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     @main.command()
     @config_options
