@@ -23,9 +23,12 @@ stdio through; governor passes descriptors 0-2): the byte is the first thing the
 container's own program does, a few microseconds after its exec.  ``governor (API)`` also
 times :func:`governor.placement.container.launch_image` called in a process that has
 imported governor already (fork to the first byte): the cost of the runtime itself,
-without the Python interpreter's start and the CLI's imports.
+without the Python interpreter's start and the CLI's imports.  ``governor-launch`` is the
+way to launch without that start: the C client (governor/placement/_launch_client.c) hands
+the launch to ``governor launcher``, started before the runs as containerd is before
+``ctr run`` (its start is not in any launch's time), from the client's spawn to the byte.
 
-The runs alternate (governor, runc, API, governor, ...) so that a change in the machine's
+The runs alternate (governor, runc, API, governor-launch, governor, ...) so that a change in the machine's
 load falls on all; ``--warmup`` runs of each are not counted.  p50 and p99 are
 nearest-rank: over 50 runs p99 is rank ceil(0.99 * 50) = 50, the largest.
 """
@@ -38,6 +41,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,7 @@ from governor.image.source import read_source  # noqa: E402
 from governor.image.store import ImageStore  # noqa: E402
 from governor.image.writable import Pool  # noqa: E402
 from governor.placement.container import launch_image  # noqa: E402
+from governor.placement.launcher import client_path  # noqa: E402
 from tests.pool import writable_pool  # noqa: E402
 from tests.unit import oci_writer as w  # noqa: E402
 
@@ -208,6 +213,38 @@ def run(args: argparse.Namespace, tmp: Path, subtree: str, fs: CgroupFS, runc: s
 def measure(args: argparse.Namespace, tmp: Path, state: Path, cfg: Path, store: ImageStore,
             bundle: Path, spec: dict[str, Any], fs: CgroupFS, rel: str, runc: str,
             pool: Pool) -> int:
+    client = client_path()
+    if not client.is_file():
+        print(f"image_launch: {client} is not built (setup.py build_ext --inplace)",
+              file=sys.stderr)
+        return 2
+    sock = tmp / "launch.sock"
+    launcher = start_launcher(cfg, sock)
+    try:
+        return measure_with(args, tmp, state, cfg, store, bundle, spec, fs, rel, runc, pool,
+                            client, sock)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(60)
+
+
+def start_launcher(cfg: Path, sock: Path) -> subprocess.Popen[bytes]:
+    """``governor launcher`` on ``sock``, started and ready (not part of any launch's
+    time: like containerd for ctr, it runs before)."""
+    p = subprocess.Popen([sys.executable, "-m", "governor", "launcher", "--config", str(cfg),
+                          "--socket", str(sock)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    assert p.stderr is not None
+    for line in p.stderr:
+        if b"governor launcher: serving" in line:
+            threading.Thread(target=p.stderr.read, daemon=True).start()  # drain its log
+            return p
+    raise SystemExit(f"image_launch: the launcher did not start (exit {p.wait()})")
+
+
+def measure_with(args: argparse.Namespace, tmp: Path, state: Path, cfg: Path,
+                 store: ImageStore, bundle: Path, spec: dict[str, Any], fs: CgroupFS, rel: str,
+                 runc: str, pool: Pool, client: Path, sock: Path) -> int:
     subtree = rel.split("/", maxsplit=1)[0]
     counter = [0]
 
@@ -226,10 +263,17 @@ def measure(args: argparse.Namespace, tmp: Path, state: Path, cfg: Path, store: 
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=REPO)
 
+    def client_start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(client), "-t", "t", "-g", "bench", "--image", "img:v1"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                env={**os.environ, "GOVERNOR_LAUNCH_SOCKET": str(sock)})
+
     variants: dict[str, Callable[[], float]] = {
         "governor launch --image": lambda: first_byte_after(governor_start),
         "runc run": lambda: first_byte_after(runc_start),
         "governor (API)": lambda: api_run(fs, rel, store, str(state), pool),
+        "governor-launch": lambda: first_byte_after(client_start),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     ver = subprocess.run([runc, "--version"], check=True, capture_output=True,
@@ -253,7 +297,7 @@ def measure(args: argparse.Namespace, tmp: Path, state: Path, cfg: Path, store: 
               f"{nearest_rank(xs, 0.99) * 1e3:>8.1f} {min(xs) * 1e3:>8.1f} "
               f"{max(xs) * 1e3:>8.1f} {sum(xs) / len(xs) * 1e3:>8.1f}")
     rc = times["runc run"]
-    for name in ("governor launch --image", "governor (API)"):
+    for name in ("governor-launch", "governor launch --image", "governor (API)"):
         xs = times[name]
         print(f"ratio {name} / runc run: p50 "
               f"{nearest_rank(xs, 0.5) / nearest_rank(rc, 0.5):.2f}, p99 "
