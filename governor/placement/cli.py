@@ -6,7 +6,7 @@ import contextlib
 import os
 import pwd
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -102,11 +102,18 @@ def launch_options(func: F) -> F:
     return func
 
 
-def run_launch(c: Config, pol: Policy, *, tenant: str, group: str, unshare: str | None,
-               image: str | None, keep: bool, hostname: str | None, user: str | None,
-               env: tuple[str, ...], command: tuple[str, ...]) -> int:
+def run_launch(load: Callable[[], tuple[Config, Policy]], *, tenant: str, group: str,
+               unshare: str | None, image: str | None, keep: bool, hostname: str | None,
+               user: str | None, env: tuple[str, ...], command: tuple[str, ...],
+               caller: Mapping[str, str] | None = None) -> int:
     """The launch ``governor launch`` and the launcher's shims run, from parsed options;
-    returns the exit code."""
+    returns the exit code.  ``load()`` gives the configuration and policy, once the
+    options are checked (a usage error is reported first, as click reports its own).
+    ``caller``: the environment of who asked (default governor's
+    own), of which the command gets the terminal and locale variables and ``--env NAME``'s
+    values; governor's own work (mkfs, mount) keeps governor's environment."""
+    if caller is None:
+        caller = os.environ
     from governor.driver import open_tree
     from governor.placement.launch import (
         LaunchError,
@@ -123,7 +130,7 @@ def run_launch(c: Config, pol: Policy, *, tenant: str, group: str, unshare: str 
         raise click.BadParameter("--keep is for a container of an image (--image)",
                                  param_hint="--keep")
     try:
-        passed = parse_env_options(env, os.environ)
+        passed = parse_env_options(env, caller)
     except LaunchError as e:
         raise click.BadParameter(str(e), param_hint="--env") from None
     ref = None
@@ -135,6 +142,10 @@ def run_launch(c: Config, pol: Policy, *, tenant: str, group: str, unshare: str 
             ref = parse_image_ref(image)
         except ImageError as e:
             raise click.BadParameter(str(e), param_hint="--image") from None
+    try:
+        c, pol = load()
+    except GovernorError as e:
+        raise LaunchError(str(e)) from e
     t = pol.tenants.get(tenant)
     if t is None:
         raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
@@ -163,11 +174,11 @@ def run_launch(c: Config, pol: Policy, *, tenant: str, group: str, unshare: str 
                                 list(command), state_dir=c.state_dir, unshare=unshare,
                                 hostname=hostname, user=user, env=passed, keep=keep,
                                 restart=restart, group=f"{tenant}/{group}", pool=pool,
-                                storage_max=t.groups[group].storage_max)
+                                storage_max=t.groups[group].storage_max, caller=caller)
         else:
             code = run(tree.fs, rel, list(command), unshare=unshare,
                        hostname=hostname, user=user, env=passed,
-                       restart=restart)
+                       restart=restart, caller=caller)
     return code
 
 
@@ -214,14 +225,11 @@ def register(main: click.Group) -> None:
         pivot_root, its own /proc, /dev and read-only /sys, the image's Env, WorkingDir,
         Entrypoint + Cmd (CMD replaces Cmd) and User (from the image's /etc/passwd).
         """
-        try:
+        def load() -> tuple[Config, Policy]:
             c = cfg()
-            pol = load_policy([c.policy])
-        except GovernorError as e:
-            from governor.placement.launch import LaunchError
+            return c, load_policy([c.policy])
 
-            raise LaunchError(str(e)) from e
-        sys.exit(run_launch(c, pol, **opts))
+        sys.exit(run_launch(load, **opts))
 
     @main.command()
     @config_options
@@ -257,20 +265,17 @@ def register(main: click.Group) -> None:
         @click.option("--config", "--policy", "--database", "--cgroup-root", "--subtree",
                       "refused", metavar="X", hidden=True, multiple=True)
         def request(refused: tuple[str, ...], **opts: Any) -> None:
-            from governor.placement.launch import LaunchError
-
             if refused:
                 raise click.UsageError(
                     "--config, --policy, --database, --cgroup-root and --subtree are the "
                     f"launcher's own ({c.source or 'its configuration'}); run `governor "
                     "launch` to launch with other settings")
-            try:
-                policy = pol.get()
-            except GovernorError as e:
-                raise LaunchError(str(e)) from e
-            sys.exit(run_launch(c, policy, **opts))
+            sys.exit(run_launch(lambda: (c, pol.get()), caller=client_env, **opts))
 
-        def handle(req: Request) -> int:
+        client_env: dict[str, str] = {}
+
+        def handle(req: Request) -> int:  # in the shim: one request
+            client_env.update(req.env)
             return run_command(request, req.argv, "governor-launch")
 
         notifier = Notifier()

@@ -164,7 +164,8 @@ def launch_image(fs: CgroupFS, rel: str, store: ImageStore, ref: tuple[str, str]
                  hostname: str | None = None, user: str | None = None,
                  env: Mapping[str, str] | None = None, keep: bool = False,
                  restart: Restart | None = None, group: str | None = None,
-                 pool: Pool | None = None, storage_max: int | None = None) -> int:
+                 pool: Pool | None = None, storage_max: int | None = None,
+                 caller: Mapping[str, str] | None = None) -> int:
     """Run a container of image ``ref`` (name, tag) in group ``rel``; returns the exit
     code (the rules of :func:`launch`).
 
@@ -194,7 +195,7 @@ def launch_image(fs: CgroupFS, rel: str, store: ImageStore, ref: tuple[str, str]
         dirs = ContainerDirs.create(state_dir, cid, project)
         try:
             argv, rootfs = plan(img, store, dirs, command, user=user, env=env or {},
-                                caller=os.environ)
+                                caller=os.environ if caller is None else caller)
             ns = namespaces(unshare)
             if hostname is None and "uts" in ns.split(","):
                 hostname = cid[:12]

@@ -494,15 +494,17 @@ def where_to_launch(tree: Tree, target: str) -> str:
 def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None = None,
            hostname: str | None = None, user: str | None = None,
            env: Mapping[str, str] | None = None, restart: Restart | None = None,
-           rootfs: Rootfs | None = None) -> int:
+           rootfs: Rootfs | None = None, caller: Mapping[str, str] | None = None) -> int:
     """Run ``argv`` in group ``rel`` (relative to ``fs``); returns its exit code.
 
     With ``rootfs`` (``launch --image``, governor.placement.container) the command runs
     in that root filesystem (which needs ``mount`` in ``unshare``); ``user`` and ``env``
     are then unused: the user and the environment are resolved in the image.
 
-    The command's environment is :func:`launch_env` of governor's own, with ``env`` the
-    variables passed explicitly (``--env``); nothing else of the caller's is passed.
+    The command's environment is :func:`launch_env` of ``caller`` (the environment of who
+    asked for the launch: governor's own by default, a ``governor-launch`` client's in the
+    launcher), with ``env`` the variables passed explicitly (``--env``); nothing else of
+    the caller's is passed.
 
     With ``restart`` (the group's ``oom.actions`` has ``restart``), a run that ends by
     SIGKILL while the group's OOM-kill counters went up is started again after the backoff,
@@ -527,7 +529,8 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
         who, environ = None, {}
     else:
         who = resolve_user(user) if user is not None else None
-        environ = launch_env(os.environ, who if who is not None else _caller(), env)
+        environ = launch_env(os.environ if caller is None else caller,
+                             who if who is not None else _caller(), env)
     restarts = 0
     with _Supervisor() as sup:
         while True:

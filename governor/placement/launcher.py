@@ -9,9 +9,12 @@ containerd's and Docker's clients hand a run to their daemons.
 
 For each request the launcher forks a *shim*: the process that runs the launch exactly as
 ``governor launch`` would (the same options, rules and exit codes), with the client's
-descriptors as its 0-2 and the client's environment as its own, then sends the exit code
-back.  The shim, not the launcher, is the container's parent and holds the connection, so
-stopping or restarting the launcher touches no running container and no waiting client
+descriptors as its 0-2, then sends the exit code
+back.  The client's environment is the caller's of that launch (what its command may
+inherit: terminal and locale variables, ``--env NAME``), never the environment governor's
+own work runs with (PATH for mkfs and mount stays the launcher's).  The shim, not the
+launcher, is the container's parent and holds the connection, so stopping or restarting
+the launcher touches no running container and no waiting client
 (the unit says ``KillMode=process``, as containerd.service does).  The signals the client
 gets (SIGTERM, SIGINT, SIGHUP) arrive as bytes on the connection and are raised in the shim,
 whose launch forwards them as ``governor launch`` does; a client that goes away without its
@@ -243,8 +246,6 @@ def _shim(conn: socket.socket, req: Request, handle: Callable[[Request], int],
         for fd in req.fds:
             if fd > 2:
                 os.close(fd)
-        os.environ.clear()
-        os.environ.update(req.env)
         # what the launch prints is the client's; the launcher's log lines are not (a
         # warning reaches the client's stderr as it would from `governor launch`)
         logging.getLogger("governor").handlers.clear()

@@ -55,7 +55,8 @@ SERVER = textwrap.dedent("""
             return 100 + (got[0] if got else 0)
         if a[:1] == ["raise"]:
             raise RuntimeError("boom")
-        print("argv=" + "|".join(a), "FOO=" + os.environ.get("FOO", "-"),
+        print("argv=" + "|".join(a), "FOO=" + req.env.get("FOO", "-"),
+              "PATH=" + os.environ.get("PATH", "-"),
               "uid=%d" % req.uid, "fds=" + ",".join(sorted(os.listdir("/proc/self/fd"))),
               sep="\\n", flush=True)
         print("on-stderr", file=sys.stderr, flush=True)
@@ -112,6 +113,8 @@ def test_arguments_environment_descriptors_and_exit_code(
     fields = dict(f.split("=", 1) for f in r.stdout.splitlines())
     assert fields["argv"] == "7|a b||é"
     assert fields["FOO"] == "bar=baz"
+    # the shim's own environment stays the launcher's (PATH for governor's own programs)
+    assert fields["PATH"] == os.environ.get("PATH", "-")
     assert fields["uid"] == str(os.getuid())
     # the shim holds 0-2 (the client's), the connection and its relay: nothing of the
     # launcher's (its listening socket, its wake-up pipe, its selector)
