@@ -277,6 +277,31 @@ def _writable_check(cfg: Config) -> Check:
                  "or ext4 (-O quota,project; prjquota)", required=False)
 
 
+def _launcher_check(cfg: Config) -> Check:
+    """Whether ``governor-launch`` is built and a launcher serves its socket (optional:
+    ``governor launch`` works without either)."""
+    import socket
+
+    from governor.placement.launcher import client_path
+
+    name, path = "launcher", cfg.launcher_socket
+    client = client_path()
+    if not client.is_file():
+        return Check(name, False, f"{client} is not built (no C compiler at install): "
+                     "governor-launch is missing; governor launch works without it",
+                     "install a C compiler and reinstall governor", required=False)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError as e:
+            return Check(name, True, f"{client} is built; no launcher serves {path} "
+                         f"({e.strerror}): governor-launch needs one, governor launch does "
+                         "not", "systemctl enable --now governor-launcher (fast launches)",
+                         required=False, info=True)
+    return Check(name, True, f"{client} is built; a launcher serves {path}",
+                 required=False)
+
+
 def _driver_checks(cfg: Config, root: Path | None, run_dir: str) -> list[Check]:
     """Which cgroup driver is in use and why; with systemd, whether its bus answers; with
     cgroupfs on a systemd host, whether the subtree is delegated."""
@@ -332,6 +357,7 @@ def run_checks(cfg: Config, *, mountinfo: str = "/proc/self/mountinfo",
     checks.append(_connector_check(cfg))
     checks.append(_accelerator_check())
     checks.append(_writable_check(cfg))
+    checks.append(_launcher_check(cfg))
     checks.append(_database_check(cfg))
     policy, rules = _policy_check(cfg)
     checks.append(policy)

@@ -121,8 +121,10 @@ def parse_body(body: bytes) -> tuple[list[str], dict[str, str]]:
     return strings[:nargs], env
 
 
-def receive(conn: socket.socket) -> Request:
-    """Read one request and its three descriptors from ``conn``."""
+def receive(conn: socket.socket) -> Request | None:
+    """Read one request and its three descriptors from ``conn``; None for a connection
+    closed before sending anything (a probe: ``governor doctor``, a new launcher's check
+    for a live one)."""
     fds = array.array("i")
     try:
         first, anc, _flags, _ = conn.recvmsg(_HEADER.size,
@@ -133,6 +135,8 @@ def receive(conn: socket.socket) -> Request:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
     got = list(fds)
+    if not first and not got:
+        return None
     try:
         if len(got) != 3:
             raise LauncherError(f"the client passed {len(got)} descriptors, not its 0, 1 "
@@ -334,6 +338,8 @@ class Launcher:
             except (LauncherError, OSError) as e:
                 log.warning("launcher: request refused: %s", e)
                 _refuse(conn)
+                return
+            if req is None:
                 return
             try:
                 pid, uid, _gid = _PEERCRED.unpack(

@@ -237,6 +237,22 @@ def test_malformed_requests_are_refused_and_serving_goes_on(
     assert r.returncode == 3
 
 
+def test_doctor_sees_the_launcher_and_a_probe_is_no_request(
+        server: tuple[Path, subprocess.Popen[str]], tmp_path: Path) -> None:
+    from governor.config import Config
+    from governor.doctor import _launcher_check
+
+    sock, _ = server
+    c = _launcher_check(Config(launcher_socket=str(sock)))
+    assert (c.ok, c.info) == (True, False) and "a launcher serves" in c.detail
+    c = _launcher_check(Config(launcher_socket=str(tmp_path / "none.sock")))
+    assert c.ok and c.info and "no launcher serves" in c.detail
+    assert "governor-launcher" in c.fix
+    # the probe (connect, close) was no request: the launcher serves on
+    r = _run([str(CLIENT), "4"], env=_env(sock))
+    assert r.returncode == 4
+
+
 def test_parse_body() -> None:
     body = struct.pack("=II", 2, 3) + b"a\0b c\0X=1\0NOEQ\0X=2\0"
     assert parse_body(body) == (["a", "b c"], {"X": "1"})
