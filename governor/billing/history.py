@@ -40,12 +40,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, select, update
 
 from governor.billing.plans import PolicyLike, PricePlanLike, PriceVersionLike, TenantLike
-from governor.store.models import PricePlanRow
+from governor.store.tables import price_plans as _PLANS
+
+if TYPE_CHECKING:
+    from governor.store.db import Executor
 
 log = logging.getLogger("governor.billing")
 
@@ -114,23 +118,24 @@ def _terms(plan: PricePlanLike, v: PriceVersionLike) -> dict[str, str]:
     return out
 
 
-def _row_terms(r: PricePlanRow) -> dict[str, str]:
+def _row_terms(r: Any) -> dict[str, str]:
     out = {"currency": r.currency, "memory_basis": r.memory_basis}
     out.update({k: format(Decimal(getattr(r, k)).normalize(), "f") for k in _PRICES})
     return out
 
 
-def record_price_plans(*, session: Session, plans: Mapping[str, PricePlanLike],
+def record_price_plans(*, session: Executor, plans: Mapping[str, PricePlanLike],
                        now: datetime | None = None) -> list[PriceConflict]:
     """Record the plan versions of a policy being applied (see the module documentation);
     returns the conflicts with versions already in force (nothing of those is changed)."""
     now = now or datetime.now(UTC)
     conflicts: list[PriceConflict] = []
     for name, plan in sorted(plans.items()):
-        rows = {_aware(r.effective): r for r in session.execute(
-            select(PricePlanRow).where(PricePlanRow.name == name)).scalars()}
-        top = session.execute(select(func.coalesce(func.max(PricePlanRow.version), 0))
-                              .where(PricePlanRow.name == name)).scalar_one()
+        # each recorded version as a mutable record: what changes is written at once
+        rows = {_aware(r.effective): SimpleNamespace(**r._mapping) for r in session.execute(
+            select(_PLANS).where(_PLANS.c.name == name))}
+        top = session.execute(select(func.coalesce(func.max(_PLANS.c.version), 0))
+                              .where(_PLANS.c.name == name)).scalar_one()
         base = min(rows.values(), key=lambda r: r.version) if rows else None
         if base is not None and (base.currency, base.memory_basis) != (plan.currency,
                                                                        plan.memory_basis):
@@ -148,9 +153,11 @@ def record_price_plans(*, session: Session, plans: Mapping[str, PricePlanLike],
             if row is not None and row.storage_gib_hour is None:
                 # recorded before storage was priced: no bill has used it (see above)
                 row.storage_gib_hour = Decimal(v.storage_gib_hour)
+                session.execute(update(_PLANS).where(_PLANS.c.id == row.id).values(
+                    storage_gib_hour=row.storage_gib_hour))
             if row is None:
                 top += 1
-                session.add(PricePlanRow(
+                session.execute(_PLANS.insert().values(
                     name=name, version=top, currency=plan.currency,
                     memory_basis=plan.memory_basis, effective=eff, recorded_at=now,
                     **{k: Decimal(getattr(v, k)) for k in _PRICES}))
@@ -167,24 +174,25 @@ def record_price_plans(*, session: Session, plans: Mapping[str, PricePlanLike],
                                                                plan.memory_basis, now)
             for k in _PRICES:
                 setattr(row, k, Decimal(getattr(v, k)))
+            session.execute(update(_PLANS).where(_PLANS.c.id == row.id).values(
+                currency=row.currency, memory_basis=row.memory_basis,
+                recorded_at=row.recorded_at, **{k: getattr(row, k) for k in _PRICES}))
         for eff, row in rows.items():  # withdrawn before they took effect
             if eff not in wanted and eff is not None and eff > now:
-                session.execute(delete(PricePlanRow).where(PricePlanRow.id == row.id))
-    session.flush()
+                session.execute(delete(_PLANS).where(_PLANS.c.id == row.id))
     for c in conflicts:
         log.error("price change refused for a version already in force", extra={
             "problem": str(c)})
     return conflicts
 
 
-def with_recorded_prices(policy: PolicyLike, session: Session) -> PolicyLike:
+def with_recorded_prices(policy: PolicyLike, session: Executor) -> PolicyLike:
     """``policy`` with each plan's versions taken from the recorded history where there
     is one (see the module documentation)."""
-    rows = session.execute(select(PricePlanRow).order_by(
-        PricePlanRow.name, PricePlanRow.version)).scalars().all()
+    rows = session.execute(select(_PLANS).order_by(_PLANS.c.name, _PLANS.c.version)).all()
     if not rows:
         return policy
-    by_plan: dict[str, list[PricePlanRow]] = {}
+    by_plan: dict[str, list[Any]] = {}
     for r in rows:
         by_plan.setdefault(r.name, []).append(r)
     plans: dict[str, PricePlanLike] = dict(policy.plans)

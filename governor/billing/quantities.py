@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,13 +34,18 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from governor.store.models import Group, HourlyRollup, Tenant
+from governor.store.db import connection_of
+from governor.store.tables import groups as _GROUPS
+from governor.store.tables import rollups_hourly as _ROLLUPS
+from governor.store.tables import tenants as _TENANTS
+
+if TYPE_CHECKING:
+    from governor.store.db import Executor
 
 HOUR = timedelta(hours=1)
 #: a grouping key of sum_range: a mapped attribute or a column expression
-KeyColumn = ColumnElement[Any] | InstrumentedAttribute[Any]
+KeyColumn = ColumnElement[Any]
 HOUR_US = 3_600_000_000
 
 #: the integer quantities summed by reports and bills, in rollup units
@@ -93,7 +98,7 @@ _LOW_BITS = 32
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
 
-def exact_sum(expr: ColumnElement[Any] | InstrumentedAttribute[Any], split: bool
+def exact_sum(expr: ColumnElement[Any], split: bool
               ) -> list[ColumnElement[Any]]:
     """The columns that sum ``expr``: one, or two (high and low bits) when ``split``;
     :func:`exact` turns a row's values back into ints."""
@@ -112,7 +117,7 @@ def exact(values: Sequence[Any], split: bool) -> list[int]:
 
 
 def _sums(split: bool) -> list[ColumnElement[Any]]:
-    return [c for f in FIELDS for c in exact_sum(getattr(HourlyRollup, f), split)]
+    return [c for f in FIELDS for c in exact_sum(_ROLLUPS.c[f], split)]
 
 
 def _overflowed(exc: OperationalError) -> bool:
@@ -121,7 +126,7 @@ def _overflowed(exc: OperationalError) -> bool:
 
 def sum_range(
     *,
-    session: Session,
+    session: Executor,
     start: datetime,
     end: datetime,
     keys: Sequence[KeyColumn],
@@ -142,7 +147,7 @@ def sum_range(
 def _sum_range(
     *,
     split: bool,
-    session: Session,
+    session: Executor,
     start: datetime,
     end: datetime,
     keys: Sequence[KeyColumn],
@@ -152,13 +157,13 @@ def _sum_range(
     ``rollups_hourly``, ``groups`` and ``tenants``)."""
     out: dict[tuple[Any, ...], Totals] = {}
     base = (select(*keys, *_sums(split))
-            .select_from(HourlyRollup)
-            .join(Group, Group.id == HourlyRollup.group_id)
-            .join(Tenant, Tenant.id == Group.tenant_id)
+            .select_from(_ROLLUPS)
+            .join(_GROUPS, _GROUPS.c.id == _ROLLUPS.c.group_id)
+            .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
             .where(*where))
     full_from, full_to = hour_ceil(start), hour_floor(end)
     if full_from < full_to:
-        q = base.where(HourlyRollup.hour >= full_from, HourlyRollup.hour < full_to)
+        q = base.where(_ROLLUPS.c.hour >= full_from, _ROLLUPS.c.hour < full_to)
         for row in session.execute(q.group_by(*keys)):
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
             t.add(Totals(*exact(row[len(keys):], split)))
@@ -168,7 +173,7 @@ def _sum_range(
     for hour in sorted(partial):
         if hour + HOUR <= start or hour >= end:
             continue
-        q = base.where(HourlyRollup.hour == hour)
+        q = base.where(_ROLLUPS.c.hour == hour)
         for row in session.execute(q.group_by(*keys)):
             values = [share(v, hour, start, end) for v in exact(row[len(keys):], split)]
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
@@ -192,7 +197,7 @@ ReservationTable = dict[tuple[int, int, int], int]
 
 def sum_pieces(
     *,
-    session: Session,
+    session: Executor,
     pieces: Sequence[tuple[datetime, datetime]],
     group_ids: Select[tuple[int]],
     reserved: ReservationTable | None = None,
@@ -211,7 +216,7 @@ def sum_pieces(
 def _sum_pieces(
     *,
     split: bool,
-    session: Session,
+    session: Executor,
     pieces: Sequence[tuple[datetime, datetime]],
     group_ids: Select[tuple[int]],
     reserved: ReservationTable | None = None,
@@ -240,8 +245,8 @@ def _sum_pieces(
     start, end = pieces[0][0], pieces[-1][1]
     cuts = {start, end, *(b for _, b in pieces)}
     partial = sorted({hour_floor(c) for c in cuts if hour_floor(c) != c})
-    h = HourlyRollup
-    dialect = session.get_bind().dialect.name
+    h = _ROLLUPS.c
+    dialect = connection_of(session).dialect.name
     if dialect == "postgresql":
         # aggregating a month of 1,000 groups sorts ~400k rows per piece: let it happen in
         # memory rather than in an external merge (default work_mem is 4 MB); this
@@ -258,7 +263,7 @@ def _sum_pieces(
                     Column("node_id", Integer, primary_key=True),
                     Column("reserved", BigInteger),
                     prefixes=["TEMPORARY"], sqlite_with_rowid=False)
-        conn = session.connection()
+        conn = connection_of(session)
         res.drop(conn, checkfirst=True)
         res.create(conn)
         conn.execute(res.insert(), [
@@ -303,7 +308,7 @@ def _sum_pieces(
                 r = res.c
                 q = (select(r.group_id, func.min(h.node_id), func.max(h.node_id), *sums,
                             *max_sums(res, h.node_id == r.node_id))
-                     .select_from(res.join(h, and_(h.group_id == r.group_id, in_piece)))
+                     .select_from(res.join(_ROLLUPS, and_(h.group_id == r.group_id, in_piece)))
                      .where(r.piece == i, r.group_id.in_(select(gid)))
                      .group_by(r.group_id))
                 collect(session.execute(q), i, True, multi)
@@ -325,7 +330,7 @@ def _sum_pieces(
                 collect(session.execute(q), i, res is not None, None)
     finally:
         if res is not None:
-            res.drop(session.connection(), checkfirst=True)
+            res.drop(connection_of(session), checkfirst=True)
     if partial:
         q2 = select(h.node_id, h.group_id, h.hour, *(getattr(h, f) for f in FIELDS)).where(
             h.group_id.in_(select(gid)), h.hour.in_(partial))

@@ -33,15 +33,21 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session
 
 from governor.billing.errors import InvalidPeriod, UnknownTenant
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
 from governor.billing.quantities import HOUR_US, KeyColumn, Totals, sum_pieces, sum_range
-from governor.store.models import AppliedPolicy, Group, HourlyRollup, Node, Tenant
+from governor.store.tables import applied_policies as _APPLIED
+from governor.store.tables import groups as _GROUPS
+from governor.store.tables import nodes as _NODES
+from governor.store.tables import rollups_hourly as _ROLLUPS
+from governor.store.tables import tenants as _TENANTS
+
+if TYPE_CHECKING:
+    from governor.store.db import Executor
 
 GIB: Final = 1 << 30
 #: minor-unit exponents that differ from 2 (ISO 4217)
@@ -98,8 +104,8 @@ def _check_period(start: datetime, end: datetime) -> None:
                             f"to {end.isoformat()}")
 
 
-def _known_tenants(session: Session) -> set[str]:
-    return set(session.execute(select(Tenant.name)).scalars())
+def _known_tenants(session: Executor) -> set[str]:
+    return set(session.execute(select(_TENANTS.c.name)).scalars())
 
 
 def _group_label(path: str) -> str:
@@ -150,16 +156,16 @@ def _reservation_value(files: dict[str, str]) -> Reservation:
     return parse(files.get("memory.low"))
 
 
-def reservations(*, session: Session, tenant: str, until: datetime
+def reservations(*, session: Executor, tenant: str, until: datetime
                  ) -> dict[tuple[int, str], list[tuple[datetime, Reservation]]]:
     """Reservation history per ``(node_id, path)`` of ``tenant``'s groups from the applied
     policies: ``[(from, bytes or None), ...]`` in time order."""
     state: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
     out: dict[tuple[int, str], list[tuple[datetime, Reservation]]] = defaultdict(list)
     rows = session.execute(
-        select(AppliedPolicy.node_id, AppliedPolicy.applied_at, AppliedPolicy.writes)
-        .where(AppliedPolicy.applied_at < until)
-        .order_by(AppliedPolicy.applied_at, AppliedPolicy.id))
+        select(_APPLIED.c.node_id, _APPLIED.c.applied_at, _APPLIED.c.writes)
+        .where(_APPLIED.c.applied_at < until)
+        .order_by(_APPLIED.c.applied_at, _APPLIED.c.id))
     for node_id, applied_at, writes in rows:
         touched = set()
         for w in writes:
@@ -188,7 +194,7 @@ def _reservation_at(hist: list[tuple[datetime, Reservation]], when: datetime) ->
     return value
 
 
-def invoice(*, session: Session, policy: PolicyLike, tenant: str, start: datetime,
+def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: datetime,
             end: datetime) -> Invoice:
     """The invoice of ``tenant`` for ``[start, end)``, summed across nodes (rules above)."""
     _check_period(start, end)
@@ -206,11 +212,12 @@ def invoice(*, session: Session, policy: PolicyLike, tenant: str, start: datetim
     qty: dict[tuple[str, str, int], int] = defaultdict(int)
     span: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
     groups = session.execute(
-        select(Group.id, Group.path, Group.node_id).join(Tenant, Tenant.id == Group.tenant_id)
-        .where(Tenant.name == tenant)).all()
+        select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
+        .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+        .where(_TENANTS.c.name == tenant)).all()
     path_of = {gid: path for gid, path, _ in groups}
-    tenant_groups = (select(Group.id).join(Tenant, Tenant.id == Group.tenant_id)
-                     .where(Tenant.name == tenant))
+    tenant_groups = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+                     .where(_TENANTS.c.name == tenant))
     reserved_at: dict[tuple[int, int, int], Reservation] = {}
     if res:
         for i, (a, _b, _idx, _v) in enumerate(pieces):
@@ -296,7 +303,7 @@ def _usage_row(key: str, tenant: str, t: Totals) -> UsageRow:
                     storage_gib_hours=q(t.storage_byte_seconds, GIB * 3600))
 
 
-def usage_report(*, session: Session, tenant: str | None = None, start: datetime,
+def usage_report(*, session: Executor, tenant: str | None = None, start: datetime,
                  end: datetime, by: By = "group") -> UsageReport:
     """Usage (no prices) over ``[start, end)`` per tenant and ``by`` (hour, day, group, node).
 
@@ -310,20 +317,20 @@ def usage_report(*, session: Session, tenant: str | None = None, start: datetime
         if tenant not in known:
             raise UnknownTenant(tenant, where="never metered in this database",
                                 known=sorted(known))
-        where.append(Tenant.name == tenant)
+        where.append(_TENANTS.c.name == tenant)
     keys: Sequence[KeyColumn]
     if by in ("hour", "day"):
-        keys = [Tenant.name, HourlyRollup.hour]
+        keys = [_TENANTS.c.name, _ROLLUPS.c.hour]
     elif by == "group":
-        keys = [Tenant.name, Group.path]
+        keys = [_TENANTS.c.name, _GROUPS.c.path]
     elif by == "node":
-        keys = [Tenant.name, HourlyRollup.node_id]
+        keys = [_TENANTS.c.name, _ROLLUPS.c.node_id]
     else:
         raise InvalidPeriod(f"--by must be hour, day, group or node, not {by!r}")
     totals = sum_range(session=session, start=start, end=end, keys=keys, where=where)
     names: dict[int, str] = {}
     if by == "node":
-        names = dict(session.execute(select(Node.id, Node.name)).tuples().all())
+        names = dict(session.execute(select(_NODES.c.id, _NODES.c.name)).tuples().all())
     merged: dict[tuple[str, Any], Totals] = {}
     for (tname, k), t in totals.items():
         key: Any = k
@@ -337,7 +344,7 @@ def usage_report(*, session: Session, tenant: str | None = None, start: datetime
     return UsageReport(by=by, start=start, end=end, rows=tuple(rows))
 
 
-def invoices(*, session: Session, policy: PolicyLike, tenants: Sequence[str],
+def invoices(*, session: Executor, policy: PolicyLike, tenants: Sequence[str],
              start: datetime, end: datetime,
              progress: Callable[[str], None] | None = None) -> list[Invoice]:
     """:func:`invoice` for several tenants; ``progress`` is called after each one."""

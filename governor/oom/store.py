@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from governor.metering.sample import GroupSample
 from governor.oom.events import OomEvent
-from governor.store.models import OomEvent as OomEventRow
+from governor.store.db import Executor
 from governor.store.service import ensure_node, incarnation_ids, record_oom_event
+from governor.store.tables import oom_events as _OOM
 
-Scope = Callable[[], AbstractContextManager[Session]]
+Scope = Callable[[], AbstractContextManager[Executor]]
 
 #: group ids per ``IN (...)`` query (below every backend's bound-parameter limit)
 _CHUNK = 500
@@ -37,7 +37,7 @@ class EventSink(Protocol):
     def record(self, events: Sequence[OomEvent]) -> None: ...
 
 
-def _incarnation(session: Session, node: str, path: str, cgroup_id: int) -> int:
+def _incarnation(session: Executor, node: str, path: str, cgroup_id: int) -> int:
     tenant, _, group = path.partition("/")
     node_id = ensure_node(session=session, name=node)
     stub = GroupSample(node=node, tenant=tenant, group=group or None, cgroup_id=cgroup_id,
@@ -77,9 +77,9 @@ class DbSink:
             ordered = sorted(by_gid)
             for i in range(0, len(ordered), _CHUNK):
                 rows = session.execute(
-                    select(OomEventRow.group_id, OomEventRow.kind, func.sum(OomEventRow.count))
-                    .where(OomEventRow.group_id.in_(ordered[i:i + _CHUNK]))
-                    .group_by(OomEventRow.group_id, OomEventRow.kind))
+                    select(_OOM.c.group_id, _OOM.c.kind, func.sum(_OOM.c.count))
+                    .where(_OOM.c.group_id.in_(ordered[i:i + _CHUNK]))
+                    .group_by(_OOM.c.group_id, _OOM.c.kind))
                 for gid, kind, n in rows:
                     by_gid[gid][kind] = int(n)
         return out

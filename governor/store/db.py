@@ -25,14 +25,21 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from governor.store.errors import DatabaseError, SchemaOutOfDate, SchemaTooNew, StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+#: what the store's functions run their statements on: a Core ``Connection`` in a
+#: transaction (:func:`scope_factory`: the daemon, which never loads ``sqlalchemy.orm``) or
+#: an ORM ``Session`` (:func:`session_factory`: the reporting commands, tests)
+Executor: TypeAlias = "Connection | Session"
 
 #: milliseconds a SQLite writer waits for the lock before giving up
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -240,8 +247,16 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions bound to ``engine`` (objects stay usable after commit)."""
+    """ORM sessions bound to ``engine`` (objects stay usable after commit); the daemon's
+    path uses :func:`scope_factory` instead, and never imports ``sqlalchemy.orm``."""
+    from sqlalchemy.orm import sessionmaker
+
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def connection_of(executor: Executor) -> Connection:
+    """The connection ``executor`` runs on (a session's, in its transaction)."""
+    return executor if isinstance(executor, Connection) else executor.connection()
 
 
 def alembic_config(url: str | URL | None = None) -> Any:
@@ -349,14 +364,15 @@ if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
 
 
-def scope_factory(engine: Engine) -> Callable[[], AbstractContextManager[Session]]:
-    """A ``session_scope()`` for ``engine``: a session in a transaction, committed on
-    success and rolled back on error (``with scope() as session: ...``)."""
-    factory = session_factory(engine)
+def scope_factory(engine: Engine) -> Callable[[], AbstractContextManager[Connection]]:
+    """A ``session_scope()`` for ``engine``: a connection in a transaction, committed on
+    success and rolled back on error (``with scope() as session: ...``).  Core, not an ORM
+    session: nothing the store does needs one (issue #16: the daemon does not load
+    ``sqlalchemy.orm``, 7 MiB resident)."""
 
     @contextmanager
-    def scope() -> Iterator[Session]:
-        with factory() as session, session.begin():
-            yield session
+    def scope() -> Iterator[Connection]:
+        with engine.begin() as conn:
+            yield conn
 
     return scope

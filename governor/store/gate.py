@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from governor.errors import ConfigError
 from governor.store.db import check_schema, make_engine, mask_url, normalize_url, scope_factory
@@ -129,8 +128,8 @@ class Database:
 
     # -- use ------------------------------------------------------------------------------
     @contextmanager
-    def scope(self) -> Iterator[Session]:
-        """A session in a transaction (committed on success), or DatabaseUnavailable."""
+    def scope(self) -> Iterator[Connection]:
+        """A connection in a transaction (committed on success), or DatabaseUnavailable."""
         scope = self._scope
         if not self.up or scope is None:
             raise DatabaseUnavailable(self.problem or "database not connected yet")

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -27,37 +27,33 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
 from governor.accel import load
 from governor.metering.meter import Anchor, IncKey, Metered, inc_key, pair_series
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.metering.sample import GAUGE_FIELDS, GroupSample, IoCounters
+from governor.store.db import connection_of
 from governor.store.errors import StoreError
-from governor.store.models import (
-    AppliedPolicy,
-    Base,
-    Gap,
-    Group,
-    HourlyRollup,
-    IntervalUsageRow,
-    Node,
-    OomEvent,
-    Sample,
-    SampleIo,
-    Tenant,
-    UTCDateTime,
-)
+from governor.store.tables import UTCDateTime, metadata
+from governor.store.tables import applied_policies as _APPLIED
+from governor.store.tables import gaps as _GAPS
+from governor.store.tables import groups as _GROUPS
+from governor.store.tables import nodes as _NODES
+from governor.store.tables import oom_events as _OOM
+from governor.store.tables import rollups_hourly as _ROLLUPS
+from governor.store.tables import sample_io as _SAMPLE_IO
+from governor.store.tables import samples as _SAMPLES
+from governor.store.tables import tenants as _TENANTS
+from governor.store.tables import usage_intervals as _USAGE
 
-_SAMPLES: Table = Sample.__table__  # type: ignore[assignment]
-_SAMPLE_IO: Table = SampleIo.__table__  # type: ignore[assignment]
-_GROUPS: Table = Group.__table__  # type: ignore[assignment]
-_USAGE: Table = IntervalUsageRow.__table__  # type: ignore[assignment]
-_ROLLUPS: Table = HourlyRollup.__table__  # type: ignore[assignment]
-_NODES: Table = Node.__table__  # type: ignore[assignment]
-_TENANTS: Table = Tenant.__table__  # type: ignore[assignment]
-_GAPS: Table = Gap.__table__  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult, Row
+
+    from governor.store.db import Executor
+
+    #: a ``groups`` row (one incarnation)
+    GroupRow = Row[Any]
 
 #: sample columns copied as they are from GroupSample attributes of the same name
 _COUNTER_COLUMNS = (
@@ -74,11 +70,11 @@ _PSI_COLUMNS = {key: f"psi_{key}_usec" for key in
 _CHUNK = 5000
 
 
-def _insert(session: Session, table: Table) -> Insert:
+def _insert(session: Executor, table: Table) -> Insert:
     """A dialect-specific INSERT that knows ON CONFLICT (SQLite >= 3.24, PostgreSQL)."""
     # the dialect's module is imported by the engine that uses it: a daemon on SQLite
     # never loads PostgreSQL's (with asyncio, 2 MiB resident; issue #16)
-    name = session.get_bind().dialect.name
+    name = connection_of(session).dialect.name
     if name == "sqlite":
         from sqlalchemy.dialects import sqlite
 
@@ -90,7 +86,7 @@ def _insert(session: Session, table: Table) -> Insert:
     raise StoreError(f"unsupported database dialect {name!r}")
 
 
-def insert_ignore(session: Session, table: Table) -> Insert:
+def insert_ignore(session: Executor, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` on either dialect."""
     stmt = _insert(session, table)
     return stmt.on_conflict_do_nothing()  # type: ignore[attr-defined, no-any-return]
@@ -100,22 +96,27 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def ensure_node(*, session: Session, name: str) -> int:
+def ensure_node(*, session: Executor, name: str) -> int:
     """The id of node ``name``, creating the row if needed."""
-    found = session.execute(select(Node.id).where(Node.name == name)).scalar_one_or_none()
+    found: int | None = session.execute(
+        select(_NODES.c.id).where(_NODES.c.name == name)).scalar_one_or_none()
     if found is not None:
         return found
     session.execute(insert_ignore(session, _NODES).values(name=name, first_seen=_now()))
-    return session.execute(select(Node.id).where(Node.name == name)).scalar_one()
+    made: int = session.execute(select(_NODES.c.id).where(_NODES.c.name == name)).scalar_one()
+    return made
 
 
-def ensure_tenant(*, session: Session, name: str) -> int:
+def ensure_tenant(*, session: Executor, name: str) -> int:
     """The id of tenant ``name``, creating the row if needed."""
-    found = session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one_or_none()
+    found: int | None = session.execute(
+        select(_TENANTS.c.id).where(_TENANTS.c.name == name)).scalar_one_or_none()
     if found is not None:
         return found
     session.execute(insert_ignore(session, _TENANTS).values(name=name))
-    return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
+    made: int = session.execute(
+        select(_TENANTS.c.id).where(_TENANTS.c.name == name)).scalar_one()
+    return made
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -144,7 +145,7 @@ class Incarnations:
 
 
 def incarnation_ids(
-    *, session: Session, node_id: int, samples: Iterable[GroupSample],
+    *, session: Executor, node_id: int, samples: Iterable[GroupSample],
     cache: Incarnations | None = None,
 ) -> dict[tuple[str, int], int]:
     """Map ``(path, cgroup_id)`` of ``samples`` to group incarnation ids, creating rows."""
@@ -154,7 +155,7 @@ def incarnation_ids(
 
 
 def _incarnation_ids(
-    *, session: Session, node_id: int, samples: Iterable[GroupSample],
+    *, session: Executor, node_id: int, samples: Iterable[GroupSample],
     cache: Incarnations | None = None,
 ) -> dict[IncKey, int]:
     """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows
@@ -178,9 +179,10 @@ def _incarnation_ids(
     def lookup(keys: Sequence[tuple[str, int]]) -> None:
         for chunk in _chunks(keys):
             rows = session.execute(
-                select(Group.path, Group.cgroup_id, Group.id, Group.created_at).where(
-                    Group.node_id == node_id,
-                    Group.path.in_(sorted({path for path, _ in chunk})),
+                select(_GROUPS.c.path, _GROUPS.c.cgroup_id, _GROUPS.c.id,
+                       _GROUPS.c.created_at).where(
+                    _GROUPS.c.node_id == node_id,
+                    _GROUPS.c.path.in_(sorted({path for path, _ in chunk})),
                 )
             )
             for path, cgroup_id, gid, created_at in rows:
@@ -191,8 +193,8 @@ def _incarnation_ids(
                     if created_at is None and born is not None:
                         # the row was made by another writer (the OOM watcher) before the
                         # sampler, which knows the birth: keep it, metering needs it
-                        session.execute(update(Group).where(
-                            Group.id == gid, Group.created_at.is_(None)).values(
+                        session.execute(update(_GROUPS).where(
+                            _GROUPS.c.id == gid, _GROUPS.c.created_at.is_(None)).values(
                                 created_at=born))
 
     lookup(list(by_path))
@@ -323,16 +325,16 @@ _SQLITE_TS = _TsCache()
 sample_rows: Final = _sample_rows_fast() or _sample_rows_py
 
 
-def ts_converter(session: Session) -> Callable[[datetime], Any]:
+def ts_converter(session: Executor) -> Callable[[datetime], Any]:
     """Turns a UTC datetime into the DBAPI value :func:`bulk_insert_ignore` passes on
     unchanged (``ts_index=None``): text on SQLite (cached across calls: the same times
     come back within a pass and the next), the datetime itself on PostgreSQL."""
-    if session.get_bind().dialect.name != "sqlite":
+    if connection_of(session).dialect.name != "sqlite":
         return lambda dt: dt
     return _SQLITE_TS.__getitem__
 
 
-def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
+def bulk_insert_ignore(session: Executor, table: str, columns: Sequence[str],
                        rows: Sequence[tuple[Any, ...]], *, ts_index: int | None) -> None:
     """Insert many rows, skipping those whose key exists, at DBAPI speed.
 
@@ -346,9 +348,9 @@ def bulk_insert_ignore(session: Session, table: str, columns: Sequence[str],
     """
     if not rows:
         return
-    dbapi = session.connection().connection.driver_connection
+    dbapi = connection_of(session).connection.driver_connection
     cols = ", ".join(columns)
-    dialect = session.get_bind().dialect.name
+    dialect = connection_of(session).dialect.name
     if dialect == "sqlite":
         marks = ", ".join("?" * len(columns))
         data: Sequence[tuple[Any, ...]] = rows
@@ -382,7 +384,7 @@ def _pg_types(table: str, columns: Sequence[str]) -> list[str]:
     """PostgreSQL type names of ``columns`` for a binary COPY (which does no casting)."""
     names = []
     for name in columns:
-        col = Base.metadata.tables[table].c[name]
+        col = metadata.tables[table].c[name]
         t = col.type
         if isinstance(t, UTCDateTime):
             names.append("timestamptz")
@@ -401,7 +403,7 @@ def _pg_types(table: str, columns: Sequence[str]) -> list[str]:
     return names
 
 
-def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample],
+def record_samples(*, session: Executor, node: str, samples: Sequence[GroupSample],
                    incarnations: Incarnations | None = None) -> int:
     """Store raw samples of ``node``; a sample already stored (same node, incarnation and
     time) is skipped, so replaying a batch is harmless.  Returns the number of samples given.
@@ -413,7 +415,7 @@ def record_samples(*, session: Session, node: str, samples: Sequence[GroupSample
     return len(samples)
 
 
-def store_samples(*, session: Session, node: str, samples: Sequence[GroupSample],
+def store_samples(*, session: Executor, node: str, samples: Sequence[GroupSample],
                   incarnations: Incarnations | None = None
                   ) -> tuple[int, dict[IncKey, int]]:
     """:func:`record_samples`, returning the node's id and the group (incarnation) id of
@@ -431,7 +433,7 @@ def store_samples(*, session: Session, node: str, samples: Sequence[GroupSample]
     ids = _incarnation_ids(session=session, node_id=node_id, samples=samples,
                            cache=incarnations)
     cache = None
-    if session.get_bind().dialect.name == "sqlite":
+    if connection_of(session).dialect.name == "sqlite":
         _SQLITE_TS.turn()   # a pass: its times, and the last pass's (its intervals' starts)
         cache = _SQLITE_TS
     rows, io_rows = sample_rows(samples, ids, node_id, cache)
@@ -440,7 +442,7 @@ def store_samples(*, session: Session, node: str, samples: Sequence[GroupSample]
     return node_id, ids
 
 
-def load_anchors(*, session: Session, node: str, node_id: int,
+def load_anchors(*, session: Executor, node: str, node_id: int,
                  samples: Sequence[GroupSample], ids: Mapping[IncKey, int]
                  ) -> dict[IncKey, Anchor]:
     """The anchors of ``samples``' incarnations as the store has them (``ids``: their group
@@ -451,12 +453,12 @@ def load_anchors(*, session: Session, node: str, node_id: int,
     sample of an earlier incarnation of its path before its first sample."""
     wanted = {inc_key(s): s for s in samples}
     gids = sorted({ids[k] for k in wanted})
-    groups: dict[int, Group] = {}
+    groups: dict[int, GroupRow] = {}
     for chunk in _chunks(gids):
         groups.update((g.id, g) for g in session.execute(
-            select(Group).where(Group.id.in_(chunk))).scalars())
-    tenants = dict(session.execute(select(Tenant.id, Tenant.name).where(
-        Tenant.id.in_(sorted({g.tenant_id for g in groups.values()})))).tuples().all())
+            select(_GROUPS).where(_GROUPS.c.id.in_(chunk))))
+    tenants = dict(session.execute(select(_TENANTS.c.id, _TENANTS.c.name).where(
+        _TENANTS.c.id.in_(sorted({g.tenant_id for g in groups.values()})))).tuples().all())
     anchored = sorted((g.id, g.metered_until) for g in groups.values()
                       if g.metered_until is not None)
     rows: dict[tuple[int, datetime], Any] = {}
@@ -467,11 +469,11 @@ def load_anchors(*, session: Session, node: str, node_id: int,
         # by time alone (the key's order: node, ts, group), filtered here: with the
         # group ids in the query too, SQLite probed every (time, group) pair, 1,000 x 1,000
         for row in session.execute(select(*_SAMPLE_COLS).where(
-                Sample.node_id == node_id, Sample.ts.in_(times))).mappings():
+                _SAMPLES.c.node_id == node_id, _SAMPLES.c.ts.in_(times))).mappings():
             if (row["group_id"], row["ts"]) in want:
                 rows[(row["group_id"], row["ts"])] = row
-        for r in session.execute(select(SampleIo).where(
-                SampleIo.node_id == node_id, SampleIo.ts.in_(times))).scalars():
+        for r in session.execute(select(_SAMPLE_IO).where(
+                _SAMPLE_IO.c.node_id == node_id, _SAMPLE_IO.c.ts.in_(times))):
             if (r.group_id, r.ts) in want:
                 io[(r.group_id, r.ts)][r.device] = IoCounters(
                     rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios,
@@ -485,8 +487,8 @@ def load_anchors(*, session: Session, node: str, node_id: int,
             out[key] = Anchor(None if at is None else _to_sample(
                 at, g, node, tenant, io.get((g.id, g.metered_until), {})), g.metered_until)
             continue
-        others = list(session.execute(select(Group).where(
-            Group.node_id == node_id, Group.path == g.path)).scalars())
+        others = list(session.execute(select(_GROUPS).where(
+            _GROUPS.c.node_id == node_id, _GROUPS.c.path == g.path)))
         out[key] = Anchor(_previous_incarnation_sample(
             session=session, node=node, group=g, tenant=tenant, before=s.wall,
             others=others, fresh={}), None)
@@ -504,7 +506,7 @@ class MeterResult:
 _SAMPLE_COLS = [c for c in _SAMPLES.c if c.name not in ("node_id",)]
 
 
-def _to_sample(row: Any, group: Group, node: str, tenant: str,
+def _to_sample(row: Any, group: GroupRow, node: str, tenant: str,
                io: Mapping[str, IoCounters]) -> GroupSample:
     values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
     psi = {key: row[col] for key, col in _PSI_COLUMNS.items() if row[col] is not None}
@@ -517,7 +519,7 @@ def _to_sample(row: Any, group: Group, node: str, tenant: str,
 METER_LOOKBACK = timedelta(minutes=2)
 
 
-def meter(*, session: Session, node: str) -> MeterResult:
+def meter(*, session: Executor, node: str) -> MeterResult:
     """Turn the raw samples of ``node`` stored since the last run into interval usage and
     hourly rollups, then move each incarnation's anchor (``groups.metered_until``).
 
@@ -525,12 +527,12 @@ def meter(*, session: Session, node: str) -> MeterResult:
     anchor: after a restart the first new sample pairs with the last stored sample, so the
     downtime is counted once.  Samples older than the anchor (arriving late) are ignored.
     """
-    node_id = session.execute(select(Node.id).where(Node.name == node)).scalar_one_or_none()
+    node_id = session.execute(select(_NODES.c.id).where(_NODES.c.name == node)).scalar_one_or_none()
     if node_id is None:
         return MeterResult(0, 0, 0, 0)
     groups = {g.id: g for g in session.execute(
-        select(Group).where(Group.node_id == node_id)).scalars()}
-    tenants = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+        select(_GROUPS).where(_GROUPS.c.node_id == node_id))}
+    tenants = dict(session.execute(select(_TENANTS.c.id, _TENANTS.c.name)).tuples().all())
     # Only the recent end of the raw table is read: from the oldest anchor among the
     # groups metered lately (the last pass's), by the (node, ts) primary key.  Samples
     # come in time order per node (one sampler; the spool replays in order before the next
@@ -543,12 +545,12 @@ def meter(*, session: Session, node: str) -> MeterResult:
     if anchors:
         newest = max(anchors)
         lo = min(a for a in anchors if a >= newest - METER_LOOKBACK)
-    anchor_ok = (Group.metered_until.is_(None)) | (Sample.ts >= Group.metered_until)
-    recent = Sample.ts >= lo if lo is not None else Sample.ts.is_not(None)
+    anchor_ok = (_GROUPS.c.metered_until.is_(None)) | (_SAMPLES.c.ts >= _GROUPS.c.metered_until)
+    recent = _SAMPLES.c.ts >= lo if lo is not None else _SAMPLES.c.ts.is_not(None)
     rows = list(session.execute(
-        select(*_SAMPLE_COLS).join(Group, Group.id == Sample.group_id)
-        .where(Sample.node_id == node_id, recent, anchor_ok)
-        .order_by(Sample.group_id, Sample.ts)
+        select(*_SAMPLE_COLS).join(_GROUPS, _GROUPS.c.id == _SAMPLES.c.group_id)
+        .where(_SAMPLES.c.node_id == node_id, recent, anchor_ok)
+        .order_by(_SAMPLES.c.group_id, _SAMPLES.c.ts)
     ).mappings().all())
     if not rows:
         return MeterResult(0, 0, 0, 0)
@@ -560,21 +562,22 @@ def meter(*, session: Session, node: str) -> MeterResult:
                 old.append((gid, at))
         for gid, at in old:
             rows.extend(session.execute(select(*_SAMPLE_COLS).where(
-                Sample.node_id == node_id, Sample.ts == at, Sample.group_id == gid)
+                _SAMPLES.c.node_id == node_id, _SAMPLES.c.ts == at, _SAMPLES.c.group_id == gid)
             ).mappings().all())
         if old:
             rows.sort(key=lambda r: (r["group_id"], r["ts"]))
     io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
-    io_anchor_ok = (Group.metered_until.is_(None)) | (SampleIo.ts >= Group.metered_until)
-    io_recent = SampleIo.ts >= lo if lo is not None else SampleIo.ts.is_not(None)
+    io_anchor_ok = ((_GROUPS.c.metered_until.is_(None))
+                    | (_SAMPLE_IO.c.ts >= _GROUPS.c.metered_until))
+    io_recent = _SAMPLE_IO.c.ts >= lo if lo is not None else _SAMPLE_IO.c.ts.is_not(None)
     io_rows = list(session.execute(
-        select(SampleIo).join(Group, Group.id == SampleIo.group_id)
-        .where(SampleIo.node_id == node_id, io_recent, io_anchor_ok)
-    ).scalars())
+        select(_SAMPLE_IO).join(_GROUPS, _GROUPS.c.id == _SAMPLE_IO.c.group_id)
+        .where(_SAMPLE_IO.c.node_id == node_id, io_recent, io_anchor_ok)
+    ))
     for gid, at in old:
-        io_rows.extend(session.execute(select(SampleIo).where(
-            SampleIo.node_id == node_id, SampleIo.ts == at, SampleIo.group_id == gid)
-        ).scalars())
+        io_rows.extend(session.execute(select(_SAMPLE_IO).where(
+            _SAMPLE_IO.c.node_id == node_id, _SAMPLE_IO.c.ts == at, _SAMPLE_IO.c.group_id == gid)
+        ))
     for r in io_rows:
         io[(r.group_id, r.ts)][r.device] = IoCounters(
             rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios, dbytes=r.dbytes)
@@ -585,7 +588,7 @@ def meter(*, session: Session, node: str) -> MeterResult:
         by_group[g.id].append(_to_sample(row, g, node, tenants[g.tenant_id],
                                          io.get((g.id, row["ts"]), {})))
 
-    by_path: dict[str, list[Group]] = defaultdict(list)
+    by_path: dict[str, list[GroupRow]] = defaultdict(list)
     for g in groups.values():
         by_path[g.path].append(g)
     series: dict[int, Sequence[GroupSample]] = {}
@@ -608,7 +611,7 @@ def meter(*, session: Session, node: str) -> MeterResult:
     return MeterResult(len(rows), len(metered.usages), metered.skipped, len(metered.rollups))
 
 
-def write_metered(*, session: Session, node_id: int, metered: Metered[Any],
+def write_metered(*, session: Executor, node_id: int, metered: Metered[Any],
                   ids: Mapping[Any, int] | None = None) -> None:
     """Write a meter step: its interval usage rows (an interval already stored is
     skipped), its rollups added into ``rollups_hourly``, and its anchors
@@ -635,11 +638,11 @@ _USAGE_COLUMNS = ("node_id", "group_id", "end_ts", "start_ts", "duration_us",
 _ROLLUP_NAMES = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
 
 
-def _set_anchors(session: Session, anchors: Sequence[tuple[int, datetime]]) -> None:
+def _set_anchors(session: Executor, anchors: Sequence[tuple[int, datetime]]) -> None:
     """``groups.metered_until`` of each ``(group id, time)``, one executemany."""
-    if session.get_bind().dialect.name == "sqlite":
+    if connection_of(session).dialect.name == "sqlite":
         conv = ts_converter(session)
-        dbapi = session.connection().connection.driver_connection
+        dbapi = connection_of(session).connection.driver_connection
         cur = dbapi.cursor()  # type: ignore[union-attr]
         try:
             cur.executemany("UPDATE groups SET metered_until = ? WHERE id = ?",
@@ -652,18 +655,18 @@ def _set_anchors(session: Session, anchors: Sequence[tuple[int, datetime]]) -> N
         [{"gid": gid, "ts": ts} for gid, ts in anchors])
 
 
-def upsert_rollups(*, session: Session, node_id: int,
+def upsert_rollups(*, session: Executor, node_id: int,
                    rollups: Mapping[tuple[int, datetime], Sequence[int]]) -> None:
     """Add ``rollups`` (keyed by group id and hour; values ``covered_us``, ``intervals``
     and the ROLLUP_QUANTITIES, in that order) into ``rollups_hourly``: one executemany of
     ``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``."""
     names = _ROLLUP_NAMES
-    if session.get_bind().dialect.name == "sqlite":
+    if connection_of(session).dialect.name == "sqlite":
         conv = ts_converter(session)
         cols = ", ".join(("node_id", "group_id", "hour", *names))
         marks = ", ".join("?" * (3 + len(names)))
         sets = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
-        dbapi = session.connection().connection.driver_connection
+        dbapi = connection_of(session).connection.driver_connection
         cur = dbapi.cursor()  # type: ignore[union-attr]
         try:
             cur.executemany(
@@ -685,8 +688,8 @@ def upsert_rollups(*, session: Session, node_id: int,
     ])
 
 
-def _previous_incarnation_sample(*, session: Session, node: str, group: Group, tenant: str,
-                                 before: datetime, others: Sequence[Group],
+def _previous_incarnation_sample(*, session: Executor, node: str, group: GroupRow, tenant: str,
+                                 before: datetime, others: Sequence[GroupRow],
                                  fresh: Mapping[int, Sequence[GroupSample]]
                                  ) -> GroupSample | None:
     """The last sample before ``before`` of an earlier incarnation of the same path on the
@@ -694,7 +697,7 @@ def _previous_incarnation_sample(*, session: Session, node: str, group: Group, t
     its samples in this run (``fresh``), read by its primary key.  (A query for "the
     latest sample of that path before ``before``" walked the raw table back to its start
     whenever the path had no earlier incarnation: every brand-new group.)"""
-    best: tuple[datetime, Group] | None = None
+    best: tuple[datetime, GroupRow] | None = None
     for other in others:
         if other.id == group.id:
             continue
@@ -706,7 +709,8 @@ def _previous_incarnation_sample(*, session: Session, node: str, group: Group, t
     if best is None:
         return None
     row = session.execute(select(*_SAMPLE_COLS).where(
-        Sample.node_id == group.node_id, Sample.ts == best[0], Sample.group_id == best[1].id)
+        _SAMPLES.c.node_id == group.node_id, _SAMPLES.c.ts == best[0],
+        _SAMPLES.c.group_id == best[1].id)
     ).mappings().first()
     if row is None:  # removed by retention meanwhile: as if there were none
         return None
@@ -723,21 +727,24 @@ class RetentionResult:
     intervals: int
 
 
-def apply_retention(*, session: Session, before: datetime) -> RetentionResult:
+def apply_retention(*, session: Executor, before: datetime) -> RetentionResult:
     """Drop raw samples, their io rows and interval usage older than ``before``.
 
     Hourly rollups are kept (bills read only them), and so are samples not yet metered and
     each incarnation's anchor sample (the last metered one), which the next pairing needs.
     """
-    anchor = select(Group.metered_until).where(Group.id == SampleIo.group_id).scalar_subquery()
-    io = session.execute(delete(SampleIo).where(SampleIo.ts < before, SampleIo.ts < anchor))
-    anchor = select(Group.metered_until).where(Group.id == Sample.group_id).scalar_subquery()
-    s = session.execute(delete(Sample).where(Sample.ts < before, Sample.ts < anchor))
-    u = session.execute(delete(IntervalUsageRow).where(IntervalUsageRow.end_ts < before))
+    anchor = select(_GROUPS.c.metered_until).where(
+        _GROUPS.c.id == _SAMPLE_IO.c.group_id).scalar_subquery()
+    io = session.execute(delete(_SAMPLE_IO).where(_SAMPLE_IO.c.ts < before,
+                                                  _SAMPLE_IO.c.ts < anchor))
+    anchor = select(_GROUPS.c.metered_until).where(
+        _GROUPS.c.id == _SAMPLES.c.group_id).scalar_subquery()
+    s = session.execute(delete(_SAMPLES).where(_SAMPLES.c.ts < before, _SAMPLES.c.ts < anchor))
+    u = session.execute(delete(_USAGE).where(_USAGE.c.end_ts < before))
     return RetentionResult(s.rowcount, io.rowcount, u.rowcount)  # type: ignore[attr-defined]
 
 
-def record_gap(*, session: Session, node: str, from_ts: datetime, to_ts: datetime,
+def record_gap(*, session: Executor, node: str, from_ts: datetime, to_ts: datetime,
                reason: str, rows_lost: int) -> None:
     """Record that the samples of ``node`` between ``from_ts`` and ``to_ts`` were lost."""
     node_id = ensure_node(session=session, name=node)
@@ -746,7 +753,7 @@ def record_gap(*, session: Session, node: str, from_ts: datetime, to_ts: datetim
         recorded_at=_now()))
 
 
-def record_applied_policy(*, session: Session, node: str, applied_at: datetime,
+def record_applied_policy(*, session: Executor, node: str, applied_at: datetime,
                           policy_hash: str, trigger: str,
                           writes: Sequence[Mapping[str, str]]) -> int:
     """Record a policy version applied on ``node`` and the writes it made; returns its id.
@@ -754,14 +761,15 @@ def record_applied_policy(*, session: Session, node: str, applied_at: datetime,
     ``writes`` are ``{"path": "tenant/group", "file": "memory.min", "value": "..."}``.
     """
     node_id = ensure_node(session=session, name=node)
-    row = AppliedPolicy(node_id=node_id, applied_at=applied_at, policy_hash=policy_hash,
-                        trigger=trigger, writes=[dict(w) for w in writes])
-    session.add(row)
-    session.flush()
-    return row.id
+    done = cast("CursorResult[Any]", session.execute(_APPLIED.insert().values(
+        node_id=node_id, applied_at=applied_at, policy_hash=policy_hash, trigger=trigger,
+        writes=[dict(w) for w in writes])))
+    key = done.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
-def record_oom_event(*, session: Session, node: str, tenant: str, group: str | None,
+def record_oom_event(*, session: Executor, node: str, tenant: str, group: str | None,
                      cgroup_id: int | None, ts: datetime, kind: str, count: int,
                      pid: int | None = None, comm: str | None = None,
                      rss_bytes: int | None = None, missed_while_down: bool = False) -> int:
@@ -771,22 +779,23 @@ def record_oom_event(*, session: Session, node: str, tenant: str, group: str | N
     group_id = None
     if cgroup_id is not None:
         path = tenant if group is None else f"{tenant}/{group}"
-        group_id = session.execute(select(Group.id).where(
-            Group.node_id == node_id, Group.path == path, Group.cgroup_id == cgroup_id,
+        group_id = session.execute(select(_GROUPS.c.id).where(
+            _GROUPS.c.node_id == node_id, _GROUPS.c.path == path, _GROUPS.c.cgroup_id == cgroup_id,
         )).scalar_one_or_none()
-    row = OomEvent(node_id=node_id, tenant_id=tenant_id, group_id=group_id, ts=ts, kind=kind,
-                   count=count, pid=pid, comm=comm, rss_bytes=rss_bytes,
-                   missed_while_down=missed_while_down)
-    session.add(row)
-    session.flush()
-    return row.id
+    done = cast("CursorResult[Any]", session.execute(_OOM.insert().values(
+        node_id=node_id, tenant_id=tenant_id, group_id=group_id, ts=ts, kind=kind,
+        count=count, pid=pid, comm=comm, rss_bytes=rss_bytes,
+        missed_while_down=missed_while_down)))
+    key = done.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
-def mark_group_removed(*, session: Session, node: str, path: str, cgroup_id: int,
+def mark_group_removed(*, session: Executor, node: str, path: str, cgroup_id: int,
                        removed_at: datetime) -> bool:
     """Note that an incarnation's directory is gone; False when it was never recorded."""
     node_id = ensure_node(session=session, name=node)
-    result = session.execute(update(Group).where(
-        Group.node_id == node_id, Group.path == path, Group.cgroup_id == cgroup_id,
+    result = session.execute(update(_GROUPS).where(
+        _GROUPS.c.node_id == node_id, _GROUPS.c.path == path, _GROUPS.c.cgroup_id == cgroup_id,
     ).values(removed_at=removed_at))
     return bool(result.rowcount)  # type: ignore[attr-defined]

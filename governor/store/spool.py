@@ -26,16 +26,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
 
 from governor.failpoint import failpoint
 from governor.metering.meter import IncKey
 from governor.metering.sample import GroupSample, IoCounters
 from governor.security import StateDir
 from governor.store.service import Incarnations, record_gap, record_samples, store_samples
+
+if TYPE_CHECKING:
+    from governor.store.db import Executor
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +308,7 @@ class Spool:
             log.warning("spool %s: drained lines not noted (%s: %s): a restart replays "
                         "them, harmlessly", self.path, _errno_name(exc), exc.strerror)
 
-    def drain(self, session_scope: Callable[[], AbstractContextManager[Session]], *,
+    def drain(self, session_scope: Callable[[], AbstractContextManager[Executor]], *,
               max_entries: int | None = None) -> int:
         """Write the pending entries, each in its own transaction, in order (the journal
         read once, a line at a time), then the gaps held in memory; returns the number of
@@ -342,7 +344,7 @@ class Spool:
         return n
 
 
-def _store(session: Session, e: dict[str, Any]) -> None:
+def _store(session: Executor, e: dict[str, Any]) -> None:
     if e["kind"] == "samples":
         record_samples(session=session, node=e["node"],
                        samples=[sample_from_json(s) for s in e["samples"]])
@@ -366,7 +368,7 @@ class SpoolingWriter:
     """
 
     def __init__(self, *, spool: Spool,
-                 session_scope: Callable[[], AbstractContextManager[Session]]) -> None:
+                 session_scope: Callable[[], AbstractContextManager[Executor]]) -> None:
         self.spool = spool
         self.session_scope = session_scope
         self.incarnations = Incarnations()

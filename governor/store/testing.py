@@ -14,13 +14,16 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
 from governor.metering.sample import GroupSample
 from governor.store.db import make_engine, normalize_url, session_factory, upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 PG_ENV = "GOVERNOR_TEST_PG_URL"
 

@@ -138,11 +138,9 @@ class Gov:
         while not self.stop.wait(0.5):
             self.publish()
 
-    def rows(self) -> list[Row]:
-        with self.sink.scope() as s:
-            rows = list(s.execute(select(Row).order_by(Row.id)).scalars())
-            s.expunge_all()
-            return rows
+    def rows(self) -> list[Any]:
+        with self.sink.scope() as s:   # a Core connection: rows, not ORM objects
+            return list(s.execute(select(Row).order_by(Row.id)))
 
     def metric(self, name: str, group: str) -> float | None:
         with urllib.request.urlopen(self.exporter.url + "/metrics", timeout=10) as r:
@@ -202,16 +200,14 @@ def kill_one(group: Path) -> int:
     return p.pid
 
 
-def kills(g: Gov, path: str) -> list[Row]:
+def kills(g: Gov, path: str) -> list[Any]:
     from governor.store.models import Group
     with g.sink.scope() as s:
-        rows = list(s.execute(select(Row).join(Group, Group.id == Row.group_id).where(
-            Row.kind == "oom_kill", Group.path == path).order_by(Row.id)).scalars())
-        s.expunge_all()
-        return rows
+        return list(s.execute(select(Row).join(Group, Group.id == Row.group_id).where(
+            Row.kind == "oom_kill", Group.path == path).order_by(Row.id)))
 
 
-def _path(g: Gov, r: Row) -> str:
+def _path(g: Gov, r: Any) -> str:
     from governor.store.models import Group
     with g.sink.scope() as s:
         return str(s.execute(select(Group.path).where(Group.id == r.group_id)).scalar_one())

@@ -22,7 +22,10 @@ NOW = T3 + timedelta(days=1)
 
 
 def _rows(session):  # noqa: F811
-    return session.execute(select(PricePlanRow).order_by(PricePlanRow.version)).scalars().all()
+    # what is stored, not the session's identity map: record_price_plans writes with Core
+    # statements (the daemon's path loads no ORM), which leave loaded objects as they were
+    return session.execute(select(PricePlanRow).order_by(PricePlanRow.version)
+                           .execution_options(populate_existing=True)).scalars().all()
 
 
 def _cpu_amount(session, policy):  # noqa: F811

@@ -101,9 +101,9 @@ def sink(tmp_path: Path) -> Iterator[DbSink]:
 
 
 def stored(s: DbSink) -> list[tuple[str, int, bool, int | None]]:
-    with s.scope() as session:
+    with s.scope() as session:   # a Core connection: rows, not ORM objects
         return [(r.kind, r.count, r.missed_while_down, r.pid) for r in
-                session.execute(select(Row).order_by(Row.id)).scalars()]
+                session.execute(select(Row).order_by(Row.id))]
 
 
 @pytest.mark.parametrize("inotify", [True, False])
