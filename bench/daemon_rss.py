@@ -199,6 +199,11 @@ def main() -> int:
         print(f"tracemalloc, alive after the passes (top {args.trace} files):")
         for f, size in by.most_common(args.trace):
             print(f"  {size / 2**20:7.2f} MiB  {f}")
+        print(f"tracemalloc, alive after the passes (top {args.trace} lines):")
+        for st in snap.statistics("lineno")[:args.trace]:
+            frame = st.traceback[0]
+            print(f"  {st.size / 2**20:7.2f} MiB  {st.count:8d} blocks  "
+                  f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}")
     sampler.close()
     fs.close()
     db.dispose()
