@@ -89,3 +89,32 @@ def test_a_sample_without_a_group_id_is_a_key_error_in_both() -> None:
 
 def test_the_store_uses_the_accelerator_when_built() -> None:
     assert service.sample_rows is not _sample_rows_py
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_flat_chunks_as_the_twin(seed: int) -> None:
+    rng = random.Random(seed)
+    width = rng.randrange(1, 40)
+    rows: list[Any] = [tuple(rng.choice([None, rng.randrange(1 << 62), "x", 1.5])
+                             for _ in range(width)) for _ in range(rng.randrange(0, 300))]
+    if rows and rng.random() < 0.3:
+        rows[0] = list(rows[0])   # any sequence
+    k = rng.randrange(1, 70)
+    want = service._flat_chunks_py(rows, k)
+    assert fast.flat_chunks(rows, k) == want
+    assert len(want) == len(rows) // k
+    assert [v for chunk in want for v in chunk] == \
+        [v for r in rows[:len(rows) // k * k] for v in r]
+
+
+def test_flat_chunks_errors_as_the_twin() -> None:
+    for rows, k, exc in (([(1,), 2], 1, TypeError), ([(1,)], 0, ValueError),
+                         ([(1,)], -1, ValueError)):
+        with pytest.raises(exc):
+            service._flat_chunks_py(rows, k)
+        with pytest.raises(exc):
+            fast.flat_chunks(rows, k)
+
+
+def test_the_store_flattens_with_the_accelerator_when_built() -> None:
+    assert service.flat_chunks is not service._flat_chunks_py

@@ -262,3 +262,37 @@ def test_meter_rolls_up_storage_only_where_both_ends_were_measured(session):  # 
     assert [v for _, v in got] == [0, 3 * 600 * GIB, 4 * 600 * GIB, 0]
     assert _sum(session, HourlyRollup.storage_byte_seconds) == 7 * 600 * GIB
     assert _sum(session, HourlyRollup.memory_byte_seconds) == 4 * 600 * GIB
+
+
+def test_a_pass_of_many_groups_is_stored_exactly_and_a_replay_mixed_in_is_not_doubled(
+        session):  # noqa: F811
+    """More rows than one multi-row INSERT takes (bulk_insert_ignore: 31 sample rows, 64
+    io rows a statement on SQLite), and a batch that mixes rows stored already with new
+    ones inside those statements: every value as given, none twice."""
+    first = [make_sample(group=f"g{i}", cgroup_id=1000 + i, wall=T0 + timedelta(seconds=i % 7),
+                         cpu=i * 1000, mem=i << 20, rbytes=4096 * (i % 3), wbytes=8192 * i,
+                         storage=None if i % 4 else i)
+             for i in range(150)]
+    record_samples(session=session, node="n1", samples=first)
+    session.commit()
+    later = [make_sample(group=f"g{i}", cgroup_id=1000 + i, wall=T0 + timedelta(minutes=1),
+                         cpu=i * 2000, mem=i << 21, wbytes=i)
+             for i in range(150)]
+    record_samples(session=session, node="n1", samples=first[40:] + later[:100] + first[:40]
+                   + later[100:])
+    session.commit()
+    everything = first + later
+    assert _count(session, Sample) == len(everything)
+    assert _count(session, SampleIo) == sum(len(s.io) for s in everything)
+    groups = {g.id: g.name for g in session.execute(select(Group)).scalars()}
+    stored = {(groups[r.group_id], r.ts): r for r in session.execute(select(Sample)).scalars()}
+    for s in everything:
+        r = stored[(s.group, s.wall)]
+        assert (r.mono, r.cpu_usage_usec, r.cpu_user_usec, r.memory_current, r.storage_bytes,
+                r.psi_cpu_some_usec, r.psi_cpu_full_usec) == (
+            s.monotonic, s.cpu_usage_usec, s.cpu_user_usec, s.memory_current, s.storage_bytes,
+            s.psi.get("cpu_some"), s.psi.get("cpu_full"))
+    io = {(groups[r.group_id], r.ts, r.device): (r.rbytes, r.wbytes, r.rios, r.wios, r.dbytes)
+          for r in session.execute(select(SampleIo)).scalars()}
+    assert io == {(s.group, s.wall, dev): tuple(c.values())
+                  for s in everything for dev, c in s.io.items()}
