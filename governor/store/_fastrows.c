@@ -31,6 +31,48 @@
 #include <Python.h>
 #include <datetime.h>
 #include <stdio.h>
+#include <structmember.h>   /* T_OBJECT_EX: what __slots__ members are */
+
+/* ---- reading a slotted object's attributes ------------------------------------------ */
+
+/* Where attribute ``name`` of ``type``'s instances sits when it is a __slots__ member (its
+ * offset in the object), else -1.  A sample's 35 attributes read through PyObject_GetAttr
+ * (the type's method cache, the descriptor's call, its checks) were half of sample_rows
+ * (issue #16); a slot is a pointer at a fixed offset. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    if (d == NULL) {
+        PyErr_Clear();   /* not this type's: every read of it goes through GetAttr */
+        return -1;
+    }
+    Py_ssize_t off = -1;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & PY_AUDIT_READ))
+            off = m->offset;
+        /* the descriptor must be the one instances see: a data descriptor of the type
+         * itself (a member descriptor is one), so GetAttr would call it */
+        if (((PyDescrObject *)d)->d_type != type &&
+            !PyType_IsSubtype(type, ((PyDescrObject *)d)->d_type))
+            off = -1;
+    }
+    Py_DECREF(d);
+    return off;
+}
+
+/* getattr(obj, name), a new reference: read from the slot when ``obj`` is exactly of the
+ * type ``off`` was found for and the slot is set (an unset one raises through GetAttr) */
+static inline PyObject *get_attr(PyObject *obj, PyTypeObject *type, Py_ssize_t off,
+                                 PyObject *name)
+{
+    if (off >= 0 && Py_IS_TYPE(obj, type)) {
+        PyObject *v = *(PyObject **)((char *)obj + off);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name);
+}
 
 static PyObject *sqlite_text(PyObject *wall)
 {
@@ -156,8 +198,21 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Py_ssize_t na = PyTuple_GET_SIZE(attrs), np = PyTuple_GET_SIZE(psi_keys);
     PyObject *rows = PyList_New(0), *io_rows = PyList_New(0), *result = NULL;
-    if (rows == NULL || io_rows == NULL)
+    /* the slots of the first sample's type: tenant, group, cgroup_id, wall, monotonic,
+     * psi, io, then attrs */
+    PyTypeObject *type = n > 0 ? Py_TYPE(PySequence_Fast_GET_ITEM(seq, 0)) : NULL;
+    Py_ssize_t *off = PyMem_New(Py_ssize_t, 7 + na);
+    if (off == NULL)
+        PyErr_NoMemory();
+    if (rows == NULL || io_rows == NULL || off == NULL)
         goto done;
+    {
+        PyObject *fixed[7] = {nm->tenant, nm->group, nm->cgroup_id, nm->wall, nm->monotonic,
+                              nm->psi, nm->io};
+        for (Py_ssize_t j = 0; j < 7 + na; j++)
+            off[j] = type == NULL ? -1 : slot_offset(
+                type, j < 7 ? fixed[j] : PyTuple_GET_ITEM(attrs, j - 7));
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *s = PySequence_Fast_GET_ITEM(seq, i);
         PyObject *key = PyTuple_New(3), *gid, *wall, *ts, *psi, *io, *row;
@@ -165,7 +220,7 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
             goto done;
         PyObject *parts[3] = {nm->tenant, nm->group, nm->cgroup_id};
         for (int k = 0; k < 3; k++) {
-            PyObject *v = PyObject_GetAttr(s, parts[k]);
+            PyObject *v = get_attr(s, type, off[k], parts[k]);
             if (v == NULL) {
                 Py_DECREF(key);
                 goto done;
@@ -181,7 +236,7 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
         }
         Py_INCREF(gid);
         Py_DECREF(key);
-        wall = PyObject_GetAttr(s, nm->wall);
+        wall = get_attr(s, type, off[3], nm->wall);
         if (wall == NULL) {
             Py_DECREF(gid);
             goto done;
@@ -193,7 +248,7 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
             goto done;
         }
         row = PyTuple_New(4 + na + np);
-        psi = row == NULL ? NULL : PyObject_GetAttr(s, nm->psi);
+        psi = row == NULL ? NULL : get_attr(s, type, off[5], nm->psi);
         if (psi == NULL) {
             Py_XDECREF(row);
             Py_DECREF(gid);
@@ -204,13 +259,13 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyTuple_SET_ITEM(row, 1, Py_NewRef(gid));
         PyTuple_SET_ITEM(row, 2, Py_NewRef(ts));
         int bad = 0;
-        PyObject *mono = PyObject_GetAttr(s, nm->monotonic);
+        PyObject *mono = get_attr(s, type, off[4], nm->monotonic);
         if (mono == NULL)
             bad = 1;
         else
             PyTuple_SET_ITEM(row, 3, mono);
         for (Py_ssize_t a = 0; !bad && a < na; a++) {
-            PyObject *v = PyObject_GetAttr(s, PyTuple_GET_ITEM(attrs, a));
+            PyObject *v = get_attr(s, type, off[7 + a], PyTuple_GET_ITEM(attrs, a));
             if (v == NULL)
                 bad = 1;
             else
@@ -243,7 +298,7 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
             goto done;
         }
         Py_DECREF(row);
-        io = PyObject_GetAttr(s, nm->io);
+        io = get_attr(s, type, off[6], nm->io);
         int e = io == NULL ? -1 : add_io_rows(io_rows, io, node_id, gid, ts, io_fields);
         Py_XDECREF(io);
         Py_DECREF(gid);
@@ -253,6 +308,7 @@ static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     result = PyTuple_Pack(2, rows, io_rows);
 done:
+    PyMem_Free(off);
     Py_XDECREF(rows);
     Py_XDECREF(io_rows);
     Py_DECREF(seq);

@@ -4,6 +4,7 @@ afterwards (SQLite), the datetimes themselves (PostgreSQL), the same errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
@@ -118,3 +119,31 @@ def test_flat_chunks_errors_as_the_twin() -> None:
 
 def test_the_store_flattens_with_the_accelerator_when_built() -> None:
     assert service.flat_chunks is not service._flat_chunks_py
+
+
+def test_samples_of_another_type_and_unset_slots_as_the_twin() -> None:
+    """sample_rows reads the first sample's type's slots directly: a sample of another
+    type (a subclass overriding an attribute) is read through getattr, as the twin reads
+    it, and an unset slot raises AttributeError in both."""
+
+    class Later(GroupSample):
+        @property   # type: ignore[misc]
+        def cpu_usage_usec(self) -> int:
+            return 42
+
+    samples = random_samples(random.Random(3), 4)
+    other = object.__new__(Later)
+    for f in dataclasses.fields(GroupSample):   # each slot, as the sampler sets them
+        getattr(GroupSample, f.name).__set__(other, getattr(samples[1], f.name))
+    mixed = [samples[0], other, samples[2]]
+    ids = {(s.tenant, s.group, s.cgroup_id): i for i, s in enumerate(mixed)}
+    want = _sample_rows_py(mixed, ids, 7, _TsCache())
+    assert want[0][1][4] == 42
+    assert c_rows(mixed, ids, _TsCache()) == want
+    hollow = object.__new__(GroupSample)
+    for name in ("node", "tenant", "group", "cgroup_id", "wall", "monotonic"):
+        getattr(GroupSample, name).__set__(hollow, getattr(samples[3], name))
+    ids[(hollow.tenant, hollow.group, hollow.cgroup_id)] = 9
+    for rows in (_sample_rows_py, lambda s, i, n, c: c_rows(s, i, c)):
+        with pytest.raises(AttributeError):
+            rows([samples[0], hollow], ids, 7, _TsCache())
