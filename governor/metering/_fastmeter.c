@@ -24,6 +24,7 @@
 #include <Python.h>
 #include <limits.h>
 #include <math.h>
+#include <structmember.h>   /* T_OBJECT_EX: what __slots__ members are */
 
 #define US_PER_S 1000000LL
 
@@ -45,12 +46,22 @@ static const char *const IO_NAMES[N_IO] = {"rbytes", "wbytes", "rios", "wios", "
 /* the quantities of an interval (usage.QUANTITIES) */
 #define N_QUANTITIES 13
 
+/* the sample attributes read here: node, tenant, group, cgroup_id, wall, the counters,
+ * monotonic, io, memory_current, storage_bytes */
+#define N_SLOTS (N_COUNTERS + 9)
+
 typedef struct {
     PyObject *interval_type;   /* usage.Interval (a tuple subclass), NULL until configure */
     PyObject *counters[N_COUNTERS];
     PyObject *io_fields[N_IO];
     PyObject *s_node, *s_tenant, *s_group, *s_cgroup_id, *s_wall, *s_monotonic,
         *s_memory_current, *s_storage_bytes, *s_io;
+    /* the type whose slots slot_off locates (a strong reference; NULL: none yet), and
+     * where each of slot_names (the names above, borrowed) sits in its instances (-1: not
+     * a slot, read through getattr) */
+    PyObject *slot_type;
+    PyObject *slot_names[N_SLOTS];
+    Py_ssize_t slot_off[N_SLOTS];
 } state_t;
 
 static state_t *get_state(PyObject *module)
@@ -58,13 +69,63 @@ static state_t *get_state(PyObject *module)
     return (state_t *)PyModule_GetState(module);
 }
 
+/* Where attribute ``name`` of ``type``'s instances sits when it is a __slots__ member (its
+ * offset in the object), else -1.  PyObject_GetAttr (the type's method cache, the member
+ * descriptor's call and checks) for the ~44 attributes of a pair of samples was most of
+ * interval() (issue #16); a slot is a pointer at a fixed offset. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    if (d == NULL) {
+        PyErr_Clear();   /* not this type's: every read of it goes through getattr */
+        return -1;
+    }
+    Py_ssize_t off = -1;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & PY_AUDIT_READ) &&
+            PyType_IsSubtype(type, ((PyDescrObject *)d)->d_type))
+            off = m->offset;
+    }
+    Py_DECREF(d);
+    return off;
+}
+
+/* locate the slots of ``type`` (the samples' type: done again only when it changes) */
+static void locate_slots(state_t *st, PyTypeObject *type)
+{
+    Py_XSETREF(st->slot_type, Py_NewRef((PyObject *)type));
+    for (int i = 0; i < N_SLOTS; i++)
+        st->slot_off[i] = slot_offset(type, st->slot_names[i]);
+}
+
+/* getattr(obj, name), a new reference: from the slot when ``obj`` is exactly of the type
+ * located and the slot is set (an unset one raises through getattr) */
+static PyObject *get_attr(state_t *st, PyObject *obj, PyObject *name)
+{
+    if ((PyObject *)Py_TYPE(obj) == st->slot_type) {
+        for (int i = 0; i < N_SLOTS; i++) {
+            if (st->slot_names[i] != name)
+                continue;
+            Py_ssize_t off = st->slot_off[i];
+            if (off >= 0) {
+                PyObject *v = *(PyObject **)((char *)obj + off);
+                if (v != NULL)
+                    return Py_NewRef(v);
+            }
+            break;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
 #define FALLBACK() do { result = Py_NewRef(Py_NotImplemented); goto done; } while (0)
 
 /* an attribute as a 64-bit int: 1 and *out set; 0: None (*out untouched); -1: error set;
  * -2: not handled here (not an exact int, or past 64 bits) */
-static int get_ll(PyObject *obj, PyObject *name, long long *out)
+static int get_ll(state_t *st, PyObject *obj, PyObject *name, long long *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(st, obj, name);
     if (v == NULL)
         return -1;
     int r;
@@ -111,7 +172,7 @@ static int io_totals(state_t *st, PyObject *prev, PyObject *cur, long long tot[N
 {
     for (int f = 0; f < N_IO; f++)
         tot[f] = 0;
-    PyObject *cio = PyObject_GetAttr(cur, st->s_io);
+    PyObject *cio = get_attr(st, cur, st->s_io);
     if (cio == NULL)
         return -1;
     int r = 1;
@@ -122,7 +183,7 @@ static int io_totals(state_t *st, PyObject *prev, PyObject *cur, long long tot[N
     }
     if (PyDict_GET_SIZE(cio) == 0)
         goto out;
-    pio = PyObject_GetAttr(prev, st->s_io);
+    pio = get_attr(st, prev, st->s_io);
     if (pio == NULL) {
         r = -1;
         goto out;
@@ -202,14 +263,14 @@ static int trapezoid(long long a, long long b, long long dt_us, long long *out)
 /* The integral of the gauge ``name`` over dt_us, the trapezoid of its values in prev and
  * cur: 1 and *out set; 0 unknown (None in either: the twin's rule); -1 an error set; -2
  * not handled here (not an exact int, past 64 bits, negative, or a result past 64 bits) */
-static int gauge_integral(PyObject *prev, PyObject *cur, PyObject *name, long long dt_us,
-                          long long *out)
+static int gauge_integral(state_t *st, PyObject *prev, PyObject *cur, PyObject *name,
+                          long long dt_us, long long *out)
 {
     long long a = 0, b = 0;
-    int ka = get_ll(prev, name, &a);
+    int ka = get_ll(st, prev, name, &a);
     if (ka == -1)
         return -1;
-    int kb = get_ll(cur, name, &b);
+    int kb = get_ll(st, cur, name, &b);
     if (kb == -1)
         return -1;
     if (ka == -2 || kb == -2 || (ka == 1 && a < 0) || (kb == 1 && b < 0))
@@ -244,13 +305,15 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
     PyObject *result = NULL, *pw = NULL, *cw = NULL, *pm = NULL, *cm = NULL;
     if (prev == Py_None)
         return Py_NewRef(Py_NotImplemented);
+    if ((PyObject *)Py_TYPE(cur) != st->slot_type)
+        locate_slots(st, Py_TYPE(cur));
     /* same group, same incarnation: else the twin (it raises, or counts from birth) */
     PyObject *same_names[4] = {st->s_cgroup_id, st->s_node, st->s_tenant, st->s_group};
     for (int i = 0; i < 4; i++) {
-        PyObject *a = PyObject_GetAttr(prev, same_names[i]);
+        PyObject *a = get_attr(st, prev, same_names[i]);
         if (a == NULL)
             return NULL;
-        PyObject *b = PyObject_GetAttr(cur, same_names[i]);
+        PyObject *b = get_attr(st, cur, same_names[i]);
         if (b == NULL) {
             Py_DECREF(a);
             return NULL;
@@ -263,10 +326,10 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         if (!eq)
             return Py_NewRef(Py_NotImplemented);
     }
-    pw = PyObject_GetAttr(prev, st->s_wall);
+    pw = get_attr(st, prev, st->s_wall);
     if (pw == NULL)
         goto done;
-    cw = PyObject_GetAttr(cur, st->s_wall);
+    cw = get_attr(st, cur, st->s_wall);
     if (cw == NULL)
         goto done;
     int later = PyObject_RichCompareBool(cw, pw, Py_GT);
@@ -281,10 +344,10 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
     int known[N_COUNTERS];
     for (int i = 0; i < N_COUNTERS; i++) {
         long long b = 0, n = 0;
-        int kb = get_ll(prev, st->counters[i], &b);
+        int kb = get_ll(st, prev, st->counters[i], &b);
         if (kb == -1)
             goto done;
-        int kn = get_ll(cur, st->counters[i], &n);
+        int kn = get_ll(st, cur, st->counters[i], &n);
         if (kn == -1)
             goto done;
         if (kb == -2 || kn == -2)
@@ -301,10 +364,10 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         delta[i] = n - b;
     }
     /* the monotonic length, rounded half to even as round() does */
-    pm = PyObject_GetAttr(prev, st->s_monotonic);
+    pm = get_attr(st, prev, st->s_monotonic);
     if (pm == NULL)
         goto done;
-    cm = PyObject_GetAttr(cur, st->s_monotonic);
+    cm = get_attr(st, cur, st->s_monotonic);
     if (cm == NULL)
         goto done;
     if (!PyFloat_CheckExact(pm) || !PyFloat_CheckExact(cm))
@@ -325,12 +388,12 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         goto done;
     }
     long long mem = 0, sto = 0;
-    int mem_known = gauge_integral(prev, cur, st->s_memory_current, dt_us, &mem);
+    int mem_known = gauge_integral(st, prev, cur, st->s_memory_current, dt_us, &mem);
     if (mem_known == -1)
         goto done;
     if (mem_known == -2)
         FALLBACK();
-    int sto_known = gauge_integral(prev, cur, st->s_storage_bytes, dt_us, &sto);
+    int sto_known = gauge_integral(st, prev, cur, st->s_storage_bytes, dt_us, &sto);
     if (sto_known == -1)
         goto done;
     if (sto_known == -2)
@@ -516,6 +579,16 @@ static int exec_module(PyObject *m)
             (st->s_storage_bytes = PyUnicode_InternFromString("storage_bytes")) == NULL ||
             (st->s_io = PyUnicode_InternFromString("io")) == NULL)
         return -1;
+    PyObject *slots[N_SLOTS] = {st->s_node, st->s_tenant, st->s_group, st->s_cgroup_id,
+                                st->s_wall};
+    for (int i = 0; i < N_COUNTERS; i++)
+        slots[5 + i] = st->counters[i];
+    slots[5 + N_COUNTERS] = st->s_monotonic;
+    slots[6 + N_COUNTERS] = st->s_io;
+    slots[7 + N_COUNTERS] = st->s_memory_current;
+    slots[8 + N_COUNTERS] = st->s_storage_bytes;
+    for (int i = 0; i < N_SLOTS; i++)
+        st->slot_names[i] = slots[i];
     if (PyModule_AddIntConstant(m, "N_COUNTERS", N_COUNTERS) < 0 ||
             PyModule_AddIntConstant(m, "N_QUANTITIES", N_QUANTITIES) < 0)
         return -1;
@@ -528,6 +601,7 @@ static int traverse(PyObject *m, visitproc visit, void *arg)
     if (st == NULL)
         return 0;
     Py_VISIT(st->interval_type);
+    Py_VISIT(st->slot_type);
     return 0;
 }
 
@@ -537,6 +611,7 @@ static int clear(PyObject *m)
     if (st == NULL)
         return 0;
     Py_CLEAR(st->interval_type);
+    Py_CLEAR(st->slot_type);
     for (int i = 0; i < N_COUNTERS; i++)
         Py_CLEAR(st->counters[i]);
     for (int i = 0; i < N_IO; i++)

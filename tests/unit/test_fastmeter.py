@@ -218,3 +218,45 @@ def test_a_stale_build_with_other_quantities_is_refused(monkeypatch: pytest.Monk
         usage._accelerated()
     monkeypatch.setattr(usage, "load", lambda _: None)
     assert usage._accelerated() is None
+
+
+def test_samples_of_another_type_and_unset_slots_as_the_twin() -> None:
+    """interval() reads the samples' slots directly when they are of the type it located
+    (the last cur's): a sample of another type (a subclass overriding a counter) is read
+    through getattr as the twin reads it, whichever of the pair it is, and an unset slot
+    raises AttributeError in both."""
+
+    class Later(GroupSample):
+        @property   # type: ignore[misc]
+        def cpu_usage_usec(self) -> int:
+            return 10**6
+
+    def retyped(s: GroupSample, cls: type[GroupSample]) -> GroupSample:
+        out = object.__new__(cls)
+        for f in dataclasses.fields(GroupSample):   # each slot, as the sampler sets them
+            getattr(GroupSample, f.name).__set__(out, getattr(s, f.name))
+        return out
+
+    rnd = random.Random(5)
+    base = dict.fromkeys(COUNTER_FIELDS, 10)
+    prev = dataclasses.replace(
+        _sample(rnd, base=base, cid=7, wall=T0, mono=100.0, io={}, mem=1), **base)
+    cur = dataclasses.replace(prev, wall=T0 + timedelta(seconds=1), monotonic=101.0,
+                              cpu_usage_usec=500)
+    for p, c in ((prev, cur), (retyped(prev, Later), cur), (prev, retyped(cur, Later)),
+                 (retyped(prev, Later), retyped(cur, Later)), (prev, cur)):
+        want = interval_between_py(p, c)
+        assert interval_between(p, c) == want
+        assert usage._FAST(p, c) in (want, NotImplemented)
+    assert interval_between(prev, retyped(cur, Later)).quantities[0] == 10**6 - 10
+    def hollow(s: GroupSample) -> GroupSample:
+        out = object.__new__(GroupSample)
+        for name in ("node", "tenant", "group", "cgroup_id", "wall"):
+            getattr(GroupSample, name).__set__(out, getattr(s, name))
+        return out
+
+    for f in (interval_between_py, interval_between):
+        with pytest.raises(AttributeError):
+            f(prev, hollow(cur))
+        with pytest.raises(AttributeError):
+            f(hollow(prev), cur)
