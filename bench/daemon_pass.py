@@ -32,17 +32,12 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.daemon import GC_YOUNG
 from governor.exporter.render import Health, Snapshot, render
+from governor.metering.catchup import load_anchors, meter
 from governor.metering.meter import Meter
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
-from governor.store.service import (
-    Incarnations,
-    load_anchors,
-    meter,
-    record_samples,
-    store_samples,
-    write_metered,
-)
+from governor.store.metered import write_metered
+from governor.store.service import Incarnations, record_samples, store_samples
 from tests.unit.cgroupfs_fake import create_groups
 
 

@@ -121,10 +121,11 @@ def main() -> int:
     from governor.cgroupfs.reader import raise_nofile_limit
     from governor.daemon import settle_heap, trim_heap
     from governor.exporter.render import Health, Snapshot, render
+    from governor.metering.catchup import load_anchors
     from governor.metering.meter import Meter, Pending
     from governor.metering.sampler import Sampler
     from governor.store.gate import Database
-    from governor.store.service import load_anchors, write_metered
+    from governor.store.metered import write_metered
     from governor.store.spool import Spool, SpoolingWriter
     from tests.unit.cgroupfs_fake import create_groups
 
@@ -155,7 +156,7 @@ def main() -> int:
             outcome = writer.submit("bench", ps.samples)
             assert outcome == "stored", outcome
             if not ready:   # the daemon's first pass meters from the store's rows
-                from governor.store.service import meter as store_meter
+                from governor.metering.catchup import meter as store_meter
                 with db.scope() as session:
                     store_meter(session=session, node="bench")
                 meter.forget()

@@ -34,9 +34,10 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.daemon import SWITCH_INTERVAL, settle_heap
 from governor.metering import sampler as sampler_mod
+from governor.metering.catchup import meter
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
-from governor.store.service import meter, record_samples
+from governor.store.service import record_samples
 from tests.unit.cgroupfs_fake import create_groups
 
 

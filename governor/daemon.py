@@ -557,7 +557,8 @@ class Daemon:
         (nothing read back), held in :attr:`pending` and written every ``write_every``
         passes (and with ``flush``) in one transaction; or, when the store holds samples
         not metered yet, from the store's rows (the anchors are then resolved again)."""
-        from governor.store.service import load_anchors, meter, write_metered
+        from governor.metering.catchup import load_anchors, meter
+        from governor.store.metered import write_metered
 
         node = self.cfg.node
         step = None
@@ -624,8 +625,8 @@ class Daemon:
     def _drain(self) -> None:
         """The spool's backlog written between passes, a few batches at a time (a pass
         may take the writer's lock between steps), each step metered from the store."""
+        from governor.metering.catchup import meter
         from governor.store.gate import reason
-        from governor.store.service import meter
 
         while self.spool and self.db.up and not self.stop_event.is_set():
             try:

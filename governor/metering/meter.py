@@ -2,14 +2,14 @@
 
 :func:`pair_series` is the one pairing rule, used both by the daemon's in-memory
 :class:`Meter` (each pass pairs what it just read with the previous pass's samples, held in
-memory: nothing is read back from the database) and by :func:`governor.store.service.meter`
+memory: nothing is read back from the database) and by :func:`governor.metering.catchup.meter`
 (the catch-up over stored samples after a restart, a crash between a pass's two commits, or
 a drained spool).  Both give the same rows for the same samples: one function, one answer.
 
 An *anchor* is an incarnation's last metered sample: the next sample pairs with it.  The
 daemon holds every live incarnation's anchor in memory; one it does not hold (the first
 pass after a start, a group seen again after a long absence, a new incarnation) is
-resolved from the database once, by :func:`governor.store.service.load_anchors`.
+resolved from the database once, by :func:`governor.metering.catchup.load_anchors`.
 """
 
 from __future__ import annotations
@@ -233,14 +233,14 @@ class Pending(Generic[K]):
     is added here, and the stored anchors (``groups.metered_until``) move only when the
     rows this holds are written, in the same transaction.  A crash, a failed write or a
     database outage drops what this holds, and the store's catch-up meter (from the stored
-    anchors over the stored samples: :func:`governor.store.service.meter`) makes the same
+    anchors over the stored samples: :func:`governor.metering.catchup.meter`) makes the same
     usage again.
 
     What it saves: a group costs one rollup upsert, one anchor update and one interval row
     per write instead of per pass.  A key's consecutive intervals are merged while they
     are contiguous and inside one hour: the merged interval's quantities are the sums of
     its pieces' (counter deltas and integrals over adjacent pieces; an unknown quantity
-    counts 0, as :func:`governor.store.service.write_metered` stores it), accumulated by
+    counts 0, as :func:`governor.store.metered.write_metered` stores it), accumulated by
     the meter's own ``rollup_add`` (C when built).  The rollups are made when written, from
     the merged intervals: one that lies in an hour adds its sums and its count of pieces
     there, as the pieces would have one by one; an interval across an hour boundary is

@@ -1,18 +1,18 @@
 """Store services: every function takes the session as a keyword-only argument.
 
 The caller owns the transaction (commit or roll back); nothing here commits, nothing here
-keeps a global.  A sampler calls :func:`record_samples` with the raw samples of one tick, and a
-periodic job calls :func:`meter` to turn new raw samples into interval usage and hourly
-rollups (the pairing rules are in :mod:`governor.metering.usage`).
+keeps a global.  A sampler calls :func:`record_samples` with the raw samples of one tick;
+the meter step that turns them into interval usage and hourly rollups is metering's
+(:mod:`governor.metering.catchup`), which reads and writes its rows through
+:mod:`governor.store.metered`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import chain
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -24,7 +24,6 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    bindparam,
     delete,
     select,
     update,
@@ -32,9 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import Insert
 
 from governor.accel import load
-from governor.metering.meter import Anchor, IncKey, Metered, inc_key, pair_series
-from governor.metering.rollup import ROLLUP_QUANTITIES
-from governor.metering.sample import GAUGE_FIELDS, GroupSample, IoCounters
+from governor.metering.meter import IncKey
+from governor.metering.sample import GAUGE_FIELDS, GroupSample
 from governor.store.db import connection_of
 from governor.store.errors import StoreError
 from governor.store.tables import UTCDateTime, metadata
@@ -43,36 +41,33 @@ from governor.store.tables import gaps as _GAPS
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
 from governor.store.tables import oom_events as _OOM
-from governor.store.tables import rollups_hourly as _ROLLUPS
 from governor.store.tables import sample_io as _SAMPLE_IO
 from governor.store.tables import samples as _SAMPLES
 from governor.store.tables import tenants as _TENANTS
 from governor.store.tables import usage_intervals as _USAGE
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import CursorResult, Row
+    from sqlalchemy.engine import CursorResult
 
     from governor.store.db import Executor
 
-    #: a ``groups`` row (one incarnation)
-    GroupRow = Row[Any]
 
 #: sample columns copied as they are from GroupSample attributes of the same name
-_COUNTER_COLUMNS = (
+COUNTER_COLUMNS = (
     "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_nr_periods",
     "cpu_nr_throttled", "cpu_throttled_usec",
     "memory_events_low", "memory_events_high", "memory_events_max", "memory_events_oom",
     "memory_events_oom_kill", "memory_events_oom_group_kill",
     *GAUGE_FIELDS,
 )
-_PSI_COLUMNS = {key: f"psi_{key}_usec" for key in
+PSI_COLUMNS = {key: f"psi_{key}_usec" for key in
                 ("cpu_some", "cpu_full", "memory_some", "memory_full", "io_some", "io_full")}
 
 #: names per IN list (SQLite's variable limit is 32766 since 3.32)
 _CHUNK = 5000
 
 
-def _insert(session: Executor, table: Table) -> Insert:
+def dialect_insert(session: Executor, table: Table) -> Insert:
     """A dialect-specific INSERT that knows ON CONFLICT (SQLite >= 3.24, PostgreSQL)."""
     # the dialect's module is imported by the engine that uses it: a daemon on SQLite
     # never loads PostgreSQL's (with asyncio, 2 MiB resident; issue #16)
@@ -90,7 +85,7 @@ def _insert(session: Executor, table: Table) -> Insert:
 
 def insert_ignore(session: Executor, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` on either dialect."""
-    stmt = _insert(session, table)
+    stmt = dialect_insert(session, table)
     return stmt.on_conflict_do_nothing()  # type: ignore[attr-defined, no-any-return]
 
 
@@ -121,7 +116,7 @@ def ensure_tenant(*, session: Executor, name: str) -> int:
     return made
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -179,7 +174,7 @@ def _incarnation_ids(
     by_path = {(s.path, s.cgroup_id): key for key, s in wanted.items()}
 
     def lookup(keys: Sequence[tuple[str, int]]) -> None:
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys):
             rows = session.execute(
                 select(_GROUPS.c.path, _GROUPS.c.cgroup_id, _GROUPS.c.id,
                        _GROUPS.c.created_at).where(
@@ -225,13 +220,13 @@ def _incarnation_ids(
     return ids
 
 
-_SAMPLE_COLUMNS = ("node_id", "group_id", "ts", "mono", *_COUNTER_COLUMNS,
-                   *_PSI_COLUMNS.values())
+_SAMPLE_COLUMNS = ("node_id", "group_id", "ts", "mono", *COUNTER_COLUMNS,
+                   *PSI_COLUMNS.values())
 _IO_COLUMNS = ("node_id", "group_id", "ts", "device", "rbytes", "wbytes", "rios", "wios",
                "dbytes")
 
 
-_PSI_KEYS: Final = tuple(_PSI_COLUMNS)
+_PSI_KEYS: Final = tuple(PSI_COLUMNS)
 _IO_FIELDS: Final = ("rbytes", "wbytes", "rios", "wios", "dbytes")
 
 
@@ -245,7 +240,7 @@ def _sample_rows_py(samples: Sequence[GroupSample], ids: Mapping[IncKey, int],
     rows: list[tuple[Any, ...]] = []
     io_rows: list[tuple[Any, ...]] = []
     psi_keys = _PSI_KEYS
-    counters = attrgetter(*_COUNTER_COLUMNS)
+    counters = attrgetter(*COUNTER_COLUMNS)
     for s in samples:
         gid = ids[(s.tenant, s.group, s.cgroup_id)]
         ts = s.wall if cache is None else cache[s.wall]
@@ -270,7 +265,7 @@ def _sample_rows_fast() -> Callable[..., Rows] | None:
              cache: _TsCache | None) -> Rows:
         fresh = cache.fresh if cache is not None else None
         size = cache.size if cache is not None else 0
-        got: Rows = c_rows(samples, ids, node_id, _COUNTER_COLUMNS, _PSI_KEYS, _IO_FIELDS,
+        got: Rows = c_rows(samples, ids, node_id, COUNTER_COLUMNS, _PSI_KEYS, _IO_FIELDS,
                            cache, fresh, size)
         return got
 
@@ -485,284 +480,6 @@ def store_samples(*, session: Executor, node: str, samples: Sequence[GroupSample
     bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
     bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
     return node_id, ids
-
-
-def load_anchors(*, session: Executor, node: str, node_id: int,
-                 samples: Sequence[GroupSample], ids: Mapping[IncKey, int]
-                 ) -> dict[IncKey, Anchor]:
-    """The anchors of ``samples``' incarnations as the store has them (``ids``: their group
-    ids, from :func:`store_samples`): for the in-memory meter, once per incarnation it does
-    not hold (after a start, a long absence, a new incarnation).  The same rules as
-    :func:`meter`: an incarnation metered before pairs with the sample at its
-    ``metered_until`` (none if retention removed it); one never metered with the latest
-    sample of an earlier incarnation of its path before its first sample."""
-    wanted = {inc_key(s): s for s in samples}
-    gids = sorted({ids[k] for k in wanted})
-    groups: dict[int, GroupRow] = {}
-    for chunk in _chunks(gids):
-        groups.update((g.id, g) for g in session.execute(
-            select(_GROUPS).where(_GROUPS.c.id.in_(chunk))))
-    tenants = dict(session.execute(select(_TENANTS.c.id, _TENANTS.c.name).where(
-        _TENANTS.c.id.in_(sorted({g.tenant_id for g in groups.values()})))).tuples().all())
-    anchored = sorted((g.id, g.metered_until) for g in groups.values()
-                      if g.metered_until is not None)
-    rows: dict[tuple[int, datetime], Any] = {}
-    io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
-    for chunk in _chunks(anchored):
-        times = sorted({ts for _, ts in chunk})
-        want = set(chunk)
-        # by time alone (the key's order: node, ts, group), filtered here: with the
-        # group ids in the query too, SQLite probed every (time, group) pair, 1,000 x 1,000
-        for row in session.execute(select(*_SAMPLE_COLS).where(
-                _SAMPLES.c.node_id == node_id, _SAMPLES.c.ts.in_(times))).mappings():
-            if (row["group_id"], row["ts"]) in want:
-                rows[(row["group_id"], row["ts"])] = row
-        for r in session.execute(select(_SAMPLE_IO).where(
-                _SAMPLE_IO.c.node_id == node_id, _SAMPLE_IO.c.ts.in_(times))):
-            if (r.group_id, r.ts) in want:
-                io[(r.group_id, r.ts)][r.device] = IoCounters(
-                    rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios,
-                    dbytes=r.dbytes)
-    out: dict[IncKey, Anchor] = {}
-    for key, s in wanted.items():
-        g = groups[ids[key]]
-        tenant = tenants[g.tenant_id]
-        if g.metered_until is not None:
-            at = rows.get((g.id, g.metered_until))
-            out[key] = Anchor(None if at is None else _to_sample(
-                at, g, node, tenant, io.get((g.id, g.metered_until), {})), g.metered_until)
-            continue
-        others = list(session.execute(select(_GROUPS).where(
-            _GROUPS.c.node_id == node_id, _GROUPS.c.path == g.path)))
-        out[key] = Anchor(_previous_incarnation_sample(
-            session=session, node=node, group=g, tenant=tenant, before=s.wall,
-            others=others, fresh={}), None)
-    return out
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MeterResult:
-    samples: int
-    intervals: int
-    skipped: int
-    rollup_rows: int
-
-
-_SAMPLE_COLS = [c for c in _SAMPLES.c if c.name not in ("node_id",)]
-
-
-def _to_sample(row: Any, group: GroupRow, node: str, tenant: str,
-               io: Mapping[str, IoCounters]) -> GroupSample:
-    values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
-    psi = {key: row[col] for key, col in _PSI_COLUMNS.items() if row[col] is not None}
-    return GroupSample(node=node, tenant=tenant, group=group.name, cgroup_id=group.cgroup_id,
-                       wall=row["ts"], monotonic=row["mono"], io=dict(io), psi=psi,
-                       created=group.created_at, **values)
-
-
-#: how far back from the newest anchor the groups metered "lately" reach (see meter)
-METER_LOOKBACK = timedelta(minutes=2)
-
-
-def meter(*, session: Executor, node: str) -> MeterResult:
-    """Turn the raw samples of ``node`` stored since the last run into interval usage and
-    hourly rollups, then move each incarnation's anchor (``groups.metered_until``).
-
-    Each incarnation's new samples are paired with the previous one, the first with the
-    anchor: after a restart the first new sample pairs with the last stored sample, so the
-    downtime is counted once.  Samples older than the anchor (arriving late) are ignored.
-    """
-    node_id = session.execute(select(_NODES.c.id).where(_NODES.c.name == node)).scalar_one_or_none()
-    if node_id is None:
-        return MeterResult(0, 0, 0, 0)
-    groups = {g.id: g for g in session.execute(
-        select(_GROUPS).where(_GROUPS.c.node_id == node_id))}
-    tenants = dict(session.execute(select(_TENANTS.c.id, _TENANTS.c.name)).tuples().all())
-    # Only the recent end of the raw table is read: from the oldest anchor among the
-    # groups metered lately (the last pass's), by the (node, ts) primary key.  Samples
-    # come in time order per node (one sampler; the spool replays in order before the next
-    # pass), so nothing unmetered is older.  The anchor sample of a group metered longer
-    # ago (missing from recent passes, or removed) is fetched by its key when it has new
-    # samples.  Reading from each group's own anchor instead scanned the whole raw table
-    # at every pass (8.6 million rows a day at 1,000 groups).
-    anchors = [g.metered_until for g in groups.values() if g.metered_until is not None]
-    lo: datetime | None = None
-    if anchors:
-        newest = max(anchors)
-        lo = min(a for a in anchors if a >= newest - METER_LOOKBACK)
-    anchor_ok = (_GROUPS.c.metered_until.is_(None)) | (_SAMPLES.c.ts >= _GROUPS.c.metered_until)
-    recent = _SAMPLES.c.ts >= lo if lo is not None else _SAMPLES.c.ts.is_not(None)
-    rows = list(session.execute(
-        select(*_SAMPLE_COLS).join(_GROUPS, _GROUPS.c.id == _SAMPLES.c.group_id)
-        .where(_SAMPLES.c.node_id == node_id, recent, anchor_ok)
-        .order_by(_SAMPLES.c.group_id, _SAMPLES.c.ts)
-    ).mappings().all())
-    if not rows:
-        return MeterResult(0, 0, 0, 0)
-    old: list[tuple[int, datetime]] = []  # anchors older than the window, with new samples
-    if lo is not None:
-        for gid in {row["group_id"] for row in rows}:
-            at = groups[gid].metered_until
-            if at is not None and at < lo:
-                old.append((gid, at))
-        for gid, at in old:
-            rows.extend(session.execute(select(*_SAMPLE_COLS).where(
-                _SAMPLES.c.node_id == node_id, _SAMPLES.c.ts == at, _SAMPLES.c.group_id == gid)
-            ).mappings().all())
-        if old:
-            rows.sort(key=lambda r: (r["group_id"], r["ts"]))
-    io: dict[tuple[int, datetime], dict[str, IoCounters]] = defaultdict(dict)
-    io_anchor_ok = ((_GROUPS.c.metered_until.is_(None))
-                    | (_SAMPLE_IO.c.ts >= _GROUPS.c.metered_until))
-    io_recent = _SAMPLE_IO.c.ts >= lo if lo is not None else _SAMPLE_IO.c.ts.is_not(None)
-    io_rows = list(session.execute(
-        select(_SAMPLE_IO).join(_GROUPS, _GROUPS.c.id == _SAMPLE_IO.c.group_id)
-        .where(_SAMPLE_IO.c.node_id == node_id, io_recent, io_anchor_ok)
-    ))
-    for gid, at in old:
-        io_rows.extend(session.execute(select(_SAMPLE_IO).where(
-            _SAMPLE_IO.c.node_id == node_id, _SAMPLE_IO.c.ts == at, _SAMPLE_IO.c.group_id == gid)
-        ))
-    for r in io_rows:
-        io[(r.group_id, r.ts)][r.device] = IoCounters(
-            rbytes=r.rbytes, wbytes=r.wbytes, rios=r.rios, wios=r.wios, dbytes=r.dbytes)
-
-    by_group: dict[int, list[GroupSample]] = defaultdict(list)
-    for row in rows:
-        g = groups[row["group_id"]]
-        by_group[g.id].append(_to_sample(row, g, node, tenants[g.tenant_id],
-                                         io.get((g.id, row["ts"]), {})))
-
-    by_path: dict[str, list[GroupRow]] = defaultdict(list)
-    for g in groups.values():
-        by_path[g.path].append(g)
-    series: dict[int, Sequence[GroupSample]] = {}
-    previous: dict[int, GroupSample | None] = {}
-    for gid, samples in by_group.items():
-        g = groups[gid]
-        prev: GroupSample | None = None
-        todo: Sequence[GroupSample] = samples
-        if g.metered_until is not None and samples[0].wall == g.metered_until:
-            prev, todo = samples[0], samples[1:]
-        elif g.metered_until is None:
-            prev = _previous_incarnation_sample(session=session, node=node, group=g,
-                                                tenant=tenants[g.tenant_id],
-                                                before=samples[0].wall,
-                                                others=by_path[g.path], fresh=by_group)
-        series[gid] = todo
-        previous[gid] = prev
-    metered = pair_series(series, previous)
-    write_metered(session=session, node_id=node_id, metered=metered)
-    return MeterResult(len(rows), len(metered.usages), metered.skipped, len(metered.rollups))
-
-
-def write_metered(*, session: Executor, node_id: int, metered: Metered[Any],
-                  ids: Mapping[Any, int] | None = None) -> None:
-    """Write a meter step: its interval usage rows (an interval already stored is
-    skipped), its rollups added into ``rollups_hourly``, and its anchors
-    (``groups.metered_until``), each as one executemany.  Keys are group ids, or looked up
-    in ``ids`` (the in-memory meter's incarnation keys)."""
-    gid = (lambda k: k) if ids is None else ids.__getitem__
-    conv = ts_converter(session)
-    usage_rows = [
-        (node_id, gid(k), conv(iv.end), conv(iv.start), iv.duration_us, iv.from_creation,
-         *(q if None not in (q := iv.quantities) else [x or 0 for x in q]))
-        for k, iv in metered.usages]
-    if usage_rows:
-        bulk_insert_ignore(session, "usage_intervals", _USAGE_COLUMNS, usage_rows,
-                           ts_index=None)
-    if metered.rollups:
-        upsert_rollups(session=session, node_id=node_id, rollups={
-            (gid(k), hour): q for (k, hour), q in metered.rollups.items()})
-    if metered.anchors:
-        _set_anchors(session, [(gid(k), s.wall) for k, s in metered.anchors.items()])
-
-
-_USAGE_COLUMNS = ("node_id", "group_id", "end_ts", "start_ts", "duration_us",
-                  "from_creation", *ROLLUP_QUANTITIES)
-_ROLLUP_NAMES = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
-
-
-def _set_anchors(session: Executor, anchors: Sequence[tuple[int, datetime]]) -> None:
-    """``groups.metered_until`` of each ``(group id, time)``, one executemany."""
-    if connection_of(session).dialect.name == "sqlite":
-        conv = ts_converter(session)
-        dbapi = connection_of(session).connection.driver_connection
-        cur = dbapi.cursor()  # type: ignore[union-attr]
-        try:
-            cur.executemany("UPDATE groups SET metered_until = ? WHERE id = ?",
-                            [(conv(ts), gid) for gid, ts in anchors])
-        finally:
-            cur.close()
-        return
-    session.execute(update(_GROUPS).where(_GROUPS.c.id == bindparam("gid")).values(
-        metered_until=bindparam("ts")).execution_options(synchronize_session=False),
-        [{"gid": gid, "ts": ts} for gid, ts in anchors])
-
-
-def upsert_rollups(*, session: Executor, node_id: int,
-                   rollups: Mapping[tuple[int, datetime], Sequence[int]]) -> None:
-    """Add ``rollups`` (keyed by group id and hour; values ``covered_us``, ``intervals``
-    and the ROLLUP_QUANTITIES, in that order) into ``rollups_hourly``: one executemany of
-    ``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``."""
-    names = _ROLLUP_NAMES
-    if connection_of(session).dialect.name == "sqlite":
-        conv = ts_converter(session)
-        cols = ", ".join(("node_id", "group_id", "hour", *names))
-        marks = ", ".join("?" * (3 + len(names)))
-        sets = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
-        dbapi = connection_of(session).connection.driver_connection
-        cur = dbapi.cursor()  # type: ignore[union-attr]
-        try:
-            cur.executemany(
-                f"INSERT INTO rollups_hourly ({cols}) VALUES ({marks}) "  # noqa: S608
-                f"ON CONFLICT (node_id, group_id, hour) DO UPDATE SET {sets}",
-                [(node_id, gid, conv(hour), *values) for (gid, hour), values in rollups.items()])
-        finally:
-            cur.close()
-        return
-    stmt: Any = _insert(session, _ROLLUPS)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["node_id", "group_id", "hour"],
-        set_={n: _ROLLUPS.c[n] + stmt.excluded[n] for n in names},
-    )
-    session.execute(stmt, [
-        {"node_id": node_id, "group_id": gid, "hour": hour,
-         **dict(zip(names, values, strict=True))}
-        for (gid, hour), values in rollups.items()
-    ])
-
-
-def _previous_incarnation_sample(*, session: Executor, node: str, group: GroupRow, tenant: str,
-                                 before: datetime, others: Sequence[GroupRow],
-                                 fresh: Mapping[int, Sequence[GroupSample]]
-                                 ) -> GroupSample | None:
-    """The last sample before ``before`` of an earlier incarnation of the same path on the
-    same node: the latest of each such incarnation's anchor (its last metered sample) and
-    its samples in this run (``fresh``), read by its primary key.  (A query for "the
-    latest sample of that path before ``before``" walked the raw table back to its start
-    whenever the path had no earlier incarnation: every brand-new group.)"""
-    best: tuple[datetime, GroupRow] | None = None
-    for other in others:
-        if other.id == group.id:
-            continue
-        times = [x.wall for x in fresh.get(other.id, ()) if x.wall < before]
-        if other.metered_until is not None and other.metered_until < before:
-            times.append(other.metered_until)
-        if times and (best is None or max(times) > best[0]):
-            best = (max(times), other)
-    if best is None:
-        return None
-    row = session.execute(select(*_SAMPLE_COLS).where(
-        _SAMPLES.c.node_id == group.node_id, _SAMPLES.c.ts == best[0],
-        _SAMPLES.c.group_id == best[1].id)
-    ).mappings().first()
-    if row is None:  # removed by retention meanwhile: as if there were none
-        return None
-    values: dict[str, Any] = {col: row[col] for col in _COUNTER_COLUMNS}
-    return GroupSample(node=node, tenant=tenant, group=group.name,
-                       cgroup_id=best[1].cgroup_id, wall=row["ts"], monotonic=row["mono"],
-                       **values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

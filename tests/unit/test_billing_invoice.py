@@ -15,8 +15,9 @@ from governor.billing.cli import bill_command, parse_period, run_bill, usage_com
 from governor.billing.errors import InvalidPeriod, NoPricePlan, UnknownTenant
 from governor.billing.formats import FOCUS_COLUMNS, render_to_string
 from governor.billing.report import invoice, usage_report
+from governor.metering.catchup import meter
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
-from governor.store.service import apply_retention, meter, record_applied_policy, record_samples
+from governor.store.service import apply_retention, record_applied_policy, record_samples
 from governor.store.testing import db_url, engine, make_sample, session  # noqa: F401
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -51,7 +51,8 @@ from governor.billing.report import invoice
 from governor.policy import load_policy
 from governor.store.db import upgrade
 from governor.store.gate import Database
-from governor.store.service import (apply_retention, meter, record_applied_policy,
+from governor.metering.catchup import meter
+from governor.store.service import (apply_retention, record_applied_policy,
                                     record_oom_event, store_samples)
 from governor.store.testing import make_sample
 url = "sqlite:///" + sys.argv[1]

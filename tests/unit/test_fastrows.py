@@ -21,7 +21,7 @@ fast = pytest.importorskip("governor.store._fastrows")
 
 def c_rows(samples: list[GroupSample], ids: dict[Any, int], cache: _TsCache | None
            ) -> Any:
-    return fast.sample_rows(samples, ids, 7, service._COUNTER_COLUMNS, service._PSI_KEYS,
+    return fast.sample_rows(samples, ids, 7, service.COUNTER_COLUMNS, service._PSI_KEYS,
                             service._IO_FIELDS, cache, None if cache is None else cache.fresh,
                             0 if cache is None else cache.size)
 

@@ -27,18 +27,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from governor.metering.catchup import load_anchors, meter
 from governor.metering.meter import Anchor, Meter, inc_key
 from governor.metering.sample import GroupSample
 from governor.store.db import scope_factory
+from governor.store.metered import write_metered
 from governor.store.models import Group, HourlyRollup, IntervalUsageRow, Node
-from governor.store.service import (
-    Incarnations,
-    load_anchors,
-    meter,
-    record_samples,
-    store_samples,
-    write_metered,
-)
+from governor.store.service import Incarnations, record_samples, store_samples
 from governor.store.testing import db_url, engine, make_sample  # noqa: F401
 
 T0 = datetime(2026, 12, 5, 9, 58, 30, tzinfo=UTC)

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from governor.metering.catchup import meter
 from governor.store.models import Gap, Group, HourlyRollup, IntervalUsageRow, Sample, SampleIo
-from governor.store.service import apply_retention, meter, record_gap, record_samples
+from governor.store.service import apply_retention, record_gap, record_samples
 from governor.store.testing import db_url, engine, make_sample, session  # noqa: F401
 
 T0 = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
@@ -156,7 +157,7 @@ def test_meter_reads_only_the_recent_end_and_keeps_a_late_groups_usage(session):
     """Metering reads samples from the oldest anchor among the lately metered groups, not
     the whole raw table; a group absent for longer than that window (an old anchor) still
     pairs its next sample with its anchor: nothing is lost across the gap."""
-    from governor.store.service import METER_LOOKBACK
+    from governor.metering.catchup import METER_LOOKBACK
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     step = timedelta(seconds=10)
@@ -184,7 +185,7 @@ def test_meter_reads_only_the_recent_end_and_keeps_a_late_groups_usage(session):
     assert wrote == last * 4096
     if session.bind.dialect.name == "sqlite":
         # the raw rows are read by a (node, ts) range of the primary key
-        from governor.store import service
+        from governor.metering import catchup
         compiled = []
 
         def seen(_c, _cur, statement, *_a):  # type: ignore[no-untyped-def]
@@ -200,7 +201,7 @@ def test_meter_reads_only_the_recent_end_and_keeps_a_late_groups_usage(session):
         [q] = [s for s in compiled if s.lstrip().startswith("SELECT")
                and "FROM samples JOIN" in s]
         assert "samples.ts >=" in q
-        assert service.METER_LOOKBACK == METER_LOOKBACK
+        assert catchup.METER_LOOKBACK == METER_LOOKBACK
 
 
 def test_recreated_group_pairs_with_the_earlier_incarnation_by_key(session):  # noqa: F811
@@ -227,8 +228,9 @@ def test_storage_bytes_are_stored_and_come_back_in_the_anchor(session):  # noqa:
     """Issue #19: the writable layers' bytes are a raw gauge like memory.current: stored
     as given (None stays NULL: missing is not zero), and read back into the sample the
     next pass pairs with after a restart (load_anchors)."""
+    from governor.metering.catchup import load_anchors
     from governor.metering.meter import inc_key
-    from governor.store.service import load_anchors, store_samples
+    from governor.store.service import store_samples
 
     a = make_sample(wall=T0, storage=5 << 40)
     b = make_sample(group="db", cgroup_id=101, wall=T0)

@@ -283,8 +283,8 @@ def test_an_hour_rolled_up_before_0002_takes_the_storage_metered_after(db_url): 
 
     from governor.metering.rollup import ROLLUP_QUANTITIES
     from governor.store.db import session_factory
+    from governor.store.metered import upsert_rollups
     from governor.store.models import HourlyRollup
-    from governor.store.service import upsert_rollups
 
     upgrade(db_url, "0001")
     eng = make_engine(db_url)
