@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.reader import StatReader, raise_nofile_limit, read_stats_reopen
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, move, remove
+from governor.cgroupfs.tree import create, move, remove
 
 
 def main() -> int:

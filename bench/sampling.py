@@ -40,8 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.reader import ACCELERATED, FAST_FILES, raise_nofile_limit
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS, create, move, remove
+from governor.cgroupfs.tree import create, move, remove
 from governor.metering.sampler import Sampler
 
 ROOT = Path("/sys/fs/cgroup")

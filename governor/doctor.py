@@ -15,8 +15,8 @@ from pathlib import Path
 
 from governor.cgroupfs import mount
 from governor.cgroupfs.files import CGROUP2_SUPER_MAGIC, statfs_type
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.parse import parse_list
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS
 from governor.config import Config
 from governor.errors import GovernorError
 

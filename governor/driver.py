@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from governor.cgroupfs.layout import Layout
+from governor.cgroupfs.managed import DELEGATE_XATTRS
 from governor.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 #: sd_booted(3): systemd is PID 1 when this is a directory
 RUN_SYSTEMD = "/run/systemd/system"
-#: the extended attribute systemd (>= 251) puts on the cgroup of a unit with Delegate=yes
-DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 
 
 def sd_booted(run_dir: str = RUN_SYSTEMD) -> bool:

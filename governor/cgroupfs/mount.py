@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from governor.cgroupfs.files import CGROUP2_SUPER_MAGIC, statfs_type
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.parse import MountEntry, parse_list, parse_mountinfo
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS
 from governor.errors import MountError, NotCgroup2Error
 
 FIX_UNIFIED = (

@@ -21,17 +21,13 @@ from governor.cgroupfs import accel
 from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
 from governor.cgroupfs.layout import Layout, as_layout
+from governor.cgroupfs.managed import DELEGATE_XATTRS, MANAGED_CONTROLLERS
 from governor.cgroupfs.names import check_relpath, display_path
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
-from governor.driver import DELEGATE_XATTRS
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
 _fast = accel.fastread()  # keep_warm's writer thread
 log = logging.getLogger("governor.cgroupfs")
-
-#: the controllers governor manages (cgroup-v2.rst "Controllers")
-MANAGED_CONTROLLERS = ("cpu", "io", "memory", "pids")
-
 
 class MissingControllers(CgroupError):
     """Controllers asked for are not available in a group's ``cgroup.controllers``."""

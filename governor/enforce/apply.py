@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.tree import (
-    MANAGED_CONTROLLERS,
     create,
     enable_controllers,
     mark_managed,

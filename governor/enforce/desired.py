@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from governor.cgroupfs.tree import MANAGED_CONTROLLERS
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.policy import Policy
 
 

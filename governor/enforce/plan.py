@@ -398,7 +398,7 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
             "enable cpu io memory pids for children" if layout.manages_controllers else None),
             reason="the governor's subtree"))
     elif layout.manages_controllers:
-        from governor.cgroupfs.tree import MANAGED_CONTROLLERS
+        from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 
         have = set(parse.parse_list(fs.read(root, "cgroup.subtree_control")))
         missing = [c for c in MANAGED_CONTROLLERS if c not in have]

@@ -8,7 +8,7 @@ object), as ``docker run`` reads it: pure functions, tested on strings.
   ``/etc/group`` (read inside the container's root after ``pivot_root``), never the
   host's: a host's ``app`` is not the image's ``app``.  A numeric uid needs no entry (its
   group is then 0 and its home ``/``, as docker does);
-* the environment: governor's launch rules (:func:`governor.placement.launch.launch_env`:
+* the environment: governor's launch rules (:func:`governor.placement.identity.launch_env`:
   the caller's terminal and locale variables, the user's identity, a safe ``PATH``), then
   the image's ``Env`` over them, then each ``--env``;
 * the working directory: ``WorkingDir``, absolute; ``/`` when empty.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from governor.placement.launch import LaunchError, User, launch_env
+from governor.placement.identity import LaunchError, User, launch_env
 
 #: the largest uid/gid (2^32 - 2: -1 is "no change" to the kernel)
 MAX_ID = 2**32 - 2

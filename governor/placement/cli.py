@@ -115,12 +115,8 @@ def run_launch(load: Callable[[], tuple[Config, Policy]], *, tenant: str, group:
     if caller is None:
         caller = os.environ
     from governor.driver import open_tree
-    from governor.placement.launch import (
-        LaunchError,
-        Restart,
-        parse_env_options,
-        where_to_launch,
-    )
+    from governor.placement.identity import LaunchError, parse_env_options
+    from governor.placement.launch import Restart, where_to_launch
     from governor.placement.launch import launch as run
     from governor.policy.model import RESTART_BACKOFF_CAP_US
 

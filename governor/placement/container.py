@@ -37,7 +37,8 @@ from governor.image.errors import ImageError, describe_os_error
 from governor.image.quota import QuotaError, set_project
 from governor.image.store import ImageRecord, ImageStore
 from governor.image.writable import Pool, WritableError
-from governor.placement.launch import KEPT_VARS, LaunchError, Restart, launch
+from governor.placement.identity import KEPT_VARS, LaunchError
+from governor.placement.launch import Restart, launch
 from governor.placement.rootfs import Rootfs
 
 #: the namespaces of a container from an image unless --unshare names others (mount is

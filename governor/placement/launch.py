@@ -16,10 +16,11 @@ user and environment from the image.
 
 What the command inherits (issue 15: a launch must not hand root's secrets to a tenant):
 
-* **environment**: never the caller's.  The command gets :func:`launch_env`: ``PATH`` set
-  to a fixed safe default, ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from the passwd
-  entry of the user it runs as, ``TERM``, ``COLORTERM``, ``LANG``, ``LANGUAGE``, ``LC_*``
-  and ``TZ`` copied from the caller, plus what the caller passes by name with ``--env
+* **environment**: never the caller's.  The command gets
+  :func:`~governor.placement.identity.launch_env`: ``PATH`` set to a fixed safe default,
+  ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from the passwd entry of the user it runs
+  as, ``TERM``, ``COLORTERM``, ``LANG``, ``LANGUAGE``, ``LC_*`` and ``TZ`` copied from
+  the caller, plus what the caller passes by name with ``--env
   NAME=VALUE`` or ``--env NAME`` (copied when set).  This holds with and without
   ``--user``: ``GOVERNOR_DATABASE`` (a password) or a cloud token in root's shell has no
   business in a tenant's container either.  ``PATH`` also decides where the command is
@@ -57,15 +58,13 @@ import ctypes.util
 import errno
 import fcntl
 import os
-import pwd
-import re
 import select
 import signal
 import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -73,12 +72,19 @@ from typing import TYPE_CHECKING, Final
 from governor.cgroupfs import parse, tree
 from governor.cgroupfs.files import CgroupFS
 from governor.errors import CgroupError, GovernorError
+from governor.placement.identity import (
+    EXIT_LAUNCH_FAILED,
+    LaunchError,
+    User,
+    caller_user,
+    launch_env,
+    resolve_user,
+)
 
 if TYPE_CHECKING:
     from governor.driver import Tree
     from governor.placement.rootfs import Rootfs
 
-EXIT_LAUNCH_FAILED: Final = 125
 EXIT_NOT_EXECUTABLE: Final = 126
 EXIT_NOT_FOUND: Final = 127
 
@@ -108,81 +114,6 @@ IFF_UP: Final = 0x1
 FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-class LaunchError(GovernorError):
-    """governor itself could not start the command (exit 125)."""
-
-    exit_code = EXIT_LAUNCH_FAILED
-
-
-#: PATH of the launched command (Debian's login.defs ENV_SUPATH / ENV_PATH)
-ROOT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-USER_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
-#: variables copied from the caller's environment (terminal and locale only)
-KEPT_VARS: Final = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ")
-_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    shell: str = "/bin/sh"
-
-
-def resolve_user(spec: str) -> User:
-    """A user name or a numeric uid -> its ids and supplementary groups."""
-    try:
-        pw = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
-    except (KeyError, OverflowError):
-        raise LaunchError(f"no such user {spec!r}") from None
-    return User(pw.pw_name, pw.pw_uid, pw.pw_gid,
-                tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)), pw.pw_dir,
-                pw.pw_shell or "/bin/sh")
-
-
-def parse_env_options(items: Iterable[str], caller: Mapping[str, str]) -> dict[str, str]:
-    """``--env NAME=VALUE`` / ``--env NAME`` (copied from ``caller`` when set there, else
-    left out, as ``docker run -e``) -> the variables passed explicitly."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        if not _ENV_NAME.match(name):
-            raise LaunchError(f"--env {item!r}: {name!r} is not a variable name (letters, "
-                              "digits and _, not starting with a digit); write --env "
-                              "NAME=VALUE or --env NAME")
-        if "\0" in value:
-            raise LaunchError(f"--env {name}: the value contains a NUL byte")
-        if eq:
-            out[name] = value
-        elif name in caller:
-            out[name] = caller[name]
-    return out
-
-
-def launch_env(caller: Mapping[str, str], user: User | None,
-               explicit: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The whole environment of a launched command (see the module doc): an allow-list
-    copied from ``caller``, identity variables of ``user`` (the account the command runs
-    as: with no ``--user``, the caller's own), a safe ``PATH``, then ``explicit``."""
-    env = {k: v for k, v in caller.items() if k in KEPT_VARS or k.startswith("LC_")}
-    if user is not None:
-        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL=user.shell)
-    env["PATH"] = ROOT_PATH if user is None or user.uid == 0 else USER_PATH
-    env.update(explicit or {})
-    return env
-
-
-def _caller() -> User | None:
-    """The account governor runs as (None when its uid has no passwd entry)."""
-    try:
-        return resolve_user(str(os.getuid()))
-    except LaunchError:
-        return None
 
 
 def parse_unshare(spec: str | None) -> int:
@@ -501,10 +432,10 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
     in that root filesystem (which needs ``mount`` in ``unshare``); ``user`` and ``env``
     are then unused: the user and the environment are resolved in the image.
 
-    The command's environment is :func:`launch_env` of ``caller`` (the environment of who
-    asked for the launch: governor's own by default, a ``governor-launch`` client's in the
-    launcher), with ``env`` the variables passed explicitly (``--env``); nothing else of
-    the caller's is passed.
+    The command's environment is :func:`~governor.placement.identity.launch_env` of
+    ``caller`` (the environment of who asked for the launch: governor's own by default, a
+    ``governor-launch`` client's in the launcher), with ``env`` the variables passed
+    explicitly (``--env``); nothing else of the caller's is passed.
 
     With ``restart`` (the group's ``oom.actions`` has ``restart``), a run that ends by
     SIGKILL while the group's OOM-kill counters went up is started again after the backoff,
@@ -530,7 +461,7 @@ def launch(fs: CgroupFS, rel: str, argv: Sequence[str], *, unshare: str | None =
     else:
         who = resolve_user(user) if user is not None else None
         environ = launch_env(os.environ if caller is None else caller,
-                             who if who is not None else _caller(), env)
+                             who if who is not None else caller_user(), env)
     restarts = 0
     with _Supervisor() as sup:
         while True:

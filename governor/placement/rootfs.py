@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from governor.image import runconfig
-from governor.placement.launch import User
+from governor.placement.identity import User
 
 MS_RDONLY: Final = 1
 MS_NOSUID: Final = 2

@@ -14,10 +14,10 @@ import pytest
 
 from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.mount import find_cgroup2
 from governor.cgroupfs.reader import StatReader
 from governor.cgroupfs.tree import (
-    MANAGED_CONTROLLERS,
     GroupLister,
     ProcsWriter,
     create,

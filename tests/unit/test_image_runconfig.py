@@ -12,7 +12,8 @@ import pytest
 from governor.image import runconfig
 from governor.image.store import ImageRecord, ImageStore
 from governor.placement.container import IMAGE_NAMESPACES, ContainerDirs, namespaces, plan
-from governor.placement.launch import ROOT_PATH, USER_PATH, LaunchError, User, parse_unshare
+from governor.placement.identity import ROOT_PATH, USER_PATH, LaunchError, User
+from governor.placement.launch import parse_unshare
 from governor.placement.rootfs import MAX_MOUNT_DATA, RootfsError, overlay_options
 
 IMG = "shop:v2"

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from governor.cgroupfs.files import CgroupFS
-from governor.placement.launch import (
+from governor.placement.identity import (
     ROOT_PATH,
     USER_PATH,
     LaunchError,
     User,
-    launch,
     launch_env,
     parse_env_options,
     resolve_user,
 )
+from governor.placement.launch import launch
 
 NOBODY = User("nobody", 65534, 65534, (65534,), "/nonexistent", "/usr/sbin/nologin")
 ROOT = User("root", 0, 0, (0,), "/root", "/bin/bash")

@@ -18,13 +18,12 @@ from governor.cgroupfs.files import CgroupFS
 from governor.config import load_config
 from governor.errors import CgroupError, ConfigError
 from governor.placement import netlink
+from governor.placement.identity import LaunchError, resolve_user
 from governor.placement.launch import (
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
-    LaunchError,
     parse_unshare,
-    resolve_user,
     wait_status,
 )
 from governor.placement.placer import Placer
