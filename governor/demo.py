@@ -145,7 +145,7 @@ class Tour:
 
     def kernel(self, path: str, file: str) -> str:
         from governor.config import load_config
-        from governor.enforce.cli import open_cgroup
+        from governor.driver import open_cgroup
 
         with open_cgroup(load_config(self.config)) as fs:
             return fs.read(f"{self.subtree}/{path}", file)
@@ -261,13 +261,13 @@ class Tour:
         self.gov("events", "--config", str(self.config), "--tenant", "globex")
 
     def oom_recorded(self) -> bool:
-        from governor.oom.cli import query_events
+        from governor.oom.store import query_events
         from governor.store.db import make_engine, session_factory
 
         engine = make_engine(self.database)
         try:
             with session_factory(engine)() as session:
-                rows = query_events(session, tenant="globex", kind="oom_kill")
+                rows = query_events(session=session, tenant="globex", kind="oom_kill")
         finally:
             engine.dispose()
         return any(r["group"] == "cache" for r in rows)

@@ -136,16 +136,21 @@ class Tree:
         self.close()
 
 
+def open_cgroup(cfg: Config) -> CgroupFS:
+    """The cgroup2 mount (from the configuration, or discovered), verified with statfs."""
+    from governor.cgroupfs.files import CgroupFS
+    from governor.cgroupfs.mount import find_cgroup2
+
+    return CgroupFS(Path(cfg.cgroup_root) if cfg.cgroup_root else find_cgroup2())
+
+
 def open_tree(cfg: Config, *, writes: bool = True, run_dir: str = RUN_SYSTEMD) -> Tree:
     """Open the cgroup2 mount (configured, or discovered and verified with statfs) with
     the driver :func:`choose` picks.  ``writes``: the caller will create or change groups
     (the cgroupfs driver then refuses a subtree systemd did not delegate)."""
-    from governor.cgroupfs.files import CgroupFS
-    from governor.cgroupfs.mount import find_cgroup2
-
     name, why = choose(cfg, run_dir=run_dir)
     layout = layout_for(cfg, run_dir=run_dir)
-    fs = CgroupFS(Path(cfg.cgroup_root) if cfg.cgroup_root else find_cgroup2())
+    fs = open_cgroup(cfg)
     try:
         driver = None
         if name == "systemd":

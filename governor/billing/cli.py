@@ -1,30 +1,25 @@
-"""``governor usage`` and ``governor bill``.
-
-The lead's ``governor/cli.py`` owns ``--config``/``--database`` and loads the configuration;
-these commands read ``ctx.obj.database_url`` (str) and ``ctx.obj.policy`` (a loaded
-:class:`governor.policy.model.Policy`, only touched by ``bill``).  The work itself is in
-:func:`run_usage` and :func:`run_bill`, callable without click.
-"""
+"""``governor usage`` and ``governor bill``: they parse the period and print; the reading
+is :mod:`governor.billing.service`'s.  :func:`run_usage` and :func:`run_bill` print a
+report or invoices for parsed values, callable without click."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import Progress
-from sqlalchemy import select
 
 from governor.billing.errors import InvalidPeriod
 from governor.billing.formats import FORMATS, render_invoices, render_usage
-from governor.billing.history import with_recorded_prices
 from governor.billing.plans import PolicyLike
-from governor.billing.report import By, Invoice, invoice, usage_report
-from governor.store.db import check_schema, connect, database_errors, session_factory
-from governor.store.models import Tenant
+from governor.billing.report import By, Invoice
+from governor.billing.service import make_invoices, read_usage
+from governor.clikit import config_options
+from governor.config import Config
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _parse_time(value: str, what: str) -> datetime:
@@ -62,87 +57,78 @@ def parse_period(period: str | None, start: str | None, end: str | None,
 def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: datetime,
               by: By = "group", fmt: str = "table", out: TextIO | None = None) -> None:
     """Print the usage report (see :func:`governor.billing.report.usage_report`)."""
-    out = out or sys.stdout
-    engine = connect(database_url)
-    try:
-        with database_errors(database_url, "read"):
-            check_schema(engine)
-            with session_factory(engine)() as session:
-                report = usage_report(session=session, tenant=tenant, start=start, end=end,
-                                      by=by)
-        render_usage(report, fmt, out)
-    finally:
-        engine.dispose()
+    report = read_usage(database_url, tenant=tenant, start=start, end=end, by=by)
+    render_usage(report, fmt, out or sys.stdout)
 
 
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
              end: datetime, fmt: str = "table", out: TextIO | None = None) -> list[Invoice]:
-    """Print the invoices of ``tenant`` (or of every tenant of the policy and database) and
-    return them.  Prices come from the recorded price plans where the database has them
-    (:mod:`governor.billing.history`: a past bill never follows a later edit of the
-    policy), else from ``policy``.  A progress bar shows on stderr when stdout is a
-    terminal."""
+    """Print the invoices of ``tenant`` (or of every tenant of the policy and database,
+    see :func:`governor.billing.service.make_invoices`) and return them.  A progress bar
+    shows on stderr when stdout is a terminal."""
+    from rich.console import Console
+    from rich.progress import Progress
+
     out = out or sys.stdout
-    engine = connect(database_url)
+    progress = Progress(console=Console(stderr=True), transient=True)
+    task = progress.add_task("billing")
+
+    def known(n: int) -> None:
+        progress.update(task, total=n)
+        if out.isatty() and n > 1:
+            progress.start()
+
     try:
-        with database_errors(database_url, "read"), session_factory(engine)() as session:
-            check_schema(engine)
-            policy = with_recorded_prices(policy, session)
-            if tenant is not None:
-                tenants: Sequence[str] = [tenant]
-            else:
-                metered = set(session.execute(select(Tenant.name)).scalars())
-                tenants = sorted(set(policy.tenants) | metered)
-            invoices: list[Invoice] = []
-            show = out.isatty() and len(tenants) > 1
-            with Progress(console=Console(stderr=True), transient=True,
-                          disable=not show) as progress:
-                task = progress.add_task("billing", total=len(tenants))
-                for t in tenants:
-                    invoices.append(invoice(session=session, policy=policy, tenant=t,
-                                            start=start, end=end))
-                    progress.advance(task)
-        render_invoices(invoices, fmt, out)
-        return invoices
+        invoices = make_invoices(database_url, policy, tenant=tenant, start=start, end=end,
+                                 tenants_known=known,
+                                 invoiced=lambda _: progress.advance(task))
     finally:
-        engine.dispose()
+        progress.stop()
+    render_invoices(invoices, fmt, out)
+    return invoices
 
 
-_period_options = [
-    click.option("--tenant", default=None, help="Only this tenant (default: all)."),
-    click.option("--from", "start", default=None, help="Start (UTC), e.g. 2026-11-01."),
-    click.option("--to", "end", default=None, help="End (UTC, exclusive); default now."),
-    click.option("--period", default=None, help="A UTC calendar month, e.g. 2026-11."),
-]
-
-
-def _with_period(f: Any) -> Any:
-    for option in reversed(_period_options):
-        f = option(f)
-    return f
+def _period(func: F) -> F:
+    for opt in reversed([
+        click.option("--tenant", default=None, help="only this tenant (default: all)"),
+        click.option("--from", "start", default=None, help="start (UTC), e.g. 2026-11-01"),
+        click.option("--to", "end", default=None, help="end (UTC, exclusive); default now"),
+        click.option("--period", default=None, help="a UTC calendar month, e.g. 2026-11"),
+    ]):
+        func = opt(func)
+    return func
 
 
 @click.command("usage")
-@_with_period
+@config_options
+@_period
 @click.option("--by", type=click.Choice(["hour", "day", "group", "node"]), default="group",
               show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
-@click.pass_obj
-def usage_command(obj: Any, *, tenant: str | None, start: str | None, end: str | None,
-                  period: str | None, by: By, fmt: str) -> None:
+def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
+                  end: str | None, period: str | None, by: By, fmt: str) -> None:
     """Usage per hour, day, group or node, from the hourly rollups."""
     a, b = parse_period(period, start, end)
-    run_usage(obj.database_url, tenant=tenant, start=a, end=b, by=by, fmt=fmt)
+    run_usage(cfg().database_url, tenant=tenant, start=a, end=b, by=by, fmt=fmt)
 
 
 @click.command("bill")
-@_with_period
+@config_options
+@_period
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table",
               show_default=True)
-@click.pass_obj
-def bill_command(obj: Any, *, tenant: str | None, start: str | None, end: str | None,
-                 period: str | None, fmt: str) -> None:
-    """Invoices: per group and resource, priced by the tenant's plan."""
+def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
+                 end: str | None, period: str | None, fmt: str) -> None:
+    """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
+    or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS columns."""
+    from governor.policy import load_policy
+
+    c = cfg()
     a, b = parse_period(period, start, end)
-    run_bill(obj.database_url, obj.policy, tenant=tenant, start=a, end=b, fmt=fmt)
+    run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(usage_command)
+    main.add_command(bill_command)

@@ -6,63 +6,23 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import click
 
-from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.mount import find_cgroup2
 from governor.config import Config
 from governor.driver import open_tree
-from governor.enforce.apply import Outcome, apply_plan
+from governor.enforce.apply import apply_plan
 from governor.enforce.desired import desired_state
-from governor.enforce.keeper import Recorder
 from governor.enforce.plan import make_plan
+from governor.enforce.record import db_recorder
 from governor.policy import load_policy
-from governor.policy.model import PricePlan
 
 log = logging.getLogger("governor.enforce")
 
 
-def open_cgroup(cfg: Config) -> CgroupFS:
-    """The cgroup2 mount (from the configuration, or discovered), verified with statfs."""
-    root = Path(cfg.cgroup_root) if cfg.cgroup_root else find_cgroup2()
-    return CgroupFS(root)
-
-
-def db_recorder(cfg: Config) -> tuple[Recorder | None, str]:
-    """A recorder writing applied policies and their price plans (see
-    :mod:`governor.billing.history`) to the database, or None with the reason."""
-    try:
-        from governor.store import db, service
-    except ImportError as e:
-        return None, f"store unavailable ({e})"
-    try:
-        engine = db.make_engine(cfg.database_url)
-        db.check_schema(engine, config_hint=cfg.source or "FILE")
-    except Exception as e:  # any store problem: fall back to the log
-        return None, str(e).splitlines()[0]
-    sessions = db.session_factory(engine)
-
-    def record(digest: str, trigger: str, outcomes: list[Outcome],
-               plans: Mapping[str, PricePlan]) -> None:
-        from governor.billing.history import record_price_plans
-        from governor.enforce.keeper import now
-
-        writes = [{"path": o.action.path, "file": o.action.file or "", "kind": o.action.kind,
-                   "value": o.action.new or "", "ok": "yes" if o.ok else f"no: {o.error}"}
-                  for o in outcomes]
-        with sessions.begin() as session:
-            service.record_applied_policy(session=session, node=cfg.node, applied_at=now(),
-                                          policy_hash=digest, trigger=trigger, writes=writes)
-            record_price_plans(session=session, plans=plans)
-
-    return record, ""
-
-
 def register(main: click.Group) -> None:
-    from governor.cli import FORMAT, config_options, emit_json
+    from governor.clikit import FORMAT, config_options, emit_json
 
     group = main.commands.get("policy")
     if not isinstance(group, click.Group):
@@ -131,7 +91,7 @@ def register(main: click.Group) -> None:
 
 
 def register_run(main: click.Group) -> None:
-    from governor.cli import config_options
+    from governor.clikit import config_options
 
     @main.command("run")
     @config_options

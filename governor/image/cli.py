@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from governor.cli import config_options, emit_json
+from governor.clikit import config_options, emit_json
 from governor.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -6,17 +6,14 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from governor.cli import FORMAT, config_options, emit_json
+from governor.clikit import FORMAT, config_options, emit_json
 from governor.config import Config
-from governor.errors import UnknownTenant
 from governor.oom.events import ALL_KINDS
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+from governor.oom.store import read_events
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 
@@ -34,37 +31,6 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         raise click.BadParameter(f"{value!r}: use e.g. 2h, 30m, 1d or 2026-01-31T12:00:00Z",
                                  param_hint="--since") from None
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
-def query_events(session: Session, *, tenant: str | None = None, kind: str | None = None,
-                 since: datetime | None = None, limit: int | None = None
-                 ) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
-    from governor.store.models import Group, Node, OomEvent, Tenant
-
-    q = (select(OomEvent, Node.name, Tenant.name, Group.path, Group.cgroup_id)
-         .join(Node, Node.id == OomEvent.node_id).join(Tenant, Tenant.id == OomEvent.tenant_id)
-         .outerjoin(Group, Group.id == OomEvent.group_id)
-         .order_by(OomEvent.ts, OomEvent.id))
-    if tenant is not None:
-        known = set(session.execute(select(Tenant.name)).scalars())
-        if tenant not in known:
-            raise UnknownTenant(tenant, where="never seen in this database", known=sorted(known))
-        q = q.where(Tenant.name == tenant)
-    if kind is not None:
-        q = q.where(OomEvent.kind == kind)
-    if since is not None:
-        q = q.where(OomEvent.ts >= since)
-    rows = session.execute(q).all()
-    if limit is not None:
-        rows = rows[-limit:]
-    return [{"ts": e.ts.isoformat(), "node": node, "tenant": t,
-             "group": path.partition("/")[2] or None if path else None,
-             "cgroup_id": cid, "kind": e.kind, "count": e.count, "pid": e.pid,
-             "comm": e.comm, "rss_bytes": e.rss_bytes,
-             "missed_while_down": e.missed_while_down}
-            for e, node, t, path, cid in rows]
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -99,17 +65,9 @@ def _table(rows: list[dict[str, Any]]) -> None:
 def events_command(cfg: Callable[[], Config], *, tenant: str | None, kind: str | None,
                    since: str | None, limit: int | None, fmt: str) -> None:
     """List OOM kills, OOM and limit events and early memory warnings."""
-    from governor.store.db import check_schema, connect, database_errors, session_factory
-
     conf = cfg()
     start = parse_since(since) if since else None
-    engine = connect(conf.database_url)
-    try:
-        with database_errors(conf.database_url, "read"), session_factory(engine)() as session:
-            check_schema(engine)
-            rows = query_events(session, tenant=tenant, kind=kind, since=start, limit=limit)
-    finally:
-        engine.dispose()
+    rows = read_events(conf.database_url, tenant=tenant, kind=kind, since=start, limit=limit)
     if fmt == "json":
         emit_json({"events": rows})
     else:

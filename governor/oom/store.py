@@ -12,15 +12,19 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select
 
+from governor.errors import UnknownTenant
 from governor.metering.sample import GroupSample
 from governor.oom.events import OomEvent
 from governor.store.db import Executor
 from governor.store.service import ensure_node, incarnation_ids, record_oom_event
 from governor.store.tables import oom_events as _OOM
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 Scope = Callable[[], AbstractContextManager[Executor]]
 
@@ -96,3 +100,51 @@ class DbSink:
                                  pid=e.pid, comm=e.comm, rss_bytes=e.rss_bytes,
                                  missed_while_down=e.missed_while_down)
 
+
+def query_events(*, session: Session, tenant: str | None = None, kind: str | None = None,
+                 since: datetime | None = None, limit: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """The recorded events, oldest first (the newest ``limit``), as plain rows."""
+    # the ORM models are imported here, by the commands that read: the daemon, which
+    # writes through the tables, never loads sqlalchemy.orm (issue #16)
+
+    from governor.store.models import Group, Node, OomEvent, Tenant
+
+    q = (select(OomEvent, Node.name, Tenant.name, Group.path, Group.cgroup_id)
+         .join(Node, Node.id == OomEvent.node_id).join(Tenant, Tenant.id == OomEvent.tenant_id)
+         .outerjoin(Group, Group.id == OomEvent.group_id)
+         .order_by(OomEvent.ts, OomEvent.id))
+    if tenant is not None:
+        known = set(session.execute(select(Tenant.name)).scalars())
+        if tenant not in known:
+            raise UnknownTenant(tenant, where="never seen in this database", known=sorted(known))
+        q = q.where(Tenant.name == tenant)
+    if kind is not None:
+        q = q.where(OomEvent.kind == kind)
+    if since is not None:
+        q = q.where(OomEvent.ts >= since)
+    rows = session.execute(q).all()
+    if limit is not None:
+        rows = rows[-limit:]
+    return [{"ts": e.ts.isoformat(), "node": node, "tenant": t,
+             "group": path.partition("/")[2] or None if path else None,
+             "cgroup_id": cid, "kind": e.kind, "count": e.count, "pid": e.pid,
+             "comm": e.comm, "rss_bytes": e.rss_bytes,
+             "missed_while_down": e.missed_while_down}
+            for e, node, t, path, cid in rows]
+
+
+def read_events(database_url: str, *, tenant: str | None = None, kind: str | None = None,
+                since: datetime | None = None, limit: int | None = None
+                ) -> list[dict[str, Any]]:
+    """:func:`query_events` on a database URL (connect, check the schema, read)."""
+    from governor.store.db import check_schema, connect, database_errors, session_factory
+
+    engine = connect(database_url)
+    try:
+        with database_errors(database_url, "read"), session_factory(engine)() as session:
+            check_schema(engine)
+            return query_events(session=session, tenant=tenant, kind=kind, since=since,
+                                limit=limit)
+    finally:
+        engine.dispose()

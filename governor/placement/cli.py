@@ -4,71 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import click
 
-from governor.cgroupfs import tree
-from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.layout import Layout, as_layout
 from governor.config import Config
-from governor.errors import GovernorError, UnknownTenant
-from governor.placement.procfs import CLK_TCK, Proc, ProcessGone, boot_time, host_pidns
+from governor.errors import UnknownTenant
 from governor.policy import Policy, load_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class PsRow:
-    group: str
-    pid: int
-    user: str
-    command: str
-    pidns: int
-    container: bool
-    since: str  # ISO 8601 UTC start time
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def ps_rows(fs: CgroupFS, subtree: Layout | str, policy: Policy, *,
-            tenant: str | None = None,
-            proc_root: str = "/proc") -> list[PsRow]:
-    """The processes of each managed group (groups of the policy, in policy order)."""
-    layout = as_layout(subtree)
-    host_ns = host_pidns(proc_root)
-    btime = boot_time(proc_root)
-    rows: list[PsRow] = []
-    for g in policy.groups():
-        if tenant is not None and g.tenant != tenant:
-            continue
-        rel = layout.path(g.path)
-        if not fs.exists(rel):
-            continue
-        for pid in tree.procs_below(fs, rel):
-            p = Proc(proc_root, pid)
-            try:
-                st = p.stat()
-                ns = p.pidns()
-                cmd = p.cmdline() or f"[{st.comm}]"
-                user = _user(p.status().uid)
-            except ProcessGone:
-                continue
-            since = datetime.fromtimestamp(btime + st.starttime / CLK_TCK, UTC)
-            rows.append(PsRow(g.path, pid, user, cmd, ns, ns != host_ns,
-                              since.isoformat(timespec="seconds")))
-    return rows
 
 
 #: ``governor launch`` and ``governor-launch`` (the launcher's client) take the same
@@ -106,20 +53,16 @@ def run_launch(load: Callable[[], tuple[Config, Policy]], *, tenant: str, group:
                unshare: str | None, image: str | None, keep: bool, hostname: str | None,
                user: str | None, env: tuple[str, ...], command: tuple[str, ...],
                caller: Mapping[str, str] | None = None) -> int:
-    """The launch ``governor launch`` and the launcher's shims run, from parsed options;
-    returns the exit code.  ``load()`` gives the configuration and policy, once the
-    options are checked (a usage error is reported first, as click reports its own).
-    ``caller``: the environment of who asked (default governor's
-    own), of which the command gets the terminal and locale variables and ``--env NAME``'s
-    values; governor's own work (mkfs, mount) keeps governor's environment."""
+    """Check the options of a launch (``governor launch``, a ``governor-launch`` request)
+    and run it (:func:`governor.placement.front.launch_request`); returns the exit code.
+    ``load()`` gives the configuration and policy, once the options are checked (a usage
+    error is reported first, as click reports its own).  ``caller``: the environment of
+    who asked (default governor's own)."""
+    from governor.placement.front import launch_request
+    from governor.placement.identity import LaunchError, parse_env_options
+
     if caller is None:
         caller = os.environ
-    from governor.driver import open_tree
-    from governor.placement.identity import LaunchError, parse_env_options
-    from governor.placement.launch import Restart, where_to_launch
-    from governor.placement.launch import launch as run
-    from governor.policy.model import RESTART_BACKOFF_CAP_US
-
     if image is None and not command:
         raise click.UsageError("no command given: governor launch ... -- CMD [ARGS...]")
     if keep and image is None:
@@ -138,66 +81,13 @@ def run_launch(load: Callable[[], tuple[Config, Policy]], *, tenant: str, group:
             ref = parse_image_ref(image)
         except ImageError as e:
             raise click.BadParameter(str(e), param_hint="--image") from None
-    try:
-        c, pol = load()
-    except GovernorError as e:
-        raise LaunchError(str(e)) from e
-    t = pol.tenants.get(tenant)
-    if t is None:
-        raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
-                            known=list(pol.tenants))
-    if group not in t.groups:
-        raise UnknownTenant(tenant, group=group, where=f"not in the policy {c.policy}",
-                            known=[g.path for g in pol.groups()])
-    oom = t.groups[group].oom
-    restart = None
-    if "restart" in oom.actions:
-        restart = Restart(oom.restart_max, oom.restart_backoff_us / 1e6,
-                          RESTART_BACKOFF_CAP_US / 1e6)
-    try:
-        tree = open_tree(c)
-        rel = where_to_launch(tree, f"{tenant}/{group}")
-    except GovernorError as e:
-        raise LaunchError(str(e)) from e
-    with tree:
-        if ref is not None:
-            from governor.image.store import ImageStore
-            from governor.image.writable import Pool
-            from governor.placement.container import launch_image
-
-            pool = Pool.from_config(c)
-            code = launch_image(tree.fs, rel, ImageStore(c.state_dir), ref,
-                                list(command), state_dir=c.state_dir, unshare=unshare,
-                                hostname=hostname, user=user, env=passed, keep=keep,
-                                restart=restart, group=f"{tenant}/{group}", pool=pool,
-                                storage_max=t.groups[group].storage_max, caller=caller)
-        else:
-            code = run(tree.fs, rel, list(command), unshare=unshare,
-                       hostname=hostname, user=user, env=passed,
-                       restart=restart, caller=caller)
-    return code
-
-
-def warm_up(c: Config) -> None:
-    """Import what a launch runs (and open the tree once: the driver's modules), so a
-    shim starts with nothing left to import."""
-    import governor.image.store
-    import governor.image.writable
-    import governor.placement.container
-    import governor.placement.launch
-    import governor.placement.rootfs  # noqa: F401
-    from governor.driver import open_tree
-
-    try:
-        open_tree(c).close()
-    except GovernorError as e:  # each launch will say it, as governor launch would
-        import logging
-
-        logging.getLogger("governor.launcher").warning("launcher: %s", e)
+    return launch_request(load, tenant=tenant, group=group, unshare=unshare, image=ref,
+                          keep=keep, hostname=hostname, user=user, env=passed,
+                          command=command, caller=caller)
 
 
 def register(main: click.Group) -> None:
-    from governor.cli import FORMAT, config_options, emit_json
+    from governor.clikit import FORMAT, config_options, emit_json
     from governor.driver import open_tree
 
     @main.command(context_settings=LAUNCH_SETTINGS)
@@ -244,8 +134,9 @@ def register(main: click.Group) -> None:
         outlives this one: stopping or restarting the launcher touches no container.
         Root only: the socket is 0600 and each client's uid is checked.
         """
-        from governor.cli import run_command
+        from governor.clikit import run_command
         from governor.log import setup_logging
+        from governor.placement.front import warm_up
         from governor.placement.launcher import Cached, Launcher, Request, bind
         from governor.sdnotify import Notifier
 
@@ -305,6 +196,8 @@ def register(main: click.Group) -> None:
         if tenant is not None and tenant not in pol.tenants:
             raise UnknownTenant(tenant, where=f"not in the policy {c.policy}",
                                 known=list(pol.tenants))
+        from governor.placement.ps import ps_rows
+
         with open_tree(c, writes=False) as t:
             rows = ps_rows(t.fs, t.layout, pol, tenant=tenant)
         if fmt == "json":

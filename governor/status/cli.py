@@ -120,7 +120,7 @@ def run_top(take: Callable[[], Snapshot], *, console: Console, keys: Keys, inter
 
 
 def register(main: click.Group) -> None:
-    from governor.cli import FORMAT, config_options, emit_json
+    from governor.clikit import FORMAT, config_options, emit_json
 
     @main.command("status")
     @config_options

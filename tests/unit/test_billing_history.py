@@ -111,7 +111,7 @@ def test_bill_command_prices_from_the_recorded_history(engine, db_url, session):
 def test_an_applied_policy_records_its_price_plans(tmp_path):
     """The recorder of `governor policy apply` and of the daemon's reloads."""
     from governor.config import load_config
-    from governor.enforce.cli import db_recorder
+    from governor.enforce.record import db_recorder
     from governor.store.db import make_engine, upgrade
     from governor.store.models import AppliedPolicy
 

@@ -213,34 +213,35 @@ def test_json_and_csv_formats(session):  # noqa: F811
     assert sum(D(r["amount"]) for r in rows) == D("0.29")
 
 
-class _Obj:
-    def __init__(self, url, policy):
-        self.database_url = url
-        self.policy = policy
+@pytest.fixture
+def cli_policy(monkeypatch):
+    """The commands load the policy of their configuration: here, :func:`_policy`."""
+    monkeypatch.setattr("governor.policy.load_policy", lambda paths: _policy())
+    monkeypatch.delenv("GOVERNOR_CONFIG", raising=False)
 
 
-def test_cli_bill_and_usage(engine, db_url, session):  # noqa: F811
+def test_cli_bill_and_usage(engine, db_url, session, cli_policy):  # noqa: F811
     _meter(session)
     runner = CliRunner()
-    obj = _Obj(db_url, _policy())
-    res = runner.invoke(bill_command, ["--tenant", "acme", "--from", "2026-11-01",
-                                       "--to", "2026-11-01T03:00Z", "--format", "csv"], obj=obj)
+    db = ["--database", db_url]
+    res = runner.invoke(bill_command, [*db, "--tenant", "acme", "--from", "2026-11-01",
+                                       "--to", "2026-11-01T03:00Z", "--format", "csv"])
     assert res.exit_code == 0, res.output
     assert "acme,web,cpu,3.000000000,core-hour,0.04,0.12,EUR" in res.output
-    res = runner.invoke(usage_command, ["--period", "2026-11", "--by", "group",
-                                        "--format", "json"], obj=obj)
+    res = runner.invoke(usage_command, [*db, "--period", "2026-11", "--by", "group",
+                                        "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"][0]["cpu_core_hours"] == "3.000000000"
 
 
-def test_cli_errors(engine, db_url):  # noqa: F811
+def test_cli_errors(engine, db_url, cli_policy):  # noqa: F811
     runner = CliRunner()
-    obj = _Obj(db_url, _policy())
-    res = runner.invoke(bill_command, ["--tenant", "nobody", "--period", "2026-11"], obj=obj)
+    db = ["--database", db_url]
+    res = runner.invoke(bill_command, [*db, "--tenant", "nobody", "--period", "2026-11"])
     assert isinstance(res.exception, UnknownTenant)
-    res = runner.invoke(bill_command, ["--from", "2026-11-05", "--to", "2026-11-01"], obj=obj)
+    res = runner.invoke(bill_command, [*db, "--from", "2026-11-05", "--to", "2026-11-01"])
     assert isinstance(res.exception, InvalidPeriod)
-    res = runner.invoke(usage_command, ["--period", "2026-13"], obj=obj)
+    res = runner.invoke(usage_command, [*db, "--period", "2026-13"])
     assert isinstance(res.exception, InvalidPeriod)
 
 
