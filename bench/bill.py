@@ -10,11 +10,15 @@ bases; "max" with a memory.min reservation on every group takes the per-hour pat
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 
 from sqlalchemy import text
 
@@ -28,7 +32,7 @@ from governor.store.service import (
     incarnation_ids,
     record_applied_policy,
 )
-from governor.store.testing import make_sample
+from tests.helpers.db import make_sample
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)

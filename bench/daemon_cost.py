@@ -206,7 +206,8 @@ def calibrate(rounds: int = 5, groups: int = 1000) -> float:
     from governor.store.db import make_engine, scope_factory, upgrade
     from governor.store.metered import write_metered
     from governor.store.service import Incarnations, store_samples
-    from governor.store.testing import make_sample
+    sys.path.insert(0, str(REPO))  # tests.helpers
+    from tests.helpers.db import make_sample
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     best = float("inf")

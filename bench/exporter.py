@@ -21,12 +21,15 @@ import gzip
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from governor.exporter.collector import SnapshotCollector
 from governor.exporter.render import render
-from governor.exporter.testing import parsed_samples, snapshot
+from tests.helpers.exposition import parsed_samples, snapshot
 
 
 def main() -> int:

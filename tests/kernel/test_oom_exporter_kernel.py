@@ -29,7 +29,6 @@ from sqlalchemy import select
 from governor.cgroupfs.files import CgroupFS
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
-from governor.exporter.testing import parsed_samples
 from governor.metering.sampler import Sampler
 from governor.oom.actions import OomActions, WebhookAlerter
 from governor.oom.kmsg import KmsgReader
@@ -39,6 +38,7 @@ from governor.policy.model import Limits, OomSettings, PressureKey
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.models import OomEvent as Row
 from governor.store.spool import WRITE_ERRNOS
+from tests.helpers.exposition import parsed_samples
 from tests.unit.test_exporter_dashboards import dashboard_expressions, rule_expressions
 
 pytestmark = pytest.mark.kernel

@@ -13,7 +13,7 @@ from governor.billing.history import record_price_plans, with_recorded_prices
 from governor.billing.report import invoice
 from governor.policy.model import PriceVersion
 from governor.store.models import PricePlanRow
-from governor.store.testing import db_url, engine, session  # noqa: F401
+from tests.helpers.db import db_url, engine, session  # noqa: F401
 from tests.unit.test_billing_invoice import GIB, T0, T3, _meter, _policy
 
 D = Decimal

@@ -18,7 +18,7 @@ from governor.billing.report import invoice, usage_report
 from governor.metering.catchup import meter
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.service import apply_retention, record_applied_policy, record_samples
-from governor.store.testing import db_url, engine, make_sample, session  # noqa: F401
+from tests.helpers.db import db_url, engine, make_sample, session  # noqa: F401
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 T3 = T0 + timedelta(hours=3)

@@ -20,7 +20,7 @@ from governor.billing.report import GIB, _amount, invoice, usage_report
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.models import Group
 from governor.store.service import bulk_insert_ignore, ensure_node, ensure_tenant
-from governor.store.testing import db_url, engine, session  # noqa: F401
+from tests.helpers.db import db_url, engine, session  # noqa: F401
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 D = Decimal

@@ -54,7 +54,7 @@ from governor.store.gate import Database
 from governor.metering.catchup import meter
 from governor.store.service import (apply_retention, record_applied_policy,
                                     record_oom_event, store_samples)
-from governor.store.testing import make_sample
+from tests.helpers.db import make_sample
 url = "sqlite:///" + sys.argv[1]
 import subprocess
 subprocess.run([sys.executable, "-c", "import sys; from governor.store.db import upgrade; "

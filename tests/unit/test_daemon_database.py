@@ -29,7 +29,7 @@ from governor.store.gate import Database, masked
 from governor.store.models import AppliedPolicy, Gap, IntervalUsageRow, PricePlanRow, Sample
 from governor.store.models import OomEvent as OomEventRow
 from governor.store.spool import Spool, SpoolingWriter
-from governor.store.testing import make_sample
+from tests.helpers.db import make_sample
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

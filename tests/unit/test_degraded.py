@@ -14,7 +14,7 @@ from governor.cgroupfs.files import CgroupFS
 from governor.enforce.keeper import Enforcer
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
-from governor.exporter.testing import parsed_samples
+from tests.helpers.exposition import parsed_samples
 from tests.unit.cgroupfs_fake import LEAF_FILES, create_child
 from tests.unit.test_exporter_server import get
 

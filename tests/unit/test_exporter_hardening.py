@@ -24,8 +24,8 @@ from governor.config import load_config
 from governor.errors import ConfigError
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
-from governor.exporter.testing import parsed_samples
 from governor.exporter.webconfig import credentials, load_web_config
+from tests.helpers.exposition import parsed_samples
 from tests.unit.test_exporter_server import get
 
 

@@ -23,10 +23,10 @@ from governor.exporter.render import (
     fmt_value,
     render,
 )
-from governor.exporter.testing import family_types, parsed_samples, snapshot
 from governor.metering.sample import GroupSample
 from governor.policy.model import Limits
 from governor.policy.units import MAX
+from tests.helpers.exposition import family_types, parsed_samples, snapshot
 
 
 def reference(snap: Snapshot) -> bytes:

@@ -20,7 +20,7 @@ import pytest
 from governor.errors import ConfigError
 from governor.exporter.render import CONTENT_TYPE, render
 from governor.exporter.server import Exporter
-from governor.exporter.testing import parsed_samples, snapshot
+from tests.helpers.exposition import parsed_samples, snapshot
 
 
 def get(url: str, headers: dict[str, str] | None = None,

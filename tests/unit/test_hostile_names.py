@@ -37,7 +37,7 @@ from governor.policy import parse_policy
 from governor.status.snapshot import take
 from governor.store.models import Group, Tenant
 from governor.store.service import record_samples
-from governor.store.testing import db_url, engine, session  # noqa: F401
+from tests.helpers.db import db_url, engine, session  # noqa: F401
 from tests.unit.cgroupfs_fake import READ_PATHS, create_child
 
 DOCKER = "docker-" + "0123456789abcdef" * 4 + ".scope"   # 72 characters

@@ -34,7 +34,7 @@ from governor.store.db import scope_factory
 from governor.store.metered import write_metered
 from governor.store.models import Group, HourlyRollup, IntervalUsageRow, Node
 from governor.store.service import Incarnations, record_samples, store_samples
-from governor.store.testing import db_url, engine, make_sample  # noqa: F401
+from tests.helpers.db import db_url, engine, make_sample  # noqa: F401
 
 T0 = datetime(2026, 12, 5, 9, 58, 30, tzinfo=UTC)
 PATHS = [("acme", "web"), ("acme", "db"), ("acme", None), ("beta", "batch"), ("beta", "x")]

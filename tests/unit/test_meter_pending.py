@@ -17,7 +17,7 @@ from governor.metering.rollup import HOUR, hour_floor
 from governor.store.db import upgrade
 from governor.store.gate import Database
 from governor.store.models import Group, HourlyRollup, IntervalUsageRow
-from governor.store.testing import make_sample
+from tests.helpers.db import make_sample
 from tests.unit.test_daemon_database import daemon_for_store
 
 T0 = datetime(2026, 11, 1, 9, 57, 3, tzinfo=UTC)   # the hour turns within the run

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from governor.metering import split_by_hour, split_exact, usage_between
-from governor.store.testing import make_sample
+from tests.helpers.db import make_sample
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 GIB = 1 << 30

@@ -250,7 +250,7 @@ def test_item2_stat_file_larger_than_one_read_is_read_whole(tmp_path: Path,
 
 def test_item2_sample_errors_metric(tmp_path: Path) -> None:
     from governor.exporter.render import Health, Snapshot, render
-    from governor.exporter.testing import parsed_samples
+    from tests.helpers.exposition import parsed_samples
 
     root = tree(tmp_path)
     s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n")

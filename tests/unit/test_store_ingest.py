@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from governor.metering.catchup import meter
 from governor.store.models import Gap, Group, HourlyRollup, IntervalUsageRow, Sample, SampleIo
 from governor.store.service import apply_retention, record_gap, record_samples
-from governor.store.testing import db_url, engine, make_sample, session  # noqa: F401
+from tests.helpers.db import db_url, engine, make_sample, session  # noqa: F401
 
 T0 = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
 GIB = 1 << 30

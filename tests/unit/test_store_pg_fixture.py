@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from governor.store.testing import PG_ENV, _pg_server_url
+from tests.helpers.db import PG_ENV, _pg_server_url
 
 
 def test_unset_url_skips_locally(monkeypatch):

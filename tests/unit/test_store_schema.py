@@ -19,7 +19,7 @@ from governor.store.db import (
 )
 from governor.store.errors import SchemaOutOfDate, SchemaTooNew
 from governor.store.models import Base
-from governor.store.testing import db_url, engine  # noqa: F401  (fixtures)
+from tests.helpers.db import db_url, engine  # noqa: F401  (fixtures)
 
 TABLES = {"nodes", "tenants", "groups", "samples", "sample_io", "usage_intervals",
           "rollups_hourly", "price_plans", "applied_policies", "oom_events", "gaps"}

@@ -24,7 +24,7 @@ from governor.store.spool import (
     sample_to_json,
     write_all,
 )
-from governor.store.testing import db_url, engine, make_sample  # noqa: F401
+from tests.helpers.db import db_url, engine, make_sample  # noqa: F401
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -1,4 +1,5 @@
-"""pytest fixtures for database tests on SQLite and PostgreSQL (imported by test modules).
+"""pytest fixtures for database tests on SQLite and PostgreSQL (imported by test modules),
+and ``make_sample`` (the tests and bench/bill.py, bench/daemon_cost.py).
 
 ``db_url`` is parametrized over both dialects.  SQLite: a fresh file in ``tmp_path``.
 PostgreSQL: a fresh database per test on the server named by ``GOVERNOR_TEST_PG_URL``

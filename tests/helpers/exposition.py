@@ -47,7 +47,7 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
     fourth group's sample has the writable layers of image containers (storage_bytes).
     ``odd_names`` puts characters that must be escaped into node and tenant names (the
     renderer must escape them; real names cannot contain them)."""
-    rng = random.Random(seed)  # noqa: S311 (synthetic data, not secrets)
+    rng = random.Random(seed)
     tnames = [f"tenant-{i:03d}" for i in range(tenants)]
     if odd_names:
         tnames[0] = 'we"ird\\ten\nant'
