@@ -33,6 +33,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from governor.errors import GovernorError
+
 ENV = "GOVERNOR_FAILPOINTS"
 
 #: every failpoint placed in the code, and where (docs/operations.md lists them too)
@@ -55,10 +57,15 @@ NAMES: dict[str, str] = {
 
 
 class FailpointError(Exception):
-    """Raised by a failpoint armed with ``raise``."""
+    """Raised by a failpoint armed with ``raise``.
+
+    Deliberately not a :class:`~governor.errors.GovernorError`: it stands for a failure
+    nobody planned for, so the handlers of governor's own errors (a failed write becomes an
+    outcome in governor/enforce/apply.py) must not catch it as one of theirs.
+    """
 
 
-class FailpointSpecError(ValueError):
+class FailpointSpecError(GovernorError, ValueError):
     """A malformed ``GOVERNOR_FAILPOINTS``."""
 
 

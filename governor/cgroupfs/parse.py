@@ -23,13 +23,18 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from governor.errors import GovernorError
+
 MAX: Final = "max"
 #: a limit read from the kernel: bytes/count, or the literal "max" (no limit)
 Limit = int | Literal["max"]
 
 
-class ParseError(ValueError):
-    """Text that is not in the expected kernel format (names the format and the text)."""
+class ParseError(GovernorError, ValueError):
+    """Text that is not in the expected kernel format (names the format and the text).
+
+    Still a ValueError: callers that catch what ``int()`` and the parsers raise together
+    (the reader names the file for both) keep catching it."""
 
     def __init__(self, fmt: str, text: str, why: str) -> None:
         self.fmt = fmt

@@ -43,6 +43,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from governor.errors import GovernorError
+
 #: quotactl_fd(2): include/uapi/asm-generic/unistd.h (443 on every architecture since 5.14)
 SYS_QUOTACTL_FD: Final = 443
 PRJQUOTA: Final = 2
@@ -67,7 +69,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class QuotaError(OSError):
+class QuotaError(GovernorError, OSError):
     """A quota operation failed: the message names the operation, the path and the errno,
     and says what to change when the filesystem is the reason."""
 

@@ -10,13 +10,14 @@ import io
 import zlib
 from typing import BinaryIO
 
+from governor.errors import GovernorError
 from governor.image.limits import LayerBudget
 
 #: the most read from the stream at once, whatever the caller asks
 CHUNK = 1 << 20
 
 
-class SourceBroken(Exception):
+class SourceBroken(GovernorError):
     """Reading (or decompressing) the archive failed: it is truncated or corrupt."""
 
     def __init__(self, cause: BaseException) -> None:
@@ -24,7 +25,7 @@ class SourceBroken(Exception):
         super().__init__(str(cause))
 
 
-class HeadersTooLarge(Exception):
+class HeadersTooLarge(GovernorError):
     """More than :data:`~governor.image.limits.MAX_MEMBER_HEADERS` bytes read before
     tarfile gave a member."""
 

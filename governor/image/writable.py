@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from governor.config import Config
+from governor.errors import GovernorError
 from governor.image import quota
 from governor.image.errors import describe_os_error
 from governor.image.fsutil import write_json
@@ -61,7 +62,7 @@ MIN_POOL: Final = 16 << 20
 TOOL_TIMEOUT: Final = 120.0
 
 
-class WritableError(OSError):
+class WritableError(GovernorError, OSError):
     """The writable-layer storage cannot be set up or used: the message names the path,
     the errno or the tool's output, and what to change."""
 

@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from governor.errors import GovernorError
 from governor.image import runconfig
 from governor.placement.identity import User
 
@@ -76,7 +77,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-class RootfsError(OSError):
+class RootfsError(GovernorError, OSError):
     """A step of the container's root filesystem failed: ``what`` names it and the path,
     ``errno`` the kernel's answer."""
 

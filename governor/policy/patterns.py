@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Final
 
+from governor.errors import GovernorError
+
 #: bytes of a command line a ``cmdline`` pattern sees (one page)
 CMDLINE_MAX: Final = 4096
 
@@ -37,7 +39,7 @@ def _re2() -> tuple[Any, Any]:
     return re2, options
 
 
-class PatternError(ValueError):
+class PatternError(GovernorError, ValueError):
     """A ``cmdline`` pattern RE2 cannot take; ``str()`` is the reason and the fix."""
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal, TypeAlias
 
+from governor.errors import GovernorError
 
-class UnitError(ValueError):
+
+class UnitError(GovernorError, ValueError):
     """A value that is not in the unit expected; the message names the value and the fix."""
 
 
