@@ -59,10 +59,6 @@ def parse_limit(text: str, fmt: str = "limit") -> Limit:
     return parse_int(s, fmt)
 
 
-def format_limit(value: Limit) -> str:
-    return MAX if value == MAX else str(value)
-
-
 def parse_list(text: str) -> list[str]:
     """Space (or newline) separated tokens: cgroup.controllers, cgroup.subtree_control."""
     return text.split()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gzip
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -318,15 +318,6 @@ def split_path(path: str) -> tuple[str, str]:
     return tenant, group
 
 
-def _limit_value(v: object) -> float | int | None:
-    if v is None:
-        return None
-    if v is MAX:
-        return _INF
-    assert isinstance(v, int)
-    return v
-
-
 def _family(out: list[str], m: Metric, lines: list[str]) -> None:
     """Append one family; a family without samples is left out entirely."""
     if lines:
@@ -503,8 +494,3 @@ class Rendering:
                     self._body = None
                 gz = self._gz
         return gz
-
-
-def metric_names() -> Iterable[str]:
-    """Every metric name the renderer can write (docs/metrics.md lists the same)."""
-    return (m.name for m in ALL_METRICS)

@@ -149,20 +149,6 @@ def set_project(path: str, project: int) -> None:
         os.close(fd)
 
 
-def get_project(path: str) -> int:
-    """The project id of ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        buf = bytearray(FSXATTR.size)
-        try:
-            fcntl.ioctl(fd, FS_IOC_FSGETXATTR, buf)
-        except OSError as e:
-            raise QuotaError(e.errno or 0, "FS_IOC_FSGETXATTR", path) from e
-        return int(FSXATTR.unpack(buf)[3])
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True, slots=True)
 class ProjectUsage:
     """One project's usage and limit as the filesystem keeps them."""

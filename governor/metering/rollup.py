@@ -13,7 +13,6 @@ unit, and no rounding drift accumulates.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -63,33 +62,6 @@ def hour_pieces(start: datetime, end: datetime) -> list[tuple[datetime, int]]:
     return pieces
 
 
-@dataclasses.dataclass(slots=True, kw_only=True)
-class HourRollup:
-    """Sum of the interval usages of one group incarnation on one node within one hour."""
-
-    node: str
-    tenant: str
-    group: str | None
-    cgroup_id: int
-    hour: datetime
-    #: microseconds of the hour covered by intervals (the time the group was metered)
-    covered_us: int = 0
-    intervals: int = 0
-    cpu_usec: int = 0
-    cpu_user_usec: int = 0
-    cpu_system_usec: int = 0
-    cpu_throttled_usec: int = 0
-    memory_byte_seconds: int = 0
-    io_rbytes: int = 0
-    io_wbytes: int = 0
-    io_rios: int = 0
-    io_wios: int = 0
-    io_dbytes: int = 0
-    oom_events: int = 0
-    oom_kills: int = 0
-    storage_byte_seconds: int = 0
-
-
 def split_by_hour(usage: IntervalUsage) -> list[tuple[datetime, int, dict[str, int]]]:
     """Split one interval on hour boundaries: ``(hour, covered_us, quantities)`` per piece.
 
@@ -135,22 +107,3 @@ def split_interval(iv: Interval) -> list[tuple[datetime, int, tuple[int | None, 
               for v in iv.quantities]
     return [(h, c, tuple(col[i] for col in shares))
             for i, ((h, _), c) in enumerate(zip(pieces, covered, strict=True))]
-
-
-RollupKey = tuple[str, str, str | None, int, datetime]
-
-
-def add_to_rollups(rollups: dict[RollupKey, HourRollup], usage: IntervalUsage) -> None:
-    """Add ``usage`` into ``rollups`` (keyed by node, tenant, group, cgroup_id, hour)."""
-    for hour, covered, quantities in split_by_hour(usage):
-        key = (usage.node, usage.tenant, usage.group, usage.cgroup_id, hour)
-        row = rollups.get(key)
-        if row is None:
-            row = rollups[key] = HourRollup(
-                node=usage.node, tenant=usage.tenant, group=usage.group,
-                cgroup_id=usage.cgroup_id, hour=hour,
-            )
-        row.covered_us += covered
-        row.intervals += 1
-        for name, value in quantities.items():
-            setattr(row, name, getattr(row, name) + value)

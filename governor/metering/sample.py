@@ -144,9 +144,3 @@ GAUGE_FIELDS: Final = (
     "storage_bytes",
 )
 
-
-def utc(dt: datetime) -> datetime:
-    """``dt`` as an aware UTC datetime (naive values are taken to be UTC already)."""
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)

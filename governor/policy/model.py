@@ -105,10 +105,6 @@ class Limits:
         """The controllers the files of :meth:`files` belong to (memory, cpu, io, pids)."""
         return frozenset(name.split(".", 1)[0] for name, _ in self.files())
 
-    def is_empty(self) -> bool:
-        """True when no file would be written."""
-        return not self.files()
-
 
 @dataclass(frozen=True, slots=True)
 class ContainerMatch:

@@ -198,20 +198,19 @@ def test_storage_splits_by_hour_exactly_and_unknown_stays_out():
 
 
 def test_hour_rollups_add_up_storage_like_memory():
-    from itertools import pairwise
+    # through the meter's own pairing and rollups (governor.metering.meter.pair_series)
+    from governor.metering.meter import pair_series
+    from governor.metering.rollup import ROLLUP_QUANTITIES
 
-    from governor.metering import HourRollup, add_to_rollups
-
-    rollups: dict = {}
     walls = [T0 + timedelta(minutes=50 + 10 * i) for i in range(4)]   # 10:50 .. 11:20
     samples = [make_sample(wall=w, mem=GIB, storage=s)
                for w, s in zip(walls, [GIB, GIB, None, 3 * GIB], strict=True)]
-    for a, b in pairwise(samples):
-        u = usage_between(a, b)
-        assert u is not None
-        add_to_rollups(rollups, u)
-    by_hour = {k[-1].hour: r for k, r in rollups.items()}
-    assert isinstance(by_hour[10], HourRollup)
-    assert by_hour[10].storage_byte_seconds == 600 * GIB   # 10:50-11:00
-    assert by_hour[11].storage_byte_seconds == 0   # 11:00-11:10 one end unknown, then none
-    assert by_hour[10].memory_byte_seconds + by_hour[11].memory_byte_seconds == 1800 * GIB
+    metered = pair_series({"acme/web": samples[1:]}, {"acme/web": samples[0]})
+    assert len(metered.usages) == 3
+    # each row: covered_us, intervals, then the ROLLUP_QUANTITIES in order
+    col = {name: 2 + i for i, name in enumerate(ROLLUP_QUANTITIES)}
+    by_hour = {hour.hour: row for (_, hour), row in metered.rollups.items()}
+    storage, memory = col["storage_byte_seconds"], col["memory_byte_seconds"]
+    assert by_hour[10][storage] == 600 * GIB   # 10:50-11:00
+    assert by_hour[11][storage] == 0   # 11:00-11:10 one end unknown, then none
+    assert by_hour[10][memory] + by_hour[11][memory] == 1800 * GIB
