@@ -40,10 +40,13 @@ class SystemdDriver:
 
     name = "systemd"
 
-    def __init__(self, layout: SliceLayout, bus: Systemd, fs: CgroupFS) -> None:
+    def __init__(self, layout: SliceLayout, bus: Systemd, fs: CgroupFS, *,
+                 proc_root: str = "/proc") -> None:
         self.layout = layout
         self.bus = bus
         self.fs = fs
+        #: procfs, to tell a pid that is gone from a failed start (tests: a fake)
+        self.proc_root = proc_root
         self._version: int | None = None
 
     @property
@@ -142,8 +145,8 @@ class SystemdDriver:
                 ("CollectMode", ("s", "inactive-or-failed"))]
 
     def _cgroup_error(self, op: str, path: str, pid: int, e: GovernorError) -> CgroupError:
-        gone = not os.path.exists(f"/proc/{pid}")
-        return CgroupError(op, f"/sys/fs/cgroup/{path}", None,
+        gone = not os.path.exists(os.path.join(self.proc_root, str(pid)))
+        return CgroupError(op, str(self.fs.path(path)), None,
                            errno.ESRCH if gone else errno.EIO, value=str(pid),
                            hint=str(e))
 

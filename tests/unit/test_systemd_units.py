@@ -5,6 +5,7 @@ What systemd does with the calls is tested with systemd as PID 1 (tests/systemd/
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -420,6 +421,26 @@ def test_start_scope_and_its_errors(tmp_path: Path) -> None:
         assert "placed.scope" in str(e.value) and "job failed" in str(e.value)
         assert str(os.getpid()) in str(e.value)
 
+
+
+@pytest.mark.parametrize(("alive", "err"), [(True, errno.EIO), (False, errno.ESRCH)])
+def test_start_scope_error_reads_the_given_proc_root(tmp_path: Path, alive: bool,
+                                                    err: int) -> None:
+    # gone or not is asked of the driver's procfs (a fake here), and the error names the
+    # scope under the driver's own cgroup root, not a hard-coded /proc and /sys/fs/cgroup
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    if alive:
+        (proc / "4242").mkdir()
+    (tmp_path / "cg").mkdir()
+    lay = SliceLayout("governor.slice")
+    with CgroupFS(tmp_path / "cg", verify=False) as fs:
+        drv = SystemdDriver(lay, FakeBus(fail="governor-acme-web-placed.scope"), fs,  # type: ignore[arg-type]
+                            proc_root=str(proc))
+        with pytest.raises(CgroupError) as e:
+            drv.start_scope("acme/web", 4242)
+    assert e.value.errno == err
+    assert e.value.path.startswith(str(tmp_path / "cg") + "/governor.slice/")
 
 # -- which driver -----------------------------------------------------------------------------
 def test_choose_driver(tmp_path: Path) -> None:
