@@ -5,7 +5,8 @@ meter step), governor/exporter/_fastrender.c (the exporter's per-group families)
 governor/store/_fastrows.c (the rows of a pass's raw samples) are
 built by setup.py when a compiler is there.  :func:`load` returns one, or None when it is
 not built or ``GOVERNOR_PURE_PYTHON=1`` is set: every caller then takes its pure-Python
-twin, which gives the same results (each has a parity test).
+twin, which gives the same results (each has a parity test).  :func:`loaded` names the
+ones in use (``governor_build_info{accelerators}``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ def load(module: str) -> types.ModuleType | None:
     if os.environ.get("GOVERNOR_PURE_PYTHON") == "1":
         return None
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError:
         return None
+    _loaded.add(module.rpartition(".")[2].lstrip("_"))
+    return mod
+
+
+#: short names ("fastread") of the accelerators :func:`load` has returned in this process
+_loaded: set[str] = set()
+
+
+def loaded() -> tuple[str, ...]:
+    """The accelerators in use so far, sorted (``governor_build_info{accelerators}``)."""
+    return tuple(sorted(_loaded))

@@ -1,14 +1,19 @@
 """The HTTP endpoint: ``/metrics`` from the latest rendering, ``/healthz``.
 
-A stdlib ``ThreadingHTTPServer`` in a daemon thread.  A scrape never renders: it sends the
-bytes :meth:`Exporter.publish` was given by the last sampling pass (gzip when the scraper
-sends ``Accept-Encoding: gzip``).  ``/healthz`` answers 200 with a small JSON document
-(``"status": "ok"``) while the last publication is younger than ``stale_after`` seconds and
-nothing is wrong; 503 with ``"status": "stale"`` when the last publication is older (or
-before the first one), and 503 with ``"status": "degraded"`` and the ``"problems"`` (the
-database down, failed cgroup writes of the last apply: :meth:`Exporter.set_problems`) while
-the governor runs but not fully.  ``/livez`` is the liveness check: 200 while publications
-are fresh, degraded or not (restarting the governor does not bring a database back).
+A stdlib ``ThreadingHTTPServer`` in a daemon thread.  A scrape never renders the groups: it
+sends the bytes :meth:`Exporter.publish` was given by the last sampling pass (gzip when the
+scraper sends ``Accept-Encoding: gzip``), then the governor process's own few families,
+made at each scrape by prometheus-client (:mod:`governor.exporter.process`: ``process_*``,
+``python_info``, ``governor_build_info``, ``governor_policy_info`` from
+:meth:`Exporter.set_policy`) when it is given them (``own``; the daemon is).
+
+``/healthz`` answers 200 with a small JSON document (``"status": "ok"``) while the last
+publication is younger than ``stale_after`` seconds and nothing is wrong; 503 with
+``"status": "stale"`` when the last publication is older (or before the first one), and 503
+with ``"status": "degraded"`` and the ``"problems"`` (the database down, failed cgroup
+writes of the last apply: :meth:`Exporter.set_problems`) while the governor runs but not
+fully.  ``/livez`` is the liveness check: 200 while publications are fresh, degraded or not
+(restarting the governor does not bring a database back).
 
 Loopback by default (``127.0.0.1:9717``).  TLS and basic auth are optional and off unless
 configured: ``[exporter] web_config_file`` names a Prometheus web configuration file
@@ -29,6 +34,7 @@ is answered 503 (plain HTTP) or closed (TLS) at once.  A malformed or non-ASCII
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import socket
@@ -40,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from governor.errors import ConfigError
+from governor.exporter.process import OwnMetrics
 from governor.exporter.render import CONTENT_TYPE, Rendering
 from governor.exporter.webconfig import Authenticator, WebConfig, load_web_config
 
@@ -206,6 +213,12 @@ class _Handler(BaseHTTPRequestHandler):
             gz = "gzip" in self.headers.get("Accept-Encoding", "")
             try:  # the pass's snapshot is rendered by the first scrape that asks for it
                 body = r.gzipped() if gz else r.body
+                # then the process's own families, made now: a second gzip member (RFC
+                # 1952 2.2: a gzip file is a series of members; Go's and Python's readers
+                # read them all), so the pass's gzip copy is never made again
+                if exp.own is not None:
+                    own = exp.own.exposition()
+                    body += gzip.compress(own, compresslevel=1, mtime=0) if gz else own
             except Exception:
                 log.exception("rendering the metrics failed")
                 self._send(500, b"rendering the metrics failed (see the daemon's log)\n",
@@ -245,7 +258,8 @@ class Exporter:
                  auth_sha256: str | None = None, stale_after: float = 60.0,
                  web_config: WebConfig | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 own: OwnMetrics | None = None) -> None:
         self.host, self._port = parse_listen(listen)
         if bool(tls_cert) != bool(tls_key):
             raise ConfigError("give both exporter.tls_cert and exporter.tls_key, or neither")
@@ -287,12 +301,17 @@ class Exporter:
         self.scrapes = 0
         #: what keeps the governor from being fully healthy while it runs (empty: nothing)
         self.problems: tuple[str, ...] = ()
+        #: process_*, python_info, governor_build_info, governor_policy_info: made at
+        #: each scrape and served after the pass's rendering (None: only what is published)
+        self.own = own
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, *, stale_after: float | None = None) -> Exporter:
-        """From a :class:`~governor.config.Config` (stale after three sampling intervals)."""
+    def from_config(cls, cfg: Any, *, stale_after: float | None = None,
+                    own_metrics: bool = False) -> Exporter:
+        """From a :class:`~governor.config.Config` (stale after three sampling intervals);
+        ``own_metrics``: serve this process's own families too (the daemon does)."""
         wc = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
         if cfg.basic_auth_user:
             log.warning("exporter.basic_auth_password_sha256 is deprecated (an unsalted "
@@ -303,6 +322,7 @@ class Exporter:
                    auth_user=cfg.basic_auth_user, auth_sha256=cfg.basic_auth_password_sha256,
                    web_config=wc, request_timeout=cfg.exporter_request_timeout,
                    max_connections=cfg.exporter_max_connections,
+                   own=OwnMetrics(node=cfg.node) if own_metrics else None,
                    stale_after=stale_after if stale_after is not None
                    else max(3 * cfg.sample_interval, 30.0))
 
@@ -325,6 +345,12 @@ class Exporter:
         self.current = Rendering(body, created if created is not None else time.time())
         self.published_at = time.monotonic()
         self.publications += 1
+
+    def set_policy(self, digest: str | None) -> None:
+        """The digest of the policy in force from now on (``governor_policy_info``; None:
+        none loaded)."""
+        if self.own is not None:
+            self.own.policy_digest = digest
 
     def set_problems(self, problems: list[str] | tuple[str, ...]) -> None:
         """What ``/healthz`` reports as degraded from now on (empty: healthy)."""
