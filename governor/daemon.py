@@ -476,7 +476,7 @@ class Daemon:
         self.oom = OomWatcher(self.fs, layout, cfg.node,
                               actions=OomActions(alerter=self.alerter), kmsg=KmsgReader(),
                               sink=self.oom_sink, unwatched_from_samples=True)
-        self.exporter = Exporter.from_config(cfg)
+        self.exporter = Exporter.from_config(cfg, own_metrics=True)
         self.exporter.set_problems([self.db.problem or "database down"] if not self.db.up
                                    else [])
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
@@ -697,6 +697,7 @@ class Daemon:
             self.last_success = p.started.timestamp()
         self.oom.on_sample(self.sampler.latest)
         pol = self.enforcer.policy
+        self.exporter.set_policy(pol.digest if pol is not None else None)
         limits = {}
         if pol is not None:
             limits.update({t.name: t.limits for t in pol.tenants.values()})
