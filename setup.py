@@ -6,12 +6,15 @@ mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter`
 (governor/metering/_fastmeter.c) meters two samples of one incarnation, and
 ``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
 per-group families, and ``governor.store._fastrows`` (governor/store/_fastrows.c) makes the
-rows of a pass's raw samples.  ``governor/placement/governor-launch`` is an executable, the
+rows of a pass's raw samples.  ``governor.placement._fastnetlink``
+(governor/placement/_fastnetlink.c) parses the process connector's datagrams.
+``governor/placement/governor-launch`` is an executable, the
 launcher's client (governor/placement/_launch_client.c, ``governor launcher``), built with
 the same compiler next to the package's modules.  All are optional (as in SQLAlchemy,
 msgpack, PyYAML): when they cannot be built (no compiler or Python headers) the install goes
 on and governor uses the pure-Python twins, which give identical results
-(tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py), and
+(tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py,
+test_fastnetlink.py), and
 ``governor launch`` in place of the client.
 """
 
@@ -63,5 +66,6 @@ setup(
         accelerator("governor.metering._fastmeter"),
         accelerator("governor.exporter._fastrender"),
         accelerator("governor.store._fastrows"),
+        accelerator("governor.placement._fastnetlink"),
     ],
 )

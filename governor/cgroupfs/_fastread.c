@@ -1383,97 +1383,6 @@ static PyObject *proc_ns(PyObject *self, PyObject *arg) {
     return PyLong_FromUnsignedLongLong(v);
 }
 
-/* ---- netlink: the process connector's datagrams ------------------------------------------
- *
- * proc_events(data, cls) -> [cls(what, pid, tgid, ppid, ptgid, a, b, timestamp_ns), ...]:
- * governor.placement.netlink.parse_messages in C (the same messages skipped, the same
- * fields; tests/unit/test_fastread.py compares them).  cls is ProcEvent, a tuple subclass
- * made here without its Python constructor.  Layouts: see netlink.py. */
-static PyObject *proc_events(PyObject *self, PyObject *args) {
-    Py_buffer b;
-    PyObject *cls;
-    if (!PyArg_ParseTuple(args, "y*O", &b, &cls))
-        return NULL;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
-        PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_TypeError, "proc_events: cls must be a tuple subclass");
-        return NULL;
-    }
-    PyObject *out = PyList_New(0);
-    if (out == NULL) {
-        PyBuffer_Release(&b);
-        return NULL;
-    }
-    const unsigned char *buf = b.buf;
-    Py_ssize_t len = b.len, off = 0;
-    while (len - off >= 16) {
-        uint32_t mlen;
-        uint16_t mtype;
-        memcpy(&mlen, buf + off, 4);
-        memcpy(&mtype, buf + off + 4, 2);
-        if (mlen < 16 || off + (Py_ssize_t)mlen > len)
-            break;
-        if (mtype != 1 && mtype != 2 && (Py_ssize_t)mlen >= 52) { /* not NOOP, not ERROR */
-            const unsigned char *m = buf + off;
-            uint32_t idx, val, what, u[4] = {0, 0, 0, 0};
-            uint64_t ts;
-            memcpy(&idx, m + 16, 4);
-            memcpy(&val, m + 20, 4);
-            if (idx == 1 && val == 1) { /* CN_IDX_PROC, CN_VAL_PROC */
-                memcpy(&what, m + 36, 4);
-                memcpy(&ts, m + 44, 8);
-                unsigned long long f[8] = {what, 0, 0, 0, 0, 0, 0, ts};
-                int ok = 1;
-                if (what == 0x1) { /* fork: parent pid, tgid, child pid, tgid */
-                    ok = mlen >= 68;
-                    if (ok) {
-                        memcpy(u, m + 52, 16);
-                        f[1] = u[2], f[2] = u[3], f[3] = u[0], f[4] = u[1];
-                    }
-                } else if (what == 0x4 || what == 0x40 || what == 0x80000000u) {
-                    ok = mlen >= 68; /* uid, gid, exit: pid, tgid, a, b */
-                    if (ok) {
-                        memcpy(u, m + 52, 16);
-                        f[1] = u[0], f[2] = u[1], f[5] = u[2], f[6] = u[3];
-                    }
-                } else if (what != 0) { /* exec, sid, ptrace, comm, coredump: pid, tgid */
-                    ok = mlen >= 60;
-                    if (ok) {
-                        memcpy(u, m + 52, 8);
-                        f[1] = u[0], f[2] = u[1];
-                    }
-                }
-                if (!ok) { /* a truncated proc_event is skipped, as parse_event does */
-                    off += (mlen + 3) & ~3u;
-                    continue;
-                }
-                PyObject *t = Py_BuildValue("(KKKKKKKK)", f[0], f[1], f[2], f[3], f[4], f[5],
-                                            f[6], f[7]);
-                if (t == NULL)
-                    goto fail;
-                PyObject *targs = PyTuple_Pack(1, t);
-                Py_DECREF(t);
-                if (targs == NULL)
-                    goto fail;
-                PyObject *ev = PyTuple_Type.tp_new((PyTypeObject *)cls, targs, NULL);
-                Py_DECREF(targs);
-                if (ev == NULL || PyList_Append(out, ev) < 0) {
-                    Py_XDECREF(ev);
-                    goto fail;
-                }
-                Py_DECREF(ev);
-            }
-        }
-        off += (mlen + 3) & ~3u;
-    }
-    PyBuffer_Release(&b);
-    return out;
-fail:
-    PyBuffer_Release(&b);
-    Py_DECREF(out);
-    return NULL;
-}
-
 /* ---- configure -------------------------------------------------------------------------- */
 
 static int descriptors(PyTypeObject *type, PyObject *names, PyObject **out, int max, int *n) {
@@ -1776,8 +1685,6 @@ static PyMethodDef methods[] = {
     {"pidfd_exited", pidfd_exited, METH_O, "pidfd_exited(fd) -> has its process exited?"},
     {"proc_cgroup", proc_cgroup, METH_O,
      "proc_cgroup(path) -> the 0:: line's path | None (no such line) | False (gone)"},
-    {"proc_events", proc_events, METH_VARARGS,
-     "proc_events(data, cls) -> [cls(what, pid, tgid, ppid, ptgid, a, b, timestamp_ns)]"},
     {"proc_children", proc_children, METH_O,
      "proc_children(path) -> [pid, ...] | None (gone) | -1 (too long: read it in Python)"},
     {"proc_ns", proc_ns, METH_O, "proc_ns(path) -> the namespace link's inode | None (gone)"},

@@ -30,9 +30,10 @@ import struct
 import types
 from typing import Final, NamedTuple
 
-from governor.cgroupfs import accel
+from governor.accel import load
 
-_c: types.ModuleType | None = accel.fastread()  # the connector datagrams parsed in C
+#: the connector datagrams parsed in C (governor/placement/_fastnetlink.c), or None
+_c: types.ModuleType | None = load("governor.placement._fastnetlink")
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
@@ -129,7 +130,8 @@ def parse_event(buf: bytes, off: int = 0, end: int | None = None) -> ProcEvent |
 
 def parse_messages(buf: bytes) -> list[ProcEvent]:
     """Every process event in one datagram (usually one; the kernel may batch).  The C
-    accelerator's ``proc_events`` when built (same result: tests/unit/test_fastread.py)."""
+    accelerator's ``_fastnetlink.proc_events`` when built (same result:
+    tests/unit/test_fastnetlink.py)."""
     if _c is not None:
         events: list[ProcEvent] = _c.proc_events(buf, ProcEvent)
         return events

@@ -485,37 +485,6 @@ def test_proc_readers_agree_on_links_missing_files_and_live_processes(
             _proc_read(Path("/proc"), os.getpid(), name, False, monkeypatch)
 
 
-def test_proc_events_agree_with_the_python_parser() -> None:
-    """The connector datagrams of tests/unit/test_placement.py (captured from Linux 6.1),
-    batched, foreign, truncated and padded: C and Python give the same events."""
-    from governor.placement import netlink
-    from tests.unit.test_placement import EXEC, EXIT, FORK, GID, UID
-    foreign = bytearray(EXEC)
-    foreign[16:20] = (7).to_bytes(4, "little")  # another connector index
-    noop = bytearray(EXEC)
-    noop[4:6] = netlink.NLMSG_NOOP.to_bytes(2, "little")
-    short = bytearray(FORK[:60])  # a fork event cut after 8 bytes of its union
-    short[0:4] = (60).to_bytes(4, "little")
-    bad_len = bytearray(EXEC)
-    bad_len[0:4] = (200).to_bytes(4, "little")  # longer than the datagram: parsing stops
-    none_ev = bytearray(EXEC)
-    none_ev[36:40] = (0).to_bytes(4, "little")  # PROC_EVENT_NONE (the subscribe ack)
-    comm = bytearray(EXEC)
-    comm[36:40] = netlink.PROC_EVENT_COMM.to_bytes(4, "little")
-    cases = [FORK, EXEC, GID, UID, EXIT, FORK + EXEC + EXIT, bytes(foreign), bytes(noop),
-             bytes(short), bytes(short) + EXEC, bytes(bad_len), EXEC + bytes(bad_len),
-             bytes(none_ev), bytes(comm), EXEC[:30], b"", EXEC + b"\0\0"]
-    assert netlink._c is not None
-    for data in cases:
-        c = netlink.parse_messages(data)
-        py = netlink.parse_messages_py(data)
-        assert c == py, data.hex()
-        assert all(type(e) is netlink.ProcEvent for e in c)
-    assert [e.name for e in netlink.parse_messages(FORK + EXEC + EXIT)] == \
-        ["fork", "exec", "exit"]
-    assert netlink.parse_messages(bytes(short)) == []
-
-
 # -- keep_warm's writer thread ----------------------------------------------------------------
 def test_warm_thread_writes_its_tid_until_the_deadline(tmp_path: Path) -> None:
     """The background writer of MigrationWarmer: a thread of this process (its own tid,
