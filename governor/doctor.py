@@ -230,20 +230,21 @@ def _connector_check(cfg: Config) -> Check:
 
 def _accelerator_check() -> Check:
     """The optional C extensions (stat-file reads, meter, exporter, store rows, the
-    process connector's datagrams): in use, or why not."""
+    process connector's datagrams, procfs reads): in use, or why not."""
     import os
 
     from governor.cgroupfs import reader
     from governor.exporter import families
     from governor.metering import usage
-    from governor.placement import netlink
+    from governor.placement import netlink, procfs
     from governor.store import service
 
     parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
              ("governor.metering._fastmeter", usage._FAST is not None),
              ("governor.exporter._fastrender", families.ACCELERATED is not None),
              ("governor.store._fastrows", service.sample_rows is not service._sample_rows_py),
-             ("governor.placement._fastnetlink", netlink._c is not None))
+             ("governor.placement._fastnetlink", netlink._c is not None),
+             ("governor.placement._fastproc", procfs.ACCELERATED))
     if all(used for _, used in parts):
         return Check("C accelerators", True,
                      "in use: " + ", ".join(name for name, _ in parts), required=False)

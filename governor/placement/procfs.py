@@ -18,10 +18,11 @@ import types
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from governor.cgroupfs import accel
+from governor.accel import load
 from governor.policy.patterns import CMDLINE_MAX
 
-_c: types.ModuleType | None = accel.fastread()  # the reads of every exec, in C
+#: the reads of every exec in C (governor/placement/_fastproc.c), or None
+_c: types.ModuleType | None = load("governor.placement._fastproc")
 #: are the per-exec reads done by the C accelerator?
 ACCELERATED: Final = _c is not None
 
@@ -74,7 +75,7 @@ def parse_stat(text: str) -> Stat:
     """``/proc/PID/stat``: ``pid (comm) state ppid ... flags(9) ... starttime(22) ...``.
 
     Fields are separated by spaces (or newlines); text not in that layout raises
-    ValueError, exactly where the C reader (``_fastread.proc_stat``) does."""
+    ValueError, exactly where the C reader (``_fastproc.proc_stat``) does."""
     open_, close = text.find("("), text.rfind(")")
     if open_ < 0 or close < open_ or close + 2 > len(text) or text[close + 1] != " ":
         raise ValueError(f"not the kernel's /proc/PID/stat layout: {text[:200]!r}")
@@ -140,7 +141,7 @@ def parse_ns_link(target: str) -> int:
 
 def parse_children(data: bytes) -> list[int]:
     """``/proc/PID/task/TID/children``: pids separated by spaces; ValueError for any other
-    text (as ``_fastread.proc_children``)."""
+    text (as ``_fastproc.proc_children``)."""
     return [_num(f, "children") for f in _SEP.split(data.decode("utf-8", "surrogateescape"))
             if f]
 
@@ -390,11 +391,9 @@ class Proc:
         for tid in tids:
             if _c is not None:
                 kids = _c.proc_children(f"{self.base}/task/{tid}/children")
-                if kids is None:  # the thread (or the process) exited meanwhile
-                    continue
-                if kids != -1:
+                if kids is not None:  # (None: the thread or the process exited meanwhile)
                     out.extend(kids)
-                    continue
+                continue
             try:
                 out.extend(parse_children(self._read(f"task/{tid}/children")))
             except ProcessGone:  # the thread (or the process) exited meanwhile

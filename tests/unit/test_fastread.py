@@ -23,7 +23,6 @@ from governor.cgroupfs.parse import Psi, PsiLine
 from governor.cgroupfs.reader import ACCELERATED, FAST_FILES, GroupStats, StatReader
 from governor.metering.sampler import C_TO_SAMPLE, Sampler, to_sample_at
 from tests.unit.cgroupfs_fake import LEAF_FILES, create_child
-from tests.unit.procfs_fake import REAL_KTHREAD_STAT, REAL_STAT, add_process, new_proc
 
 pytestmark = pytest.mark.skipif(
     not ACCELERATED, reason="governor.cgroupfs._fastread not in use (not built: pip install -e .; "
@@ -398,99 +397,11 @@ def test_subdirs_lists_what_scandir_lists(tmp_path: Path) -> None:
         os.close(fd)
 
 
-# -- placement's procfs readers ------------------------------------------------------------
-#: (file, content): real kernel output, then odd and broken text; both readers must give the
-#: same value, ProcessGone or error class
-PROC_CASES = [
-    ("stat", REAL_STAT),
-    ("stat", REAL_KTHREAD_STAT),
-    ("stat", REAL_STAT.replace("(cat)", "(a) b (c))")),      # a comm with ") " inside
-    ("stat", REAL_STAT.replace("(cat)", "()")),
-    ("stat", REAL_STAT.replace("(cat)", "(caté\udcff)".encode("utf-8", "surrogateescape")
-                               .decode("utf-8", "surrogateescape"))),
-    ("stat", REAL_STAT.rstrip("\n")),                         # no newline
-    ("stat", REAL_STAT.replace(" 10796 10796 ", " -1 10796 ", 1)),  # negative field
-    ("stat", ""),                                             # a zombie being reaped: gone
-    ("stat", "10801 (cat) R 10796\n"),                        # truncated: error
-    ("stat", "10801 cat R 10796\n"),                          # no parentheses: error
-    ("stat", REAL_STAT.replace(" 4194304 ", " 41x4304 ", 1)),  # not a number: error
-    ("cgroup", "0::/gov/t/web\n"),
-    ("cgroup", "0::/\n"),
-    ("cgroup", "12:pids:/user.slice\n1:name=systemd:/user.slice\n0::/user.slice/x.scope\n"),
-    ("cgroup", "12:pids:/user.slice\n1:name=systemd:/user.slice\n"),  # v1 only: no 0:: line
-    ("cgroup", ""),
-    ("cgroup", "0::/with space/and\u00e9\n"),
-    ("cgroup", "0::/no-newline"),
-    ("task/50/children", "51 52 "),
-    ("task/50/children", ""),
-    ("task/50/children", "51"),
-    ("task/50/children", " ".join(str(p) for p in range(100000, 112000)) + " "),  # > 64 KiB
-    ("task/50/children", "51 x "),                            # broken: error
-]
-
-
-def _proc_read(proc: Path, pid: int, name: str, use_c: bool,
-               monkeypatch: pytest.MonkeyPatch) -> object:
-    from governor.placement import procfs
-    monkeypatch.setattr(procfs, "_c", procfs._c if use_c else None)
-    p = procfs.Proc(str(proc), pid)
-    try:
-        if name == "stat":
-            return tuple(p.stat())
-        if name == "cgroup":
-            return p.cgroup()
-        if name == "children":
-            return p.children()
-        return p.pidns()
-    except procfs.ProcessGone:
-        return "gone"
-    except ValueError:  # text not in the kernel's layout: ValueError from both
-        return "error", True
-    except OSError as e:  # errno and file name, from both
-        return "oserror", e.errno, e.filename
-    finally:
-        monkeypatch.undo()
-
-
-@pytest.mark.parametrize(("name", "text"), PROC_CASES)
-def test_proc_readers_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                            name: str, text: str) -> None:
-    proc = new_proc(tmp_path)
-    add_process(proc, 50)
-    (proc / "50" / name).write_bytes(text.encode("utf-8", "surrogateescape"))
-    kind = "children" if name.endswith("children") else name
-    c = _proc_read(proc, 50, kind, True, monkeypatch)
-    py = _proc_read(proc, 50, kind, False, monkeypatch)
-    assert c == py
-
-
-def test_proc_readers_agree_on_links_missing_files_and_live_processes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    proc = new_proc(tmp_path)
-    add_process(proc, 60, ns=4026532500)
-    for name in ("stat", "cgroup", "ns", "children"):
-        assert _proc_read(proc, 60, name, True, monkeypatch) == \
-            _proc_read(proc, 60, name, False, monkeypatch)
-        gone = [] if name == "children" else "gone"  # a gone process has no children
-        assert _proc_read(proc, 61, name, True, monkeypatch) == gone  # no such process
-        assert _proc_read(proc, 61, name, False, monkeypatch) == gone
-    assert _proc_read(proc, 60, "ns", True, monkeypatch) == 4026532500
-    os.unlink(proc / "60" / "ns" / "pid")
-    os.symlink("pid:4026532500", proc / "60" / "ns" / "pid")  # not the kernel's layout
-    for use_c in (True, False):
-        assert _proc_read(proc, 60, "ns", use_c, monkeypatch)[0] == "error"  # type: ignore[index]
-    # this process, in the live /proc: every field the same
-    for name in ("stat", "cgroup", "ns", "children"):
-        assert _proc_read(Path("/proc"), os.getpid(), name, True, monkeypatch) == \
-            _proc_read(Path("/proc"), os.getpid(), name, False, monkeypatch)
-
-
 # -- keep_warm's writer thread ----------------------------------------------------------------
 def test_warm_thread_writes_its_tid_until_the_deadline(tmp_path: Path) -> None:
     """The background writer of MigrationWarmer: a thread of this process (its own tid,
     listed in /proc/self/task) writes each interval after moved() and stops at the
     deadline; a refused write is reported once, with errno and path, and stops the writes."""
-    import errno
     import threading
     import time
 
@@ -561,58 +472,6 @@ def test_warm_thread_never_closes_a_descriptor_it_does_not_own(tmp_path: Path) -
                        stdin=subprocess.DEVNULL, timeout=60, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("True"), r.stdout
-
-
-# --- issue #15 item 17: /proc/PID/cgroup of any length; errors raised, not cleared -------
-
-_V1 = "".join(f"{i}:ctrl{i},other{i}:/{'d' * 180}/x{i}\n" for i in range(1, 60))
-LONG_CGROUP = [  # (case, text, the 0:: path): all longer than the C reader's old 8 KiB
-    ("v1 hierarchies then 0::", _V1 + "0::/gov/t/web\n", "/gov/t/web"),
-    ("0:: first, then v1", "0::/first\n" + _V1, "/first"),
-    ("a 20 KiB path", "0::/" + "/".join(["s" * 99] * 200) + "\n",
-     "/" + "/".join(["s" * 99] * 200)),
-    ("no 0:: line", _V1 * 2, None),
-    ("0:: line across 8 KiB", "x" * 8185 + "\n0::/across\n", "/across"),
-    ("no newline at the end", _V1 + "0::/end", "/end"),
-]
-
-
-@pytest.mark.parametrize(("text", "want"), [c[1:] for c in LONG_CGROUP],
-                         ids=[c[0] for c in LONG_CGROUP])
-def test_item17_proc_cgroup_of_any_length_reads_the_same(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, want: str | None) -> None:
-    proc = new_proc(tmp_path)
-    add_process(proc, 50)
-    (proc / "50" / "cgroup").write_text(text)
-    assert len(text) > 8192
-    c = _proc_read(proc, 50, "cgroup", True, monkeypatch)
-    assert c == _proc_read(proc, 50, "cgroup", False, monkeypatch)
-    assert c == ("" if want is None else want)
-
-
-@pytest.mark.parametrize("name", ["cgroup", "stat"])
-def test_item17_proc_file_too_large_raises_efbig_naming_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    from governor.placement.procfs import PROC_FILE_MAX
-
-    proc = new_proc(tmp_path)
-    add_process(proc, 50)
-    text = _V1 if name == "cgroup" else REAL_STAT
-    (proc / "50" / name).write_text(text * (PROC_FILE_MAX // len(text) + 1))
-    want = ("oserror", errno.EFBIG, f"{proc}/50/{name}")
-    assert _proc_read(proc, 50, name, True, monkeypatch) == want
-    assert _proc_read(proc, 50, name, False, monkeypatch) == want
-
-
-def test_item17_proc_read_error_is_raised_naming_the_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    proc = new_proc(tmp_path)
-    add_process(proc, 50)
-    (proc / "50" / "cgroup").unlink()
-    (proc / "50" / "cgroup").mkdir()  # read(2): EISDIR
-    want = ("oserror", errno.EISDIR, f"{proc}/50/cgroup")
-    assert _proc_read(proc, 50, "cgroup", True, monkeypatch) == want
-    assert _proc_read(proc, 50, "cgroup", False, monkeypatch) == want
 
 
 def test_item17_c_pass_raises_an_error_it_cannot_hand_back(tmp_path: Path) -> None:
