@@ -9,14 +9,15 @@ per-group families, and ``governor.store._fastrows`` (governor/store/_fastrows.c
 rows of a pass's raw samples.  ``governor.placement._fastnetlink``
 (governor/placement/_fastnetlink.c) parses the process connector's datagrams and
 ``governor.placement._fastproc`` (governor/placement/_fastproc.c) does placement's procfs
-reads.
+reads; ``governor.cgroupfs._keepwarm`` (governor/cgroupfs/_keepwarm.c) is keep_warm's
+writer thread.
 ``governor/placement/governor-launch`` is an executable, the
 launcher's client (governor/placement/_launch_client.c, ``governor launcher``), built with
 the same compiler next to the package's modules.  All are optional (as in SQLAlchemy,
 msgpack, PyYAML): when they cannot be built (no compiler or Python headers) the install goes
 on and governor uses the pure-Python twins, which give identical results
 (tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py,
-test_fastnetlink.py, test_fastproc.py), and
+test_fastnetlink.py, test_fastproc.py, test_keepwarm.py), and
 ``governor launch`` in place of the client.
 """
 
@@ -70,5 +71,6 @@ setup(
         accelerator("governor.store._fastrows"),
         accelerator("governor.placement._fastnetlink"),
         accelerator("governor.placement._fastproc"),
+        accelerator("governor.cgroupfs._keepwarm"),
     ],
 )

@@ -1,7 +1,7 @@
 """What keep_warm costs: CPU time per no-op migration of the C accelerator's writer thread.
 
 ``.venv/bin/python bench/keep_warm_cost.py [--seconds 10] [--interval-ms 4]`` on the host:
-the thread (``_fastread.warm_*``, as the daemon runs it) writes its tid every interval to a
+the thread (``_keepwarm.warm_*``, as the daemon runs it) writes its tid every interval to a
 regular file, which costs its wake-up and a write(2) but no cgroup work.  Inside the sandbox
 (``governor sandbox exec -- .venv/bin/python bench/keep_warm_cost.py``) it also writes to
 the ``cgroup.threads`` of the cgroup it is in, as the daemon does: the kernel's part of a
@@ -22,7 +22,7 @@ from governor.cgroupfs.tree import own_cgroup
 
 
 def measure(path: str, seconds: float, interval: float) -> tuple[int, float]:
-    from governor.cgroupfs import _fastread as c
+    from governor.cgroupfs import _keepwarm as c
 
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--interval-ms", type=float, default=4.0)
     args = ap.parse_args()
     try:
-        from governor.cgroupfs import _fastread  # noqa: F401
+        from governor.cgroupfs import _keepwarm  # noqa: F401
     except ImportError:
         print("keep_warm_cost: the C accelerator is not built (pip install -e .)",
               file=sys.stderr)
@@ -66,7 +66,7 @@ def main() -> int:
             print(f"{label:<28} {writes:>6} writes  {cpu * 1e3:8.1f} ms CPU  "
                   f"{cpu / max(writes, 1) * 1e6:7.1f} us per write  "
                   f"{cpu / args.seconds * 100:5.2f}% of a CPU while the window is open")
-    from governor.cgroupfs import _fastread as c
+    from governor.cgroupfs import _keepwarm as c
 
     c.warm_stop()
     return 0

@@ -230,10 +230,11 @@ def _connector_check(cfg: Config) -> Check:
 
 def _accelerator_check() -> Check:
     """The optional C extensions (stat-file reads, meter, exporter, store rows, the
-    process connector's datagrams, procfs reads): in use, or why not."""
+    process connector's datagrams, procfs reads,
+    keep_warm's writer): in use, or why not."""
     import os
 
-    from governor.cgroupfs import reader
+    from governor.cgroupfs import reader, tree
     from governor.exporter import families
     from governor.metering import usage
     from governor.placement import netlink, procfs
@@ -244,7 +245,8 @@ def _accelerator_check() -> Check:
              ("governor.exporter._fastrender", families.ACCELERATED is not None),
              ("governor.store._fastrows", service.sample_rows is not service._sample_rows_py),
              ("governor.placement._fastnetlink", netlink._c is not None),
-             ("governor.placement._fastproc", procfs.ACCELERATED))
+             ("governor.placement._fastproc", procfs.ACCELERATED),
+             ("governor.cgroupfs._keepwarm", tree._warm is not None))
     if all(used for _, used in parts):
         return Check("C accelerators", True,
                      "in use: " + ", ".join(name for name, _ in parts), required=False)

@@ -16,8 +16,6 @@
  *       microseconds, and dropping the GIL per group would cost the pass up to the switch
  *       interval (5 ms) per group whenever another thread is busy in Python.
  *
- *   (and the placement's per-exec procfs reads, and keep_warm's writer thread: below)
- *
  *   to_sample(st, node, path, started, t0, mono, created) -> GroupSample
  *       governor.metering.sampler.to_sample of the same GroupStats with
  *       wall = started + timedelta(seconds=mono - t0) and storage_bytes None (the pass
@@ -1177,173 +1175,6 @@ static PyObject *configure_sample(PyObject *self, PyObject *args, PyObject *kw) 
     Py_RETURN_NONE;
 }
 
-/* -- keep_warm: no-op migrations from a thread of its own ---------------------------------
- *
- * governor.cgroupfs.tree.MigrationWarmer's background mode.  After a move, the placement
- * listener sets a deadline; until then this thread writes its own tid to the
- * cgroup.threads fd it was given (the cgroup this process is in) every interval, so the
- * kernel's cgroup_threadgroup_rwsem stays in its writer mode and the next move does not
- * wait for an RCU grace period (see tree.MigrationWarmer).  A POSIX thread, not a Python
- * one: it never takes the GIL, so hundreds of wakes a second cost the listener nothing and
- * the process only the write itself.  The fd is the thread's own (a dup), replaced under
- * the mutex, so no write ever goes to a closed or reused descriptor.  A failed write stops
- * the writes (deadline cleared) and is reported by warm_stats(); warm_start() with a new
- * fd, or the next warm_until(), goes on.
- */
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t thread;
-    int running, stop, fd;
-    long tid;
-    int64_t interval, deadline, last;  /* CLOCK_MONOTONIC ns */
-    unsigned long long writes, errors;
-    int err;
-} warm = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .fd = -1};
-
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void *warm_main(void *arg) {
-    sigset_t all;  /* signals are for the interpreter's threads, never this one */
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    char buf[24];
-    long tid = (long)syscall(SYS_gettid);
-    int n = snprintf(buf, sizeof buf, "%ld", tid);
-    pthread_mutex_lock(&warm.mu);
-    warm.tid = tid;
-    pthread_cond_broadcast(&warm.cv);
-    while (!warm.stop) {
-        int64_t now = mono_ns();
-        if (warm.fd < 0 || now >= warm.deadline) {
-            pthread_cond_wait(&warm.cv, &warm.mu);
-            continue;
-        }
-        int64_t next = warm.last + warm.interval;
-        if (now < next) {
-            struct timespec ts = {(time_t)(next / 1000000000), (long)(next % 1000000000)};
-            pthread_cond_timedwait(&warm.cv, &warm.mu, &ts);
-            continue;
-        }
-        ssize_t r = write(warm.fd, buf, (size_t)n);
-        int e = errno;
-        warm.last = mono_ns();
-        if (r >= 0) {
-            warm.writes++;
-        } else if (e != EINTR) {
-            warm.err = e;
-            warm.errors++;
-            warm.deadline = 0;
-        }
-    }
-    pthread_mutex_unlock(&warm.mu);
-    return NULL;
-}
-
-static PyObject *warm_start(PyObject *self, PyObject *args) {
-    int fd;
-    long long interval;
-    if (!PyArg_ParseTuple(args, "iL", &fd, &interval))
-        return NULL;
-    if (interval <= 0) {
-        PyErr_SetString(PyExc_ValueError, "warm_start: the interval must be positive");
-        return NULL;
-    }
-    int mine = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (mine < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    long tid;
-    int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&warm.mu);
-    int old = warm.fd;
-    warm.fd = mine;
-    warm.interval = interval;
-    warm.err = 0;
-    if (!warm.running) {
-        warm.stop = 0;
-        warm.tid = 0;
-        warm.deadline = 0;
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_destroy(&warm.cv);
-        pthread_cond_init(&warm.cv, &ca);
-        pthread_condattr_destroy(&ca);
-        rc = pthread_create(&warm.thread, NULL, warm_main, NULL);
-        if (rc == 0) {
-            warm.running = 1;
-            while (warm.tid == 0)
-                pthread_cond_wait(&warm.cv, &warm.mu);
-        } else {
-            warm.fd = -1;
-        }
-    }
-    pthread_cond_broadcast(&warm.cv);
-    tid = warm.tid;
-    pthread_mutex_unlock(&warm.mu);
-    if (old >= 0 && old != mine)
-        close(old);
-    if (rc != 0)
-        close(mine);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong(tid);
-}
-
-static PyObject *warm_until(PyObject *self, PyObject *arg) {
-    long long deadline = PyLong_AsLongLong(arg);
-    if (deadline == -1 && PyErr_Occurred())
-        return NULL;
-    pthread_mutex_lock(&warm.mu);
-    int64_t now = mono_ns();
-    warm.last = now;  /* called right after a move: that write counts */
-    if (deadline > warm.deadline || warm.deadline <= now) {
-        int wake = warm.deadline <= now;
-        warm.deadline = deadline;
-        if (wake)
-            pthread_cond_broadcast(&warm.cv);
-    }
-    pthread_mutex_unlock(&warm.mu);
-    Py_RETURN_NONE;
-}
-
-static PyObject *warm_stats(PyObject *self, PyObject *unused) {
-    pthread_mutex_lock(&warm.mu);
-    unsigned long long w = warm.writes, e = warm.errors;
-    int err = warm.err;
-    long tid = warm.running ? warm.tid : 0;
-    pthread_mutex_unlock(&warm.mu);
-    return Py_BuildValue("(KKil)", w, e, err, tid);
-}
-
-static PyObject *warm_stop(PyObject *self, PyObject *unused) {
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&warm.mu);
-    int running = warm.running;
-    warm.stop = 1;
-    pthread_cond_broadcast(&warm.cv);
-    pthread_mutex_unlock(&warm.mu);
-    if (running)
-        pthread_join(warm.thread, NULL);
-    pthread_mutex_lock(&warm.mu);
-    warm.running = 0;
-    warm.deadline = 0;
-    if (warm.fd >= 0)
-        close(warm.fd);
-    warm.fd = -1;
-    pthread_mutex_unlock(&warm.mu);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"configure_reader", (PyCFunction)(void (*)(void))configure_reader,
      METH_VARARGS | METH_KEYWORDS,
@@ -1361,16 +1192,6 @@ static PyMethodDef methods[] = {
      "sample_groups(paths, start, groups, prefix, latest, created, births, node, started, "
      "t0, samples, hook) -> index of the first group left to the caller"},
     {"subdirs", subdirs, METH_O, "subdirs(dirfd) -> sorted names of the sub-directories"},
-    {"warm_start", warm_start, METH_VARARGS,
-     "warm_start(fd, interval_ns) -> tid of the keep-warm thread (started once; the fd is "
-     "dup'ed, and replaces the one it had)"},
-    {"warm_until", warm_until, METH_O,
-     "warm_until(deadline_ns) -> None: a move just happened; write until CLOCK_MONOTONIC "
-     "deadline_ns"},
-    {"warm_stats", warm_stats, METH_NOARGS,
-     "warm_stats() -> (writes, errors, errno of the last failed write (0: none since "
-     "warm_start), tid (0: not running))"},
-    {"warm_stop", warm_stop, METH_NOARGS, "warm_stop() -> None: stop and join the thread"},
     {"to_sample", to_sample, METH_VARARGS,
      "to_sample(st, node, path, started, t0, mono, created) -> GroupSample"},
     {NULL, NULL, 0, NULL},

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from governor.cgroupfs import accel
+from governor.accel import load
 from governor.cgroupfs.files import CgroupFS, explain
 from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
 from governor.cgroupfs.layout import Layout, as_layout
@@ -26,7 +26,8 @@ from governor.cgroupfs.names import check_relpath, display_path
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
-_fast = accel.fastread()  # keep_warm's writer thread
+#: keep_warm's writer thread in C (governor/cgroupfs/_keepwarm.c), or None
+_warm = load("governor.cgroupfs._keepwarm")
 log = logging.getLogger("governor.cgroupfs")
 
 class MissingControllers(CgroupError):
@@ -458,7 +459,7 @@ class MigrationWarmer:
 
     Two ways to write: :meth:`touch` from the calling thread, or, with the C accelerator,
     :meth:`start_background` once and :meth:`moved` after each move: a POSIX thread of
-    ``_fastread`` (one per process) then writes its own tid every interval until the
+    ``_keepwarm`` (one per process) then writes its own tid every interval until the
     deadline, without the GIL, and :meth:`stats` reports its writes and refusals.
     """
 
@@ -488,17 +489,17 @@ class MigrationWarmer:
         """Hand the writes to a POSIX thread of the C accelerator (it never takes the GIL);
         :meth:`moved` then opens a window.  False without the accelerator (the caller
         writes with :meth:`touch`); CgroupError when the cgroup cannot be opened."""
-        if _fast is None or not hasattr(_fast, "warm_start"):
+        if _warm is None:
             return False
         fd = self._open()  # every thread of this process is in this cgroup
         rel = self.rel
         try:
-            _fast.warm_start(fd, max(1, int(interval * 1e9)))
+            _warm.warm_start(fd, max(1, int(interval * 1e9)))
         finally:
             self.close()  # the thread keeps its own dup
         self.rel = rel  # where it writes
         if not _retry:  # counts from here (the thread is one per process)
-            self._base = _fast.warm_stats()[:2]
+            self._base = _warm.warm_stats()[:2]
             self._refused_seen = self._base[1]
             self._retried = False
         self.background = True
@@ -508,17 +509,17 @@ class MigrationWarmer:
         """A move was just made: write until ``until`` (time.monotonic seconds)."""
         self.until = until
         self.last_write = time.monotonic()
-        if _fast is not None and self.background:
-            _fast.warm_until(int(until * 1e9))
+        if _warm is not None and self.background:
+            _warm.warm_until(int(until * 1e9))
 
     def stats(self, interval: float) -> tuple[int, int, CgroupError | None]:
         """The background thread's ``(writes, refused, error)``: ``error`` is set once per
         new refusal (None otherwise).  A write refused because this process's cgroup
         changed (EOPNOTSUPP, ENODEV, ENOENT) is first retried at the cgroup read again, as
         :meth:`touch` does; only a refusal there is an error."""
-        if _fast is None or not self.background:
+        if _warm is None or not self.background:
             return self.writes, 0, None
-        writes, refused, err, tid = _fast.warm_stats()
+        writes, refused, err, tid = _warm.warm_stats()
         result = (writes - self._base[0], refused - self._base[1])
         if writes > self._writes_at_retry:
             self._retried = False  # it wrote since: a later refusal gets its retry
@@ -534,15 +535,15 @@ class MigrationWarmer:
             except CgroupError as e:
                 return (*result, e)
             if self.until > time.monotonic():  # the refusal closed the window: reopen
-                _fast.warm_until(int(self.until * 1e9))
+                _warm.warm_until(int(self.until * 1e9))
             return (*result, None)
         return (*result, CgroupError(
             "write", str(self.fs.root / (self.rel or "")), "cgroup.threads", err,
             value=str(tid), hint=explain("write", "cgroup.threads", err)))
 
     def stop_background(self) -> None:
-        if _fast is not None and self.background:
-            _fast.warm_stop()
+        if _warm is not None and self.background:
+            _warm.warm_stop()
         self.background = False
 
     def _error(self, e: OSError, rel: str, value: str | None = None) -> CgroupError:

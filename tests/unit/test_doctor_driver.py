@@ -67,7 +67,7 @@ def test_doctor_says_which_c_accelerators_run() -> None:
                               "governor.metering._fastmeter, governor.exporter._fastrender, "
                               "governor.store._fastrows")
         assert out.strip().endswith(", governor.placement._fastnetlink, "
-                                    "governor.placement._fastproc")
+                                    "governor.placement._fastproc, governor.cgroupfs._keepwarm")
     pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "GOVERNOR_PURE_PYTHON": "1"}, check=True).stdout
     assert pure.startswith("False GOVERNOR_PURE_PYTHON=1 is set: their pure-Python twins")

@@ -8,7 +8,6 @@ saying so, when the extension is not built.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -363,7 +362,6 @@ def test_sampler_past_the_fd_budget_is_the_same(tmp_path: Path) -> None:
 
 
 def test_subdirs_lists_what_scandir_lists(tmp_path: Path) -> None:
-    import os
 
     from governor.cgroupfs import _fastread
     from governor.cgroupfs.files import scandir_subdirs
@@ -395,83 +393,6 @@ def test_subdirs_lists_what_scandir_lists(tmp_path: Path) -> None:
             scandir_subdirs(fd)
     finally:
         os.close(fd)
-
-
-# -- keep_warm's writer thread ----------------------------------------------------------------
-def test_warm_thread_writes_its_tid_until_the_deadline(tmp_path: Path) -> None:
-    """The background writer of MigrationWarmer: a thread of this process (its own tid,
-    listed in /proc/self/task) writes each interval after moved() and stops at the
-    deadline; a refused write is reported once, with errno and path, and stops the writes."""
-    import threading
-    import time
-
-    from governor.cgroupfs.files import CgroupFS
-    from governor.cgroupfs.tree import MigrationWarmer
-
-    cg = tmp_path / "cg"
-    (cg / "daemon").mkdir(parents=True)
-    threads = cg / "daemon" / "cgroup.threads"
-    threads.write_text("")
-    me = tmp_path / "self-cgroup"
-    me.write_text("0::/daemon\n")
-    w = MigrationWarmer(CgroupFS(cg, verify=False), proc_file=str(me))
-    assert w.start_background(0.002) is True and w.background and w.rel == "daemon"
-    try:
-        time.sleep(0.05)
-        assert w.stats(0.002) == (0, 0, None) and threads.read_text() == ""  # no move yet
-        w.moved(time.monotonic() + 0.1)
-        time.sleep(0.3)
-        writes, refused, err = w.stats(0.002)
-        text = threads.read_text()
-        assert refused == 0 and err is None and 10 <= writes <= 0.1 / 0.002 + 1
-        tid = text[: len(text) // writes]
-        assert text == tid * writes  # one tid, written `writes` times, on the one fd
-        assert int(tid) != threading.get_native_id()
-        assert (Path("/proc/self/task") / tid).is_dir()  # a thread of this process
-        time.sleep(0.05)
-        assert w.stats(0.002)[0] == writes  # the deadline passed: no more writes
-
-        # a refused write: an fd it cannot write (O_RDONLY: EBADF, not a moved thread)
-        fs = w.fs
-        real = fs.open_reported
-        fs.open_reported = lambda p, f, _flags: real(p, f, os.O_RDONLY)  # type: ignore
-        w.start_background(0.002)  # counts start again from here
-        w.moved(time.monotonic() + 0.1)
-        time.sleep(0.05)
-        _writes, refused, err = w.stats(0.002)
-        assert refused == 1 and err is not None and err.errno == errno.EBADF
-        assert err.file == "cgroup.threads" and str(cg / "daemon") in str(err)
-        assert err.value == tid  # the writer thread's tid, as written
-        assert w.stats(0.002) == (0, 1, None)  # reported once; the writes stopped
-    finally:
-        w.stop_background()
-    assert not w.background
-
-
-def test_warm_thread_never_closes_a_descriptor_it_does_not_own(tmp_path: Path) -> None:
-    """Regression: the writer's state once started with fd 0, so the first warm_start
-    closed the process's stdin, and the number was later closed twice (the daemon's lock
-    file got EBADF at exit).  In a fresh process (the thread is one per process): stdin
-    and every other descriptor survive a start, a restart and a stop."""
-    import subprocess
-    import sys
-
-    target = tmp_path / "threads"
-    target.write_text("")
-    code = (
-        "import os, sys\n"
-        "from governor.cgroupfs import _fastread as c\n"
-        "before = sorted(int(x) for x in os.listdir('/proc/self/fd'))\n"
-        f"fd = os.open({str(target)!r}, os.O_WRONLY)\n"
-        "c.warm_start(fd, 1_000_000); c.warm_start(fd, 1_000_000); c.warm_stop()\n"
-        "os.close(fd)\n"
-        "after = sorted(int(x) for x in os.listdir('/proc/self/fd'))\n"
-        "os.fstat(0)\n"
-        "print(before == after, before, after)\n")
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=60, env=dict(os.environ))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("True"), r.stdout
 
 
 def test_item17_c_pass_raises_an_error_it_cannot_hand_back(tmp_path: Path) -> None:
