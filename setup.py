@@ -1,8 +1,10 @@
 """Only the optional C accelerators live here; pyproject.toml holds all the metadata.
 
-``governor.cgroupfs._fastread`` (governor/cgroupfs/_fastread.c) is the sampler's hot path
-in C: the preads of a group's cached descriptors and the parsing of their numbers, and the
-mapping of those values onto a ``GroupSample``.  ``governor.metering._fastmeter``
+One extension per concern, each in the package of the layer it serves.
+``governor.cgroupfs._fastread`` (governor/cgroupfs/_fastread.c) is the reader's hot path in
+C: the preads of a group's cached descriptors and the parsing of their numbers.
+``governor.metering._fastsample`` (governor/metering/_fastsample.c) maps those values onto
+a ``GroupSample`` and runs the sampling pass's fast-tier loop.  ``governor.metering._fastmeter``
 (governor/metering/_fastmeter.c) meters two samples of one incarnation, and
 ``governor.exporter._fastrender`` (governor/exporter/_fastrender.c) writes the exporter's
 per-group families, and ``governor.store._fastrows`` (governor/store/_fastrows.c) makes the
@@ -16,7 +18,7 @@ launcher's client (governor/placement/_launch_client.c, ``governor launcher``), 
 the same compiler next to the package's modules.  All are optional (as in SQLAlchemy,
 msgpack, PyYAML): when they cannot be built (no compiler or Python headers) the install goes
 on and governor uses the pure-Python twins, which give identical results
-(tests/unit/test_fastread.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py,
+(tests/unit/test_fastread.py, test_fastsample.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py,
 test_fastnetlink.py, test_fastproc.py, test_keepwarm.py), and
 ``governor launch`` in place of the client.
 """
@@ -66,6 +68,7 @@ setup(
     cmdclass={"build_ext": BuildExtAndClient},
     ext_modules=[
         accelerator("governor.cgroupfs._fastread"),
+        accelerator("governor.metering._fastsample"),
         accelerator("governor.metering._fastmeter"),
         accelerator("governor.exporter._fastrender"),
         accelerator("governor.store._fastrows"),

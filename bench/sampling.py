@@ -137,7 +137,7 @@ def main() -> int:
     cgtop = shutil.which("systemd-cgtop")
     nofile = raise_nofile_limit()
     print(f"RLIMIT_NOFILE soft limit {nofile}; {args.rounds} timed rounds per N; "
-          f"FAST_FILES: {' '.join(FAST_FILES)}; C accelerator (_fastread): "
+          f"FAST_FILES: {' '.join(FAST_FILES)}; C accelerators (_fastread, _fastsample): "
           f"{'in use' if ACCELERATED else 'not in use'}")
     scratch = f"bench-{uuid.uuid4().hex[:8]}"
     fs = CgroupFS(ROOT)

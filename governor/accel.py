@@ -1,9 +1,11 @@
 """The optional C accelerators, loaded in one place.
 
-governor/cgroupfs/_fastread.c (the sampler's reads), governor/metering/_fastmeter.c (the
-meter step), governor/exporter/_fastrender.c (the exporter's per-group families) and
-governor/store/_fastrows.c (the rows of a pass's raw samples) are
-built by setup.py when a compiler is there.  :func:`load` returns one, or None when it is
+governor/cgroupfs/_fastread.c (the sampler's reads), governor/metering/_fastsample.c (the
+samples), governor/metering/_fastmeter.c (the meter step), governor/exporter/_fastrender.c
+(the exporter's per-group families), governor/store/_fastrows.c (the rows of a pass's raw
+samples), governor/placement/_fastproc.c and _fastnetlink.c (procfs reads, connector
+datagrams) and governor/cgroupfs/_keepwarm.c (keep_warm's writer) are built by setup.py
+when a compiler is there.  :func:`load` returns one, or None when it is
 not built or ``GOVERNOR_PURE_PYTHON=1`` is set: every caller then takes its pure-Python
 twin, which gives the same results (each has a parity test).  :func:`loaded` names the
 ones in use (``governor_build_info{accelerators}``).

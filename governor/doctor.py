@@ -229,18 +229,19 @@ def _connector_check(cfg: Config) -> Check:
 
 
 def _accelerator_check() -> Check:
-    """The optional C extensions (stat-file reads, meter, exporter, store rows, the
+    """The optional C extensions (stat-file reads, samples, meter, exporter, store rows, the
     process connector's datagrams, procfs reads,
     keep_warm's writer): in use, or why not."""
     import os
 
     from governor.cgroupfs import reader, tree
     from governor.exporter import families
-    from governor.metering import usage
+    from governor.metering import sampler, usage
     from governor.placement import netlink, procfs
     from governor.store import service
 
     parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
+             ("governor.metering._fastsample", sampler.C_TO_SAMPLE is not None),
              ("governor.metering._fastmeter", usage._FAST is not None),
              ("governor.exporter._fastrender", families.ACCELERATED is not None),
              ("governor.store._fastrows", service.sample_rows is not service._sample_rows_py),

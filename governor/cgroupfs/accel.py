@@ -1,4 +1,4 @@
-"""The sampler's C accelerator (``governor/cgroupfs/_fastread.c``), through :mod:`governor.accel`.
+"""The reader's C accelerator (``governor/cgroupfs/_fastread.c``), through :mod:`governor.accel`.
 
 None when it is not built (no compiler at install time) or when ``GOVERNOR_PURE_PYTHON=1``
 is set: every caller then takes its pure-Python path, which gives the same results

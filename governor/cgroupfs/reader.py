@@ -18,7 +18,9 @@ The hot path has an optional C accelerator, ``governor.cgroupfs._fastread`` (bui
 descriptors into one reused buffer and the parsing of the kernel's exact layouts, giving
 the same :class:`GroupStats` as the Python code below (tests/unit/test_fastread.py runs
 both).  Without it, or with ``GOVERNOR_PURE_PYTHON=1`` in the environment, the Python path
-runs.  :data:`ACCELERATED` says which one is in use.
+runs.  :data:`ACCELERATED` says which one is in use.  The C sampling pass
+(``governor.metering._fastsample``) reads through :attr:`StatReader.fast_read` and
+:attr:`StatReader.entries`, this module's public face for it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import errno
 import os
 import resource
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import (
@@ -186,7 +189,10 @@ def _accelerated() -> bool:
 ACCELERATED: bool = _accelerated()
 
 
-class _Group:
+class GroupFiles:
+    """One group's open files: what :attr:`StatReader.entries` maps each directory to.
+    The C sampling pass reads ``fast``, ``cache`` and ``ino`` and nothing else."""
+
     __slots__ = ("absent", "cache", "dirfd", "fast", "fds", "ino", "psi")
 
     def __init__(self, dirfd: int, ino: int) -> None:
@@ -228,7 +234,7 @@ class StatReader:
             raise RuntimeError("governor.cgroupfs._fastread is not in use (not built, or "
                                "GOVERNOR_PURE_PYTHON=1)")
         self._read_fast = _fastread.read_fast if accelerated and _fastread else None
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, GroupFiles] = {}
         if max_fds is None:
             max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
         #: descriptors this reader may keep open; past it files are read open-pread-close
@@ -237,6 +243,22 @@ class StatReader:
         self._cpu_stat = FlatKeyedBytes("cpu.stat")
         self._memory_events = FlatKeyedBytes("memory.events")
         self._memory_stat = FlatKeyedBytes("memory.stat")
+
+    @property
+    def fast_read(self) -> Callable[[tuple[int, ...], list[Any], int], GroupStats] | None:
+        """The C read of one group's fast files, ``read(entry.fast, entry.cache,
+        entry.ino) -> GroupStats`` (``_fastread.read_fast``), or None on the pure-Python
+        path.  It raises OSError or ValueError where :meth:`read` names the file: the
+        caller then reads that group through :meth:`read`."""
+        return self._read_fast
+
+    @property
+    def entries(self) -> Mapping[str, GroupFiles]:
+        """Directory (relative to the root) -> its :class:`GroupFiles`: the reader's own
+        mapping, live (the C sampling pass looks groups up in it on every pass; only the
+        reader changes it).  An entry whose ``fast`` is None is not ready for
+        :attr:`fast_read`."""
+        return self._groups
 
     def __enter__(self) -> StatReader:
         return self
@@ -261,19 +283,19 @@ class StatReader:
     def open_groups(self) -> int:
         return len(self._groups)
 
-    def _group(self, rel: str) -> _Group:
+    def _group(self, rel: str) -> GroupFiles:
         g = self._groups.get(rel)
         if g is None:
             try:
                 dirfd = self.fs.open(rel, None, os.O_PATH | os.O_DIRECTORY)
             except OSError as e:
                 raise self.fs._error("read", rel, None, e) from e
-            g = _Group(dirfd, os.fstat(dirfd).st_ino)
+            g = GroupFiles(dirfd, os.fstat(dirfd).st_ino)
             self._groups[rel] = g
             self.open_fds += 1
         return g
 
-    def _raw(self, rel: str, g: _Group, name: str) -> bytes | None:
+    def _raw(self, rel: str, g: GroupFiles, name: str) -> bytes | None:
         fd = g.fds.get(name)
         cached = fd is not None
         if fd is None:
@@ -317,7 +339,7 @@ class StatReader:
         return data
 
     @staticmethod
-    def _alive(g: _Group) -> bool:
+    def _alive(g: GroupFiles) -> bool:
         try:
             os.close(os.open("cgroup.events", os.O_RDONLY | os.O_CLOEXEC, dir_fd=g.dirfd))
         except OSError:
@@ -356,7 +378,7 @@ class StatReader:
                 return self._invalid(rel, name, data, bad)
         return self._invalid(rel, "?", b"", e)  # (parsers are pure: not reached)
 
-    def _slow(self, rel: str, g: _Group, st: GroupStats) -> None:
+    def _slow(self, rel: str, g: GroupFiles, st: GroupStats) -> None:
         data = self._raw(rel, g, "memory.stat")
         if data is not None:
             try:
@@ -404,7 +426,7 @@ class StatReader:
             self._slow(rel, g, st)
         return st
 
-    def _parse(self, g: _Group, raw: list[bytes | None]) -> GroupStats:
+    def _parse(self, g: GroupFiles, raw: list[bytes | None]) -> GroupStats:
         cpu, cur, peak, swap, events, io, pids = raw[:7]
         psi: dict[str, Psi] = {}
         cache = g.psi

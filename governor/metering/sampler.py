@@ -14,9 +14,13 @@ large: :class:`~governor.cgroupfs.reader.StatFileError`) is counted by reason in
 ``errors``, logged once per group and reason until the group reads right again, and the
 pass goes on with the other groups.
 
-With the C accelerator built (``governor.cgroupfs._fastread``), the mapping of a group's
-raw values onto its :class:`GroupSample` (:func:`to_sample`) runs in C too, with the same
-result (tests/unit/test_fastread.py compares the two).
+With the C accelerators built, the reads run in C (``governor.cgroupfs._fastread``, the
+reader's), and so do the mapping of a group's raw values onto its :class:`GroupSample`
+(:func:`to_sample`) and the per-group loop of the fast tier
+(``governor.metering._fastsample``), with the same result (tests/unit/test_fastsample.py
+compares the two).  The loop reads through the reader's public
+:attr:`~governor.cgroupfs.reader.StatReader.fast_read` and
+:attr:`~governor.cgroupfs.reader.StatReader.entries`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from governor.cgroupfs import reader as _reader
+from governor.accel import load
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
@@ -134,13 +138,17 @@ SampleMaker = Callable[[GroupStats, str, str, datetime, float, float, datetime |
                        GroupSample]
 
 
+#: the mapping onto GroupSample and the fast tier's loop in C
+#: (governor/metering/_fastsample.c), or None
+_fastsample = load("governor.metering._fastsample")
+
+
 def _c_to_sample() -> SampleMaker | None:
-    if not _reader.ACCELERATED:
+    if _fastsample is None:
         return None
-    from governor.cgroupfs import _fastread as fr
-    fr.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
-                        py_to_sample=to_sample_at)
-    maker: SampleMaker = fr.to_sample
+    _fastsample.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
+                                 py_to_sample=to_sample_at)
+    maker: SampleMaker = _fastsample.to_sample
     return maker
 
 
@@ -173,12 +181,11 @@ class Sampler:
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
-        fast = self.reader._read_fast is not None
+        fast = self.reader.fast_read is not None
         self._make: SampleMaker = C_TO_SAMPLE if fast and C_TO_SAMPLE else to_sample_at
         self._fast_pass: Callable[..., int] | None = None
-        if fast and C_TO_SAMPLE:
-            from governor.cgroupfs import _fastread
-            self._fast_pass = _fastread.sample_groups
+        if fast and C_TO_SAMPLE and _fastsample is not None:
+            self._fast_pass = _fastsample.sample_groups
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
         #: group path -> the reasons already logged for it (until it reads right again)
@@ -243,13 +250,13 @@ class Sampler:
         # the C accelerator runs this loop for the groups whose descriptors are all open
         # (fast tier), and hands back each group that needs the Python body below
         fast_pass = self._fast_pass if not slow else None
-        reader_groups = self.reader._groups
+        entries, fast_read = self.reader.entries, self.reader.fast_read
         i, n = 0, len(paths)
         while i < n:
             if fast_pass is not None:
                 stop = min(n, i + FAST_CHUNK)
-                j = fast_pass(paths, i, reader_groups, prefix, latest, known_created, births,
-                              node, started, t0, samples, failpoint, stop)
+                j = fast_pass(paths, i, entries, fast_read, prefix, latest, known_created,
+                              births, node, started, t0, samples, failpoint, stop)
                 if j >= n:
                     break
                 if j == stop and j > i:  # a chunk done: another thread may take the GIL

@@ -323,7 +323,8 @@ def test_keep_warm_migrations_move_nothing(world: tuple[CgroupFS, Enforcer, Path
     assert own_cgroup() == home
 
     # the daemon's way: the C accelerator's thread writes after each move, for the window
-    from governor.placement.procfs import ACCELERATED
+    from governor.cgroupfs import tree
+    ACCELERATED = tree._warm is not None  # keep_warm's writer thread (_keepwarm) is built
 
     placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=(), keep_warm=0.5,
                     keep_warm_min_rate=0)  # a window after every move (the rate: below)

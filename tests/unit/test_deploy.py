@@ -432,7 +432,7 @@ def test_dockerfile_two_stages_no_compiler_in_the_image() -> None:
     assert ("import governor.cgroupfs._fastread, governor.metering._fastmeter, "
             "governor.exporter._fastrender, governor.store._fastrows") in build_runs
     assert ("governor.placement._fastnetlink, governor.placement._fastproc, "
-            "governor.cgroupfs._keepwarm") in build_runs
+            "governor.cgroupfs._keepwarm, governor.metering._fastsample") in build_runs
     final_runs = " ".join(a for i, a in final if i == "RUN")
     assert "gcc" not in final_runs and "-dev" not in final_runs
     assert "install -y --no-install-recommends python3 " in final_runs

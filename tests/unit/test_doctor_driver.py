@@ -64,6 +64,7 @@ def test_doctor_says_which_c_accelerators_run() -> None:
                          env=env, check=True).stdout
     if reader._fastread is not None:
         assert out.startswith("True in use: governor.cgroupfs._fastread, "
+                              "governor.metering._fastsample, "
                               "governor.metering._fastmeter, governor.exporter._fastrender, "
                               "governor.store._fastrows")
         assert out.strip().endswith(", governor.placement._fastnetlink, "
