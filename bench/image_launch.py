@@ -28,8 +28,8 @@ way to launch without that start: the C client (governor/placement/_launch_clien
 the launch to ``governor launcher``, started before the runs as containerd is before
 ``ctr run`` (its start is not in any launch's time), from the client's spawn to the byte.
 
-The runs alternate (governor, runc, API, governor-launch, governor, ...) so that a change in the machine's
-load falls on all; ``--warmup`` runs of each are not counted.  p50 and p99 are
+The runs alternate (governor, runc, API, governor-launch, governor, ...) so that a change
+in the machine's load falls on all; ``--warmup`` runs of each are not counted.  p50 and p99 are
 nearest-rank: over 50 runs p99 is rank ceil(0.99 * 50) = 50, the largest.
 """
 
