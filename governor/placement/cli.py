@@ -206,6 +206,6 @@ def register(main: click.Group) -> None:
         head = f"{'GROUP':<24} {'PID':>7} {'USER':<10} {'PIDNS':<16} {'SINCE':<25} COMMAND"
         click.echo(head)
         for r in rows:
-            ns = f"{r.pidns}" + ("" if r.container else " host")
+            ns = "?" if r.pidns is None else f"{r.pidns}" + ("" if r.container else " host")
             click.echo(f"{r.group:<24} {r.pid:>7} {r.user:<10} {ns:<16} {r.since:<25} "
                        f"{r.command}")
