@@ -107,8 +107,6 @@ FAST_FILES = (
     "cpu.stat", "memory.current", "memory.peak", "memory.swap.current", "memory.events",
     "io.stat", "pids.current", "cpu.pressure", "memory.pressure", "io.pressure",
 )
-#: files read on the slower tier (they cost more to generate in the kernel)
-SLOW_FILES = ("memory.stat",)
 
 
 @dataclass(slots=True)

@@ -360,12 +360,6 @@ def _unknown(ctx: _Ctx, base: KeyPath, name: str, value: object, known: Iterable
 
 # --- limits -------------------------------------------------------------------------------
 
-@dataclass
-class _LimitsOut:
-    limits: Limits
-    oom: OomSettings
-
-
 def _io_max(ctx: _Ctx, path: KeyPath, value: object) -> tuple[IoMax, ...]:
     if not isinstance(value, dict):
         ctx.add(path, value, f"{show(value)} is not a table of devices, e.g. "

@@ -551,13 +551,3 @@ def record_oom_event(*, session: Executor, node: str, tenant: str, group: str | 
     key = done.inserted_primary_key
     assert key is not None
     return int(key[0])
-
-
-def mark_group_removed(*, session: Executor, node: str, path: str, cgroup_id: int,
-                       removed_at: datetime) -> bool:
-    """Note that an incarnation's directory is gone; False when it was never recorded."""
-    node_id = ensure_node(session=session, name=node)
-    result = session.execute(update(_GROUPS).where(
-        _GROUPS.c.node_id == node_id, _GROUPS.c.path == path, _GROUPS.c.cgroup_id == cgroup_id,
-    ).values(removed_at=removed_at))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
