@@ -130,15 +130,16 @@ _GONE = (errno.ENODEV, errno.ENOENT)
 FD_HEADROOM = 512
 
 
-def raise_nofile_limit(want: int = 1 << 20) -> int:
-    """Raise RLIMIT_NOFILE towards ``want`` (capped by fs.nr_open); returns the soft limit.
+def raise_nofile_limit(want: int = 1 << 20, *, proc_root: str = "/proc") -> int:
+    """Raise RLIMIT_NOFILE towards ``want`` (capped by ``proc_root``'s
+    ``sys/fs/nr_open``); returns the soft limit.
 
     The reader keeps about a dozen descriptors per group: 1,000 groups already exceed the
     default soft limit of 1024.  Root may raise the hard limit too; others get soft = hard.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        cap = int(Path("/proc/sys/fs/nr_open").read_text())
+        cap = int(Path(proc_root, "sys/fs/nr_open").read_text())
     except (OSError, ValueError):
         cap = want
     target = min(want, cap)
