@@ -31,6 +31,7 @@ import types
 from typing import Final, NamedTuple
 
 from governor.accel import load
+from governor.errors import GovernorError
 
 #: the connector datagrams parsed in C (governor/placement/_fastnetlink.c), or None
 _c: types.ModuleType | None = load("governor.placement._fastnetlink")
@@ -161,8 +162,9 @@ def control_message(op: int, *, seq: int = 0, port: int = 0) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, seq, port) + cn
 
 
-class Overflow(Exception):
-    """ENOBUFS: the receive queue overflowed and events were lost."""
+class Overflow(GovernorError):
+    """ENOBUFS: the receive queue overflowed and events were lost (the placer catches it
+    and rescans)."""
 
 
 class Connector:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from governor.accel import load
+from governor.errors import GovernorError
 from governor.policy.patterns import CMDLINE_MAX
 
 #: the reads of every exec in C (governor/placement/_fastproc.c), or None
@@ -32,7 +33,7 @@ PF_KTHREAD: Final = 0x00200000
 KTHREADD_PID: Final = 2
 
 
-class ProcessGone(Exception):
+class ProcessGone(GovernorError):
     """The process exited (or its pid was reused) while it was being read."""
 
     def __init__(self, pid: int) -> None:

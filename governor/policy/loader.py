@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Final, TypeAlias, cast
 
 from governor.cgroupfs.names import check_name
-from governor.errors import InvalidName
+from governor.errors import GovernorError, InvalidName
 from governor.policy import units
 from governor.policy.lines import LineIndex
 from governor.policy.model import (
@@ -283,7 +283,7 @@ def _read_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[_D
 
 # --- values -------------------------------------------------------------------------------
 
-class _Bad(Exception):
+class _Bad(GovernorError):
     """A value problem; the message names the value (raised inside, reported once)."""
 
 

@@ -21,11 +21,6 @@ from governor.errors import GovernorError
 OUTSIDE: dict[tuple[str, str], str] = {
     ("governor.failpoint", "FailpointError"):
         "an injected failure nobody planned for: governor's own handlers must not take it",
-    # in files another part of issue #17 rewrites (the procfs reader, the netlink
-    # accelerator's Python side, the policy loader's split): to join there
-    ("governor.placement.procfs", "ProcessGone"): "issue #17: placement/procfs.py split",
-    ("governor.placement.netlink", "Overflow"): "issue #17: placement/netlink.py split",
-    ("governor.policy.loader", "_Bad"): "issue #17: policy/loader.py split",
 }
 
 
@@ -115,3 +110,17 @@ def test_value_errors_stay_value_errors() -> None:
         assert issubclass(cls, ValueError) and issubclass(cls, GovernorError)
     with pytest.raises(UnitError):
         parse_size("12 parsecs")
+
+
+def test_process_gone_overflow_and_bad_value_keep_their_meaning() -> None:
+    from governor.placement.netlink import Overflow
+    from governor.placement.procfs import ProcessGone
+    from governor.policy.loader import _Bad
+
+    e = ProcessGone(4242)
+    assert (e.pid, str(e)) == (4242, "process 4242 is gone")
+    # none became an OSError or a ValueError: the handlers that catch those (the placer's
+    # receive loop, the loader's resolvers) must not take them by accident
+    for cls in (ProcessGone, Overflow, _Bad):
+        assert issubclass(cls, GovernorError)
+        assert not issubclass(cls, (OSError, ValueError))
