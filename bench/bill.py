@@ -25,13 +25,9 @@ from sqlalchemy import text
 from governor.billing.report import invoice
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
+from governor.store.bulk import bulk_insert_ignore
 from governor.store.db import make_engine, normalize_url, session_factory, upgrade
-from governor.store.service import (
-    bulk_insert_ignore,
-    ensure_node,
-    incarnation_ids,
-    record_applied_policy,
-)
+from governor.store.service import ensure_node, incarnation_ids, record_applied_policy
 from tests.helpers.db import make_sample
 
 START = datetime(2026, 11, 1, tzinfo=UTC)

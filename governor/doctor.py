@@ -238,13 +238,13 @@ def _accelerator_check() -> Check:
     from governor.exporter import families
     from governor.metering import sampler, usage
     from governor.placement import netlink, procfs
-    from governor.store import service
+    from governor.store import bulk
 
     parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
              ("governor.metering._fastsample", sampler.C_TO_SAMPLE is not None),
              ("governor.metering._fastmeter", usage._FAST is not None),
              ("governor.exporter._fastrender", families.ACCELERATED is not None),
-             ("governor.store._fastrows", service.sample_rows is not service._sample_rows_py),
+             ("governor.store._fastrows", bulk.sample_rows is not bulk._sample_rows_py),
              ("governor.placement._fastnetlink", netlink._c is not None),
              ("governor.placement._fastproc", procfs.ACCELERATED),
              ("governor.cgroupfs._keepwarm", tree._warm is not None))

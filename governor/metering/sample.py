@@ -130,7 +130,7 @@ COUNTER_FIELDS: Final = (
 )
 
 #: gauges (instantaneous values) of a sample, each stored in the raw samples' column of the
-#: same name (governor.store.service)
+#: same name (governor.store.bulk)
 GAUGE_FIELDS: Final = (
     "memory_current",
     "memory_peak",

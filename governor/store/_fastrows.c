@@ -3,7 +3,7 @@
  *   sample_rows(samples, ids, node_id, attrs, psi_keys, io_fields, cache, fresh, limit)
  *       -> (rows, io_rows)
  *
- * governor.store.service._sample_rows_py for SQLite and PostgreSQL alike, in one pass over
+ * governor.store.bulk._sample_rows_py for SQLite and PostgreSQL alike, in one pass over
  * the samples: each sample's group id (ids[(tenant, group, cgroup_id)]), its time as the
  * store keeps it, then
  *     rows:    (node_id, gid, ts, monotonic, *getattr(s, a) for a in attrs,
@@ -19,7 +19,7 @@
  *
  *   flat_chunks(rows, k) -> [tuple, ...]
  *
- * governor.store.service._flat_chunks_py: the values of each run of ``k`` consecutive rows
+ * governor.store.bulk._flat_chunks_py: the values of each run of ``k`` consecutive rows
  * in one tuple, for full runs only (``len(rows) // k`` of them): the parameters of one
  * ``INSERT ... VALUES (...), (...), ...`` of ``k`` rows (SQLite: a statement step per
  * ``k`` rows instead of per row, issue #16).
@@ -171,7 +171,7 @@ typedef struct {
 
 PyDoc_STRVAR(sample_rows_doc,
 "sample_rows(samples, ids, node_id, attrs, psi_keys, io_fields, cache, fresh, limit)\n"
-"-> (rows, io_rows): governor.store.service._sample_rows_py in C.");
+"-> (rows, io_rows): governor.store.bulk._sample_rows_py in C.");
 
 static PyObject *sample_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -316,7 +316,7 @@ done:
 }
 
 PyDoc_STRVAR(flat_chunks_doc,
-"flat_chunks(rows, k) -> [tuple, ...]: governor.store.service._flat_chunks_py in C.");
+"flat_chunks(rows, k) -> [tuple, ...]: governor.store.bulk._flat_chunks_py in C.");
 
 static PyObject *flat_chunks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -435,7 +435,7 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "governor.store._fastrows",
-    .m_doc = "The rows of a pass's raw samples in C (twin: governor/store/service.py).",
+    .m_doc = "The rows of a pass's raw samples in C (twin: governor/store/bulk.py).",
     .m_size = sizeof(names_t),
     .m_methods = methods,
     .m_slots = slots,

@@ -17,15 +17,9 @@ from sqlalchemy import bindparam, select, update
 from governor.metering.meter import Metered
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.metering.sample import GroupSample, IoCounters
+from governor.store.bulk import COUNTER_COLUMNS, PSI_COLUMNS, bulk_insert_ignore, ts_converter
 from governor.store.db import connection_of
-from governor.store.service import (
-    COUNTER_COLUMNS,
-    PSI_COLUMNS,
-    bulk_insert_ignore,
-    chunks,
-    dialect_insert,
-    ts_converter,
-)
+from governor.store.service import chunks, dialect_insert
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
 from governor.store.tables import rollups_hourly as _ROLLUPS

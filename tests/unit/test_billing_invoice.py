@@ -288,8 +288,9 @@ def test_one_group_with_rollups_of_two_nodes(session, basis, expected_gib_hours)
     from sqlalchemy import select
 
     from governor.metering.rollup import ROLLUP_QUANTITIES
+    from governor.store.bulk import bulk_insert_ignore
     from governor.store.models import Group
-    from governor.store.service import bulk_insert_ignore, ensure_node
+    from governor.store.service import ensure_node
 
     _meter(session, node="n1")
     n2 = ensure_node(session=session, name="n2")

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from governor.billing.quantities import HOUR_US, sum_pieces
 from governor.billing.report import GIB, _amount, invoice, usage_report
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
+from governor.store.bulk import bulk_insert_ignore
 from governor.store.models import Group
-from governor.store.service import bulk_insert_ignore, ensure_node, ensure_tenant
+from governor.store.service import ensure_node, ensure_tenant
 from tests.helpers.db import db_url, engine, session  # noqa: F401
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)

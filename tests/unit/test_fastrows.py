@@ -1,4 +1,4 @@
-"""governor.store._fastrows.sample_rows against its Python twin (service._sample_rows_py)
+"""governor.store._fastrows.sample_rows against its Python twin (bulk._sample_rows_py)
 on the same random samples: the same rows, the same IO rows, the same time-text cache
 afterwards (SQLite), the datetimes themselves (PostgreSQL), the same errors."""
 
@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 
 from governor.metering.sample import PSI_KEYS, GroupSample
-from governor.store import service
-from governor.store.service import _sample_rows_py, _TsCache
+from governor.store import bulk
+from governor.store.bulk import _sample_rows_py, _TsCache
 
 fast = pytest.importorskip("governor.store._fastrows")
 
 
 def c_rows(samples: list[GroupSample], ids: dict[Any, int], cache: _TsCache | None
            ) -> Any:
-    return fast.sample_rows(samples, ids, 7, service.COUNTER_COLUMNS, service._PSI_KEYS,
-                            service._IO_FIELDS, cache, None if cache is None else cache.fresh,
+    return fast.sample_rows(samples, ids, 7, bulk.COUNTER_COLUMNS, bulk._PSI_KEYS,
+                            bulk._IO_FIELDS, cache, None if cache is None else cache.fresh,
                             0 if cache is None else cache.size)
 
 
@@ -40,7 +40,7 @@ def random_samples(rng: random.Random, n: int) -> list[GroupSample]:
             wall = out[-1].wall  # the same instant again: a cache hit
         io: dict[str, Any] = {}
         for d in range(rng.randrange(0, 3)):
-            c = {f: rng.randrange(0, 1 << 64) for f in service._IO_FIELDS}
+            c = {f: rng.randrange(0, 1 << 64) for f in bulk._IO_FIELDS}
             io[f"{rng.randrange(1, 300)}:{d}"] = MappingProxyType(c) if rng.random() < 0.2 \
                 else c
         psi = {k: rng.randrange(0, 1 << 40) for k in PSI_KEYS if rng.random() < 0.7}
@@ -89,7 +89,7 @@ def test_a_sample_without_a_group_id_is_a_key_error_in_both() -> None:
 
 
 def test_the_store_uses_the_accelerator_when_built() -> None:
-    assert service.sample_rows is not _sample_rows_py
+    assert bulk.sample_rows is not _sample_rows_py
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -101,7 +101,7 @@ def test_flat_chunks_as_the_twin(seed: int) -> None:
     if rows and rng.random() < 0.3:
         rows[0] = list(rows[0])   # any sequence
     k = rng.randrange(1, 70)
-    want = service._flat_chunks_py(rows, k)
+    want = bulk._flat_chunks_py(rows, k)
     assert fast.flat_chunks(rows, k) == want
     assert len(want) == len(rows) // k
     assert [v for chunk in want for v in chunk] == \
@@ -112,13 +112,13 @@ def test_flat_chunks_errors_as_the_twin() -> None:
     for rows, k, exc in (([(1,), 2], 1, TypeError), ([(1,)], 0, ValueError),
                          ([(1,)], -1, ValueError)):
         with pytest.raises(exc):
-            service._flat_chunks_py(rows, k)
+            bulk._flat_chunks_py(rows, k)
         with pytest.raises(exc):
             fast.flat_chunks(rows, k)
 
 
 def test_the_store_flattens_with_the_accelerator_when_built() -> None:
-    assert service.flat_chunks is not service._flat_chunks_py
+    assert bulk.flat_chunks is not bulk._flat_chunks_py
 
 
 def test_samples_of_another_type_and_unset_slots_as_the_twin() -> None:

@@ -265,8 +265,8 @@ def test_the_time_text_cache_holds_two_passes_not_the_whole_run(tmp_path: Path) 
     """Each pass's times are converted to SQLite text once and reused by the next pass
     (its intervals' starts); older times leave the cache, so a long run does not keep
     every sample's time alive (it did: 100,000 of them, 15 MiB at 1,000 groups)."""
+    from governor.store.bulk import _SQLITE_TS
     from governor.store.db import make_engine, upgrade
-    from governor.store.service import _SQLITE_TS
 
     # SQLite only: PostgreSQL takes the datetimes themselves (no text cache)
     sqlite = make_engine(f"sqlite:///{tmp_path}/governor.db")
