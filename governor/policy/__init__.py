@@ -4,13 +4,8 @@ Read with :func:`load_policy` (files or ``policy.d`` directories); every problem
 into one :class:`PolicyInvalid`.  The format is documented in ``docs/policy.md``.
 """
 
-from governor.policy.loader import (
-    DeviceResolver,
-    check_policy,
-    load_policy,
-    parse_policy,
-    stat_block_device,
-)
+from governor.policy.context import DeviceResolver, stat_block_device
+from governor.policy.loader import check_policy, load_policy, parse_policy
 from governor.policy.model import (
     ContainerMatch,
     Group,

@@ -115,12 +115,12 @@ def test_value_errors_stay_value_errors() -> None:
 def test_process_gone_overflow_and_bad_value_keep_their_meaning() -> None:
     from governor.placement.netlink import Overflow
     from governor.placement.procfs import ProcessGone
-    from governor.policy.loader import _Bad
+    from governor.policy.context import BadValue
 
     e = ProcessGone(4242)
     assert (e.pid, str(e)) == (4242, "process 4242 is gone")
     # none became an OSError or a ValueError: the handlers that catch those (the placer's
     # receive loop, the loader's resolvers) must not take them by accident
-    for cls in (ProcessGone, Overflow, _Bad):
+    for cls in (ProcessGone, Overflow, BadValue):
         assert issubclass(cls, GovernorError)
         assert not issubclass(cls, (OSError, ValueError))

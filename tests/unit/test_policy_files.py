@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from governor.policy import PolicyInvalid, Problem, load_policy, parse_policy
+from governor.policy.context import stat_block_device
+from governor.policy.files import MAX_DEPTH
 from governor.policy.lines import LineIndex
-from governor.policy.loader import MAX_DEPTH, stat_block_device
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policy.d"
 
