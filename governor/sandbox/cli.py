@@ -1,4 +1,4 @@
-"""``governor sandbox``: set up and use the cgroup v2 test VM (see governor.sandbox.vm).
+"""``governor sandbox``: set up and use the cgroup v2 test VM (see governor.sandbox).
 
 Registered in the main command line with ``main.add_command(sandbox)``; also runnable alone
 as ``python -m governor.sandbox.cli {setup,exec}``.
@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from governor.errors import GovernorError
-from governor.sandbox import vm
+from governor.sandbox import build, run
 
 
 def _fail(err: GovernorError) -> None:
@@ -52,7 +52,7 @@ def setup_cmd(*, cache_dir: Path | None, no_install: bool) -> None:
     """Install QEMU and busybox if needed, fetch the kernel, build the initramfs (idempotent)."""
     t0 = time.monotonic()
     try:
-        root = vm.setup(
+        root = build.setup(
             cache_dir,
             install_packages=not no_install,
             log=lambda m: click.echo(f"sandbox setup: {m}", err=True),
@@ -122,7 +122,7 @@ def exec_cmd(
         elif name in os.environ:
             env[name] = os.environ[name]
     try:
-        rc = vm.exec_(
+        rc = run.exec_(
             list(command),
             cache_dir=cache_dir,
             rwdirs=list(rwdirs),

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from governor.sandbox import junit
+from governor.sandbox.cache import CACHE_FORMAT, Cache, default_cache_dir, initramfs_digest
 from governor.sandbox.detect import is_cgroup2_mount, statfs_type
+from governor.sandbox.errors import SandboxError, SandboxNotReady
+from governor.sandbox.guest import command_script, guest_config, tmp_keep
 from governor.sandbox.initramfs import (
     CpioEntry,
     SandboxBuildError,
@@ -27,27 +30,17 @@ from governor.sandbox.initramfs import (
     module_name,
     parse_modules_dep,
 )
-from governor.sandbox.vm import (
-    CACHE_FORMAT,
+from governor.sandbox.qemu import BootSpec, qemu_argv
+from governor.sandbox.run import exec_
+from governor.sandbox.systemd_mode import (
     SYSTEMD_CMDLINE,
     SYSTEMD_KEPT_GENERATORS,
     SYSTEMD_MASKED,
     SYSTEMD_SERVICE,
     SYSTEMD_TARGET,
-    BootSpec,
-    Cache,
-    SandboxError,
-    SandboxNotReady,
-    _initramfs_digest,
-    command_script,
-    default_cache_dir,
-    exec_,
-    guest_config,
     host_generators,
-    qemu_argv,
     systemd_service_script,
     systemd_units,
-    tmp_keep,
     write_systemd_files,
 )
 
@@ -435,7 +428,7 @@ def test_cache_is_stale_when_the_init_changes(tmp_path: Path) -> None:
     stamp = {
         "format": CACHE_FORMAT,
         "kernel_release": "6.1.0-1-amd64",
-        "initramfs_digest": _initramfs_digest(),
+        "initramfs_digest": initramfs_digest(),
     }
     (tmp_path / "stamp.json").write_text(json.dumps(stamp))
     assert cache.ready()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from governor.sandbox.vm import BootSpec, qemu_argv
+from governor.sandbox.qemu import BootSpec, qemu_argv
 
 BASE: dict[str, object] = {
     "qemu": "/usr/bin/qemu-system-x86_64",
