@@ -25,28 +25,28 @@ PathPart: TypeAlias = str | int
 KeyPath: TypeAlias = tuple[PathPart, ...]
 
 # keys of a tenant or group table that describe limits, after flattening dotted keys
-_SIZE_KEYS: Final = ("memory.min", "memory.low", "memory.high", "memory.max",
-                     "memory.swap.max")
+SIZE_KEYS: Final = ("memory.min", "memory.low", "memory.high", "memory.max",
+                    "memory.swap.max")
 _LIMIT_KEYS: Final = frozenset({
-    *_SIZE_KEYS, "cpu.weight", "cpu.shares", "cpu.max", "cpus", "cpu.max.burst",
+    *SIZE_KEYS, "cpu.weight", "cpu.shares", "cpu.max", "cpus", "cpu.max.burst",
     "io.weight", "io.blkio_weight", "io.max", "pids.max", "oom.group_kill",
 })
-_GROUP_KEYS: Final = _LIMIT_KEYS | {"storage.max", "oom.actions", "oom.pressure",
-                                    "oom.restart_max", "oom.restart_backoff", "match"}
-_TENANT_KEYS: Final = _LIMIT_KEYS | {"plan", "groups"}
+GROUP_KEYS: Final = _LIMIT_KEYS | {"storage.max", "oom.actions", "oom.pressure",
+                                   "oom.restart_max", "oom.restart_backoff", "match"}
+TENANT_KEYS: Final = _LIMIT_KEYS | {"plan", "groups"}
 #: keys whose value is a table of their own (not more dotted keys)
 _LEAF_TABLES: Final = frozenset({"io.max", "oom.pressure"})
-_IO_MAX_KEYS: Final = ("rbps", "wbps", "riops", "wiops")
-_OOM_ACTIONS: Final = ("log", "alert", "restart")
-_MATCH_FIELDS: Final = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup",
-                        "container", "on_exec")
-_PRICE_FIELDS: Final = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib",
-                        "oom_kill", "storage_gib_hour")
+IO_MAX_KEYS: Final = ("rbps", "wbps", "riops", "wiops")
+OOM_ACTIONS: Final = ("log", "alert", "restart")
+MATCH_FIELDS: Final = ("user", "uid", "group", "gid", "exe", "comm", "cmdline", "cgroup",
+                       "container", "on_exec")
+PRICE_FIELDS: Final = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_write_gib",
+                       "oom_kill", "storage_gib_hour")
 #: price keys a plan may leave out: 0 (storage_gib_hour came with issue #19, after plans
 #: were written without it)
-_OPTIONAL_PRICES: Final = frozenset({"oom_kill", "storage_gib_hour"})
-_PLAN_KEYS: Final = ("currency", *_PRICE_FIELDS, "memory_basis", "prices")
-_MEMORY_BASES: Final = ("usage", "reservation", "max")
+OPTIONAL_PRICES: Final = frozenset({"oom_kill", "storage_gib_hour"})
+PLAN_KEYS: Final = ("currency", *PRICE_FIELDS, "memory_basis", "prices")
+MEMORY_BASES: Final = ("usage", "reservation", "max")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 

@@ -9,9 +9,9 @@ from typing import cast
 
 from governor.policy import units
 from governor.policy.context import (
-    _IO_MAX_KEYS,
-    _OOM_ACTIONS,
-    _SIZE_KEYS,
+    IO_MAX_KEYS,
+    OOM_ACTIONS,
+    SIZE_KEYS,
     BadValue,
     Ctx,
     KeyPath,
@@ -61,8 +61,8 @@ def _io_max(ctx: Ctx, path: KeyPath, value: object) -> tuple[IoMax, ...]:
         limits: dict[str, int | None] = {}
         for key, raw in spec.items():
             kpath = (*dpath, key)
-            if key not in _IO_MAX_KEYS:
-                _unknown(ctx, dpath, key, raw, _IO_MAX_KEYS)
+            if key not in IO_MAX_KEYS:
+                _unknown(ctx, dpath, key, raw, IO_MAX_KEYS)
                 continue
             try:
                 if key.endswith("bps"):
@@ -94,8 +94,8 @@ def _oom(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
             ctx.add(path, raw, f"{show(raw)} is not a list; e.g. [\"log\", \"alert\"]")
         else:
             for i, item in enumerate(raw):
-                if item not in _OOM_ACTIONS:
-                    close = difflib.get_close_matches(str(item), _OOM_ACTIONS, n=1)
+                if item not in OOM_ACTIONS:
+                    close = difflib.get_close_matches(str(item), OOM_ACTIONS, n=1)
                     hint = f"; did you mean {close[0]}?" if close else ""
                     ctx.add((*path, i), item, f"{show(item)} is not an OOM action (log, "
                                               f"alert, restart){hint}")
@@ -171,7 +171,7 @@ def _limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
             return None
 
     sizes: dict[str, Size] = {}
-    for key in _SIZE_KEYS:
+    for key in SIZE_KEYS:
         got = take(key, _size)
         if got is not None:
             sizes[key] = cast(Size, got)

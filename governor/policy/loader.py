@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from governor.policy.context import (
-    _PRICE_FIELDS,
+    PRICE_FIELDS,
     Ctx,
     DeviceResolver,
     Doc,
@@ -58,7 +58,7 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
                     {"effective": v.effective.isoformat() if v.effective else None,
                      # storage_gib_hour only when priced: a policy from before it keeps
                      # the digest its applied versions were recorded under
-                     **{f: _decimal_text(getattr(v, f)) for f in _PRICE_FIELDS
+                     **{f: _decimal_text(getattr(v, f)) for f in PRICE_FIELDS
                         if f != "storage_gib_hour" or getattr(v, f)}}
                     for v in p.versions
                 ],

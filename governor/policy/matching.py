@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from governor.policy.context import (
-    _MATCH_FIELDS,
+    MATCH_FIELDS,
     BadValue,
     Ctx,
     Doc,
@@ -36,8 +36,8 @@ def _match_rule(ctx: Ctx, path: KeyPath, raw: object) -> MatchRule | None:
     ok = True
     for key, value in raw.items():
         kpath = (*path, key)
-        if key not in _MATCH_FIELDS:
-            _unknown(ctx, path, key, value, _MATCH_FIELDS)
+        if key not in MATCH_FIELDS:
+            _unknown(ctx, path, key, value, MATCH_FIELDS)
             ok = False
             continue
         try:
@@ -96,7 +96,7 @@ def _overlaps(ctx: Ctx, rules: list[tuple[Doc, KeyPath, str, MatchRule]]) -> Non
     Rule A and a later rule B overlap when the fields A sets are a subset of B's, or the
     reverse (as ``(name, value)`` pairs); B is reported once, against the earliest such A.
     Near-linear (issue 15: the pairwise check took 94 s at 8,000 rules): a rule sets at
-    most ``len(_MATCH_FIELDS)`` fields, so each rule's field subsets are enumerated (at
+    most ``len(MATCH_FIELDS)`` fields, so each rule's field subsets are enumerated (at
     most 2**10, typically 2 to 8) and two maps answer both directions by lookup:
     ``exact`` (field set -> first rule with exactly that set: the A that are subsets of B)
     and ``within`` (field set -> first rule whose set contains it: the A that contain B).

@@ -9,10 +9,10 @@ from decimal import Decimal
 from typing import cast
 
 from governor.policy.context import (
-    _MEMORY_BASES,
-    _OPTIONAL_PRICES,
-    _PLAN_KEYS,
-    _PRICE_FIELDS,
+    MEMORY_BASES,
+    OPTIONAL_PRICES,
+    PLAN_KEYS,
+    PRICE_FIELDS,
     BadValue,
     Ctx,
     KeyPath,
@@ -48,8 +48,8 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
         ctx.add(base, raw, "a plan is a table: [plans.<name>]")
         return None
     for key, value in raw.items():
-        if key not in _PLAN_KEYS:
-            _unknown(ctx, base, key, value, _PLAN_KEYS)
+        if key not in PLAN_KEYS:
+            _unknown(ctx, base, key, value, PLAN_KEYS)
             ok = False
     currency = raw.get("currency")
     if currency is None:
@@ -60,14 +60,14 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
                 f"{show(currency)} is not an ISO 4217 code such as \"EUR\"")
         ok = False
     basis = raw.get("memory_basis", "usage")
-    if basis not in _MEMORY_BASES:
+    if basis not in MEMORY_BASES:
         ctx.add((*base, "memory_basis"), basis,
                 f"{show(basis)} is not a memory basis (usage, reservation, max)")
         ok = False
     prices: dict[str, Decimal] = {}
-    for key in _PRICE_FIELDS:
+    for key in PRICE_FIELDS:
         if key not in raw:
-            if key in _OPTIONAL_PRICES:
+            if key in OPTIONAL_PRICES:
                 prices[key] = Decimal(0)
             else:
                 ctx.add(base, None, f"{key} is missing (a decimal string like \"0.040\")")
@@ -97,10 +97,10 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
             try:
                 if key == "effective":
                     when = _effective(value)
-                elif key in _PRICE_FIELDS:
+                elif key in PRICE_FIELDS:
                     override[key] = _money(value)
                 else:
-                    _unknown(ctx, ipath, key, value, ("effective", *_PRICE_FIELDS))
+                    _unknown(ctx, ipath, key, value, ("effective", *PRICE_FIELDS))
                     ok = False
             except BadValue as exc:
                 ctx.add((*ipath, key), value, str(exc))

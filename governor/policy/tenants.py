@@ -10,8 +10,8 @@ from governor.cgroupfs.names import check_name
 from governor.errors import InvalidName
 from governor.policy import units
 from governor.policy.context import (
-    _GROUP_KEYS,
-    _TENANT_KEYS,
+    GROUP_KEYS,
+    TENANT_KEYS,
     BadValue,
     Ctx,
     Doc,
@@ -47,10 +47,10 @@ def _group(ctx: Ctx, tenant: str, name: str, raw: object,
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a group is a table: [tenants.<tenant>.groups.<group>]")
         return None
-    flat = _flatten({k: v for k, v in raw.items() if k != "match"}, _GROUP_KEYS)
+    flat = _flatten({k: v for k, v in raw.items() if k != "match"}, GROUP_KEYS)
     for key, value in flat.items():
-        if key not in _GROUP_KEYS:
-            _unknown(ctx, base, key, value, _GROUP_KEYS)
+        if key not in GROUP_KEYS:
+            _unknown(ctx, base, key, value, GROUP_KEYS)
     limits = _limits(ctx, base, flat)
     oom = _oom(ctx, base, flat)
     storage_max = _storage_max(ctx, base, flat)
@@ -139,14 +139,14 @@ def _tenant(ctx: Ctx, name: str, raw: object,
         return None
     # storage.max flattened too, to be refused by its name (it is a group's key)
     flat = _flatten({k: v for k, v in raw.items() if k != "groups"},
-                    _TENANT_KEYS | {"storage.max"})
+                    TENANT_KEYS | {"storage.max"})
     for key, value in flat.items():
         if key == "storage.max":
             ctx.add((*base, key), value, "storage.max is set per group (the writable layers "
                                          "of the group's containers from images): move it "
                                          "to [tenants.<tenant>.groups.<group>]")
-        elif key not in _TENANT_KEYS:
-            _unknown(ctx, base, key, value, _TENANT_KEYS)
+        elif key not in TENANT_KEYS:
+            _unknown(ctx, base, key, value, TENANT_KEYS)
     plan: str | None = None
     if "plan" in flat:
         try:
