@@ -125,7 +125,7 @@ class BadValue(GovernorError):
     """A value problem; the message names the value (raised inside, reported once)."""
 
 
-def _int(value: object, lo: int, hi: int | None, what: str, extra: str = "") -> int:
+def check_int(value: object, lo: int, hi: int | None, what: str, extra: str = "") -> int:
     rng = (f"{lo}..{hi}" if hi is not None else f"{lo} or more") + extra
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadValue(f"{show(value)} is not an integer; {what} takes {rng}")
@@ -134,7 +134,7 @@ def _int(value: object, lo: int, hi: int | None, what: str, extra: str = "") -> 
     return value
 
 
-def _str(value: object, what: str) -> str:
+def check_str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise BadValue(f"{show(value)} is not a string; {what}")
     if not value:
@@ -144,14 +144,14 @@ def _str(value: object, what: str) -> str:
     return value
 
 
-def _size(value: object) -> Size:
+def check_size(value: object) -> Size:
     try:
         return units.parse_size(value)
     except UnitError as exc:
         raise BadValue(str(exc)) from None
 
 
-def _money(value: object) -> Decimal:
+def check_money(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | str):
         if isinstance(value, float):
             raise BadValue(f"{show(value)} is a float; write money as a string, e.g. \"0.040\"")
@@ -171,7 +171,7 @@ def _money(value: object) -> Decimal:
     return amount
 
 
-def _flatten(table: Mapping[str, object], known: frozenset[str]) -> dict[str, object]:
+def flatten_keys(table: Mapping[str, object], known: frozenset[str]) -> dict[str, object]:
     """Join dotted keys (``memory.max = ...`` is ``{"memory": {"max": ...}}`` to tomllib)
     into flat names, stopping at known leaves and at names no known key continues."""
     out: dict[str, object] = {}
@@ -186,7 +186,7 @@ def _flatten(table: Mapping[str, object], known: frozenset[str]) -> dict[str, ob
     return out
 
 
-def _unknown(ctx: Ctx, base: KeyPath, name: str, value: object, known: Iterable[str]) -> None:
+def report_unknown(ctx: Ctx, base: KeyPath, name: str, value: object, known: Iterable[str]) -> None:
     close: list[str] = []
     if isinstance(value, dict) and len(value) == 1:  # memroy.max = ...: compare it whole
         close = difflib.get_close_matches(f"{name}.{next(iter(value))}", sorted(known), n=1,

@@ -15,9 +15,9 @@ from governor.policy.context import (
     BadValue,
     Ctx,
     KeyPath,
-    _int,
-    _size,
-    _unknown,
+    check_int,
+    check_size,
+    report_unknown,
 )
 from governor.policy.model import (
     RESTART_BACKOFF_CAP_US,
@@ -62,16 +62,16 @@ def _io_max(ctx: Ctx, path: KeyPath, value: object) -> tuple[IoMax, ...]:
         for key, raw in spec.items():
             kpath = (*dpath, key)
             if key not in IO_MAX_KEYS:
-                _unknown(ctx, dpath, key, raw, IO_MAX_KEYS)
+                report_unknown(ctx, dpath, key, raw, IO_MAX_KEYS)
                 continue
             try:
                 if key.endswith("bps"):
-                    size = _size(raw)
+                    size = check_size(raw)
                     limit: int | None = None if size is MAX else size
                 elif isinstance(raw, str) and raw.strip().lower() == "max":
                     limit = None
                 else:
-                    limit = _int(raw, 0, 2**63 - 1, f"{key} (IO per second)", ' or "max"')
+                    limit = check_int(raw, 0, 2**63 - 1, f"{key} (IO per second)", ' or "max"')
             except BadValue as exc:
                 ctx.add(kpath, raw, str(exc))
                 continue
@@ -112,7 +112,7 @@ def _oom(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
             names = [k.value for k in PressureKey]
             for key, value in raw.items():
                 if key not in names:
-                    _unknown(ctx, path, key, value, names)
+                    report_unknown(ctx, path, key, value, names)
                 elif (isinstance(value, bool) or not isinstance(value, int | float)
                       or not 0 < value <= 100):
                     ctx.add((*path, key), value, f"{show(value)} is not a percentage "
@@ -172,14 +172,14 @@ def _limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
 
     sizes: dict[str, Size] = {}
     for key in SIZE_KEYS:
-        got = take(key, _size)
+        got = take(key, check_size)
         if got is not None:
             sizes[key] = cast(Size, got)
             fields[key.replace(".", "_")] = got
 
-    weight = take("cpu.weight", lambda v: _int(v, 1, 10_000, "cpu.weight"))
-    shares = take("cpu.shares", lambda v: _int(v, units.SHARES_MIN, units.SHARES_MAX,
-                                               "cpu.shares (cgroup v1/Docker)"))
+    weight = take("cpu.weight", lambda v: check_int(v, 1, 10_000, "cpu.weight"))
+    shares = take("cpu.shares", lambda v: check_int(v, units.SHARES_MIN, units.SHARES_MAX,
+                                                    "cpu.shares (cgroup v1/Docker)"))
     if "cpu.shares" in flat and "cpu.weight" in flat:
         ctx.add((*base, "cpu.shares"), flat["cpu.shares"],
                 "cpu.shares and cpu.weight both set the CPU weight; keep one")
@@ -209,9 +209,9 @@ def _limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
         burst = None
     fields["cpu_max_burst_us"] = burst
 
-    io_weight = take("io.weight", lambda v: _int(v, 1, 10_000, "io.weight"))
-    blkio = take("io.blkio_weight", lambda v: _int(v, units.BLKIO_MIN, units.BLKIO_MAX,
-                                                   "io.blkio_weight (Docker blkio-weight)"))
+    io_weight = take("io.weight", lambda v: check_int(v, 1, 10_000, "io.weight"))
+    blkio = take("io.blkio_weight", lambda v: check_int(
+        v, units.BLKIO_MIN, units.BLKIO_MAX, "io.blkio_weight (Docker blkio-weight)"))
     if "io.blkio_weight" in flat and "io.weight" in flat:
         ctx.add((*base, "io.blkio_weight"), flat["io.blkio_weight"],
                 "io.blkio_weight and io.weight both set the IO weight; keep one")
@@ -225,7 +225,7 @@ def _limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
     def pids(v: object) -> Size:
         if isinstance(v, str) and v.strip().lower() == "max":
             return MAX
-        return _int(v, 1, 2**31 - 1, "pids.max", ' or "max"')
+        return check_int(v, 1, 2**31 - 1, "pids.max", ' or "max"')
 
     fields["pids_max"] = take("pids.max", pids)
 

@@ -20,7 +20,7 @@ from governor.policy.context import (
     DeviceResolver,
     Doc,
     KeyPath,
-    _unknown,
+    report_unknown,
     stat_block_device,
 )
 from governor.policy.files import MAX_FILE_BYTES, _parse_text, _read_paths
@@ -114,7 +114,7 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
         ctx.doc = doc
         for key, value in doc.data.items():
             if key not in ("plans", "tenants"):
-                _unknown(ctx, (), key, value, ("plans", "tenants"))
+                report_unknown(ctx, (), key, value, ("plans", "tenants"))
         raw_plans = doc.data.get("plans", {})
         if not isinstance(raw_plans, dict):
             ctx.add(("plans",), raw_plans, "plans is a table: [plans.<name>]")

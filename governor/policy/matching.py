@@ -11,10 +11,10 @@ from governor.policy.context import (
     Ctx,
     Doc,
     KeyPath,
-    _int,
-    _str,
-    _unknown,
+    check_int,
+    check_str,
     render_key,
+    report_unknown,
 )
 from governor.policy.model import (
     ContainerMatch,
@@ -25,7 +25,7 @@ from governor.policy.units import show
 
 
 def _glob(value: object, what: str) -> str:
-    return _str(value, f"{what} is a glob pattern")
+    return check_str(value, f"{what} is a glob pattern")
 
 
 def _match_rule(ctx: Ctx, path: KeyPath, raw: object) -> MatchRule | None:
@@ -37,18 +37,18 @@ def _match_rule(ctx: Ctx, path: KeyPath, raw: object) -> MatchRule | None:
     for key, value in raw.items():
         kpath = (*path, key)
         if key not in MATCH_FIELDS:
-            _unknown(ctx, path, key, value, MATCH_FIELDS)
+            report_unknown(ctx, path, key, value, MATCH_FIELDS)
             ok = False
             continue
         try:
             if key in ("uid", "gid"):
-                values[key] = _int(value, 0, 2**32 - 2, key)
+                values[key] = check_int(value, 0, 2**32 - 2, key)
             elif key in ("user", "group"):
-                values[key] = _str(value, f"{key} is a name")
+                values[key] = check_str(value, f"{key} is a name")
             elif key in ("exe", "comm", "cgroup"):
                 values[key] = _glob(value, key)
             elif key == "cmdline":
-                pattern = _str(value, "cmdline is a regular expression")
+                pattern = check_str(value, "cmdline is a regular expression")
                 try:
                     compile_cmdline(pattern)
                 except PatternError as exc:
@@ -83,9 +83,9 @@ def _container(value: object) -> bool | ContainerMatch:
     pidns = value.get("pidns")
     init = value.get("init")
     if pidns is not None:
-        pidns = _int(pidns, 0, 2**64 - 1, "pidns (a namespace inode number)")
+        pidns = check_int(pidns, 0, 2**64 - 1, "pidns (a namespace inode number)")
     if init is not None:
-        init = _str(init, "init is a process name")
+        init = check_str(init, "init is a process name")
     return ContainerMatch(pidns=pidns, init=init)
 
 

@@ -16,8 +16,8 @@ from governor.policy.context import (
     BadValue,
     Ctx,
     KeyPath,
-    _money,
-    _unknown,
+    check_money,
+    report_unknown,
 )
 from governor.policy.model import (
     MemoryBasis,
@@ -49,7 +49,7 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
         return None
     for key, value in raw.items():
         if key not in PLAN_KEYS:
-            _unknown(ctx, base, key, value, PLAN_KEYS)
+            report_unknown(ctx, base, key, value, PLAN_KEYS)
             ok = False
     currency = raw.get("currency")
     if currency is None:
@@ -74,7 +74,7 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
                 ok = False
             continue
         try:
-            prices[key] = _money(raw[key])
+            prices[key] = check_money(raw[key])
         except BadValue as exc:
             ctx.add((*base, key), raw[key], str(exc))
             ok = False
@@ -98,9 +98,9 @@ def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
                 if key == "effective":
                     when = _effective(value)
                 elif key in PRICE_FIELDS:
-                    override[key] = _money(value)
+                    override[key] = check_money(value)
                 else:
-                    _unknown(ctx, ipath, key, value, ("effective", *PRICE_FIELDS))
+                    report_unknown(ctx, ipath, key, value, ("effective", *PRICE_FIELDS))
                     ok = False
             except BadValue as exc:
                 ctx.add((*ipath, key), value, str(exc))

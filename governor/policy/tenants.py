@@ -16,10 +16,10 @@ from governor.policy.context import (
     Ctx,
     Doc,
     KeyPath,
-    _flatten,
-    _size,
-    _str,
-    _unknown,
+    check_size,
+    check_str,
+    flatten_keys,
+    report_unknown,
 )
 from governor.policy.limits import _limits, _oom
 from governor.policy.matching import _match_rule
@@ -47,10 +47,10 @@ def _group(ctx: Ctx, tenant: str, name: str, raw: object,
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a group is a table: [tenants.<tenant>.groups.<group>]")
         return None
-    flat = _flatten({k: v for k, v in raw.items() if k != "match"}, GROUP_KEYS)
+    flat = flatten_keys({k: v for k, v in raw.items() if k != "match"}, GROUP_KEYS)
     for key, value in flat.items():
         if key not in GROUP_KEYS:
-            _unknown(ctx, base, key, value, GROUP_KEYS)
+            report_unknown(ctx, base, key, value, GROUP_KEYS)
     limits = _limits(ctx, base, flat)
     oom = _oom(ctx, base, flat)
     storage_max = _storage_max(ctx, base, flat)
@@ -86,7 +86,7 @@ def _storage_max(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> int | N
         return None
     raw = flat["storage.max"]
     try:
-        size = _size(raw)
+        size = check_size(raw)
     except BadValue as exc:
         ctx.add((*base, "storage.max"), raw, str(exc))
         return None
@@ -138,19 +138,19 @@ def _tenant(ctx: Ctx, name: str, raw: object,
         ctx.add(base, raw, "a tenant is a table: [tenants.<name>]")
         return None
     # storage.max flattened too, to be refused by its name (it is a group's key)
-    flat = _flatten({k: v for k, v in raw.items() if k != "groups"},
-                    TENANT_KEYS | {"storage.max"})
+    flat = flatten_keys({k: v for k, v in raw.items() if k != "groups"},
+                        TENANT_KEYS | {"storage.max"})
     for key, value in flat.items():
         if key == "storage.max":
             ctx.add((*base, key), value, "storage.max is set per group (the writable layers "
                                          "of the group's containers from images): move it "
                                          "to [tenants.<tenant>.groups.<group>]")
         elif key not in TENANT_KEYS:
-            _unknown(ctx, base, key, value, TENANT_KEYS)
+            report_unknown(ctx, base, key, value, TENANT_KEYS)
     plan: str | None = None
     if "plan" in flat:
         try:
-            plan = _str(flat["plan"], "plan names a [plans.<name>] table")
+            plan = check_str(flat["plan"], "plan names a [plans.<name>] table")
         except BadValue as exc:
             ctx.add((*base, "plan"), flat["plan"], str(exc))
     limits = _limits(ctx, base, flat)
