@@ -39,7 +39,7 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def _parse_text(name: str, text: str, problems: list[Problem]) -> Doc | None:
+def parse_text(name: str, text: str, problems: list[Problem]) -> Doc | None:
     lines = LineIndex(text)
     try:
         data = tomllib.loads(text.removeprefix("\ufeff"))
@@ -100,10 +100,10 @@ def _read_file(path: str, name: str, problems: list[Problem]) -> Doc | None:
         problems.append(Problem(name, "", None, "not UTF-8 text (TOML files are UTF-8)",
                                 line))
         return None
-    return _parse_text(name, text, problems)
+    return parse_text(name, text, problems)
 
 
-def _read_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[Doc]:
+def read_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[Doc]:
     docs: list[Doc] = []
     seen: set[str] = set()
 

@@ -84,7 +84,7 @@ def _io_max(ctx: Ctx, path: KeyPath, value: object) -> tuple[IoMax, ...]:
     return tuple(out)
 
 
-def _oom(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
+def parse_oom(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
     actions: list[OomAction] = []
     pressure: dict[PressureKey, float] = {}
     if "oom.actions" in flat:
@@ -156,7 +156,7 @@ def _oom(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> OomSettings:
     )
 
 
-def _limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
+def parse_limits(ctx: Ctx, base: KeyPath, flat: Mapping[str, object]) -> Limits:
     """Build :class:`Limits` from a flattened tenant/group table (unknown keys were
     reported by the caller)."""
     fields: dict[str, object] = {}

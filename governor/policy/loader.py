@@ -23,8 +23,8 @@ from governor.policy.context import (
     report_unknown,
     stat_block_device,
 )
-from governor.policy.files import MAX_FILE_BYTES, _parse_text, _read_paths
-from governor.policy.matching import _overlaps
+from governor.policy.files import MAX_FILE_BYTES, parse_text, read_paths
+from governor.policy.matching import check_overlaps
 from governor.policy.model import (
     ContainerMatch,
     MatchRule,
@@ -32,9 +32,9 @@ from governor.policy.model import (
     PricePlan,
     Tenant,
 )
-from governor.policy.plans import _plan
+from governor.policy.plans import parse_plan
 from governor.policy.problems import PolicyInvalid, Problem
-from governor.policy.tenants import _tenant
+from governor.policy.tenants import parse_tenant
 from governor.policy.units import show
 
 
@@ -125,7 +125,7 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
                                                f"{plan_home[name].name}")
                 continue
             plan_home[name] = doc
-            plan = _plan(ctx, name, raw)
+            plan = parse_plan(ctx, name, raw)
             if plan is not None:
                 plans[name] = plan
         raw_tenants = doc.data.get("tenants", {})
@@ -139,7 +139,7 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
                         "a tenant lives in one file")
                 continue
             tenant_home[name] = doc
-            got = _tenant(ctx, name, raw, rules)
+            got = parse_tenant(ctx, name, raw, rules)
             if got is not None:
                 tenant, plan_name = got
                 tenants[name] = tenant
@@ -153,7 +153,7 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
                 f"; defined plans: {', '.join(sorted(plan_home))}")
             ctx.add(("tenants", tenant_name, "plan"), plan_name,
                     f"plan {show(plan_name)} does not exist{hint}", doc=doc)
-    _overlaps(ctx, rules)
+    check_overlaps(ctx, rules)
     if not tenant_home and not any(p.severity == "error" for p in problems):
         _empty(problems, docs, given)
     problems[:] = _in_file_order(problems)
@@ -192,7 +192,7 @@ def load_policy(paths: Sequence[str | Path], *,
         paths = [paths]
     if not paths:
         raise PolicyInvalid([Problem("", "", None, "no policy file or directory given")])
-    docs = _read_paths(paths, problems)
+    docs = read_paths(paths, problems)
     return _build(docs, problems, device_resolver, [str(p) for p in paths])
 
 
@@ -207,7 +207,7 @@ def parse_policy(documents: Sequence[tuple[str, str]], *,
         if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
             problems.append(Problem(name, "", None, "text is larger than the 1 MiB limit"))
             continue
-        doc = _parse_text(name, text, problems)
+        doc = parse_text(name, text, problems)
         if doc is not None:
             docs.append(doc)
     return _build(docs, problems, device_resolver)

@@ -28,7 +28,7 @@ def _glob(value: object, what: str) -> str:
     return check_str(value, f"{what} is a glob pattern")
 
 
-def _match_rule(ctx: Ctx, path: KeyPath, raw: object) -> MatchRule | None:
+def parse_match_rule(ctx: Ctx, path: KeyPath, raw: object) -> MatchRule | None:
     if not isinstance(raw, dict):
         ctx.add(path, raw, "a match rule is a table, e.g. [[...match]] user = \"www-data\"")
         return None
@@ -89,7 +89,7 @@ def _container(value: object) -> bool | ContainerMatch:
     return ContainerMatch(pidns=pidns, init=init)
 
 
-def _overlaps(ctx: Ctx, rules: list[tuple[Doc, KeyPath, str, MatchRule]]) -> None:
+def check_overlaps(ctx: Ctx, rules: list[tuple[Doc, KeyPath, str, MatchRule]]) -> None:
     """Warn when every process one rule matches is also matched by an earlier rule (or the
     reverse): the placement would depend on rule order.
 

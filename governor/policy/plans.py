@@ -24,7 +24,7 @@ from governor.policy.model import (
     PricePlan,
     PriceVersion,
 )
-from governor.policy.tenants import _check_name
+from governor.policy.tenants import valid_name
 from governor.policy.units import show
 
 
@@ -41,9 +41,9 @@ def _effective(value: object) -> datetime:
                "2026-12-01T00:00:00Z (unquoted)")
 
 
-def _plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
+def parse_plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
     base: KeyPath = ("plans", name)
-    ok = _check_name(ctx, base, name, "plan")
+    ok = valid_name(ctx, base, name, "plan")
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a plan is a table: [plans.<name>]")
         return None

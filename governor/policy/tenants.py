@@ -21,8 +21,8 @@ from governor.policy.context import (
     flatten_keys,
     report_unknown,
 )
-from governor.policy.limits import _limits, _oom
-from governor.policy.matching import _match_rule
+from governor.policy.limits import parse_limits, parse_oom
+from governor.policy.matching import parse_match_rule
 from governor.policy.model import (
     Group,
     MatchRule,
@@ -31,7 +31,7 @@ from governor.policy.model import (
 from governor.policy.units import MAX, Size, show
 
 
-def _check_name(ctx: Ctx, path: KeyPath, name: str, what: str) -> bool:
+def valid_name(ctx: Ctx, path: KeyPath, name: str, what: str) -> bool:
     try:
         check_name(name, what=what)
     except InvalidName as exc:
@@ -43,7 +43,7 @@ def _check_name(ctx: Ctx, path: KeyPath, name: str, what: str) -> bool:
 def _group(ctx: Ctx, tenant: str, name: str, raw: object,
            rules: list[tuple[Doc, KeyPath, str, MatchRule]]) -> Group | None:
     base: KeyPath = ("tenants", tenant, "groups", name)
-    ok = _check_name(ctx, base, name, "group")
+    ok = valid_name(ctx, base, name, "group")
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a group is a table: [tenants.<tenant>.groups.<group>]")
         return None
@@ -51,8 +51,8 @@ def _group(ctx: Ctx, tenant: str, name: str, raw: object,
     for key, value in flat.items():
         if key not in GROUP_KEYS:
             report_unknown(ctx, base, key, value, GROUP_KEYS)
-    limits = _limits(ctx, base, flat)
-    oom = _oom(ctx, base, flat)
+    limits = parse_limits(ctx, base, flat)
+    oom = parse_oom(ctx, base, flat)
     storage_max = _storage_max(ctx, base, flat)
     match: list[MatchRule] = []
     if "match" in raw:
@@ -62,7 +62,7 @@ def _group(ctx: Ctx, tenant: str, name: str, raw: object,
                     "match is an array of tables: [[tenants.<t>.groups.<g>.match]]")
         else:
             for i, item in enumerate(raw_rules):
-                rule = _match_rule(ctx, (*base, "match", i), item)
+                rule = parse_match_rule(ctx, (*base, "match", i), item)
                 if rule is not None:
                     match.append(rule)
                     assert ctx.doc is not None
@@ -130,10 +130,11 @@ def _tenant_vs_groups(ctx: Ctx, tenant: Tenant, flat: Mapping[str, object]) -> N
                         f"({_fmt(cap_max)}); the tenant's limit applies first", "warning")
 
 
-def _tenant(ctx: Ctx, name: str, raw: object,
-            rules: list[tuple[Doc, KeyPath, str, MatchRule]]) -> tuple[Tenant, str | None] | None:
+def parse_tenant(
+    ctx: Ctx, name: str, raw: object, rules: list[tuple[Doc, KeyPath, str, MatchRule]]
+) -> tuple[Tenant, str | None] | None:
     base: KeyPath = ("tenants", name)
-    ok = _check_name(ctx, base, name, "tenant")
+    ok = valid_name(ctx, base, name, "tenant")
     if not isinstance(raw, dict):
         ctx.add(base, raw, "a tenant is a table: [tenants.<name>]")
         return None
@@ -153,7 +154,7 @@ def _tenant(ctx: Ctx, name: str, raw: object,
             plan = check_str(flat["plan"], "plan names a [plans.<name>] table")
         except BadValue as exc:
             ctx.add((*base, "plan"), flat["plan"], str(exc))
-    limits = _limits(ctx, base, flat)
+    limits = parse_limits(ctx, base, flat)
     groups: dict[str, Group] = {}
     raw_groups = raw.get("groups", {})
     if not isinstance(raw_groups, dict):
