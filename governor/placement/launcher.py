@@ -54,7 +54,6 @@ REQUEST_TIMEOUT: Final = 5.0
 #: the signals a client relays (governor.placement.launch.FORWARDED)
 RELAYED: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 EXIT_LAUNCH_FAILED: Final = 125
-DEFAULT_SOCKET: Final = "/run/governor/launch.sock"
 _HEADER: Final = struct.Struct("=4sI")
 _COUNTS: Final = struct.Struct("=II")
 _REPLY: Final = struct.Struct("=ci")
