@@ -18,8 +18,8 @@ launcher's client (governor/placement/_launch_client.c, ``governor launcher``), 
 the same compiler next to the package's modules.  All are optional (as in SQLAlchemy,
 msgpack, PyYAML): when they cannot be built (no compiler or Python headers) the install goes
 on and governor uses the pure-Python twins, which give identical results
-(tests/unit/test_fastread.py, test_fastsample.py, test_fastmeter.py, test_fastrender.py, test_fastrows.py,
-test_fastnetlink.py, test_fastproc.py, test_keepwarm.py), and
+(tests/unit/test_fastread.py, test_fastsample.py, test_fastmeter.py, test_fastrender.py,
+test_fastrows.py, test_fastnetlink.py, test_fastproc.py, test_keepwarm.py), and
 ``governor launch`` in place of the client.
 """
 
@@ -39,6 +39,8 @@ def accelerator(module: str) -> Extension:
     return Extension(
         module,
         [module.replace(".", "/") + ".c"],
+        include_dirs=["governor"],       # _slots.h, shared by the sample accelerators
+        depends=["governor/_slots.h"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                             "-Wno-missing-field-initializers"],
         optional=True,

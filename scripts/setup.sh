@@ -40,7 +40,7 @@ fi
 
 # the hash covers what `pip install -e` builds from: the metadata, the C accelerators and
 # the launcher's client
-want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/*/*.c | sha256sum | cut -d' ' -f1)"
+want="$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)') $(cat pyproject.toml setup.py governor/*.h governor/*/*.c | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null \
    || [ "$(cat .venv/.governor-deps 2>/dev/null)" != "$want" ]; then
   step "venv: .venv with pip install -e '.[dev]'"

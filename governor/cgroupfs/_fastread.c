@@ -36,6 +36,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_slots.h"          /* descriptors */
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
@@ -554,26 +555,6 @@ static PyObject *read_fast(PyObject *self, PyObject *const *args, Py_ssize_t nar
 }
 
 /* ---- configure -------------------------------------------------------------------------- */
-
-static int descriptors(PyTypeObject *type, PyObject *names, PyObject **out, int max, int *n) {
-    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) > max) {
-        PyErr_SetString(PyExc_ValueError, "field names: a tuple of at most MAX_FIELDS");
-        return -1;
-    }
-    *n = (int)PyTuple_GET_SIZE(names);
-    for (int i = 0; i < *n; i++) {
-        PyObject *d = PyObject_GetAttr((PyObject *)type, PyTuple_GET_ITEM(names, i));
-        if (d == NULL)
-            return -1;
-        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-            PyErr_Format(PyExc_TypeError, "%R.%R is not a slot", type, PyTuple_GET_ITEM(names, i));
-            Py_DECREF(d);
-            return -1;
-        }
-        Py_XSETREF(out[i], d);
-    }
-    return 0;
-}
 
 static int index_of(PyObject *names, PyObject *name) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {

@@ -24,7 +24,7 @@
 #include <Python.h>
 #include <limits.h>
 #include <math.h>
-#include <structmember.h>   /* T_OBJECT_EX: what __slots__ members are */
+#include "_slots.h"          /* slot_offset */
 
 #define US_PER_S 1000000LL
 
@@ -67,28 +67,6 @@ typedef struct {
 static state_t *get_state(PyObject *module)
 {
     return (state_t *)PyModule_GetState(module);
-}
-
-/* Where attribute ``name`` of ``type``'s instances sits when it is a __slots__ member (its
- * offset in the object), else -1.  PyObject_GetAttr (the type's method cache, the member
- * descriptor's call and checks) for the ~44 attributes of a pair of samples was most of
- * interval() (issue #16); a slot is a pointer at a fixed offset. */
-static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
-{
-    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
-    if (d == NULL) {
-        PyErr_Clear();   /* not this type's: every read of it goes through getattr */
-        return -1;
-    }
-    Py_ssize_t off = -1;
-    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if (m->type == T_OBJECT_EX && !(m->flags & PY_AUDIT_READ) &&
-            PyType_IsSubtype(type, ((PyDescrObject *)d)->d_type))
-            off = m->offset;
-    }
-    Py_DECREF(d);
-    return off;
 }
 
 /* locate the slots of ``type`` (the samples' type: done again only when it changes) */

@@ -30,6 +30,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_slots.h"          /* descriptors */
 #include <datetime.h>
 #include <math.h>
 #include <stdint.h>
@@ -90,26 +91,6 @@ static PyObject *new_slotted(PyTypeObject *type, PyObject **descr, PyObject **va
         }
     }
     return obj;
-}
-
-static int descriptors(PyTypeObject *type, PyObject *names, PyObject **out, int max, int *n) {
-    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) > max) {
-        PyErr_SetString(PyExc_ValueError, "field names: a tuple of at most MAX_FIELDS");
-        return -1;
-    }
-    *n = (int)PyTuple_GET_SIZE(names);
-    for (int i = 0; i < *n; i++) {
-        PyObject *d = PyObject_GetAttr((PyObject *)type, PyTuple_GET_ITEM(names, i));
-        if (d == NULL)
-            return -1;
-        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-            PyErr_Format(PyExc_TypeError, "%R.%R is not a slot", type, PyTuple_GET_ITEM(names, i));
-            Py_DECREF(d);
-            return -1;
-        }
-        Py_XSETREF(out[i], d);
-    }
-    return 0;
 }
 
 /* ---- to_sample ------------------------------------------------------------------------ */

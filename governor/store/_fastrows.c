@@ -31,35 +31,9 @@
 #include <Python.h>
 #include <datetime.h>
 #include <stdio.h>
-#include <structmember.h>   /* T_OBJECT_EX: what __slots__ members are */
+#include "_slots.h"          /* slot_offset */
 
 /* ---- reading a slotted object's attributes ------------------------------------------ */
-
-/* Where attribute ``name`` of ``type``'s instances sits when it is a __slots__ member (its
- * offset in the object), else -1.  A sample's 35 attributes read through PyObject_GetAttr
- * (the type's method cache, the descriptor's call, its checks) were half of sample_rows
- * (issue #16); a slot is a pointer at a fixed offset. */
-static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
-{
-    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
-    if (d == NULL) {
-        PyErr_Clear();   /* not this type's: every read of it goes through GetAttr */
-        return -1;
-    }
-    Py_ssize_t off = -1;
-    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if (m->type == T_OBJECT_EX && !(m->flags & PY_AUDIT_READ))
-            off = m->offset;
-        /* the descriptor must be the one instances see: a data descriptor of the type
-         * itself (a member descriptor is one), so GetAttr would call it */
-        if (((PyDescrObject *)d)->d_type != type &&
-            !PyType_IsSubtype(type, ((PyDescrObject *)d)->d_type))
-            off = -1;
-    }
-    Py_DECREF(d);
-    return off;
-}
 
 /* getattr(obj, name), a new reference: read from the slot when ``obj`` is exactly of the
  * type ``off`` was found for and the slot is set (an unset one raises through GetAttr) */
