@@ -37,7 +37,7 @@
 #include <time.h>
 
 #define MAX_FIELDS 40
-#define N_SAMPLE_FIELDS 31
+#define N_SAMPLE_FIELDS 32
 
 static const char *CPU_KEYS[6] = {"usage_usec", "user_usec", "system_usec", "nr_periods",
                                   "nr_throttled", "throttled_usec"};
@@ -272,6 +272,8 @@ static PyObject *make_sample(ss_state *S, PyObject *st, PyObject *node, PyObject
     }
     v[k++] = Py_NewRef(created);
     /* storage_bytes: not a cgroup file; the pass sets it after the sample is built */
+    v[k++] = Py_NewRef(Py_None);
+    /* values: the generic controllers' (governor.controllers), set by the pass after */
     v[k++] = Py_NewRef(Py_None);
     if (k != S->n_sample_fields) {
         PyErr_Format(PyExc_RuntimeError, "to_sample built %d fields, GroupSample has %d", k,

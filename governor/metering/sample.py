@@ -94,6 +94,11 @@ class GroupSample:
     #: bytes of the writable layers of the group's containers launched from images, summed
     #: (see the class documentation); None: none measured
     storage_bytes: int | None = None
+    #: the values of the controllers added through :mod:`governor.controllers` since the
+    #: first wave (keys ``"<controller>.<name>"``, e.g. ``"hugetlb.2MB.current"``), raw as
+    #: the kernel gave them; None: none read (no such controller enabled, or a tenant's
+    #: sample).  Set by the pass after the sample is built, as ``storage_bytes``.
+    values: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         # a sample per group per pass: the common case (UTC, known keys) is tested first,

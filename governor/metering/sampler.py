@@ -74,7 +74,8 @@ _SAMPLE_FIELDS = (
     "memory_events_low", "memory_events_high", "memory_events_max", "memory_events_oom",
     "memory_events_oom_kill", "memory_events_oom_group_kill",
     "memory_stat_anon", "memory_stat_file", "memory_stat_kernel", "memory_stat_sock",
-    "memory_stat_shmem", "pids_current", "io", "psi", "created", "storage_bytes")
+    "memory_stat_shmem", "pids_current", "io", "psi", "created", "storage_bytes",
+    "values")
 if tuple(f.name for f in dataclasses.fields(GroupSample)) != _SAMPLE_FIELDS:
     raise ImportError("governor.metering.sampler: _SAMPLE_FIELDS is not GroupSample's "
                       "fields in order")
@@ -86,7 +87,7 @@ _new = object.__new__
 def _make_sample(values: Sequence[object]) -> GroupSample:
     """``GroupSample(*values)`` (values of all the fields, in order) at a fifth of the cost:
     the frozen dataclass's ``__init__`` goes through ``object.__setattr__`` for each of its
-    31 fields, here each slot is set directly; ``__post_init__`` still checks the values.
+    32 fields, here each slot is set directly; ``__post_init__`` still checks the values.
     (tests/unit/test_sampler.py compares the two.)"""
     if len(values) != len(_SAMPLE_SETTERS):
         raise TypeError(f"GroupSample takes {len(_SAMPLE_SETTERS)} values, not {len(values)}")
@@ -122,7 +123,8 @@ def to_sample(st: GroupStats, *, node: str, path: str, wall: datetime, mono: flo
         ev("low"), ev("high"), ev("max"), ev("oom"), ev("oom_kill"), ev("oom_group_kill"),
         ms("anon"), ms("file"), ms("kernel"), ms("sock"), ms("shmem"),
         st.pids_current, io, psi, created,
-        None))   # storage_bytes: not a cgroup file; set by the pass after (see GroupSample)
+        None,    # storage_bytes: not a cgroup file; set by the pass after (see GroupSample)
+        None))   # values: the generic controllers', set by the pass after (see GroupSample)
 
 
 def to_sample_at(  # noqa: PLR0917 (positional: the C accelerator's fallback call)

@@ -99,8 +99,10 @@ def test_fast_sample_constructor_equals_the_dataclass_init(tmp_path: Path) -> No
         assert _make_sample(values) == again and dataclasses.astuple(again) == tuple(values)
         with pytest.raises(dataclasses.FrozenInstanceError):
             x.node = "other"  # type: ignore[misc]
-    assert _SAMPLE_FIELDS[-1] == "storage_bytes"  # the pass sets it last (issue #19)
+    # the pass sets them last (storage_bytes: issue #19; values: issue #17's controllers)
+    assert _SAMPLE_FIELDS[-2:] == ("storage_bytes", "values")
     assert all(x.storage_bytes is None for x in s.sample().samples)
+    assert all(x.values is None for x in s.sample().samples)
     bad = [getattr(x, name) for name in _SAMPLE_FIELDS]
     bad[_SAMPLE_FIELDS.index("psi")] = {"nope": 1}
     with pytest.raises(ValueError, match="unknown PSI key 'nope'"):
