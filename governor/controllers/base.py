@@ -222,9 +222,11 @@ class Quantity:
     unit: str
     plan_key: str
     per_unit: int
-    method: Literal["integral", "increase"]
-    values: re.Pattern[str]
     doc: str
+    #: how a generic controller's quantity is metered (None: a first-wave quantity, metered
+    #: by the specialised meter, governor.metering.usage and its C twin)
+    method: Literal["integral", "increase"] | None = None
+    values: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
