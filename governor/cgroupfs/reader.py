@@ -46,6 +46,7 @@ from governor.cgroupfs.parse import (
     parse_limit,
     parse_psi_bytes,
 )
+from governor.controllers import registry
 from governor.errors import CgroupError, GovernorError, GroupGone
 
 _fastread: types.ModuleType | None
@@ -102,11 +103,9 @@ def _whole(fd: int, data: bytes) -> bytes | None:
         data = os.pread(fd, size, 0)
     return data
 
-#: files read on every pass
-FAST_FILES = (
-    "cpu.stat", "memory.current", "memory.peak", "memory.swap.current", "memory.events",
-    "io.stat", "pids.current", "cpu.pressure", "memory.pressure", "io.pressure",
-)
+#: files read on every pass: the first-wave controllers' ``pass_files``
+#: (governor/controllers/), in the order of their layout (_FAST_SPEC below)
+FAST_FILES = registry.pass_files()
 
 
 @dataclass(slots=True)

@@ -193,6 +193,17 @@ class Metric:
     group and node), and ``usec`` renders microseconds as seconds.  For an effective value:
     ``effective`` names a key of :meth:`Controller.read_effective`'s result whose value
     is a CPU or node list; the gauge is the number of entries in it.
+
+    For a first-wave controller's family (rendered by the exporter's fast paths,
+    governor/exporter/families.py and its C twin): ``kind`` says where its value comes
+    from and ``source`` / ``key`` which one:
+
+    * ``attr``: the reader's ``GroupStats`` attribute ``source`` (``memory_current``);
+    * ``key``: key ``key`` of the dict attribute ``source`` (``cpu`` -> ``usage_usec``);
+    * ``psi``: the ``total=`` of line ``key`` (``some``, ``full``) of the pressure file of
+      resource ``source`` (``memory``), in seconds;
+    * ``device``: field ``key`` of each io.stat device (label ``device``);
+    * ``limit``: the policy's ``Limits`` attribute ``source`` (``max``: +Inf).
     """
 
     name: str
@@ -201,6 +212,9 @@ class Metric:
     values: re.Pattern[str] | None = None
     usec: bool = False
     effective: str | None = None
+    kind: Literal["attr", "key", "psi", "device", "limit"] | None = None
+    source: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +223,9 @@ class Quantity:
 
     ``name`` is its column in usage and rollups (``hugetlb_byte_seconds``), ``resource`` and
     ``unit`` how a bill shows it (``hugetlb``, ``GiB-hour``), ``plan_key`` the price plan's
-    key for one unit (``hugetlb_gib_hour``) and ``per_unit`` how many of the stored integer
-    quantity make one billed unit (GiB-hour: 2**30 * 3600 byte-seconds).
+    key for one unit (``hugetlb_gib_hour``; None: metered and stored, never priced, as
+    ``cpu_user_usec``) and ``per_unit`` how many of the stored integer quantity make one
+    billed unit (GiB-hour: 2**30 * 3600 byte-seconds).
 
     ``integral`` (a gauge: the trapezoid over each interval, as memory) or ``increase`` (a
     counter: the difference across each interval) of the sum of the values whose keys
@@ -220,7 +235,7 @@ class Quantity:
     name: str
     resource: str
     unit: str
-    plan_key: str
+    plan_key: str | None
     per_unit: int
     doc: str
     #: how a generic controller's quantity is metered (None: a first-wave quantity, metered

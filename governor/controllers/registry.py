@@ -10,11 +10,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
+from governor.controllers import cpu, io, memory, pids, pressure
 from governor.controllers.base import Column, Controller, Metric, PolicyKey, Quantity
 
 #: in the order their writes are applied and their columns shown
 CONTROLLERS: Final[tuple[Controller, ...]] = (
+    memory.CONTROLLER,
+    cpu.CONTROLLER,
+    io.CONTROLLER,
+    pids.CONTROLLER,
+    pressure.CONTROLLER,
 )
+
+#: the order of the first-wave controllers' parts in the specialised paths' layouts: the
+#: reader's pass files (the descriptors _fastread preads, bench/sampling_peer.c's command
+#: line), GroupSample's counters (_fastmeter.c's COUNTER_NAMES) and gauges (the raw
+#: samples' columns) and the exporter's families.  Fixed by those layouts, not by
+#: CONTROLLERS (tests/unit/test_controller_registry.py compares them).
+_LAYOUT: Final = ("cpu", "memory", "io", "pids", "pressure")
 
 
 def by_name(name: str) -> Controller | None:
@@ -24,6 +37,13 @@ def by_name(name: str) -> Controller | None:
 def generic() -> tuple[Controller, ...]:
     """The controllers whose values travel in ``GroupSample.values``."""
     return tuple(c for c in CONTROLLERS if c.generic)
+
+
+def first_wave() -> tuple[Controller, ...]:
+    """The controllers with specialised paths (not :func:`generic`), in the order of those
+    paths' layouts (:data:`_LAYOUT`)."""
+    return tuple(sorted((c for c in CONTROLLERS if not c.generic),
+                        key=lambda c: _LAYOUT.index(c.name)))
 
 
 def policy_key(key: str) -> tuple[Controller, PolicyKey] | None:
@@ -57,15 +77,19 @@ def kernel_default(file: str) -> str | None:
 
 
 def pass_files() -> tuple[str, ...]:
-    return tuple(f for c in CONTROLLERS if not c.generic for f in c.pass_files)
+    """The files the reader reads on every pass (governor.cgroupfs.reader.FAST_FILES)."""
+    return tuple(f for c in first_wave() for f in c.pass_files)
 
 
 def counters() -> tuple[str, ...]:
-    return tuple(f for c in CONTROLLERS for f in c.counters)
+    """GroupSample's counter fields (governor.metering.sample.COUNTER_FIELDS)."""
+    return tuple(f for c in first_wave() for f in c.counters)
 
 
 def gauges() -> tuple[str, ...]:
-    return tuple(f for c in CONTROLLERS for f in c.gauges)
+    """GroupSample's gauge fields read from cgroup files (GAUGE_FIELDS without the
+    writable layers' ``storage_bytes``)."""
+    return tuple(f for c in first_wave() for f in c.gauges)
 
 
 def quantities() -> tuple[Quantity, ...]:

@@ -38,19 +38,18 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.names import display_path
 from governor.cgroupfs.tree import delegated_here, managed_by, not_ours, populated
+from governor.controllers import memory, registry
 from governor.enforce.desired import DesiredGroup, DesiredState
 from governor.errors import CgroupError, GovernorError, GroupGone
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 #: what the kernel has in a new group, used when a key leaves the policy
-KERNEL_DEFAULTS = {
-    "memory.min": "0", "memory.low": "0", "memory.high": "max", "memory.max": "max",
-    "memory.swap.max": "max", "cpu.weight": "100", "cpu.max": "max 100000",
-    "cpu.max.burst": "0", "io.weight": "default 100", "pids.max": "max",
-    "memory.oom.group": "0",
-}
-_MEMORY_SIZES = ("memory.min", "memory.low", "memory.high", "memory.max", "memory.swap.max")
+#: (each controller module's ``defaults``, governor/controllers/)
+KERNEL_DEFAULTS = registry.kernel_defaults()
+#: the memory sizes, rounded down to the page size by the kernel (memory.SIZES: the key
+#: names are the files)
+_MEMORY_SIZES = tuple(k.name for k in memory.SIZES)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from governor.cgroupfs.reader import GroupStats
+from governor.controllers import registry
+from governor.controllers.base import Metric
 from governor.exporter.families import (
     KIND_ATTR,
     KIND_DICT,
@@ -138,52 +140,33 @@ class Snapshot:
 
 # --- the metric table: (name, type, help) -------------------------------------------------
 # Counters carry their ``_total`` suffix here; the TYPE line names the sample name, as
-# client_python writes it for the 0.0.4 text format.
+# client_python writes it for the 0.0.4 text format.  The per-group families of the
+# cgroup files are the first-wave controllers' ``metrics`` (governor/controllers/<name>.py),
+# each saying where its value comes from (``kind``, ``source``, ``key``); they are taken
+# below by kind, in the order of the exposition.
 
 COUNTER: Final = "counter"
 GAUGE: Final = "gauge"
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
-    name: str
-    type: str
-    help: str
-
-
-def _m(name: str, typ: str, help_: str) -> Metric:
+def _m(name: str, typ: Literal["counter", "gauge"], help_: str) -> Metric:
     return Metric(name, typ, help_)
 
 
+_FIRST_WAVE: Final = tuple(m for c in registry.first_wave() for m in c.metrics)
+
+
+def _of(kind: str, source: str | None = None) -> tuple[Metric, ...]:
+    return tuple(m for m in _FIRST_WAVE
+                 if m.kind == kind and (source is None or m.source == source))
+
+
 #: cpu.stat key -> metric; True: microseconds rendered as seconds
-CPU_METRICS: Final[tuple[tuple[Metric, str, bool], ...]] = (
-    (_m("governor_cpu_usage_seconds_total", COUNTER,
-        "CPU time used by the group's tasks (cpu.stat usage_usec)."), "usage_usec", True),
-    (_m("governor_cpu_user_seconds_total", COUNTER,
-        "CPU time in user mode (cpu.stat user_usec)."), "user_usec", True),
-    (_m("governor_cpu_system_seconds_total", COUNTER,
-        "CPU time in kernel mode (cpu.stat system_usec)."), "system_usec", True),
-    (_m("governor_cpu_periods_total", COUNTER,
-        "Enforcement periods elapsed under cpu.max (cpu.stat nr_periods)."),
-     "nr_periods", False),
-    (_m("governor_cpu_throttled_periods_total", COUNTER,
-        "Periods in which the group was throttled by cpu.max (cpu.stat nr_throttled)."),
-     "nr_throttled", False),
-    (_m("governor_cpu_throttled_seconds_total", COUNTER,
-        "Time the group's tasks were throttled by cpu.max (cpu.stat throttled_usec)."),
-     "throttled_usec", True),
-)
+CPU_METRICS: Final[tuple[tuple[Metric, str, bool], ...]] = tuple(
+    (m, str(m.key), m.usec) for m in _of("key", "cpu"))
 #: GroupStats attribute -> gauge
-MEMORY_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
-    (_m("governor_memory_usage_bytes", GAUGE,
-        "Memory charged to the group (memory.current)."), "memory_current"),
-    (_m("governor_memory_peak_bytes", GAUGE,
-        "Highest memory usage since the group was created (memory.peak)."), "memory_peak"),
-    (_m("governor_memory_swap_usage_bytes", GAUGE,
-        "Swap used by the group (memory.swap.current)."), "swap_current"),
-    (_m("governor_pids_current", GAUGE, "Tasks in the group (pids.current)."),
-     "pids_current"),
-)
+MEMORY_METRICS: Final[tuple[tuple[Metric, str], ...]] = tuple(
+    (m, str(m.source)) for m in _of("attr"))
 #: GroupSample attribute -> gauge: what a sample carries beyond the cgroup files
 SAMPLE_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
     (_m("governor_storage_bytes", GAUGE,
@@ -192,31 +175,11 @@ SAMPLE_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
      "storage_bytes"),
 )
 #: memory.events key -> counter
-EVENT_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
-    (_m("governor_memory_low_events_total", COUNTER,
-        "Times reclaim ran below memory.low (memory.events low)."), "low"),
-    (_m("governor_memory_high_events_total", COUNTER,
-        "Times the group was throttled for exceeding memory.high (memory.events high)."),
-     "high"),
-    (_m("governor_memory_max_events_total", COUNTER,
-        "Times usage was about to exceed memory.max (memory.events max)."), "max"),
-    (_m("governor_oom_events_total", COUNTER,
-        "Times the group hit its limit and the OOM killer was invoked (memory.events oom)."),
-     "oom"),
-    (_m("governor_oom_kills_total", COUNTER,
-        "Processes in the group killed by the OOM killer (memory.events oom_kill)."),
-     "oom_kill"),
-    (_m("governor_oom_group_kills_total", COUNTER,
-        "Whole-group OOM kills, memory.oom.group (memory.events oom_group_kill)."),
-     "oom_group_kill"),
-)
+EVENT_METRICS: Final[tuple[tuple[Metric, str], ...]] = tuple(
+    (m, str(m.key)) for m in _of("key", "memory_events"))
 #: PSI resource and line -> counter of the ``total=`` stall time, in seconds
 PSI_METRICS: Final[tuple[tuple[Metric, str, str], ...]] = tuple(
-    (_m(f"governor_{res}_pressure_{line}_seconds_total", COUNTER,
-        f"Time {'some' if line == 'some' else 'all'} tasks stalled on {what} "
-        f"({res}.pressure {line} total)."), res, line)
-    for res, what in (("cpu", "CPU"), ("memory", "memory"), ("io", "IO"))
-    for line in ("some", "full"))
+    (m, str(m.source), str(m.key)) for m in _of("psi"))
 
 _CPU = CPU_METRICS
 _MEM = MEMORY_METRICS
@@ -224,35 +187,17 @@ _EVENTS = EVENT_METRICS
 _PSI = PSI_METRICS
 
 #: io.stat field -> metric (labels add ``device``)
-IO_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
-    (_m("governor_io_read_bytes_total", COUNTER, "Bytes read from the device (io.stat rbytes)."),
-     "rbytes"),
-    (_m("governor_io_written_bytes_total", COUNTER,
-        "Bytes written to the device (io.stat wbytes)."), "wbytes"),
-    (_m("governor_io_reads_total", COUNTER, "Read operations on the device (io.stat rios)."),
-     "rios"),
-    (_m("governor_io_writes_total", COUNTER, "Write operations on the device (io.stat wios)."),
-     "wios"),
-    (_m("governor_io_discarded_bytes_total", COUNTER,
-        "Bytes discarded on the device (io.stat dbytes)."), "dbytes"),
-)
+IO_METRICS: Final[tuple[tuple[Metric, str], ...]] = tuple(
+    (m, str(m.key)) for m in _of("device"))
 
 #: Limits attribute -> metric ("max" is rendered as +Inf)
-LIMIT_METRICS: Final[tuple[tuple[Metric, str], ...]] = (
-    (_m("governor_memory_max_bytes", GAUGE,
-        "Hard memory limit from the policy (memory.max; +Inf: no limit)."), "memory_max"),
-    (_m("governor_memory_high_bytes", GAUGE,
-        "Memory throttling threshold from the policy (memory.high; +Inf: none)."),
-     "memory_high"),
-    (_m("governor_memory_low_bytes", GAUGE,
-        "Best-effort memory protection from the policy (memory.low)."), "memory_low"),
-    (_m("governor_memory_min_bytes", GAUGE,
-        "Hard memory protection from the policy (memory.min)."), "memory_min"),
-    (_m("governor_memory_swap_max_bytes", GAUGE,
-        "Swap limit from the policy (memory.swap.max; +Inf: no limit)."), "memory_swap_max"),
-    (_m("governor_pids_max", GAUGE,
-        "Task limit from the policy (pids.max; +Inf: no limit)."), "pids_max"),
-)
+LIMIT_METRICS: Final[tuple[tuple[Metric, str], ...]] = tuple(
+    (m, str(m.source)) for m in _of("limit"))
+_TAKEN = {m for ms in (CPU_METRICS, MEMORY_METRICS, EVENT_METRICS, PSI_METRICS, IO_METRICS,
+                       LIMIT_METRICS) for m, *_ in ms}
+if len(_TAKEN) != len(_FIRST_WAVE):  # a family no section of render() writes
+    raise ImportError("governor.exporter.render: first-wave metrics not rendered: "
+                      f"{[m.name for m in _FIRST_WAVE if m not in _TAKEN]}")
 
 PRESSURE_WARNINGS: Final = _m(
     "governor_memory_pressure_warnings_total", COUNTER,

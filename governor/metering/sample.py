@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, TypedDict
 
+from governor.controllers import registry
+
 #: per-device fields of io.stat kept by the store (io.stat also has dios for discards)
 IO_FIELDS: Final = ("rbytes", "wbytes", "rios", "wios", "dbytes")
 
@@ -118,34 +120,11 @@ class GroupSample:
         return self.tenant if self.group is None else f"{self.tenant}/{self.group}"
 
 
-#: counters (monotonic, cumulative) of a sample; a decrease of any of them is a reset
-COUNTER_FIELDS: Final = (
-    "cpu_usage_usec",
-    "cpu_user_usec",
-    "cpu_system_usec",
-    "cpu_nr_periods",
-    "cpu_nr_throttled",
-    "cpu_throttled_usec",
-    "memory_events_low",
-    "memory_events_high",
-    "memory_events_max",
-    "memory_events_oom",
-    "memory_events_oom_kill",
-    "memory_events_oom_group_kill",
-)
+#: counters (monotonic, cumulative) of a sample; a decrease of any of them is a reset: the
+#: first-wave controllers' ``counters`` (governor/controllers/), in _fastmeter.c's order
+COUNTER_FIELDS: Final = registry.counters()
 
 #: gauges (instantaneous values) of a sample, each stored in the raw samples' column of the
-#: same name (governor.store.bulk)
-GAUGE_FIELDS: Final = (
-    "memory_current",
-    "memory_peak",
-    "memory_swap_current",
-    "memory_stat_anon",
-    "memory_stat_file",
-    "memory_stat_kernel",
-    "memory_stat_sock",
-    "memory_stat_shmem",
-    "pids_current",
-    "storage_bytes",
-)
-
+#: same name (governor.store.bulk): the first-wave controllers' ``gauges``, then the
+#: writable layers' bytes (not a cgroup controller's: governor.metering.storage)
+GAUGE_FIELDS: Final = (*registry.gauges(), "storage_bytes")

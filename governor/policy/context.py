@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeAlias
 
+from governor.controllers import memory, registry
 from governor.errors import GovernorError
 from governor.policy import units
 from governor.policy.lines import LineIndex
@@ -24,13 +25,10 @@ DeviceResolver: TypeAlias = Callable[[str], tuple[int, int]]
 PathPart: TypeAlias = str | int
 KeyPath: TypeAlias = tuple[PathPart, ...]
 
-# keys of a tenant or group table that describe limits, after flattening dotted keys
-SIZE_KEYS: Final = ("memory.min", "memory.low", "memory.high", "memory.max",
-                    "memory.swap.max")
-_LIMIT_KEYS: Final = frozenset({
-    *SIZE_KEYS, "cpu.weight", "cpu.shares", "cpu.max", "cpus", "cpu.max.burst",
-    "io.weight", "io.blkio_weight", "io.max", "pids.max", "oom.group_kill",
-})
+# keys of a tenant or group table that describe limits, after flattening dotted keys: the
+# first-wave controllers' (governor/controllers/<name>.py), validated by policy/limits.py
+SIZE_KEYS: Final = tuple(k.name for k in memory.SIZES)
+_LIMIT_KEYS: Final = frozenset(k.name for c in registry.first_wave() for k in c.keys)
 GROUP_KEYS: Final = _LIMIT_KEYS | {"storage.max", "oom.actions", "oom.pressure",
                                    "oom.restart_max", "oom.restart_backoff", "match"}
 TENANT_KEYS: Final = _LIMIT_KEYS | {"plan", "groups"}
