@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from governor.controllers import registry
 from governor.store.db import connection_of
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import rollups_hourly as _ROLLUPS
@@ -48,9 +49,14 @@ HOUR = timedelta(hours=1)
 KeyColumn = ColumnElement[Any]
 HOUR_US = 3_600_000_000
 
-#: the integer quantities summed by reports and bills, in rollup units
-FIELDS = ("covered_us", "cpu_usec", "memory_byte_seconds", "io_rbytes", "io_wbytes",
-          "oom_kills", "storage_byte_seconds")
+#: the integer quantities summed by reports and bills, in rollup units: the covered time,
+#: the first-wave controllers' priced quantities (governor/controllers/, a ``plan_key``) and
+#: the writable layers' integral (not a cgroup controller's, issue #19); :class:`Totals`
+#: has one attribute each (built by name: :func:`_totals`)
+FIELDS: Final = ("covered_us",
+                 *(q.name for c in registry.first_wave() for q in c.quantities
+                   if q.plan_key is not None),
+                 "storage_byte_seconds")
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,6 +72,19 @@ class Totals:
     def add(self, other: Totals) -> None:
         for f in FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+if set(FIELDS) != {f.name for f in dataclasses.fields(Totals)}:
+    raise ImportError("governor.billing.quantities: Totals does not have the attributes "
+                      f"of FIELDS {FIELDS}")
+
+
+_T = TypeVar("_T", bound=Totals)
+
+
+def _totals(cls: type[_T], values: Sequence[int]) -> _T:
+    """A :class:`Totals` (or subclass) from values in :data:`FIELDS` order."""
+    return cls(**dict(zip(FIELDS, values, strict=True)))
 
 
 def hour_floor(dt: datetime) -> datetime:
@@ -166,7 +185,7 @@ def _sum_range(
         q = base.where(_ROLLUPS.c.hour >= full_from, _ROLLUPS.c.hour < full_to)
         for row in session.execute(q.group_by(*keys)):
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
-            t.add(Totals(*exact(row[len(keys):], split)))
+            t.add(_totals(Totals, exact(row[len(keys):], split)))
     partial = {hour_floor(start)} if hour_floor(start) != start else set()
     if hour_floor(end) != end:
         partial.add(hour_floor(end))
@@ -177,7 +196,7 @@ def _sum_range(
         for row in session.execute(q.group_by(*keys)):
             values = [share(v, hour, start, end) for v in exact(row[len(keys):], split)]
             t = out.setdefault(tuple(row[: len(keys)]), Totals())
-            t.add(Totals(*values))
+            t.add(_totals(Totals, values))
     return out
 
 
@@ -289,7 +308,7 @@ def _sum_pieces(
                 multi.add(row[0])
                 continue
             values = exact(row[3:], split)
-            t = PieceTotals(*values[: len(FIELDS)])
+            t = _totals(PieceTotals, values[: len(FIELDS)])
             if with_res:
                 t.mem_usage_wins, t.covered_reserved_us = values[len(FIELDS):]
             else:
@@ -339,7 +358,7 @@ def _sum_pieces(
             for i, (a, b) in enumerate(pieces):
                 if b <= hour or a >= hour + HOUR:
                     continue
-                part = PieceTotals(*(share(int(v), hour, a, b) for v in row[3:]))
+                part = _totals(PieceTotals, [share(int(v), hour, a, b) for v in row[3:]])
                 rv = reserved.get((node_id, group_id, i)) if reserved else None
                 if rv is not None and part.memory_byte_seconds * 1_000_000 < rv * part.covered_us:
                     part.covered_reserved_us = part.covered_us

@@ -40,6 +40,7 @@ from sqlalchemy import ColumnElement, select
 from governor.billing.errors import InvalidPeriod, UnknownTenant
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
 from governor.billing.quantities import HOUR_US, KeyColumn, Totals, sum_pieces, sum_range
+from governor.controllers import registry
 from governor.store.tables import applied_policies as _APPLIED
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
@@ -54,18 +55,40 @@ GIB: Final = 1 << 30
 MINOR_UNITS: Final = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "VND": 0, "BHD": 3, "KWD": 3,
                       "OMR": 3, "JOD": 3, "TND": 3}
 
+#: the writable layers of containers launched from images (issue #19), not a cgroup
+#: controller's: their integral, in byte-microseconds as memory's usage basis
+STORAGE: Final = "storage"
+#: the order of a group's invoice lines (a bill's layout, unchanged): the priced quantities'
+#: resources (governor/controllers/) and the writable layers
+LINE_ORDER: Final = ("cpu", "memory", STORAGE, "io_read", "io_write", "oom_kill")
+#: byte-microseconds per byte-second: memory is billed in byte-microseconds so that
+#: reservations (bytes x covered microseconds) stay exact
+_BUS: Final = 1_000_000
+#: resource -> the Totals attribute of its quantity (memory's and storage's in
+#: byte-seconds: billed times :data:`_BUS`)
+_QUANTITY: Final[dict[str, str]] = {
+    **{q.resource: q.name for q in registry.quantities() if q.plan_key is not None},
+    STORAGE: "storage_byte_seconds"}
+
+
+def _resources() -> dict[str, tuple[str, int, str]]:
+    priced = {q.resource: q for q in registry.quantities() if q.plan_key is not None}
+    if set(LINE_ORDER) != {*priced, STORAGE}:
+        raise ImportError(f"governor.billing.report: LINE_ORDER {LINE_ORDER} does not name "
+                          f"the priced resources {sorted(priced)} and {STORAGE}")
+    out: dict[str, tuple[str, int, str]] = {}
+    for res in LINE_ORDER:
+        if res == STORAGE:
+            out[res] = ("GiB-hour", GIB * HOUR_US, "storage_gib_hour")
+            continue
+        q = priced[res]
+        assert q.plan_key is not None
+        out[res] = (q.unit, q.per_unit * (_BUS if res == "memory" else 1), q.plan_key)
+    return out
+
+
 #: resource -> (unit, divisor turning the integer quantity into that unit, price attribute)
-RESOURCES: Final[dict[str, tuple[str, int, str]]] = {
-    "cpu": ("core-hour", HOUR_US, "cpu_core_hour"),
-    # memory quantities are kept in byte-microseconds so that reservations stay exact
-    "memory": ("GiB-hour", GIB * HOUR_US, "memory_gib_hour"),
-    # the writable layers of containers launched from images (issue #19): their integral,
-    # in byte-microseconds as memory's usage basis
-    "storage": ("GiB-hour", GIB * HOUR_US, "storage_gib_hour"),
-    "io_read": ("GiB", GIB, "io_read_gib"),
-    "io_write": ("GiB", GIB, "io_write_gib"),
-    "oom_kill": ("kill", 1, "oom_kill"),
-}
+RESOURCES: Final[dict[str, tuple[str, int, str]]] = _resources()
 QUANTITY_PLACES: Final = Decimal("1e-9")
 
 By = Literal["hour", "day", "group", "node"]
@@ -242,10 +265,10 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
             mem_bus = usage_bus
         else:
             mem_bus = t.mem_usage_wins * 1_000_000 + r * t.covered_reserved_us
-        for resource, value in (("cpu", t.cpu_usec), ("memory", mem_bus),
-                                ("storage", t.storage_byte_seconds * 1_000_000),
-                                ("io_read", t.io_rbytes), ("io_write", t.io_wbytes),
-                                ("oom_kill", t.oom_kills)):
+        for resource, name in _QUANTITY.items():
+            value: int = mem_bus if resource == "memory" else getattr(t, name)
+            if resource == STORAGE:
+                value *= _BUS
             key = (path, resource, idx)
             qty[key] += value
             s = span.get(key)
