@@ -15,18 +15,19 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from governor.controllers import base
 from governor.exporter import render as r
 from governor.exporter.render import Snapshot, split_path
 from governor.policy.units import MAX
 
 
-def _family(m: r.Metric, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+def _family(m: base.Metric, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
     if m.type == r.COUNTER:
         return CounterMetricFamily(m.name, m.help, labels=labels)
     return GaugeMetricFamily(m.name, m.help, labels=labels)
 
 
-def _counted(m: r.Metric, label: str, node: str,
+def _counted(m: base.Metric, label: str, node: str,
              counts: Mapping[str, int]) -> CounterMetricFamily | GaugeMetricFamily:
     """One counter family with a sample per ``label`` value."""
     fam = _family(m, ["node", label])
