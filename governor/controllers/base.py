@@ -79,15 +79,20 @@ class Host:
     cpus: frozenset[int] | None = None
     mems: frozenset[int] | None = None
     hugepage_sizes: tuple[str, ...] | None = None
+    #: the controllers the cgroup v2 hierarchy offers (its root's ``cgroup.controllers``)
+    controllers: frozenset[str] | None = None
 
     @classmethod
     def probe(cls, sys_root: str | os.PathLike[str] = "/sys") -> Host:
-        """Read the host's online CPUs and memory nodes and its huge page sizes."""
+        """Read the host's online CPUs and memory nodes, its huge page sizes and the
+        controllers of the cgroup v2 hierarchy at ``<sys_root>/fs/cgroup`` (None where it
+        is not mounted there: a hybrid host's ``unified`` mount is not looked for)."""
         root = os.fspath(sys_root)
         return cls(
             cpus=_read_list(os.path.join(root, "devices/system/cpu/online")),
             mems=_read_list(os.path.join(root, "devices/system/node/online")),
             hugepage_sizes=_hugepage_sizes(os.path.join(root, "kernel/mm/hugepages")),
+            controllers=_read_words(os.path.join(root, "fs/cgroup/cgroup.controllers")),
         )
 
 
@@ -129,6 +134,14 @@ def _read_list(path: str) -> frozenset[int] | None:
     try:
         with open(path, encoding="ascii") as f:
             return parse_cpu_list(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_words(path: str) -> frozenset[str] | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return frozenset(f.read(4096).split())
     except (OSError, ValueError):
         return None
 

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Final, TypeAlias
 
 from governor.controllers import memory, registry
+from governor.controllers.base import Host, Scope
 from governor.errors import GovernorError
 from governor.policy import units
 from governor.policy.lines import LineIndex
@@ -83,6 +84,15 @@ class Ctx:
     resolver: DeviceResolver
     problems: list[Problem] = field(default_factory=list)
     doc: Doc | None = None
+    #: the host the generic controllers' keys are checked against (None: probed at the
+    #: first such key, so a policy without one never reads the host's files)
+    host: Host | None = None
+
+    def facts(self) -> Host:
+        """:attr:`host`, probed (:meth:`Host.probe`) the first time it is needed."""
+        if self.host is None:
+            self.host = Host.probe()
+        return self.host
 
     def add(self, path: Sequence[PathPart], value: object, message: str,
             severity: Severity = "error", *, doc: Doc | None = None) -> None:
@@ -169,15 +179,40 @@ def check_money(value: object) -> Decimal:
     return amount
 
 
+def generic_key_names(scope: Scope) -> frozenset[str]:
+    """The registered generic controllers' keys a table of ``scope`` may hold, as their
+    declarations spell them (a family as ``hugetlb.<size>.max``)."""
+    return frozenset(k.name for c in registry.generic() for k in c.keys if scope in k.scopes)
+
+
+def _starts_generic(name: str) -> bool:
+    """Whether dotted ``name`` is the start of a generic controller's key (a family's
+    ``<...>`` part stands for any one part)."""
+    if registry.policy_key(name) is not None:
+        return False
+    parts = name.split(".")
+    for c in registry.generic():
+        for k in c.keys:
+            kparts = k.name.split(".")
+            if len(parts) < len(kparts) and all(
+                    kp == p or (kp.startswith("<") and kp.endswith(">"))
+                    for p, kp in zip(parts, kparts, strict=False)):
+                return True
+    return False
+
+
 def flatten_keys(table: Mapping[str, object], known: frozenset[str]) -> dict[str, object]:
     """Join dotted keys (``memory.max = ...`` is ``{"memory": {"max": ...}}`` to tomllib)
-    into flat names, stopping at known leaves and at names no known key continues."""
+    into flat names, stopping at known leaves and at names no known key continues (the
+    registered generic controllers' keys count as known: ``cpuset.cpus``,
+    ``hugetlb.2MB.max``)."""
     out: dict[str, object] = {}
     stack: list[tuple[str, object]] = [(k, v) for k, v in table.items()]
     while stack:
         name, value = stack.pop(0)
         if (isinstance(value, dict) and name not in known and name not in _LEAF_TABLES
-                and any(k.startswith(name + ".") for k in known)):
+                and (any(k.startswith(name + ".") for k in known)
+                     or _starts_generic(name))):
             stack[0:0] = [(f"{name}.{k}", v) for k, v in value.items()]
             continue
         out[name] = value

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 
+from governor.controllers.base import Host
 from governor.policy.context import (
     PRICE_FIELDS,
     Ctx,
@@ -102,8 +103,9 @@ def _in_file_order(problems: list[Problem]) -> list[Problem]:
 
 
 def _build(docs: Sequence[Doc], problems: list[Problem],
-           device_resolver: DeviceResolver | None, given: Sequence[str] = ()) -> Policy:
-    ctx = Ctx(resolver=device_resolver or stat_block_device, problems=problems)
+           device_resolver: DeviceResolver | None, given: Sequence[str] = (),
+           host: Host | None = None) -> Policy:
+    ctx = Ctx(resolver=device_resolver or stat_block_device, problems=problems, host=host)
     tenants: dict[str, Tenant] = {}
     plans: dict[str, PricePlan] = {}
     tenant_home: dict[str, Doc] = {}
@@ -180,12 +182,15 @@ def _empty(problems: list[Problem], docs: Sequence[Doc], given: Sequence[str]) -
 
 
 def load_policy(paths: Sequence[str | Path], *,
-                device_resolver: DeviceResolver | None = None) -> Policy:
+                device_resolver: DeviceResolver | None = None,
+                host: Host | None = None) -> Policy:
     """Read and validate policy files and ``*.toml`` drop-in directories (name order).
 
     Raises :class:`PolicyInvalid` carrying every problem found; warnings of a valid policy
     are in :attr:`Policy.warnings`.  ``device_resolver`` maps an ``io.max`` device path to
-    ``(major, minor)`` (default: :func:`stat_block_device`).
+    ``(major, minor)`` (default: :func:`stat_block_device`).  ``host``: the facts the
+    generic controllers' keys are checked against (``cpuset.cpus`` names online CPUs);
+    default :meth:`Host.probe`, read at the first such key.
     """
     problems: list[Problem] = []
     if isinstance(paths, str | Path):
@@ -193,11 +198,12 @@ def load_policy(paths: Sequence[str | Path], *,
     if not paths:
         raise PolicyInvalid([Problem("", "", None, "no policy file or directory given")])
     docs = read_paths(paths, problems)
-    return _build(docs, problems, device_resolver, [str(p) for p in paths])
+    return _build(docs, problems, device_resolver, [str(p) for p in paths], host)
 
 
 def parse_policy(documents: Sequence[tuple[str, str]], *,
-                 device_resolver: DeviceResolver | None = None) -> Policy:
+                 device_resolver: DeviceResolver | None = None,
+                 host: Host | None = None) -> Policy:
     """Validate policy texts given as ``(name, toml_text)`` pairs, in that order (for
     tests, and for callers that hold the text already).  Same result as
     :func:`load_policy`."""
@@ -210,15 +216,16 @@ def parse_policy(documents: Sequence[tuple[str, str]], *,
         doc = parse_text(name, text, problems)
         if doc is not None:
             docs.append(doc)
-    return _build(docs, problems, device_resolver)
+    return _build(docs, problems, device_resolver, host=host)
 
 
 def check_policy(paths: Sequence[str | Path], *,
                  device_resolver: DeviceResolver | None = None,
+                 host: Host | None = None,
                  ) -> tuple[Policy | None, list[Problem]]:
     """Like :func:`load_policy` but never raises: ``(policy or None, every problem)``."""
     try:
-        policy = load_policy(paths, device_resolver=device_resolver)
+        policy = load_policy(paths, device_resolver=device_resolver, host=host)
     except PolicyInvalid as exc:
         return None, list(exc.problems)
     return policy, list(policy.warnings)

@@ -68,13 +68,16 @@ class Limits:
     io_max: tuple[IoMax, ...] = ()
     pids_max: Size | None = None
     memory_oom_group: bool | None = None
+    #: the registered generic controllers' writes (governor/controllers/), in registry
+    #: order: ``(interface file, kernel value)``, e.g. ``("cpuset.cpus", "0-3")``
+    extra: tuple[tuple[str, str], ...] = ()
 
     def files(self) -> list[tuple[str, str]]:
         """``(interface file, kernel-formatted value)`` pairs in the order to write them.
 
         Memory protections go first and the hard limit last within the memory controller,
-        so a tightening write never meets a stale higher floor; then cpu, io, pids and
-        ``memory.oom.group``.
+        so a tightening write never meets a stale higher floor; then cpu, io, pids,
+        ``memory.oom.group`` and the generic controllers' writes (:attr:`extra`).
         """
         out: list[tuple[str, str]] = []
         for name, value in (
@@ -99,10 +102,12 @@ class Limits:
             out.append(("pids.max", _size(self.pids_max)))
         if self.memory_oom_group is not None:
             out.append(("memory.oom.group", "1" if self.memory_oom_group else "0"))
+        out.extend(self.extra)
         return out
 
     def controllers(self) -> frozenset[str]:
-        """The controllers the files of :meth:`files` belong to (memory, cpu, io, pids)."""
+        """The controllers the files of :meth:`files` belong to (memory, cpu, io, pids,
+        and those of :attr:`extra`: cpuset...)."""
         return frozenset(name.split(".", 1)[0] for name, _ in self.files())
 
 

@@ -4,6 +4,7 @@ sets for its groups (part of :mod:`governor.policy.loader`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Final
 
 from governor.cgroupfs.names import check_name
@@ -19,8 +20,10 @@ from governor.policy.context import (
     check_size,
     check_str,
     flatten_keys,
+    generic_key_names,
     report_unknown,
 )
+from governor.policy.generic import is_generic, parse_generic
 from governor.policy.limits import parse_limits, parse_oom
 from governor.policy.matching import parse_match_rule
 from governor.policy.model import (
@@ -49,9 +52,12 @@ def _group(ctx: Ctx, tenant: str, name: str, raw: object,
         return None
     flat = flatten_keys({k: v for k, v in raw.items() if k != "match"}, GROUP_KEYS)
     for key, value in flat.items():
-        if key not in GROUP_KEYS:
-            report_unknown(ctx, base, key, value, GROUP_KEYS)
+        if key not in GROUP_KEYS and not is_generic(key):
+            report_unknown(ctx, base, key, value, GROUP_KEYS | generic_key_names("group"))
     limits = parse_limits(ctx, base, flat)
+    extra = parse_generic(ctx, base, flat, "group")
+    if extra:
+        limits = replace(limits, extra=extra)
     oom = parse_oom(ctx, base, flat)
     storage_max = _storage_max(ctx, base, flat)
     match: list[MatchRule] = []
@@ -146,8 +152,8 @@ def parse_tenant(
             ctx.add((*base, key), value, "storage.max is set per group (the writable layers "
                                          "of the group's containers from images): move it "
                                          "to [tenants.<tenant>.groups.<group>]")
-        elif key not in TENANT_KEYS:
-            report_unknown(ctx, base, key, value, TENANT_KEYS)
+        elif key not in TENANT_KEYS and not is_generic(key):
+            report_unknown(ctx, base, key, value, TENANT_KEYS | generic_key_names("tenant"))
     plan: str | None = None
     if "plan" in flat:
         try:
@@ -155,6 +161,9 @@ def parse_tenant(
         except BadValue as exc:
             ctx.add((*base, "plan"), flat["plan"], str(exc))
     limits = parse_limits(ctx, base, flat)
+    extra = parse_generic(ctx, base, flat, "tenant")
+    if extra:
+        limits = replace(limits, extra=extra)
     groups: dict[str, Group] = {}
     raw_groups = raw.get("groups", {})
     if not isinstance(raw_groups, dict):
