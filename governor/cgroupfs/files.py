@@ -256,8 +256,11 @@ class CgroupFS:
             os.close(fd)
 
     def write(self, rel: str, file: str, value: str) -> None:
-        """Write ``value`` to ``rel/file`` in one write(2) call, as the kernel expects."""
-        data = value.encode()
+        """Write ``value`` to ``rel/file`` in one write(2) call, as the kernel expects.
+        An empty value is written as a newline, as ``echo > file`` and systemd do: the
+        kernel strips it (an empty ``cpuset.cpus`` is "the parent's"), where a write of
+        no bytes may never reach the file's handler."""
+        data = value.encode() or b"\n"
         try:
             fd = self.open(rel, file, os.O_WRONLY)
         except OSError as e:

@@ -20,7 +20,7 @@ from governor.cgroupfs.tree import (
     mark_managed,
     remove,
 )
-from governor.enforce.plan import Action, Plan
+from governor.enforce.plan import Action, Plan, enabled_by
 from governor.errors import CgroupError, GovernorError
 from governor.failpoint import failpoint
 
@@ -47,8 +47,11 @@ class Outcome:
 def _do(fs: CgroupFS, a: Action, owner: str | None) -> None:
     """One write; ``owner`` (the plan's) marks what is made and bounds what is removed."""
     if a.kind == "create":
-        inner = a.new is not None and a.new.startswith("enable")
-        create(fs, a.path, MANAGED_CONTROLLERS, enable_for_children=inner, owner=owner)
+        # an inner node enables what its action names (the managed controllers, and a
+        # generic one such as cpuset that a group below writes), top-down from the root
+        inner = enabled_by(a)
+        create(fs, a.path, MANAGED_CONTROLLERS if inner is None else inner,
+               enable_for_children=inner is not None, owner=owner)
     elif a.kind == "enable":
         assert a.new is not None
         enable_controllers(fs, a.path, [c.lstrip("+") for c in a.new.split()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from governor.cgroupfs.managed import MANAGED_CONTROLLERS
@@ -27,14 +28,30 @@ class DesiredState:
     def tenants(self) -> list[str]:
         return [p for p, g in self.groups.items() if g.kind == "tenant"]
 
+    def controllers(self) -> tuple[str, ...]:
+        """The controllers the subtree enables for its tenants: the managed ones, then
+        those of the generic controllers' files anywhere in the policy (cpuset...)."""
+        return (*MANAGED_CONTROLLERS, *extra_controllers(
+            f for g in self.groups.values() for f, _ in g.files))
+
+
+def extra_controllers(files: Iterable[str]) -> tuple[str, ...]:
+    """The controllers of ``files`` beyond the managed four, sorted: enabled top-down only
+    where the policy writes one of their files (a host without cpuset governs as before
+    until a policy names a cpuset key)."""
+    return tuple(sorted({f.split(".", 1)[0] for f in files} - set(MANAGED_CONTROLLERS)))
+
 
 def desired_state(policy: Policy) -> DesiredState:
     """Tenants are inner nodes enabling every managed controller for their groups (so a
-    later policy can set any limit without re-creating anything); groups are leaves."""
+    later policy can set any limit without re-creating anything), and a generic
+    controller (cpuset) when one of their groups writes its files; groups are leaves."""
     groups: dict[str, DesiredGroup] = {}
     for tenant in policy.tenants.values():
+        extra = extra_controllers(f for g in tenant.groups.values()
+                                  for f, _ in g.limits.files())
         groups[tenant.name] = DesiredGroup(tenant.name, "tenant", tuple(tenant.limits.files()),
-                                           MANAGED_CONTROLLERS)
+                                           (*MANAGED_CONTROLLERS, *extra))
         for g in tenant.groups.values():
             groups[g.path] = DesiredGroup(g.path, "group", tuple(g.limits.files()))
     return DesiredState(groups, policy.digest)

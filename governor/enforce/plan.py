@@ -37,7 +37,13 @@ from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.names import display_path
-from governor.cgroupfs.tree import delegated_here, managed_by, not_ours, populated
+from governor.cgroupfs.tree import (
+    ancestors,
+    delegated_here,
+    managed_by,
+    not_ours,
+    populated,
+)
 from governor.controllers import memory, registry
 from governor.enforce.desired import DesiredGroup, DesiredState
 from governor.errors import CgroupError, GovernorError, GroupGone
@@ -220,12 +226,15 @@ def _group_actions(fs: CgroupFS, path: str, want: DesiredGroup,
                 dev = v.split(" ", 1)[0]
                 if dev not in wanted_dev:
                     files.append((f, f"{dev} rbps=max wbps=max riops=max wiops=max"))
-            elif f not in wanted_files and f in KERNEL_DEFAULTS:
-                files.append((f, KERNEL_DEFAULTS[f]))
+            elif f not in wanted_files:
+                default = KERNEL_DEFAULTS.get(f)
+                if default is None:   # a generic controller's file (cpuset.cpus: "")
+                    default = registry.kernel_default(f)
+                if default is not None:
+                    files.append((f, default))
     if not fs.exists(path):
-        out.append(Action("create", path, new=(
-            "enable " + " ".join(want.enable) + " for children") if want.enable else None,
-            reason=want.kind))
+        out.append(Action("create", path, new=enable_text(want.enable) if want.enable
+                          else None, reason=want.kind))
         new_sets = [Action("set", path, f, None, v) for f, v in files]
         return out + _order_group_sets(new_sets, {})
     if want.enable:
@@ -392,19 +401,13 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
     if only is None:
         plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
     root = layout.subtree
+    wanted = desired.controllers()
     if not fs.exists(root):
         plan.actions.append(Action("create", root, new=(
-            "enable cpu io memory pids for children" if layout.manages_controllers else None),
+            enable_text(wanted) if layout.manages_controllers else None),
             reason="the governor's subtree"))
     elif layout.manages_controllers:
-        from governor.cgroupfs.managed import MANAGED_CONTROLLERS
-
-        have = set(parse.parse_list(fs.read(root, "cgroup.subtree_control")))
-        missing = [c for c in MANAGED_CONTROLLERS if c not in have]
-        if missing:
-            plan.actions.append(Action("enable", root, "cgroup.subtree_control",
-                                       " ".join(sorted(have)) or None,
-                                       " ".join("+" + c for c in missing)))
+        plan.actions.extend(_enables(fs, root, wanted))
     prev = previous.groups if previous is not None else {}
     for rel, group in desired.groups.items():
         if only is not None and rel not in only:
@@ -429,6 +432,38 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
     removals.sort(key=lambda a: -a.path.count("/"))
     plan.actions.extend(removals)
     return plan
+
+
+def enable_text(controllers: Iterable[str]) -> str:
+    """A create action's ``new``: the controllers it enables for the group's children
+    (:func:`enabled_by` reads them back)."""
+    return "enable " + " ".join(controllers) + " for children"
+
+
+def enabled_by(a: Action) -> list[str] | None:
+    """The controllers a create action enables for its children (None: a leaf)."""
+    if a.new is None or not a.new.startswith("enable "):
+        return None
+    return a.new.split()[1:-2]
+
+
+def _enables(fs: CgroupFS, root: str, wanted: tuple[str, ...]) -> list[Action]:
+    """Enable actions for the subtree: every controller ``wanted`` in its own
+    ``cgroup.subtree_control``; a generic controller (beyond the managed four) also
+    top-down through its ancestors, whose own are the host's business."""
+    from governor.cgroupfs.managed import MANAGED_CONTROLLERS
+
+    extra = [c for c in wanted if c not in MANAGED_CONTROLLERS]
+    out: list[Action] = []
+    for path in [*ancestors(root), root] if extra else [root]:
+        want = wanted if path == root else extra
+        have = set(parse.parse_list(fs.read(path, "cgroup.subtree_control")))
+        missing = [c for c in want if c not in have]
+        if missing:
+            out.append(Action("enable", path, "cgroup.subtree_control",
+                              " ".join(sorted(have)) or None,
+                              " ".join("+" + c for c in missing)))
+    return out
 
 
 def _expressible(layout: Layout, path: str, want: DesiredGroup,

@@ -25,6 +25,7 @@ from pathlib import Path
 from governor.cgroupfs import parse
 from governor.cgroupfs.layout import Layout
 from governor.cgroupfs.names import check_name
+from governor.controllers import registry
 from governor.errors import ConfigError, GovernorError
 
 #: the longest unit name: systemd's UNIT_NAME_MAX (src/basic/unit-name.h) is 256 with the
@@ -316,4 +317,17 @@ def unit_properties(file: str, value: str, *, version: int = 252,
                 raise Unexpressible(f"io.max: {key}= has no systemd property")
             props.append((_IO_MAX_PROPS[key], ("a(st)", [(node, _limit(v))])))
         return props
+    return _controller_properties(file, value, version)
+
+
+def _controller_properties(file: str, value: str, version: int) -> list[Property]:
+    """A registered controller's properties for ``file`` (cpuset.cpus: AllowedCPUs=);
+    Unexpressible when none has one for it in this systemd."""
+    c = registry.by_name(file.split(".", 1)[0])
+    if c is not None:
+        props = c.unit_properties(file, value, version)
+        if props is not None:
+            return props
+        raise Unexpressible(f"{file}: systemd {version} has no unit property for it (the "
+                            f"{c.name} controller's need a newer systemd: docs/systemd.md)")
     raise Unexpressible(f"{file}: governor has no systemd property for it")
