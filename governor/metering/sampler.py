@@ -26,7 +26,10 @@ compares the two).  The loop reads through the reader's public
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +41,8 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
 from governor.cgroupfs.tree import GroupLister
+from governor.controllers.base import ValueReadError
+from governor.controllers.registry import generic
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
@@ -192,6 +197,9 @@ class Sampler:
         self._births: dict[str, datetime] = {}
         #: group path -> the reasons already logged for it (until it reads right again)
         self._failing: dict[str, set[str]] = {}
+        #: group path -> the generic controllers' read-back values (``{"cpus": "0-1"}``:
+        #: cpuset.cpus.effective), read on the slow passes; a gone group is forgotten
+        self.effective: dict[str, dict[str, str]] = {}
         #: the listing, kept while inotify sees no group made or removed
         self.layout = as_layout(self.subtree)
         self._lister = GroupLister(self.fs, self.layout)
@@ -295,11 +303,51 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
+        self._read_effective(paths, where, gone, errors, failed, slow=slow)
         # a group that failed before and was sampled now (by either loop) reads right again
         for path in [p for p in failing if p not in failed]:
             del failing[path]
             log.info("sample read again", extra={"group": path})
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
+
+    def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
+                        errors: list[str], failed: set[str], *, slow: bool) -> None:
+        """:attr:`effective` of every group sampled on a slow pass: the generic
+        controllers' :meth:`~governor.controllers.base.Controller.read_effective` merged
+        (``cpuset.cpus.effective``...), each file read whole up to
+        :data:`EFFECTIVE_MAX` bytes.  A file that cannot be taken counts as the group's
+        sample error (the group keeps its sample; its effective values are dropped); a
+        gone group (or one whose sample failed) is forgotten on every pass.  Never
+        raises."""
+        effective = self.effective
+        skip = set(gone) | failed
+        if effective:
+            live = set(paths)
+            for path in [p for p in effective if p not in live or p in skip]:
+                del effective[path]
+        controllers = generic()
+        if not slow or not controllers:
+            return
+        for path in paths:
+            if path in skip:
+                continue
+            rel = where(path)
+            values: dict[str, str] = {}
+            read = functools.partial(_read_capped, self.fs, rel)
+            try:
+                for c in controllers:
+                    values.update(c.read_effective(read))
+            except GroupGone:
+                effective.pop(path, None)
+                continue
+            except (CgroupError, ValueReadError, ValueError) as e:
+                effective.pop(path, None)
+                self._failed(path, _as_stat_error(self.fs, rel, e), errors, failed)
+                continue
+            if values:
+                effective[path] = values
+            else:
+                effective.pop(path, None)
 
     def _failed(self, path: str, e: CgroupError, errors: list[str], failed: set[str]) -> None:
         """Count a group's failed sample by reason; log it the first time per reason."""
@@ -314,6 +362,44 @@ class Sampler:
                 "group": path, "reason": reason, "file": e.file, "error": str(e),
                 "fix": "the group is left out of this pass and of the bill until it reads "
                        "right; the log says when it does"})
+
+
+#: the most bytes an effective file may hold (``cpuset.cpus.effective`` of 8192 CPUs,
+#: every other one: about 24 KiB); a larger one is a sample error, never read truncated
+EFFECTIVE_MAX = 64 * 1024
+
+
+def _read_capped(fs: CgroupFS, rel: str, file: str) -> bytes | None:
+    """The bytes of ``rel/file`` (None: no such file, its controller not enabled there);
+    StatFileError ``too_large`` above :data:`EFFECTIVE_MAX` bytes."""
+    try:
+        fd = fs.open(rel, file, os.O_RDONLY)
+    except FileNotFoundError:
+        if not fs.exists(rel):
+            raise GroupGone("read", rel, file, errno.ENOENT) from None
+        return None
+    except OSError as e:
+        raise fs._error("read", rel, file, e) from e
+    try:
+        data = os.pread(fd, EFFECTIVE_MAX + 1, 0)
+    except OSError as e:
+        raise fs._error("read", rel, file, e) from e
+    finally:
+        os.close(fd)
+    if len(data) > EFFECTIVE_MAX:
+        raise StatFileError(rel, file, "too_large", data,
+                            f"more than {EFFECTIVE_MAX} bytes")
+    return data
+
+
+def _as_stat_error(fs: CgroupFS, rel: str, e: Exception) -> CgroupError:
+    """A controller's refusal of a file's text as the sampler counts it."""
+    if isinstance(e, CgroupError):
+        return e
+    if isinstance(e, ValueReadError):
+        return StatFileError(rel, e.file, "parse", e.value.encode(), e.why)
+    reason = "encoding" if isinstance(e, UnicodeDecodeError) else "parse"
+    return StatFileError(rel, "(effective)", reason, b"", str(e))
 
 
 def by_path(samples: list[GroupSample]) -> Mapping[str, GroupSample]:

@@ -1,0 +1,121 @@
+"""The sampler's read-back of the generic controllers' effective values (cpuset's
+``cpuset.cpus.effective``/``cpuset.mems.effective``) on its slow passes, on a fake tree."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from governor.cgroupfs.files import CgroupFS
+from governor.metering.sampler import EFFECTIVE_MAX, Sampler
+from tests.unit.cgroupfs_fake import create_child
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "cg"
+    root.mkdir()
+    sub = create_child(root, "governor.slice")
+    t = create_child(sub, "acme")
+    (t / "cpuset.cpus.effective").write_text("0-1\n")
+    (t / "cpuset.mems.effective").write_text("0\n")
+    web = create_child(t, "web")
+    (web / "cpuset.cpus.effective").write_text("1\n")
+    (web / "cpuset.mems.effective").write_text("0\n")
+    create_child(t, "db")   # cpuset not enabled there: no effective files
+    return root
+
+
+@pytest.fixture
+def sampler(root: Path) -> Iterator[Sampler]:
+    fs = CgroupFS(root, verify=False)
+    s = Sampler(fs, "governor.slice", "n", slow_every=2)
+    yield s
+    s.close()
+    fs.close()
+
+
+def test_effective_read_on_slow_passes(root: Path, sampler: Sampler) -> None:
+    p = sampler.sample()
+    assert p.slow
+    assert sampler.effective == {"acme": {"cpus": "0-1", "mems": "0"},
+                                 "acme/web": {"cpus": "1", "mems": "0"}}
+    assert p.errors == []
+    (root / "governor.slice/acme/web/cpuset.cpus.effective").write_text("0\n")
+    assert not sampler.sample().slow   # the fast pass keeps what the slow one read
+    assert sampler.effective["acme/web"]["cpus"] == "1"
+    assert sampler.sample().slow
+    assert sampler.effective["acme/web"]["cpus"] == "0"
+
+
+def test_gone_group_is_forgotten(root: Path, sampler: Sampler) -> None:
+    sampler.sample()
+    shutil.rmtree(root / "governor.slice/acme/web")
+    sampler.sample()
+    assert "acme/web" not in sampler.effective
+    sampler.sample()
+    assert set(sampler.effective) == {"acme"}
+
+
+def test_file_removed_drops_the_value(root: Path, sampler: Sampler) -> None:
+    sampler.sample()
+    (root / "governor.slice/acme/web/cpuset.mems.effective").unlink()
+    sampler.sample()
+    sampler.sample()
+    assert sampler.effective["acme/web"] == {"cpus": "1"}
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"0," * EFFECTIVE_MAX, "too_large"),
+])
+def test_hostile_file_is_a_sample_error(root: Path, sampler: Sampler, content: bytes,
+                                        reason: str) -> None:
+    (root / "governor.slice/acme/web/cpuset.cpus.effective").write_bytes(content)
+    p = sampler.sample()
+    assert sampler.error_counts[reason] == 1
+    assert any("cpuset.cpus.effective" in e for e in p.errors)
+    # the group keeps its sample; only its effective values are dropped
+    assert "acme/web" in {s.path for s in p.samples}
+    assert "acme/web" not in sampler.effective
+    assert sampler.effective["acme"]["cpus"] == "0-1"
+
+
+def test_undecodable_bytes_never_raise(root: Path, sampler: Sampler) -> None:
+    (root / "governor.slice/acme/web/cpuset.cpus.effective").write_bytes(b"\xff\x001\n")
+    p = sampler.sample()
+    assert p.errors == []
+    assert sampler.effective["acme/web"]["cpus"].endswith("1")
+
+
+def test_unreadable_file_counts_as_read_error(root: Path, sampler: Sampler,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import governor.metering.sampler as sm
+
+    def boom(fs: CgroupFS, rel: str, file: str) -> bytes | None:
+        raise fs._error("read", rel, file, OSError(5, "Input/output error"))
+
+    sampler.sample()
+    monkeypatch.setattr(sm, "_read_capped", boom)
+    sampler.sample()
+    p = sampler.sample()
+    assert sampler.error_counts["read"] == 3   # acme, acme/db, acme/web
+    assert sampler.effective == {}
+    assert len(p.errors) == 3
+
+
+def test_a_controller_refusing_the_text(root: Path, sampler: Sampler,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from governor.controllers.base import ValueReadError
+    from governor.controllers.cpuset import Cpuset
+
+    def refuse(self: Cpuset, read: object) -> dict[str, str]:
+        raise ValueReadError("cpuset.cpus.effective", "not a list", b"zz")
+
+    monkeypatch.setattr(Cpuset, "read_effective", refuse)
+    p = sampler.sample()
+    assert sampler.error_counts["parse"] == 3
+    assert sampler.effective == {}
+    assert any("not a list" in e for e in p.errors)
