@@ -720,7 +720,7 @@ class Daemon:
             node=self.cfg.node, groups=dict(self.sampler.latest),
             samples={s.path: s for s in p.samples}, limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),
-            health=health)
+            health=health, effective=dict(self.sampler.effective))
         # rendered by the first scrape that asks for it, not here
         self.exporter.publish(partial(render, snap), created=p.started.timestamp())
         self._last_pass = (p.started, p.duration, len(p.samples))

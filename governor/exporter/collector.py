@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from governor.controllers import base
+from governor.controllers import base, registry
 from governor.exporter import render as r
+from governor.exporter.generic import series
 from governor.exporter.render import Snapshot, split_path
 from governor.policy.units import MAX
 
@@ -105,6 +106,15 @@ class SnapshotCollector:
                                    math.inf if lim is MAX else float(lim))
             if fam.samples:
                 yield fam
+        for cm in registry.metrics():   # the registered controllers' (generic.py)
+            rows = list(series(cm, snap.samples, snap.effective))
+            names = sorted({k for labels, _ in rows for k in labels} | {"node"})
+            cfam = _family(r.Metric(cm.name, cm.type, cm.help), names)
+            for labels, value in rows:
+                cfam.add_metric([node if k == "node" else labels.get(k, "") for k in names],
+                                float(value))
+            if cfam.samples:
+                yield cfam
         fam = _family(r.PRESSURE_WARNINGS, glabels)
         for path in sorted(snap.pressure_warnings):
             fam.add_metric([*split_path(path), node], float(snap.pressure_warnings[path]))

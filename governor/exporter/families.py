@@ -28,6 +28,17 @@ KIND_PSI_FULL: Final = 5    #: ``... .full.total`` in seconds; full None: no lin
 Rows = list[tuple[str, Any]]
 
 
+def escape_label(v: str) -> str:
+    """A label value escaped for the text format: backslash, double quote, newline."""
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
+
+
+def escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def family_py(prefix: str, rows: Rows, kind: int, attr: str, key: str | None, /) -> str:
     """The Python twin of the C ``family``: same arguments, same text."""
     if kind == KIND_ATTR:

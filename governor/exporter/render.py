@@ -39,8 +39,11 @@ from governor.exporter.families import (
     KIND_ITEM,
     KIND_PSI_FULL,
     KIND_PSI_SOME,
+    escape_help,
+    escape_label,
     family,
 )
+from governor.exporter.generic import controller_families
 from governor.metering.sample import GroupSample
 from governor.policy.model import Limits
 from governor.policy.units import MAX
@@ -66,17 +69,6 @@ def fmt_value(v: float | int) -> str:
     if d == d and d != _NINF:  # noqa: PLR0124 (NaN is the value not equal to itself)
         return s
     return "NaN" if d != d else "-Inf"  # noqa: PLR0124
-
-
-def escape_label(v: str) -> str:
-    """A label value escaped for the text format: backslash, double quote, newline."""
-    if "\\" in v or '"' in v or "\n" in v:
-        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return v
-
-
-def escape_help(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +128,8 @@ class Snapshot:
     #: memory early warnings (PSI trigger or memory.high event) per path, cumulative
     pressure_warnings: Mapping[str, int] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
+    #: ``Sampler.effective``: the generic controllers' read-back values per path
+    effective: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 # --- the metric table: (name, type, help) -------------------------------------------------
@@ -335,6 +329,7 @@ def render(snap: Snapshot) -> bytes:
         lim = [(lbl, getattr(li, attr)) for lbl, li in limit_rows]
         fam(out, m, [f"{p}{lbl}{'+Inf' if v is MAX else v}" for lbl, v in lim
                      if v is not None])
+    out.extend(controller_families(node, samples, snap.effective))  # governor/controllers/
     fam(out, PRESSURE_WARNINGS, [
         f'{PRESSURE_WARNINGS.name}{{group="{escape_label(g)}",node="{node}",'
         f'tenant="{escape_label(t)}"}} {snap.pressure_warnings[p]}'

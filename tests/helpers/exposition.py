@@ -44,7 +44,8 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
              node: str = "node-1", odd_names: bool = False) -> Snapshot:
     """``groups`` groups spread over ``tenants`` tenants (plus the tenants' own rows),
     with policy limits for every group, costs per tenant and a full health block; every
-    fourth group's sample has the writable layers of image containers (storage_bytes).
+    fourth group's sample has the writable layers of image containers (storage_bytes);
+    every group has cpuset's effective lists.
     ``odd_names`` puts characters that must be escaped into node and tenant names (the
     renderer must escape them; real names cannot contain them)."""
     rng = random.Random(seed)
@@ -85,8 +86,14 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     sample_errors={"parse": 2, "read": 1},
                     exporter_dropped={"over_limit": 3, "timeout": 1},
                     storage_full={"acme/web": 1, "acme/batch": 0})
+    # the cpuset controller's read-back lists (Sampler.effective): every group, one in
+    # three restricted to CPU 1, and one whose list is not a list (no series for it)
+    effective = {p: {"cpus": "1" if i % 3 == 0 else "0-3", "mems": "0"}
+                 for i, p in enumerate(sorted(latest))}
+    effective[sorted(latest)[-1]] = {"cpus": "garbage"}
     return Snapshot(node=node, groups=latest, samples=samples, limits=limits, costs=costs,
-                    pressure_warnings={f"{tnames[0]}/g000000": 3}, health=health)
+                    pressure_warnings={f"{tnames[0]}/g000000": 3}, health=health,
+                    effective=effective)
 
 
 def parsed_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
