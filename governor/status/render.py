@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from governor.cgroupfs.parse import Limit
+from governor.controllers import registry
+from governor.controllers.base import Column
 from governor.status.view import Row, SortKey
 
 INFINITY = "∞"
@@ -55,6 +57,11 @@ def _cpu(r: Row) -> str:
     return f"{r.cpu_percent:.1f}{cap}"
 
 
+def _columns(r: Row, extra: tuple[Column, ...]) -> list[str | None]:
+    have = dict(r.columns)
+    return [have.get(col.json) for col in extra]
+
+
 def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
     """The table of ``rs`` (already sorted); the column sorted on is marked with ▼."""
     t = Table(title=title, title_justify="left", expand=False, pad_edge=False,
@@ -71,10 +78,14 @@ def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
     t.add_column("IO WRITE", justify="right", no_wrap=True)
     t.add_column("PIDS" + mark["pids"], justify="right", no_wrap=True)
     t.add_column("OOM KILLS", justify="right", no_wrap=True)
+    extra = registry.columns()   # the registered controllers' (CPUS, MEMS)
+    for col in extra:
+        t.add_column(col.header, justify="right", no_wrap=True)
     for r in rs:
         name = Text(r.tenant, style="bold") if r.group is None else Text(f"  {r.group}")
         if r.state == "gone":
-            t.add_row(name, Text("gone", style="dim"), *([""] * 9), style="dim")
+            t.add_row(name, Text("gone", style="dim"), *([""] * (9 + len(extra))),
+                      style="dim")
             continue
         swap = human_bytes(r.swap_current_bytes)
         if r.swap_max_bytes is not None:
@@ -88,7 +99,9 @@ def table(rs: list[Row], *, sort: SortKey, title: str | None = None) -> Table:
                   limit_bytes(r.memory_max_bytes), limit_bytes(r.memory_high_bytes), swap,
                   human_bytes(r.storage_bytes), _rate(r.io_read_bytes_per_s),
                   _rate(r.io_write_bytes_per_s), pids,
-                  Text(oom, style="red") if r.oom_kills_interval else oom)
+                  Text(oom, style="red") if r.oom_kills_interval else oom,
+                  *(text or MISSING for text in _columns(r, extra)))
     if not rs:
-        t.add_row(Text("(no tenants below the subtree)", style="dim"), *([""] * 10))
+        t.add_row(Text("(no tenants below the subtree)", style="dim"),
+                  *([""] * (10 + len(extra))))
     return t

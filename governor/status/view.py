@@ -20,12 +20,13 @@ Limits are read from the kernel files (``max`` stays ``"max"``), not from the po
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from governor.cgroupfs.parse import CpuMax, Limit
 from governor.cgroupfs.reader import GroupStats
+from governor.controllers import registry
 
 SortKey = Literal["cpu", "memory", "io", "pids", "name"]
 SORT_KEYS: tuple[SortKey, ...] = ("cpu", "memory", "io", "pids", "name")
@@ -52,6 +53,10 @@ class GroupRead:
     #: (not a cgroup file: measured by the image code, see snapshot.WritableBytes); None: not
     #: measured (no measurer, or it could not read it)
     storage_bytes: int | None = None
+    #: the generic controllers' values (``Controller.read_values``) and read-back values
+    #: (``Controller.read_effective``: ``{"cpus": "0-1"}``), for their status columns
+    values: Mapping[str, int] = field(default_factory=dict)
+    effective: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +89,13 @@ class Row:
     oom_kills: int | None = None
     oom_kills_interval: int | None = None
     storage_bytes: int | None = None
+    #: the registered controllers' columns: ``(json key, text or None)`` in registry order
+    columns: tuple[tuple[str, str | None], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """The stable JSON shape (docs/status.md)."""
-        return {name: getattr(self, name) for name in JSON_FIELDS}
+        """The stable JSON shape (docs/status.md), then the registered controllers'
+        columns (``cpus``, ``mems``: null when nothing is known)."""
+        return {**{name: getattr(self, name) for name in JSON_FIELDS}, **dict(self.columns)}
 
 
 #: the JSON field names, in documentation order (docs/status.md); stable
@@ -135,7 +143,8 @@ def row(path: str, before: GroupRead | None, after: GroupRead | None) -> Row:
     """One row from the group's two reads (either may be None: absent from that one)."""
     tenant, group = _split(path)
     if after is None:
-        return Row(path, tenant, group, "gone")
+        return Row(path, tenant, group, "gone",
+                   columns=tuple((c.json, None) for c in registry.columns()))
     st, lim = after.stats, after.limits
     cpu_now = (st.cpu or {}).get("usage_usec")
     common: dict[str, Any] = {
@@ -144,7 +153,9 @@ def row(path: str, before: GroupRead | None, after: GroupRead | None) -> Row:
         "memory_high_bytes": lim.memory_high, "swap_current_bytes": st.swap_current,
         "swap_max_bytes": lim.swap_max, "pids_current": st.pids_current,
         "pids_max": lim.pids_max, "oom_kills": _oom_kills(st),
-        "storage_bytes": after.storage_bytes}
+        "storage_bytes": after.storage_bytes,
+        "columns": tuple((c.json, c.render(after.values, after.effective))
+                         for c in registry.columns())}
     if before is None or before.stats.cgroup_id != st.cgroup_id:
         return Row(path, tenant, group, "new", **common)
     dt = after.at - before.at
