@@ -329,5 +329,5 @@ def _controller_properties(file: str, value: str, version: int) -> list[Property
         if props is not None:
             return props
         raise Unexpressible(f"{file}: systemd {version} has no unit property for it (the "
-                            f"{c.name} controller's need a newer systemd: docs/systemd.md)")
+                            f"{c.name} controller's need a newer systemd: docs/operations.md)")
     raise Unexpressible(f"{file}: governor has no systemd property for it")

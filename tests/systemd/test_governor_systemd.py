@@ -369,6 +369,27 @@ def test_drift_is_restored_and_groups_come_and_go_as_slices(world: World) -> Non
     assert show("governor-acme-api.slice", "ActiveState") == "inactive"
 
 
+def test_cpuset_is_allowed_cpus_on_the_slice(world: World) -> None:
+    """cpuset.cpus through systemd: AllowedCPUs= on the group's slice (systemd >= 244
+    enables the cpuset controller for it), reset when the key leaves the policy."""
+    pin = CG / "governor.slice/governor-acme.slice/governor-acme-pin.slice"
+    unit = "governor-acme-pin.slice"
+    write_policy(POLICY + '[tenants.acme.groups.pin]\ncpuset.cpus = "1"\npids.max = 9\n')
+    wait_for("the pinned group's slice", lambda: (pin / "cpuset.cpus").exists()
+             and (pin / "cpuset.cpus").read_text().strip() == "1", 60, journal)
+    assert show(unit, "AllowedCPUs") == "1"
+    assert (pin / "cpuset.cpus.effective").read_text().strip() == "1"
+    r = gov("status", "--format", "json", "--interval", "500ms")
+    assert '"cpus": "1"' in r.stdout, r.stdout
+    write_policy(POLICY + '[tenants.acme.groups.pin]\npids.max = 9\n')
+    wait_for("AllowedCPUs= reset", lambda: show(unit, "AllowedCPUs") == "", 60, journal)
+    assert (pin / "cpuset.cpus").read_text().strip() == ""
+    assert (pin / "cpuset.cpus.effective").read_text().strip() == \
+        Path("/sys/devices/system/cpu/online").read_text().strip()
+    write_policy(POLICY)
+    wait_for("the pinned group's slice stopped", lambda: not pin.exists(), 60, journal)
+
+
 def test_limits_in_force_with_the_database_down(world: World) -> None:
     run("systemctl", "stop", "governor")
     away = DBDIR.with_name("db.away")

@@ -5,12 +5,15 @@ and the systemd unit properties."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from governor.cgroupfs.files import CgroupFS
-from governor.controllers.base import Host
+from governor.controllers.base import BadKeyValue, Controller, Host, PolicyKey
 from governor.enforce import apply_plan, desired_state, make_plan
 from governor.policy import Limits, PolicyInvalid, parse_policy
 from governor.policy.model import IoMax
@@ -272,3 +275,67 @@ def test_slice_layout_can_set_cpuset() -> None:
     layout = SliceLayout("governor.slice")
     assert layout.unsettable("cpuset.cpus") is None
     assert layout.unsettable("memory.oom.group") is not None
+
+
+# -- a key family (hugetlb.<size>.max): a controller registered for the test --------------
+@dataclass(frozen=True)
+class _Pages(Controller):
+    generic = True
+
+    def parse(self, key: str, value: object, host: Host) -> list[tuple[str, str]]:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadKeyValue(f"{value!r} is not a number of bytes")
+        return [(key.replace(".max", ".limit"), str(value))]
+
+    def check(self, writes: Mapping[str, str], host: Host) -> list[tuple[str, str]]:
+        return [(f, "too many sizes at once") for f in writes if len(writes) > 2]
+
+
+PAGES = _Pages(name="pages", doc="a family for the test", keys=(
+    PolicyKey("pages.<size>.max", "per size", "1048576",
+              pattern=re.compile(r"pages\.[0-9]+[KMG]B\.max")),
+    PolicyKey("pages.tenant_only", "tenant only", "1", scopes=frozenset({"tenant"})),
+))
+
+
+@pytest.fixture
+def pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from governor.controllers import registry
+
+    monkeypatch.setattr(registry, "CONTROLLERS", (*registry.CONTROLLERS, PAGES))
+
+
+PAGES_HOST = Host(cpus=frozenset({0, 1}), mems=frozenset({0}),
+                  controllers=frozenset({"cpu", "cpuset", "pages"}))
+
+
+@pytest.mark.usefixtures("pages")
+def test_a_key_family_flattens_from_dotted_keys_and_tables() -> None:
+    p = load('[tenants.a.groups.g]\npages.2MB.max = 5\npages.1GB.max = 7\n'
+             'cpuset.cpus = "1"\n'
+             '[tenants.a.groups.h]\npages = { 2MB = { max = 3 } }\n', PAGES_HOST)
+    g = p.tenants["a"].groups["g"].limits
+    # registry order: cpuset first; within the family, by file
+    assert g.extra == (("cpuset.cpus", "1"), ("pages.1GB.limit", "7"),
+                       ("pages.2MB.limit", "5"))
+    assert p.tenants["a"].groups["h"].limits.extra == (("pages.2MB.limit", "3"),)
+
+
+@pytest.mark.usefixtures("pages")
+def test_a_key_family_reports_scope_values_checks_and_suggestions() -> None:
+    got = problems('[tenants.a.groups.g]\npages.2MB.max = "x"\npages.tenant_only = 1\n'
+                   "pages.2MB.maxx = 1\n", PAGES_HOST)
+    assert got == [
+        ("tenants.a.groups.g.pages.2MB.max", "x", "'x' is not a number of bytes"),
+        ("tenants.a.groups.g.pages.tenant_only", 1,
+         "pages.tenant_only is not a group key: set it in a tenant table"),
+        ("tenants.a.groups.g.pages.2MB.maxx", 1,
+         "unknown key pages.2MB.maxx; did you mean pages.<size>.max?"),
+    ]
+    got = problems('[tenants.a.groups.g]\npages.2MB.max = 1\npages.1GB.max = 1\n'
+                   "pages.64KB.max = 1\n", PAGES_HOST)
+    # reported against each key, in the file's line order
+    assert sorted((k, m) for k, _, m in got) == [
+        ("tenants.a.groups.g.pages.1GB.max", "too many sizes at once"),
+        ("tenants.a.groups.g.pages.2MB.max", "too many sizes at once"),
+        ("tenants.a.groups.g.pages.64KB.max", "too many sizes at once")]
