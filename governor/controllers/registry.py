@@ -101,5 +101,11 @@ def metrics() -> tuple[Metric, ...]:
     return tuple(m for c in CONTROLLERS for m in c.metrics)
 
 
+def generic_metrics() -> tuple[Metric, ...]:
+    """The generic controllers' metric families (the first wave's are rendered by their
+    specialised paths: :func:`first_wave`)."""
+    return tuple(m for c in generic() for m in c.metrics)
+
+
 def columns() -> tuple[Column, ...]:
     return tuple(col for c in CONTROLLERS for col in c.columns)

@@ -106,10 +106,10 @@ class SnapshotCollector:
                                    math.inf if lim is MAX else float(lim))
             if fam.samples:
                 yield fam
-        for cm in registry.metrics():   # the registered controllers' (generic.py)
+        for cm in registry.generic_metrics():   # the registered controllers' (generic.py)
             rows = list(series(cm, snap.samples, snap.effective))
             names = sorted({k for labels, _ in rows for k in labels} | {"node"})
-            cfam = _family(r.Metric(cm.name, cm.type, cm.help), names)
+            cfam = _family(cm, names)
             for labels, value in rows:
                 cfam.add_metric([node if k == "node" else labels.get(k, "") for k in names],
                                 float(value))

@@ -77,7 +77,7 @@ def controller_families(node: str, samples: Mapping[str, GroupSample],
     """The text of each registered family that has a sample: HELP and TYPE lines, then
     its samples, labels sorted by name (``node`` escaped already), for
     :func:`governor.exporter.render.render`."""
-    for m in registry.metrics():
+    for m in registry.generic_metrics():
         lines = []
         for labels, value in series(m, samples, effective):
             shown = {k: escape_label(v) for k, v in labels.items()}
