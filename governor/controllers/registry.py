@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from governor.controllers import cpu, cpuset, io, memory, pids, pressure
+from governor.controllers import cpu, cpuset, hugetlb, io, memory, pids, pressure
 from governor.controllers.base import Column, Controller, Metric, PolicyKey, Quantity
 
 #: in the order their writes are applied and their columns shown
@@ -21,6 +21,7 @@ CONTROLLERS: Final[tuple[Controller, ...]] = (
     pids.CONTROLLER,
     pressure.CONTROLLER,
     cpuset.CONTROLLER,
+    hugetlb.CONTROLLER,
 )
 
 #: the order of the first-wave controllers' parts in the specialised paths' layouts: the

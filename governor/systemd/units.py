@@ -182,7 +182,7 @@ class SliceLayout(Layout):
         return {p: self.path(p) for p in paths}
 
     def unsettable(self, file: str) -> str | None:
-        return UNEXPRESSIBLE.get(file)
+        return UNEXPRESSIBLE.get(file) or generic_unexpressible(file)
 
     # -- physical -> logical -------------------------------------------------------------
     def is_group_dir(self, dirname: str) -> bool:
@@ -233,6 +233,19 @@ UNEXPRESSIBLE = {
     "memory.oom.group": "systemd sets memory.oom.group only for services and scopes "
                         "(OOMPolicy=), not for slices",
 }
+
+
+def generic_unexpressible(file: str, version: int = 252) -> str | None:
+    """Why systemd cannot set ``file`` of a generic controller on a slice: the controller
+    declares no unit property for it (hugetlb: systemd has none).  None: not such a file."""
+    c = registry.by_name(file.partition(".")[0])
+    default = c.kernel_default(file) if c is not None and c.generic else None
+    if c is None or default is None or c.unit_properties(file, default, version) is not None:
+        return None
+    return (f"systemd has no property for {file} (systemd {version} has none for the "
+            f"{c.name} controller)")
+
+
 #: accounting turned on for every slice governor makes, so systemd enables the cpu, io,
 #: memory and pids controllers down to it (governor samples all four in every group)
 ACCOUNTING: tuple[Property, ...] = (
