@@ -350,6 +350,19 @@ class StatReader:
             g.absent.clear()
             g.fast = None
 
+    def read_bytes(self, rel: str, name: str, *, recheck: bool = False) -> bytes | None:
+        """Raw bytes of one file of a group through the fd cache: opened once, pread on
+        later calls; None when the file does not exist (remembered for the group's
+        incarnation until :meth:`refresh`, or a call with ``recheck``); :class:`GroupGone`
+        when the group was removed; :class:`StatFileError` at :data:`MAX_FILE` bytes.
+        The generic controllers' reads (:mod:`governor.controllers`) come through here."""
+        g = self._groups.get(rel)
+        if g is None:
+            g = self._group(rel)
+        if recheck:
+            g.absent.discard(name)
+        return self._raw(rel, g, name)
+
     def read_file(self, rel: str, name: str) -> str | None:
         """Raw text of one file through the fd cache (None when the file is absent)."""
         data = self._raw(rel, self._group(rel), name)

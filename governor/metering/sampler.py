@@ -41,7 +41,8 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
 from governor.cgroupfs.tree import GroupLister
-from governor.controllers.base import ValueReadError
+from governor.controllers import registry
+from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
@@ -87,6 +88,8 @@ if tuple(f.name for f in dataclasses.fields(GroupSample)) != _SAMPLE_FIELDS:
 #: a setter for each field (its slot's member descriptor: GroupSample has __slots__)
 _SAMPLE_SETTERS = tuple(getattr(GroupSample, name).__set__ for name in _SAMPLE_FIELDS)
 _new = object.__new__
+#: the slot's member descriptor sets the frozen sample's generic values (as storage.py's)
+_set_values = getattr(GroupSample, "values").__set__  # noqa: B009 (the descriptor)
 
 
 def _make_sample(values: Sequence[object]) -> GroupSample:
@@ -185,6 +188,8 @@ class Sampler:
     #: ``increase()`` sees it (an alert rule watches it)
     error_counts: Counter[str] = field(
         default_factory=lambda: Counter(dict.fromkeys(SAMPLE_ERROR_REASONS, 0)))
+    #: the host the generic controllers read on (huge page sizes...); None: probed
+    host: Host | None = None
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
@@ -203,6 +208,12 @@ class Sampler:
         #: the listing, kept while inotify sees no group made or removed
         self.layout = as_layout(self.subtree)
         self._lister = GroupLister(self.fs, self.layout)
+        if self.host is None:
+            self.host = Host.probe()
+        self._generic: tuple[Controller, ...] = registry.generic()
+        #: the cgroup ids (one per group incarnation) where no generic controller had
+        #: files: not read again until the next slow pass
+        self._generic_absent: set[int] = set()
 
     def close(self) -> None:
         self.reader.close()
@@ -303,6 +314,8 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
+        if self._generic:
+            samples = self._read_generic(samples, where, slow, errors, failed)
         self._read_effective(paths, where, gone, errors, failed, slow=slow)
         # a group that failed before and was sampled now (by either loop) reads right again
         for path in [p for p in failing if p not in failed]:
@@ -348,6 +361,55 @@ class Sampler:
                 effective[path] = values
             else:
                 effective.pop(path, None)
+
+    def _read_generic(self, samples: list[GroupSample], where: Callable[[str], str],
+                      slow: bool, errors: list[str], failed: set[str]) -> list[GroupSample]:
+        """Set each sample's ``values`` from the generic controllers' files (tenants' own
+        samples too); the samples kept (a read that failed drops its group's, counted as
+        :meth:`_failed` counts a stat file's).  A group incarnation where no generic
+        controller has files is skipped until the next slow pass, which reads again (the
+        reader's own memory of absent files is dropped for those reads)."""
+        host = self.host
+        assert host is not None  # (set in __post_init__)
+        controllers, read_bytes = self._generic, self.reader.read_bytes
+        absent = self._generic_absent
+        if slow:  # every group is read again (and the ids of groups gone are dropped)
+            absent = self._generic_absent = set()
+        kept: list[GroupSample] = []
+        for s in samples:
+            if s.cgroup_id in absent:
+                kept.append(s)
+                continue
+            path = s.path
+            rel = where(path)
+
+            def read(name: str, _rel: str = rel) -> bytes | None:
+                return read_bytes(_rel, name, recheck=slow)
+
+            values: dict[str, int] = {}
+            try:
+                for c in controllers:
+                    got = c.read_values(read, host)
+                    if got:
+                        values.update(got)
+            except GroupGone:
+                kept.append(s)  # its other files were read; the next pass finds it gone
+                continue
+            except ValueReadError as e:
+                self._failed(path, StatFileError(
+                    str(self.fs.path(rel)), e.file, "parse",
+                    e.value.encode("utf-8", "backslashreplace"),
+                    f"not the kernel's format: {e.why}"), errors, failed)
+                continue
+            except CgroupError as e:  # StatFileError (too large), EIO...
+                self._failed(path, e, errors, failed)
+                continue
+            if values:
+                _set_values(s, values)
+            else:
+                absent.add(s.cgroup_id)
+            kept.append(s)
+        return kept
 
     def _failed(self, path: str, e: CgroupError, errors: list[str], failed: set[str]) -> None:
         """Count a group's failed sample by reason; log it the first time per reason."""
