@@ -44,6 +44,7 @@ _SAMPLE_COLUMNS = ("node_id", "group_id", "ts", "mono", *COUNTER_COLUMNS,
                    *PSI_COLUMNS.values())
 _IO_COLUMNS = ("node_id", "group_id", "ts", "device", "rbytes", "wbytes", "rios", "wios",
                "dbytes")
+_VALUE_COLUMNS = ("node_id", "group_id", "ts", "key", "value")
 
 
 _PSI_KEYS: Final = tuple(PSI_COLUMNS)
@@ -263,9 +264,24 @@ def _pg_types(table: str, columns: Sequence[str]) -> list[str]:
     return names
 
 
+def value_rows(samples: Sequence[GroupSample], ids: Mapping[IncKey, int], node_id: int,
+               cache: _TsCache | None) -> list[tuple[Any, ...]]:
+    """The ``sample_values`` rows of ``samples``: one per key of each sample's ``values``
+    (the generic controllers', governor.controllers), keyed as its ``samples`` row."""
+    rows: list[tuple[Any, ...]] = []
+    for s in samples:
+        values = s.values
+        if values:
+            gid = ids[(s.tenant, s.group, s.cgroup_id)]
+            ts = s.wall if cache is None else cache[s.wall]
+            rows.extend((node_id, gid, ts, k, v) for k, v in values.items())
+    return rows
+
+
 def insert_samples(session: Executor, samples: Sequence[GroupSample],
                    ids: Mapping[IncKey, int], node_id: int) -> None:
-    """The ``samples`` and ``sample_io`` rows of one pass, each skipped when stored already
+    """The ``samples``, ``sample_io`` and ``sample_values`` rows of one pass, each skipped
+    when stored already
     (``ids``: each sample's incarnation id)."""
     cache = None
     if connection_of(session).dialect.name == "sqlite":
@@ -274,3 +290,5 @@ def insert_samples(session: Executor, samples: Sequence[GroupSample],
     rows, io_rows = sample_rows(samples, ids, node_id, cache)
     bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
     bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
+    bulk_insert_ignore(session, "sample_values", _VALUE_COLUMNS,
+                       value_rows(samples, ids, node_id, cache), ts_index=None)

@@ -29,9 +29,11 @@ from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
 from governor.store.tables import oom_events as _OOM
 from governor.store.tables import sample_io as _SAMPLE_IO
+from governor.store.tables import sample_values as _SAMPLE_VALUES
 from governor.store.tables import samples as _SAMPLES
 from governor.store.tables import tenants as _TENANTS
 from governor.store.tables import usage_intervals as _USAGE
+from governor.store.tables import usage_values as _USAGE_VALUES
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
@@ -239,7 +241,8 @@ class RetentionResult:
 
 
 def apply_retention(*, session: Executor, before: datetime) -> RetentionResult:
-    """Drop raw samples, their io rows and interval usage older than ``before``.
+    """Drop raw samples, their io and values rows and interval usage (its generic
+    quantities too) older than ``before``.
 
     Hourly rollups are kept (bills read only them), and so are samples not yet metered and
     each incarnation's anchor sample (the last metered one), which the next pairing needs.
@@ -249,9 +252,14 @@ def apply_retention(*, session: Executor, before: datetime) -> RetentionResult:
     io = session.execute(delete(_SAMPLE_IO).where(_SAMPLE_IO.c.ts < before,
                                                   _SAMPLE_IO.c.ts < anchor))
     anchor = select(_GROUPS.c.metered_until).where(
+        _GROUPS.c.id == _SAMPLE_VALUES.c.group_id).scalar_subquery()
+    session.execute(delete(_SAMPLE_VALUES).where(_SAMPLE_VALUES.c.ts < before,
+                                                 _SAMPLE_VALUES.c.ts < anchor))
+    anchor = select(_GROUPS.c.metered_until).where(
         _GROUPS.c.id == _SAMPLES.c.group_id).scalar_subquery()
     s = session.execute(delete(_SAMPLES).where(_SAMPLES.c.ts < before, _SAMPLES.c.ts < anchor))
     u = session.execute(delete(_USAGE).where(_USAGE.c.end_ts < before))
+    session.execute(delete(_USAGE_VALUES).where(_USAGE_VALUES.c.end_ts < before))
     return RetentionResult(s.rowcount, io.rowcount, u.rowcount)  # type: ignore[attr-defined]
 
 

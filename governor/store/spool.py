@@ -48,6 +48,7 @@ def sample_to_json(s: GroupSample) -> dict[str, Any]:
     d["created"] = s.created.isoformat() if s.created is not None else None
     d["io"] = {k: dict(v) for k, v in s.io.items()}
     d["psi"] = dict(s.psi)
+    d["values"] = None if s.values is None else dict(s.values)
     return d
 
 

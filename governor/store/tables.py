@@ -168,6 +168,21 @@ sample_io = Table(
     sqlite_with_rowid=False,
 )
 
+#: the generic controllers' values of a sample (``GroupSample.values``, migration 0003):
+#: one row per key, keyed by the sample's own key plus the value's; written with the
+#: sample, deleted with it by retention (no foreign keys, as the raw tables above)
+sample_values = Table(
+    "sample_values", metadata,
+    _req("node_id", Integer),
+    _req("group_id", BigInteger),
+    _req("ts", UTCDateTime),
+    #: "<controller>.<name>", e.g. "hugetlb.2MB.current"
+    _req("key", String(64)),
+    _req("value", BigInteger),
+    PrimaryKeyConstraint("node_id", "ts", "group_id", "key"),
+    sqlite_with_rowid=False,
+)
+
 
 def _quantities() -> list[Column[Any]]:
     """Integer usage quantities shared by interval usage and hourly rollups."""
@@ -211,6 +226,33 @@ rollups_hourly = Table(
     sqlite_with_rowid=False,
 )
 
+#: the generic controllers' quantities (governor.controllers: a Quantity with a method) of
+#: one interval (migration 0003): one row per quantity metered over it, beside its
+#: usage_intervals row; a quantity with no row was not metered there (missing is not zero)
+usage_values = Table(
+    "usage_values", metadata,
+    _req("node_id", Integer, ForeignKey("nodes.id")),
+    _req("group_id", BigInteger, ForeignKey("groups.id")),
+    _req("end_ts", UTCDateTime),
+    #: the Quantity's name, e.g. "hugetlb_byte_seconds"
+    _req("quantity", String(64)),
+    _req("value", BigInteger),
+    PrimaryKeyConstraint("node_id", "group_id", "end_ts", "quantity"),
+)
+
+#: the generic controllers' quantities summed per incarnation, node and UTC hour
+#: (migration 0003), as rollups_hourly's columns are; key order as rollups_hourly's
+rollup_values = Table(
+    "rollup_values", metadata,
+    _req("node_id", Integer, ForeignKey("nodes.id")),
+    _req("group_id", BigInteger, ForeignKey("groups.id")),
+    _req("hour", UTCDateTime),
+    _req("quantity", String(64)),
+    _req("value", BigInteger),
+    PrimaryKeyConstraint("group_id", "hour", "node_id", "quantity"),
+    sqlite_with_rowid=False,
+)
+
 price_plans = Table(
     "price_plans", metadata,
     Column("id", Integer, primary_key=True),
@@ -229,6 +271,10 @@ price_plans = Table(
     #: the writable layers' price (issue #19, migration 0002); NULL: recorded before
     #: governor priced them (governor.billing.history says how such a row is read)
     _opt("storage_gib_hour", MONEY),
+    #: the generic controllers' prices (migration 0003): {plan key: decimal text} of the
+    #: registered quantities (governor.controllers), e.g. {"hugetlb_gib_hour": "0.01"};
+    #: NULL or a key left out: recorded before governor priced it (as storage_gib_hour)
+    _opt("quantity_prices", JSON),
     UniqueConstraint("name", "version"),
 )
 

@@ -22,7 +22,9 @@ from governor.store.models import Base
 from tests.helpers.db import db_url, engine  # noqa: F401  (fixtures)
 
 TABLES = {"nodes", "tenants", "groups", "samples", "sample_io", "usage_intervals",
-          "rollups_hourly", "price_plans", "applied_policies", "oom_events", "gaps"}
+          "rollups_hourly", "price_plans", "applied_policies", "oom_events", "gaps",
+          # the generic controllers' values, usage and rollups (migration 0003)
+          "sample_values", "usage_values", "rollup_values"}
 
 
 def test_migrations_create_every_table_and_match_the_models(db_url):  # noqa: F811
@@ -225,7 +227,7 @@ def test_migration_0002_keeps_every_row_of_a_0001_database(db_url):  # noqa: F81
             for sql in _ROWS_0001:
                 conn.execute(text(sql))
         assert "storage_bytes" not in {c["name"] for c in inspect(eng).get_columns("samples")}
-        assert upgrade(eng) == head_revision() == "0002"
+        assert upgrade(eng) == head_revision()  # (0002 here; 0003: test_store_values.py)
         check_schema(eng)
         with session_factory(eng)() as s:
             sample = s.execute(select(Sample)).scalar_one()
@@ -271,7 +273,7 @@ def test_migration_0002_downgrades_to_0001_keeping_the_rows(db_url):  # noqa: F8
                 ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'samples'")
                                    ).scalar()
             assert "WITHOUT ROWID" in ddl
-        assert upgrade(eng) == "0002"
+        assert upgrade(eng, "0002") == "0002"
     finally:
         eng.dispose()
 
