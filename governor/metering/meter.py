@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
 from governor.accel import load
+from governor.metering.generic import PendingValues, Values, meter_values
 from governor.metering.rollup import HOUR, hour_floor, split_interval
 from governor.metering.sample import GroupSample
 from governor.metering.usage import Interval, interval_between
@@ -51,6 +52,8 @@ class Metered(Generic[K]):
     anchors: dict[K, GroupSample]
     #: intervals that could not be known (a reset, an unknown birth)
     skipped: int
+    #: the generic controllers' quantities (governor.metering.generic), None: none
+    values: Values[K] | None = None
 
 
 def _rollup_add_py(rollups: dict[Any, list[int]], rkey: Any, covered: int,
@@ -126,7 +129,8 @@ def pair_series(series: Mapping[K, Sequence[GroupSample]],
             prev = cur
         n += len(samples)
         anchors[key] = samples[-1]
-    return Metered(n, usages, rollups, anchors, skipped)
+    return Metered(n, usages, rollups, anchors, skipped,
+                   meter_values(series, previous, with_rollups=with_rollups))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,6 +267,7 @@ class Pending(Generic[K]):
         #: closed intervals: (key, span, acc), in order
         self._done: list[tuple[K, list[Any], list[int]]] = []
         self._anchors: dict[K, GroupSample] = {}
+        self._values: PendingValues[K] = PendingValues()
 
     def __bool__(self) -> bool:
         return self.passes > 0
@@ -294,6 +299,7 @@ class Pending(Generic[K]):
         anchors = self._anchors
         for k, sample in step.anchors.items():
             anchors[ids[k]] = sample
+        self._values.add(step.values, ids)
 
     def metered(self) -> Metered[K]:
         """Everything held, as one step to write."""
@@ -313,4 +319,5 @@ class Pending(Generic[K]):
             else:
                 for i, v in enumerate(a):
                     got[i] += v
-        return Metered(self.samples, usages, rollups, self._anchors, self.skipped)
+        return Metered(self.samples, usages, rollups, self._anchors, self.skipped,
+                       self._values.metered())

@@ -26,6 +26,7 @@ from governor.store.tables import rollups_hourly as _ROLLUPS
 from governor.store.tables import sample_io as _SAMPLE_IO
 from governor.store.tables import samples as _SAMPLES
 from governor.store.tables import tenants as _TENANTS
+from governor.store.values import attach_values, write_values
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
@@ -132,6 +133,8 @@ def unmetered_samples(*, session: Executor, node: str, node_id: int,
         g = groups[row["group_id"]]
         by_group[g.id].append(to_sample(row, g, node, tenants[g.tenant_id],
                                         io.get((g.id, row["ts"]), {})))
+    attach_values(session=session, node_id=node_id,
+                  samples=((gid, s) for gid, got in by_group.items() for s in got))
     return dict(by_group)
 
 
@@ -161,6 +164,8 @@ def samples_at(*, session: Executor, node: str, node_id: int,
     for key, row in rows.items():
         g = groups[key[0]]
         out[key] = to_sample(row, g, node, tenants[g.tenant_id], io.get(key, {}))
+    attach_values(session=session, node_id=node_id,
+                  samples=((gid, s) for (gid, _), s in out.items()))
     return out
 
 
@@ -198,6 +203,8 @@ def write_metered(*, session: Executor, node_id: int, metered: Metered[Any],
     if metered.rollups:
         upsert_rollups(session=session, node_id=node_id, rollups={
             (gid(k), hour): q for (k, hour), q in metered.rollups.items()})
+    if metered.values:  # the generic controllers' quantities (governor.store.values)
+        write_values(session=session, node_id=node_id, values=metered.values, gid=gid)
     if metered.anchors:
         _set_anchors(session, [(gid(k), s.wall) for k, s in metered.anchors.items()])
 
