@@ -17,6 +17,7 @@ from typing import Any, Final, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from governor.billing.generic import USAGE_COLUMNS
 from governor.billing.report import Invoice, UsageReport
 
 FORMATS: Final = ("table", "csv", "json", "focus")
@@ -120,12 +121,13 @@ def render_invoices(invoices: Sequence[Invoice], fmt: str, out: TextIO) -> None:
 
 def render_usage(report: UsageReport, fmt: str, out: TextIO) -> None:
     # storage_gib_hours (issue #19) last: the columns before it keep their places in CSV
+    # then the registered controllers' quantities (hugetlb_gib_hours), likewise after
     columns = (report.by, "tenant", "cpu_core_hours", "memory_gib_hours", "io_read_gib",
-               "io_write_gib", "oom_kills", "storage_gib_hours")
+               "io_write_gib", "oom_kills", "storage_gib_hours", *USAGE_COLUMNS.values())
     rows = [{report.by: r.key, "tenant": r.tenant, "cpu_core_hours": r.cpu_core_hours,
              "memory_gib_hours": r.memory_gib_hours, "io_read_gib": r.io_read_gib,
              "io_write_gib": r.io_write_gib, "oom_kills": r.oom_kills,
-             "storage_gib_hours": r.storage_gib_hours} for r in report.rows]
+             "storage_gib_hours": r.storage_gib_hours, **r.values} for r in report.rows]
     if fmt in ("csv", "focus"):
         if fmt == "focus":
             raise ValueError("the focus format is for bills (it needs prices): use csv or json")
@@ -135,7 +137,9 @@ def render_usage(report: UsageReport, fmt: str, out: TextIO) -> None:
                    "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]}, out, indent=2)
         out.write("\n")
     elif fmt == "table":
-        console = Console(file=out, width=120 if not out.isatty() else None)
+        # 120 columns, and room for the registered controllers' own
+        wide = 120 + 40 * len(USAGE_COLUMNS)
+        console = Console(file=out, width=wide if not out.isatty() else None)
         t = Table(title=f"usage by {report.by}: {_iso(report.start)} to {_iso(report.end)}")
         for c in columns:
             t.add_column(c, justify="left" if c in (report.by, "tenant") else "right")

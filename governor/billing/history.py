@@ -28,6 +28,11 @@ priced storage with such a version (nothing of the writable layers was metered b
 when the policy no longer has it), and the next recording fills it in from the policy, in
 force or not, without a conflict.  From then on it is fixed like every other price.
 
+The registered controllers' prices (``hugetlb_gib_hour``, issue #17; recorded in
+``price_plans.quantity_prices``, migration 0003) follow the storage price's rule, per key:
+a version recorded before governor priced a key (NULL, or the key absent) takes the
+policy's price of the same version, and the next recording fills it in.
+
 For billing, the recorded versions of a plan win over the policy's for the same effective
 time; versions only in the policy (a bill before anything was recorded, or a future
 version not yet recorded) come from the policy.
@@ -45,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
+from governor.billing.generic import PRICE_KEYS
 from governor.billing.plans import PolicyLike, PricePlanLike, PriceVersionLike, TenantLike
 from governor.store.tables import price_plans as _PLANS
 
@@ -90,6 +96,7 @@ class RecordedVersion:
     io_write_gib: Decimal
     oom_kill: Decimal
     storage_gib_hour: Decimal
+    quantity_prices: Mapping[str, Decimal] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -112,15 +119,26 @@ def _aware(d: datetime | None) -> datetime | None:
     return d.replace(tzinfo=UTC)
 
 
+def _text(d: Decimal | str | int) -> str:
+    return format(Decimal(d).normalize(), "f")
+
+
+def _quantity_prices(v: PriceVersionLike) -> dict[str, str]:
+    """The registered controllers' prices of a policy version, as recorded (text)."""
+    return {k: _text(v.quantity_prices.get(k, 0)) for k in PRICE_KEYS}
+
+
 def _terms(plan: PricePlanLike, v: PriceVersionLike) -> dict[str, str]:
     out = {"currency": plan.currency, "memory_basis": plan.memory_basis}
     out.update({k: format(Decimal(getattr(v, k)).normalize(), "f") for k in _PRICES})
+    out.update(_quantity_prices(v))
     return out
 
 
 def _row_terms(r: Any) -> dict[str, str]:
     out = {"currency": r.currency, "memory_basis": r.memory_basis}
     out.update({k: format(Decimal(getattr(r, k)).normalize(), "f") for k in _PRICES})
+    out.update({k: _text(p) for k, p in (r.quantity_prices or {}).items() if k in PRICE_KEYS})
     return out
 
 
@@ -155,11 +173,17 @@ def record_price_plans(*, session: Executor, plans: Mapping[str, PricePlanLike],
                 row.storage_gib_hour = Decimal(v.storage_gib_hour)
                 session.execute(update(_PLANS).where(_PLANS.c.id == row.id).values(
                     storage_gib_hour=row.storage_gib_hour))
+            if row is not None and not set(PRICE_KEYS) <= set(row.quantity_prices or {}):
+                # a key recorded before governor priced it: filled in (see above)
+                row.quantity_prices = {**_quantity_prices(v), **(row.quantity_prices or {})}
+                session.execute(update(_PLANS).where(_PLANS.c.id == row.id).values(
+                    quantity_prices=row.quantity_prices))
             if row is None:
                 top += 1
                 session.execute(_PLANS.insert().values(
                     name=name, version=top, currency=plan.currency,
                     memory_basis=plan.memory_basis, effective=eff, recorded_at=now,
+                    quantity_prices=_quantity_prices(v),
                     **{k: Decimal(getattr(v, k)) for k in _PRICES}))
                 continue
             have = _row_terms(row)
@@ -174,9 +198,11 @@ def record_price_plans(*, session: Executor, plans: Mapping[str, PricePlanLike],
                                                                plan.memory_basis, now)
             for k in _PRICES:
                 setattr(row, k, Decimal(getattr(v, k)))
+            row.quantity_prices = _quantity_prices(v)
             session.execute(update(_PLANS).where(_PLANS.c.id == row.id).values(
                 currency=row.currency, memory_basis=row.memory_basis,
-                recorded_at=row.recorded_at, **{k: getattr(row, k) for k in _PRICES}))
+                recorded_at=row.recorded_at, quantity_prices=row.quantity_prices,
+                **{k: getattr(row, k) for k in _PRICES}))
         for eff, row in rows.items():  # withdrawn before they took effect
             if eff not in wanted and eff is not None and eff > now:
                 session.execute(delete(_PLANS).where(_PLANS.c.id == row.id))
@@ -212,7 +238,13 @@ def with_recorded_prices(policy: PolicyLike, session: Executor) -> PolicyLike:
                 same = in_policy.get(eff)
                 storage = Decimal(0) if same is None else same.storage_gib_hour
             prices = {k: Decimal(getattr(r, k)) for k in _PRICES if k != "storage_gib_hour"}
-            versions[eff] = RecordedVersion(eff, storage_gib_hour=Decimal(storage), **prices)
+            same = in_policy.get(eff)
+            recorded_q = r.quantity_prices or {}
+            quantity = {k: Decimal(recorded_q[k]) if k in recorded_q else
+                        Decimal(0) if same is None else Decimal(same.quantity_prices.get(k, 0))
+                        for k in PRICE_KEYS}
+            versions[eff] = RecordedVersion(eff, storage_gib_hour=Decimal(storage),
+                                            quantity_prices=quantity, **prices)
         ordered = sorted(versions.values(),
                          key=lambda v: (v.effective is not None, v.effective))
         plans[name] = RecordedPlan(name=name, currency=base.currency,

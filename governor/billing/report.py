@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import ColumnElement, select
 
+from governor.billing import generic
 from governor.billing.errors import InvalidPeriod, UnknownTenant
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
 from governor.billing.quantities import HOUR_US, KeyColumn, Totals, sum_pieces, sum_range
@@ -72,7 +73,8 @@ _QUANTITY: Final[dict[str, str]] = {
 
 
 def _resources() -> dict[str, tuple[str, int, str]]:
-    priced = {q.resource: q for q in registry.quantities() if q.plan_key is not None}
+    priced = {q.resource: q for c in registry.first_wave() for q in c.quantities
+              if q.plan_key is not None}
     if set(LINE_ORDER) != {*priced, STORAGE}:
         raise ImportError(f"governor.billing.report: LINE_ORDER {LINE_ORDER} does not name "
                           f"the priced resources {sorted(priced)} and {STORAGE}")
@@ -88,7 +90,11 @@ def _resources() -> dict[str, tuple[str, int, str]]:
 
 
 #: resource -> (unit, divisor turning the integer quantity into that unit, price attribute)
-RESOURCES: Final[dict[str, tuple[str, int, str]]] = _resources()
+RESOURCES: Final[dict[str, tuple[str, int, str]]] = {
+    **_resources(),
+    # the registered generic controllers' quantities (governor.billing.generic), e.g. hugetlb
+    **generic.RESOURCES,
+}
 QUANTITY_PLACES: Final = Decimal("1e-9")
 
 By = Literal["hour", "day", "group", "node"]
@@ -273,6 +279,15 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
             qty[key] += value
             s = span.get(key)
             span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
+    for (_node_id, gid, i), got in generic.value_pieces(
+            session=session, pieces=[(a, b) for a, b, _, _ in pieces],
+            group_ids=tenant_groups).items():
+        a, b, idx, _version = pieces[i]
+        for name, value in got.items():
+            key = (path_of[gid], generic.QUANTITIES[name].resource, idx)
+            qty[key] += value
+            s = span.get(key)
+            span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
 
     lines: list[InvoiceLine] = []
     order = list(RESOURCES)
@@ -282,7 +297,7 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
         if units == 0:
             continue
         unit, divisor, attr = RESOURCES[resource]
-        price: Decimal = getattr(plan.versions[idx], attr)
+        price = generic.unit_price(plan.versions[idx], attr)
         quantity = (Decimal(units) / Decimal(divisor)).quantize(QUANTITY_PLACES)
         lines.append(InvoiceLine(
             group=_group_label(path), path=path, resource=resource, quantity=quantity,
@@ -305,6 +320,9 @@ class UsageRow:
     oom_kills: int
     #: the writable layers of containers launched from images (issue #19)
     storage_gib_hours: Decimal
+    #: the registered controllers' quantities in their units, by usage column
+    #: (governor.billing.generic.USAGE_COLUMNS: ``hugetlb_gib_hours``); 0 when none
+    values: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,15 +333,20 @@ class UsageReport:
     rows: tuple[UsageRow, ...]
 
 
-def _usage_row(key: str, tenant: str, t: Totals) -> UsageRow:
+def _usage_row(key: str, tenant: str, t: Totals,
+               values: Mapping[str, int] | None = None) -> UsageRow:
     def q(value: int, divisor: int) -> Decimal:
         return (Decimal(value) / Decimal(divisor)).quantize(QUANTITY_PLACES)
+
+    got = values or {}
 
     return UsageRow(key=key, tenant=tenant, cpu_core_hours=q(t.cpu_usec, HOUR_US),
                     memory_gib_hours=q(t.memory_byte_seconds, GIB * 3600),
                     io_read_gib=q(t.io_rbytes, GIB), io_write_gib=q(t.io_wbytes, GIB),
                     oom_kills=t.oom_kills,
-                    storage_gib_hours=q(t.storage_byte_seconds, GIB * 3600))
+                    storage_gib_hours=q(t.storage_byte_seconds, GIB * 3600),
+                    values={col: q(got.get(name, 0), generic.QUANTITIES[name].per_unit)
+                            for name, col in generic.USAGE_COLUMNS.items()})
 
 
 def usage_report(*, session: Executor, tenant: str | None = None, start: datetime,
@@ -354,15 +377,23 @@ def usage_report(*, session: Executor, tenant: str | None = None, start: datetim
     names: dict[int, str] = {}
     if by == "node":
         names = dict(session.execute(select(_NODES.c.id, _NODES.c.name)).tuples().all())
+    def named(k: Any) -> Any:
+        if by == "day":
+            return date(k.year, k.month, k.day)
+        return names.get(k, str(k)) if by == "node" else k
+
     merged: dict[tuple[str, Any], Totals] = {}
     for (tname, k), t in totals.items():
-        key: Any = k
-        if by == "day":
-            key = date(k.year, k.month, k.day)
-        elif by == "node":
-            key = names.get(k, str(k))
-        merged.setdefault((tname, key), Totals()).add(t)
-    rows = [_usage_row(k.isoformat() if isinstance(k, date | datetime) else str(k), tname, t)
+        merged.setdefault((tname, named(k)), Totals()).add(t)
+    extra: dict[tuple[str, Any], dict[str, int]] = defaultdict(dict)
+    for (tname, k), got in generic.value_range(session=session, start=start, end=end,
+                                               where=where, by=by).items():
+        merged.setdefault((tname, named(k)), Totals())
+        acc = extra[(tname, named(k))]
+        for name, v in got.items():
+            acc[name] = acc.get(name, 0) + v
+    rows = [_usage_row(k.isoformat() if isinstance(k, date | datetime) else str(k), tname, t,
+                       extra.get((tname, k)))
             for (tname, k), t in sorted(merged.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))]
     return UsageReport(by=by, start=start, end=end, rows=tuple(rows))
 

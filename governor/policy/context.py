@@ -44,7 +44,11 @@ PRICE_FIELDS: Final = ("cpu_core_hour", "memory_gib_hour", "io_read_gib", "io_wr
 #: price keys a plan may leave out: 0 (storage_gib_hour came with issue #19, after plans
 #: were written without it)
 OPTIONAL_PRICES: Final = frozenset({"oom_kill", "storage_gib_hour"})
-PLAN_KEYS: Final = ("currency", *PRICE_FIELDS, "memory_basis", "prices")
+#: the registered controllers' price keys (governor.controllers: each metered Quantity's
+#: plan_key, e.g. hugetlb_gib_hour), each optional (0)
+QUANTITY_PRICES: Final = tuple(q.plan_key for q in registry.quantities()
+                               if q.method is not None)
+PLAN_KEYS: Final = ("currency", *PRICE_FIELDS, *QUANTITY_PRICES, "memory_basis", "prices")
 MEMORY_BASES: Final = ("usage", "reservation", "max")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\Z")
 

@@ -60,7 +60,10 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
                      # storage_gib_hour only when priced: a policy from before it keeps
                      # the digest its applied versions were recorded under
                      **{f: _decimal_text(getattr(v, f)) for f in PRICE_FIELDS
-                        if f != "storage_gib_hour" or getattr(v, f)}}
+                        if f != "storage_gib_hour" or getattr(v, f)},
+                     # the registered controllers' prices likewise, only when priced
+                     **{k: _decimal_text(p) for k, p in sorted(v.quantity_prices.items())
+                        if p}}
                     for v in p.versions
                 ],
             }

@@ -7,6 +7,7 @@ check passed; the enforcer, placement, metering and billing read it and never re
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -219,6 +220,9 @@ class PriceVersion:
     oom_kill: Decimal = Decimal(0)
     #: per GiB-hour of the writable layers of containers launched from images (issue #19)
     storage_gib_hour: Decimal = Decimal(0)
+    #: the registered controllers' prices (governor.controllers), by plan key (e.g.
+    #: ``hugetlb_gib_hour``); a key left out is 0
+    quantity_prices: Mapping[str, Decimal] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

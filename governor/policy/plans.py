@@ -13,6 +13,7 @@ from governor.policy.context import (
     OPTIONAL_PRICES,
     PLAN_KEYS,
     PRICE_FIELDS,
+    QUANTITY_PRICES,
     BadValue,
     Ctx,
     KeyPath,
@@ -41,6 +42,13 @@ def _effective(value: object) -> datetime:
                "2026-12-01T00:00:00Z (unquoted)")
 
 
+def _version(when: datetime | None, prices: dict[str, Decimal]) -> PriceVersion:
+    """A version of the prices: the plan's own fields, and the registered controllers'
+    prices (QUANTITY_PRICES) in ``quantity_prices``."""
+    return PriceVersion(effective=when, **{k: prices[k] for k in PRICE_FIELDS},
+                        quantity_prices={k: prices[k] for k in QUANTITY_PRICES})
+
+
 def parse_plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
     base: KeyPath = ("plans", name)
     ok = valid_name(ctx, base, name, "plan")
@@ -65,9 +73,9 @@ def parse_plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
                 f"{show(basis)} is not a memory basis (usage, reservation, max)")
         ok = False
     prices: dict[str, Decimal] = {}
-    for key in PRICE_FIELDS:
+    for key in (*PRICE_FIELDS, *QUANTITY_PRICES):
         if key not in raw:
-            if key in OPTIONAL_PRICES:
+            if key in OPTIONAL_PRICES or key in QUANTITY_PRICES:
                 prices[key] = Decimal(0)
             else:
                 ctx.add(base, None, f"{key} is missing (a decimal string like \"0.040\")")
@@ -97,10 +105,11 @@ def parse_plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
             try:
                 if key == "effective":
                     when = _effective(value)
-                elif key in PRICE_FIELDS:
+                elif key in PRICE_FIELDS or key in QUANTITY_PRICES:
                     override[key] = check_money(value)
                 else:
-                    report_unknown(ctx, ipath, key, value, ("effective", *PRICE_FIELDS))
+                    report_unknown(ctx, ipath, key, value,
+                                   ("effective", *PRICE_FIELDS, *QUANTITY_PRICES))
                     ok = False
             except BadValue as exc:
                 ctx.add((*ipath, key), value, str(exc))
@@ -116,11 +125,11 @@ def parse_plan(ctx: Ctx, name: str, raw: object) -> PricePlan | None:
             later.append((when, ipath, override))
     if not ok:
         return None
-    versions = [PriceVersion(effective=None, **prices)]
+    versions = [_version(None, prices)]
     current = dict(prices)
     for when, _, override in sorted(later, key=lambda t: t[0]):
         current.update(override)
-        versions.append(PriceVersion(effective=when, **current))
+        versions.append(_version(when, current))
     assert isinstance(currency, str)
     return PricePlan(name=name, currency=currency, versions=tuple(versions),
                      memory_basis=cast(MemoryBasis, basis))
