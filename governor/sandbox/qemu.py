@@ -31,9 +31,12 @@ class BootSpec:
     extra: tuple[str, ...] = field(default=())
 
 
+#: ``hugepages=64``: 64 huge pages of the default size (2 MB on x86_64: 128 MiB of the VM's
+#: memory) reserved at boot, for the hugetlb controller's kernel tests
+#: (tests/kernel/test_hugetlb_kernel.py; Documentation/admin-guide/mm/hugetlbpage.rst)
 KERNEL_CMDLINE = (
     "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable no_timer_check "
-    "i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests rdinit=/init"
+    "i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests hugepages=64 rdinit=/init"
 )
 
 

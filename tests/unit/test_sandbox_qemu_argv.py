@@ -68,7 +68,7 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "rdinit=/init quiet loglevel=3"
+            "hugepages=64 rdinit=/init quiet loglevel=3"
         ),
         "-serial",
         "file:/tmp/governor-sandbox-x/console.log",
@@ -116,7 +116,7 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "rdinit=/init quiet loglevel=3 foo=1 bar"
+            "hugepages=64 rdinit=/init quiet loglevel=3 foo=1 bar"
         ),
         "-serial",
         "file:/tmp/governor-sandbox-x/console.log",
@@ -183,7 +183,7 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "rdinit=/init"
+            "hugepages=64 rdinit=/init"
         ),
         "-serial",
         "file:/tmp/w,x/console.log",
@@ -235,7 +235,7 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "rdinit=/init quiet loglevel=3 systemd.unified_cgroup_hierarchy=1 "
+            "hugepages=64 rdinit=/init quiet loglevel=3 systemd.unified_cgroup_hierarchy=1 "
             "systemd.unit=governor-sandbox.target systemd.firstboot=off "
             "systemd.mask=dbus.service"
         ),
@@ -286,7 +286,7 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "rdinit=/init systemd.unified_cgroup_hierarchy=1 systemd.unit=governor-sandbox.target "
+            "hugepages=64 rdinit=/init systemd.unified_cgroup_hierarchy=1 systemd.unit=governor-sandbox.target "
             "systemd.firstboot=off systemd.show_status=1"
         ),
         "-serial",
