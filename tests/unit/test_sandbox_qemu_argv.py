@@ -235,7 +235,8 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "hugepages=64 rdinit=/init quiet loglevel=3 systemd.unified_cgroup_hierarchy=1 "
+            "hugepages=64 rdinit=/init quiet loglevel=3 "
+            "systemd.unified_cgroup_hierarchy=1 "
             "systemd.unit=governor-sandbox.target systemd.firstboot=off "
             "systemd.mask=dbus.service"
         ),
@@ -286,8 +287,8 @@ EXPECTED: dict[str, list[str]] = {
         (
             "console=ttyS0 panic=-1 oops=panic mitigations=off tsc=reliable "
             "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp cryptomgr.notests "
-            "hugepages=64 rdinit=/init systemd.unified_cgroup_hierarchy=1 systemd.unit=governor-sandbox.target "
-            "systemd.firstboot=off systemd.show_status=1"
+            "hugepages=64 rdinit=/init systemd.unified_cgroup_hierarchy=1 "
+            "systemd.unit=governor-sandbox.target systemd.firstboot=off systemd.show_status=1"
         ),
         "-serial",
         "file:/tmp/governor-sandbox-x/console.log",
