@@ -165,7 +165,7 @@ def samples_at(*, session: Executor, node: str, node_id: int,
         g = groups[key[0]]
         out[key] = to_sample(row, g, node, tenants[g.tenant_id], io.get(key, {}))
     attach_values(session=session, node_id=node_id,
-                  samples=((gid, s) for (gid, _), s in out.items()))
+                  samples=((gid, s) for (gid, _), s in out.items()), scattered=True)
     return out
 
 

@@ -31,19 +31,21 @@ _USAGE_COLUMNS = ("node_id", "group_id", "end_ts", "quantity", "value")
 
 
 def attach_values(*, session: Executor, node_id: int,
-                  samples: Iterable[tuple[int, GroupSample]]) -> None:
+                  samples: Iterable[tuple[int, GroupSample]], scattered: bool = False) -> None:
     """Set each ``(group id, sample)``'s ``values`` from ``sample_values`` (left None
-    when it has none).  Read by the (node, ts) key prefix over the samples' time range,
-    filtered here."""
+    when it has none).  Read by the (node, ts) key prefix, filtered here: over the
+    samples' time range (the catch-up's window), or at their times alone when
+    ``scattered`` (anchors metered at times far apart)."""
     want: dict[tuple[int, datetime], GroupSample] = {(gid, s.wall): s for gid, s in samples}
     if not want:
         return
     times = sorted({ts for _, ts in want})
     found: dict[tuple[int, datetime], dict[str, int]] = defaultdict(dict)
     for chunk in chunks(times):
+        at = (_SAMPLE_VALUES.c.ts.in_(chunk) if scattered else
+              (_SAMPLE_VALUES.c.ts >= chunk[0]) & (_SAMPLE_VALUES.c.ts <= chunk[-1]))
         for r in session.execute(select(_SAMPLE_VALUES).where(
-                _SAMPLE_VALUES.c.node_id == node_id, _SAMPLE_VALUES.c.ts >= chunk[0],
-                _SAMPLE_VALUES.c.ts <= chunk[-1])):
+                _SAMPLE_VALUES.c.node_id == node_id, at)):
             key = (r.group_id, r.ts)
             if key in want:
                 found[key][r.key] = r.value
