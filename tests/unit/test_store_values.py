@@ -14,7 +14,7 @@ from governor.metering.sample import GroupSample
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.service import apply_retention, record_samples
 from governor.store.spool import Spool, sample_from_json, sample_to_json
-from governor.store.tables import groups, sample_values, samples
+from governor.store.tables import groups, sample_values, samples, usage_values
 from tests.helpers.db import db_url, engine, make_sample  # noqa: F401
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -63,8 +63,15 @@ def test_retention_deletes_values_with_their_samples(engine) -> None:  # noqa: F
             record_samples(session=s, node="n1", samples=_batch(i))
         # metered up to the second pass: the first is past retention, the anchor stays
         s.execute(update(groups).values(metered_until=T0 + timedelta(seconds=10)))
+        gid = s.execute(select(groups.c.id).where(groups.c.path == "acme/web")).scalar_one()
+        node_id = s.execute(select(groups.c.node_id).where(groups.c.id == gid)).scalar_one()
+        s.execute(usage_values.insert(), [
+            {"node_id": node_id, "group_id": gid, "end_ts": T0 + timedelta(seconds=10 * i),
+             "quantity": "hugetlb_byte_seconds", "value": i} for i in (1, 2)])
     with scope() as s:
         apply_retention(session=s, before=T0 + timedelta(seconds=15))
+    with engine.connect() as conn:  # the interval usage older than retention goes too
+        assert conn.execute(select(usage_values.c.value)).scalars().all() == [2]
     with engine.connect() as conn:
         kept_samples = {r.ts for r in conn.execute(select(samples.c.ts))}
     kept_values = {ts for _, ts, _, _ in _values(engine)}
