@@ -31,17 +31,21 @@ from governor.store.tables import tenants as _TENANTS
 if TYPE_CHECKING:
     from governor.store.db import Executor
 
-#: the quantities metered by governor.metering.generic, by name
+#: the quantities metered by governor.metering.generic that a plan can price, by name (one
+#: without a plan_key is metered and stored, not billed)
 QUANTITIES: Final[dict[str, Quantity]] = {
-    q.name: q for q in registry.quantities() if q.method is not None}
+    q.name: q for q in registry.quantities()
+    if q.method is not None and q.plan_key is not None}
 #: resource -> (unit, divisor of the stored integer, price key), as report.RESOURCES
 RESOURCES: Final[dict[str, tuple[str, int, str]]] = {
-    q.resource: (q.unit, q.per_unit, q.plan_key) for q in QUANTITIES.values()}
+    q.resource: (q.unit, q.per_unit, q.plan_key) for q in QUANTITIES.values()
+    if q.plan_key is not None}
 #: their price keys (a plan's optional keys; recorded in price_plans.quantity_prices)
-PRICE_KEYS: Final[tuple[str, ...]] = tuple(q.plan_key for q in QUANTITIES.values())
+PRICE_KEYS: Final[tuple[str, ...]] = tuple(
+    q.plan_key for q in QUANTITIES.values() if q.plan_key is not None)
 #: quantity name -> its column in ``governor usage`` (``hugetlb_gib_hours``)
 USAGE_COLUMNS: Final[dict[str, str]] = {
-    q.name: f"{q.plan_key}s" for q in QUANTITIES.values()}
+    q.name: f"{q.plan_key}s" for q in QUANTITIES.values() if q.plan_key is not None}
 
 
 def unit_price(version: PriceVersionLike, key: str) -> Decimal:

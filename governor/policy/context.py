@@ -47,7 +47,7 @@ OPTIONAL_PRICES: Final = frozenset({"oom_kill", "storage_gib_hour"})
 #: the registered controllers' price keys (governor.controllers: each metered Quantity's
 #: plan_key, e.g. hugetlb_gib_hour), each optional (0)
 QUANTITY_PRICES: Final = tuple(q.plan_key for q in registry.quantities()
-                               if q.method is not None)
+                               if q.method is not None and q.plan_key is not None)
 PLAN_KEYS: Final = ("currency", *PRICE_FIELDS, *QUANTITY_PRICES, "memory_basis", "prices")
 MEMORY_BASES: Final = ("usage", "reservation", "max")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\Z")

@@ -96,7 +96,7 @@ def test_sample_fields_are_the_registrys_in_the_c_order() -> None:
 
 
 def test_kernel_defaults_are_the_registrys() -> None:
-    assert KERNEL_DEFAULTS == registry.kernel_defaults()
+    assert registry.kernel_defaults() == KERNEL_DEFAULTS
     assert {f: v for c in registry.first_wave() for f, v in c.defaults.items()} == {
         "memory.min": "0", "memory.low": "0", "memory.high": "max", "memory.max": "max",
         "memory.swap.max": "max", "cpu.weight": "100", "cpu.max": "max 100000",
