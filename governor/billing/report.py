@@ -68,7 +68,8 @@ _BUS: Final = 1_000_000
 #: resource -> the Totals attribute of its quantity (memory's and storage's in
 #: byte-seconds: billed times :data:`_BUS`)
 _QUANTITY: Final[dict[str, str]] = {
-    **{q.resource: q.name for q in registry.quantities() if q.plan_key is not None},
+    **{q.resource: q.name for c in registry.first_wave() for q in c.quantities
+       if q.plan_key is not None},
     STORAGE: "storage_byte_seconds"}
 
 

@@ -53,7 +53,8 @@ def test_json_has_the_columns_after_the_stable_fields(tmp_path: Path) -> None:
     a, b = _pair(tree(tmp_path))
     by = {r.path: r.as_dict() for r in rows(a, b, sort="name")}
     assert list(by["acme/web"])[: len(JSON_FIELDS)] == list(JSON_FIELDS)
-    assert list(by["acme/web"])[len(JSON_FIELDS):] == ["cpus", "mems"]
+    # the registered controllers' columns, in registry order (hugetlb's after cpuset's)
+    assert list(by["acme/web"])[len(JSON_FIELDS):] == ["cpus", "mems", "hugetlb_bytes"]
     assert by["acme/web"]["cpus"] == "1" and by["acme/web"]["mems"] == "0"
     assert by["acme"]["cpus"] == "0-1"
     # nothing known: null (missing is not zero)
@@ -83,12 +84,12 @@ def test_table_shows_cpus_and_mems(tmp_path: Path) -> None:
     console.print(table(rows(a, b, sort="name"), sort="name"))
     text = console.export_text()
     header = next(line for line in text.splitlines() if "TENANT/GROUP" in line)
-    assert header.split()[-2:] == ["CPUS", "MEMS"]
+    assert header.split()[-3:] == ["CPUS", "MEMS", "HUGETLB"]
     lines = {line.split()[0]: line.split() for line in text.splitlines()
              if line.strip().startswith(("acme", "web", "batch"))}
-    assert lines["web"][-2:] == ["1", "0"]
-    assert lines["acme"][-2:] == ["0-1", "0"]
-    assert lines["batch"][-2:] == ["-", "-"]
+    assert lines["web"][-3:] == ["1", "0", "-"]
+    assert lines["acme"][-3:] == ["0-1", "0", "-"]
+    assert lines["batch"][-3:] == ["-", "-", "-"]
 
 
 def test_table_with_a_gone_group_and_with_none(tmp_path: Path) -> None:
