@@ -95,16 +95,6 @@ def huge_pages() -> int:
     return free
 
 
-def enable_hugetlb(root: Path, sub: Path) -> None:
-    """hugetlb enabled from the cgroup root down to the tenant ``t`` (made here, so its
-    groups, made by governor, have the hugetlb files)."""
-    for d in (root, sub):
-        if "hugetlb" not in (d / "cgroup.subtree_control").read_text().split():
-            (d / "cgroup.subtree_control").write_text("+hugetlb")
-    (sub / "t").mkdir(exist_ok=True)
-    (sub / "t" / "cgroup.subtree_control").write_text("+hugetlb +cpu +io +memory +pids")
-
-
 def holder(sub: Path, rel: str, pages: int) -> subprocess.Popen[bytes]:
     return in_group(sub, rel, [sys.executable, "-c", HOLDER, str(pages)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -137,7 +127,6 @@ def governor_cli(*args: str, cfg: Path) -> subprocess.CompletedProcess[str]:
 def test_limit_refuses_the_third_page_and_governor_meters_bills_and_exports(
         scratch_subtree: Path, tmp_path: Path, huge_pages: int) -> None:
     sub = scratch_subtree
-    enable_hugetlb(sub.parent, sub)
     pol = tmp_path / "policy.toml"
     pol.write_text(POLICY)
     db = f"sqlite:///{tmp_path}/g.db"
@@ -164,6 +153,10 @@ def test_limit_refuses_the_third_page_and_governor_meters_bills_and_exports(
                     and (group / "hugetlb.2MB.max").read_text() == "4194304\n", 60), (
             sorted(p.name for p in group.iterdir()) if group.exists() else "no group",
             logp.read_text()[-3000:])
+        # governor enabled hugetlb top-down where the policy writes its files (nothing here
+        # enabled it: the generic controllers' path, enforce/plan.py)
+        for parent in (sub.parent, sub, sub / "t"):
+            assert "hugetlb" in (parent / "cgroup.subtree_control").read_text().split(), parent
         before = events_max(group)
 
         # 3 pages: mapped (reserved), the third refused at its fault: SIGBUS on touch
