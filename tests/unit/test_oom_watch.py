@@ -530,7 +530,16 @@ def test_groups_past_the_watch_limit_are_checked_with_each_pass_logged_once(
     assert sorted((e.group, e.kind, e.count) for e in got) == [
         ("x3", "oom", 2), ("x3", "oom_kill", 2)]
     w.on_sample({"acme/x3": GroupStats(cgroup_id=1, memory_events=counters)})
+    assert w._fed == {}   # the same counters again are not even handed to the watcher
     w.poll_once(0.05)
     w.flush()
     assert len(got) == 2 and reads == []   # the same counters again: nothing new
+    moved = {**counters, "oom": 3, "oom_kill": 3}
+    w.on_sample({"acme/x3": GroupStats(cgroup_id=1, memory_events=dict(moved)),
+                 "acme/x1": GroupStats(cgroup_id=1, memory_events=dict(counters))})
+    assert set(w._fed) == {"acme/x3", "acme/x1"}   # moved, and first seen
+    w.poll_once(0.05)
+    w.flush()
+    assert sorted((e.group, e.kind, e.count) for e in got[2:]) == [
+        ("x1", "oom", 2), ("x1", "oom_kill", 2), ("x3", "oom", 1), ("x3", "oom_kill", 1)]
     w.close()
