@@ -282,6 +282,9 @@ class Pending(Generic[K]):
         self.samples += step.samples
         self.skipped += step.skipped
         span, acc, done, add = self._span, self._acc, self._done, rollup_add
+        # the hour of the last new span: nearly every interval of a step starts in it
+        # (hour_floor per key was 5% of the daemon's CPU at 1,000 groups, issue #16)
+        lo = hi = None
         for k, iv in step.usages:
             key = ids[k]
             sp = span.get(key)
@@ -292,7 +295,10 @@ class Pending(Generic[K]):
                     continue
                 done.append((key, sp, acc.pop(key)))
             start, end = iv.start, iv.end
-            hour_end = hour_floor(start) + HOUR
+            if lo is None or hi is None or not lo <= start < hi:
+                lo = hour_floor(start)
+                hi = lo + HOUR
+            hour_end = hi
             span[key] = [start, end, hour_end if end <= hour_end else start,
                          iv.from_creation]
             add(acc, key, iv.duration_us, iv.quantities)
@@ -306,13 +312,17 @@ class Pending(Generic[K]):
         usages: list[tuple[K, Interval]] = []
         rollups: dict[tuple[K, datetime], list[int]] = {}
         acc = self._acc
+        lo = hi = None   # the hour of the last span (as in add)
         for key, sp, a in [*self._done, *((k, sp, acc[k]) for k, sp in self._span.items())]:
             iv = Interval(sp[0], sp[1], a[0], sp[3], tuple(a[2:]))
             usages.append((key, iv))
             if sp[2] == sp[0]:  # across an hour boundary: alone, split as pair_series does
                 add_interval(rollups, key, iv)
                 continue
-            rkey = (key, hour_floor(sp[0]))
+            if lo is None or hi is None or not lo <= sp[0] < hi:
+                lo = hour_floor(sp[0])
+                hi = lo + HOUR
+            rkey = (key, lo)
             got = rollups.get(rkey)
             if got is None:
                 rollups[rkey] = list(a)
