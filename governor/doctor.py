@@ -234,7 +234,7 @@ def _accelerator_check() -> Check:
     keep_warm's writer): in use, or why not."""
     import os
 
-    from governor.cgroupfs import reader, tree
+    from governor.cgroupfs import keepwarm, reader
     from governor.exporter import families
     from governor.metering import sampler, usage
     from governor.placement import netlink, procfs
@@ -247,7 +247,7 @@ def _accelerator_check() -> Check:
              ("governor.store._fastrows", bulk.sample_rows is not bulk._sample_rows_py),
              ("governor.placement._fastnetlink", netlink._c is not None),
              ("governor.placement._fastproc", procfs.ACCELERATED),
-             ("governor.cgroupfs._keepwarm", tree._warm is not None))
+             ("governor.cgroupfs._keepwarm", keepwarm._warm is not None))
     if all(used for _, used in parts):
         return Check("C accelerators", True,
                      "in use: " + ", ".join(name for name, _ in parts), required=False)

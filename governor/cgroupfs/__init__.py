@@ -4,6 +4,9 @@
 * :mod:`.parse`  pure parsers of the interface file formats
 * :mod:`.reader` the sampler's fd-caching pread reader
 * :mod:`.tree`   create (controllers enabled top-down), remove, move
+* :mod:`.ownership` the marks of what governor made and of what was delegated
+* :mod:`.listing` a subtree's groups (kept until inotify reports a change)
+* :mod:`.keepwarm` no-op migrations that keep moves fast
 * :mod:`.mount`  finding and verifying the cgroup2 mount
 * :mod:`.names`  validation of group names before any path is built
 """

@@ -1,10 +1,10 @@
 /* governor.cgroupfs._keepwarm: keep_warm's writer thread (optional accelerator).
  *
- * governor.cgroupfs.tree.MigrationWarmer's background mode.  After a move, the placement
+ * governor.cgroupfs.keepwarm.MigrationWarmer's background mode.  After a move, the placement
  * listener sets a deadline; until then this thread writes its own tid to the
  * cgroup.threads fd it was given (the cgroup this process is in) every interval, so the
  * kernel's cgroup_threadgroup_rwsem stays in its writer mode and the next move does not
- * wait for an RCU grace period (see tree.MigrationWarmer).  A POSIX thread, not a Python
+ * wait for an RCU grace period (see keepwarm.MigrationWarmer).  A POSIX thread, not a Python
  * one: it never takes the GIL, so hundreds of wakes a second cost the listener nothing and
  * the process only the write itself.  Its pure-Python twin is MigrationWarmer.touch (the
  * listener writes itself); tests/unit/test_keepwarm.py runs both.

@@ -1,5 +1,5 @@
 # Types of the optional C accelerator governor/cgroupfs/_keepwarm.c: keep_warm's writer
-# thread (tree.MigrationWarmer's background mode; its twin is MigrationWarmer.touch).
+# thread (keepwarm.MigrationWarmer's background mode; its twin is MigrationWarmer.touch).
 
 def warm_start(fd: int, interval_ns: int, /) -> int:
     """Start the writer thread once (fd dup'ed, replacing the one it had; OSError when it

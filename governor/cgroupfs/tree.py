@@ -5,6 +5,10 @@ As in containerd's ``cgroup2``: controllers are enabled in every ancestor's
 create removes what it made.  As in runc: only errno-specific retries (EBUSY on rmdir with
 backoff for a group whose last task is still exiting, EINVAL on cgroup.procs for a task
 still being created, EINTR).
+
+Beside it: the ownership marks a create sets and a remove checks (:mod:`.ownership`), the
+listing of a subtree's groups (:mod:`.listing`) and the no-op migrations that keep moves
+fast (:mod:`.keepwarm`).
 """
 
 from __future__ import annotations
@@ -17,17 +21,22 @@ import threading
 import time
 from collections.abc import Iterable
 
-from governor.accel import load
-from governor.cgroupfs.files import CgroupFS, explain
-from governor.cgroupfs.inotify import DIR_CHANGES, Inotify
-from governor.cgroupfs.layout import Layout, as_layout
-from governor.cgroupfs.managed import DELEGATE_XATTRS, MANAGED_CONTROLLERS
-from governor.cgroupfs.names import check_relpath, display_path
+from governor.cgroupfs.files import CgroupFS
+from governor.cgroupfs.keepwarm import MigrationWarmer, _warm, own_cgroup
+from governor.cgroupfs.listing import GroupLister, managed_groups
+from governor.cgroupfs.managed import MANAGED_CONTROLLERS
+from governor.cgroupfs.names import check_relpath
+from governor.cgroupfs.ownership import MANAGED_XATTR, managed_by, mark_managed, not_ours
 from governor.cgroupfs.parse import parse_flat_keyed, parse_list, parse_pids
 from governor.errors import CgroupError, GroupBusy, GroupGone
 
-#: keep_warm's writer thread in C (governor/cgroupfs/_keepwarm.c), or None
-_warm = load("governor.cgroupfs._keepwarm")
+#: with the names that moved to .keepwarm, .listing and .ownership that the tests and the
+#: benchmarks import from here
+__all__ = ["MANAGED_XATTR", "GroupLister", "MigrationWarmer", "MissingControllers",
+           "ProcsWriter", "_warm", "ancestors", "controllers", "create", "enable_controllers",
+           "managed_by", "managed_groups", "move", "own_cgroup", "populated", "procs",
+           "procs_below", "remove", "subtree_control"]
+
 log = logging.getLogger("governor.cgroupfs")
 
 class MissingControllers(CgroupError):
@@ -67,70 +76,6 @@ def enable_controllers(fs: CgroupFS, rel: str, wanted: Iterable[str]) -> list[st
     if add:
         fs.write(rel, "cgroup.subtree_control", " ".join("+" + c for c in add))
     return add
-
-
-#: the extended attribute on every directory governor makes (issue #15), its value the
-#: subtree of the instance that made it: a plan removes a directory only when it carries
-#: its own subtree here (never a runtime's scope, another instance's subtree, or what an
-#: operator made), as oomd (``trusted.oomd_*``) and systemd (``trusted.delegate``) mark
-#: cgroups.  ``trusted.*`` needs CAP_SYS_ADMIN; a governor without it (a delegated,
-#: unprivileged subtree) writes ``user.*`` (cgroup2 takes both since Linux 5.7).
-MANAGED_XATTR = "trusted.governor.managed"
-MANAGED_XATTR_USER = "user.governor.managed"
-
-
-def mark_managed(fs: CgroupFS, rel: str, owner: str) -> None:
-    """Mark ``rel`` as made by the governor of subtree ``owner`` (:data:`MANAGED_XATTR`);
-    CgroupError when neither xattr can be set."""
-    try:
-        fd = fs.open(rel, None, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise fs._error("mark", rel, None, e, owner) from e
-    try:
-        try:
-            os.setxattr(fd, MANAGED_XATTR, owner.encode())
-        except PermissionError:  # not CAP_SYS_ADMIN: the user namespace of xattrs
-            os.setxattr(fd, MANAGED_XATTR_USER, owner.encode())
-    except OSError as e:
-        raise CgroupError("mark", str(fs.path(rel)), None, e.errno or 0, value=owner,
-                          hint=f"cannot set the {MANAGED_XATTR} (or {MANAGED_XATTR_USER}) "
-                               "extended attribute: a kernel before 5.7, or no permission; "
-                               "governor will never remove this directory") from e
-    finally:
-        os.close(fd)
-
-
-def _xattr(fs: CgroupFS, rel: str, names: Iterable[str]) -> bytes | None:
-    """The value of the first of ``names`` that ``rel`` carries (None: none; a directory
-    that cannot be opened carries none)."""
-    try:
-        fd = fs.open(rel, None, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        for name in names:
-            try:
-                return os.getxattr(fd, name)
-            except OSError as e:
-                if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
-                    continue
-                raise fs._error("read", rel, None, e) from e
-        return None
-    finally:
-        os.close(fd)
-
-
-def managed_by(fs: CgroupFS, rel: str) -> str | None:
-    """The subtree whose governor made ``rel`` (its :data:`MANAGED_XATTR`), or None."""
-    value = _xattr(fs, rel, (MANAGED_XATTR, MANAGED_XATTR_USER))
-    return None if value is None else value.decode("utf-8", "replace")
-
-
-def delegated_here(fs: CgroupFS, rel: str) -> bool:
-    """Whether ``rel`` itself was delegated (``trusted.delegate``/``user.delegate`` is 1,
-    as systemd marks a unit with Delegate=yes): what is below it is not governor's."""
-    value = _xattr(fs, rel, DELEGATE_XATTRS)
-    return value is not None and value.strip() in (b"1", b"yes", b"true")
 
 
 def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_CONTROLLERS,
@@ -176,82 +121,6 @@ def create(fs: CgroupFS, rel: str, controllers_wanted: Iterable[str] = MANAGED_C
     return made
 
 
-def managed_groups(fs: CgroupFS, subtree: Layout | str) -> list[str]:
-    """Tenants and their groups below ``subtree`` (a layout, or the subtree of the
-    ``cgroupfs`` layout), as logical paths (``tenant``, ``tenant/group``), tenants first;
-    see :meth:`Layout.groups`."""
-    return as_layout(subtree).groups(fs)
-
-
-class GroupLister:
-    """:func:`managed_groups` for a caller that lists at every pass (the sampler): the
-    listing is kept while inotify reports nothing made, removed or renamed in the subtree
-    or a tenant, so an unchanged tree costs one read(2) a pass instead of listing every
-    directory (on cgroup2 a listing also walks each group's interface files).
-
-    The watches are armed *before* each listing, so a change made while listing is seen
-    at the next call; a full event queue (IN_Q_OVERFLOW), a removed or renamed directory
-    and any other event make the next call list again.  Without inotify (no instances
-    left, a kernel without it) every call lists.  A watch is added through
-    ``/proc/self/fd`` of a directory opened beneath the cgroup root, like every other
-    access.  Not thread-safe: one caller.
-    """
-
-    def __init__(self, fs: CgroupFS, subtree: Layout | str) -> None:
-        self.fs = fs
-        self.layout = as_layout(subtree)
-        self.subtree = self.layout.subtree
-        self.relists = 0
-        self._cache: list[str] | None = None
-        self._ino: Inotify | None
-        try:
-            self._ino = Inotify()
-        except OSError:
-            self._ino = None
-
-    def close(self) -> None:
-        if self._ino is not None:
-            self._ino.close()
-            self._ino = None
-
-    def _watch(self, rel: str) -> bool:
-        assert self._ino is not None
-        try:
-            fd = self.fs.open(rel, None, os.O_PATH | os.O_DIRECTORY)
-        except OSError:
-            return False
-        try:
-            self._ino.add(f"/proc/self/fd/{fd}", DIR_CHANGES)
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-        return True
-
-    def list(self) -> list[str]:
-        if self._ino is None:
-            return self.layout.groups(self.fs)
-        if self._cache is not None and not self._ino.read():
-            return list(self._cache)
-        self._ino.read()  # what is queued is about to be looked at
-        self.relists += 1
-        if not self._watch(self.subtree):
-            self._cache = None  # no subtree (yet): nothing to watch, list each time
-            return self.layout.groups(self.fs)
-        out: list[str] = []
-        complete = True
-        for d in self.fs.children(self.subtree):
-            t = self.layout.tenant_of_dir(d)
-            if t is None:
-                continue
-            complete &= self._watch(f"{self.subtree}/{d}")
-            out.append(t)
-            with contextlib.suppress(CgroupError):
-                out.extend(f"{t}/{g}" for g in self.layout.groups_of_tenant(self.fs, t, d))
-        self._cache = out if complete else None
-        return list(out)
-
-
 def populated(fs: CgroupFS, rel: str) -> bool:
     """Whether ``rel`` or any descendant has live processes (``cgroup.events``)."""
     return parse_flat_keyed(fs.read(rel, "cgroup.events"), "cgroup.events").get(
@@ -272,22 +141,6 @@ def procs_below(fs: CgroupFS, rel: str, *, depth: int = 8) -> list[int]:
             with contextlib.suppress(GroupGone):
                 out.extend(procs_below(fs, f"{rel}/{child}", depth=depth - 1))
     return out
-
-
-def not_ours(fs: CgroupFS, rel: str, owner: str) -> str | None:
-    """Why ``rel`` or a directory below it is not governor's to remove (None: all of
-    them carry ``owner``'s mark and none was delegated)."""
-    if managed_by(fs, rel) != owner:
-        return (f"/{display_path(rel)} was not created by governor (no {MANAGED_XATTR} "
-                f"= {owner})")
-    if delegated_here(fs, rel):
-        return (f"/{display_path(rel)} is delegated (trusted.delegate): what is below it "
-                "is not governor's")
-    for child in fs.children(rel):
-        why = not_ours(fs, f"{rel}/{child}", owner)
-        if why is not None:
-            return why
-    return None
 
 
 def remove(fs: CgroupFS, rel: str, *, owner: str | None = None, retries: int = 8,
@@ -416,163 +269,3 @@ def move(fs: CgroupFS, rel: str, pid: int, *, retries: int = 3) -> None:
                 raise
             time.sleep(delay)
             delay *= 4
-
-
-def own_cgroup(proc_file: str = "/proc/thread-self/cgroup") -> str:
-    """The cgroup2 path of the calling thread, relative to the mount (``""``: the root),
-    from its ``0::`` line (as the kernel wrote it: not checked against the policy's name
-    rules; :meth:`CgroupFS.open_reported` opens it)."""
-    try:
-        with open(proc_file) as f:
-            text = f.read()
-    except OSError as e:
-        raise CgroupError("read", proc_file, None, e.errno or 0,
-                          hint="cannot read this thread's cgroup") from e
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip().strip("/")
-    raise CgroupError("read", proc_file, None, errno.ENOENT,
-                      hint="no cgroup2 line (0::) in it: is a cgroup2 hierarchy mounted?")
-
-
-class MigrationWarmer:
-    """No-op migrations that keep the kernel ready for the next move.
-
-    Every write of a pid to ``cgroup.procs`` (or of a tid to ``cgroup.threads``) takes the
-    kernel's ``cgroup_threadgroup_rwsem`` for writing.  Without the mount option
-    ``favordynmods`` that is a percpu rwsem whose readers (fork, exit) take a per-CPU fast
-    path, and a writer first switches them to the slow path, which waits for an RCU grace
-    period (``rcu_sync_enter``): measured on Linux 6.1, a move took 16 ms of wall time for
-    under a millisecond of work.  The switch back happens one grace period after the last
-    writer leaves, and a writer that comes before then does not wait at all.
-
-    :meth:`touch` is such a writer that changes nothing: it writes the calling thread's tid
-    to the ``cgroup.threads`` of the cgroup that thread is in.  The kernel takes the rwsem,
-    finds the thread already there and moves nothing.  Repeated at an interval shorter than a
-    grace period after a move, it keeps the next moves from waiting (what ``favordynmods``
-    does for good, only while moves are coming).  It can never move the daemon: should the
-    thread be elsewhere by now, ``cgroup.threads`` refuses to move a thread to another
-    resource domain (EOPNOTSUPP), and the path is looked up once more.
-
-    The rwsem taken for writing holds up forks and exits on the whole host for as long as
-    the write takes (microseconds: nothing is migrated), as every move does.
-
-    Two ways to write: :meth:`touch` from the calling thread, or, with the C accelerator,
-    :meth:`start_background` once and :meth:`moved` after each move: a POSIX thread of
-    ``_keepwarm`` (one per process) then writes its own tid every interval until the
-    deadline, without the GIL, and :meth:`stats` reports its writes and refusals.
-    """
-
-    def __init__(self, fs: CgroupFS, *, proc_file: str = "/proc/thread-self/cgroup") -> None:
-        self.fs = fs
-        self.proc_file = proc_file
-        self.rel: str | None = None
-        self._fd = -1
-        self.writes = 0
-        self.background = False  # the C thread writes (start_background)
-        self._retried = False
-        self._writes_at_retry = 0
-        self._refused_seen = 0
-        self._base: tuple[int, int] = (0, 0)
-        #: time.monotonic() of the end of the window, and of the last move or no-op write
-        self.until = 0.0
-        self.last_write = 0.0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.rel = None
-
-    # -- background mode: a thread of the C accelerator writes ---------------------------
-    def start_background(self, interval: float, *, _retry: bool = False) -> bool:
-        """Hand the writes to a POSIX thread of the C accelerator (it never takes the GIL);
-        :meth:`moved` then opens a window.  False without the accelerator (the caller
-        writes with :meth:`touch`); CgroupError when the cgroup cannot be opened."""
-        if _warm is None:
-            return False
-        fd = self._open()  # every thread of this process is in this cgroup
-        rel = self.rel
-        try:
-            _warm.warm_start(fd, max(1, int(interval * 1e9)))
-        finally:
-            self.close()  # the thread keeps its own dup
-        self.rel = rel  # where it writes
-        if not _retry:  # counts from here (the thread is one per process)
-            self._base = _warm.warm_stats()[:2]
-            self._refused_seen = self._base[1]
-            self._retried = False
-        self.background = True
-        return True
-
-    def moved(self, until: float) -> None:
-        """A move was just made: write until ``until`` (time.monotonic seconds)."""
-        self.until = until
-        self.last_write = time.monotonic()
-        if _warm is not None and self.background:
-            _warm.warm_until(int(until * 1e9))
-
-    def stats(self, interval: float) -> tuple[int, int, CgroupError | None]:
-        """The background thread's ``(writes, refused, error)``: ``error`` is set once per
-        new refusal (None otherwise).  A write refused because this process's cgroup
-        changed (EOPNOTSUPP, ENODEV, ENOENT) is first retried at the cgroup read again, as
-        :meth:`touch` does; only a refusal there is an error."""
-        if _warm is None or not self.background:
-            return self.writes, 0, None
-        writes, refused, err, tid = _warm.warm_stats()
-        result = (writes - self._base[0], refused - self._base[1])
-        if writes > self._writes_at_retry:
-            self._retried = False  # it wrote since: a later refusal gets its retry
-        new = refused > self._refused_seen
-        self._refused_seen = refused
-        if not new or not err:
-            return (*result, None)
-        if err in (errno.EOPNOTSUPP, errno.ENODEV, errno.ENOENT) and not self._retried:
-            self._retried = True
-            self._writes_at_retry = writes
-            try:
-                self.start_background(interval, _retry=True)  # read again, a new fd
-            except CgroupError as e:
-                return (*result, e)
-            if self.until > time.monotonic():  # the refusal closed the window: reopen
-                _warm.warm_until(int(self.until * 1e9))
-            return (*result, None)
-        return (*result, CgroupError(
-            "write", str(self.fs.root / (self.rel or "")), "cgroup.threads", err,
-            value=str(tid), hint=explain("write", "cgroup.threads", err)))
-
-    def stop_background(self) -> None:
-        if _warm is not None and self.background:
-            _warm.warm_stop()
-        self.background = False
-
-    def _error(self, e: OSError, rel: str, value: str | None = None) -> CgroupError:
-        err = e.errno or 0
-        return CgroupError("write", str(self.fs.root / rel), "cgroup.threads", err,
-                           value=value, hint=explain("write", "cgroup.threads", err))
-
-    def _open(self) -> int:
-        rel = self.rel = own_cgroup(self.proc_file)
-        try:
-            self._fd = self.fs.open_reported(rel, "cgroup.threads", os.O_WRONLY)
-        except OSError as e:
-            self.rel = None
-            raise self._error(e, rel) from e
-        return self._fd
-
-    def touch(self) -> None:
-        """One no-op write (this thread into its own cgroup); CgroupError when the kernel
-        refuses it twice (the second time after the thread's cgroup was looked up again)."""
-        data = str(threading.get_native_id()).encode()
-        for last in (False, True):
-            fd = self._fd if self._fd >= 0 else self._open()
-            try:
-                os.write(fd, data)
-                self.writes += 1
-                self.last_write = time.monotonic()
-                return
-            except OSError as e:
-                rel = self.rel or ""
-                self.close()  # moved or removed since: look again
-                if last or e.errno not in (errno.EOPNOTSUPP, errno.ENODEV, errno.ENOENT):
-                    raise self._error(e, rel, data.decode()) from e

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.managed import MANAGED_CONTROLLERS
-from governor.cgroupfs.tree import (
-    create,
-    enable_controllers,
-    mark_managed,
-    remove,
-)
+from governor.cgroupfs.ownership import mark_managed
+from governor.cgroupfs.tree import create, enable_controllers, remove
 from governor.enforce.plan import Action, Plan, enabled_by
 from governor.errors import CgroupError, GovernorError
 from governor.failpoint import failpoint

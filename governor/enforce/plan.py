@@ -37,13 +37,8 @@ from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.names import display_path
-from governor.cgroupfs.tree import (
-    ancestors,
-    delegated_here,
-    managed_by,
-    not_ours,
-    populated,
-)
+from governor.cgroupfs.ownership import delegated_here, managed_by, not_ours
+from governor.cgroupfs.tree import ancestors, populated
 from governor.controllers import memory, registry
 from governor.enforce.desired import DesiredGroup, DesiredState
 from governor.errors import CgroupError, GovernorError, GroupGone

@@ -39,8 +39,8 @@ from datetime import UTC, datetime, timedelta
 from governor.accel import load
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
+from governor.cgroupfs.listing import GroupLister
 from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
-from governor.cgroupfs.tree import GroupLister
 from governor.controllers import registry
 from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic

@@ -4,6 +4,7 @@ See docs/placement.md for the rules a user writes and the order they are applied
 """
 
 from governor.config import DEFAULT_EXCLUDE
-from governor.placement.placer import Counters, Placer
+from governor.placement.counters import Counters
+from governor.placement.placer import Placer
 
 __all__ = ["DEFAULT_EXCLUDE", "Counters", "Placer"]

@@ -14,9 +14,10 @@ Decisions (docs/placement.md has the user's version):
 * **Never moved**: kernel threads (PF_KTHREAD, or kthreadd's pid 2 and its children), the
   governor itself, and processes whose cgroup matches an exclusion glob (unless the rule
   that matches them names a ``cgroup``).
-* **Moves kept fast**: for ``keep_warm`` seconds after a move, the listener repeats a no-op
-  migration every ``keep_warm_interval`` (:class:`tree.MigrationWarmer`), so the next move
-  does not wait for an RCU grace period; ``favordynmods`` makes that wait go for good.
+* **Moves kept fast**: for ``keep_warm`` seconds after a move, the listener
+  (:mod:`governor.placement.listener`) repeats a no-op migration every
+  ``keep_warm_interval`` (:class:`governor.cgroupfs.keepwarm.MigrationWarmer`), so the next
+  move does not wait for an RCU grace period; ``favordynmods`` makes that wait go for good.
   The window opens only while at least ``keep_warm_min_rate`` moves were made within the
   last second (:class:`governor.placement.warm.KeepWarmGate`): below that rate its writes
   would cost more per move than the move itself.
@@ -38,70 +39,31 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final
 
-from governor.cgroupfs import mount, tree
+from governor.cgroupfs import tree
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.config import DEFAULT_EXCLUDE, KEEP_WARM_MIN_RATE
-from governor.errors import CgroupError, GovernorError
+from governor.errors import CgroupError
 from governor.placement import netlink
+from governor.placement.counters import Counters
+from governor.placement.listener import IDLE_TIMEOUT, Listener
 from governor.placement.procfs import KTHREADD_PID, Proc, ProcessGone, host_pidns, pids
 from governor.placement.rules import CompiledRule, ContainerView, Exclusions, RuleSet
-from governor.placement.warm import KeepWarmGate
 from governor.policy.model import Policy
+
+#: with IDLE_TIMEOUT, which moved to .listener and a test imports from here
+__all__ = ["FOLLOW_WINDOW", "IDLE_TIMEOUT", "Placer"]
 
 log = logging.getLogger("governor.placement")
 
 #: systemd's own units, left alone unless a rule's ``cgroup`` names them
 #: how long after a move a fork of the moved process is checked (children followed)
 FOLLOW_WINDOW: Final = 2.0
-#: the listener's receive timeout while no move is being kept fast (it checks for stop)
-IDLE_TIMEOUT: Final = 0.5
-#: how often the listener reads the keep_warm writer's counts (not once per datagram)
-WARM_STATS_EVERY: Final = 0.05
-#: results counted in :class:`Counters`
-RESULTS: Final = ("moved", "already", "gone", "error", "excluded")
 
 
-@dataclass
-class Counters:
-    """Plain counters for the exporter.  ``placements`` counts decisions by result:
-    ``moved``; ``already`` (decided, and the kernel had already put it there, e.g. a child
-    inheriting its parent's group); ``gone`` (exited or pid reused before the move);
-    ``error`` (the write failed otherwise); ``excluded`` (a rule matched but the process is
-    in an excluded cgroup).  ``events`` counts connector events by kind."""
-
-    placements: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
-    events: dict[str, int] = field(default_factory=dict)
-    rescans: int = 0
-    overflows: int = 0
-    handle_seconds: float = 0.0   # Python time spent handling events (for the mean)
-    handle_max_seconds: float = 0.0
-    #: the same by event kind ("exec", "fork", ...)
-    handle_seconds_by_event: dict[str, float] = field(default_factory=dict)
-    handle_max_seconds_by_event: dict[str, float] = field(default_factory=dict)
-    connector: bool = False
-    listener_nice: int | None = None  # the listener thread's nice once it was set
-    keep_warm_writes: int = 0         # no-op migrations that kept moves fast
-    keep_warm_errors: int = 0
-    keep_warm_windows: int = 0        # windows opened (moves at keep_warm_min_rate or more)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"placements": dict(self.placements), "events": dict(self.events),
-                "rescans": self.rescans, "overflows": self.overflows,
-                "handle_seconds": self.handle_seconds,
-                "handle_max_seconds": self.handle_max_seconds,
-                "handle_seconds_by_event": dict(self.handle_seconds_by_event),
-                "handle_max_seconds_by_event": dict(self.handle_max_seconds_by_event),
-                "connector": self.connector, "listener_nice": self.listener_nice,
-                "keep_warm_writes": self.keep_warm_writes,
-                "keep_warm_errors": self.keep_warm_errors,
-                "keep_warm_windows": self.keep_warm_windows}
-
-
-class Placer:
+class Placer(Listener):
     """Classifies and moves processes.  ``policy`` is a callable returning the policy in
     force (the daemon passes ``lambda: enforcer.policy``), re-read on every event so a
     reload takes effect at once; the rules are recompiled when it changes."""
@@ -115,7 +77,9 @@ class Placer:
                  keep_warm_interval: float = 0.004,
                  keep_warm_min_rate: int = KEEP_WARM_MIN_RATE,
                  start_scope: Callable[[str, int], None] | None = None) -> None:
-        self.fs = fs
+        super().__init__(fs, Counters(), proc_root=proc_root, nice=nice, keep_warm=keep_warm,
+                         keep_warm_interval=keep_warm_interval,
+                         keep_warm_min_rate=keep_warm_min_rate)
         self.layout = as_layout(subtree)
         self.subtree = self.layout.subtree
         #: the systemd driver: ``(tenant/group, pid)`` starts the group's scope (gone or
@@ -125,7 +89,6 @@ class Placer:
         self.proc_root = proc_root
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self.exclusions = Exclusions(exclude)
-        self.counters = Counters()
         self._rules_factory = rules_factory
         self._policy: Policy | None = None
         self.rules = RuleSet()
@@ -136,22 +99,9 @@ class Placer:
         self._ns_init: dict[int, tuple[int, int]] = {}  # ns -> (init pid, starttime)
         self._recent: dict[int, tuple[str, float]] = {}  # moved pid -> (target, when)
         self._lock = threading.RLock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._rescan_now = threading.Event()
         self._logged_errors: set[tuple[str, int]] = set()
         self.procs = tree.ProcsWriter(fs)  # cgroup.procs fds kept open per target group
-        #: nice value of the listener thread (None: left as it is); see _prioritise
-        self.nice = nice
-        self.listener_tid: int | None = None
-        #: seconds after a move during which the listener keeps moves fast (0: never), and
-        #: the interval of its no-op migrations (shorter than an RCU grace period)
-        self.keep_warm = keep_warm
-        self.keep_warm_interval = keep_warm_interval
-        #: opens the window only while moves come at keep_warm_min_rate a second or more
-        self.warm_gate = KeepWarmGate(keep_warm_min_rate)
-        self.warmer = tree.MigrationWarmer(fs, proc_file=f"{proc_root}/thread-self/cgroup")
-        self._warm_logged = False
 
     # -- policy --------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -337,16 +287,6 @@ class Placer:
                             if now - v[1] < FOLLOW_WINDOW}
         return "moved"
 
-    def _warm_after_move(self, now: float) -> None:
-        """Tell the warmer about a move while the gate has the window open (a move inside
-        an open window also counts as its write); a closed window stays closed."""
-        gate = self.warm_gate
-        opened = gate.opened
-        until = gate.moved(now, self.keep_warm)
-        self.counters.keep_warm_windows += gate.opened - opened
-        if until > now:
-            self.warmer.moved(until)
-
     # -- events --------------------------------------------------------------------------
     def _on_fork(self, parent: int, child: int) -> None:
         recent = self._recent.get(parent)
@@ -424,148 +364,8 @@ class Placer:
         return {k: v - before[k] for k, v in self.counters.placements.items()
                 if v != before[k]}
 
-    # -- the listener thread -------------------------------------------------------------
-    def start(self) -> bool:
-        """Rescan once, then follow connector events in a thread.  Returns False (and
-        relies on the periodic rescan) when the connector is unavailable."""
-        try:
-            conn = netlink.Connector(timeout=IDLE_TIMEOUT)
-        except OSError as e:
-            log.warning("process connector unavailable: placement relies on rescans",
-                        extra={"error": os.strerror(e.errno or 0)})
-            self.rescan()
-            return False
-        self.counters.connector = True
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._listen, args=(conn,),
-                                        name="placement-netlink", daemon=True)
-        self._thread.start()
-        self.rescan()  # after subscribing: nothing started meanwhile is missed
-        return True
-
-    def _prioritise(self) -> None:
-        """Give the listener thread its nice value (Linux: per thread, by its tid).  An
-        exec event is handled in a few hundred microseconds of CPU, but on a busy host the
-        thread first waits for a CPU, and every millisecond it waits the new process runs
-        outside its group: measured in the VM (bench/placement.py), nice -10 halved the
-        median exec-to-placed under load.  Lowering a nice value needs CAP_SYS_NICE: without
-        it the thread keeps its nice, and says so."""
-        if self.nice is None:
-            return
-        tid = self.listener_tid = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, self.nice)
-        except OSError as e:
-            log.warning("placement listener keeps its priority",
-                        extra={"nice": self.nice, "error": os.strerror(e.errno or 0),
-                               "fix": "run as root (CAP_SYS_NICE), or set [placement] "
-                                      "listener_nice = 0"})
-        else:
-            self.counters.listener_nice = os.getpriority(os.PRIO_PROCESS, tid)
-
-    def _warm_refused(self, e: Exception) -> None:
-        if not self._warm_logged:  # once: it would repeat after each move
-            self._warm_logged = True
-            log.warning("cannot keep moves fast: each move waits for a grace period",
-                        extra={"error": str(e),
-                               "fix": "set [placement] favordynmods = true, or keep_warm = 0 "
-                                      "to stop trying"})
-
-    def _start_warmer(self) -> None:
-        """The no-op migrations of keep_warm from the C accelerator's thread when there is
-        one (no GIL, no listener wake-ups); else the listener writes them (_keep_warm)."""
-        try:
-            self.warmer.start_background(self.keep_warm_interval)
-        except (CgroupError, OSError) as e:
-            self.counters.keep_warm_errors += 1
-            self._warm_refused(e)
-
-    def _warm_stats(self) -> None:
-        writes, refused, err = self.warmer.stats(self.keep_warm_interval)
-        self.counters.keep_warm_writes = writes
-        self.counters.keep_warm_errors = refused
-        if err is not None:
-            self._warm_refused(err)
-
-    def _keep_warm(self, conn: netlink.Connector, warm: bool) -> bool:
-        """While moves are recent, a no-op migration each ``keep_warm_interval`` (the
-        receive timeout is shortened to wake for it).  Returns whether it is warm now."""
-        w = self.warmer
-        now = time.monotonic()
-        if now >= w.until:
-            if warm:
-                conn.set_timeout(IDLE_TIMEOUT)
-            return False
-        if now - w.last_write >= self.keep_warm_interval:
-            try:
-                w.touch()
-            except (CgroupError, OSError) as e:
-                self.counters.keep_warm_errors += 1
-                w.until = 0.0
-                self._warm_refused(e)
-                if warm:
-                    conn.set_timeout(IDLE_TIMEOUT)
-                return False
-            self.counters.keep_warm_writes += 1
-        if not warm:
-            conn.set_timeout(self.keep_warm_interval)
-        return True
-
-    def _favordynmods(self) -> bool:
-        """Is the cgroup2 mount under ``fs.root`` in ``favordynmods`` mode?  (Then moves
-        never wait, and keep_warm would only cost.)"""
-        try:
-            entry = mount.cgroup2_mount_of(self.fs.root)
-        except (GovernorError, OSError):
-            return False
-        return mount.FAVORDYNMODS in entry.super_options
-
-    def _listen(self, conn: netlink.Connector) -> None:
-        self._prioritise()
-        if self.keep_warm > 0 and self._favordynmods():
-            log.info("keep_warm not needed: the cgroup2 mount has favordynmods",
-                     extra={"cgroup_root": str(self.fs.root)})
-            self.keep_warm = 0.0
-        if self.keep_warm > 0:
-            self._start_warmer()  # after _prioritise: its thread takes this one's nice
-        warm = False
-        stats_due = 0.0
-        try:
-            while not self._stop.is_set():
-                try:
-                    events = conn.receive()
-                except netlink.Overflow:
-                    self.counters.overflows += 1
-                    log.warning("process connector overflow: events lost, rescanning")
-                    self.rescan()
-                    continue
-                for ev in events:
-                    try:
-                        self.handle(ev)
-                    except Exception:
-                        log.exception("placement event failed", extra={"event": ev.name,
-                                                                       "pid": ev.pid})
-                if self.keep_warm <= 0:
-                    continue
-                if self.warmer.background:
-                    now = time.monotonic()
-                    if now >= stats_due:
-                        stats_due = now + WARM_STATS_EVERY
-                        self._warm_stats()
-                else:
-                    warm = self._keep_warm(conn, warm)
-        finally:
-            conn.close()
-            if self.warmer.background:
-                self._warm_stats()
-            self.warmer.stop_background()
-            self.warmer.close()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop()
         self.procs.close()
 
     def jobs(self, interval: float) -> list[tuple[str, float, Callable[[], object]]]:

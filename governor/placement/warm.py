@@ -1,6 +1,6 @@
 """When keep_warm's window opens: only while moves come fast enough to be worth it.
 
-A window of no-op migrations (:class:`governor.cgroupfs.tree.MigrationWarmer`) costs about
+A window of no-op migrations (:class:`governor.cgroupfs.keepwarm.MigrationWarmer`) costs about
 the same CPU each second it is open, whatever the spawn rate: up to one write each
 ``keep_warm_interval``, each mostly a timed wake-up (bench/keep_warm_cost.py).  Spread over
 the moves it serves, that is a large cost per move when moves are few (one move a second
