@@ -6,8 +6,8 @@ process's, so compare two commits with the same command on the same machine.
 
 First every module ``governor run`` imports: the command line (``governor.cli`` and the
 ``run`` command's module, as ``governor run`` loads them) and each module
-``governor/daemon.py`` imports anywhere, at its top or inside a function (read from its
-source, so the list follows the daemon).  VmRSS and VmHWM are printed then, with the
+``governor/daemon/`` imports anywhere, at its top or inside a function (read from its
+sources, so the list follows the daemon).  VmRSS and VmHWM are printed then, with the
 number of modules and the heaviest packages among them.
 
 Then the daemon's state for N groups, as ``bench/daemon_pass.py`` builds it: a fake
@@ -59,10 +59,10 @@ def show(label: str) -> None:
 
 
 def daemon_imports() -> list[str]:
-    """Every module governor/daemon.py imports (top level and inside functions)."""
-    tree = ast.parse((ROOT / "governor" / "daemon.py").read_text())
+    """Every module governor/daemon/ imports (top level and inside functions)."""
     names: list[str] = []
-    for node in ast.walk(tree):
+    for node in (n for p in sorted((ROOT / "governor" / "daemon").glob("*.py"))
+                 for n in ast.walk(ast.parse(p.read_text()))):
         if isinstance(node, ast.Import):
             names.extend(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -39,8 +39,8 @@ ENV = "GOVERNOR_FAILPOINTS"
 
 #: every failpoint placed in the code, and where (docs/operations.md lists them too)
 NAMES: dict[str, str] = {
-    "daemon.start": "governor/daemon.py Daemon.__init__: signal handlers installed and the "
-                    "instance lock taken, before the start-up's set-up (database, driver)",
+    "daemon.start": "governor/daemon/run.py Daemon.__init__: signal handlers installed and "
+                    "the instance lock taken, before the start-up's set-up (database, driver)",
     "enforce.apply.write": "governor/enforce/apply.py: before each cgroupfs write or create "
                            "of a plan (policy apply, reload, reconcile)",
     "metering.sample.group": "governor/metering/sampler.py: after each group read in a "
@@ -51,8 +51,8 @@ NAMES: dict[str, str] = {
                                 "samples committed, before metering",
     "store.spool.after_commit": "governor/store/spool.py Spool.drain: a spooled batch "
                                 "committed, before the journal records it as drained",
-    "store.meter.before_commit": "governor/daemon.py: interval usage, rollups and anchors "
-                                 "written by meter(), transaction not yet committed",
+    "store.meter.before_commit": "governor/daemon/passes.py: interval usage, rollups and "
+                                 "anchors written by meter(), transaction not yet committed",
 }
 
 

@@ -30,7 +30,7 @@ def test_malloc_arena_max_from_the_environment_wins(monkeypatch: pytest.MonkeyPa
 def test_the_daemon_path_never_loads_the_orm(tmp_path: Path) -> None:
     """Issue #16: ``sqlalchemy.orm`` (with the declarative models, 7 MiB resident) is not
     part of ``governor run``: not among its imports (the run command's module and every
-    module governor/daemon.py imports, anywhere in it), nor loaded by what a pass does
+    module governor/daemon/ imports, anywhere in it), nor loaded by what a pass does
     with the store (samples stored and metered, a policy and its prices recorded, an OOM
     event, the cost gauge's invoice, retention).  The reporting models still load it."""
     code = f"""
@@ -39,7 +39,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from governor.cli import _load, main_group
 _load(main_group, "run")
-for node in ast.walk(ast.parse(Path({str(REPO / "governor/daemon.py")!r}).read_text())):
+for node in (n for p in sorted(Path({str(REPO / "governor/daemon")!r}).glob("*.py"))
+             for n in ast.walk(ast.parse(p.read_text()))):
     if isinstance(node, ast.Import):
         for a in node.names:
             importlib.import_module(a.name)
