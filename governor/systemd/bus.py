@@ -20,22 +20,47 @@ made, so importing this module (for the error classes or :func:`sd_booted`) cost
 from __future__ import annotations
 
 import contextlib
-import errno as _errno
-import itertools
 import os
 import posixpath
 import re
-import socket
 import stat
-import struct
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from governor.errors import GovernorError
+from governor.systemd.connection import SYSTEM_BUS, TRANSPORT_ERRORS, BusClient, Connection
+from governor.systemd.errors import (
+    ERR_NO_SUCH_UNIT,
+    ERR_NO_UNIT_FOR_PID,
+    ERR_UNIT_EXISTS,
+    BusUnavailable,
+    NoSuchUnit,
+    SystemdError,
+    UnitExists,
+    error_from_reply,
+    job_error,
+)
+from governor.systemd.messages import (
+    MANAGER_IFACE,
+    MANAGER_PATH,
+    UNIT_IFACE,
+    DBusValue,
+    Property,
+    check_encodable,
+    job_removed_rule,
+    msg_add_match,
+    msg_attach_processes,
+    msg_get_property,
+    msg_get_unit,
+    msg_get_unit_by_pid,
+    msg_load_unit,
+    msg_remove_match,
+    msg_reset_failed_unit,
+    msg_set_unit_properties,
+    msg_start_transient_unit,
+    msg_stop_unit,
+    msg_subscribe,
+)
 
 if TYPE_CHECKING:
     from jeepney import Message
@@ -52,128 +77,14 @@ __all__ = [
     "parse_version",
     "sd_booted",
 ]
-
-#: a D-Bus variant as jeepney writes it: (signature, value), e.g. ("t", 67108864)
-DBusValue = tuple[str, object]
-#: a unit property for StartTransientUnit / SetUnitProperties: ("MemoryMax", ("t", 67108864))
-Property = tuple[str, DBusValue]
-
-SYSTEM_BUS = "/run/dbus/system_bus_socket"
-
-BUS_NAME = "org.freedesktop.systemd1"
-MANAGER_PATH = "/org/freedesktop/systemd1"
-MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
-UNIT_IFACE = "org.freedesktop.systemd1.Unit"
-PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-DBUS_NAME = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
-
-ERR_UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
-ERR_NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
-ERR_NO_UNIT_FOR_PID = "org.freedesktop.systemd1.NoUnitForPID"
-
-BUS_FIX = "is dbus running? (systemctl status dbus.socket)"
-
-#: fixes for D-Bus error names; ``{unit}`` is filled in
-_ERROR_FIXES: dict[str, str] = {
-    ERR_UNIT_EXISTS: "the unit is already active: reuse it, or stop it first "
-    "(systemctl stop {unit})",
-    ERR_NO_SUCH_UNIT: "the unit is not loaded (systemctl status {unit})",
-    ERR_NO_UNIT_FOR_PID: "the process belongs to no loaded unit, or has exited",
-    "org.freedesktop.systemd1.NoSuchProcess": "the process has exited (or lives in another "
-    "PID namespace)",
-    "org.freedesktop.systemd1.UnitMasked": "the unit is masked (systemctl unmask {unit})",
-    "org.freedesktop.systemd1.TransactionIsDestructive": "a conflicting job is queued: "
-    "retry, or use mode 'replace' (systemctl list-jobs)",
-    "org.freedesktop.DBus.Error.AccessDenied": "run governor as root: systemd refuses unit "
-    "changes from unprivileged callers",
-    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": "run governor as root: "
-    "systemd refuses unit changes from unprivileged callers",
-    "org.freedesktop.DBus.Error.InvalidArgs": "a unit name, property name, value or D-Bus "
-    "signature is wrong for this systemd (systemctl --version; systemd.resource-control(5))",
-    "org.freedesktop.DBus.Error.PropertyReadOnly": "this property cannot be changed at runtime",
-    "org.freedesktop.DBus.Error.UnknownProperty": "this systemd has no such property "
-    "(systemctl --version)",
-    "org.freedesktop.DBus.Error.UnknownInterface": "the unit has no such interface (a slice "
-    "is org.freedesktop.systemd1.Slice, a scope org.freedesktop.systemd1.Scope)",
-    "org.freedesktop.DBus.Error.ServiceUnknown": "systemd is not on this bus: is it PID 1? "
-    "(test -d /run/systemd/system)",
-    "org.freedesktop.DBus.Error.NameHasNoOwner": "systemd is not on this bus: is it PID 1? "
-    "(test -d /run/systemd/system)",
-    "org.freedesktop.DBus.Error.NoReply": "systemd did not answer in time: is it busy or "
-    "hung? (systemctl list-jobs)",
-    "org.freedesktop.DBus.Error.LimitsExceeded": "the bus refused the call: too many "
-    "connections or match rules (journalctl -u dbus)",
-}
-
-#: fixes for a job's result other than "done"
-_JOB_FIXES: dict[str, str] = {
-    "failed": "see systemctl status {unit} and journalctl -u {unit}",
-    "timeout": "the unit's own start/stop timeout expired (systemctl status {unit})",
-    "canceled": "another job replaced it (a concurrent start or stop of {unit}); retry",
-    "dependency": "a unit it depends on failed, for a slice or scope its parent slice "
-    "(systemctl --failed)",
-    "skipped": "the unit's start condition was not met (systemctl status {unit})",
-    "invalid": "the job does not apply to this unit (systemctl status {unit})",
-}
-
-
-class SystemdError(GovernorError):
-    """A call to systemd failed.
-
-    ``unit`` is the unit the call was about (``None`` for manager-wide calls), ``method`` the
-    D-Bus method (or ``connect``), ``name`` the D-Bus error name (``None`` when the failure was
-    not a D-Bus error reply: a job result, a timeout, a lost connection), ``detail`` systemd's
-    own message and ``fix`` what to do about it, when known.
-    """
-
-    def __init__(
-        self,
-        unit: str | None,
-        method: str,
-        detail: str,
-        *,
-        name: str | None = None,
-        fix: str | None = None,
-    ) -> None:
-        self.unit = unit
-        self.method = method
-        self.name = name
-        self.detail = detail
-        self.fix = fix
-        msg = f"systemd {method}"
-        if unit:
-            msg += f" of {unit}"
-        msg += f": {detail}"
-        if name:
-            msg += f" [{name}]"
-        if fix:
-            msg += f" (fix: {fix})"
-        super().__init__(msg)
-
-
-class UnitExists(SystemdError):
-    """A unit of that name is already loaded (and, from start_transient_unit, active)."""
-
-
-class NoSuchUnit(SystemdError):
-    """The unit is not loaded (or, from unit_by_pid, no unit holds the process)."""
-
-
-class BusUnavailable(SystemdError):
-    """The system bus socket cannot be connected to (or refused to authenticate us)."""
-
-    def __init__(self, socket_path: str, err: int, detail: str = "") -> None:
-        self.socket_path = socket_path
-        self.errno = err
-        code = _errno.errorcode.get(err, str(err))
-        text = detail or os.strerror(err)
-        super().__init__(
-            None,
-            "connect",
-            f"cannot connect to the system bus at {socket_path}: [{code}] {text}",
-            fix=BUS_FIX,
-        )
+# defined in errors.py and messages.py; tests/unit/test_systemd_bus.py reads them here
+__all__ += [
+    "ERR_NO_SUCH_UNIT",
+    "ERR_NO_UNIT_FOR_PID",
+    "ERR_UNIT_EXISTS",
+    "error_from_reply",
+    "msg_subscribe",
+]
 
 
 def sd_booted(run_dir: str = "/run/systemd/system") -> bool:
@@ -202,130 +113,6 @@ def parse_version(text: str) -> int:
     return int(m.group(1))
 
 
-def error_from_reply(
-    name: str | None, body: Sequence[object], unit: str | None, method: str
-) -> SystemdError:
-    """The :class:`SystemdError` (or subclass) for a D-Bus error reply of ``method``."""
-    detail = body[0] if body and isinstance(body[0], str) else (name or "unknown error")
-    fix = _ERROR_FIXES.get(name or "")
-    if fix is not None:
-        fix = fix.format(unit=unit or "UNIT")
-    cls: type[SystemdError] = SystemdError
-    if name == ERR_UNIT_EXISTS:
-        cls = UnitExists
-    elif name in (ERR_NO_SUCH_UNIT, ERR_NO_UNIT_FOR_PID):
-        cls = NoSuchUnit
-    return cls(unit, method, detail, name=name, fix=fix)
-
-
-def job_error(unit: str, method: str, job: str, result: str) -> SystemdError:
-    """The error for a job that finished with ``result`` other than ``done``."""
-    fix = _JOB_FIXES.get(result)
-    return SystemdError(
-        unit,
-        method,
-        f"job {job} finished with result {result!r}",
-        fix=fix.format(unit=unit) if fix else None,
-    )
-
-
-# ---- message construction (pure: no I/O; the tests check each call's signature and body) ----
-
-
-def _message(
-    member: str,
-    signature: str | None = None,
-    body: tuple[object, ...] = (),
-    *,
-    path: str = MANAGER_PATH,
-    interface: str = MANAGER_IFACE,
-    destination: str = BUS_NAME,
-) -> Message:
-    """A method call message to ``destination`` (systemd's Manager by default)."""
-    from jeepney import DBusAddress, new_method_call
-
-    addr = DBusAddress(path, bus_name=destination, interface=interface)
-    return new_method_call(addr, member, signature, body)
-
-
-def msg_start_transient_unit(name: str, mode: str, properties: Sequence[Property]) -> Message:
-    # the last argument, aux units, is unused by systemd for most unit types: empty
-    return _message(
-        "StartTransientUnit",
-        "ssa(sv)a(sa(sv))",
-        (name, mode, [(k, v) for k, v in properties], []),
-    )
-
-
-def msg_set_unit_properties(name: str, runtime: bool, properties: Sequence[Property]) -> Message:
-    return _message(
-        "SetUnitProperties", "sba(sv)", (name, runtime, [(k, v) for k, v in properties])
-    )
-
-
-def msg_attach_processes(unit: str, subcgroup: str, pids: Sequence[int]) -> Message:
-    return _message("AttachProcessesToUnit", "ssau", (unit, subcgroup, list(pids)))
-
-
-def msg_stop_unit(name: str, mode: str) -> Message:
-    return _message("StopUnit", "ss", (name, mode))
-
-
-def msg_reset_failed_unit(name: str) -> Message:
-    return _message("ResetFailedUnit", "s", (name,))
-
-
-def msg_get_unit(name: str) -> Message:
-    return _message("GetUnit", "s", (name,))
-
-
-def msg_load_unit(name: str) -> Message:
-    return _message("LoadUnit", "s", (name,))
-
-
-def msg_get_unit_by_pid(pid: int) -> Message:
-    return _message("GetUnitByPID", "u", (pid,))
-
-
-def msg_subscribe() -> Message:
-    return _message("Subscribe")
-
-
-def msg_get_property(path: str, interface: str, prop: str) -> Message:
-    return _message("Get", "ss", (interface, prop), path=path, interface=PROPERTIES_IFACE)
-
-
-def job_removed_rule(unit: str) -> str:
-    """The bus match rule for systemd's ``JobRemoved`` signals about ``unit``.
-
-    JobRemoved(u id, o job, s unit, s result): ``arg2`` narrows it to this unit, so an idle
-    connection is not sent every job on the host.
-    """
-    from jeepney import MatchRule
-
-    rule = MatchRule(
-        type="signal",
-        sender=BUS_NAME,
-        interface=MANAGER_IFACE,
-        member="JobRemoved",
-        path=MANAGER_PATH,
-    )
-    rule.add_arg_condition(2, unit)
-    return str(rule.serialise())
-
-
-def msg_add_match(rule: str) -> Message:
-    return _message(
-        "AddMatch", "s", (rule,), path=DBUS_PATH, interface=DBUS_NAME, destination=DBUS_NAME
-    )
-
-
-def msg_remove_match(rule: str) -> Message:
-    return _message(
-        "RemoveMatch", "s", (rule,), path=DBUS_PATH, interface=DBUS_NAME, destination=DBUS_NAME
-    )
-
-
 def _subcgroup(subcgroup: str) -> str:
     """AttachProcessesToUnit's sub-cgroup: "" (the unit's own cgroup) or a clean absolute path."""
     if subcgroup in ("", "/"):
@@ -336,105 +123,13 @@ def _subcgroup(subcgroup: str) -> str:
     return path
 
 
-# ---- the client ----
-
-_T = TypeVar("_T")
-
-#: errors that mean the connection is gone (a reconnect may help), as opposed to a timeout
-_DISCONNECT_ERRNOS = frozenset(
-    {_errno.EBADF, _errno.ENOTCONN, _errno.EPIPE, _errno.ECONNRESET, _errno.ECONNABORTED}
-)
-#: what the socket and jeepney's parser raise on a broken exchange (garbage on the wire gives
-#: KeyError, struct.error, ValueError, ...)
-_TRANSPORT_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, struct.error)
-
-
-def _is_disconnect(exc: BaseException) -> bool:
-    if isinstance(exc, TimeoutError):
-        return False
-    if isinstance(exc, ConnectionError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _DISCONNECT_ERRNOS
-
-
 def _str_arg(body: Sequence[object], unit: str | None, method: str) -> str:
     if body and isinstance(body[0], str):
         return body[0]
     raise SystemdError(unit, method, f"unexpected reply {body!r} (expected one string)")
 
 
-def msg_hello() -> Message:
-    return _message("Hello", path=DBUS_PATH, interface=DBUS_NAME, destination=DBUS_NAME)
-
-
-class _Connection:
-    """One authenticated bus connection, every wait bounded by a deadline.
-
-    jeepney serialises and parses the messages (``Message.serialise``, ``Parser``); this only
-    moves the bytes, so that ``Hello`` too has a time limit (jeepney's blocking
-    ``DBusConnection`` sends it with none) and signals that arrive while a reply is awaited are
-    kept when ``match`` wants them.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        from jeepney import Parser
-
-        self.sock = sock
-        self.parser = Parser()
-        self.serials = itertools.count(1)
-        #: signals kept while ``match`` is set (everything else not a reply is dropped)
-        self.match: Callable[[Message], bool] | None = None
-        self.signals: deque[Message] = deque()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _receive(self, deadline: float) -> Message:
-        while True:
-            msg = self.parser.get_next_message()
-            if msg is not None:
-                return msg
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no message from the bus in time")
-            self.sock.settimeout(remaining)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionResetError(_errno.ECONNRESET, "the bus closed the connection")
-            self.parser.add_data(data)
-
-    def _dispatch(self, msg: Message) -> None:
-        from jeepney import MessageType
-
-        if (
-            msg.header.message_type is MessageType.signal
-            and self.match is not None
-            and self.match(msg)
-        ):
-            self.signals.append(msg)
-
-    def call(self, msg: Message, timeout: float) -> Message:
-        """Send ``msg`` and return its reply (method return or error)."""
-        from jeepney import HeaderFields
-
-        deadline = time.monotonic() + timeout
-        serial = next(self.serials)
-        self.sock.settimeout(timeout)
-        self.sock.sendall(msg.serialise(serial=serial))
-        while True:
-            reply = self._receive(deadline)
-            if reply.header.fields.get(HeaderFields.reply_serial) == serial:
-                return reply
-            self._dispatch(reply)
-
-    def next_signal(self, deadline: float) -> Message:
-        """The next kept signal; ``TimeoutError`` past ``deadline``."""
-        while not self.signals:
-            self._dispatch(self._receive(deadline))
-        return self.signals.popleft()
-
-
-class Systemd:
+class Systemd(BusClient):
     """A client of systemd's Manager on the system bus.
 
     Connects lazily on the first call; :meth:`close` (or leaving a ``with`` block) closes.
@@ -450,117 +145,8 @@ class Systemd:
     """
 
     def __init__(self, socket_path: str = SYSTEM_BUS, *, timeout: float = 30.0) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self._lock = threading.RLock()
-        self._conn: _Connection | None = None
+        super().__init__(socket_path, timeout=timeout)
         self._version: int | None = None
-
-    # -- connection --
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def __enter__(self) -> Systemd:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.close()
-
-    def _connect(self) -> _Connection:
-        from jeepney import AuthenticationError
-        from jeepney.io.blocking import prep_socket
-
-        try:
-            sock = prep_socket(self.socket_path, timeout=self.timeout)
-        except OSError as exc:  # ENOENT, ECONNREFUSED, EACCES; TimeoutError while authenticating
-            err = exc.errno or (_errno.ETIMEDOUT if isinstance(exc, TimeoutError) else _errno.EIO)
-            raise BusUnavailable(self.socket_path, err, exc.strerror or str(exc)) from exc
-        except AuthenticationError as exc:
-            raise BusUnavailable(
-                self.socket_path, _errno.EACCES, f"authentication refused: {exc}"
-            ) from exc
-        conn = _Connection(sock)
-        try:
-            self._roundtrip(conn, msg_hello(), None, "Hello")
-            # systemd emits JobRemoved only while some client is subscribed
-            self._roundtrip(conn, msg_subscribe(), None, "Subscribe")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _roundtrip(
-        self, conn: _Connection, msg: Message, unit: str | None, method: str
-    ) -> tuple[Any, ...]:
-        """Send ``msg``, wait (bounded) for its reply; a D-Bus error reply is raised mapped."""
-        from jeepney import HeaderFields, MessageType
-
-        reply = conn.call(msg, self.timeout)
-        if reply.header.message_type is MessageType.error:
-            name = reply.header.fields.get(HeaderFields.error_name)
-            raise error_from_reply(name, reply.body, unit, method)
-        return tuple(reply.body)
-
-    def _with_connection(
-        self, unit: str | None, method: str, op: Callable[[_Connection], _T]
-    ) -> _T:
-        """Run ``op(connection)``; reconnect once if the connection turns out closed.
-
-        Transport failures become :class:`SystemdError` and drop the connection (a timed-out
-        exchange may leave half a message behind); D-Bus error replies come out of
-        :meth:`_roundtrip` already mapped and leave the connection as it is.
-        """
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._conn is None:
-                        self._conn = self._connect()
-                    return op(self._conn)
-                except SystemdError:
-                    raise
-                except _TRANSPORT_ERRORS as exc:
-                    self._drop()
-                    if _is_disconnect(exc) and attempt == 1:
-                        continue
-                    raise self._transport_error(unit, method, exc) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    def _transport_error(self, unit: str | None, method: str, exc: BaseException) -> SystemdError:
-        if isinstance(exc, TimeoutError):
-            return SystemdError(
-                unit,
-                method,
-                f"no reply from systemd within {self.timeout:g} s",
-                fix="is systemd busy or hung? (systemctl list-jobs)",
-            )
-        if _is_disconnect(exc):
-            return SystemdError(
-                unit,
-                method,
-                f"the bus connection to {self.socket_path} was lost, and again after a "
-                f"reconnect: {exc}",
-                fix=BUS_FIX,
-            )
-        return SystemdError(unit, method, f"bus protocol error: {exc}")
-
-    def _call(self, unit: str | None, method: str, msg: Message) -> tuple[Any, ...]:
-        _check_encodable(unit, method, msg)
-        return self._with_connection(unit, method, lambda c: self._roundtrip(c, msg, unit, method))
 
     # -- jobs --
 
@@ -577,7 +163,7 @@ class Systemd:
         if not wait:
             self._call(unit, method, msg)
             return
-        _check_encodable(unit, method, msg)
+        check_encodable(unit, method, msg)
         from jeepney import MatchRule
 
         rule = job_removed_rule(unit)
@@ -586,7 +172,7 @@ class Systemd:
         )
         local.add_arg_condition(2, unit)
 
-        def begin(conn: _Connection) -> tuple[_Connection, str]:
+        def begin(conn: Connection) -> tuple[Connection, str]:
             self._roundtrip(conn, msg_add_match(rule), unit, "AddMatch")
             conn.signals.clear()
             conn.match = local.matches
@@ -611,7 +197,7 @@ class Systemd:
                     f"timed out waiting for job {job} after {self.timeout:g} s",
                     fix=f"is systemd busy? (systemctl list-jobs; systemctl status {unit})",
                 ) from exc
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 self._drop()
                 state = self.unit_active_state(unit)  # reconnects
                 if (state == "active") if starting else (state in (None, "inactive")):
@@ -630,14 +216,14 @@ class Systemd:
         if result != "done":
             raise job_error(unit, method, job, str(result))
 
-    def _wait_job(self, conn: _Connection, job: str) -> object:
+    def _wait_job(self, conn: Connection, job: str) -> object:
         deadline = time.monotonic() + self.timeout
         while True:
             body = conn.next_signal(deadline).body
             if len(body) >= 4 and body[1] == job:
                 return body[3]
 
-    def _remove_match(self, conn: _Connection, rule: str) -> None:
+    def _remove_match(self, conn: Connection, rule: str) -> None:
         """Best effort: a match dies with its connection anyway."""
         if conn is not self._conn:
             return
@@ -645,7 +231,7 @@ class Systemd:
             self._roundtrip(conn, msg_remove_match(rule), None, "RemoveMatch")
         except SystemdError:
             pass
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             self._drop()
 
     # -- the API --
@@ -766,23 +352,6 @@ class Systemd:
         with self._lock:
             body = self._call(who, "GetUnitByPID", msg_get_unit_by_pid(pid))
             return str(self._get(who, _str_arg(body, who, "GetUnitByPID"), UNIT_IFACE, "Id"))
-
-
-def _check_encodable(unit: str | None, method: str, msg: Message) -> None:
-    """Serialise once up front, so a bad argument is a clear error and not a broken send."""
-    from jeepney import HeaderFields
-
-    try:
-        msg.serialise(serial=1)
-    except (TypeError, ValueError, KeyError, IndexError, struct.error, OverflowError) as exc:
-        sig = msg.header.fields.get(HeaderFields.signature)
-        raise SystemdError(
-            unit,
-            method,
-            f"cannot encode the arguments as D-Bus {sig!r}: {exc!r}",
-            fix="each property is (name, (signature, value)), e.g. "
-            "('MemoryMax', ('t', 67108864)); org.freedesktop.systemd1(5) lists the types",
-        ) from exc
 
 
 _TYPE_INTERFACES = {
