@@ -12,10 +12,11 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from governor.billing.errors import InvalidPeriod
+from governor.billing.focus import render_focus
 from governor.billing.formats import FORMATS, render_invoices, render_usage
 from governor.billing.plans import PolicyLike
-from governor.billing.report import By, Invoice
-from governor.billing.service import make_invoices, read_usage
+from governor.billing.report import GRANULARITIES, By, Granularity, Invoice, SlicedInvoice
+from governor.billing.service import make_invoices, make_sliced_invoices, read_usage
 from governor.clikit import config_options
 from governor.config import Config
 
@@ -62,13 +63,23 @@ def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: da
 
 
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
-             end: datetime, fmt: str = "table", out: TextIO | None = None) -> list[Invoice]:
+             end: datetime, fmt: str = "table", by: Granularity | None = None,
+             out: TextIO | None = None) -> list[Invoice] | list[SlicedInvoice]:
     """Print the invoices of ``tenant`` (or of every tenant of the policy and database,
-    see :func:`governor.billing.service.make_invoices`) and return them.  A progress bar
-    shows on stderr when stdout is a terminal."""
+    see :func:`governor.billing.service.make_invoices`) and return them.  ``fmt`` focus
+    writes FinOps FOCUS rows per node and per ``by`` (hour, day or month; default month:
+    :func:`governor.billing.service.make_sliced_invoices`); the other formats show one
+    line per group, resource and price version, so ``by`` is for focus only.  A progress
+    bar shows on stderr when stdout is a terminal."""
     from rich.console import Console
     from rich.progress import Progress
 
+    if by is not None and fmt != "focus":
+        raise InvalidPeriod(f"--by {by} slices the rows of --format focus only (--format "
+                            f"{fmt} shows one line per group, resource and price version "
+                            f"for the whole period): use --format focus, or leave --by out")
+    if by is not None and by not in GRANULARITIES:
+        raise InvalidPeriod(f"--by {by!r}: use hour, day or month")
     out = out or sys.stdout
     progress = Progress(console=Console(stderr=True), transient=True)
     task = progress.add_task("billing")
@@ -79,11 +90,19 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
             progress.start()
 
     try:
-        invoices = make_invoices(database_url, policy, tenant=tenant, start=start, end=end,
-                                 tenants_known=known,
-                                 invoiced=lambda _: progress.advance(task))
+        if fmt == "focus":
+            sliced = make_sliced_invoices(database_url, policy, tenant=tenant, start=start,
+                                          end=end, by=by or "month", tenants_known=known,
+                                          invoiced=lambda _: progress.advance(task))
+        else:
+            invoices = make_invoices(database_url, policy, tenant=tenant, start=start,
+                                     end=end, tenants_known=known,
+                                     invoiced=lambda _: progress.advance(task))
     finally:
         progress.stop()
+    if fmt == "focus":
+        render_focus(sliced, out)
+        return sliced
     render_invoices(invoices, fmt, out)
     return invoices
 
@@ -118,15 +137,21 @@ def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str |
 @_period
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table",
               show_default=True)
+@click.option("--by", type=click.Choice(list(GRANULARITIES)), default=None,
+              help="with --format focus: one row per node and UTC hour, day or month "
+                   "(ChargePeriodStart/End)  [default: month]")
 def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
-                 end: str | None, period: str | None, fmt: str) -> None:
+                 end: str | None, period: str | None, fmt: str,
+                 by: Granularity | None) -> None:
     """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
-    or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS columns."""
+    or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS 1.0 rows, per node
+    and per ``--by`` hour, day or month."""
     from governor.policy import load_policy
 
     c = cfg()
     a, b = parse_period(period, start, end)
-    run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt)
+    run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt,
+             by=by)
 
 
 def register(main: click.Group) -> None:

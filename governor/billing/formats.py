@@ -1,8 +1,5 @@
-"""Rendering usage reports and invoices: table (rich), csv, json and FinOps FOCUS.
-
-FOCUS (https://focus.finops.org) rows are one per invoice line; governor bills list prices
-with no discounts or commitments, so BilledCost = EffectiveCost = ListCost.  Output as CSV.
-"""
+"""Rendering usage reports and invoices: table (rich), csv and json; the FinOps FOCUS
+format (``focus``, one of :data:`FORMATS`) is :mod:`governor.billing.focus`'s."""
 
 from __future__ import annotations
 
@@ -21,14 +18,6 @@ from governor.billing.generic import USAGE_COLUMNS
 from governor.billing.report import Invoice, UsageReport
 
 FORMATS: Final = ("table", "csv", "json", "focus")
-
-FOCUS_COLUMNS: Final = (
-    "BilledCost", "EffectiveCost", "ListCost", "ListUnitPrice", "ConsumedQuantity",
-    "ConsumedUnit", "PricingQuantity", "PricingUnit", "ChargePeriodStart", "ChargePeriodEnd",
-    "BillingPeriodStart", "BillingPeriodEnd", "BillingCurrency", "ChargeCategory",
-    "ChargeDescription", "ResourceId", "ResourceName", "ServiceName", "ServiceCategory",
-    "SkuId", "ProviderName", "PublisherName", "InvoiceIssuerName", "SubAccountId", "Tags",
-)
 
 _LINE_FIELDS: Final = ("tenant", "group", "resource", "quantity", "unit", "unit_price",
                        "amount", "currency", "charge_start", "charge_end")
@@ -54,30 +43,6 @@ def invoice_rows(inv: Invoice) -> list[dict[str, Any]]:
             for line in inv.lines]
 
 
-def focus_rows(inv: Invoice) -> list[dict[str, Any]]:
-    rows = []
-    for line in inv.lines:
-        rows.append({
-            "BilledCost": line.amount, "EffectiveCost": line.amount, "ListCost": line.amount,
-            "ListUnitPrice": line.unit_price,
-            "ConsumedQuantity": line.quantity, "ConsumedUnit": line.unit,
-            "PricingQuantity": line.quantity, "PricingUnit": line.unit,
-            "ChargePeriodStart": line.charge_start, "ChargePeriodEnd": line.charge_end,
-            "BillingPeriodStart": inv.start, "BillingPeriodEnd": inv.end,
-            "BillingCurrency": inv.currency, "ChargeCategory": "Usage",
-            "ChargeDescription": f"{line.resource} of {line.path} ({inv.plan}, "
-                                 f"memory basis {inv.memory_basis})" if line.resource == "memory"
-                                 else f"{line.resource} of {line.path} ({inv.plan})",
-            "ResourceId": f"governor:{line.path}", "ResourceName": line.path,
-            "ServiceName": "governor", "ServiceCategory": "Compute",
-            "SkuId": f"{inv.plan}/{line.resource}/v{line.price_version}",
-            "ProviderName": "governor", "PublisherName": "governor",
-            "InvoiceIssuerName": "governor", "SubAccountId": inv.tenant,
-            "Tags": json.dumps({"tenant": inv.tenant, "group": line.group}, sort_keys=True),
-        })
-    return rows
-
-
 def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO) -> None:
     w = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
     w.writeheader()
@@ -89,7 +54,8 @@ def render_invoices(invoices: Sequence[Invoice], fmt: str, out: TextIO) -> None:
     if fmt == "csv":
         _csv([r for inv in invoices for r in invoice_rows(inv)], _LINE_FIELDS, out)
     elif fmt == "focus":
-        _csv([r for inv in invoices for r in focus_rows(inv)], FOCUS_COLUMNS, out)
+        raise ValueError("the focus format is written from sliced invoices: "
+                         "governor.billing.focus.render_focus")
     elif fmt == "json":
         doc = [{"tenant": inv.tenant, "plan": inv.plan, "currency": inv.currency,
                 "memory_basis": inv.memory_basis, "start": _iso(inv.start),

@@ -6,14 +6,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 
 from governor.billing.history import with_recorded_prices
 from governor.billing.plans import PolicyLike
-from governor.billing.report import By, Invoice, UsageReport, invoice, usage_report
-from governor.store.db import check_schema, connect, database_errors, session_factory
+from governor.billing.report import (
+    By,
+    Granularity,
+    Invoice,
+    SlicedInvoice,
+    UsageReport,
+    invoice,
+    sliced_invoice,
+    usage_report,
+)
+from governor.store.db import (
+    Executor,
+    check_schema,
+    connect,
+    database_errors,
+    session_factory,
+)
 from governor.store.models import Tenant
+
+_Bill = TypeVar("_Bill", Invoice, SlicedInvoice)
 
 
 def read_usage(database_url: str, *, tenant: str | None, start: datetime, end: datetime,
@@ -39,6 +57,32 @@ def make_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
     (:mod:`governor.billing.history`: a past bill never follows a later edit of the
     policy), else from ``policy``.  ``tenants_known(n)`` is called once the tenants to
     bill are known, ``invoiced(invoice)`` after each (a progress bar)."""
+    def bill(session: Executor, priced: PolicyLike, t: str) -> Invoice:
+        return invoice(session=session, policy=priced, tenant=t, start=start, end=end)
+
+    return _bills(database_url, policy, tenant, bill=bill, tenants_known=tenants_known,
+                  invoiced=invoiced)
+
+
+def make_sliced_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
+                         start: datetime, end: datetime, by: Granularity,
+                         tenants_known: Callable[[int], None] | None = None,
+                         invoiced: Callable[[SlicedInvoice], None] | None = None
+                         ) -> list[SlicedInvoice]:
+    """:func:`make_invoices`, each invoice split per node and per hour, day or month
+    (:func:`governor.billing.report.sliced_invoice`): what ``--format focus`` writes."""
+    def bill(session: Executor, priced: PolicyLike, t: str) -> SlicedInvoice:
+        return sliced_invoice(session=session, policy=priced, tenant=t, start=start,
+                              end=end, by=by)
+
+    return _bills(database_url, policy, tenant, bill=bill, tenants_known=tenants_known,
+                  invoiced=invoiced)
+
+
+def _bills(database_url: str, policy: PolicyLike, tenant: str | None, *,
+           bill: Callable[[Executor, PolicyLike, str], _Bill],
+           tenants_known: Callable[[int], None] | None,
+           invoiced: Callable[[_Bill], None] | None) -> list[_Bill]:
     engine = connect(database_url)
     try:
         with database_errors(database_url, "read"), session_factory(engine)() as session:
@@ -51,10 +95,9 @@ def make_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
                 tenants = sorted(set(policy.tenants) | metered)
             if tenants_known is not None:
                 tenants_known(len(tenants))
-            invoices: list[Invoice] = []
+            invoices: list[_Bill] = []
             for t in tenants:
-                invoices.append(invoice(session=session, policy=policy, tenant=t,
-                                        start=start, end=end))
+                invoices.append(bill(session, policy, t))
                 if invoiced is not None:
                     invoiced(invoices[-1])
         return invoices

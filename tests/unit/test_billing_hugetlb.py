@@ -14,9 +14,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from governor.billing.focus import render_focus
 from governor.billing.formats import render_to_string, render_usage
 from governor.billing.history import record_price_plans, with_recorded_prices
-from governor.billing.report import invoice, usage_report
+from governor.billing.report import invoice, sliced_invoice, usage_report
 from governor.metering.catchup import meter
 from governor.policy import PolicyInvalid, parse_policy
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
@@ -99,15 +100,18 @@ def test_the_bill_prices_hugetlb_per_gib_hour_in_every_format(session) -> None: 
     assert (line.quantity, line.unit, line.unit_price, line.amount) == (
         D("6.000000000"), "GiB-hour", D("0.125"), D("0.75"))
     assert inv.total == D("0.75")
-    for fmt in ("csv", "json", "focus", "table"):
+    for fmt in ("csv", "json", "table"):
         assert "hugetlb" in render_to_string([inv], fmt), fmt
     [row] = [r for r in json.loads(render_to_string([inv], "json"))[0]["lines"]
              if r["resource"] == "hugetlb"]
     assert (row["resource"], row["quantity"], row["unit"], row["amount"]) == (
         "hugetlb", "6.000000000", "GiB-hour", "0.75")
-    focus = list(csv.DictReader(io.StringIO(render_to_string([inv], "focus"))))
-    [row] = [r for r in focus if r["SkuId"] == "std/hugetlb/v0"]
-    assert row["PricingUnit"] == "GiB-hour" and row["BilledCost"] == "0.75"
+    out = io.StringIO()
+    render_focus([sliced_invoice(session=session, policy=_policy(_version("0.125")),
+                                 tenant="acme", start=T0, end=T0 + timedelta(hours=3))], out)
+    focus = list(csv.DictReader(io.StringIO(out.getvalue())))
+    [row] = [r for r in focus if r["SkuPriceId"] == "std/hugetlb/v0"]
+    assert row["PricingUnit"] == "GiB-Hours" and row["BilledCost"] == "0.75"
 
 
 def test_a_plan_without_the_key_bills_it_at_zero(session) -> None:  # noqa: F811

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from governor.billing.cli import bill_command, parse_period, run_bill, usage_command
 from governor.billing.errors import InvalidPeriod, NoPricePlan, UnknownTenant
-from governor.billing.formats import FOCUS_COLUMNS, render_to_string
-from governor.billing.report import invoice, usage_report
+from governor.billing.focus import FOCUS_COLUMNS, render_focus
+from governor.billing.formats import render_to_string
+from governor.billing.report import invoice, sliced_invoice, usage_report
 from governor.metering.catchup import meter
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.service import apply_retention, record_applied_policy, record_samples
@@ -191,17 +192,21 @@ def test_usage_report_by_hour_day_node(session):  # noqa: F811
 
 def test_focus_columns(session):  # noqa: F811
     _meter(session)
-    inv = invoice(session=session, policy=_policy(), tenant="acme", start=T0, end=T3)
-    rows = list(csv.DictReader(io.StringIO(render_to_string([inv], "focus"))))
+    inv = sliced_invoice(session=session, policy=_policy(), tenant="acme", start=T0, end=T3)
+    out = io.StringIO()
+    render_focus([inv], out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert tuple(rows[0]) == FOCUS_COLUMNS
     cpu = rows[0]
     assert cpu["BilledCost"] == cpu["EffectiveCost"] == cpu["ListCost"] == "0.12"
-    assert cpu["ConsumedQuantity"] == "3.000000000" and cpu["ConsumedUnit"] == "core-hour"
+    assert cpu["ConsumedQuantity"] == "3.000000000" and cpu["ConsumedUnit"] == "Core-Hours"
     assert cpu["ChargeCategory"] == "Usage" and cpu["BillingCurrency"] == "EUR"
     assert cpu["ChargePeriodStart"] == "2026-11-01T00:00:00Z"
     assert cpu["BillingPeriodEnd"] == "2026-11-01T03:00:00Z"
-    assert json.loads(cpu["Tags"]) == {"tenant": "acme", "group": "web"}
-    assert cpu["ResourceId"] == "governor:acme/web" and cpu["ServiceName"] == "governor"
+    assert json.loads(cpu["Tags"]) == {"governor/tenant": "acme", "governor/group": "web",
+                                       "governor/node": "n1"}
+    assert cpu["ResourceId"] == "governor://n1/acme/web"
+    assert cpu["ServiceName"] == "governor compute"
 
 
 def test_json_and_csv_formats(session):  # noqa: F811
@@ -398,13 +403,17 @@ def test_storage_in_every_bill_format(session):  # noqa: F811
     assert (line["quantity"], line["unit"], line["amount"]) == ("15.000000000", "GiB-hour",
                                                                 "0.02")
     assert doc[0]["total"] == str(inv.total)
-    rows = list(csv.DictReader(io.StringIO(render_to_string([inv], "focus"))))
-    [focus] = [r for r in rows if r["SkuId"] == "std/storage/v0"]
+    out = io.StringIO()
+    render_focus([sliced_invoice(session=session, policy=_storage_policy("0.001"),
+                                 tenant="acme", start=T0, end=T3)], out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    [focus] = [r for r in rows if r["SkuPriceId"] == "std/storage/v0"]
     assert (focus["BilledCost"], focus["ListUnitPrice"], focus["ConsumedQuantity"],
             focus["ConsumedUnit"], focus["PricingUnit"]) == (
-        "0.02", "0.001", "15.000000000", "GiB-hour", "GiB-hour")
-    assert focus["ChargeDescription"] == "storage of acme/web (std)"
-    assert focus["ResourceId"] == "governor:acme/web"
+        "0.02", "0.001", "15.000000000", "GiB-Hours", "GiB-Hours")
+    assert focus["ChargeDescription"] == "container writable layers of acme/web on n1 (plan std v0)"
+    assert focus["ResourceId"] == "governor://n1/acme/web"
+    assert focus["ServiceCategory"] == "Storage"
     table = render_to_string([inv], "table")
     [cells] = [[c.strip() for c in ln.split("│")[1:-1]] for ln in table.splitlines()
                if "storage" in ln]

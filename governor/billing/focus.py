@@ -1,0 +1,191 @@
+"""FinOps FOCUS 1.0 output of bills (``governor bill --format focus [--by hour|day|month]``).
+
+FOCUS (https://focus.finops.org, the 1.0 specification's columns in
+``specification/columns/``) is a CSV of *charges*: here one row per group, resource, price
+version, node and slice of a :class:`~governor.billing.report.SlicedInvoice`.  The version is
+1.0 because it is the newest that ``focus-validator`` validates on Python 3.11 (its 1.0.0
+release; its 2.x releases, for later FOCUS versions, need Python 3.12);
+``tests/unit/test_billing_focus.py`` runs it on this output and requires zero failures.
+
+Semantics (docs/billing.md, "FOCUS"):
+
+* every row is a usage charge (ChargeCategory ``Usage``, ChargeFrequency ``Usage-Based``,
+  ChargeClass null: governor never corrects a past period, a past bill never changes) at
+  list prices (PricingCategory ``Standard``): BilledCost = EffectiveCost = ListCost =
+  ContractedCost = the row's share of its invoice line, so the rows add up to the invoice's
+  total exactly, and ListUnitPrice = ContractedUnitPrice = the plan's price;
+* the billing account is the tenant, the sub account its group (null for the tenant's own
+  cgroup), the resource a group's cgroup on one node;
+* units follow FOCUS's UnitFormat (``Core-Hours``, ``GiB-Hours``, ``GiB``, ``Kills``);
+  PricingQuantity is what was billed, ConsumedQuantity what was metered (they differ for
+  memory billed by reservation);
+* governor has no regions, availability zones or commitment discounts: those columns are
+  present (the validator requires them) and null.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, TextIO
+
+from governor.billing.report import SlicedInvoice
+
+#: the FOCUS version written, and the focus-validator release that checks it
+FOCUS_VERSION: Final = "1.0"
+FOCUS_VALIDATOR: Final = "1.0.0"
+
+#: every column of FOCUS 1.0 (its 43 column IDs), in alphabetical order (the specification's
+#: Column Naming and Ordering allows it); no custom (``x_``) columns
+FOCUS_COLUMNS: Final = (
+    "AvailabilityZone", "BilledCost", "BillingAccountId", "BillingAccountName",
+    "BillingCurrency", "BillingPeriodEnd", "BillingPeriodStart", "ChargeCategory",
+    "ChargeClass", "ChargeDescription", "ChargeFrequency", "ChargePeriodEnd",
+    "ChargePeriodStart", "CommitmentDiscountCategory", "CommitmentDiscountId",
+    "CommitmentDiscountName", "CommitmentDiscountStatus", "CommitmentDiscountType",
+    "ConsumedQuantity", "ConsumedUnit", "ContractedCost", "ContractedUnitPrice",
+    "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice", "PricingCategory",
+    "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "RegionId",
+    "RegionName", "ResourceId", "ResourceName", "ResourceType", "ServiceCategory",
+    "ServiceName", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
+)
+
+#: resource -> (ServiceCategory, what the charge is, for ChargeDescription); a resource of
+#: a controller module not listed here is "Other" and described by its name
+SERVICES: Final[dict[str, tuple[str, str]]] = {
+    "cpu": ("Compute", "CPU time"),
+    "memory": ("Compute", "memory"),
+    "hugetlb": ("Compute", "huge pages"),
+    "oom_kill": ("Compute", "OOM kills"),
+    "storage": ("Storage", "container writable layers"),
+    "io_read": ("Storage", "block IO read"),
+    "io_write": ("Storage", "block IO written"),
+}
+#: the ServiceCategory values of FOCUS 1.0
+SERVICE_CATEGORIES: Final = (
+    "AI and Machine Learning", "Analytics", "Business Applications", "Compute", "Databases",
+    "Developer Tools", "Multicloud", "Identity", "Integration", "Internet of Things",
+    "Management and Governance", "Media", "Migration", "Mobile", "Networking", "Security",
+    "Storage", "Web", "Other")
+#: FOCUS UnitFormat: data sizes keep their abbreviation (singular and plural alike)
+_SIZES: Final = frozenset(f"{p}{u}" for p in ("", "K", "M", "G", "T", "P", "E",
+                                              "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+                          for u in ("B", "b"))
+_TIMES: Final = frozenset(("second", "minute", "hour", "day", "month", "year"))
+#: the prefix of the tags governor defines (FOCUS 1.0 Tags: provider-defined keys carry one)
+TAG_PREFIX: Final = "governor/"
+PROVIDER: Final = "governor"
+
+
+def focus_unit(unit: str) -> str:
+    """A bill's unit in FOCUS's UnitFormat: ``core-hour`` -> ``Core-Hours``,
+    ``GiB-hour`` -> ``GiB-Hours``, ``GiB`` -> ``GiB``, ``kill`` -> ``Kills``."""
+    def noun(word: str) -> str:
+        return word if word in _SIZES else word[:1].upper() + word[1:]
+
+    head, _, tail = unit.rpartition("-")
+    if head and tail.lower() in _TIMES:
+        return f"{noun(head)}-{tail.capitalize()}s"
+    if unit in _SIZES:
+        return unit
+    word = noun(unit)
+    return word if word.endswith("s") else word + "s"
+
+
+def service(resource: str) -> tuple[str, str, str]:
+    """``(ServiceCategory, ServiceName, description)`` of a resource."""
+    category, what = SERVICES.get(resource, ("Other", resource))
+    return category, f"{PROVIDER} {category.lower()}", what
+
+
+def _iso(dt: datetime) -> str:
+    """FOCUS Date/Time Format: ``YYYY-MM-DDTHH:mm:ssZ`` (a bill's times are whole seconds
+    at the finest: a window given to the microsecond keeps them after the seconds)."""
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def focus_rows(inv: SlicedInvoice, *, provider: str = PROVIDER) -> list[dict[str, Any]]:
+    """The FOCUS rows of ``inv`` (None: null), one per charge."""
+    rows: list[dict[str, Any]] = []
+    for c in inv.charges:
+        category, service_name, what = service(c.resource)
+        unit = focus_unit(c.unit)
+        grouped = "/" in c.path
+        basis = f", memory basis {inv.memory_basis}" if c.resource == "memory" else ""
+        tags = {f"{TAG_PREFIX}tenant": inv.tenant, f"{TAG_PREFIX}node": c.node}
+        if grouped:
+            tags[f"{TAG_PREFIX}group"] = c.group
+        rows.append({
+            "AvailabilityZone": None,
+            "BilledCost": c.amount,
+            "BillingAccountId": inv.tenant,
+            "BillingAccountName": inv.tenant,
+            "BillingCurrency": inv.currency,
+            "BillingPeriodEnd": inv.end,
+            "BillingPeriodStart": inv.start,
+            "ChargeCategory": "Usage",
+            "ChargeClass": None,
+            "ChargeDescription": f"{what} of {c.path} on {c.node} "
+                                 f"(plan {inv.plan} v{c.price_version}{basis})",
+            "ChargeFrequency": "Usage-Based",
+            "ChargePeriodEnd": c.charge_end,
+            "ChargePeriodStart": c.charge_start,
+            "CommitmentDiscountCategory": None,
+            "CommitmentDiscountId": None,
+            "CommitmentDiscountName": None,
+            "CommitmentDiscountStatus": None,
+            "CommitmentDiscountType": None,
+            "ConsumedQuantity": c.consumed,
+            "ConsumedUnit": unit,
+            "ContractedCost": c.amount,
+            "ContractedUnitPrice": c.unit_price,
+            "EffectiveCost": c.amount,
+            "InvoiceIssuerName": provider,
+            "ListCost": c.amount,
+            "ListUnitPrice": c.unit_price,
+            "PricingCategory": "Standard",
+            "PricingQuantity": c.quantity,
+            "PricingUnit": unit,
+            "ProviderName": provider,
+            "PublisherName": provider,
+            "RegionId": None,
+            "RegionName": None,
+            "ResourceId": f"{provider}://{c.node}/{c.path}",
+            "ResourceName": f"{c.path} on {c.node}",
+            "ResourceType": "cgroup",
+            "ServiceCategory": category,
+            "ServiceName": service_name,
+            "SkuId": f"{inv.plan}/{c.resource}",
+            "SkuPriceId": f"{inv.plan}/{c.resource}/v{c.price_version}",
+            "SubAccountId": c.path if grouped else None,
+            "SubAccountName": c.group if grouped else None,
+            "Tags": json.dumps(tags, sort_keys=True),
+        })
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""  # CSV's null (FOCUS Null Handling: no placeholder values)
+    if isinstance(v, Decimal):
+        # never E notation (str() writes 1E-7), and always a decimal point: FOCUS types
+        # these columns Decimal, and readers (pandas, so focus-validator) take a column of
+        # whole numbers (a JPY bill, a price of 1) for integers
+        text = format(v, "f")
+        return text if "." in text else text + ".0"
+    if isinstance(v, datetime):
+        return _iso(v)
+    return str(v)
+
+
+def render_focus(invoices: Sequence[SlicedInvoice], out: TextIO, *,
+                 provider: str = PROVIDER) -> None:
+    """The FOCUS CSV of ``invoices``: the header, then every invoice's rows."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(FOCUS_COLUMNS)
+    for inv in invoices:
+        for row in focus_rows(inv, provider=provider):
+            w.writerow([_cell(row[c]) for c in FOCUS_COLUMNS])
