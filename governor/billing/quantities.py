@@ -1,19 +1,35 @@
-"""Reading hourly rollups over an arbitrary period, with exact integer shares.
+"""Reading usage over an arbitrary period, with exact integer shares.
 
-Bills and usage reports read **only** ``rollups_hourly`` (plus the applied policies for
-reservations), never raw samples, so retention of raw data cannot change a past bill.
+Bills and usage reports read the **whole hours** of a period from ``rollups_hourly`` (plus
+the applied policies for reservations), never raw samples.
 
-A period boundary inside an hour takes that hour's share by time: the piece ``[p, q)`` of the
-hour starting at ``h`` gets ``floor(T*(q-h)/H) - floor(T*(p-h)/H)`` of a quantity ``T``
-(``H`` = one hour in microseconds).  The pieces of an hour cut at any set of points therefore
-add up to exactly ``T``: adjacent periods neither lose nor double a unit.  Within an hour the
-group's usage is taken to be spread evenly (the rollup does not keep finer detail).
+An hour that a period boundary (or a price or reservation change) cuts -- an **edge hour**
+-- is read from the stored intervals (``usage_intervals``) that lie in it, per node and
+group (:func:`edge_hour`): an interval inside a piece counts whole, and one that a cut
+point crosses is split by its exact time share, as the meter split it on hour boundaries
+(:func:`governor.metering.rollup.split_interval`): the part of an interval ``[s, e)`` with
+total ``T`` before ``t`` is ``floor(T*(t-s)/(e-s))``, so the piece ``[p, q)`` gets
+``cum(q) - cum(p)``.  The pieces of an interval, and so of an hour, cut at any set of points
+add up to exactly its total: adjacent periods neither lose nor double a unit, and a report
+up to now holds every interval stored so far, exactly (issue #18: the current hour is not
+prorated by wall time).
+
+The intervals are used only where they account for the hour's rollup exactly (their parts
+in the hour sum to the rollup's covered time and every billed quantity); where retention
+pruned them (``usage_intervals`` is kept ``retention_raw``, 14 days by default; the rollups
+for ever), or they do not match, the hour falls back to its rollup's time share: the piece
+``[p, q)`` of the hour starting at ``h`` gets ``floor(T*(q-h)/H) - floor(T*(p-h)/H)``
+(``H`` = one hour in microseconds, :func:`share`), the usage taken to be spread evenly in
+the hour.  The choice is made per node, group and hour from the stored rows alone, never
+from the period, so every period sees the same split of an hour.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -32,14 +48,17 @@ from sqlalchemy import (
     func,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.exc import OperationalError
 
 from governor.controllers import registry
 from governor.store.db import connection_of
+from governor.store.service import chunks
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import rollups_hourly as _ROLLUPS
 from governor.store.tables import tenants as _TENANTS
+from governor.store.tables import usage_intervals as _USAGE
 
 if TYPE_CHECKING:
     from governor.store.db import Executor
@@ -105,6 +124,152 @@ def share(total: int, hour: datetime, p: datetime, q: datetime) -> int:
     a = _us(max(p, hour) - hour)
     b = _us(min(q, hour + HOUR) - hour)
     return total * b // HOUR_US - total * a // HOUR_US
+
+
+#: the ``usage_intervals`` column of each :data:`FIELDS` entry: an interval's covered time
+#: is its ``duration_us``, split on hours by wall-clock time as its quantities are
+_IV_COLUMNS: Final = tuple("duration_us" if f == "covered_us" else f for f in FIELDS)
+
+
+def hour_points(hour: datetime, cuts: Iterable[datetime]) -> list[datetime]:
+    """The hour's start, the ``cuts`` strictly inside it (sorted, once each) and its end:
+    the bounds of the hour's segments."""
+    return [hour, *sorted({c for c in cuts if hour < c < hour + HOUR}), hour + HOUR]
+
+
+def split_parts(values: Sequence[int], start: datetime, end: datetime,
+                points: Sequence[datetime]) -> list[list[int]] | None:
+    """The parts of an interval ``[start, end)``'s ``values`` in each segment between
+    consecutive ``points``, each by its exact time share (cumulative flooring on the
+    interval's wall-clock microseconds, as the meter splits it on hours); None for an
+    interval without length (the meter puts it in no hour)."""
+    length = _us(end - start)
+    if length <= 0:
+        return None
+    offs = [min(max(_us(p - start), 0), length) for p in points]
+    out: list[list[int]] = [[0] * len(values) for _ in range(len(points) - 1)]
+    for j, v in enumerate(values):
+        cum = [v * o // length for o in offs]
+        for i in range(len(points) - 1):
+            out[i][j] = cum[i + 1] - cum[i]
+    return out
+
+
+@dataclasses.dataclass(slots=True)
+class EdgeHour:
+    """One node's and group's usage in an edge hour: ``segments[i]`` the :data:`FIELDS`
+    values of the segment ``[points[i], points[i + 1])`` (:func:`hour_points`)."""
+
+    keys: tuple[Any, ...]
+    segments: list[list[int]]
+    #: True: from the stored intervals; False: the rollup's time share (intervals pruned
+    #: or not matching the rollup)
+    from_intervals: bool
+
+
+def _add_into(acc: list[int], values: Sequence[int]) -> None:
+    for j, v in enumerate(values):
+        acc[j] += int(v)
+
+
+def _interval_parts(session: Executor, hour: datetime, points: Sequence[datetime],
+                    pairs: Iterable[tuple[int, int]]
+                    ) -> dict[tuple[int, int], list[list[int]]]:
+    """Per ``(node_id, group_id)`` of ``pairs``: the :data:`FIELDS` values of the stored
+    intervals overlapping ``hour``, in each segment between ``points`` and (last) in the
+    whole hour.
+
+    Read by the intervals' key (node, group, end): those ending inside the hour (the ones
+    inside one segment summed in SQL, the others split here) and the one after it that
+    starts inside it (an interval overlaps the hour's end at most once per group)."""
+    u = _USAGE.c
+    end_h = hour + HOUR
+    nseg = len(points) - 1
+    cols = [u[c] for c in _IV_COLUMNS]
+    out: dict[tuple[int, int], list[list[int]]] = {}
+
+    def acc(pair: tuple[int, int]) -> list[list[int]]:
+        got = out.get(pair)
+        if got is None:
+            got = out[pair] = [[0] * len(FIELDS) for _ in range(nseg + 1)]
+        return got
+
+    def add_row(pair: tuple[int, int], start: datetime, end: datetime,
+                values: Sequence[int]) -> None:
+        parts = split_parts([int(v) for v in values], start, end, points)
+        if parts is None:
+            return
+        a = acc(pair)
+        for i, part in enumerate(parts):   # the segments partition the hour
+            _add_into(a[i], part)
+            _add_into(a[nseg], part)
+
+    seg = case(*((and_(u.start_ts >= points[i], u.end_ts <= points[i + 1]), i)
+                 for i in range(nseg)), else_=None)
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for node_id, group_id in pairs:
+        by_node[node_id].append(group_id)
+    for node_id, gids in by_node.items():
+        for chunk in chunks(sorted(gids)):
+            ending = (u.node_id == node_id, u.group_id.in_(chunk), u.end_ts > hour,
+                      u.end_ts <= end_h)
+            inner = select(u.group_id, seg.label("seg"), *cols).where(*ending).subquery()
+            q = (select(inner.c.group_id, inner.c.seg,
+                        *(func.sum(inner.c[c]) for c in _IV_COLUMNS))
+                 .where(inner.c.seg.is_not(None))
+                 .group_by(inner.c.group_id, inner.c.seg))
+            for row in session.execute(q):
+                a = acc((node_id, row[0]))
+                _add_into(a[int(row[1])], row[2:])
+                _add_into(a[nseg], row[2:])
+            q = select(u.group_id, u.start_ts, u.end_ts, *cols).where(*ending, seg.is_(None))
+            for row in session.execute(q):
+                add_row((node_id, row[0]), row[1], row[2], row[3:])
+            # the interval across the hour's end, if any: the first to end after it
+            nxt = (select(func.min(u.end_ts)).where(
+                u.node_id == node_id, u.group_id == _GROUPS.c.id, u.end_ts > end_h)
+                .scalar_subquery())
+            after = [(g, e) for g, e in session.execute(
+                select(_GROUPS.c.id, nxt).where(_GROUPS.c.id.in_(chunk))) if e is not None]
+            for sub in chunks(after, 500):
+                for row in session.execute(select(u.group_id, u.start_ts, u.end_ts, *cols)
+                                           .where(u.node_id == node_id,
+                                                  tuple_(u.group_id, u.end_ts).in_(sub))):
+                    if row[1] < end_h:
+                        add_row((node_id, row[0]), row[1], row[2], row[3:])
+    return out
+
+
+def edge_hour(*, session: Executor, hour: datetime, cuts: Iterable[datetime],
+              where: Sequence[ColumnElement[bool]],
+              keys: Sequence[KeyColumn] = ()) -> dict[tuple[int, int], EdgeHour]:
+    """The usage of ``hour`` cut at ``cuts`` per ``(node_id, group_id)`` of its rollups
+    (joined with ``groups`` and ``tenants``, filtered by ``where``; ``keys`` columns
+    returned with each): from the stored intervals where they account for the rollup
+    exactly, else the rollup's time share (the module's rule)."""
+    points = hour_points(hour, cuts)
+    r = _ROLLUPS.c
+    q = (select(r.node_id, r.group_id, *keys, *(r[f] for f in FIELDS))
+         .select_from(_ROLLUPS).join(_GROUPS, _GROUPS.c.id == r.group_id)
+         .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+         .where(r.hour == hour, *where))
+    rollups: dict[tuple[int, int], tuple[tuple[Any, ...], list[int]]] = {}
+    for row in session.execute(q):
+        rollups[(row[0], row[1])] = (tuple(row[2:2 + len(keys)]),
+                                     [int(v) for v in row[2 + len(keys):]])
+    if not rollups:
+        return {}
+    found = _interval_parts(session, hour, points, rollups)
+    nseg = len(points) - 1
+    out: dict[tuple[int, int], EdgeHour] = {}
+    for pair, (kv, totals) in rollups.items():
+        got = found.get(pair)
+        if got is not None and got[nseg] == totals:
+            out[pair] = EdgeHour(kv, got[:nseg], True)
+        else:
+            out[pair] = EdgeHour(kv, [[share(v, hour, a, b) for v in totals]
+                                      for a, b in itertools.pairwise(points)], False)
+    return out
 
 
 #: SQLite's SUM() of integers stops with "integer overflow" past 2**63 - 1 (a year of a
@@ -192,11 +357,13 @@ def _sum_range(
     for hour in sorted(partial):
         if hour + HOUR <= start or hour >= end:
             continue
-        q = base.where(_ROLLUPS.c.hour == hour)
-        for row in session.execute(q.group_by(*keys)):
-            values = [share(v, hour, start, end) for v in exact(row[len(keys):], split)]
-            t = out.setdefault(tuple(row[: len(keys)]), Totals())
-            t.add(_totals(Totals, values))
+        points = hour_points(hour, (start, end))
+        inside = [i for i, (a, b) in enumerate(itertools.pairwise(points))
+                  if start <= a and b <= end]
+        for eh in edge_hour(session=session, hour=hour, cuts=(start, end), where=where,
+                            keys=keys).values():
+            values = [sum(eh.segments[i][j] for i in inside) for j in range(len(FIELDS))]
+            out.setdefault(eh.keys, Totals()).add(_totals(Totals, values))
     return out
 
 
@@ -350,21 +517,25 @@ def _sum_pieces(
     finally:
         if res is not None:
             res.drop(connection_of(session), checkfirst=True)
-    if partial:
-        q2 = select(h.node_id, h.group_id, h.hour, *(getattr(h, f) for f in FIELDS)).where(
-            h.group_id.in_(select(gid)), h.hour.in_(partial))
-        for row in session.execute(q2):
-            node_id, group_id, hour = row[0], row[1], row[2]
-            for i, (a, b) in enumerate(pieces):
-                if b <= hour or a >= hour + HOUR:
+    bounds = [start, *(b for _, b in pieces)]
+    for hour in partial:
+        points = hour_points(hour, bounds)
+        # the piece of each segment of the hour (None: outside the period)
+        piece_of = [next((i for i, (a, b) in enumerate(pieces) if a <= p and q <= b), None)
+                    for p, q in itertools.pairwise(points)]
+        for (node_id, group_id), eh in edge_hour(
+                session=session, hour=hour, cuts=bounds,
+                where=[h.group_id.in_(select(gid))]).items():
+            for piece, values in zip(piece_of, eh.segments, strict=True):
+                if piece is None:
                     continue
-                part = _totals(PieceTotals, [share(int(v), hour, a, b) for v in row[3:]])
-                rv = reserved.get((node_id, group_id, i)) if reserved else None
+                part = _totals(PieceTotals, values)
+                rv = reserved.get((node_id, group_id, piece)) if reserved else None
                 if rv is not None and part.memory_byte_seconds * 1_000_000 < rv * part.covered_us:
                     part.covered_reserved_us = part.covered_us
                 else:
                     part.mem_usage_wins = part.memory_byte_seconds
-                key = (node_id, group_id, i)
+                key = (node_id, group_id, piece)
                 acc = out.get(key)
                 if acc is None:
                     out[key] = part
