@@ -1,4 +1,5 @@
-"""Usage reports and invoices, read from hourly rollups (see :mod:`.quantities`).
+"""Usage reports and invoices, read from hourly rollups and, for the hours a period or a
+price or reservation change cuts, from the stored intervals (see :mod:`.quantities`).
 
 **Rounding rule** (the only one): every invoice line's amount is computed exactly (integer
 usage times the Decimal unit price, as a fraction), then rounded once, half-even, to the
@@ -354,8 +355,10 @@ def usage_report(*, session: Executor, tenant: str | None = None, start: datetim
                  end: datetime, by: By = "group") -> UsageReport:
     """Usage (no prices) over ``[start, end)`` per tenant and ``by`` (hour, day, group, node).
 
-    Hours and days are UTC; the first and last hour take their exact share when the period
-    does not start or end on the hour.
+    Hours and days are UTC; when the period does not start or end on the hour, its first
+    and last hour are read from the stored intervals in it (so a period ending now holds
+    every interval stored so far), or their rollup's exact time share where the intervals
+    were pruned (:mod:`.quantities`).
     """
     _check_period(start, end)
     where: list[ColumnElement[bool]] = []

@@ -244,8 +244,10 @@ def apply_retention(*, session: Executor, before: datetime) -> RetentionResult:
     """Drop raw samples, their io and values rows and interval usage (its generic
     quantities too) older than ``before``.
 
-    Hourly rollups are kept (bills read only them), and so are samples not yet metered and
-    each incarnation's anchor sample (the last metered one), which the next pairing needs.
+    Hourly rollups are kept (bills read whole hours from them only; an hour a period cuts
+    falls back to its rollup's time share once its intervals are gone), and so are samples
+    not yet metered and each incarnation's anchor sample (the last metered one), which the
+    next pairing needs.
     """
     anchor = select(_GROUPS.c.metered_until).where(
         _GROUPS.c.id == _SAMPLE_IO.c.group_id).scalar_subquery()
