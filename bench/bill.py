@@ -5,6 +5,11 @@
 One tenant, 1,000 groups on one node, 720 hourly rollups each (720,000 rows), a price change
 in the middle of the month (two lines per group and resource).  Timed for the three memory
 bases; "max" with a memory.min reservation on every group takes the per-hour path.
+
+Then the same month up to a moment inside its last hour ("up to now", issue #18), whose
+intervals are stored as the daemon writes them (one a minute per group: 60,000 rows that
+add up to that hour's rollups): that hour is read from its intervals, the one crossing the
+end split by its time share.  The whole month's bills above read none of them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sqlalchemy import text
 from governor.billing.report import invoice
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
-from governor.store.bulk import bulk_insert_ignore
+from governor.store.bulk import bulk_insert_ignore, ts_converter
 from governor.store.db import make_engine, normalize_url, session_factory, upgrade
 from governor.store.service import ensure_node, incarnation_ids, record_applied_policy
 from tests.helpers.db import make_sample
@@ -62,6 +67,19 @@ def load(url: str) -> None:
                      (g % 2) * (2 << 30) * 3600)   # storage: every other group
                     for g, gid in enumerate(ids.values())]
             bulk_insert_ignore(session, "rollups_hourly", cols, rows, ts_index=2)
+        # the last hour's intervals, a minute each, adding up to its rollups exactly
+        last = END - timedelta(hours=1)
+        conv = ts_converter(session)
+        ivs = []
+        for row in rows:
+            for i in range(60):
+                a = last + timedelta(minutes=i)
+                ivs.append((node_id, row[1], conv(a + timedelta(minutes=1)), conv(a),
+                            60_000_000, False,
+                            *(v * (i + 1) // 60 - v * i // 60 for v in row[5:])))
+        bulk_insert_ignore(session, "usage_intervals", (
+            "node_id", "group_id", "end_ts", "start_ts", "duration_us", "from_creation",
+            *ROLLUP_QUANTITIES), ivs, ts_index=None)
         record_applied_policy(session=session, node="n1", applied_at=START, policy_hash="b",
                               trigger="bench", writes=[
                                   {"path": f"acme/g{g:04d}", "file": "memory.min",
@@ -88,6 +106,16 @@ def bench(url: str, label: str) -> None:
         print(f"{label}: month bill, {GROUPS} groups, memory basis {basis}: {elapsed:.3f} s "
               f"wall-clock, {cpu:.3f} s CPU ({len(inv.lines)} lines, total {inv.total} "
               f"{inv.currency})")
+    now = END - timedelta(minutes=20, seconds=30)
+    for basis in ("usage", "max"):
+        with session_factory(engine)() as session:
+            t, cpu = time.perf_counter(), time.process_time()
+            inv = invoice(session=session, policy=policy(basis), tenant="acme", start=START,
+                          end=now)
+            elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+        print(f"{label}: month bill up to {now:%H:%M:%S} of its last day (that hour from its "
+              f"60,000 intervals), memory basis {basis}: {elapsed:.3f} s wall-clock, "
+              f"{cpu:.3f} s CPU ({len(inv.lines)} lines, total {inv.total} {inv.currency})")
     engine.dispose()
 
 

@@ -30,9 +30,11 @@ from governor.billing.quantities import (
     sum_range,
 )
 from governor.billing.report import GIB, invoice, usage_report
-from governor.metering.catchup import meter
+from governor.metering.catchup import load_anchors, meter
+from governor.metering.meter import Meter, Pending
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
-from governor.store.service import apply_retention, record_samples
+from governor.store.metered import write_metered
+from governor.store.service import Incarnations, apply_retention, record_samples, store_samples
 from governor.store.tables import rollups_hourly, tenants, usage_intervals, usage_values
 from tests.helpers.db import db_url, engine, make_sample, session  # noqa: F401
 
@@ -250,3 +252,56 @@ def test_usage_from_today_right_after_a_job_shows_exactly_its_cpu_and_io(
     assert D(row["cpu_core_hours"]) == (D(8 * 1_234_567_891) / D(HOUR_US)).quantize(q)
     assert D(row["io_read_gib"]) == (D(8 * 987_654_321) / D(GIB)).quantize(q)
     assert D(row["io_write_gib"]) == (D(8 * 123_456_789) / D(GIB)).quantize(q)
+
+
+def _daemon_passes(db, *, start: datetime, passes: int, groups: int = 3,
+                   write_every: int = 6) -> None:
+    """The daemon's metering (governor/daemon.py): a pass every 10 s metered in memory,
+    its intervals merged by Pending and written every ``write_every`` passes."""
+    rnd = random.Random(passes)
+    m, inc, pending = Meter(), Incarnations(), Pending[int]()
+    cpu = [0] * groups
+    io = [0] * groups
+    for p in range(passes):
+        wall = start + p * timedelta(seconds=10)
+        batch = []
+        for i in range(groups):
+            cpu[i] += rnd.randrange(0, 20_000_000)
+            io[i] += rnd.randrange(0, 1 << 24)
+            batch.append(dataclasses.replace(
+                make_sample(group=f"g{i}", cgroup_id=100 + i, wall=wall, cpu=cpu[i],
+                            mem=rnd.randrange(0, GIB), rbytes=io[i], wbytes=2 * io[i]),
+                values={"hugetlb.2MB.current": rnd.randrange(0, 64) << 21,
+                        "hugetlb.2MB.events_max": 0}))
+        node_id, ids = store_samples(session=db, node="n1", samples=batch, incarnations=inc)
+        unknown = m.unknown(batch)
+        resolved = (load_anchors(session=db, node="n1", node_id=node_id, samples=unknown,
+                                 ids=ids) if unknown else None)
+        step = m.step(batch, resolved, with_rollups=False)
+        pending.add(step, ids)
+        if pending.passes >= write_every:
+            write_metered(session=db, node_id=node_id, metered=pending.metered())
+            pending.clear()
+        db.commit()
+        m.advance(step)
+
+
+def test_the_daemons_merged_intervals_up_to_now_and_cut_inside(session) -> None:  # noqa: F811
+    # 23 minutes of passes from 5:50 (a write every minute; the last 2 passes not written
+    # yet): a report up to now holds every interval written, to the unit
+    start = T0 + timedelta(hours=5, minutes=50)
+    _daemon_passes(session, start=start, passes=140)
+    now = start + timedelta(seconds=1395)
+    whole = _range(session, T0, now)
+    assert whole == _stored(session)
+    u = usage_intervals.c
+    assert session.execute(select(func.max(u.end_ts))).scalar_one() < now
+    stored_v = session.execute(select(func.sum(usage_values.c.value))).scalar_one()
+    assert _hugetlb(session, T0, now) == stored_v > 0
+    # cuts inside the merged (minute-long) intervals, two in one hour, one across 6:00
+    cuts = [start + timedelta(seconds=95, microseconds=7), T0 + 6 * HOUR,
+            start + timedelta(seconds=777), start + timedelta(seconds=1001, microseconds=1)]
+    bounds = [T0, *cuts, now]
+    parts = [_range(session, a, b) for a, b in itertools.pairwise(bounds)]
+    assert [sum(c) for c in zip(*parts, strict=True)] == whole
+    assert sum(_hugetlb(session, a, b) for a, b in itertools.pairwise(bounds)) == stored_v
