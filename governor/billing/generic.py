@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, func, select, tuple_
 
 from governor.billing.plans import PriceVersionLike
 from governor.billing.quantities import (
@@ -121,21 +121,25 @@ def _interval_values(session: Executor, hour: datetime, points: Sequence[datetim
             acc[i] += part
             acc[nseg] += part
 
+    node: BindParameter[int] = bindparam("node")
+    gids_p: BindParameter[list[int]] = bindparam("gids", expanding=True)
+    ending = (select(*cols).select_from(joined)
+              .where(uv.node_id == node, uv.group_id.in_(gids_p), uv.end_ts > hour,
+                     uv.end_ts <= end_h))
+    # the interval across the hour's end, if any: the first to end after it
+    nxt = (select(func.min(uv.end_ts))
+           .where(uv.node_id == node, uv.group_id == _GROUPS.c.id, uv.end_ts > end_h)
+           .scalar_subquery())
+    following = select(_GROUPS.c.id, nxt).where(_GROUPS.c.id.in_(gids_p), nxt.is_not(None))
     by_node: dict[int, list[int]] = defaultdict(list)
     for node_id, group_id in pairs:
         by_node[node_id].append(group_id)
     for node_id, gids in by_node.items():
         for chunk in chunks(sorted(gids)):
-            for row in session.execute(select(*cols).select_from(joined).where(
-                    uv.node_id == node_id, uv.group_id.in_(chunk), uv.end_ts > hour,
-                    uv.end_ts <= end_h)):
+            params = {"node": node_id, "gids": list(chunk)}
+            for row in session.execute(ending, params):
                 add(node_id, row)
-            # the interval across the hour's end, if any: the first to end after it
-            nxt = (select(func.min(uv.end_ts)).where(
-                uv.node_id == node_id, uv.group_id == _GROUPS.c.id, uv.end_ts > end_h)
-                .scalar_subquery())
-            after = [(g, e) for g, e in session.execute(
-                select(_GROUPS.c.id, nxt).where(_GROUPS.c.id.in_(chunk))) if e is not None]
+            after = [(g, e) for g, e in session.execute(following, params)]
             for sub in chunks(after, 500):
                 for row in session.execute(select(*cols).select_from(joined).where(
                         uv.node_id == node_id, tuple_(uv.group_id, uv.end_ts).in_(sub))):
