@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -50,7 +50,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
 )
 from sqlalchemy.exc import OperationalError
 
@@ -175,15 +174,17 @@ def _add_into(acc: list[int], values: Sequence[int]) -> None:
 
 
 def _interval_parts(session: Executor, hour: datetime, points: Sequence[datetime],
-                    pairs: Iterable[tuple[int, int]]
+                    rollups: Mapping[tuple[int, int], Sequence[int]]
                     ) -> dict[tuple[int, int], list[list[int]]]:
-    """Per ``(node_id, group_id)`` of ``pairs``: the :data:`FIELDS` values of the stored
-    intervals overlapping ``hour``, in each segment between ``points`` and (last) in the
-    whole hour.
+    """Per ``(node_id, group_id)`` of ``rollups`` (their :data:`FIELDS` values in
+    ``hour``): the :data:`FIELDS` values of the stored intervals overlapping ``hour``, in
+    each segment between ``points`` and (last) in the whole hour.
 
     Read by the intervals' key (node, group, end): those ending inside the hour (the ones
     inside one segment summed in SQL, the others split here) and the one after it that
-    starts inside it (an interval overlaps the hour's end at most once per group)."""
+    starts inside it (an interval overlaps the hour's end at most once per group), looked
+    up only where those ending inside do not already add up to the rollup: there, every
+    quantity being a non-negative count, nothing else can lie in the hour."""
     u = _USAGE.c
     end_h = hour + HOUR
     nseg = len(points) - 1
@@ -220,12 +221,17 @@ def _interval_parts(session: Executor, hour: datetime, points: Sequence[datetime
               .group_by(inner.c.group_id, inner.c.seg))
     crossing = select(u.group_id, u.start_ts, u.end_ts, *cols).where(*ending, seg.is_(None))
     # the interval across the hour's end, if any: the first to end after it
-    nxt = (select(func.min(u.end_ts))
-           .where(u.node_id == node, u.group_id == _GROUPS.c.id, u.end_ts > end_h)
-           .scalar_subquery())
-    following = select(_GROUPS.c.id, nxt).where(_GROUPS.c.id.in_(gids_p), nxt.is_not(None))
+    later = _USAGE.alias("later").c
+    nxt = (select(func.min(later.end_ts))
+           .where(later.node_id == node, later.group_id == _GROUPS.c.id, later.end_ts > end_h)
+           .correlate(_GROUPS).scalar_subquery())
+    following = (select(u.group_id, u.start_ts, u.end_ts, *cols)
+                 .select_from(_GROUPS).join(_USAGE, and_(u.node_id == node,
+                                                         u.group_id == _GROUPS.c.id,
+                                                         u.end_ts == nxt))
+                 .where(_GROUPS.c.id.in_(gids_p), u.start_ts < end_h))
     by_node: dict[int, list[int]] = defaultdict(list)
-    for node_id, group_id in pairs:
+    for node_id, group_id in rollups:
         by_node[node_id].append(group_id)
     for node_id, gids in by_node.items():
         for chunk in chunks(sorted(gids)):
@@ -236,13 +242,11 @@ def _interval_parts(session: Executor, hour: datetime, points: Sequence[datetime
                 _add_into(a[nseg], row[2:])
             for row in session.execute(crossing, params):
                 add_row((node_id, row[0]), row[1], row[2], row[3:])
-            after = [(g, e) for g, e in session.execute(following, params)]
-            for sub in chunks(after, 500):
-                for row in session.execute(select(u.group_id, u.start_ts, u.end_ts, *cols)
-                                           .where(u.node_id == node_id,
-                                                  tuple_(u.group_id, u.end_ts).in_(sub))):
-                    if row[1] < end_h:
-                        add_row((node_id, row[0]), row[1], row[2], row[3:])
+            short = [g for g in chunk if (got := out.get((node_id, g))) is None
+                     or got[nseg] != list(rollups[(node_id, g)])]
+            if short:
+                for row in session.execute(following, {"node": node_id, "gids": short}):
+                    add_row((node_id, row[0]), row[1], row[2], row[3:])
     return out
 
 
@@ -265,7 +269,8 @@ def edge_hour(*, session: Executor, hour: datetime, cuts: Iterable[datetime],
                                      [int(v) for v in row[2 + len(keys):]])
     if not rollups:
         return {}
-    found = _interval_parts(session, hour, points, rollups)
+    found = _interval_parts(session, hour, points,
+                            {pair: totals for pair, (_, totals) in rollups.items()})
     nseg = len(points) - 1
     out: dict[tuple[int, int], EdgeHour] = {}
     for pair, (kv, totals) in rollups.items():

@@ -24,6 +24,7 @@ from governor.billing.quantities import (
     FIELDS,
     HOUR,
     HOUR_US,
+    edge_hour,
     hour_floor,
     share,
     sum_pieces,
@@ -114,6 +115,10 @@ def test_partition_inside_hours_and_intervals_adds_up_exactly(session) -> None: 
     assert whole == _stored(session)   # the kernel's counters, to the unit
     parts = [_range(session, a, b) for a, b in pieces]
     assert [sum(col) for col in zip(*parts, strict=True)] == whole
+    # every cut hour was read from its intervals (those across its start and end included)
+    for hour in sorted({hour_floor(c) for c in cuts if hour_floor(c) != c}):
+        got = edge_hour(session=session, hour=hour, cuts=cuts, where=_TENANT)
+        assert got and all(e.from_intervals for e in got.values()), hour
     # the same through the bill's pieces
     ids = select(usage_intervals.c.group_id).distinct()
     got = sum_pieces(session=session, pieces=pieces, group_ids=ids)
@@ -302,6 +307,9 @@ def test_the_daemons_merged_intervals_up_to_now_and_cut_inside(session) -> None:
     cuts = [start + timedelta(seconds=95, microseconds=7), T0 + 6 * HOUR,
             start + timedelta(seconds=777), start + timedelta(seconds=1001, microseconds=1)]
     bounds = [T0, *cuts, now]
+    for hour in (T0 + 5 * HOUR, T0 + 6 * HOUR):
+        got = edge_hour(session=session, hour=hour, cuts=[*cuts, now], where=_TENANT)
+        assert len(got) == 3 and all(e.from_intervals for e in got.values()), hour
     parts = [_range(session, a, b) for a, b in itertools.pairwise(bounds)]
     assert [sum(c) for c in zip(*parts, strict=True)] == whole
     assert sum(_hugetlb(session, a, b) for a, b in itertools.pairwise(bounds)) == stored_v
