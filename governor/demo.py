@@ -226,7 +226,7 @@ class Tour:
         from governor.status.render import table
         from governor.status.view import Row
 
-        rs = [Row(**g) for g in doc["groups"]]
+        rs = [Row.from_dict(g) for g in doc["groups"]]
         Console(width=150).print(table(rs, sort="cpu"))
         batch = {x.path: x for x in rs}["acme/batch"]
         files = {x.path: x for x in rs}["acme/files"]

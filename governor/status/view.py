@@ -97,6 +97,14 @@ class Row:
         columns (``cpus``, ``mems``: null when nothing is known)."""
         return {**{name: getattr(self, name) for name in JSON_FIELDS}, **dict(self.columns)}
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Row:
+        """The row :meth:`as_dict` gave (``governor status --format json``'s groups): the
+        stable fields, and every other key as a registered controller's column."""
+        known = {k: doc[k] for k in JSON_FIELDS if k in doc}
+        extra = tuple((k, v) for k, v in doc.items() if k not in JSON_FIELDS)
+        return cls(**known, columns=extra)
+
 
 #: the JSON field names, in documentation order (docs/status.md); stable
 JSON_FIELDS: tuple[str, ...] = (

@@ -109,3 +109,19 @@ def test_table_with_a_gone_group_and_with_none(tmp_path: Path) -> None:
     console = Console(width=240, record=True, color_system=None)
     console.print(table([], sort="cpu"))
     assert "(no tenants below the subtree)" in console.export_text()
+
+
+def test_a_json_row_reads_back_with_its_columns(tmp_path: Path) -> None:
+    """``governor demo`` reads ``status --format json`` back into rows: the registered
+    controllers' keys are columns again, not unknown fields (the demo failed on them)."""
+    import json
+
+    from governor.status.view import Row
+
+    a, b = _pair(tree(tmp_path))
+    got = rows(a, b, sort="name")
+    assert got and all(r.columns for r in got)
+    for r in got:
+        back = Row.from_dict(json.loads(json.dumps(r.as_dict())))
+        assert back.as_dict() == r.as_dict()
+        assert back.columns == r.columns
