@@ -41,7 +41,14 @@ from sqlalchemy import ColumnElement, select
 from governor.billing import generic
 from governor.billing.errors import InvalidPeriod, UnknownTenant
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
-from governor.billing.quantities import HOUR_US, KeyColumn, Totals, sum_pieces, sum_range
+from governor.billing.quantities import (
+    HOUR_US,
+    KeyColumn,
+    PieceTotals,
+    Totals,
+    sum_pieces,
+    sum_range,
+)
 from governor.controllers import registry
 from governor.store.tables import applied_policies as _APPLIED
 from governor.store.tables import groups as _GROUPS
@@ -72,6 +79,21 @@ _QUANTITY: Final[dict[str, str]] = {
     **{q.resource: q.name for c in registry.first_wave() for q in c.quantities
        if q.plan_key is not None},
     STORAGE: "storage_byte_seconds"}
+
+
+def memory_billed(t: PieceTotals, basis: str, reserved: int | None) -> tuple[int, int]:
+    """``(billed, used)`` byte-microseconds of memory in one piece: the usage integral, the
+    reservation over the covered time, or per hour the larger of the two (the "max"
+    basis), by the plan's ``basis``; ``reserved`` None: none known, the usage is billed
+    (0 under "max" too).  The one rule of :func:`invoice` and :func:`sliced_invoice`."""
+    usage_bus = t.memory_byte_seconds * _BUS
+    if basis == "usage" or reserved is None:
+        return usage_bus, usage_bus
+    if basis == "reservation":
+        return reserved * t.covered_us, usage_bus
+    if reserved == 0:   # "max" without a reservation: the usage
+        return usage_bus, usage_bus
+    return t.mem_usage_wins * _BUS + reserved * t.covered_reserved_us, usage_bus
 
 
 def _resources() -> dict[str, tuple[str, int, str]]:
@@ -263,16 +285,7 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
     for (node_id, gid, i), t in totals.items():
         path = path_of[gid]
         a, b, idx, _version = pieces[i]
-        r = reserved_at.get((node_id, gid, i), 0)
-        usage_bus = t.memory_byte_seconds * 1_000_000
-        if basis == "usage" or r is None:
-            mem_bus = usage_bus
-        elif basis == "reservation":
-            mem_bus = r * t.covered_us
-        elif r == 0:
-            mem_bus = usage_bus
-        else:
-            mem_bus = t.mem_usage_wins * 1_000_000 + r * t.covered_reserved_us
+        mem_bus, _usage_bus = memory_billed(t, basis, reserved_at.get((node_id, gid, i), 0))
         for resource, name in _QUANTITY.items():
             value: int = mem_bus if resource == "memory" else getattr(t, name)
             if resource == STORAGE:
@@ -548,16 +561,8 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
                             reserved=reserved_ints if basis == "max" else None)
         for (node_id, gid, i), t in totals.items():
             idx = pieces[i][2]
-            r = reserved_at.get((node_id, gid, i), 0)
-            usage_bus = t.memory_byte_seconds * 1_000_000
-            if basis == "usage" or r is None:
-                mem_bus = usage_bus
-            elif basis == "reservation":
-                mem_bus = r * t.covered_us
-            elif r == 0:
-                mem_bus = usage_bus
-            else:
-                mem_bus = t.mem_usage_wins * 1_000_000 + r * t.covered_reserved_us
+            mem_bus, usage_bus = memory_billed(t, basis,
+                                               reserved_at.get((node_id, gid, i), 0))
             where = (s, node_name.get(node_id, str(node_id)))
             for resource, name in _QUANTITY.items():
                 if resource == "memory":
