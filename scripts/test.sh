@@ -22,7 +22,7 @@
 # no systemd test ran, or (with CI=true) when a kernel or systemd test was skipped.
 #
 # Knobs: PYTHON (python3), GOVERNOR_TEST_RESULTS (results/: junit XML files),
-# GOVERNOR_VM_MEM (2048 MiB), GOVERNOR_VM_CPUS (2), GOVERNOR_VM_TIMEOUT (3000 s),
+# GOVERNOR_VM_MEM (2048 MiB), GOVERNOR_VM_CPUS (2), GOVERNOR_VM_TIMEOUT (4500 s),
 # GOVERNOR_SANDBOX_DIR (the sandbox cache), GOVERNOR_STRICT_KERNEL=1 (skips fail, as in CI).
 # Extra arguments are passed to every pytest run (e.g. `-k cgroupfs -x`).
 set -euo pipefail
@@ -99,7 +99,7 @@ vm_suite() {
   echo "    ${#files[@]} file(s): ${files[*]}"
   "$VPY" -m governor.sandbox.cli exec "${opts[@]}" \
     --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
-    --timeout "${GOVERNOR_VM_TIMEOUT:-3000}" --rw "$RESULTS" \
+    --timeout "${GOVERNOR_VM_TIMEOUT:-4500}" --rw "$RESULTS" \
     --env CI --env GOVERNOR_STRICT_KERNEL --env HYPOTHESIS_PROFILE -- \
     "$VPY" -m pytest -m "$expr" -p no:cacheprovider -q --durations=12 \
     --junitxml "$RESULTS/$label.xml" "$@" "${files[@]}" || rc=$?
@@ -112,7 +112,28 @@ vm_suite() {
   esac
 }
 step "kernel tests (sandbox VM, one boot): pytest -m 'kernel and not systemd'"; t=$(date +%s)
-vm_suite kernel "kernel and not systemd" -- "$@"
+# the fleet test (tests/kernel/test_fleet_kernel.py) reaches the host's PostgreSQL from the
+# guest: three guest addresses (one per simulated node) forwarded to its port on 127.0.0.1
+fleet=()
+if [ -n "${GOVERNOR_TEST_PG_URL:-}" ]; then
+  if fleet_env=$("$VPY" - <<'PY'
+import os
+from sqlalchemy.engine import make_url
+u = make_url(os.environ["GOVERNOR_TEST_PG_URL"])
+if u.host not in ("127.0.0.1", "localhost"):
+    raise SystemExit(f"GOVERNOR_TEST_PG_URL's host is {u.host}: the fleet test forwards "
+                     "the guest to a PostgreSQL on this host's 127.0.0.1 only")
+print(u.port or 5432)
+print(u.set(host="10.0.2.101", port=5432).render_as_string(hide_password=False))
+PY
+  ); then
+    pg_port=$(printf '%s\n' "$fleet_env" | sed -n 1p)
+    export GOVERNOR_FLEET_PG_URL=$(printf '%s\n' "$fleet_env" | sed -n 2p)
+    for a in 101 102 103; do fleet+=(--to-host "10.0.2.$a:5432:$pg_port"); done
+    fleet+=(--env GOVERNOR_FLEET_PG_URL)
+  fi
+fi
+vm_suite kernel "kernel and not systemd" "${fleet[@]}" -- "$@"
 took "$t"
 
 # 6b. systemd tests: all of them, wherever they are under tests/, in one boot of the VM with

@@ -33,6 +33,16 @@ def _port_forward(text: str) -> tuple[int, int]:
         raise click.BadParameter(f"{text!r}: expected HOST_PORT:GUEST_PORT") from None
 
 
+def _host_forward(text: str) -> tuple[str, int, int]:
+    addr, _, rest = text.partition(":")
+    port, _, host = rest.partition(":")
+    try:
+        return addr, int(port), int(host)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected ADDR:PORT:HOSTPORT, "
+                                 "e.g. 10.0.2.100:5432:5433") from None
+
+
 @click.group("sandbox")
 def sandbox() -> None:
     """A throw-away QEMU guest with a real cgroup v2 kernel (for the kernel tests)."""
@@ -89,6 +99,9 @@ def setup_cmd(*, cache_dir: Path | None, no_install: bool) -> None:
               help="pass a host environment variable (or set one) in the guest (repeatable)")
 @click.option("--port", "ports", multiple=True, metavar="HOST:GUEST",
               help="forward 127.0.0.1:HOST on the host to GUEST port in the guest (repeatable)")
+@click.option("--to-host", "to_host", multiple=True, metavar="ADDR:PORT:HOSTPORT",
+              help="the guest's connections to ADDR:PORT (in 10.0.2.0/24) reach "
+              "127.0.0.1:HOSTPORT on the host, e.g. 10.0.2.100:5432:5433 (repeatable)")
 @click.option("--verbose", is_flag=True, help="show the guest console on stderr")
 @click.option("--systemd", is_flag=True,
               help="boot the host's systemd as PID 1 (with D-Bus) and run COMMAND as a "
@@ -104,6 +117,7 @@ def exec_cmd(
     rwdirs: tuple[Path, ...],
     env_names: tuple[str, ...],
     ports: tuple[str, ...],
+    to_host: tuple[str, ...],
     verbose: bool,
     systemd: bool,
     command: tuple[str, ...],
@@ -133,6 +147,7 @@ def exec_cmd(
             timeout=timeout,
             verbose=verbose,
             port_forwards=[_port_forward(p) for p in ports],
+            host_forwards=[_host_forward(f) for f in to_host],
             systemd=systemd,
         )
     except GovernorError as e:

@@ -7,9 +7,32 @@ from pathlib import Path
 
 from governor.sandbox.systemd_mode import SYSTEMD_CMDLINE
 
-__all__ = ["GUEST_ADDR", "KERNEL_CMDLINE", "BootSpec", "qemu_argv"]
+__all__ = ["GUEST_ADDR", "KERNEL_CMDLINE", "BootSpec", "check_host_forward", "qemu_argv"]
 
 GUEST_ADDR = "10.0.2.15"
+#: QEMU user networking's own addresses (gateway, DNS, and the guest's)
+_SLIRP_RESERVED = ("10.0.2.0", "10.0.2.2", "10.0.2.3", GUEST_ADDR, "10.0.2.255")
+
+
+def check_host_forward(addr: str, guest_port: int, host_port: int) -> None:
+    """A guest-to-host forward is an unused address of the guest's 10.0.2.0/24 network and
+    two ports; anything else is a :class:`SandboxError` that says what would be right."""
+    import ipaddress
+
+    from governor.sandbox.errors import SandboxError
+
+    try:
+        ip = ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise SandboxError(f"bad guest-to-host forward address {addr!r}: an IPv4 address "
+                           "in 10.0.2.0/24, e.g. 10.0.2.100") from None
+    if ip not in ipaddress.IPv4Network("10.0.2.0/24") or addr in _SLIRP_RESERVED:
+        raise SandboxError(f"bad guest-to-host forward address {addr}: use an address of "
+                           "10.0.2.0/24 other than .0, .2 (gateway), .3 (DNS), .15 (the "
+                           "guest) and .255, e.g. 10.0.2.100")
+    if not (0 < guest_port < 65536 and 0 < host_port < 65536):
+        raise SandboxError(f"bad guest-to-host forward {addr}:{guest_port} -> host port "
+                           f"{host_port}: ports are 1..65535")
 
 
 @dataclass(frozen=True)
@@ -25,6 +48,11 @@ class BootSpec:
     disk: Path | None = None
     rwdirs: tuple[Path, ...] = ()
     port_forwards: tuple[tuple[int, int], ...] = ()
+    #: (guest address, guest port, host port): the guest's connections to the address
+    #: reach 127.0.0.1:host port on the host (:mod:`governor.sandbox.relay`)
+    host_forwards: tuple[tuple[str, int, int], ...] = ()
+    #: the Python that runs the relay on the host
+    python: str = ""
     verbose: bool = False
     systemd: bool = False
     append: str = ""
@@ -77,9 +105,14 @@ def qemu_argv(spec: BootSpec) -> list[str]:
             "-drive", f"if=none,id=d0,file={_qemu_opt(spec.disk)},format=raw,cache=unsafe",
             "-device", "virtio-blk-pci,drive=d0",
         ]
-    if spec.port_forwards:
+    if spec.port_forwards or spec.host_forwards:
         fwd = "".join(
             f",hostfwd=tcp:127.0.0.1:{h}-{GUEST_ADDR}:{g}" for h, g in spec.port_forwards
+        )
+        relay = Path(__file__).with_name("relay.py")
+        fwd += "".join(
+            f",guestfwd=tcp:{a}:{g}-cmd:{_qemu_opt(Path(spec.python))} "
+            f"{_qemu_opt(relay)} 127.0.0.1 {h}" for a, g, h in spec.host_forwards
         )
         argv += [
             "-netdev", f"user,id=n0,restrict=on{fwd}",

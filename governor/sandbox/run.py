@@ -19,7 +19,7 @@ from governor.sandbox.cache import Cache, default_cache_dir
 from governor.sandbox.errors import SandboxError, SandboxNotReady
 from governor.sandbox.guest import command_script, guest_config, tmp_keep
 from governor.sandbox.host import check_systemd_host, qemu_binary
-from governor.sandbox.qemu import BootSpec, qemu_argv
+from governor.sandbox.qemu import BootSpec, check_host_forward, qemu_argv
 from governor.sandbox.systemd_mode import host_generators, write_systemd_files
 
 __all__ = ["EXIT_NO_STATUS", "EXIT_TIMEOUT", "exec_"]
@@ -77,6 +77,7 @@ def exec_(
     timeout: float = 600,
     verbose: bool = False,
     port_forwards: Sequence[tuple[int, int]] = (),
+    host_forwards: Sequence[tuple[str, int, int]] = (),
     cwd: Path | None = None,
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
@@ -105,6 +106,8 @@ def exec_(
     for h, g in port_forwards:
         if not (0 < h < 65536 and 0 < g < 65536):
             raise SandboxError(f"bad port forward {h}->{g}: ports are 1..65535")
+    for a, g, h in host_forwards:
+        check_host_forward(a, g, h)
     rw = []
     for d in rwdirs:
         p = Path(d).resolve()
@@ -122,7 +125,7 @@ def exec_(
         config, rwlist, keeplist = guest_config(
             cwd=here,
             modules_dir=cache.modules_dir(),
-            net=bool(port_forwards),
+            net=bool(port_forwards or host_forwards),
             rwdirs=rw,
             keep=keep,
             tmpfs=tmpfs,
@@ -159,6 +162,8 @@ def exec_(
             disk=disk,
             rwdirs=tuple(rw),
             port_forwards=tuple(port_forwards),
+            host_forwards=tuple(host_forwards),
+            python=sys.executable,
             verbose=verbose,
             systemd=systemd,
             append=os.environ.get("GOVERNOR_SANDBOX_APPEND", ""),

@@ -32,6 +32,17 @@ log = logging.getLogger("governor.store")
 #: hold the sampling pass for the kernel's TCP retries, minutes)
 PG_CONNECT_TIMEOUT = 5
 
+#: libpq's TCP settings for a link that goes dead under an open connection (a dropped
+#: route, a firewall, a peer gone without a reset): without them a write in a pass waits
+#: for the kernel's TCP retries (about 15 minutes with tcp_retries2=15).  Unacknowledged
+#: data for 15 s (TCP_USER_TIMEOUT, Linux) or an idle connection unanswered for
+#: 10 + 2 x 5 s (keepalives) ends the connection: the write fails, the pass spools its
+#: samples and the database is checked again on the next pass (tested in the VM with a
+#: blackholed route: tests/kernel/test_fleet_kernel.py).
+PG_TCP_ARGS: dict[str, int] = {"keepalives": 1, "keepalives_idle": 10,
+                               "keepalives_interval": 5, "keepalives_count": 2,
+                               "tcp_user_timeout": 15_000}
+
 
 def masked(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for logs and errors)."""
@@ -88,7 +99,8 @@ class Database:
                 if self.engine is None:
                     kw: dict[str, Any] = {}
                     if self._pg:
-                        kw["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+                        kw["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT,
+                                              **PG_TCP_ARGS}
                     self.engine = make_engine(self.url, **kw)
                     self._scope = scope_factory(self.engine)
                 check_schema(self.engine, config_hint=self.config_hint)
