@@ -60,6 +60,19 @@ class UnknownTenant(GovernorError):
         super().__init__(msg)
 
 
+class UnknownNode(GovernorError):
+    """``--node`` names no node of the database: a usage error (exit 2), listing the nodes
+    that are there, so the operator sees the typo."""
+
+    exit_code = 2
+
+    def __init__(self, node: str, *, known: list[str]) -> None:
+        self.node = node
+        self.known = known
+        super().__init__(f"unknown node {node!r}: never metered in this database (nodes: "
+                         f"{', '.join(sorted(known)) or 'none'})")
+
+
 class NotCgroup2Error(GovernorError):
     """The host has no usable cgroup v2 hierarchy (or the path given is not one)."""
 

@@ -56,21 +56,24 @@ def parse_period(period: str | None, start: str | None, end: str | None,
 
 
 def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: datetime,
-              by: By = "group", fmt: str = "table", out: TextIO | None = None) -> None:
+              by: By = "group", fmt: str = "table", out: TextIO | None = None,
+              node: str | None = None) -> None:
     """Print the usage report (see :func:`governor.billing.report.usage_report`)."""
-    report = read_usage(database_url, tenant=tenant, start=start, end=end, by=by)
+    report = read_usage(database_url, tenant=tenant, start=start, end=end, by=by, node=node)
     render_usage(report, fmt, out or sys.stdout)
 
 
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
              end: datetime, fmt: str = "table", by: Granularity | None = None,
-             out: TextIO | None = None) -> list[Invoice] | list[SlicedInvoice]:
+             out: TextIO | None = None, node: str | None = None
+             ) -> list[Invoice] | list[SlicedInvoice]:
     """Print the invoices of ``tenant`` (or of every tenant of the policy and database,
     see :func:`governor.billing.service.make_invoices`) and return them.  ``fmt`` focus
     writes FinOps FOCUS rows per node and per ``by`` (hour, day or month; default month:
     :func:`governor.billing.service.make_sliced_invoices`); the other formats show one
     line per group, resource and price version, so ``by`` is for focus only.  A progress
-    bar shows on stderr when stdout is a terminal."""
+    bar shows on stderr when stdout is a terminal.  ``node``: that node's share of each
+    bill (the node bills add up to the fleet's exactly: :mod:`governor.billing.nodes`)."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -93,11 +96,12 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
         if fmt == "focus":
             sliced = make_sliced_invoices(database_url, policy, tenant=tenant, start=start,
                                           end=end, by=by or "month", tenants_known=known,
-                                          invoiced=lambda _: progress.advance(task))
+                                          invoiced=lambda _: progress.advance(task),
+                                          node=node)
         else:
             invoices = make_invoices(database_url, policy, tenant=tenant, start=start,
                                      end=end, tenants_known=known,
-                                     invoiced=lambda _: progress.advance(task))
+                                     invoiced=lambda _: progress.advance(task), node=node)
     finally:
         progress.stop()
     if fmt == "focus":
@@ -113,6 +117,8 @@ def _period(func: F) -> F:
         click.option("--from", "start", default=None, help="start (UTC), e.g. 2026-11-01"),
         click.option("--to", "end", default=None, help="end (UTC, exclusive); default now"),
         click.option("--period", default=None, help="a UTC calendar month, e.g. 2026-11"),
+        click.option("--node", default=None, metavar="NAME",
+                     help="only this node's (default: the whole fleet)"),
     ]):
         func = opt(func)
     return func
@@ -126,10 +132,12 @@ def _period(func: F) -> F:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
 def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
-                  end: str | None, period: str | None, by: By, fmt: str) -> None:
-    """Usage per hour, day, group or node, from the hourly rollups."""
+                  end: str | None, period: str | None, by: By, fmt: str,
+                  node: str | None) -> None:
+    """Usage per hour, day, group or node, from the hourly rollups (``--node``: of one
+    node)."""
     a, b = parse_period(period, start, end)
-    run_usage(cfg().database_url, tenant=tenant, start=a, end=b, by=by, fmt=fmt)
+    run_usage(cfg().database_url, tenant=tenant, start=a, end=b, by=by, fmt=fmt, node=node)
 
 
 @click.command("bill")
@@ -142,16 +150,16 @@ def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str |
                    "(ChargePeriodStart/End)  [default: month]")
 def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
                  end: str | None, period: str | None, fmt: str,
-                 by: Granularity | None) -> None:
+                 by: Granularity | None, node: str | None) -> None:
     """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
     or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS 1.0 rows, per node
-    and per ``--by`` hour, day or month."""
+    and per ``--by`` hour, day or month; ``--node``: one node's share of the fleet's."""
     from governor.policy import load_policy
 
     c = cfg()
     a, b = parse_period(period, start, end)
     run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt,
-             by=by)
+             by=by, node=node)
 
 
 def register(main: click.Group) -> None:

@@ -40,6 +40,7 @@ from sqlalchemy import ColumnElement, select
 
 from governor.billing import generic
 from governor.billing.errors import InvalidPeriod, UnknownTenant
+from governor.billing.nodes import merged_span, node_names, share, widen
 from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
 from governor.billing.quantities import (
     HOUR_US,
@@ -50,6 +51,7 @@ from governor.billing.quantities import (
     sum_range,
 )
 from governor.controllers import registry
+from governor.store.service import node_id_named
 from governor.store.tables import applied_policies as _APPLIED
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
@@ -146,6 +148,10 @@ def _amount(units: int, divisor: int, price: Decimal, currency: str) -> Decimal:
     if rem * 2 > den or (rem * 2 == den and q % 2 == 1):
         q += 1
     return Decimal(q).scaleb(-exp)
+
+
+def _places(units: int, divisor: int) -> Decimal:
+    return (Decimal(units) / Decimal(divisor)).quantize(QUANTITY_PLACES)
 
 
 def _check_period(start: datetime, end: datetime) -> None:
@@ -248,9 +254,11 @@ def _reservation_at(hist: list[tuple[datetime, Reservation]], when: datetime) ->
 
 
 def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: datetime,
-            end: datetime) -> Invoice:
-    """The invoice of ``tenant`` for ``[start, end)``, summed across nodes (rules above)."""
+            end: datetime, node: str | None = None) -> Invoice:
+    """The invoice of ``tenant`` for ``[start, end)``, summed across nodes (rules above);
+    ``node``: that node's share of it (:mod:`.nodes`: the node bills add up to it)."""
     _check_period(start, end)
+    only = None if node is None else node_id_named(session=session, name=node)
     plan = plan_for(policy, tenant, known_tenants=_known_tenants(session))
     basis = plan.memory_basis
     segments = version_segments(plan, start, end)
@@ -261,9 +269,9 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
         points = [a, *(c for c in cuts if a < c < b), b]
         pieces.extend((p, q, idx, version) for p, q in itertools.pairwise(points))
 
-    # (path, resource, version index) -> integer quantity, charge span
-    qty: dict[tuple[str, str, int], int] = defaultdict(int)
-    span: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
+    # (path, resource, version index) -> node id -> integer quantity, charge span
+    qty: dict[tuple[str, str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    span: dict[tuple[str, str, int], dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
     groups = session.execute(
         select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
         .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
@@ -291,33 +299,35 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
             if resource == STORAGE:
                 value *= _BUS
             key = (path, resource, idx)
-            qty[key] += value
-            s = span.get(key)
-            span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
-    for (_node_id, gid, i), got in generic.value_pieces(
+            qty[key][node_id] += value
+            widen(span[key], node_id, a, b)
+    for (node_id, gid, i), got in generic.value_pieces(
             session=session, pieces=[(a, b) for a, b, _, _ in pieces],
             group_ids=tenant_groups).items():
         a, b, idx, _version = pieces[i]
         for name, value in got.items():
             key = (path_of[gid], generic.QUANTITIES[name].resource, idx)
-            qty[key] += value
-            s = span.get(key)
-            span[key] = (a, b) if s is None else (min(s[0], a), max(s[1], b))
+            qty[key][node_id] += value
+            widen(span[key], node_id, a, b)
 
     lines: list[InvoiceLine] = []
     order = list(RESOURCES)
+    node_order = node_names(session) if only is not None else {}
     for key in sorted(qty, key=lambda k: (k[0], order.index(k[1]), k[2])):
         path, resource, idx = key
-        units = qty[key]
+        before, units = share(qty[key], only, node_order)
         if units == 0:
             continue
         unit, divisor, attr = RESOURCES[resource]
         price = generic.unit_price(plan.versions[idx], attr)
-        quantity = (Decimal(units) / Decimal(divisor)).quantize(QUANTITY_PLACES)
+        charge_start, charge_end = merged_span(span[key], only)
         lines.append(InvoiceLine(
-            group=_group_label(path), path=path, resource=resource, quantity=quantity,
-            unit=unit, unit_price=price, amount=_amount(units, divisor, price, plan.currency),
-            charge_start=span[key][0], charge_end=span[key][1], price_version=idx))
+            group=_group_label(path), path=path, resource=resource,
+            quantity=_places(before + units, divisor) - _places(before, divisor),
+            unit=unit, unit_price=price,
+            amount=(_amount(before + units, divisor, price, plan.currency)
+                    - _amount(before, divisor, price, plan.currency)),
+            charge_start=charge_start, charge_end=charge_end, price_version=idx))
     total = sum((line.amount for line in lines), Decimal(0))
     total = total.quantize(Decimal(1).scaleb(-minor_exponent(plan.currency)))
     return Invoice(tenant=tenant, plan=plan.name, currency=plan.currency, memory_basis=basis,
@@ -365,16 +375,19 @@ def _usage_row(key: str, tenant: str, t: Totals,
 
 
 def usage_report(*, session: Executor, tenant: str | None = None, start: datetime,
-                 end: datetime, by: By = "group") -> UsageReport:
+                 end: datetime, by: By = "group", node: str | None = None) -> UsageReport:
     """Usage (no prices) over ``[start, end)`` per tenant and ``by`` (hour, day, group, node).
 
     Hours and days are UTC; when the period does not start or end on the hour, its first
     and last hour are read from the stored intervals in it (so a period ending now holds
     every interval stored so far), or their rollup's exact time share where the intervals
     were pruned (:mod:`.quantities`).
+    ``node``: only that node's usage.
     """
     _check_period(start, end)
     where: list[ColumnElement[bool]] = []
+    if node is not None:
+        where.append(_GROUPS.c.node_id == node_id_named(session=session, name=node))
     if tenant is not None:
         known = _known_tenants(session)
         if tenant not in known:
@@ -417,11 +430,13 @@ def usage_report(*, session: Executor, tenant: str | None = None, start: datetim
 
 def invoices(*, session: Executor, policy: PolicyLike, tenants: Sequence[str],
              start: datetime, end: datetime,
-             progress: Callable[[str], None] | None = None) -> list[Invoice]:
+             progress: Callable[[str], None] | None = None,
+             node: str | None = None) -> list[Invoice]:
     """:func:`invoice` for several tenants; ``progress`` is called after each one."""
     out = []
     for t in tenants:
-        out.append(invoice(session=session, policy=policy, tenant=t, start=start, end=end))
+        out.append(invoice(session=session, policy=policy, tenant=t, start=start, end=end,
+                           node=node))
         if progress is not None:
             progress(t)
     return out
@@ -503,7 +518,8 @@ class SlicedInvoice:
 
 
 def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: datetime,
-                   end: datetime, by: Granularity = "month") -> SlicedInvoice:
+                   end: datetime, by: Granularity = "month",
+                   node: str | None = None) -> SlicedInvoice:
     """The invoice of ``tenant`` for ``[start, end)`` (:func:`invoice`: the same lines, amounts
     and total) with each line split per node and per UTC hour, day or month (``by``).
 
@@ -515,9 +531,11 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
     line's integer quantity up to and including row ``k`` (rows in time, then node order)
     and ``R`` the invoice's rounding: every row is within one minor unit of its exact
     share and the rows add up to the line's amount.  Quantities are shared out the same way
-    at 9 decimals.
+    at 9 decimals.  ``node``: that node's rows only (their total its share).
     """
     slices = charge_slices(start, end, by)
+    if node is not None:
+        node_id_named(session=session, name=node)  # an unknown name: UnknownNode
     plan = plan_for(policy, tenant, known_tenants=_known_tenants(session))
     basis = plan.memory_basis
     res = ({} if basis == "usage" else reservations(session=session, tenant=tenant, until=end))
@@ -589,8 +607,8 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
         price = generic.unit_price(plan.versions[idx], attr)
         billed = consumed = 0
         amount_before = quantity_before = consumed_before = Decimal(0)
-        for (s, node) in sorted(rows):
-            units, used = rows[(s, node)]
+        for (s, on) in sorted(rows):
+            units, used = rows[(s, on)]
             billed += units
             consumed += used
             amount = _amount(billed, divisor, price, plan.currency)
@@ -598,12 +616,13 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
             used_q = places(consumed, divisor)
             if units:  # as the invoice leaves zero quantities out
                 a, b = period[(s, idx)]
-                charges.append(((s, path, order.index(resource), idx, node), Charge(
-                    node=node, group=_group_label(path), path=path, resource=resource,
+                charges.append(((s, path, order.index(resource), idx, on), Charge(
+                    node=on, group=_group_label(path), path=path, resource=resource,
                     price_version=idx, charge_start=a, charge_end=b,
                     quantity=quantity - quantity_before, consumed=used_q - consumed_before,
                     unit=unit, unit_price=price, amount=amount - amount_before)))
             amount_before, quantity_before, consumed_before = amount, quantity, used_q
+    charges = [kc for kc in charges if node is None or kc[1].node == node]
     charges.sort(key=lambda kc: kc[0])
     total = sum((c.amount for _, c in charges), Decimal(0))
     total = total.quantize(Decimal(1).scaleb(-minor_exponent(plan.currency)))

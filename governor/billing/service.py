@@ -35,15 +35,16 @@ _Bill = TypeVar("_Bill", Invoice, SlicedInvoice)
 
 
 def read_usage(database_url: str, *, tenant: str | None, start: datetime, end: datetime,
-               by: By = "group") -> UsageReport:
-    """The usage report (see :func:`governor.billing.report.usage_report`)."""
+               by: By = "group", node: str | None = None) -> UsageReport:
+    """The usage report (see :func:`governor.billing.report.usage_report`); ``node``: of
+    that node only."""
     engine = connect(database_url)
     try:
         with database_errors(database_url, "read"):
             check_schema(engine)
             with session_factory(engine)() as session:
                 return usage_report(session=session, tenant=tenant, start=start, end=end,
-                                    by=by)
+                                    by=by, node=node)
     finally:
         engine.dispose()
 
@@ -51,14 +52,17 @@ def read_usage(database_url: str, *, tenant: str | None, start: datetime, end: d
 def make_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
                   start: datetime, end: datetime,
                   tenants_known: Callable[[int], None] | None = None,
-                  invoiced: Callable[[Invoice], None] | None = None) -> list[Invoice]:
+                  invoiced: Callable[[Invoice], None] | None = None,
+                  node: str | None = None) -> list[Invoice]:
     """The invoices of ``tenant`` (or of every tenant of the policy and database).  Prices
     come from the recorded price plans where the database has them
     (:mod:`governor.billing.history`: a past bill never follows a later edit of the
     policy), else from ``policy``.  ``tenants_known(n)`` is called once the tenants to
-    bill are known, ``invoiced(invoice)`` after each (a progress bar)."""
+    bill are known, ``invoiced(invoice)`` after each (a progress bar).  ``node``: that
+    node's share of each (:mod:`governor.billing.nodes`)."""
     def bill(session: Executor, priced: PolicyLike, t: str) -> Invoice:
-        return invoice(session=session, policy=priced, tenant=t, start=start, end=end)
+        return invoice(session=session, policy=priced, tenant=t, start=start, end=end,
+                       node=node)
 
     return _bills(database_url, policy, tenant, bill=bill, tenants_known=tenants_known,
                   invoiced=invoiced)
@@ -67,13 +71,13 @@ def make_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
 def make_sliced_invoices(database_url: str, policy: PolicyLike, *, tenant: str | None,
                          start: datetime, end: datetime, by: Granularity,
                          tenants_known: Callable[[int], None] | None = None,
-                         invoiced: Callable[[SlicedInvoice], None] | None = None
-                         ) -> list[SlicedInvoice]:
+                         invoiced: Callable[[SlicedInvoice], None] | None = None,
+                         node: str | None = None) -> list[SlicedInvoice]:
     """:func:`make_invoices`, each invoice split per node and per hour, day or month
     (:func:`governor.billing.report.sliced_invoice`): what ``--format focus`` writes."""
     def bill(session: Executor, priced: PolicyLike, t: str) -> SlicedInvoice:
         return sliced_invoice(session=session, policy=priced, tenant=t, start=start,
-                              end=end, by=by)
+                              end=end, by=by, node=node)
 
     return _bills(database_url, policy, tenant, bill=bill, tenants_known=tenants_known,
                   invoiced=invoiced)

@@ -44,9 +44,10 @@ class Jobs:
             log.exception("reconcile pass failed")
 
     def _update_costs(self) -> None:
-        """The billed cost so far this month per tenant and currency (from rollups): its
-        own job, every COST_INTERVAL, never inside a pass; the gauge shows it from the
-        next pass on."""
+        """The billed cost so far this month per tenant and currency (from rollups) of this
+        node only (its share of the fleet's bill, governor.billing.nodes: the nodes' gauges
+        add up to the fleet's bill): its own job, every COST_INTERVAL, never inside a
+        pass; the gauge shows it from the next pass on."""
         if not self.db.up:
             return  # the last costs stay; recomputed once the database answers
         pol = self.enforcer.policy
@@ -67,9 +68,9 @@ class Jobs:
                         continue
                     try:
                         inv = invoice(session=session, policy=priced, tenant=t.name,
-                                      start=month, end=now_dt)
+                                      start=month, end=now_dt, node=self.cfg.node)
                     except GovernorError:
-                        continue  # no data for this tenant yet: no series
+                        continue  # no data for this tenant (or node) yet: no series
                     costs[(t.name, inv.currency)] = inv.total
             self.costs = costs
         except Exception:

@@ -109,7 +109,13 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         self.jobs: list[tuple[str, float, Callable[[], Any]]] = []
         limit_arenas()  # before the first thread
         # the database is tried, not required: enforcement never waits for it
-        self.db = Database(cfg.database_url, config_hint=cfg.source or "FILE")
+        from governor.store.nodeuid import load_node_uid
+
+        #: this node's identity (made at the first start): the database's row of this
+        #: uid is this node's, whatever its hostname (claimed by Database.check)
+        self.node_uid = load_node_uid(cfg.state_dir)
+        self.db = Database(cfg.database_url, config_hint=cfg.source or "FILE",
+                           node=(cfg.node, self.node_uid))
         self.db.check()  # up to PG_CONNECT_TIMEOUT: a stop asked meanwhile ends it here
         if self.stop_event.is_set():
             self.db.dispose()
@@ -135,7 +141,8 @@ class Daemon(SamplingPass, Jobs, Wakeups):
             self._storage_limits)
         self.spool = Spool(Path(cfg.state_dir) / (cfg.subtree.replace("/", "_") + ".spool"),
                            max_samples=cfg.spool_max_samples)
-        self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope)
+        self.writer = SpoolingWriter(spool=self.spool, session_scope=self.scope,
+                                     node=cfg.node)
         #: the in-memory meter (anchors of every live incarnation); ``_meter_ready`` False:
         #: the store holds samples not metered yet (a start, a crash between a pass's two
         #: commits, a drained spool), so the next pass meters from the store's rows first

@@ -57,17 +57,20 @@ def _table(rows: list[dict[str, Any]]) -> None:
 @click.command("events")
 @config_options
 @click.option("--tenant", metavar="T", help="only this tenant")
+@click.option("--node", metavar="NAME", help="only this node's events")
 @click.option("--kind", type=click.Choice(ALL_KINDS),
               help="only this kind (memory.events key, or pressure for PSI warnings)")
 @click.option("--since", metavar="T", help="from this time: 2h, 30m, 1d or ISO 8601")
 @click.option("--limit", type=click.IntRange(1), help="only the newest N")
 @FORMAT
-def events_command(cfg: Callable[[], Config], *, tenant: str | None, kind: str | None,
-                   since: str | None, limit: int | None, fmt: str) -> None:
+def events_command(cfg: Callable[[], Config], *, tenant: str | None, node: str | None,
+                   kind: str | None, since: str | None, limit: int | None,
+                   fmt: str) -> None:
     """List OOM kills, OOM and limit events and early memory warnings."""
     conf = cfg()
     start = parse_since(since) if since else None
-    rows = read_events(conf.database_url, tenant=tenant, kind=kind, since=start, limit=limit)
+    rows = read_events(conf.database_url, tenant=tenant, kind=kind, since=start, limit=limit,
+                       node=node)
     if fmt == "json":
         emit_json({"events": rows})
     else:

@@ -20,7 +20,12 @@ from governor.errors import UnknownTenant
 from governor.metering.sample import GroupSample
 from governor.oom.events import OomEvent
 from governor.store.db import Executor
-from governor.store.service import ensure_node, incarnation_ids, record_oom_event
+from governor.store.service import (
+    ensure_node,
+    incarnation_ids,
+    node_id_named,
+    record_oom_event,
+)
 from governor.store.tables import oom_events as _OOM
 
 if TYPE_CHECKING:
@@ -102,9 +107,11 @@ class DbSink:
 
 
 def query_events(*, session: Session, tenant: str | None = None, kind: str | None = None,
-                 since: datetime | None = None, limit: int | None = None
-                 ) -> list[dict[str, Any]]:
-    """The recorded events, oldest first (the newest ``limit``), as plain rows."""
+                 since: datetime | None = None, limit: int | None = None,
+                 node: str | None = None) -> list[dict[str, Any]]:
+    """The recorded events, oldest first (the newest ``limit``), as plain rows; ``node``:
+    of that node only (:class:`~governor.errors.UnknownNode` when the database has none
+    of that name)."""
     # the ORM models are imported here, by the commands that read: the daemon, which
     # writes through the tables, never loads sqlalchemy.orm (issue #16)
 
@@ -119,6 +126,8 @@ def query_events(*, session: Session, tenant: str | None = None, kind: str | Non
         if tenant not in known:
             raise UnknownTenant(tenant, where="never seen in this database", known=sorted(known))
         q = q.where(Tenant.name == tenant)
+    if node is not None:
+        q = q.where(OomEvent.node_id == node_id_named(session=session, name=node))
     if kind is not None:
         q = q.where(OomEvent.kind == kind)
     if since is not None:
@@ -135,8 +144,8 @@ def query_events(*, session: Session, tenant: str | None = None, kind: str | Non
 
 
 def read_events(database_url: str, *, tenant: str | None = None, kind: str | None = None,
-                since: datetime | None = None, limit: int | None = None
-                ) -> list[dict[str, Any]]:
+                since: datetime | None = None, limit: int | None = None,
+                node: str | None = None) -> list[dict[str, Any]]:
     """:func:`query_events` on a database URL (connect, check the schema, read)."""
     from governor.store.db import check_schema, connect, database_errors, session_factory
 
@@ -145,6 +154,6 @@ def read_events(database_url: str, *, tenant: str | None = None, kind: str | Non
         with database_errors(database_url, "read"), session_factory(engine)() as session:
             check_schema(engine)
             return query_events(session=session, tenant=tenant, kind=kind, since=since,
-                                limit=limit)
+                                limit=limit, node=node)
     finally:
         engine.dispose()

@@ -51,3 +51,21 @@ class DatabaseError(StoreError):
         self.reason = reason
         self.fix = fix
         super().__init__(f"cannot {action} the database {url}: {reason}. Fix: {fix}")
+
+
+class NodeNameTaken(StoreError):
+    """A node whose identity (uid) is new claims a name another node's uid holds: two hosts
+    must never write into one node's rows.  The operator gives one of them another name
+    (``[governor] node`` in its configuration)."""
+
+
+    def __init__(self, name: str, *, uid: str, holder: str) -> None:
+        self.name = name
+        self.uid = uid
+        self.holder = holder
+        super().__init__(
+            f"node name {name!r} is taken: this host's node uid is {uid}, the database's "
+            f"node {name!r} has uid {holder} (another host, or this host's state directory "
+            f"was lost). Fix: set `node = \"<another name>\"` under [governor] in this "
+            f"host's configuration; if it is the same host whose node-uid file was lost, "
+            f"copy that node's uid back into the file")

@@ -24,7 +24,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from governor.errors import ConfigError
 from governor.store.db import check_schema, make_engine, mask_url, normalize_url, scope_factory
-from governor.store.errors import DatabaseUnavailable, SchemaOutOfDate, SchemaTooNew, StoreError
+from governor.store.errors import (
+    DatabaseUnavailable,
+    NodeNameTaken,
+    SchemaOutOfDate,
+    SchemaTooNew,
+    StoreError,
+)
+from governor.store.service import ensure_node
 
 log = logging.getLogger("governor.store")
 
@@ -61,12 +68,19 @@ def reason(exc: BaseException, *, secret: str | None = None) -> str:
     return text
 
 
+def claim(session: Connection, name: str, uid: str) -> int:
+    """The daemon's node ``name`` with identity ``uid`` (:func:`ensure_node`: renamed,
+    adopted, made, or :class:`NodeNameTaken`)."""
+    return ensure_node(session=session, name=name, uid=uid)
+
+
 class Database:
     """The database at ``url``: :attr:`up` once it answered with the schema this governor
     needs; :meth:`scope` raises :class:`DatabaseUnavailable` while it is not."""
 
     def __init__(self, url: str, *, config_hint: str = "FILE",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 node: tuple[str, str] | None = None) -> None:
         try:
             u = normalize_url(url)
         except ArgumentError:
@@ -78,6 +92,10 @@ class Database:
         self._pg = u.get_backend_name() == "postgresql"
         self.config_hint = config_hint
         self.clock = clock
+        #: ``(name, uid)`` of the daemon's node, claimed each time the database comes up
+        #: (:meth:`check`), before any write: every writer that names the node then finds
+        #: the row of this uid (renamed, adopted, or refused: :func:`claim`)
+        self.node = node
         self.engine: Engine | None = None
         self.up = False
         #: why it is not up ("database unreachable: ...", "database schema ..."), None: up
@@ -104,8 +122,16 @@ class Database:
                     self.engine = make_engine(self.url, **kw)
                     self._scope = scope_factory(self.engine)
                 check_schema(self.engine, config_hint=self.config_hint)
+                if self.node is not None:
+                    assert self._scope is not None
+                    with self._scope() as session:
+                        claim(session, *self.node)
             except (SchemaOutOfDate, SchemaTooNew) as e:
                 self._down(f"database schema: {e}; until then samples spool locally",
+                           logging.ERROR)
+                return False
+            except NodeNameTaken as e:
+                self._down(f"node identity: {e}; until then samples spool locally",
                            logging.ERROR)
                 return False
             except (SQLAlchemyError, StoreError, OSError) as e:

@@ -30,6 +30,7 @@ class Node(Base):
     id: Mapped[int]
     name: Mapped[str]
     first_seen: Mapped[datetime]
+    uid: Mapped[str | None]
 
 
 class Tenant(Base):

@@ -11,6 +11,7 @@ the meter step that turns them into interval usage and hourly rollups is meterin
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -18,11 +19,12 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, delete, select, update
 from sqlalchemy.sql.dml import Insert
 
+from governor.errors import UnknownNode
 from governor.metering.meter import IncKey
 from governor.metering.sample import GroupSample
 from governor.store.bulk import insert_samples
 from governor.store.db import connection_of
-from governor.store.errors import StoreError
+from governor.store.errors import NodeNameTaken, StoreError
 from governor.store.tables import applied_policies as _APPLIED
 from governor.store.tables import gaps as _GAPS
 from governor.store.tables import groups as _GROUPS
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 
     from governor.store.db import Executor
 
+
+log = logging.getLogger("governor.store")
 
 #: names per IN list (SQLite's variable limit is 32766 since 3.32)
 _CHUNK = 5000
@@ -71,15 +75,65 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def ensure_node(*, session: Executor, name: str) -> int:
-    """The id of node ``name``, creating the row if needed."""
+def ensure_node(*, session: Executor, name: str, uid: str | None = None) -> int:
+    """The id of node ``name``, creating the row if needed.
+
+    ``uid`` (the daemon's: :func:`governor.store.nodeuid.load_node_uid`) is the node's
+    identity, which survives a change of hostname; looked up first:
+
+    * the row of ``uid`` under another name: renamed to ``name`` (its history stays on the
+      same id; logged, old -> new);
+    * no row of ``uid``, a row ``name`` without a uid (written before migration 0004):
+      adopted (it takes ``uid``);
+    * no row of ``uid``, a row ``name`` with another uid: :class:`NodeNameTaken`, naming
+      both (two hosts never write into one node's rows);
+    * neither: a new row.
+
+    Without ``uid`` (the commands, which read; the daemon's writers once its
+    :class:`~governor.store.gate.Database` has claimed the node): by name only.
+    """
+    by_name = session.execute(select(_NODES.c.id, _NODES.c.uid).where(
+        _NODES.c.name == name)).one_or_none()
+    if uid is None:
+        if by_name is not None:
+            return int(by_name.id)
+        session.execute(insert_ignore(session, _NODES).values(name=name, first_seen=_now()))
+        made: int = session.execute(
+            select(_NODES.c.id).where(_NODES.c.name == name)).scalar_one()
+        return made
+    mine = session.execute(select(_NODES.c.id, _NODES.c.name).where(
+        _NODES.c.uid == uid)).one_or_none()
+    if mine is not None:
+        if mine.name != name:
+            if by_name is not None:
+                raise NodeNameTaken(name, uid=uid, holder=by_name.uid or "none (a row "
+                                    "written before node uids, migration 0004)")
+            session.execute(update(_NODES).where(_NODES.c.id == mine.id).values(name=name))
+            log.info("node renamed: %s -> %s (same node uid: its history is kept)",
+                     mine.name, name, extra={"node_uid": uid, "node_id": mine.id})
+        return int(mine.id)
+    if by_name is not None:
+        if by_name.uid is not None:
+            raise NodeNameTaken(name, uid=uid, holder=by_name.uid)
+        session.execute(update(_NODES).where(_NODES.c.id == by_name.id,
+                                             _NODES.c.uid.is_(None)).values(uid=uid))
+        log.info("node %s adopted: its rows (written before node uids) are this host's",
+                 name, extra={"node_uid": uid, "node_id": by_name.id})
+        return ensure_node(session=session, name=name, uid=uid)  # as stored, raced or not
+    session.execute(insert_ignore(session, _NODES).values(name=name, uid=uid,
+                                                          first_seen=_now()))
+    return ensure_node(session=session, name=name, uid=uid)
+
+
+def node_id_named(*, session: Executor, name: str) -> int:
+    """The id of node ``name`` (``--node`` of the commands that read); :class:`UnknownNode`,
+    listing the database's nodes, when there is none."""
     found: int | None = session.execute(
         select(_NODES.c.id).where(_NODES.c.name == name)).scalar_one_or_none()
-    if found is not None:
-        return found
-    session.execute(insert_ignore(session, _NODES).values(name=name, first_seen=_now()))
-    made: int = session.execute(select(_NODES.c.id).where(_NODES.c.name == name)).scalar_one()
-    return made
+    if found is None:
+        known = sorted(session.execute(select(_NODES.c.name)).scalars())
+        raise UnknownNode(name, known=known)
+    return found
 
 
 def ensure_tenant(*, session: Executor, name: str) -> int:

@@ -310,20 +310,22 @@ class Spool:
                         "them, harmlessly", self.path, _errno_name(exc), exc.strerror)
 
     def drain(self, session_scope: Callable[[], AbstractContextManager[Executor]], *,
-              max_entries: int | None = None) -> int:
+              max_entries: int | None = None, node: str | None = None) -> int:
         """Write the pending entries, each in its own transaction, in order (the journal
         read once, a line at a time), then the gaps held in memory; returns the number of
         entries drained.  With ``max_entries`` at most that many are written (the daemon
         drains in steps, between its passes); the files go once everything is drained.
         Raises the database error if it fails again midway (what was drained stays
-        drained)."""
+        drained).  ``node``: the daemon's node, whose spool this is: entries spooled under
+        another name (the host renamed while the database was down) are stored as this
+        node's (its row, found by the node uid the database gate claimed: issue #18)."""
         n = 0
         entries, samples = self._count()
         for i, e in self.entries():
             if max_entries is not None and n >= max_entries:
                 return n
             with session_scope() as session:
-                _store(session, e)
+                _store(session, _as_node(e, node))
             failpoint("store.spool.after_commit")  # crash tests: replayed on restart
             self._mark_done(i + 1)
             n += 1
@@ -334,7 +336,7 @@ class Spool:
             if max_entries is not None and n >= max_entries:
                 return n
             with session_scope() as session:
-                _store(session, self.lost[0])
+                _store(session, _as_node(self.lost[0], node))
             self.lost.pop(0)
             n += 1
         self._counts = (0, 0)
@@ -343,6 +345,16 @@ class Spool:
             self.dir.unlink(self.done_path.name)
             self.dir.fsync()
         return n
+
+
+def _as_node(e: dict[str, Any], node: str | None) -> dict[str, Any]:
+    """Entry ``e`` as ``node``'s (None: as spooled)."""
+    if node is None or e["node"] == node:
+        return e
+    e = {**e, "node": node}
+    if e["kind"] == "samples":
+        e["samples"] = [{**s, "node": node} for s in e["samples"]]
+    return e
 
 
 def _store(session: Executor, e: dict[str, Any]) -> None:
@@ -369,8 +381,11 @@ class SpoolingWriter:
     """
 
     def __init__(self, *, spool: Spool,
-                 session_scope: Callable[[], AbstractContextManager[Executor]]) -> None:
+                 session_scope: Callable[[], AbstractContextManager[Executor]],
+                 node: str | None = None) -> None:
         self.spool = spool
+        #: the daemon's node: its spool's entries are stored as this node's (Spool.drain)
+        self.node = node
         self.session_scope = session_scope
         self.incarnations = Incarnations()
         #: why the last batch was spooled (the database error's first line), None: stored
@@ -415,7 +430,8 @@ class SpoolingWriter:
             if not self.spool:
                 return 0
             try:
-                return self.spool.drain(self.session_scope, max_entries=max_entries)
+                return self.spool.drain(self.session_scope, max_entries=max_entries,
+                                        node=self.node)
             except DBAPIError:
                 self.incarnations.forget()
                 raise

@@ -91,11 +91,16 @@ def _opt(name: str, type_: Any, *args: Any, **kw: Any) -> Column[Any]:
     return Column(name, type_, *args, nullable=True, **kw)
 
 
+#: ``uid``: the node's identity (a uuid4 made at the daemon's first start, kept in its
+#: state directory: governor.store.nodes), which survives a change of hostname; NULL in the
+#: rows of older governors until their daemon adopts the row (migration 0004)
 nodes = Table(
     "nodes", metadata,
     Column("id", Integer, primary_key=True),
     _req("name", String(255), unique=True),
     _req("first_seen", UTCDateTime),
+    _opt("uid", String(36)),
+    Index("ix_nodes_uid", "uid", unique=True),
 )
 
 tenants = Table(

@@ -60,7 +60,7 @@ url = "sqlite:///" + sys.argv[1]
 import subprocess
 subprocess.run([sys.executable, "-c", "import sys; from governor.store.db import upgrade; "
                 "upgrade(sys.argv[1])", url], check=True)
-db = Database(url)
+db = Database(url, node=("n1", "0f8fad5b-d9cb-469f-a165-70867728950e"))
 assert db.check(), db.problem
 pol = load_policy([{str(REPO / "examples/policy.d")!r}])
 t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,7 +77,7 @@ with db.scope() as s:
                      kind="oom_kill", count=1)
     tenant = next(iter(pol.tenants))
     invoice(session=s, policy=with_recorded_prices(pol, s), tenant=tenant, start=t0,
-            end=t0 + timedelta(days=1))
+            end=t0 + timedelta(days=1), node="n1")
     apply_retention(session=s, before=t0)
 db.dispose()
 used = "sqlalchemy.orm" in sys.modules
