@@ -3,7 +3,8 @@
     .venv/bin/python dashboards/generate.py     # rewrites dashboards/*.json
 
 Every PromQL expression is here once; tests/kernel/test_oom_exporter_kernel.py runs each
-of them against a real Prometheus that scraped a real governor.
+of them against a real Prometheus that scraped a real governor (with the alert and the
+recording rules, dashboards/alerts.yml and recording.yml, loaded).
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ def tenants_overview() -> dict[str, Any]:
               [(f"sum by (tenant, group) (increase(governor_oom_kills_total{{{n}"
                 'tenant=~"$tenant",group!=""}[$__range]))', "{{tenant}}/{{group}}")],
               "short", 12, 8, kind="bargauge"),
-        panel(5, "Cost this billing period",
-              [('sum by (tenant, currency) (governor_billed_cost{tenant=~"$tenant"})',
-                "{{tenant}} {{currency}}")], "none", 0, 16, kind="stat"),
+        panel(5, "Cost this billing period (selected nodes)",
+              [(f'sum by (tenant, currency) (governor_billed_cost{{{n}tenant=~"$tenant"}})',
+                "{{tenant}} {{currency}}")], "none", 0, 16, kind="stat",
+              desc="Each node's share of the tenant's bill so far this month, summed over "
+                   "the selected nodes (All: the fleet's)."),
         panel(6, "Memory pressure (some, share of time)",
               [(f"max by (tenant) (rate(governor_memory_pressure_some_seconds_total{{{n}{T}}}"
                 "[$__rate_interval]))", "{{tenant}}")], "percentunit", 12, 16),
@@ -97,6 +100,13 @@ def tenants_overview() -> dict[str, Any]:
                 "{{tenant}}")], "bytes", 0, 24,
               desc="Bytes of the writable layers of the tenant's groups' containers "
                    "launched from images, billed per GiB-hour as storage."),
+        panel(8, "Fleet cost this billing period",
+              [('governor:billed_cost:sum{tenant=~"$tenant"}', "{{tenant}} {{currency}}"),
+               ("governor:billed_cost_all_tenants:sum", "all tenants {{currency}}")],
+              "none", 12, 24, kind="stat",
+              desc="Every node's share summed, whatever the node selection (recording "
+                   "rules of dashboards/recording.yml; the bill of record is `governor "
+                   "bill` over the central database)."),
     ], variables(groups=False))
 
 

@@ -455,7 +455,7 @@ receivers:
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
-rule_files: ["{REPO}/dashboards/alerts.yml"]
+rule_files: ["{REPO}/dashboards/alerts.yml", "{REPO}/dashboards/recording.yml"]
 alerting:
   alertmanagers:
     - static_configs:

@@ -127,3 +127,35 @@ def test_expressions_name_only_rendered_metrics() -> None:
     for where, expr in exprs.items():
         for name in re.findall(r"\bgovernor_\w+", expr):
             assert name in known, (where, name)
+
+
+def recording_rules(path: Path = DASH / "recording.yml") -> dict[str, str]:
+    """recorded name -> expr (single-line exprs)."""
+    text = path.read_text()
+    return dict(re.findall(r"- record: (\S+)\n\s+expr: (.+)", text))
+
+
+def test_promtool_check_and_unit_test_recording_rules() -> None:
+    """Issue #18: the fleet's billed cost is the sum of the nodes' shares."""
+    tool = promtool()
+    check = subprocess.run([tool, "check", "rules", str(DASH / "recording.yml")],
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 2 rules found" in check.stdout
+    test = subprocess.run([tool, "test", "rules", str(DASH / "recording_test.yml")],
+                          capture_output=True, text=True, cwd=DASH, check=False)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_recorded_series_of_the_dashboards_are_recorded() -> None:
+    rules = recording_rules()
+    assert set(rules) == {"governor:billed_cost:sum", "governor:billed_cost_all_tenants:sum"}
+    known = {m.name for m in ALL_METRICS}
+    for expr in rules.values():
+        assert set(re.findall(r"\bgovernor_\w+", expr)) <= known, expr
+    used = {name for expr in dashboard_expressions().values()
+            for name in re.findall(r"\bgovernor:[\w:]+", expr)}
+    assert used == set(rules)   # the fleet panel uses both, and nothing unrecorded
+    tested = set(re.findall(r"expr: (governor:[\w:]+)",
+                            (DASH / "recording_test.yml").read_text()))
+    assert tested == set(rules)
