@@ -23,6 +23,10 @@ def db_recorder(cfg: Config) -> tuple[Recorder | None, str]:
     except Exception as e:  # any store problem: fall back to the log
         return None, str(e).splitlines()[0]
     sessions = db.session_factory(engine)
+    from governor.store.nodeuid import read_node_uid
+
+    #: the node uid the daemon made (None before its first start: the node by name)
+    uid = read_node_uid(cfg.state_dir)
 
     def record(digest: str, trigger: str, outcomes: list[Outcome],
                plans: Mapping[str, PricePlan]) -> None:
@@ -33,6 +37,8 @@ def db_recorder(cfg: Config) -> tuple[Recorder | None, str]:
                    "value": o.action.new or "", "ok": "yes" if o.ok else f"no: {o.error}"}
                   for o in outcomes]
         with sessions.begin() as session:
+            if uid is not None:  # the daemon's identity: a renamed host keeps its row
+                service.ensure_node(session=session, name=cfg.node, uid=uid)
             service.record_applied_policy(session=session, node=cfg.node, applied_at=now(),
                                           policy_hash=digest, trigger=trigger, writes=writes)
             record_price_plans(session=session, plans=plans)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Final
 
-from governor.errors import ConfigError
+from governor.errors import ConfigError, GovernorError
 from governor.security import StateDir
 
 #: the node uid's file in ``[governor] state_dir``
@@ -45,6 +45,19 @@ def _read(d: StateDir) -> str | None:
             f"0f8fad5b-d9cb-469f-a165-70867728950e). Fix: put back this node's uid (the "
             f"`uid` of its row in the database's nodes table), or remove the file to make "
             f"a new identity", file=where) from None
+
+
+def read_node_uid(state_dir: str | os.PathLike[str]) -> str | None:
+    """The node uid kept in ``state_dir``, None when there is none (never made: a command
+    run on a host whose daemon never started) or the directory cannot be read."""
+    try:
+        d = StateDir(Path(state_dir), create=False)
+    except (OSError, GovernorError):
+        return None
+    try:
+        return _read(d)
+    finally:
+        d.close()
 
 
 def load_node_uid(state_dir: str | os.PathLike[str]) -> str:

@@ -211,3 +211,29 @@ def test_migration_0004_keeps_every_row(db_url: str) -> None:  # noqa: F811
         assert upgrade(eng) == "0004"
     finally:
         eng.dispose()
+
+
+def test_commands_find_the_uid_the_daemon_made(tmp_path: Path) -> None:
+    """``governor policy apply`` (the enforcer's recorder) on a renamed host writes into
+    the node's row, not into a new one under the new name."""
+    from governor.config import load_config
+    from governor.enforce.record import db_recorder
+    from governor.store.nodeuid import read_node_uid
+
+    state = tmp_path / "state"
+    assert read_node_uid(state) is None           # never made: by name
+    uid = load_node_uid(state)
+    assert read_node_uid(state) == uid
+    url = f"sqlite:///{tmp_path}/g.db"
+    upgrade(url)
+    eng = make_engine(url)
+    with scope_factory(eng)() as s:
+        nid = ensure_node(session=s, name="old-host", uid=uid)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[database]\nurl = "{url}"\n[governor]\nnode = "new-host"\n'
+                   f'state_dir = "{state}"\n')
+    recorder, why = db_recorder(load_config(cfg, environ={}))
+    assert recorder is not None, why
+    recorder("d1", "test", [], {})
+    assert _nodes(eng) == [(nid, "new-host", uid)]
+    eng.dispose()
