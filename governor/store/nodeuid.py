@@ -5,8 +5,8 @@ is renamed (``nodes.uid``, migration 0004; :func:`governor.store.service.ensure_
 The file is written once: to a temporary file in the same directory, fsynced, renamed
 over the name, and the directory fsynced (a crash leaves either no file or a whole one),
 mode 0600, through :class:`~governor.security.StateDir` (no symlink followed).  A flock
-on :data:`LOCK_FILE` keeps two daemons of one host (two subtrees, one state directory)
-from making two identities at their first start.
+on the state directory itself (no lock file left behind) keeps two daemons of one host
+(two subtrees, one state directory) from making two identities at their first start.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from governor.security import StateDir
 
 #: the node uid's file in ``[governor] state_dir``
 UID_FILE: Final = "node-uid"
-LOCK_FILE: Final = "node-uid.lock"
 
 
 def _read(d: StateDir) -> str | None:
@@ -67,9 +66,8 @@ def load_node_uid(state_dir: str | os.PathLike[str]) -> str:
         found = _read(d)
         if found is not None:
             return found
-        lock = d.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.flock(d.fd, fcntl.LOCK_EX)
             found = _read(d)  # made by the other daemon while this one waited
             if found is not None:
                 return found
@@ -91,7 +89,6 @@ def load_node_uid(state_dir: str | os.PathLike[str]) -> str:
             return made
         finally:
             with contextlib.suppress(OSError):
-                fcntl.flock(lock, fcntl.LOCK_UN)
-            os.close(lock)
+                fcntl.flock(d.fd, fcntl.LOCK_UN)
     finally:
         d.close()
