@@ -29,10 +29,13 @@ from governor.policy.matching import check_overlaps
 from governor.policy.model import (
     ContainerMatch,
     MatchRule,
+    NodeCosts,
     Policy,
     PricePlan,
     Tenant,
 )
+from governor.policy.nodes import TOP_KEYS as NODE_TOP_KEYS
+from governor.policy.nodes import NodeState, finish_nodes, parse_node_tables
 from governor.policy.plans import parse_plan
 from governor.policy.problems import PolicyInvalid, Problem
 from governor.policy.tenants import parse_tenant
@@ -43,7 +46,22 @@ def _decimal_text(d: Decimal) -> str:
     return format(d.normalize(), "f")
 
 
-def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> str:
+def _node_canon(costs: NodeCosts) -> dict[str, object]:
+    """Node costs in the digest, only when some are declared: a policy without them keeps
+    the digest it had."""
+    if not costs.nodes:
+        return {}
+    return {"node_costs": {
+        "idle": costs.idle, "cpu_core_hour_weight": _decimal_text(costs.cpu_core_hour_weight),
+        "memory_gib_hour_weight": _decimal_text(costs.memory_gib_hour_weight),
+        "nodes": {n: {"cost_per_hour": _decimal_text(c.cost_per_hour),
+                      "currency": c.currency, "cpus": _decimal_text(c.cpus),
+                      "memory": c.memory, "class": c.node_class}
+                  for n, c in sorted(costs.nodes.items())}}}
+
+
+def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan],
+            node_costs: NodeCosts | None = None) -> str:
     def rule(r: MatchRule) -> dict[str, object]:
         out: dict[str, object] = {}
         for k, v in r.fields().items():
@@ -91,6 +109,7 @@ def _digest(tenants: Mapping[str, Tenant], plans: Mapping[str, PricePlan]) -> st
             }
             for t in tenants.values()
         },
+        **_node_canon(node_costs or NodeCosts()),
     }
     blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
@@ -115,11 +134,13 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
     plan_home: dict[str, Doc] = {}
     wanted_plans: list[tuple[Doc, str, str]] = []
     rules: list[tuple[Doc, KeyPath, str, MatchRule]] = []
+    node_state = NodeState()
     for doc in docs:
         ctx.doc = doc
         for key, value in doc.data.items():
-            if key not in ("plans", "tenants"):
-                report_unknown(ctx, (), key, value, ("plans", "tenants"))
+            if key not in ("plans", "tenants", *NODE_TOP_KEYS):
+                report_unknown(ctx, (), key, value, ("plans", "tenants", *NODE_TOP_KEYS))
+        parse_node_tables(ctx, doc, node_state)
         raw_plans = doc.data.get("plans", {})
         if not isinstance(raw_plans, dict):
             ctx.add(("plans",), raw_plans, "plans is a table: [plans.<name>]")
@@ -159,6 +180,7 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
             ctx.add(("tenants", tenant_name, "plan"), plan_name,
                     f"plan {show(plan_name)} does not exist{hint}", doc=doc)
     check_overlaps(ctx, rules)
+    node_costs = finish_nodes(ctx, node_state)
     if not tenant_home and not any(p.severity == "error" for p in problems):
         _empty(problems, docs, given)
     problems[:] = _in_file_order(problems)
@@ -167,7 +189,8 @@ def _build(docs: Sequence[Doc], problems: list[Problem],
     if errors:
         raise PolicyInvalid(problems)
     return Policy(tenants=tenants, plans=plans, sources=tuple(d.name for d in docs),
-                  digest=_digest(tenants, plans), warnings=tuple(warnings))
+                  digest=_digest(tenants, plans, node_costs), warnings=tuple(warnings),
+                  node_costs=node_costs)
 
 
 def _empty(problems: list[Problem], docs: Sequence[Doc], given: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from governor.policy.units import MAX, CpuMax, Size
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 MemoryBasis: TypeAlias = Literal["usage", "reservation", "max"]
 OomAction: TypeAlias = Literal["log", "alert", "restart"]
+#: what a node's unused capacity becomes on a bill (docs/billing.md, "Node costs and idle")
+IdleMode: TypeAlias = Literal["unassigned", "split"]
 RESTART_BACKOFF_CAP_US = 300_000_000  # 5 minutes: the longest wait between two restarts
 
 
@@ -251,6 +253,38 @@ class PricePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeCost:
+    """What a node costs per hour and the capacity that cost buys: a
+    ``[node_classes.<name>]`` (``node_class`` its name) or a ``[nodes."<name>"]`` of its
+    own (``node_class`` None)."""
+
+    cost_per_hour: Decimal
+    currency: str
+    #: CPUs (cores) and memory (bytes) the node offers: the capacity shares are taken of
+    cpus: Decimal
+    memory: int
+    node_class: str | None = None
+
+
+#: OpenCost's default prices of a core-hour and a GiB-hour (its configs/default.json), used,
+#: as OpenCost uses them, only for their ratio: how a node's cost splits into CPU and RAM
+OPENCOST_CPU_CORE_HOUR: Final = Decimal("0.031611")
+OPENCOST_RAM_GIB_HOUR: Final = Decimal("0.004237")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCosts:
+    """``[node_costs]``, ``[node_classes.<name>]`` and ``[nodes."<name>"]``: each node's
+    cost (by node name; a node not listed has none), how idle capacity is billed and the
+    CPU:RAM weighting of a node's cost."""
+
+    nodes: Mapping[str, NodeCost] = field(default_factory=dict)
+    idle: IdleMode = "unassigned"
+    cpu_core_hour_weight: Decimal = OPENCOST_CPU_CORE_HOUR
+    memory_gib_hour_weight: Decimal = OPENCOST_RAM_GIB_HOUR
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The whole validated policy.
 
@@ -264,6 +298,7 @@ class Policy:
     sources: tuple[str, ...]
     digest: str
     warnings: tuple[Problem, ...] = ()
+    node_costs: NodeCosts = field(default_factory=NodeCosts)
 
     def groups(self) -> list[Group]:
         """Every group of every tenant, in policy order."""
