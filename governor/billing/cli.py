@@ -14,9 +14,16 @@ import click
 from governor.billing.errors import InvalidPeriod
 from governor.billing.focus import render_focus
 from governor.billing.formats import FORMATS, render_invoices, render_usage
+from governor.billing.idle import NodeCostsLike
+from governor.billing.idle_formats import render_focus_node_costs, render_with_node_costs
 from governor.billing.plans import PolicyLike
 from governor.billing.report import GRANULARITIES, By, Granularity, Invoice, SlicedInvoice
-from governor.billing.service import make_invoices, make_sliced_invoices, read_usage
+from governor.billing.service import (
+    make_invoices,
+    make_sliced_invoices,
+    read_node_costs,
+    read_usage,
+)
 from governor.clikit import config_options
 from governor.config import Config
 
@@ -65,7 +72,8 @@ def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: da
 
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
              end: datetime, fmt: str = "table", by: Granularity | None = None,
-             out: TextIO | None = None, node: str | None = None
+             out: TextIO | None = None, node: str | None = None,
+             node_costs: NodeCostsLike | None = None
              ) -> list[Invoice] | list[SlicedInvoice]:
     """Print the invoices of ``tenant`` (or of every tenant of the policy and database,
     see :func:`governor.billing.service.make_invoices`) and return them.  ``fmt`` focus
@@ -73,7 +81,9 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
     :func:`governor.billing.service.make_sliced_invoices`); the other formats show one
     line per group, resource and price version, so ``by`` is for focus only.  A progress
     bar shows on stderr when stdout is a terminal.  ``node``: that node's share of each
-    bill (the node bills add up to the fleet's exactly: :mod:`governor.billing.nodes`)."""
+    bill (the node bills add up to the fleet's exactly: :mod:`governor.billing.nodes`).
+    ``node_costs``: the policy's node costs shared out after the invoices
+    (:mod:`governor.billing.idle_formats`), warnings on stderr."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -104,10 +114,20 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
                                      invoiced=lambda _: progress.advance(task), node=node)
     finally:
         progress.stop()
+    report = None if node_costs is None else read_node_costs(
+        database_url, node_costs, tenant=tenant, start=start, end=end,
+        by=(by or "month") if fmt == "focus" else None)
+    for warning in report.warnings if report is not None else ():
+        click.echo(f"governor: warning: {warning}", err=True)
     if fmt == "focus":
         render_focus(sliced, out)
+        if report is not None:
+            render_focus_node_costs(report, out)
         return sliced
-    render_invoices(invoices, fmt, out)
+    if report is not None:
+        render_with_node_costs(invoices, report, fmt, out)
+    else:
+        render_invoices(invoices, fmt, out)
     return invoices
 
 
@@ -148,18 +168,27 @@ def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str |
 @click.option("--by", type=click.Choice(list(GRANULARITIES)), default=None,
               help="with --format focus: one row per node and UTC hour, day or month "
                    "(ChargePeriodStart/End)  [default: month]")
+@click.option("--node-costs", is_flag=True, default=False,
+              help="also share each node's cost (policy [node_classes]/[nodes]) among the "
+                   "tenants by usage, with the node's idle capacity as its own lines")
 def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
                  end: str | None, period: str | None, fmt: str,
-                 by: Granularity | None, node: str | None) -> None:
+                 by: Granularity | None, node: str | None, node_costs: bool) -> None:
     """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
     or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS 1.0 rows, per node
-    and per ``--by`` hour, day or month; ``--node``: one node's share of the fleet's."""
+    and per ``--by`` hour, day or month; ``--node``: one node's share of the fleet's;
+    ``--node-costs`` adds the nodes' costs shared out by usage and their idle capacity
+    (docs/billing.md, "Node costs and idle")."""
     from governor.policy import load_policy
 
     c = cfg()
     a, b = parse_period(period, start, end)
-    run_bill(c.database_url, load_policy([c.policy]), tenant=tenant, start=a, end=b, fmt=fmt,
-             by=by, node=node)
+    if node is not None and node_costs:
+        raise click.UsageError("--node-costs shares out every node's cost (each node's "
+                               "lines name their node): leave out --node, or --node-costs")
+    policy = load_policy([c.policy])
+    run_bill(c.database_url, policy, tenant=tenant, start=a, end=b, fmt=fmt, by=by,
+             node=node, node_costs=policy.node_costs if node_costs else None)
 
 
 def register(main: click.Group) -> None:

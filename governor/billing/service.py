@@ -11,6 +11,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from governor.billing.history import with_recorded_prices
+from governor.billing.idle import NodeCostReport, NodeCostsLike, node_costs
 from governor.billing.plans import PolicyLike
 from governor.billing.report import (
     By,
@@ -45,6 +46,21 @@ def read_usage(database_url: str, *, tenant: str | None, start: datetime, end: d
             with session_factory(engine)() as session:
                 return usage_report(session=session, tenant=tenant, start=start, end=end,
                                     by=by, node=node)
+    finally:
+        engine.dispose()
+
+
+def read_node_costs(database_url: str, costs: NodeCostsLike, *, tenant: str | None,
+                    start: datetime, end: datetime, by: Granularity | None = None
+                    ) -> NodeCostReport:
+    """The node costs shared out (:func:`governor.billing.idle.node_costs`)."""
+    engine = connect(database_url)
+    try:
+        with database_errors(database_url, "read"):
+            check_schema(engine)
+            with session_factory(engine)() as session:
+                return node_costs(session=session, costs=costs, start=start, end=end,
+                                  by=by, tenant=tenant)
     finally:
         engine.dispose()
 
