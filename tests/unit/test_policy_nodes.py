@@ -169,3 +169,14 @@ def test_digest_unchanged_without_node_costs_and_changed_with_them() -> None:
     cheaper = with_nodes.digest != parse_policy([("a.toml", BASE + CLASSES.replace(
         "0.50", "0.40") + '[nodes.w1]\nclass = "big"\n')]).digest
     assert cheaper
+
+
+def test_the_example_of_docs_policy_md_is_valid() -> None:
+    import re
+
+    doc = (EXAMPLES.parents[1] / "docs" / "policy.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc[doc.index("## Node costs"):], re.S)
+    assert example is not None
+    nc = parse_policy([("base.toml", BASE), ("nodes.toml", example.group(1))]).node_costs
+    assert nc.nodes["worker-1.example.com"].node_class == "big"
+    assert nc.nodes["worker-2"].cpus == Decimal("2.5")
