@@ -14,7 +14,7 @@ import click
 from governor.billing.errors import InvalidPeriod
 from governor.billing.focus import render_focus
 from governor.billing.formats import FORMATS, render_invoices, render_usage
-from governor.billing.idle import NodeCostsLike
+from governor.billing.idle import NodeCostsLike, require_node_costs
 from governor.billing.idle_formats import render_focus_node_costs, render_with_node_costs
 from governor.billing.plans import PolicyLike
 from governor.billing.report import GRANULARITIES, By, Granularity, Invoice, SlicedInvoice
@@ -93,6 +93,8 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
                             f"for the whole period): use --format focus, or leave --by out")
     if by is not None and by not in GRANULARITIES:
         raise InvalidPeriod(f"--by {by!r}: use hour, day or month")
+    if node_costs is not None:
+        require_node_costs(node_costs)  # before the invoices are read
     out = out or sys.stdout
     progress = Progress(console=Console(stderr=True), transient=True)
     task = progress.add_task("billing")

@@ -289,16 +289,21 @@ def _over(node: str, what: str, capacity: str, hours: list[tuple[datetime, Fract
             f"capacity of nodes.\"{node}\" (or of its class)")
 
 
+def require_node_costs(costs: NodeCostsLike) -> None:
+    """:class:`NoNodeCosts` when the policy gives no node a cost."""
+    if not costs.nodes:
+        raise NoNodeCosts("no node costs in the policy: declare [node_classes.<name>] with "
+                          "cost_per_hour, currency, cpus and memory and assign nodes to it "
+                          "([nodes.\"<node name>\"] class = \"<name>\"), see docs/policy.md")
+
+
 def node_costs(*, session: Executor, costs: NodeCostsLike, start: datetime, end: datetime,
                by: Granularity | None = None, tenant: str | None = None,
                now: datetime | None = None) -> NodeCostReport:
     """The node costs of ``[start, end)`` shared out (rules in the module's docstring), one
     line per node, tenant and kind in the period (``by`` None) or per UTC hour, day or
     month; ``tenant``: only its lines (amounts as in the whole report, no idle lines)."""
-    if not costs.nodes:
-        raise NoNodeCosts("no node costs in the policy: declare [node_classes.<name>] with "
-                          "cost_per_hour, currency, cpus and memory and assign nodes to it "
-                          "([nodes.\"<node name>\"] class = \"<name>\"), see docs/policy.md")
+    require_node_costs(costs)
     slices = charge_slices(start, end, by) if by is not None else [(start, end)]
     now = now or datetime.now(UTC)
     known = {name: (nid, seen) for nid, name, seen in session.execute(
