@@ -45,7 +45,8 @@ period, or an hour, day or month for FOCUS); per node and slice the node's cost
 (``cost_per_hour`` times its hours) is rounded once, half-even, to the currency's minor
 unit, and shared out over the slice's lines by the largest remainder (each line's exact
 amount, its units times the price, rounded down, then one minor unit more to the lines with
-the largest remainders, ties in line order): the lines of a node and slice add up to its
+the largest remainders, ties in line order: tenants by name, share before idle, then
+``__idle__``): the lines of a node and slice add up to its
 rounded cost exactly, no cent unaccounted, and each line is within one minor unit of its
 amount.
 """
@@ -350,7 +351,7 @@ def node_costs(*, session: Executor, costs: NodeCostsLike, start: datetime, end:
     for key in sorted(acc, key=lambda k: (k[0], k[1])):
         cost = costs.nodes[key[1]]
         lines = acc[key]
-        order = sorted(lines, key=lambda tk: (tk[0] == IDLE, tk[0], tk[1]))
+        order = sorted(lines, key=lambda tk: (tk[0] == IDLE, tk[0], tk[1] != "share"))
         pn, pd = cost.cost_per_hour.as_integer_ratio()
         amounts = largest_remainder({tk: lines[tk][0] * pn for tk in order}, UNITS * pd,
                                     cost.currency)

@@ -117,6 +117,9 @@ def test_25_and_50_percent_split(session):  # noqa: F811
     assert _lines(r) == {("n1", "a", "share"): D("0.25"), ("n1", "b", "share"): D("0.50"),
                          ("n1", "a", "idle"): D("0.08"), ("n1", "b", "idle"): D("0.17")}
     assert sum(_lines(r).values()) == D("1.00")
+    # tenants by name, each one's share before its idle
+    assert [(ln.tenant, ln.kind) for ln in r.lines] == [
+        ("a", "share"), ("a", "idle"), ("b", "share"), ("b", "idle")]
     # --tenant: its lines only, with the amounts of the whole report
     only = node_costs(session=session, costs=_costs("split"), start=T0, end=T0 + H,
                       now=NOW, tenant="a")
