@@ -67,6 +67,7 @@ LAZY_COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
     "db": (("governor.store.cli", "db"),),
     "usage": (("governor.billing.cli", "register"),),
     "bill": (("governor.billing.cli", "register"),),
+    "recommend": (("governor.recommend.cli", "recommend_command"),),
 }
 
 
