@@ -163,7 +163,7 @@ def build_dropin(paths: Sequence[str | Path], recs: Sequence[Recommendation], *,
     body = dump_toml({"tenants": changed})
     rest = [(d.name, dump_toml(_without(d.data, changed))) for d in docs]
     try:
-        parse_policy([*rest, ("recommend.toml", body)])
+        problems = list(parse_policy([*rest, ("recommend.toml", body)]).warnings)
     except PolicyInvalid as exc:
         problems = list(exc.problems)
     sources = sorted({home[t].name for t in changed})
@@ -174,7 +174,8 @@ def build_dropin(paths: Sequence[str | Path], recs: Sequence[Recommendation], *,
            "file to the policy directory,",
            "# then review the writes with: governor policy plan --policy <that directory>",
            *said,
-           *(f"# PROBLEM: {p}" for p in problems if p.severity == "error")]
+           *(f"# {'WARNING' if p.severity == 'warning' else 'PROBLEM'}: "
+             f"{str(p).removeprefix('warning: ')}" for p in problems)]
     return "\n".join(top) + "\n\n" + body, [p for p in problems if p.severity == "error"]
 
 
