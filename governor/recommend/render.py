@@ -31,8 +31,18 @@ def _shown(file: str, value: str | None) -> str:
 
 def _pair(r: Recommendation, file: str) -> str:
     new = r.suggest.get(file)
-    old = _shown(file, r.current.get(file))
-    return "-" if new is None else f"{old} -> {_shown(file, new)}"
+    old = r.current.get(file)
+    return "-" if new is None else \
+        f"{'unset' if old is None else _shown(file, old)} -> {_shown(file, new)}"
+
+
+def span(window: timedelta) -> str:
+    """``7d``, ``36h``, ``90m``: the window in its largest whole unit."""
+    secs = int(window.total_seconds())
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs % size == 0:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
 
 
 def _figures(f: Mapping[str, float | int | None]) -> str:
@@ -59,7 +69,7 @@ def render(recs: Sequence[Recommendation], fmt: str, out: TextIO, *, window: tim
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
     console = Console(file=out, width=160 if not out.isatty() else None)
-    t = Table(title=f"recommendations over {window} (working set: {WORKING_SET_BASIS}; "
+    t = Table(title=f"recommendations over {span(window)} (working set: {WORKING_SET_BASIS}; "
                     f"headroom {settings.headroom:.0%})", title_justify="left")
     for col in ("group", "flags", "measured", *FILES):
         t.add_column(col)
