@@ -252,3 +252,12 @@ def test_bad_format_is_a_usage_error() -> None:
 ])
 def test_dump_toml_round_trips(data: dict[str, object]) -> None:
     assert tomllib.loads(dump_toml(data)) == data
+
+
+def test_toml_with_nothing_to_suggest_says_so(engine, db_url, history,  # noqa: F811
+                                              policy_dir: Path) -> None:
+    res = run("--database", db_url, "--policy", str(policy_dir), "--window", "1h",
+              "--format", "toml", "--tenant", "globex")
+    assert res.exit_code == 1
+    assert "no suggestion for a tenant the policy defines: nothing to write" in str(
+        res.exception)
