@@ -62,10 +62,17 @@ def _is_table_array(v: object) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
-def _needs_header(v: object) -> bool:
-    """A dict written as its own [table]: one holding sub-tables or arrays of tables."""
-    return isinstance(v, dict) and any(_needs_header(x) or _is_table_array(x)
-                                       for x in v.values())
+def _needs_header(v: object, path: tuple[str, ...]) -> bool:
+    """A table written under its own ``[header]``: a tenant, a group or a plan (the
+    policy's own layout), an empty table, one holding arrays of tables; any other table
+    of values is written as dotted keys in its parent (``memory.max = "256M"``)."""
+    if not isinstance(v, dict):
+        return False
+    if (path[:1] == ("tenants",) and len(path) in (2, 4)) or (
+            path[:1] == ("plans",) and len(path) == 2):
+        return True
+    return not v or any(_is_table_array(x) or _needs_header(x, (*path, k))
+                        for k, x in v.items())
 
 
 def _dotted(prefix: str, v: Mapping[str, Any], out: list[str]) -> None:
@@ -77,46 +84,51 @@ def _dotted(prefix: str, v: Mapping[str, Any], out: list[str]) -> None:
             out.append(f"{name} = {_value(x)}")
 
 
-def dump_toml(data: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
-    """TOML text that ``tomllib`` reads back as ``data`` (tables of scalars become dotted
-    keys, as policies spell ``memory.max = "256M"``)."""
+def dump_toml(data: Mapping[str, Any], path: tuple[str, ...] = (), *,
+              array: bool = False) -> str:
+    """TOML text that ``tomllib`` reads back as ``data`` (at ``path``; ``array``: as an
+    element of an array of tables)."""
     lines: list[str] = []
     later: list[str] = []
-    header = ".".join(_key(p) for p in path)
     for k, v in data.items():
-        if _needs_header(v) or (isinstance(v, dict) and not v):
+        if _needs_header(v, (*path, k)):
             later.append(dump_toml(v, (*path, k)))
         elif _is_table_array(v):
-            for item in v:
-                body = dump_toml(item, ()).strip("\n")
-                later.append(f"[[{header + '.' if header else ''}{_key(k)}]]\n"
-                             + (body + "\n" if body else ""))
+            later.extend(dump_toml(item, (*path, k), array=True) for item in v)
         elif isinstance(v, dict):
             _dotted(_key(k), v, lines)
         else:
             lines.append(f"{_key(k)} = {_value(v)}")
-    text = (f"[{header}]\n" if header and (lines or not later) else "") + "".join(
-        line + "\n" for line in lines)
+    header = ".".join(_key(p) for p in path)
+    head = ""
+    if array:
+        head = f"[[{header}]]\n"
+    elif header and (lines or not later):
+        head = f"[{header}]\n"
+    text = head + "".join(line + "\n" for line in lines)
     return "\n".join(x for x in (text, *later) if x)
 
 
 def _set(table: dict[str, Any], file: str, value: object) -> None:
-    """Set ``file`` (e.g. memory.max) in a group's raw table, whatever the spelling the
-    policy used (dotted, quoted or an alias such as ``cpus``)."""
-    for alias in _ALIASES[file]:
-        table.pop(alias, None)
-        head, _, leaf = alias.partition(".")
-        sub = table.get(head)
-        if leaf and isinstance(sub, dict):
-            sub.pop(leaf, None)
-            if not sub:
-                table.pop(head)
+    """Set ``file`` (e.g. memory.max) in a group's raw table in its place, whatever the
+    spelling the policy used (dotted, quoted, or an alias such as ``cpus``, removed)."""
     head, _, leaf = file.partition(".")
-    sub = table.setdefault(head, {})
-    if not isinstance(sub, dict):
-        table[file] = value
-        return
-    sub[leaf] = value
+    table.pop(file, None)                       # a quoted "memory.max" key
+    for alias in _ALIASES[file]:
+        if alias == file:
+            continue
+        table.pop(alias, None)
+        a_head, _, a_leaf = alias.partition(".")
+        sub = table.get(a_head)
+        if a_leaf and isinstance(sub, dict):
+            sub.pop(a_leaf, None)
+            if not sub and a_head != head:
+                table.pop(a_head)
+    sub = table.get(head)
+    if isinstance(sub, dict):
+        sub[leaf] = value
+    else:
+        table[head] = {leaf: value}
 
 
 def _policy_value(file: str, kernel: str) -> object:

@@ -161,6 +161,7 @@ def test_toml_drop_in_loads_and_policy_plan_shows_the_writes(
     text = res.output
     assert f"remove it from {policy_dir / '10-acme.toml'}" in text
     assert "# acme/big (over-provisioned): memory.max 536870912 -> " in text
+    assert "\n[tenants.acme.groups.big]\nmemory.max = \"" in text
     data = tomllib.loads(text)
     assert set(data["tenants"]) == {"acme"}            # globex: no data, not in it
     big = data["tenants"]["acme"]["groups"]["big"]
@@ -254,6 +255,18 @@ def test_dump_toml_round_trips(data: dict[str, object]) -> None:
     assert tomllib.loads(dump_toml(data)) == data
 
 
+@pytest.mark.parametrize("name", ["00-plans.toml", "10-acme.toml", "20-globex.toml"])
+def test_dump_toml_keeps_the_policy_layout(name: str) -> None:
+    """The example policy reads back the same, tenants and groups as [tables] and their
+    keys dotted as an operator writes them."""
+    data = tomllib.loads((Path(__file__).parents[2] / "examples/policy.d" / name).read_text())
+    text = dump_toml(data)
+    assert tomllib.loads(text) == data
+    if name == "10-acme.toml":
+        assert "[tenants.acme.groups.web]\nmemory.max = \"256M\"\n" in text
+        assert "[[tenants.acme.groups.web.match]]\n" in text
+
+
 def test_toml_with_nothing_to_suggest_says_so(engine, db_url, history,  # noqa: F811
                                               policy_dir: Path) -> None:
     res = run("--database", db_url, "--policy", str(policy_dir), "--window", "1h",
@@ -261,3 +274,21 @@ def test_toml_with_nothing_to_suggest_says_so(engine, db_url, history,  # noqa: 
     assert res.exit_code == 1
     assert "no suggestion for a tenant the policy defines: nothing to write" in str(
         res.exception)
+
+
+@pytest.mark.parametrize(("group", "file", "value", "expected"), [
+    ({"cpus": 0.5, "pids": {"max": 8}}, "cpu.max", "1000 100000",
+     {"pids": {"max": 8}, "cpu": {"max": "1000 100000"}}),
+    ({"cpu": {"shares": 512, "max": "1"}}, "cpu.weight", 59,
+     {"cpu": {"max": "1", "weight": 59}}),
+    ({"memory": {"max": "1G", "low": "8M"}}, "memory.max", "27M",
+     {"memory": {"max": "27M", "low": "8M"}}),
+    ({"memory.max": "1G"}, "memory.max", "27M", {"memory": {"max": "27M"}}),
+])
+def test_a_suggestion_replaces_every_spelling(group: dict[str, object], file: str,
+                                              value: object,
+                                              expected: dict[str, object]) -> None:
+    from governor.recommend.dropin import _set
+
+    _set(group, file, value)
+    assert group == expected
