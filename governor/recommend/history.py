@@ -142,33 +142,37 @@ def read_histories(*, session: Executor, start: datetime, end: datetime,
                    tenant: str | None = None, group: str | None = None,
                    also: Sequence[tuple[str, str]] = (),
                    policy_limits: Mapping[str, Mapping[str, str]] | None = None,
-                   ) -> list[History]:
-    """One :class:`History` per group with samples in ``[start, end)`` or known to the
-    store (or named in ``also``, the policy's groups): those without samples have empty
-    series (no-data).  Limits: ``policy_limits``' (by path), overlaid by the values
-    governor last wrote (what the kernel had during the window)."""
+                   ) -> Iterator[History]:
+    """One :class:`History` per group with samples in ``[start, end)``, then per group
+    known to the store (or named in ``also``, the policy's groups) without any: those
+    have empty series (no-data).  Limits: ``policy_limits``' (by path), overlaid by the
+    values governor last wrote (what the kernel had during the window).
+
+    A generator: one group's series are held at a time (a week of 10 s samples is 60,480
+    per group), so the caller reduces each before the next is read."""
     applied = applied_limits(session=session, end=end)
     policy_limits = policy_limits or {}
-    accs: dict[tuple[str, str], _Acc] = {}
-    for key, rows in groupby(_rows(session, start, end, tenant, group),
-                             key=lambda r: (r.tenant, r.group)):
-        accs[key] = _accumulate(rows)
-    names = set(accs) | set(also)
-    for t, gs in known_groups(session=session, start=start).items():
-        names.update((t, g) for g in gs)
-    out: list[History] = []
-    for t, g in sorted(names):
-        if (tenant is not None and t != tenant) or (group is not None and g != group):
-            continue
-        acc = accs.get((t, g), _Acc())
+
+    def made(t: str, g: str, acc: _Acc) -> History:
         path = f"{t}/{g}"
         limits = {**policy_limits.get(path, {}), **applied.get(path, {})}
         where = "+".join(w for w, src in (("applied", applied), ("policy", policy_limits))
                          if path in src)
         pressure = {r: acc.stalled[r] / acc.measured[r] for r in acc.measured
                     if acc.measured[r] > 0}
-        out.append(History(t, g, acc.count, acc.first, acc.last, acc.working_set,
-                           acc.cpu_rates, acc.nr_periods, acc.nr_throttled, pressure,
-                           acc.oom_kills, {f: v for f, v in limits.items() if f in FILES},
-                           where))
-    return out
+        return History(t, g, acc.count, acc.first, acc.last, acc.working_set,
+                       acc.cpu_rates, acc.nr_periods, acc.nr_throttled, pressure,
+                       acc.oom_kills, {f: v for f, v in limits.items() if f in FILES},
+                       where)
+
+    seen: set[tuple[str, str]] = set()
+    for key, rows in groupby(_rows(session, start, end, tenant, group),
+                             key=lambda r: (r.tenant, r.group)):
+        seen.add(key)
+        yield made(*key, _accumulate(rows))
+    names = set(also)
+    for t, gs in known_groups(session=session, start=start).items():
+        names.update((t, g) for g in gs)
+    for t, g in sorted(names - seen):
+        if (tenant is None or t == tenant) and (group is None or g == group):
+            yield made(t, g, _Acc())

@@ -64,17 +64,17 @@ def recommend_groups(database_url: str, *, settings: Settings, window: timedelta
         with database_errors(database_url, "read"):
             check_schema(engine)
             with session_factory(engine)() as session:
-                histories = read_histories(
+                recs = [recommend(h, settings) for h in read_histories(
                     session=session, start=start, end=end, tenant=tenant, group=group,
-                    also=also, policy_limits=None if policy is None else policy_limits(policy))
-                known = {} if histories else known_groups(session=session, start=start)
+                    also=also, policy_limits=None if policy is None else policy_limits(policy))]
+                known = {} if recs else known_groups(session=session, start=start)
     finally:
         engine.dispose()
-    if tenant is not None and not histories:
+    if tenant is not None and not recs:
         for t, g in also:
             known.setdefault(t, set()).add(g)
         where = "not in the policy and never sampled"
         if group is None or tenant not in known:
             raise UnknownTenant(tenant, where=where, known=sorted(known))
         raise UnknownTenant(tenant, group=group, where=where, known=sorted(known[tenant]))
-    return [recommend(h, settings) for h in histories]
+    return sorted(recs, key=lambda r: (r.tenant, r.group))
