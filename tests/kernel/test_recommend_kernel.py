@@ -147,7 +147,8 @@ def test_recommend_tells_over_provisioned_from_starved(gov: Gov, tmp_path: Path)
             time.sleep(HISTORY_SECONDS)
         kills = parse.parse_flat_keyed((sub / "rec/tight/memory.events").read_text())[
             "oom_kill"] - oom_before["oom_kill"]
-        time.sleep(5)                               # a sample after the last kill
+        n = sampled(gov, "rec/tight")               # two samples after the last kill
+        assert wait(lambda: sampled(gov, "rec/tight") >= n + 2, 120), gov.tail()
         assert gov.stop() == 0, gov.tail()
     finally:
         for p in (roomy, busy):
