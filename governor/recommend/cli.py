@@ -13,7 +13,12 @@ import click
 from governor.clikit import config_options
 from governor.config import Config
 from governor.recommend.rules import Settings
-from governor.recommend.service import parse_percent, parse_window, recommend_groups
+from governor.recommend.service import (
+    parse_percent,
+    parse_window,
+    policy_at,
+    recommend_groups,
+)
 
 
 @click.command("recommend")
@@ -31,13 +36,12 @@ def recommend_command(cfg: Callable[[], Config], *, tenant: str | None, group: s
                       window: str, headroom: str, fmt: str) -> None:
     """Suggest memory.max, memory.high, cpu.max and cpu.weight per group from the stored
     history, and flag groups that are starved or over-provisioned (docs/recommend.md)."""
-    from governor.policy import load_policy
     from governor.recommend.render import render
 
     span = parse_window(window)
     settings = Settings(headroom=parse_percent(headroom, "--headroom"))
     c = cfg()
-    policy = load_policy([c.policy]) if fmt == "toml" or _exists(c.policy) else None
+    policy = policy_at(c.policy, required=fmt == "toml")
     recs = recommend_groups(c.database_url, settings=settings, window=span, tenant=tenant,
                             group=group, policy=policy)
     if fmt != "toml":
@@ -55,8 +59,3 @@ def recommend_command(cfg: Callable[[], Config], *, tenant: str | None, group: s
                    f"{len(problems)} problem(s), said in its header", err=True)
         sys.exit(1)
 
-
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()

@@ -40,6 +40,18 @@ def parse_percent(value: str, option: str, *, top: float = 1000.0) -> float:
     return pct / 100
 
 
+def policy_at(path: str, *, required: bool) -> Policy | None:
+    """The policy at ``path`` (a file or a drop-in directory), validated; None when it is
+    not ``required`` (the table and JSON can do without its limits) and nothing is there."""
+    from pathlib import Path
+
+    from governor.policy import load_policy
+
+    if not required and not Path(path).exists():
+        return None
+    return load_policy([path])
+
+
 def policy_limits(policy: Policy) -> dict[str, dict[str, str]]:
     """``"tenant/group"`` -> the policy's values of the suggested files (kernel values)."""
     return {g.path: {f: v for f, v in g.limits.files() if f in FILES}
