@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import groupby
+from itertools import groupby, pairwise
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import or_, select
@@ -42,50 +43,54 @@ class _Acc:
     last: datetime | None = None
 
 
-def _delta(a: Any, b: Any) -> int | None:
-    """``b - a`` of a counter, None when either is missing or it went down (a reset)."""
-    if a is None or b is None or b < a:
-        return None
-    return int(b - a)
+#: positions in a row of :func:`_rows` (tenant, group, gid, ts, then :data:`_COLUMNS`)
+_GID, _TS, _MONO, _CPU, _PERIODS, _THROTTLED, _MEM, _KILLS = 2, 3, 4, 5, 6, 7, 8, 9
+_PSI: Final = tuple(range(10, 10 + len(PRESSURE_RESOURCES)))
 
 
-def _pair(acc: _Acc, prev: Any, row: Any) -> None:
-    seconds = row.mono - prev.mono
-    if not seconds > 0:
-        return
-    cpu = _delta(prev.cpu_usage_usec, row.cpu_usage_usec)
-    if cpu is not None:
-        acc.cpu_rates.append(cpu / (seconds * 1e6))
-    periods = _delta(prev.cpu_nr_periods, row.cpu_nr_periods)
-    throttled = _delta(prev.cpu_nr_throttled, row.cpu_nr_throttled)
-    if periods is not None and throttled is not None:
-        acc.nr_periods += periods
-        acc.nr_throttled += throttled
-    for res in PRESSURE_RESOURCES:
-        col = f"psi_{res}_some_usec"
-        stalled = _delta(getattr(prev, col), getattr(row, col))
-        if stalled is not None:
-            acc.stalled[res] = acc.stalled.get(res, 0) + stalled
-            acc.measured[res] = acc.measured.get(res, 0.0) + seconds * 1e6
-    kills = _delta(prev.memory_events_oom_kill, row.memory_events_oom_kill)
-    if kills is not None:
-        acc.oom_kills += kills
+def _grew(a: Any, b: Any) -> bool:
+    """A counter went from ``a`` to ``b``: both read, and no reset (a decrease)."""
+    return a is not None and b is not None and b >= a
+
+
+def _pairs(acc: _Acc, batch: Sequence[Any]) -> None:
+    """The pairs of consecutive samples of one incarnation (a hot loop: a week of 10 s
+    samples is 60,480 pairs per group, so positions and locals, not names)."""
+    rates = acc.cpu_rates
+    stalled = [0] * len(_PSI)
+    measured = [0.0] * len(_PSI)
+    for prev, row in pairwise(batch):
+        us = (row[_MONO] - prev[_MONO]) * 1e6
+        if not us > 0:
+            continue
+        if _grew(prev[_CPU], row[_CPU]):
+            rates.append((row[_CPU] - prev[_CPU]) / us)
+        if _grew(prev[_PERIODS], row[_PERIODS]) and _grew(prev[_THROTTLED], row[_THROTTLED]):
+            acc.nr_periods += row[_PERIODS] - prev[_PERIODS]
+            acc.nr_throttled += row[_THROTTLED] - prev[_THROTTLED]
+        for i, col in enumerate(_PSI):
+            if _grew(prev[col], row[col]):
+                stalled[i] += row[col] - prev[col]
+                measured[i] += us
+        if _grew(prev[_KILLS], row[_KILLS]):
+            acc.oom_kills += row[_KILLS] - prev[_KILLS]
+    for i, res in enumerate(PRESSURE_RESOURCES):
+        if measured[i]:
+            acc.stalled[res] = acc.stalled.get(res, 0) + stalled[i]
+            acc.measured[res] = acc.measured.get(res, 0.0) + measured[i]
 
 
 def _accumulate(rows: Iterable[Any]) -> _Acc:
     """One group's rows, ordered by incarnation and time."""
     acc = _Acc()
-    for _, incarnation in groupby(rows, key=lambda r: r.gid):
-        prev = None
-        for row in incarnation:
-            acc.count += 1
-            acc.first = row.ts if acc.first is None else min(acc.first, row.ts)
-            acc.last = row.ts if acc.last is None else max(acc.last, row.ts)
-            if row.memory_current is not None:
-                acc.working_set.append(int(row.memory_current))
-            if prev is not None:
-                _pair(acc, prev, row)
-            prev = row
+    for _, incarnation in groupby(rows, key=itemgetter(_GID)):
+        batch = list(incarnation)
+        acc.count += len(batch)
+        first, last = batch[0][_TS], batch[-1][_TS]
+        acc.first = first if acc.first is None else min(acc.first, first)
+        acc.last = last if acc.last is None else max(acc.last, last)
+        acc.working_set.extend(int(r[_MEM]) for r in batch if r[_MEM] is not None)
+        _pairs(acc, batch)
     return acc
 
 
