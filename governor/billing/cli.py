@@ -17,13 +17,14 @@ from governor.billing.formats import FORMATS, render_invoices, render_usage
 from governor.billing.idle import NodeCostsLike, require_node_costs
 from governor.billing.idle_formats import render_focus_node_costs, render_with_node_costs
 from governor.billing.plans import PolicyLike
-from governor.billing.report import GRANULARITIES, By, Granularity, Invoice, SlicedInvoice
+from governor.billing.report import By, Invoice
 from governor.billing.service import (
     make_invoices,
     make_sliced_invoices,
     read_node_costs,
     read_usage,
 )
+from governor.billing.sliced import GRANULARITIES, Granularity, SlicedInvoice
 from governor.clikit import config_options
 from governor.config import Config
 

@@ -2,7 +2,7 @@
 
 FOCUS (https://focus.finops.org, the 1.0 specification's columns in
 ``specification/columns/``) is a CSV of *charges*: here one row per group, resource, price
-version, node and slice of a :class:`~governor.billing.report.SlicedInvoice`.  The version is
+version, node and slice of a :class:`~governor.billing.sliced.SlicedInvoice`.  The version is
 1.0 because it is the newest that ``focus-validator`` validates on Python 3.11 (its 1.0.0
 release; its 2.x releases, for later FOCUS versions, need Python 3.12);
 ``tests/unit/test_billing_focus.py`` runs it on this output and requires zero failures.
@@ -32,7 +32,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final, TextIO
 
-from governor.billing.report import SlicedInvoice
+from governor.billing.sliced import SlicedInvoice
 
 #: the FOCUS version written, and the focus-validator release that checks it
 FOCUS_VERSION: Final = "1.0"

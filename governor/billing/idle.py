@@ -65,7 +65,8 @@ from sqlalchemy import func, select
 
 from governor.billing.errors import BillingError
 from governor.billing.quantities import HOUR_US
-from governor.billing.report import GIB, Granularity, charge_slices, minor_exponent
+from governor.billing.report import GIB, minor_exponent
+from governor.billing.sliced import Granularity, charge_slices
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
 from governor.store.tables import rollups_hourly as _ROLLUPS

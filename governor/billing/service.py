@@ -13,16 +13,8 @@ from sqlalchemy import select
 from governor.billing.history import with_recorded_prices
 from governor.billing.idle import NodeCostReport, NodeCostsLike, node_costs
 from governor.billing.plans import PolicyLike
-from governor.billing.report import (
-    By,
-    Granularity,
-    Invoice,
-    SlicedInvoice,
-    UsageReport,
-    invoice,
-    sliced_invoice,
-    usage_report,
-)
+from governor.billing.report import By, Invoice, UsageReport, invoice, usage_report
+from governor.billing.sliced import Granularity, SlicedInvoice, sliced_invoice
 from governor.store.db import (
     Executor,
     check_schema,
@@ -90,7 +82,7 @@ def make_sliced_invoices(database_url: str, policy: PolicyLike, *, tenant: str |
                          invoiced: Callable[[SlicedInvoice], None] | None = None,
                          node: str | None = None) -> list[SlicedInvoice]:
     """:func:`make_invoices`, each invoice split per node and per hour, day or month
-    (:func:`governor.billing.report.sliced_invoice`): what ``--format focus`` writes."""
+    (:func:`governor.billing.sliced.sliced_invoice`): what ``--format focus`` writes."""
     def bill(session: Executor, priced: PolicyLike, t: str) -> SlicedInvoice:
         return sliced_invoice(session=session, policy=priced, tenant=t, start=start,
                               end=end, by=by, node=node)

@@ -32,7 +32,8 @@ from governor.billing.focus import (
     focus_unit,
     render_focus,
 )
-from governor.billing.report import RESOURCES, charge_slices, invoice, sliced_invoice
+from governor.billing.report import RESOURCES, invoice
+from governor.billing.sliced import charge_slices, sliced_invoice
 from governor.metering.catchup import meter
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.service import record_applied_policy, record_samples

@@ -17,7 +17,8 @@ from sqlalchemy import select
 from governor.billing.focus import render_focus
 from governor.billing.formats import render_to_string, render_usage
 from governor.billing.history import record_price_plans, with_recorded_prices
-from governor.billing.report import invoice, sliced_invoice, usage_report
+from governor.billing.report import invoice, usage_report
+from governor.billing.sliced import sliced_invoice
 from governor.metering.catchup import meter
 from governor.policy import PolicyInvalid, parse_policy
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant

@@ -33,7 +33,8 @@ from governor.billing.idle import (
 )
 from governor.billing.idle_formats import render_focus_node_costs
 from governor.billing.quantities import HOUR_US
-from governor.billing.report import round_money, sliced_invoice
+from governor.billing.report import round_money
+from governor.billing.sliced import sliced_invoice
 from governor.metering.catchup import meter
 from governor.policy.model import (
     OPENCOST_CPU_CORE_HOUR,

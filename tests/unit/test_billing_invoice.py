@@ -15,7 +15,8 @@ from governor.billing.cli import bill_command, parse_period, run_bill, usage_com
 from governor.billing.errors import InvalidPeriod, NoPricePlan, UnknownTenant
 from governor.billing.focus import FOCUS_COLUMNS, render_focus
 from governor.billing.formats import render_to_string
-from governor.billing.report import invoice, sliced_invoice, usage_report
+from governor.billing.report import invoice, usage_report
+from governor.billing.sliced import sliced_invoice
 from governor.metering.catchup import meter
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.service import apply_retention, record_applied_policy, record_samples

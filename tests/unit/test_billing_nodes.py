@@ -15,12 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from governor.billing.quantities import HOUR_US
-from governor.billing.report import (
-    invoice,
-    invoices,
-    sliced_invoice,
-    usage_report,
-)
+from governor.billing.report import invoice, invoices, usage_report
+from governor.billing.sliced import sliced_invoice
 from governor.cli import main
 from governor.errors import UnknownNode
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
