@@ -74,7 +74,7 @@ def run_usage(database_url: str, *, tenant: str | None, start: datetime, end: da
 def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start: datetime,
              end: datetime, fmt: str = "table", by: Granularity | None = None,
              out: TextIO | None = None, node: str | None = None,
-             node_costs: NodeCostsLike | None = None
+             node_costs: NodeCostsLike | None = None, legacy_columns: bool = False
              ) -> list[Invoice] | list[SlicedInvoice]:
     """Print the invoices of ``tenant`` (or of every tenant of the policy and database,
     see :func:`governor.billing.service.make_invoices`) and return them.  ``fmt`` focus
@@ -84,7 +84,8 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
     bar shows on stderr when stdout is a terminal.  ``node``: that node's share of each
     bill (the node bills add up to the fleet's exactly: :mod:`governor.billing.nodes`).
     ``node_costs``: the policy's node costs shared out after the invoices
-    (:mod:`governor.billing.idle_formats`), warnings on stderr."""
+    (:mod:`governor.billing.idle_formats`), warnings on stderr.  ``legacy_columns``: focus
+    rows with :data:`governor.billing.focus.LEGACY_COLUMNS` too."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -123,9 +124,9 @@ def run_bill(database_url: str, policy: PolicyLike, *, tenant: str | None, start
     for warning in report.warnings if report is not None else ():
         click.echo(f"governor: warning: {warning}", err=True)
     if fmt == "focus":
-        render_focus(sliced, out)
+        render_focus(sliced, out, legacy=legacy_columns)
         if report is not None:
-            render_focus_node_costs(report, out)
+            render_focus_node_costs(report, out, legacy=legacy_columns)
         return sliced
     if report is not None:
         render_with_node_costs(invoices, report, fmt, out)
@@ -171,12 +172,17 @@ def usage_command(cfg: Callable[[], Config], *, tenant: str | None, start: str |
 @click.option("--by", type=click.Choice(list(GRANULARITIES)), default=None,
               help="with --format focus: one row per node and UTC hour, day or month "
                    "(ChargePeriodStart/End)  [default: month]")
+@click.option("--legacy-columns", is_flag=True, default=False,
+              help="with --format focus: also the five columns focus-validator 1.0.0 "
+                   "checks under their pre-1.0 IDs (Provider, Publisher, InvoiceIssuer, "
+                   "ResourceID, ChargeType), repeating their FOCUS 1.0 columns")
 @click.option("--node-costs", is_flag=True, default=False,
               help="also share each node's cost (policy [node_classes]/[nodes]) among the "
                    "tenants by usage, with the node's idle capacity as its own lines")
 def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | None,
                  end: str | None, period: str | None, fmt: str,
-                 by: Granularity | None, node: str | None, node_costs: bool) -> None:
+                 by: Granularity | None, node: str | None, node_costs: bool,
+                 legacy_columns: bool) -> None:
     """Invoices: per group and resource, priced by the tenant's plan (``--period 2026-11``
     or ``--from``/``--to``); ``--format focus`` writes FinOps FOCUS 1.0 rows, per node
     and per ``--by`` hour, day or month; ``--node``: one node's share of the fleet's;
@@ -186,12 +192,15 @@ def bill_command(cfg: Callable[[], Config], *, tenant: str | None, start: str | 
 
     c = cfg()
     a, b = parse_period(period, start, end)
+    if legacy_columns and fmt != "focus":
+        raise click.UsageError("--legacy-columns adds columns to --format focus only")
     if node is not None and node_costs:
         raise click.UsageError("--node-costs shares out every node's cost (each node's "
                                "lines name their node): leave out --node, or --node-costs")
     policy = load_policy([c.policy])
     run_bill(c.database_url, policy, tenant=tenant, start=a, end=b, fmt=fmt, by=by,
-             node=node, node_costs=policy.node_costs if node_costs else None)
+             node=node, node_costs=policy.node_costs if node_costs else None,
+             legacy_columns=legacy_columns)
 
 
 def register(main: click.Group) -> None:

@@ -53,6 +53,26 @@ FOCUS_COLUMNS: Final = (
     "ServiceName", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
 )
 
+#: the columns focus-validator 1.0.0's FOCUS 1.0 rules still check under their pre-1.0 IDs
+#: (its ``Provider_Required``, ``Publisher_Required``, ``InvoiceIssuer_Required``,
+#: ``ResourceID_Required``, and ``SkuPriceId_Nullable``, which reads FOCUS 0.5's ChargeType):
+#: legacy ID -> the FOCUS 1.0 column whose value it repeats.  Written after the 43 columns
+#: with ``governor bill --format focus --legacy-columns``, so that validator, as released,
+#: accepts the file with zero failures; a FOCUS 1.0 reader ignores them.
+LEGACY_COLUMNS: Final[dict[str, str]] = {
+    "InvoiceIssuer": "InvoiceIssuerName", "Provider": "ProviderName",
+    "Publisher": "PublisherName", "ResourceID": "ResourceId", "ChargeType": "ChargeCategory",
+}
+
+
+def with_legacy(cells: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """``cells`` (one row in :data:`FOCUS_COLUMNS` order) with the :data:`LEGACY_COLUMNS`
+    appended."""
+    return cells + tuple(cells[_INDEX[c]] for c in LEGACY_COLUMNS.values())
+
+
+_INDEX: Final = {c: i for i, c in enumerate(FOCUS_COLUMNS)}
+
 #: resource -> (ServiceCategory, what the charge is, for ChargeDescription); a resource of
 #: a controller module not listed here is "Other" and described by its name
 SERVICES: Final[dict[str, tuple[str, str]]] = {
@@ -189,10 +209,12 @@ def focus_rows(inv: SlicedInvoice, *, provider: str = PROVIDER) -> list[dict[str
 
 
 def render_focus(invoices: Sequence[SlicedInvoice], out: TextIO, *,
-                 provider: str = PROVIDER) -> None:
+                 provider: str = PROVIDER, legacy: bool = False) -> None:
     """The FOCUS CSV of ``invoices``: the header, then every invoice's rows (null: an
-    empty field, CSV's null; FOCUS Null Handling forbids placeholder values)."""
+    empty field, CSV's null; FOCUS Null Handling forbids placeholder values); ``legacy``:
+    with the :data:`LEGACY_COLUMNS` after them."""
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(FOCUS_COLUMNS)
+    w.writerow(FOCUS_COLUMNS + (tuple(LEGACY_COLUMNS) if legacy else ()))
     for inv in invoices:
-        w.writerows(_cells(inv, provider))
+        rows = _cells(inv, provider)
+        w.writerows(map(with_legacy, rows) if legacy else rows)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from governor.billing.focus import FOCUS_COLUMNS, PROVIDER, TAG_PREFIX, _dec, _iso
+from governor.billing.focus import FOCUS_COLUMNS, PROVIDER, TAG_PREFIX, _dec, _iso, with_legacy
 from governor.billing.formats import _LINE_FIELDS, _plain, invoice_rows, render_invoices
 from governor.billing.idle import IDLE, NodeCostLine, NodeCostReport
 from governor.billing.report import Invoice
@@ -133,8 +133,9 @@ def node_cost_cells(report: NodeCostReport, *, provider: str = PROVIDER
 
 
 def render_focus_node_costs(report: NodeCostReport, out: TextIO, *,
-                            provider: str = PROVIDER) -> None:
+                            provider: str = PROVIDER, legacy: bool = False) -> None:
     """The node costs' FOCUS rows, to follow :func:`~governor.billing.focus.render_focus`'s
-    (no header)."""
-    csv.writer(out, lineterminator="\n").writerows(node_cost_cells(report, provider=provider))
+    (no header; ``legacy``: with its legacy columns too)."""
+    rows = node_cost_cells(report, provider=provider)
+    csv.writer(out, lineterminator="\n").writerows(map(with_legacy, rows) if legacy else rows)
 

@@ -27,6 +27,7 @@ from governor.billing.focus import (
     FOCUS_COLUMNS,
     FOCUS_VALIDATOR,
     FOCUS_VERSION,
+    LEGACY_COLUMNS,
     SERVICE_CATEGORIES,
     SERVICES,
     focus_unit,
@@ -350,6 +351,16 @@ def test_focus_validator_accepts_the_output(session, tmp_path, by, currency):  #
     # with those columns as FOCUS 1.0 names them: zero failures, zero errors
     n_fixed, bad = _validate(data, tmp_path, _fixed_rules(tmp_path))
     assert n_fixed == n and bad == {}
+    # and the validator as released, on the file with the legacy columns too (governor
+    # bill --format focus --legacy-columns): every check passes, zero failures, zero errors
+    legacy = tmp_path / "focus-legacy.csv"
+    with legacy.open("w", newline="") as f:
+        render_focus([sliced], f, legacy=True)
+    n_legacy, bad = _validate(legacy, tmp_path)
+    assert n_legacy == n and bad == {}
+    rows = list(csv.DictReader(legacy.open()))
+    assert list(rows[0])[:len(FOCUS_COLUMNS)] == list(FOCUS_COLUMNS)
+    assert all(r[old] == r[new] for r in rows for old, new in LEGACY_COLUMNS.items())
 
 
 def test_cli_bill_focus_by_day(engine, db_url, session, monkeypatch):  # noqa: F811
@@ -370,6 +381,13 @@ def test_cli_bill_focus_by_day(engine, db_url, session, monkeypatch):  # noqa: F
     res = runner.invoke(bill_command, [*db, "--format", "focus"])
     assert res.exit_code == 0, res.output
     assert sum(D(r["BilledCost"]) for r in csv.DictReader(io.StringIO(res.stdout))) == inv.total
+    # --legacy-columns: the five columns after the 43, for focus only
+    res = runner.invoke(bill_command, [*db, "--format", "focus", "--legacy-columns"])
+    assert res.exit_code == 0, res.output
+    header = res.stdout.splitlines()[0].split(",")
+    assert header == [*FOCUS_COLUMNS, *LEGACY_COLUMNS]
+    res = runner.invoke(bill_command, [*db, "--format", "csv", "--legacy-columns"])
+    assert res.exit_code == 2 and "--format focus only" in res.output
     # --by is for focus only
     res = runner.invoke(bill_command, [*db, "--format", "csv", "--by", "hour"])
     assert isinstance(res.exception, InvalidPeriod)
