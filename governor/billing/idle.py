@@ -67,6 +67,7 @@ from governor.billing.errors import BillingError
 from governor.billing.quantities import HOUR_US
 from governor.billing.report import GIB, minor_exponent
 from governor.billing.sliced import Granularity, charge_slices
+from governor.billing.totals import billed_groups
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
 from governor.store.tables import rollups_hourly as _ROLLUPS
@@ -268,7 +269,7 @@ def _usage(session: Executor, node_ids: Sequence[int], a: datetime, b: datetime
     out: dict[tuple[int, datetime], dict[str, tuple[int, int]]] = defaultdict(dict)
     if not node_ids:
         return out
-    on_nodes = select(_GROUPS.c.id).where(_GROUPS.c.node_id.in_(node_ids))
+    on_nodes = select(_GROUPS.c.id).where(_GROUPS.c.node_id.in_(node_ids), billed_groups())
     rows = session.execute(
         select(_ROLLUPS.c.node_id, _ROLLUPS.c.hour, _TENANTS.c.name,
                func.sum(_ROLLUPS.c.cpu_usec), func.sum(_ROLLUPS.c.memory_byte_seconds))

@@ -50,6 +50,7 @@ from governor.billing.quantities import (
     sum_pieces,
     sum_range,
 )
+from governor.billing.totals import billed_groups
 from governor.controllers import registry
 from governor.store.service import node_id_named
 from governor.store.tables import applied_policies as _APPLIED
@@ -275,10 +276,10 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
     groups = session.execute(
         select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
         .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-        .where(_TENANTS.c.name == tenant)).all()
+        .where(_TENANTS.c.name == tenant, billed_groups())).all()
     path_of = {gid: path for gid, path, _ in groups}
     tenant_groups = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-                     .where(_TENANTS.c.name == tenant))
+                     .where(_TENANTS.c.name == tenant, billed_groups()))
     reserved_at: dict[tuple[int, int, int], Reservation] = {}
     if res:
         for i, (a, _b, _idx, _v) in enumerate(pieces):
@@ -385,7 +386,7 @@ def usage_report(*, session: Executor, tenant: str | None = None, start: datetim
     ``node``: only that node's usage.
     """
     _check_period(start, end)
-    where: list[ColumnElement[bool]] = []
+    where: list[ColumnElement[bool]] = [billed_groups()]
     if node is not None:
         where.append(_GROUPS.c.node_id == node_id_named(session=session, name=node))
     if tenant is not None:

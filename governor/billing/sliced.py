@@ -34,6 +34,7 @@ from governor.billing.report import (
     minor_exponent,
     reservations,
 )
+from governor.billing.totals import billed_groups
 from governor.store.service import node_id_named
 from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
@@ -143,11 +144,11 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
     groups = session.execute(
         select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
         .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-        .where(_TENANTS.c.name == tenant)).all()
+        .where(_TENANTS.c.name == tenant, billed_groups())).all()
     path_of = {gid: path for gid, path, _ in groups}
     node_name = dict(session.execute(select(_NODES.c.id, _NODES.c.name)).tuples().all())
     tenant_groups = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-                     .where(_TENANTS.c.name == tenant))
+                     .where(_TENANTS.c.name == tenant, billed_groups()))
 
     # (path, resource, version) -> {(slice, node name): [billed units, consumed units]}
     qty: dict[tuple[str, str, int], dict[tuple[int, str], list[int]]] = defaultdict(dict)

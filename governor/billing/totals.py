@@ -7,17 +7,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import (
-    ColumnElement,
-)
+from sqlalchemy import ColumnElement, exists, or_
 
 from governor.controllers import registry
-
-if TYPE_CHECKING:
-    pass
-
+from governor.store.tables import groups as _GROUPS
 
 HOUR = timedelta(hours=1)
 #: a grouping key of sum_range: a mapped attribute or a column expression
@@ -80,3 +75,22 @@ def share(total: int, hour: datetime, p: datetime, q: datetime) -> int:
     a = _us(max(p, hour) - hour)
     b = _us(min(q, hour + HOUR) - hour)
     return total * b // HOUR_US - total * a // HOUR_US
+
+
+def billed_groups() -> ColumnElement[bool]:
+    """The ``groups`` rows that bills, usage reports and node costs count: every group's,
+    and a tenant's own cgroup's only on a node where the tenant has no group.
+
+    A tenant's cgroup is sampled and metered like its groups (``governor status`` and the
+    per-tenant metrics show it), but its counters hold its groups' usage too (cgroup v2
+    counts a child's usage in every ancestor's ``cpu.stat``, ``io.stat`` and
+    ``memory.current``), and once it has groups it holds no process of its own (cgroup v2's
+    "no internal processes" rule for a cgroup that enables controllers to its children): so
+    where a tenant has groups its own rows would count their usage twice.  Where it has none
+    its cgroup is the leaf its processes run in, and it is billed as the tenant's own line.
+    """
+    child = _GROUPS.alias("billed_child")
+    return or_(_GROUPS.c.name.is_not(None),
+               ~exists().where(child.c.tenant_id == _GROUPS.c.tenant_id,
+                               child.c.node_id == _GROUPS.c.node_id,
+                               child.c.name.is_not(None)))

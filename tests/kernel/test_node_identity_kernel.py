@@ -33,7 +33,7 @@ def _samples(g: Gov) -> dict[int, int]:
     try:
         with e.connect() as c:
             return dict(c.execute(
-                select(Sample.node_id, func.count()).group_by(Sample.node_id)))
+                select(Sample.node_id, func.count()).group_by(Sample.node_id)).tuples().all())
     finally:
         e.dispose()
 

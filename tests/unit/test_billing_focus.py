@@ -73,14 +73,16 @@ def _policy(basis: str = "usage", currency: str = "EUR") -> Policy:
 
 
 def _fleet(db) -> None:
-    """Two nodes, groups web and db and the tenant's own cgroup, irregular counters every
+    """Two nodes with groups web and db (and the tenant's own cgroup, whose rows a bill does
+    not count beside its groups'), a third with the tenant's own cgroup only (billed: the
+    leaf its processes run in), irregular counters every
     7 minutes from before the window to after it, huge pages on web, OOM kills on db, and
     reservations that change inside hours."""
     rng = random.Random(18)
     t0 = START - timedelta(hours=1, minutes=3)
-    for node in ("n1", "n2"):
+    for node in ("n1", "n2", "n3"):
         ticks = []
-        for gi, group in enumerate(("web", "db", None)):
+        for gi, group in enumerate(("web", "db", None) if node != "n3" else (None,)):
             cpu = rb = wb = kills = 0
             for i in range(100):
                 cpu += rng.randrange(0, 900_000_000)
@@ -161,7 +163,7 @@ def test_the_rows_add_up_to_the_invoice_exactly(session, basis, by):  # noqa: F8
             assert abs(c.amount - c.quantity * c.unit_price) <= (
                 D("0.01") + 2 * c.unit_price * D("1e-9")), c
         if by == "month":
-            assert {c.node for c in rows} <= {"n1", "n2"}
+            assert {c.node for c in rows} <= {"n1", "n2", "n3"}
     assert {(c.path, c.resource, c.price_version) for c in sliced.charges} == keys
     # the CSV too
     out = io.StringIO()
@@ -245,10 +247,12 @@ def test_focus_columns_units_and_semantics(session):  # noqa: F811
                      "std/storage": "GiB-Hours", "std/hugetlb": "GiB-Hours",
                      "std/io_read": "GiB", "std/io_write": "GiB", "std/oom_kill": "Kills"}
     assert {r["ServiceCategory"] for r in rows if r["SkuId"] == "std/io_read"} == {"Storage"}
-    # the tenant's own cgroup is no sub account
-    own = [r for r in rows if r["ResourceId"] == "governor://n2/acme"]
+    # the tenant's own cgroup is no sub account; billed on n3 only (no group there)
+    own = [r for r in rows if r["ResourceId"] == "governor://n3/acme"]
     assert own and all(r["SubAccountId"] == r["SubAccountName"] == "" for r in own)
-    assert json.loads(own[0]["Tags"]) == {"governor/tenant": "acme", "governor/node": "n2"}
+    assert json.loads(own[0]["Tags"]) == {"governor/tenant": "acme", "governor/node": "n3"}
+    assert not [r for r in rows if r["ResourceId"] in ("governor://n1/acme",
+                                                        "governor://n2/acme")]
     # numbers never in E notation (1E-7 is Decimal's str of 0.0000001)
     assert not any("E" in r[c] for r in rows for c in ("PricingQuantity", "ConsumedQuantity"))
 
