@@ -11,7 +11,9 @@
 #   scripts/pg-test-server.sh stop              # stops it and removes the directory
 #
 # Environment: PG_TEST_DIR (default /tmp/governor-pg-test), PGPORT (default 5433),
-# PG_BINDIR (default: the newest /usr/lib/postgresql/*/bin, else pg_ctl on PATH).
+# PG_BINDIR (default: the newest /usr/lib/postgresql/*/bin, else pg_ctl on PATH),
+# PG_MAX_CONNECTIONS (default 100, the server's own; bench/fleet_capacity.py raises it for
+# its 100 simulated nodes, a connection each).
 # When run as root the cluster is owned by the "postgres" user (initdb refuses root).
 set -eu
 
@@ -55,7 +57,8 @@ start)
     if ! run "'$PG_BINDIR/pg_ctl' -D '$DIR/data' status" >/dev/null 2>&1; then
         run "'$PG_BINDIR/pg_ctl' -D '$DIR/data' -l '$DIR/server.log' -w -t 60 start \
             -o \"-p $PORT -k '$DIR' -c listen_addresses=127.0.0.1 -c fsync=off \
-                -c synchronous_commit=off -c full_page_writes=off\"" >/dev/null \
+                -c synchronous_commit=off -c full_page_writes=off \
+                -c max_connections=${PG_MAX_CONNECTIONS:-100}\"" >/dev/null \
             || { cat "$DIR/server.log" >&2; exit 1; }
     fi
     if ! run "'$PG_BINDIR/psql' -h '$DIR' -p $PORT -U '$OWNER' -d postgres -Atc \
