@@ -37,6 +37,7 @@ wall and CPU time.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import subprocess
@@ -104,10 +105,58 @@ def host_busy() -> tuple[float, float]:
     return sum(vals) - idle, sum(vals)
 
 
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds of a local PostgreSQL server so far: the postmaster's, its live
+    children's (backends, background workers) and the exited children's it reaped; 0
+    when the server is not on this host."""
+    if postmaster is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int | str) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = 0.0
+    try:
+        own = fields(postmaster)
+    except OSError:
+        return 0.0
+    total += sum(int(x) for x in own[11:15]) / tick   # utime stime cutime cstime
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            f = fields(pid)
+        except OSError:
+            continue
+        if int(f[1]) == postmaster:
+            total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
+def postmaster_of(url: str) -> int | None:
+    """The pid of ``url``'s postmaster when the server runs on this host, else None."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            addr = conn.execute(text("SELECT inet_server_addr()")).scalar_one()
+        with open(f"/proc/{backend}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/comm") as f:
+            local = f.read().strip() in ("postgres", "postmaster")
+        return ppid if local and (addr is None or str(addr).startswith("127.")) else None
+    except OSError:
+        return None
+    finally:
+        engine.dispose()
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
     v = sorted(values)
-    return v[min(len(v) - 1, max(0, round(q / 100 * len(v) + 0.5) - 1))]
+    return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]
 
 
 # ---------------------------------------------------------------- ingest
@@ -165,10 +214,10 @@ def node_worker(url: str, node: str, groups: int, start_at: float, seconds: floa
     deadline = start_at + seconds
     k = 0
     while time.time() < deadline:
-        b = time.perf_counter()
+        b = time.process_time()
         batch = make_pass(node, groups, k)
+        build += time.process_time() - b
         t = time.perf_counter()
-        build += t - b
         with scope() as session:       # SpoolingWriter.submit
             node_id, ids = store_samples(session=session, node=node, samples=batch,
                                          incarnations=inc)
@@ -200,6 +249,7 @@ def node_worker(url: str, node: str, groups: int, start_at: float, seconds: floa
 
 def ingest(url: str, nodes: int, groups: int, seconds: float) -> None:
     upgrade(url)
+    postmaster = postmaster_of(url)
     ctx = mp.get_context("fork")   # the engines are made in the children
     results = ctx.Queue()
     start_at = time.time() + 2.0 + nodes * 0.05
@@ -210,10 +260,13 @@ def ingest(url: str, nodes: int, groups: int, seconds: float) -> None:
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
     busy0, total0 = host_busy()
+    srv0 = server_cpu(postmaster)
     got = [results.get() for _ in procs]
     busy1, total1 = host_busy()
     for p in procs:
         p.join()
+    time.sleep(1.0)   # the backends exit after their node's engine is disposed
+    srv = server_cpu(postmaster) - srv0
     samples = sum(r["samples"] for r in got)
     passes = sum(r["passes"] for r in got)
     wall = max(r["elapsed"] for r in got)
@@ -249,8 +302,13 @@ def ingest(url: str, nodes: int, groups: int, seconds: float) -> None:
     cores = os.cpu_count() or 1
     host = (busy1 - busy0) / (total1 - total0) * cores
     print(f"  CPU: the node processes {client_cpu / wall:.2f} cores (of which building the "
-          f"samples {build / wall:.2f}), the whole host {host:.2f} of {cores} cores busy "
-          f"(the server: the rest, with any other load)")
+          f"samples {build / wall:.2f}), the server {srv / wall:.2f}, the whole host "
+          f"{host:.2f} of {cores} cores busy (the rest: other work on the host)")
+    if srv > 0:
+        print(f"  per server CPU second: {samples / srv:,.0f} samples = "
+              f"{samples / srv * INTERVAL / per_pass:,.0f} nodes of {groups} groups at a "
+              f"{INTERVAL:.0f} s interval per server core kept busy (CPU-bound: "
+              f"fsync off, the data in memory)")
 
 
 # ---------------------------------------------------------------- bill
@@ -416,14 +474,18 @@ def bill(url: str, nodes: int, groups: int, tenants: int, *, months: int = 1,
           f"table {sizes[1] / gib:.2f} + index {sizes[2] / gib:.2f} GiB "
           f"({sizes[0] / max(1, sizes[3]):.0f} bytes a row)")
     policy = fleet_policy(tenants)
+    postmaster = postmaster_of(url)
     for who, tenant in (("every tenant", None), ("one tenant", "fleet000")):
-        t, cpu = time.perf_counter(), time.process_time()
+        t, cpu, srv = time.perf_counter(), time.process_time(), server_cpu(postmaster)
         invs = make_invoices(url, policy, tenant=tenant, start=T0, end=MONTH_END)
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        time.sleep(0.5)   # the backend exits after the engine is disposed
+        srv = server_cpu(postmaster) - srv
         lines = sum(len(i.lines) for i in invs)
         total = sum((i.total for i in invs), Decimal(0))
         print(f"  month bill of {who} ({len(invs)} invoices, {lines:,} lines, total "
-              f"{total} EUR): {wall:.2f} s wall-clock, {cpu:.2f} s client CPU", flush=True)
+              f"{total} EUR): {wall:.2f} s wall-clock, {cpu:.2f} s client CPU, {srv:.2f} s server "
+              f"CPU", flush=True)
     engine = make_engine(url)
     with engine.connect() as conn:
         plan = [r[0] for r in conn.execute(text(PLAN_SQL), {"a": T0, "b": MONTH_END})]
