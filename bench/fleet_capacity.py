@@ -37,15 +37,10 @@ wall and CPU time.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,108 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text
 
+from bench.pgserver import host_busy, pct, postmaster_of, server, server_cpu
 from governor.metering.sample import GroupSample
-from governor.store.db import make_engine, normalize_url, upgrade
+from governor.store.db import make_engine, upgrade
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 MONTH_END = datetime(2026, 12, 1, tzinfo=UTC)
 INTERVAL = 10.0
 WRITE_EVERY = 6          # governor.config's [sampling] write_every default
 TENANT_GROUPS = 100      # groups per tenant (as bench/daemon_pass.py's fake tree)
-
-
-# ---------------------------------------------------------------- the server
-
-@contextmanager
-def server(url: str | None, max_connections: int) -> Iterator[str]:
-    """A URL of a fresh scratch database: on ``url``'s server, or on a private server
-    started (and stopped) with scripts/pg-test-server.sh."""
-    started = None
-    if url is None:
-        env = {**os.environ, "PG_TEST_DIR": f"/tmp/governor-pg-capacity-{os.getpid()}",
-               "PGPORT": os.environ.get("PGPORT_CAPACITY", "5447"),
-               "PG_MAX_CONNECTIONS": str(max_connections)}
-        out = subprocess.run([str(ROOT / "scripts/pg-test-server.sh"), "start"], env=env,
-                             check=True, capture_output=True, text=True).stdout
-        url = out.strip().split("=", 1)[1]
-        started = env
-    base = normalize_url(url)
-    name = f"gov_capacity_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        if started is not None:
-            subprocess.run([str(ROOT / "scripts/pg-test-server.sh"), "stop"], env=started,
-                           check=False, capture_output=True)
-
-
-def host_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole host, from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [float(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]
-    return sum(vals) - idle, sum(vals)
-
-
-def server_cpu(postmaster: int | None) -> float:
-    """CPU seconds of a local PostgreSQL server so far: the postmaster's, its live
-    children's (backends, background workers) and the exited children's it reaped; 0
-    when the server is not on this host."""
-    if postmaster is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def fields(pid: int | str) -> list[str]:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-
-    total = 0.0
-    try:
-        own = fields(postmaster)
-    except OSError:
-        return 0.0
-    total += sum(int(x) for x in own[11:15]) / tick   # utime stime cutime cstime
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            f = fields(pid)
-        except OSError:
-            continue
-        if int(f[1]) == postmaster:
-            total += (int(f[11]) + int(f[12])) / tick
-    return total
-
-
-def postmaster_of(url: str) -> int | None:
-    """The pid of ``url``'s postmaster when the server runs on this host, else None."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-            addr = conn.execute(text("SELECT inet_server_addr()")).scalar_one()
-        with open(f"/proc/{backend}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        with open(f"/proc/{ppid}/comm") as f:
-            local = f.read().strip() in ("postgres", "postmaster")
-        return ppid if local and (addr is None or str(addr).startswith("127.")) else None
-    except OSError:
-        return None
-    finally:
-        engine.dispose()
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]
 
 
 # ---------------------------------------------------------------- ingest
@@ -193,75 +95,95 @@ def make_pass(node: str, groups: int, k: int) -> list[GroupSample]:
     return out
 
 
-def node_worker(url: str, node: str, groups: int, start_at: float, seconds: float,
-                results: Any) -> None:
-    """One simulated node: the daemon's database work of one pass, pass after pass."""
-    from governor.metering.catchup import load_anchors
-    from governor.metering.meter import Meter, Pending
-    from governor.store.db import scope_factory
-    from governor.store.metered import write_metered
-    from governor.store.service import Incarnations, store_samples
+class SimNode:
+    """One simulated node: its own connection, incarnation cache, meter and pending
+    steps, as one daemon has."""
 
-    engine = make_engine(url, pool_size=1, max_overflow=0)
-    scope = scope_factory(engine)
-    inc, meter, pending = Incarnations(), Meter(), Pending[int]()
-    store_s: list[float] = []
-    meter_s: list[float] = []
-    samples = passes = 0
-    build = 0.0
+    def __init__(self, url: str, name: str, groups: int) -> None:
+        from governor.metering.meter import Meter, Pending
+        from governor.store.db import scope_factory
+        from governor.store.service import Incarnations
+
+        self.name, self.groups = name, groups
+        self.engine = make_engine(url, pool_size=1, max_overflow=0)
+        self.scope = scope_factory(self.engine)
+        self.inc, self.meter, self.pending = Incarnations(), Meter(), Pending[int]()
+        self.store_s: list[float] = []
+        self.meter_s: list[float] = []
+        self.samples = self.passes = 0
+        self.build = 0.0
+
+    def one_pass(self) -> None:
+        """The daemon's database work of pass number ``self.passes``."""
+        from governor.metering.catchup import load_anchors
+        from governor.store.metered import write_metered
+        from governor.store.service import store_samples
+
+        b = time.process_time()
+        batch = make_pass(self.name, self.groups, self.passes)
+        self.build += time.process_time() - b
+        t = time.perf_counter()
+        with self.scope() as session:       # SpoolingWriter.submit
+            node_id, ids = store_samples(session=session, node=self.name, samples=batch,
+                                         incarnations=self.inc)
+        self.store_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        unknown = self.meter.unknown(batch)          # SamplingPass._meter
+        resolved = None
+        if unknown:
+            with self.scope() as session:
+                resolved = load_anchors(session=session, node=self.name, node_id=node_id,
+                                        samples=unknown, ids=ids)
+        step = self.meter.step(batch, resolved, with_rollups=False)
+        self.pending.add(step, ids)
+        if self.pending.passes >= WRITE_EVERY:
+            with self.scope() as session:
+                write_metered(session=session, node_id=node_id,
+                              metered=self.pending.metered())
+            self.pending.clear()
+            self.meter_s.append(time.perf_counter() - t)
+        self.meter.advance(step)
+        self.samples += len(batch)
+        self.passes += 1
+
+
+def node_worker(url: str, names: list[str], groups: int, start_at: float, seconds: float,
+                results: Any) -> None:
+    """Simulated nodes (one process may run several, a pass of each in turn: 100 Python
+    processes do not fit 2 cores): the daemon's database work, pass after pass."""
+    nodes = [SimNode(url, name, groups) for name in names]
     time.sleep(max(0.0, start_at - time.time()))
     cpu0 = time.process_time()
     deadline = start_at + seconds
-    k = 0
     while time.time() < deadline:
-        b = time.process_time()
-        batch = make_pass(node, groups, k)
-        build += time.process_time() - b
-        t = time.perf_counter()
-        with scope() as session:       # SpoolingWriter.submit
-            node_id, ids = store_samples(session=session, node=node, samples=batch,
-                                         incarnations=inc)
-        store_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        unknown = meter.unknown(batch)          # SamplingPass._meter
-        resolved = None
-        if unknown:
-            with scope() as session:
-                resolved = load_anchors(session=session, node=node, node_id=node_id,
-                                        samples=unknown, ids=ids)
-        step = meter.step(batch, resolved, with_rollups=False)
-        pending.add(step, ids)
-        if pending.passes >= WRITE_EVERY:
-            with scope() as session:
-                write_metered(session=session, node_id=node_id, metered=pending.metered())
-            pending.clear()
-            meter_s.append(time.perf_counter() - t)
-        meter.advance(step)
-        samples += len(batch)
-        passes += 1
-        k += 1
+        for node in nodes:
+            node.one_pass()
     elapsed = time.time() - start_at
-    engine.dispose()
-    results.put({"node": node, "samples": samples, "passes": passes, "elapsed": elapsed,
-                 "store": store_s, "meter": meter_s, "cpu": time.process_time() - cpu0,
-                 "build": build})
+    cpu = time.process_time() - cpu0
+    for node in nodes:
+        node.engine.dispose()
+        results.put({"node": node.name, "samples": node.samples, "passes": node.passes,
+                     "elapsed": elapsed, "store": node.store_s, "meter": node.meter_s,
+                     "cpu": cpu / len(nodes), "build": node.build})
 
 
-def ingest(url: str, nodes: int, groups: int, seconds: float) -> None:
+def ingest(url: str, nodes: int, groups: int, seconds: float, procs_wanted: int) -> None:
     upgrade(url)
     postmaster = postmaster_of(url)
     ctx = mp.get_context("fork")   # the engines are made in the children
     results = ctx.Queue()
     start_at = time.time() + 2.0 + nodes * 0.05
-    procs = [ctx.Process(target=node_worker, args=(url, f"node-{n:03d}", groups, start_at,
+    names = [f"node-{n:03d}" for n in range(nodes)]
+    nproc = min(nodes, procs_wanted)
+    procs = [ctx.Process(target=node_worker, args=(url, names[i::nproc], groups, start_at,
                                                    seconds, results))
-             for n in range(nodes)]
+             for i in range(nproc)]
     for p in procs:
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
     busy0, total0 = host_busy()
     srv0 = server_cpu(postmaster)
-    got = [results.get() for _ in procs]
+    got = [results.get() for _ in names]
     busy1, total1 = host_busy()
     for p in procs:
         p.join()
@@ -278,7 +200,7 @@ def ingest(url: str, nodes: int, groups: int, seconds: float) -> None:
     rate = samples / wall
     # a node of `groups` groups at a 10 s interval offers per_pass / 10 samples a second
     print(f"ingest: {nodes} nodes x {groups} groups ({per_pass:.0f} samples a pass with the "
-          f"tenants' own), {wall:.1f} s, write_every {WRITE_EVERY}")
+          f"tenants' own) in {nproc} processes, {wall:.1f} s, write_every {WRITE_EVERY}")
     print(f"  sustained: {rate:,.0f} samples/s, {passes / wall:.2f} passes/s "
           f"({samples:,} samples, {passes:,} passes; slowest node {min(r['passes'] for r in got)}"
           f" passes, fastest {max(r['passes'] for r in got)})")
@@ -504,6 +426,9 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10, help="simulated nodes (processes)")
     ap.add_argument("--groups", type=int, default=1000, help="groups a node")
     ap.add_argument("--seconds", type=float, default=60.0, help="ingest duration")
+    ap.add_argument("--procs", type=int, default=10,
+                    help="processes the nodes are spread over, a pass of each in turn "
+                    "(default 10: one a node up to 10 nodes)")
     ap.add_argument("--bill-nodes", type=int, default=10,
                     help="nodes of the month seeded for the bill (100: 72 M rows)")
     ap.add_argument("--tenants", type=int, default=10, help="fleet tenants (bill)")
@@ -520,7 +445,7 @@ def main() -> int:
           flush=True)
     with server(args.database, max_connections=args.nodes + 20) as url:
         if args.part in ("ingest", "both"):
-            ingest(url, args.nodes, args.groups, args.seconds)
+            ingest(url, args.nodes, args.groups, args.seconds, max(1, args.procs))
     if args.part in ("bill", "both"):
         with server(args.database, max_connections=40) as url:
             bill(url, args.bill_nodes, args.groups, args.tenants, months=args.months,

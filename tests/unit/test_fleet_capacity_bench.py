@@ -37,15 +37,18 @@ def test_pct_is_nearest_rank() -> None:
     assert fc.pct([3.0], 99) == 3.0
 
 
-def test_a_simulated_node_meters_its_counters_exactly(tmp_path: Path) -> None:
+def test_simulated_nodes_meter_their_counters_exactly(tmp_path: Path) -> None:
     fc = _bench()
     url = f"sqlite:///{tmp_path}/fleet.db"
     upgrade(url)
-    results: queue.Queue[dict[str, object]] = queue.Queue()
-    fc.node_worker(url, "node-000", 150, time.time(), 1.5, results)
-    got = results.get_nowait()
-    passes = got["passes"]
-    assert isinstance(passes, int) and passes >= fc.WRITE_EVERY
+    nodes = [fc.SimNode(url, f"node-{n:03d}", 150) for n in range(2)]
+    for _ in range(fc.WRITE_EVERY + 2):   # a pass of each in turn, as node_worker runs them
+        for node in nodes:
+            node.one_pass()
+    for node in nodes:
+        node.engine.dispose()
+        assert node.samples == (fc.WRITE_EVERY + 2) * 152   # 150 groups + their 2 tenants
+        assert len(node.meter_s) == 1 and len(node.store_s) == fc.WRITE_EVERY + 2
     engine = make_engine(url)
     g, r, u = tables.groups.c, tables.rollups_hourly.c, tables.usage_intervals.c
     with engine.connect() as conn:
@@ -55,10 +58,23 @@ def test_a_simulated_node_meters_its_counters_exactly(tmp_path: Path) -> None:
             select(func.sum(r.cpu_usec)).where(r.group_id == g.id).scalar_subquery(),
             select(func.sum(u.cpu_usec)).where(u.group_id == g.id).scalar_subquery())).all()
     engine.dispose()
-    assert samples == got["samples"] == passes * 152   # 150 groups + their 2 tenants
-    assert len(rows) == 152
+    assert samples == 2 * (fc.WRITE_EVERY + 2) * 152
+    assert len(rows) == 2 * 152
     for path, cid, until, rolled, intervals in rows:
-        # metered up to the last write: counters from 0 at pass 0 to pass k there
+        # metered up to the one write, at pass WRITE_EVERY - 1: counters from 0 at pass 0
         k = round((until - fc.T0) / timedelta(seconds=10))
-        assert k >= fc.WRITE_EVERY - 1, path
+        assert k == fc.WRITE_EVERY - 1, path
         assert rolled == intervals == k * (1_000_000 + cid % 997 * 1000), path
+
+
+def test_node_worker_reports_each_of_its_nodes(tmp_path: Path) -> None:
+    fc = _bench()
+    url = f"sqlite:///{tmp_path}/fleet.db"
+    upgrade(url)
+    results: queue.Queue[dict[str, object]] = queue.Queue()
+    fc.node_worker(url, ["a", "b"], 20, time.time(), 0.2, results)
+    got = sorted((results.get_nowait() for _ in range(2)), key=lambda d: str(d["node"]))
+    assert [d["node"] for d in got] == ["a", "b"]
+    passes = [d["passes"] for d in got]
+    assert passes[0] == passes[1] and isinstance(passes[0], int) and passes[0] >= 1
+    assert results.empty()
