@@ -110,17 +110,24 @@ class SimNode:
         self.inc, self.meter, self.pending = Incarnations(), Meter(), Pending[int]()
         self.store_s: list[float] = []
         self.meter_s: list[float] = []
+        self.samples = self.passes = self.k = 0
+        self.build = 0.0
+
+    def reset(self) -> None:
+        """Forget what was measured so far (the start-up pass): the clock goes on."""
+        self.store_s.clear()
+        self.meter_s.clear()
         self.samples = self.passes = 0
         self.build = 0.0
 
     def one_pass(self) -> None:
-        """The daemon's database work of pass number ``self.passes``."""
+        """The daemon's database work of pass number ``self.k``."""
         from governor.metering.catchup import load_anchors
         from governor.store.metered import write_metered
         from governor.store.service import store_samples
 
         b = time.process_time()
-        batch = make_pass(self.name, self.groups, self.passes)
+        batch = make_pass(self.name, self.groups, self.k)
         self.build += time.process_time() - b
         t = time.perf_counter()
         with self.scope() as session:       # SpoolingWriter.submit
@@ -145,26 +152,36 @@ class SimNode:
         self.meter.advance(step)
         self.samples += len(batch)
         self.passes += 1
+        self.k += 1
 
 
-def node_worker(url: str, names: list[str], groups: int, start_at: float, seconds: float,
-                results: Any) -> None:
+def node_worker(url: str, names: list[str], groups: int, seconds: float, results: Any,
+                barrier: Any = None) -> None:
     """Simulated nodes (one process may run several, a pass of each in turn: 100 Python
-    processes do not fit 2 cores): the daemon's database work, pass after pass."""
+    processes do not fit 2 cores): each node's start-up pass (its groups' rows made, their
+    anchors looked up: ``Meter.unknown`` names every group), then, once every process has
+    made its own (``barrier``), the daemon's database work pass after pass for
+    ``seconds``."""
     nodes = [SimNode(url, name, groups) for name in names]
-    time.sleep(max(0.0, start_at - time.time()))
+    t = time.perf_counter()
+    for node in nodes:
+        node.one_pass()
+        node.reset()
+    warmup = time.perf_counter() - t
+    if barrier is not None:
+        barrier.wait()
+    start = time.time()
     cpu0 = time.process_time()
-    deadline = start_at + seconds
-    while time.time() < deadline:
+    while time.time() < start + seconds:
         for node in nodes:
             node.one_pass()
-    elapsed = time.time() - start_at
+    elapsed = time.time() - start
     cpu = time.process_time() - cpu0
     for node in nodes:
         node.engine.dispose()
         results.put({"node": node.name, "samples": node.samples, "passes": node.passes,
                      "elapsed": elapsed, "store": node.store_s, "meter": node.meter_s,
-                     "cpu": cpu / len(nodes), "build": node.build})
+                     "cpu": cpu / len(nodes), "build": node.build, "warmup": warmup})
 
 
 def ingest(url: str, nodes: int, groups: int, seconds: float, procs_wanted: int) -> None:
@@ -172,15 +189,17 @@ def ingest(url: str, nodes: int, groups: int, seconds: float, procs_wanted: int)
     postmaster = postmaster_of(url)
     ctx = mp.get_context("fork")   # the engines are made in the children
     results = ctx.Queue()
-    start_at = time.time() + 2.0 + nodes * 0.05
+    barrier = ctx.Barrier(min(nodes, procs_wanted) + 1)
+    t0 = time.perf_counter()
     names = [f"node-{n:03d}" for n in range(nodes)]
     nproc = min(nodes, procs_wanted)
-    procs = [ctx.Process(target=node_worker, args=(url, names[i::nproc], groups, start_at,
-                                                   seconds, results))
+    procs = [ctx.Process(target=node_worker, args=(url, names[i::nproc], groups, seconds,
+                                                   results, barrier))
              for i in range(nproc)]
     for p in procs:
         p.start()
-    time.sleep(max(0.0, start_at - time.time()))
+    barrier.wait()   # every node has made its start-up pass
+    warmup = time.perf_counter() - t0
     busy0, total0 = host_busy()
     srv0 = server_cpu(postmaster)
     got = [results.get() for _ in names]
@@ -200,7 +219,8 @@ def ingest(url: str, nodes: int, groups: int, seconds: float, procs_wanted: int)
     rate = samples / wall
     # a node of `groups` groups at a 10 s interval offers per_pass / 10 samples a second
     print(f"ingest: {nodes} nodes x {groups} groups ({per_pass:.0f} samples a pass with the "
-          f"tenants' own) in {nproc} processes, {wall:.1f} s, write_every {WRITE_EVERY}")
+          f"tenants' own) in {nproc} processes, {wall:.1f} s after every node's start-up "
+          f"pass ({warmup:.1f} s for all, not counted), write_every {WRITE_EVERY}")
     print(f"  sustained: {rate:,.0f} samples/s, {passes / wall:.2f} passes/s "
           f"({samples:,} samples, {passes:,} passes; slowest node {min(r['passes'] for r in got)}"
           f" passes, fastest {max(r['passes'] for r in got)})")

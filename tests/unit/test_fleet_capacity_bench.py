@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import queue
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -72,7 +71,7 @@ def test_node_worker_reports_each_of_its_nodes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/fleet.db"
     upgrade(url)
     results: queue.Queue[dict[str, object]] = queue.Queue()
-    fc.node_worker(url, ["a", "b"], 20, time.time(), 0.2, results)
+    fc.node_worker(url, ["a", "b"], 20, 0.2, results)
     got = sorted((results.get_nowait() for _ in range(2)), key=lambda d: str(d["node"]))
     assert [d["node"] for d in got] == ["a", "b"]
     passes = [d["passes"] for d in got]
