@@ -36,7 +36,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Select, select
 
 from governor.billing import generic
 from governor.billing.errors import InvalidPeriod, UnknownTenant
@@ -254,6 +254,20 @@ def _reservation_at(hist: list[tuple[datetime, Reservation]], when: datetime) ->
     return value
 
 
+def billed_rows(session: Executor, tenant: str
+                ) -> tuple[Sequence[Any], Select[tuple[int]]]:
+    """The ``(id, path, node_id)`` of the ``groups`` rows a bill of ``tenant`` counts
+    (:func:`~governor.billing.totals.billed_groups`), and the select of their ids for the
+    sums (:func:`invoice` and :func:`governor.billing.sliced.sliced_invoice`)."""
+    rows = session.execute(
+        select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
+        .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+        .where(_TENANTS.c.name == tenant, billed_groups())).all()
+    ids = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+           .where(_TENANTS.c.name == tenant, billed_groups()))
+    return rows, ids
+
+
 def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: datetime,
             end: datetime, node: str | None = None) -> Invoice:
     """The invoice of ``tenant`` for ``[start, end)``, summed across nodes (rules above);
@@ -273,13 +287,8 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
     # (path, resource, version index) -> node id -> integer quantity, charge span
     qty: dict[tuple[str, str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
     span: dict[tuple[str, str, int], dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
-    groups = session.execute(
-        select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
-        .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-        .where(_TENANTS.c.name == tenant, billed_groups())).all()
+    groups, tenant_groups = billed_rows(session, tenant)
     path_of = {gid: path for gid, path, _ in groups}
-    tenant_groups = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-                     .where(_TENANTS.c.name == tenant, billed_groups()))
     reserved_at: dict[tuple[int, int, int], Reservation] = {}
     if res:
         for i, (a, _b, _idx, _v) in enumerate(pieces):

@@ -30,15 +30,13 @@ from governor.billing.report import (
     _group_label,
     _known_tenants,
     _reservation_at,
+    billed_rows,
     memory_billed,
     minor_exponent,
     reservations,
 )
-from governor.billing.totals import billed_groups
 from governor.store.service import node_id_named
-from governor.store.tables import groups as _GROUPS
 from governor.store.tables import nodes as _NODES
-from governor.store.tables import tenants as _TENANTS
 
 if TYPE_CHECKING:
     from governor.store.db import Executor
@@ -141,14 +139,9 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
     basis = plan.memory_basis
     res = ({} if basis == "usage" else reservations(session=session, tenant=tenant, until=end))
     cuts = sorted({t for hist in res.values() for t, _ in hist if start < t < end})
-    groups = session.execute(
-        select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
-        .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-        .where(_TENANTS.c.name == tenant, billed_groups())).all()
+    groups, tenant_groups = billed_rows(session, tenant)
     path_of = {gid: path for gid, path, _ in groups}
     node_name = dict(session.execute(select(_NODES.c.id, _NODES.c.name)).tuples().all())
-    tenant_groups = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-                     .where(_TENANTS.c.name == tenant, billed_groups()))
 
     # (path, resource, version) -> {(slice, node name): [billed units, consumed units]}
     qty: dict[tuple[str, str, int], dict[tuple[int, str], list[int]]] = defaultdict(dict)
