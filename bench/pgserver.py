@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import text
 
-from governor.store.db import make_engine, normalize_url
+from governor.store.db import make_engine
+from tests.helpers.db import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,17 +31,10 @@ def server(url: str | None, max_connections: int) -> Iterator[str]:
                              check=True, capture_output=True, text=True).stdout
         url = out.strip().split("=", 1)[1]
         started = env
-    base = normalize_url(url)
-    name = f"gov_capacity_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield base.set(database=name).render_as_string(hide_password=False)
+        with throwaway_database(url, prefix="gov_capacity") as db:
+            yield db
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
         if started is not None:
             subprocess.run([str(ROOT / "scripts/pg-test-server.sh"), "stop"], env=started,
                            check=False, capture_output=True)

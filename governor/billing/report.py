@@ -254,6 +254,21 @@ def _reservation_at(hist: list[tuple[datetime, Reservation]], when: datetime) ->
     return value
 
 
+def reservations_at(res: Mapping[tuple[int, str], list[tuple[datetime, Reservation]]],
+                    groups: Sequence[Any], pieces: Sequence[tuple[datetime, Any, Any, Any]]
+                    ) -> dict[tuple[int, int, int], Reservation]:
+    """``(node_id, group id, piece index) -> reservation`` in force at each piece's start,
+    for every group row ``(id, path, node_id)`` with a reservation history in ``res``."""
+    out: dict[tuple[int, int, int], Reservation] = {}
+    if res:
+        for i, (a, *_rest) in enumerate(pieces):
+            for gid, path, node_id in groups:
+                hist = res.get((node_id, path))
+                if hist:
+                    out[(node_id, gid, i)] = _reservation_at(hist, a)
+    return out
+
+
 def billed_rows(session: Executor, tenant: str
                 ) -> tuple[Sequence[Any], Select[tuple[int]]]:
     """The ``(id, path, node_id)`` of the ``groups`` rows a bill of ``tenant`` counts
@@ -289,13 +304,7 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
     span: dict[tuple[str, str, int], dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
     groups, tenant_groups = billed_rows(session, tenant)
     path_of = {gid: path for gid, path, _ in groups}
-    reserved_at: dict[tuple[int, int, int], Reservation] = {}
-    if res:
-        for i, (a, _b, _idx, _v) in enumerate(pieces):
-            for gid, path, node_id in groups:
-                hist = res.get((node_id, path))
-                if hist:
-                    reserved_at[(node_id, gid, i)] = _reservation_at(hist, a)
+    reserved_at = reservations_at(res, groups, pieces)
     reserved_ints = {k: r for k, r in reserved_at.items() if r}  # known and > 0
     totals = sum_pieces(session=session, pieces=[(a, b) for a, b, _, _ in pieces],
                         group_ids=tenant_groups,

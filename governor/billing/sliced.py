@@ -24,16 +24,15 @@ from governor.billing.report import (
     QUANTITY_PLACES,
     RESOURCES,
     STORAGE,
-    Reservation,
     _amount,
     _check_period,
     _group_label,
     _known_tenants,
-    _reservation_at,
     billed_rows,
     memory_billed,
     minor_exponent,
     reservations,
+    reservations_at,
 )
 from governor.store.service import node_id_named
 from governor.store.tables import nodes as _NODES
@@ -160,13 +159,7 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
             period[(s, idx)] = (a, b)
             points = [a, *(c for c in cuts if a < c < b), b]
             pieces.extend((p, q, idx, version) for p, q in itertools.pairwise(points))
-        reserved_at: dict[tuple[int, int, int], Reservation] = {}
-        if res:
-            for i, (a, _b, _idx, _v) in enumerate(pieces):
-                for gid, path, node_id in groups:
-                    hist = res.get((node_id, path))
-                    if hist:
-                        reserved_at[(node_id, gid, i)] = _reservation_at(hist, a)
+        reserved_at = reservations_at(res, groups, pieces)
         reserved_ints = {k: r for k, r in reserved_at.items() if r}
         spans = [(a, b) for a, b, _, _ in pieces]
         totals = sum_pieces(session=session, pieces=spans, group_ids=tenant_groups,

@@ -10,6 +10,7 @@ fail: CI must not go green by skipping a database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -46,8 +47,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/db/governor.db"
         return
-    server = normalize_url(_pg_server_url())
-    name = f"gov_t_{uuid.uuid4().hex[:12]}"
+    with throwaway_database(_pg_server_url(), prefix="gov_t") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """A new database ``<prefix>_<random hex>`` on the PostgreSQL server of
+    ``server_url`` (connected to as it names), its URL yielded, dropped afterwards even
+    while connections to it remain (the unit tests, the fleet kernel test and
+    bench/fleet_capacity.py)."""
+    server = normalize_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = make_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -31,12 +31,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select
 
 from governor.cgroupfs import parse
-from governor.store.db import make_engine, normalize_url, upgrade
+from governor.store.db import upgrade
 from governor.store.models import Group, IntervalUsageRow, Node, Sample
 from tests.conftest import SCRATCH_CONTROLLERS, _enable_controllers, remove_subtree
+from tests.helpers.db import throwaway_database
 from tests.kernel.test_daemon_kernel import free_port, wait
 
 pytestmark = pytest.mark.kernel
@@ -151,17 +152,8 @@ def fleet_db() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but {why}", pytrace=False)
         pytest.skip(why)
-    base = normalize_url(server)
-    name = f"gov_fleet_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(server, prefix="gov_fleet") as url:
+        yield url
 
 
 @pytest.fixture
