@@ -75,6 +75,15 @@ def create_child(parent: Path, name: str, files: dict[str, str] | None = None) -
     return d
 
 
+def enable(*dirs: Path, controllers: str) -> None:
+    """Write ``controllers`` ("cpuset hugetlb") into each directory's
+    ``cgroup.subtree_control``, as the kernel lists them: a controller's files in a child
+    are read only where its parent enables it (the sampler checks, as the kernel makes
+    them only there)."""
+    for d in dirs:
+        (d / "cgroup.subtree_control").write_text(controllers + "\n")
+
+
 def create_groups(subtree: Path, groups: int) -> None:
     """``groups`` leaf groups under ``subtree`` (created), in tenants of 100:
     ``t000/g000`` ...; the benchmarks' fake trees."""

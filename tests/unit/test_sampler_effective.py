@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from governor.cgroupfs.files import CgroupFS
+from governor.metering import sampler as sampler_mod
 from governor.metering.sampler import EFFECTIVE_MAX, Sampler
-from tests.unit.cgroupfs_fake import create_child
+from tests.unit.cgroupfs_fake import create_child, enable
 
 
 @pytest.fixture
@@ -25,7 +26,8 @@ def root(tmp_path: Path) -> Path:
     web = create_child(t, "web")
     (web / "cpuset.cpus.effective").write_text("1\n")
     (web / "cpuset.mems.effective").write_text("0\n")
-    create_child(t, "db")   # cpuset not enabled there: no effective files
+    create_child(t, "db")   # its effective files taken away: a read finds none
+    enable(sub, t, controllers="cpuset")
     return root
 
 
@@ -119,3 +121,27 @@ def test_a_controller_refusing_the_text(root: Path, sampler: Sampler,
     assert sampler.error_counts["parse"] == 3
     assert sampler.effective == {}
     assert any("not a list" in e for e in p.errors)
+
+
+def test_no_effective_read_where_the_parent_does_not_enable_cpuset(
+        root: Path, sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #16: cpuset's effective files are opened only in groups whose parent enables
+    cpuset (cgroup.subtree_control, read once a pass per parent), never per group for a
+    controller enabled nowhere."""
+    enable(root / "governor.slice/acme", controllers="cpu memory")
+    opened: list[str] = []
+    real = sampler_mod._read_capped
+
+    def counted(fs: CgroupFS, rel: str, file: str) -> bytes | None:
+        opened.append(rel)
+        return real(fs, rel, file)
+
+    monkeypatch.setattr(sampler_mod, "_read_capped", counted)
+    assert sampler.sample().slow
+    # acme's parent (the subtree) still enables cpuset; web's and db's does not
+    assert set(opened) == {"governor.slice/acme"}
+    assert sampler.effective == {"acme": {"cpus": "0-1", "mems": "0"}}
+    enable(root / "governor.slice/acme", controllers="cpuset")
+    sampler.sample()
+    assert sampler.sample().slow
+    assert sampler.effective["acme/web"] == {"cpus": "1", "mems": "0"}

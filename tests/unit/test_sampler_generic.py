@@ -14,7 +14,7 @@ from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import StatReader
 from governor.controllers.base import Host
 from governor.metering.sampler import Sampler
-from tests.unit.cgroupfs_fake import READ_PATHS, create_child
+from tests.unit.cgroupfs_fake import READ_PATHS, create_child, enable
 
 HOST = Host(hugepage_sizes=("2MB", "1GB"))
 #: hugetlb's files in a group, as a 6.1 kernel shows them with 2 MB pages in use
@@ -48,6 +48,7 @@ def tree(tmp_path: Path) -> Path:
     for d in (t, web):
         for name, text in HUGETLB.items():
             (d / name).write_text(text)
+    enable(sub, t, controllers="hugetlb")
     return root
 
 
@@ -153,3 +154,51 @@ def test_read_bytes(tmp_path: Path) -> None:
         (root / web / "hugetlb.16GB.current").write_text("0\n")
         assert r.read_bytes(web, "hugetlb.16GB.current") is None  # remembered absent
         assert r.read_bytes(web, "hugetlb.16GB.current", recheck=True) == b"0\n"
+
+
+@pytest.mark.parametrize("accelerated", READ_PATHS)
+def test_a_controller_its_parent_does_not_enable_costs_no_open(
+        tmp_path: Path, samplers: list[Sampler], accelerated: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #16: a group's hugetlb files exist only where its parent enables hugetlb, so
+    the sampler reads the parents' cgroup.subtree_control (once a pass each) and opens no
+    file of a controller enabled nowhere; once enabled, the next slow pass reads them."""
+    root = tree(tmp_path)
+    sub, t = root / "governor.slice", root / "governor.slice/acme"
+    enable(sub, t, controllers="cpu memory")   # hugetlb switched off for both levels
+    s = sampler(root, samplers, accelerated, slow_every=2)
+    calls: list[tuple[str, str]] = []
+    real = StatReader.read_bytes
+
+    def counted(self: StatReader, rel: str, name: str, *, recheck: bool = False) -> Any:
+        calls.append((rel, name))
+        return real(self, rel, name, recheck=recheck)
+
+    monkeypatch.setattr(StatReader, "read_bytes", counted)
+    for _ in range(4):   # slow and fast passes alike
+        p = s.sample()
+        assert {x.path: x.values for x in p.samples} == {
+            "acme": None, "acme/web": None, "acme/db": None}
+    assert calls == []
+    # the files are there (left by the tree) but the kernel would not show them: once the
+    # parents enable hugetlb they are read, from the next slow pass on
+    enable(sub, t, controllers="cpu memory hugetlb")
+    p = s.sample()
+    assert p.slow
+    got = {x.path: x.values for x in p.samples}
+    assert got["acme/web"] == WEB_VALUES and got["acme"] == WEB_VALUES
+    assert got["acme/db"] is None
+    assert {rel for rel, _ in calls} == {"governor.slice/acme", "governor.slice/acme/web",
+                                         "governor.slice/acme/db"}
+
+
+@pytest.mark.parametrize("accelerated", READ_PATHS)
+def test_an_unreadable_subtree_control_falls_back_to_the_files(
+        tmp_path: Path, samplers: list[Sampler], accelerated: bool) -> None:
+    """A parent whose cgroup.subtree_control cannot be read does not hide its groups'
+    values: their files are tried, as they always were."""
+    root = tree(tmp_path)
+    (root / "governor.slice/acme/cgroup.subtree_control").unlink()
+    s = sampler(root, samplers, accelerated)
+    got = {x.path: x.values for x in s.sample().samples}
+    assert got["acme/web"] == WEB_VALUES and got["acme"] == WEB_VALUES
