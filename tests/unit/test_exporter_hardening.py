@@ -350,3 +350,42 @@ def test_sha256_setting_still_works_with_a_deprecation_warning(
     wc = load_web_config(_web_config(tmp_path, f"basic_auth_users:\n  prom: '{prom_hash}'\n"))
     with pytest.raises(ConfigError, match="basic auth is set twice"):
         Exporter("127.0.0.1:0", auth_user="prom", auth_sha256="0" * 64, web_config=wc)
+
+
+def test_an_idle_exporter_does_not_wake_and_stops_at_once() -> None:
+    """Issue #16: the accept loop sleeps until a connection, a deadline or stop
+    (socketserver's own woke five times a second, idle or not); a connection's deadline
+    still wakes it, and stop returns at once."""
+    exp = Exporter("127.0.0.1:0", request_timeout=0.5)
+    exp.start()
+    try:
+        srv = exp._server
+        assert srv is not None
+        time.sleep(0.2)
+        before = srv.turns
+        time.sleep(1.5)
+        assert srv.turns - before == 0   # no clock: nothing woke it
+        assert get(exp.url + "/livez")[0] in (200, 503)   # a scrape is served at once
+        # an idle connection is still closed in time (its deadline wakes the loop that
+        # slept: test_slowly_trickled_request_is_cut_at_its_deadline trickles past the
+        # per-read timeout)
+        with socket.create_connection(("127.0.0.1", exp.port)) as s:
+            s.settimeout(5)
+            t0 = time.monotonic()
+            assert s.recv(4096) == b""
+            assert time.monotonic() - t0 < 0.5 + 2.0
+    finally:
+        t0 = time.monotonic()
+        exp.stop()
+        assert time.monotonic() - t0 < 1.0
+        assert exp._thread is None
+
+
+def test_an_exporter_stopped_before_its_loop_started_stays_stopped() -> None:
+    exp = Exporter("127.0.0.1:0")
+    exp.start()
+    srv = exp._server
+    assert srv is not None
+    srv.shutdown()                      # whether or not the loop has begun
+    srv.serve_forever()                 # returns at once: shut down stays shut down
+    exp.stop()
