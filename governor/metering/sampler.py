@@ -26,10 +26,8 @@ compares the two).  The loop reads through the reader's public
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +44,9 @@ from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
+from governor.metering.controller_files import as_stat_error as _as_stat_error
+from governor.metering.controller_files import enabled_by_parent
+from governor.metering.controller_files import read_capped as _read_capped
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
 
 log = logging.getLogger("governor.sampler")
@@ -323,34 +324,6 @@ class Sampler:
             log.info("sample read again", extra={"group": path})
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
 
-    def _enabled(self, controllers: tuple[Controller, ...]
-                 ) -> Callable[[str], tuple[Controller, ...]]:
-        """For a group's directory (relative to the cgroup root): the generic controllers
-        enabled there, from its parent's ``cgroup.subtree_control`` (a controller's
-        interface files exist in a group exactly when its parent enables it: cgroup-v2.rst
-        "Enabling and Disabling").  Each parent is read once per call of this function (a
-        pass: about one read per tenant), so a controller enabled nowhere costs no open of
-        an absent file per group (issue #16: at 1,000 groups the absent cpuset and hugetlb
-        files were 12% of the daemon's CPU).  A parent that cannot be read gives every
-        generic controller (their files are then tried, as always)."""
-        by_parent: dict[str, tuple[Controller, ...]] = {}
-        read = self.fs.read
-
-        def enabled(rel: str) -> tuple[Controller, ...]:
-            parent = rel.rpartition("/")[0]
-            got = by_parent.get(parent)
-            if got is None:
-                try:
-                    on = set(read(parent, "cgroup.subtree_control").split())
-                except (CgroupError, OSError):
-                    got = controllers
-                else:
-                    got = tuple(c for c in controllers if c.name in on)
-                by_parent[parent] = got
-            return got
-
-        return enabled
-
     def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
                         errors: list[str], failed: set[str], *, slow: bool) -> None:
         """:attr:`effective` of every group sampled on a slow pass: the generic
@@ -369,7 +342,7 @@ class Sampler:
         every = generic()
         if not slow or not every:
             return
-        enabled = self._enabled(every)
+        enabled = enabled_by_parent(self.fs, every)
         for path in paths:
             if path in skip:
                 continue
@@ -405,7 +378,7 @@ class Sampler:
         host = self.host
         assert host is not None  # (set in __post_init__)
         read_bytes = self.reader.read_bytes
-        enabled = self._enabled(self._generic)
+        enabled = enabled_by_parent(self.fs, self._generic)
         absent = self._generic_absent
         if slow:  # every group is read again (and the ids of groups gone are dropped)
             absent = self._generic_absent = set()
@@ -463,44 +436,6 @@ class Sampler:
                 "group": path, "reason": reason, "file": e.file, "error": str(e),
                 "fix": "the group is left out of this pass and of the bill until it reads "
                        "right; the log says when it does"})
-
-
-#: the most bytes an effective file may hold (``cpuset.cpus.effective`` of 8192 CPUs,
-#: every other one: about 24 KiB); a larger one is a sample error, never read truncated
-EFFECTIVE_MAX = 64 * 1024
-
-
-def _read_capped(fs: CgroupFS, rel: str, file: str) -> bytes | None:
-    """The bytes of ``rel/file`` (None: no such file, its controller not enabled there);
-    StatFileError ``too_large`` above :data:`EFFECTIVE_MAX` bytes."""
-    try:
-        fd = fs.open(rel, file, os.O_RDONLY)
-    except FileNotFoundError:
-        if not fs.exists(rel):
-            raise GroupGone("read", rel, file, errno.ENOENT) from None
-        return None
-    except OSError as e:
-        raise fs._error("read", rel, file, e) from e
-    try:
-        data = os.pread(fd, EFFECTIVE_MAX + 1, 0)
-    except OSError as e:
-        raise fs._error("read", rel, file, e) from e
-    finally:
-        os.close(fd)
-    if len(data) > EFFECTIVE_MAX:
-        raise StatFileError(rel, file, "too_large", data,
-                            f"more than {EFFECTIVE_MAX} bytes")
-    return data
-
-
-def _as_stat_error(fs: CgroupFS, rel: str, e: Exception) -> CgroupError:
-    """A controller's refusal of a file's text as the sampler counts it."""
-    if isinstance(e, CgroupError):
-        return e
-    if isinstance(e, ValueReadError):
-        return StatFileError(rel, e.file, "parse", e.value.encode(), e.why)
-    reason = "encoding" if isinstance(e, UnicodeDecodeError) else "parse"
-    return StatFileError(rel, "(effective)", reason, b"", str(e))
 
 
 def by_path(samples: list[GroupSample]) -> Mapping[str, GroupSample]:

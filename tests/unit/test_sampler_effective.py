@@ -11,7 +11,8 @@ import pytest
 
 from governor.cgroupfs.files import CgroupFS
 from governor.metering import sampler as sampler_mod
-from governor.metering.sampler import EFFECTIVE_MAX, Sampler
+from governor.metering.controller_files import EFFECTIVE_MAX
+from governor.metering.sampler import Sampler
 from tests.unit.cgroupfs_fake import create_child, enable
 
 
