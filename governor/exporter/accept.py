@@ -65,7 +65,8 @@ class QuietHTTPServer(ThreadingHTTPServer):
                         break
                     for key, _ in ready:
                         if key.fileobj is self:
-                            self._accept()
+                            # socketserver's own accept-verify-process step
+                            self._handle_request_noblock()  # type: ignore[attr-defined]
                         else:
                             with contextlib.suppress(OSError):
                                 os.read(self._wake_r, 4096)
@@ -75,25 +76,6 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
     def _stopping(self) -> bool:
         return self._stop_asked
-
-    def _accept(self) -> None:
-        """One connection accepted and handed to its thread (socketserver's
-        ``_handle_request_noblock``)."""
-        try:
-            request, client_address = self.get_request()
-        except OSError:
-            return
-        if not self.verify_request(request, client_address):
-            self.shutdown_request(request)
-            return
-        try:
-            self.process_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
-        except BaseException:
-            self.shutdown_request(request)
-            raise
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait until it has returned (not from its own
