@@ -14,31 +14,32 @@ from governor.cgroupfs.reader import StatFileError
 from governor.controllers.base import Controller, ValueReadError
 from governor.errors import CgroupError, GroupGone
 
+#: ``enabled(rel, controllers)``: which of ``controllers`` a group has (enabled_by_parent)
+Enabled = Callable[[str, tuple[Controller, ...]], tuple[Controller, ...]]
 
-def enabled_by_parent(fs: CgroupFS, controllers: tuple[Controller, ...]
-                      ) -> Callable[[str], tuple[Controller, ...]]:
-    """For a group's directory (relative to the cgroup root): which of ``controllers``
-    are enabled there, from its parent's ``cgroup.subtree_control`` (a controller's
-    interface files exist in a group exactly when its parent enables it: cgroup-v2.rst
-    "Enabling and Disabling").  Each parent is read once per function made here (one a
-    pass: about one read per tenant), so a controller enabled nowhere costs no open of an
-    absent file per group (issue #16: at 1,000 groups the absent cpuset and hugetlb files
-    were 12% of the daemon's CPU).  A parent that cannot be read gives every controller
-    (their files are then tried, as always)."""
-    by_parent: dict[str, tuple[Controller, ...]] = {}
 
-    def enabled(rel: str) -> tuple[Controller, ...]:
+def enabled_by_parent(fs: CgroupFS) -> Enabled:
+    """``enabled(rel, controllers)``: which of ``controllers`` are enabled in the group
+    at ``rel`` (relative to the cgroup root), from its parent's ``cgroup.subtree_control``
+    (a controller's interface files exist in a group exactly when its parent enables it:
+    cgroup-v2.rst "Enabling and Disabling").  Each parent is read once per function made
+    here (the sampler makes one a slow pass: about one read per tenant), so a controller
+    enabled nowhere costs no open of an absent file per group (issue #16: at 1,000 groups
+    the absent cpuset and hugetlb files were 12% of the daemon's CPU).  A parent that
+    cannot be read gives every controller (their files are then tried, as always)."""
+    by_parent: dict[str, frozenset[str] | None] = {}
+
+    def enabled(rel: str, controllers: tuple[Controller, ...]) -> tuple[Controller, ...]:
         parent = rel.rpartition("/")[0]
-        got = by_parent.get(parent)
-        if got is None:
+        if parent in by_parent:
+            on = by_parent[parent]
+        else:
             try:
-                on = set(fs.read(parent, "cgroup.subtree_control").split())
+                on = frozenset(fs.read(parent, "cgroup.subtree_control").split())
             except (CgroupError, OSError):
-                got = controllers
-            else:
-                got = tuple(c for c in controllers if c.name in on)
-            by_parent[parent] = got
-        return got
+                on = None
+            by_parent[parent] = on
+        return controllers if on is None else tuple(c for c in controllers if c.name in on)
 
     return enabled
 

@@ -44,8 +44,8 @@ from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic
 from governor.errors import CgroupError, GroupGone
 from governor.failpoint import failpoint
+from governor.metering.controller_files import Enabled, enabled_by_parent
 from governor.metering.controller_files import as_stat_error as _as_stat_error
-from governor.metering.controller_files import enabled_by_parent
 from governor.metering.controller_files import read_capped as _read_capped
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
 
@@ -315,9 +315,12 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
+        # which generic controllers each group has, from its parent (read on slow passes,
+        # once per parent, for both reads below)
+        enabled = enabled_by_parent(self.fs) if slow else None
         if self._generic:
-            samples = self._read_generic(samples, where, slow, errors, failed)
-        self._read_effective(paths, where, gone, errors, failed, slow=slow)
+            samples = self._read_generic(samples, where, enabled, errors, failed)
+        self._read_effective(paths, where, gone, errors, failed, enabled=enabled)
         # a group that failed before and was sampled now (by either loop) reads right again
         for path in [p for p in failing if p not in failed]:
             del failing[path]
@@ -325,14 +328,15 @@ class Sampler:
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
 
     def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
-                        errors: list[str], failed: set[str], *, slow: bool) -> None:
+                        errors: list[str], failed: set[str], *, enabled: Enabled | None) -> None:
         """:attr:`effective` of every group sampled on a slow pass: the generic
         controllers' :meth:`~governor.controllers.base.Controller.read_effective` merged
         (``cpuset.cpus.effective``...), each file read whole up to
         :data:`EFFECTIVE_MAX` bytes.  A file that cannot be taken counts as the group's
         sample error (the group keeps its sample; its effective values are dropped); a
         gone group (or one whose sample failed) is forgotten on every pass.  Never
-        raises."""
+        raises.  ``enabled``: the slow pass's :func:`enabled_by_parent` (None: a fast
+        pass, nothing read)."""
         effective = self.effective
         skip = set(gone) | failed
         if effective:
@@ -340,14 +344,13 @@ class Sampler:
             for path in [p for p in effective if p not in live or p in skip]:
                 del effective[path]
         every = generic()
-        if not slow or not every:
+        if enabled is None or not every:
             return
-        enabled = enabled_by_parent(self.fs, every)
         for path in paths:
             if path in skip:
                 continue
             rel = where(path)
-            controllers = enabled(rel)
+            controllers = enabled(rel, every)
             if not controllers:
                 effective.pop(path, None)
                 continue
@@ -369,16 +372,20 @@ class Sampler:
                 effective.pop(path, None)
 
     def _read_generic(self, samples: list[GroupSample], where: Callable[[str], str],
-                      slow: bool, errors: list[str], failed: set[str]) -> list[GroupSample]:
+                      enabled: Enabled | None, errors: list[str], failed: set[str]
+                      ) -> list[GroupSample]:
         """Set each sample's ``values`` from the generic controllers' files (tenants' own
         samples too); the samples kept (a read that failed drops its group's, counted as
         :meth:`_failed` counts a stat file's).  A group incarnation where no generic
         controller has files is skipped until the next slow pass, which reads again (the
-        reader's own memory of absent files is dropped for those reads)."""
+        reader's own memory of absent files is dropped for those reads).  ``enabled``: the
+        slow pass's :func:`enabled_by_parent`, which keeps a group's reads to the
+        controllers its parent enables (None: a fast pass, which reads the groups that
+        had files on the last slow pass)."""
         host = self.host
         assert host is not None  # (set in __post_init__)
-        read_bytes = self.reader.read_bytes
-        enabled = enabled_by_parent(self.fs, self._generic)
+        read_bytes, every = self.reader.read_bytes, self._generic
+        slow = enabled is not None
         absent = self._generic_absent
         if slow:  # every group is read again (and the ids of groups gone are dropped)
             absent = self._generic_absent = set()
@@ -389,7 +396,7 @@ class Sampler:
                 continue
             path = s.path
             rel = where(path)
-            controllers = enabled(rel)
+            controllers = every if enabled is None else enabled(rel, every)
             if not controllers:   # none enabled here: no file of theirs to open
                 absent.add(s.cgroup_id)
                 kept.append(s)

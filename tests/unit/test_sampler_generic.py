@@ -202,3 +202,31 @@ def test_an_unreadable_subtree_control_falls_back_to_the_files(
     s = sampler(root, samplers, accelerated)
     got = {x.path: x.values for x in s.sample().samples}
     assert got["acme/web"] == WEB_VALUES and got["acme"] == WEB_VALUES
+
+
+@pytest.mark.parametrize("accelerated", READ_PATHS)
+def test_subtree_control_read_once_per_parent_and_only_on_slow_passes(
+        tmp_path: Path, samplers: list[Sampler], accelerated: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parents' cgroup.subtree_control is read on slow passes only (a fast pass reads
+    the groups that had files then), once per parent for the generic values and the
+    effective lists together."""
+    root = tree(tmp_path)
+    s = sampler(root, samplers, accelerated, slow_every=3)
+    reads: list[str] = []
+    real = CgroupFS.read
+
+    def counted(self: CgroupFS, rel: str, file: str) -> str:
+        if file == "cgroup.subtree_control":
+            reads.append(rel)
+        return real(self, rel, file)
+
+    monkeypatch.setattr(CgroupFS, "read", counted)
+    p = s.sample()
+    assert p.slow and {x.path: x.values for x in p.samples}["acme/web"] == WEB_VALUES
+    assert sorted(reads) == ["governor.slice", "governor.slice/acme"]
+    reads.clear()
+    for _ in range(2):
+        p = s.sample()
+        assert not p.slow and {x.path: x.values for x in p.samples}["acme/web"] == WEB_VALUES
+    assert reads == []
