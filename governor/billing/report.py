@@ -274,13 +274,10 @@ def billed_rows(session: Executor, tenant: str
     """The ``(id, path, node_id)`` of the ``groups`` rows a bill of ``tenant`` counts
     (:func:`~governor.billing.totals.billed_groups`), and the select of their ids for the
     sums (:func:`invoice` and :func:`governor.billing.sliced.sliced_invoice`)."""
-    rows = session.execute(
-        select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
-        .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-        .where(_TENANTS.c.name == tenant, billed_groups())).all()
-    ids = (select(_GROUPS.c.id).join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
-           .where(_TENANTS.c.name == tenant, billed_groups()))
-    return rows, ids
+    rows = (select(_GROUPS.c.id, _GROUPS.c.path, _GROUPS.c.node_id)
+            .join(_TENANTS, _TENANTS.c.id == _GROUPS.c.tenant_id)
+            .where(_TENANTS.c.name == tenant, billed_groups()))
+    return session.execute(rows).all(), rows.with_only_columns(_GROUPS.c.id)
 
 
 def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: datetime,
