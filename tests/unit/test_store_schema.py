@@ -84,6 +84,8 @@ def test_sqlite_file_is_private_and_tuned(tmp_path):
             assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            # 512 KiB of page cache, not SQLite's 2,000 (issue #16: resident memory)
+            assert conn.execute(text("PRAGMA cache_size")).scalar() == -512
     finally:
         eng.dispose()
 
