@@ -10,6 +10,12 @@ Then the same month up to a moment inside its last hour ("up to now", issue #18)
 intervals are stored as the daemon writes them (one a minute per group: 60,000 rows that
 add up to that hour's rollups): that hour is read from its intervals, the one crossing the
 end split by its time share.  The whole month's bills above read none of them.
+
+Last, the daemon's billed-cost gauge at that moment (issue #16): ``RunningBills`` (the
+settled hours summed once and kept, governor.billing.running), its first update five
+minutes before (the month read whole) and the next one (the last two hours read), against
+the whole month's node bill it replaces, which the gauge read every five minutes before;
+the totals must be equal.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 from sqlalchemy import text
 
 from governor.billing.report import invoice
+from governor.billing.running import RunningBills
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.policy.model import Limits, Policy, PricePlan, PriceVersion, Tenant
 from governor.store.bulk import bulk_insert_ignore, ts_converter
@@ -116,6 +123,27 @@ def bench(url: str, label: str) -> None:
         print(f"{label}: month bill up to {now:%H:%M:%S} of its last day (that hour from its "
               f"60,000 intervals), memory basis {basis}: {elapsed:.3f} s wall-clock, "
               f"{cpu:.3f} s CPU ({len(inv.lines)} lines, total {inv.total} {inv.currency})")
+    for basis in ("usage", "max"):
+        pol = policy(basis)
+        running = RunningBills()
+        times = []
+        for at in (now - timedelta(minutes=5), now):
+            with session_factory(engine)() as session:
+                cpu = time.process_time()
+                got = running.bills(session=session, policy=pol, digest=basis, node="n1",
+                                    now=at)
+                times.append(time.process_time() - cpu)
+        with session_factory(engine)() as session:
+            cpu = time.process_time()
+            whole = invoice(session=session, policy=pol, tenant="acme", start=START, end=now,
+                            node="n1")
+            full = time.process_time() - cpu
+        if got != {("acme", whole.currency): whole.total}:
+            raise SystemExit(f"the gauge {got} differs from the node bill {whole.total}")
+        print(f"{label}: cost gauge at {now:%H:%M:%S}, memory basis {basis}: the node's month "
+              f"bill {full:.3f} s CPU; RunningBills first update {times[0]:.3f} s, next "
+              f"{times[1]:.3f} s (ratio whole / next {full / times[1]:.0f}x); "
+              f"total {whole.total} {whole.currency} in both")
     engine.dispose()
 
 

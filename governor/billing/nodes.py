@@ -12,6 +12,7 @@ follows for its rows.  Only the node filter: the billing rules are :mod:`.report
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ def share(per_node: Mapping[int, int], only: int | None,
     line; ``only`` None: ``(0, every node's units)``, the fleet's line."""
     if only is None:
         return 0, sum(per_node.values())
+    if len(per_node) == 1:   # one node's rows (every line of a single host)
+        return 0, per_node.get(only, 0)
     before = 0
     for n in sorted(per_node, key=lambda n: (names.get(n, ""), n)):
         if n == only:
@@ -56,3 +59,34 @@ def merged_span(spans: Mapping[int, Span], only: int | None) -> Span:
     if only is not None:
         return spans[only]
     return min(a for a, _ in spans.values()), max(b for _, b in spans.values())
+
+
+@dataclasses.dataclass(slots=True)
+class Quantities:
+    """An invoice before pricing: ``(path, resource, price version index) -> node id ->``
+    the integer quantity, and each node's charge span of it.  Sums over adjacent periods
+    (cut on hour boundaries) add up (:meth:`merged`) to the sums over their union: the
+    daemon's month-to-date gauge keeps the settled hours' in memory
+    (:mod:`governor.billing.running`).  Made by
+    :func:`governor.billing.report.invoice_quantities`."""
+
+    qty: dict[tuple[str, str, int], dict[int, int]] = dataclasses.field(default_factory=dict)
+    span: dict[tuple[str, str, int], dict[int, tuple[datetime, datetime]]] = \
+        dataclasses.field(default_factory=dict)
+
+    def add(self, key: tuple[str, str, int], node_id: int, value: int, a: datetime,
+            b: datetime) -> None:
+        per = self.qty.setdefault(key, {})
+        per[node_id] = per.get(node_id, 0) + value
+        widen(self.span.setdefault(key, {}), node_id, a, b)
+
+    def merged(self, other: Quantities) -> Quantities:
+        """A new one holding both (neither changed)."""
+        out = Quantities({k: dict(v) for k, v in self.qty.items()},
+                         {k: dict(v) for k, v in self.span.items()})
+        for key, per in other.qty.items():
+            spans = other.span[key]
+            for node_id, value in per.items():
+                a, b = spans[node_id]
+                out.add(key, node_id, value, a, b)
+        return out

@@ -40,8 +40,14 @@ from sqlalchemy import ColumnElement, Select, select
 
 from governor.billing import generic
 from governor.billing.errors import InvalidPeriod, UnknownTenant
-from governor.billing.nodes import merged_span, node_names, share, widen
-from governor.billing.plans import PolicyLike, PriceVersionLike, plan_for, version_segments
+from governor.billing.nodes import Quantities, merged_span, node_names, share
+from governor.billing.plans import (
+    PolicyLike,
+    PricePlanLike,
+    PriceVersionLike,
+    plan_for,
+    version_segments,
+)
 from governor.billing.quantities import (
     HOUR_US,
     KeyColumn,
@@ -164,7 +170,7 @@ def _check_period(start: datetime, end: datetime) -> None:
                             f"to {end.isoformat()}")
 
 
-def _known_tenants(session: Executor) -> set[str]:
+def known_tenants(session: Executor) -> set[str]:
     return set(session.execute(select(_TENANTS.c.name)).scalars())
 
 
@@ -286,7 +292,16 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
     ``node``: that node's share of it (:mod:`.nodes`: the node bills add up to it)."""
     _check_period(start, end)
     only = None if node is None else node_id_named(session=session, name=node)
-    plan = plan_for(policy, tenant, known_tenants=_known_tenants(session))
+    plan = plan_for(policy, tenant, known_tenants=known_tenants(session))
+    got = invoice_quantities(session=session, plan=plan, tenant=tenant, start=start, end=end)
+    return priced(session=session, plan=plan, tenant=tenant, start=start, end=end,
+                  quantities=got, only=only)
+
+
+def invoice_quantities(*, session: Executor, plan: PricePlanLike, tenant: str,
+                       start: datetime, end: datetime) -> Quantities:
+    """What :func:`invoice` prices: ``tenant``'s quantities in ``[start, end)`` on every
+    node, per group path, resource and price version of ``plan``."""
     basis = plan.memory_basis
     segments = version_segments(plan, start, end)
     res = ({} if basis == "usage" else reservations(session=session, tenant=tenant, until=end))
@@ -296,9 +311,7 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
         points = [a, *(c for c in cuts if a < c < b), b]
         pieces.extend((p, q, idx, version) for p, q in itertools.pairwise(points))
 
-    # (path, resource, version index) -> node id -> integer quantity, charge span
-    qty: dict[tuple[str, str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    span: dict[tuple[str, str, int], dict[int, tuple[datetime, datetime]]] = defaultdict(dict)
+    out = Quantities()
     groups, tenant_groups = billed_rows(session, tenant)
     path_of = {gid: path for gid, path, _ in groups}
     reserved_at = reservations_at(res, groups, pieces)
@@ -314,22 +327,27 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
             value: int = mem_bus if resource == "memory" else getattr(t, name)
             if resource == STORAGE:
                 value *= _BUS
-            key = (path, resource, idx)
-            qty[key][node_id] += value
-            widen(span[key], node_id, a, b)
+            out.add((path, resource, idx), node_id, value, a, b)
     for (node_id, gid, i), got in generic.value_pieces(
             session=session, pieces=[(a, b) for a, b, _, _ in pieces],
             group_ids=tenant_groups).items():
         a, b, idx, _version = pieces[i]
         for name, value in got.items():
-            key = (path_of[gid], generic.QUANTITIES[name].resource, idx)
-            qty[key][node_id] += value
-            widen(span[key], node_id, a, b)
+            out.add((path_of[gid], generic.QUANTITIES[name].resource, idx), node_id, value,
+                    a, b)
+    return out
 
+
+def priced(*, session: Executor, plan: PricePlanLike, tenant: str, start: datetime,
+           end: datetime, quantities: Quantities, only: int | None) -> Invoice:
+    """The invoice of ``quantities`` (:func:`invoice_quantities`) for ``[start, end)``;
+    ``only``: that node id's share."""
+    qty, span = quantities.qty, quantities.span
     lines: list[InvoiceLine] = []
-    order = list(RESOURCES)
+    order = {resource: i for i, resource in enumerate(RESOURCES)}
     node_order = node_names(session) if only is not None else {}
-    for key in sorted(qty, key=lambda k: (k[0], order.index(k[1]), k[2])):
+    cur = plan.currency
+    for key in sorted(qty, key=lambda k: (k[0], order[k[1]], k[2])):
         path, resource, idx = key
         before, units = share(qty[key], only, node_order)
         if units == 0:
@@ -337,17 +355,20 @@ def invoice(*, session: Executor, policy: PolicyLike, tenant: str, start: dateti
         unit, divisor, attr = RESOURCES[resource]
         price = generic.unit_price(plan.versions[idx], attr)
         charge_start, charge_end = merged_span(span[key], only)
+        quantity = _places(before + units, divisor)
+        amount = _amount(before + units, divisor, price, cur)
+        if before:   # the nodes before this one in a node's share (0: nothing to take)
+            quantity -= _places(before, divisor)
+            amount -= _amount(before, divisor, price, cur)
         lines.append(InvoiceLine(
-            group=_group_label(path), path=path, resource=resource,
-            quantity=_places(before + units, divisor) - _places(before, divisor),
-            unit=unit, unit_price=price,
-            amount=(_amount(before + units, divisor, price, plan.currency)
-                    - _amount(before, divisor, price, plan.currency)),
-            charge_start=charge_start, charge_end=charge_end, price_version=idx))
+            group=_group_label(path), path=path, resource=resource, quantity=quantity,
+            unit=unit, unit_price=price, amount=amount, charge_start=charge_start,
+            charge_end=charge_end, price_version=idx))
     total = sum((line.amount for line in lines), Decimal(0))
     total = total.quantize(Decimal(1).scaleb(-minor_exponent(plan.currency)))
-    return Invoice(tenant=tenant, plan=plan.name, currency=plan.currency, memory_basis=basis,
-                   start=start, end=end, lines=tuple(lines), total=total)
+    return Invoice(tenant=tenant, plan=plan.name, currency=plan.currency,
+                   memory_basis=plan.memory_basis, start=start, end=end, lines=tuple(lines),
+                   total=total)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -405,7 +426,7 @@ def usage_report(*, session: Executor, tenant: str | None = None, start: datetim
     if node is not None:
         where.append(_GROUPS.c.node_id == node_id_named(session=session, name=node))
     if tenant is not None:
-        known = _known_tenants(session)
+        known = known_tenants(session)
         if tenant not in known:
             raise UnknownTenant(tenant, where="never metered in this database",
                                 known=sorted(known))

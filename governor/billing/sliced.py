@@ -27,8 +27,8 @@ from governor.billing.report import (
     _amount,
     _check_period,
     _group_label,
-    _known_tenants,
     billed_rows,
+    known_tenants,
     memory_billed,
     minor_exponent,
     reservations,
@@ -134,7 +134,7 @@ def sliced_invoice(*, session: Executor, policy: PolicyLike, tenant: str, start:
     slices = charge_slices(start, end, by)
     if node is not None:
         node_id_named(session=session, name=node)  # an unknown name: UnknownNode
-    plan = plan_for(policy, tenant, known_tenants=_known_tenants(session))
+    plan = plan_for(policy, tenant, known_tenants=known_tenants(session))
     basis = plan.memory_basis
     res = ({} if basis == "usage" else reservations(session=session, tenant=tenant, until=end))
     cuts = sorted({t for hist in res.values() for t, _ in hist if start < t < end})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from governor.billing.running import RunningBills
     from governor.config import Config
     from governor.enforce.keeper import Enforcer
     from governor.store.gate import Database
@@ -22,8 +23,8 @@ log = logging.getLogger("governor.daemon")
 
 #: how often retention runs (it is idempotent; a daily cadence would do)
 RETENTION_INTERVAL = 3600.0
-#: the billed-cost gauge is recomputed this often, by its own job (it reads the month's
-#: hourly rollups: never part of a sampling pass)
+#: the billed-cost gauge is recomputed this often, by its own job (it reads the recent
+#: hourly rollups, governor.billing.running: never part of a sampling pass)
 COST_INTERVAL = 300.0
 
 
@@ -36,6 +37,7 @@ class Jobs:
     scope: Callable[[], AbstractContextManager[Connection]]
     enforcer: Enforcer
     costs: dict[tuple[str, str], Any]
+    running_bills: RunningBills
 
     def _reconcile(self) -> None:
         try:
@@ -47,33 +49,24 @@ class Jobs:
         """The billed cost so far this month per tenant and currency (from rollups) of this
         node only (its share of the fleet's bill, governor.billing.nodes: the nodes' gauges
         add up to the fleet's bill): its own job, every COST_INTERVAL, never inside a
-        pass; the gauge shows it from the next pass on."""
+        pass; the gauge shows it from the next pass on.  The month's settled hours are
+        summed once and kept (governor.billing.running), so an update reads the last
+        hours' rollups, not the month's."""
         if not self.db.up:
             return  # the last costs stay; recomputed once the database answers
         pol = self.enforcer.policy
         if pol is None:
             return
         from governor.billing.history import with_recorded_prices
-        from governor.billing.report import invoice
-        from governor.errors import GovernorError
 
         now_dt = datetime.now(UTC).replace(microsecond=0)
-        month = now_dt.replace(day=1, hour=0, minute=0, second=0)
-        costs: dict[tuple[str, str], Any] = {}
         try:
             with self.scope() as session:
-                priced = with_recorded_prices(pol, session)
-                for t in pol.tenants.values():
-                    if t.plan is None or now_dt <= month:
-                        continue
-                    try:
-                        inv = invoice(session=session, policy=priced, tenant=t.name,
-                                      start=month, end=now_dt, node=self.cfg.node)
-                    except GovernorError:
-                        continue  # no data for this tenant (or node) yet: no series
-                    costs[(t.name, inv.currency)] = inv.total
-            self.costs = costs
+                self.costs = self.running_bills.bills(
+                    session=session, policy=with_recorded_prices(pol, session),
+                    digest=pol.digest, node=self.cfg.node, now=now_dt)
         except Exception:
+            self.running_bills.invalidate()
             log.exception("cost gauge update failed")
 
     def _retention(self) -> None:

@@ -24,6 +24,7 @@ from governor.failpoint import failpoint
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from governor.billing.running import RunningBills
     from governor.config import Config
     from governor.daemon.deferred import DeferredSink, PolicyRecorder
     from governor.enforce.keeper import Enforcer
@@ -73,6 +74,7 @@ class SamplingPass:
     stop_event: threading.Event
     _wake_w: int
     costs: dict[tuple[str, str], Any]
+    running_bills: RunningBills
     last_success: float | None
     db_write_errors: int
     slow_passes: int
@@ -136,6 +138,7 @@ class SamplingPass:
                 with self.scope() as session:
                     meter(session=session, node=node)
                     failpoint("store.meter.before_commit")  # crash tests
+                self.running_bills.invalidate()   # it may have filled settled hours
             else:
                 w = self.writer
                 unknown = self.meter.unknown(samples)
@@ -203,6 +206,7 @@ class SamplingPass:
                     with self.scope() as session:
                         meter(session=session, node=self.cfg.node)
                     self._meter_ready = False
+                self.running_bills.invalidate()   # the backlog's hours are in the rollups
             except Exception as e:
                 from sqlalchemy.exc import DBAPIError, OperationalError
 

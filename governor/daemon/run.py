@@ -177,6 +177,10 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         self.slow_passes = 0
         self.late_passes = 0
         self.costs: dict[tuple[str, str], Any] = {}
+        from governor.billing.running import RunningBills
+
+        #: the month's settled hours summed for the cost gauge (told when they change)
+        self.running_bills = RunningBills()
         self._last_pass_start: float | None = None
         #: monotonic start of the sampling pass in progress (None: none running)
         self._pass_running_since: float | None = None

@@ -256,6 +256,7 @@ def test_the_cost_gauge_is_the_node_share(engine: Engine,  # noqa: F811
     from contextlib import contextmanager
     from types import SimpleNamespace
 
+    from governor.billing.running import RunningBills
     from governor.daemon import jobs
 
     now = T0 + timedelta(days=7, hours=3, minutes=12)
@@ -283,6 +284,7 @@ def test_the_cost_gauge_is_the_node_share(engine: Engine,  # noqa: F811
     for n in (*NODES, "node-never-metered"):
         job.cfg = SimpleNamespace(node=n)  # type: ignore[assignment]
         job.costs = {}
+        job.running_bills = RunningBills()  # each node's daemon has its own
         job._update_costs()
         gauges[n] = job.costs
     assert gauges["node-never-metered"] == {}   # no rows: no series (not the fleet's)
