@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from governor.billing.running import RunningBills
 from governor.config import Config
 from governor.daemon import Daemon, DeferredSink, PolicyRecorder
 from governor.errors import ConfigError
@@ -128,6 +129,7 @@ def daemon_for_store(db: Database, tmp_path: Path) -> Daemon:
     d.scope = db.scope
     d.meter = Meter()
     d.pending = Pending()
+    d.running_bills = RunningBills()
     d._meter_ready = False
     d.stop_event = threading.Event()
     d.db_write_errors = 0
@@ -146,8 +148,10 @@ def test_samples_spooled_while_down_drained_once_up_none_lost(tmp_path: Path) ->
     # a pass never drains: its batch goes behind the backlog, at once
     assert d._store(batch(4)) == "queued" and db.up
     assert d.spool.pending_samples() == 15
+    told: list[int] = []   # the cost gauge's settled hours: read again after a drain
+    d.running_bills.invalidate = lambda: told.append(1)  # type: ignore[method-assign]
     d._drain()   # the daemon's own job, between passes: in steps, then metered
-    assert not d.spool and not d._meter_ready
+    assert not d.spool and not d._meter_ready and told
     assert d._store(batch(5)) == "stored"
     e = create_engine(url)
     with e.connect() as c:
