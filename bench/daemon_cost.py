@@ -164,14 +164,17 @@ def profile(pid: int, seconds: float, out: Path) -> None:
             print(f"    {n / max(total, 1) * 100:5.1f}%  {name}")
 
 
-def scrape_cost(pid: int, url: str, scrapes: int, background: float) -> tuple[float, int]:
-    """The daemon's CPU seconds per scrape of /metrics (gzip, as Prometheus asks), each
+def scrape_cost(pid: int, url: str, scrapes: int, background: float, *, gzip: bool = True
+                ) -> tuple[float, int]:
+    """The daemon's CPU seconds per scrape of /metrics (``gzip``: compressed, as Prometheus
+    asks by default; else uncompressed, Prometheus's ``enable_compression: false``), each
     of a pass not scraped before (so each renders), taken between passes: CPU across the
     request less the daemon's background rate over its wall time.  And the body's size."""
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip" if gzip
+                                               else "identity"})
     health = url.replace("/metrics", "/healthz")
     seen = -1
     costs = []
@@ -302,9 +305,11 @@ def main() -> int:
     print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
         profile(d.pid, args.profile, tmp / "profile.txt")
-    scrape = None
+    scrape = plain = None
     if args.scrapes > 0:
         scrape = scrape_cost(d.pid, f"http://127.0.0.1:{port}/metrics", args.scrapes, d_cpu)
+        plain = scrape_cost(d.pid, f"http://127.0.0.1:{port}/metrics", args.scrapes, d_cpu,
+                            gzip=False)
     d.send_signal(signal.SIGTERM)
     d.wait(300)
     text = log.read_text()
@@ -342,6 +347,11 @@ def main() -> int:
               f"{scrape[0] * 1e3:.0f} ms of the daemon's CPU (median of {args.scrapes}); "
               f"one pass's reads (the sampler alone): {reads * 1e3:.0f} ms; "
               f"ratio {scrape[0] / reads:.2f}")
+    if plain is not None:
+        reads = s_cpu * args.interval
+        print(f"one scrape of /metrics uncompressed ({plain[1] / 1024:.0f} KiB; Prometheus's "
+              f"enable_compression: false): {plain[0] * 1e3:.0f} ms of the daemon's CPU "
+              f"(median of {args.scrapes}); ratio to one pass's reads {plain[0] / reads:.2f}")
     return 0
 
 
