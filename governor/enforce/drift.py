@@ -5,10 +5,18 @@ files a group) was 40% of the daemon's CPU at 1,000 groups.  The kernel says whe
 changes: every write(2) to a cgroup interface file, whoever makes it (an operator, a
 runtime, systemd on someone's behalf), is an ``IN_MODIFY`` event on the group's directory
 watch, named after the file; a group directory removed ends its watch.  So a reconcile
-plans only the groups those events name, and every ``FULL_EVERY``-th reconcile (or after
-the event queue overflowed, or when a watch could not be added) plans everything, as
-before.  Events about files the policy does not manage (``memory.events``, ``cgroup.events``
-and the like, which the kernel notifies on its own) are dropped here.
+plans only the groups those events name.
+
+What no event can show (a write lost to a queue overflow, a group without a watch) is
+caught by a **rolling sweep**: each watched group has a slot among ``FULL_EVERY``, and each
+reconcile also plans the groups of the next slot, so every group is read once every
+``FULL_EVERY`` reconciles, a ``FULL_EVERY``-th of them at a time (at 10,000 groups a whole
+sweep in one reconcile read 40,000 files at once and made the sampling passes beside it
+late: issue #16).  The reconcile that starts a round also plans what a whole plan does
+beyond the groups (the IO cost model, groups to remove).  After an overflow, or before
+anything is watched, a reconcile plans everything at once.  Events about files the policy
+does not manage (``memory.events``, ``cgroup.events`` and the like, which the kernel
+notifies on its own) are dropped here.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from governor.cgroupfs.inotify import (
 
 log = logging.getLogger("governor.enforce")
 
-#: every this many reconciles plan every group (the interval's 30 s: every 10 minutes)
+#: every group is planned once every this many reconciles (the interval's 30 s: every
+#: 10 minutes), a FULL_EVERY-th of them each time
 FULL_EVERY = 20
 
 _MASK = IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
@@ -55,20 +64,39 @@ class DriftWatch:
         self._unwatched: set[str] = set()
         self._full = True   # nothing watched yet: the first reconcile plans everything
         self._takes = 0
+        #: group -> its slot in the rolling sweep (planned when ``_takes % full_every`` is
+        #: it), given in the order groups are first watched; groups per slot
+        self._slot: dict[str, int] = {}
+        self._slots: list[set[str]] = [set() for _ in range(max(1, full_every))]
+        self._given = 0
 
-    def watch(self, groups: Mapping[str, tuple[str, Iterable[str]]]) -> None:
+    def watch(self, groups: Mapping[str, tuple[str, Iterable[str]]], *,
+              planned_all: bool = False) -> None:
         """Watch ``groups`` (group -> (its cgroup path, managed files)) from now on;
-        groups no longer named are dropped."""
+        groups no longer named are dropped.  ``planned_all``: every group was planned
+        just now (a whole plan), so the next reconcile need not plan them all again; a
+        write in the instant between that plan's read and a new watch is restored by the
+        rolling sweep."""
         ino = self.inotify
         if ino is None:
             return
+        if planned_all and self._full:
+            self._full = False
+            self._dirty.clear()
+            self._takes = 1
         for rel in [r for r in self._wd if r not in groups]:
             ino.remove(self._wd.pop(rel))
         for rel in [r for r in self._files if r not in groups]:
             del self._files[rel]
+            self._slots[self._slot.pop(rel)].discard(rel)
         self._unwatched &= set(groups)
         for rel, (path, files) in groups.items():
             self._files[rel] = frozenset(files)
+            if rel not in self._slot:
+                slot = self._given % len(self._slots)
+                self._given += 1
+                self._slot[rel] = slot
+                self._slots[slot].add(rel)
             if rel in self._wd:
                 continue
             try:
@@ -86,11 +114,13 @@ class DriftWatch:
             self._by_wd[wd] = (rel, path)
             self._unwatched.discard(rel)
 
-    def take(self) -> set[str] | None:
-        """The groups to plan now (None: every group), and forget them."""
+    def take(self) -> tuple[set[str] | None, bool]:
+        """What the reconcile now plans, and forget it: ``(groups, sweep)``, groups None
+        for every group; ``sweep``: also what a whole plan does beyond the groups (at the
+        start of each round of the rolling sweep, and with every whole plan)."""
         ino = self.inotify
         if ino is None:
-            return None
+            return None, True
         for wd, mask, name in ino.read_named():
             if mask & IN_Q_OVERFLOW:
                 self._full = True
@@ -109,14 +139,16 @@ class DriftWatch:
                 continue
             if name in self._files.get(rel, ()):
                 self._dirty.add(rel)
-        self._takes += 1
-        if self._full or self._takes % self.full_every == 0:
+        if self._full:
             self._full = False
             self._dirty.clear()
-            return None
-        out = self._dirty | self._unwatched
+            self._takes = 1   # a whole plan: the sweep's round starts again after it
+            return None, True
+        turn = self._takes % len(self._slots)
+        self._takes += 1
+        out = self._dirty | self._unwatched | self._slots[turn]
         self._dirty = set()
-        return out
+        return out, turn == 0
 
     def mark(self, groups: Iterable[str]) -> None:
         """Plan these groups at the next take too (their writes failed)."""

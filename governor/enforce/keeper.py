@@ -7,7 +7,8 @@
   unchanged policy any write it has to make is drift (a file edited by hand, a group
   removed behind governor's back) and is restored and counted.  With a
   :class:`~governor.enforce.drift.DriftWatch` (the daemon's) a reconcile plans only the
-  groups inotify saw written or removed, and all of them every ``FULL_EVERY``-th time.
+  groups inotify saw written or removed, and a ``FULL_EVERY``-th of all of them in turn
+  (each group once every ``FULL_EVERY`` reconciles).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Enforcer:
             self._apply(trigger, drift=False)
         return True
 
-    def _watch(self, desired: DesiredState, outcomes: list[Outcome]) -> None:
+    def _watch(self, desired: DesiredState, outcomes: list[Outcome], *,
+               planned_all: bool) -> None:
         """Watch every group of ``desired`` (those made just now too); a group whose write
         failed is planned again at the next reconcile."""
         assert self.drift_watch is not None
@@ -127,7 +129,7 @@ class Enforcer:
                 continue   # a name the driver cannot spell: noted by the plan
             files = tuple(f for f, _ in g.files)
             groups[rel] = (path, (*files, "cgroup.subtree_control") if g.enable else files)
-        self.drift_watch.watch(groups)
+        self.drift_watch.watch(groups, planned_all=planned_all)
         by_path = {path: rel for rel, (path, _) in groups.items()}
         self.drift_watch.mark(by_path[o.action.path] for o in outcomes
                               if not o.ok and o.action.path in by_path)
@@ -138,13 +140,13 @@ class Enforcer:
                          previous=self.applied, iocost_devices=self.iocost_devices,
                          sys_block=self.sys_block)
 
-    def _apply(self, trigger: str, *, drift: bool,
-               only: set[str] | None = None) -> list[Outcome]:
+    def _apply(self, trigger: str, *, drift: bool, only: set[str] | None = None,
+               sweep: bool = True) -> list[Outcome]:
         assert self.policy is not None
         desired = desired_state(self.policy)
         plan = make_plan(self.fs, self.layout, desired, previous=self.applied,
                          iocost_devices=self.iocost_devices, sys_block=self.sys_block,
-                         only=only)
+                         only=only, sweep=sweep)
         self.reconciled_groups += len(desired.groups) if only is None else len(only)
         notify = self.on_created
         group_of = self.layout.group_of
@@ -171,7 +173,7 @@ class Enforcer:
                     "now": o.action.new, "kind": o.action.kind})
         self.applied = desired
         if self.drift_watch is not None:
-            self._watch(desired, outcomes)
+            self._watch(desired, outcomes, planned_all=only is None)
         failed = sum(not o.ok for o in outcomes)
         self.last_failed = failed
         if outcomes or not drift:
@@ -193,10 +195,11 @@ class Enforcer:
         if self.policy is None:
             return []
         with self._lock:
-            only = self.drift_watch.take() if self.drift_watch is not None else None
-            if only is not None and not only:
-                return []   # nothing written since: nothing to read
-            return self._apply("reconcile", drift=True, only=only)
+            only, sweep = (self.drift_watch.take() if self.drift_watch is not None
+                           else (None, True))
+            if only is not None and not only and not sweep:
+                return []   # nothing written since, no group's turn: nothing to read
+            return self._apply("reconcile", drift=True, only=only, sweep=sweep)
 
 
 #: what in the policy's directory (or the policy file's) may change the policy: a file

@@ -377,7 +377,7 @@ def _iocost_actions(fs: CgroupFS, desired: DesiredState, iocost_devices: Iterabl
 def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
               previous: DesiredState | None = None, iocost_devices: Iterable[str] = (),
               sys_block: str | Path = "/sys/block",
-              only: Collection[str] | None = None) -> Plan:
+              only: Collection[str] | None = None, sweep: bool = False) -> Plan:
     """Read the kernel's current state below the subtree and diff it with ``desired``.
 
     ``fs`` is rooted at the cgroup mount; every path in the plan is below the subtree, as
@@ -388,12 +388,14 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
     Reads only: nothing is written.
 
     ``only`` (a reconcile told by :class:`~governor.enforce.drift.DriftWatch` which groups
-    changed) plans those groups alone: no IO cost model, no removals.
+    changed, and whose turn it is in its rolling sweep) plans those groups alone; with
+    ``sweep`` (the round's first reconcile) also the IO cost model and the removals, which
+    a whole plan (``only`` None) always has.
     """
     layout = as_layout(subtree)
     owner = layout.subtree if layout.makes_dirs else None
     plan = Plan(digest=desired.digest, owner=owner)
-    if only is None:
+    if only is None or sweep:
         plan.actions.extend(_iocost_actions(fs, desired, iocost_devices, Path(sys_block)))
     root = layout.subtree
     wanted = desired.controllers()
@@ -420,7 +422,7 @@ def make_plan(fs: CgroupFS, subtree: Layout | str, desired: DesiredState, *,
         if owner is not None and (not actions or actions[0].kind != "create"):
             actions[:0] = _adoptions(fs, path, owner)
         plan.actions.extend(actions)
-    if only is not None:
+    if only is not None and not sweep:
         return plan
     removals = _removals(fs, layout, desired, owner)
     # deepest first
