@@ -9,19 +9,22 @@
 #   2. the venv .venv with `pip install -e '.[dev]'` (redone when pyproject.toml or the
 #      Python changed);
 #   3. `governor sandbox setup`: kernel + initramfs of the cgroup v2 test VM;
-#   4. ruff and mypy;
-#   5. the unit tests on the host: pytest -m "not kernel and not systemd" (with a throwaway
-#      PostgreSQL from scripts/pg-test-server.sh unless GOVERNOR_TEST_PG_URL is set);
-#   6. every `kernel` test (but the `systemd` ones) inside ONE boot of the sandbox VM (real
-#      cgroup v2; the host's /sys/fs/cgroup is never touched);
-#   6b. every `systemd` test, wherever it is under tests/, inside ONE boot of the sandbox
-#      VM with systemd as PID 1 (`governor sandbox exec --systemd`: D-Bus, journald,
+#   4. a throwaway PostgreSQL (scripts/pg-test-server.sh) unless GOVERNOR_TEST_PG_URL is set;
+#   5. every `kernel` test (but the `systemd` ones) inside ONE boot of the sandbox VM (real
+#      cgroup v2; the host's /sys/fs/cgroup is never touched), started first and run in the
+#      background: its fleet test goes first, and its ten minutes of churn, which take
+#      little CPU, leave room for 6-8 beside it (its output is printed when it ends);
+#   6. ruff and mypy;
+#   7. the unit tests on the host: pytest -m "not kernel and not systemd";
+#   8. every `systemd` test, wherever it is under tests/, inside ONE boot of a second VM
+#      with systemd as PID 1 (`governor sandbox exec --systemd`: D-Bus, journald,
 #      transient units);
-#   7. the counts per suite, then a last line `all: N passed, N failed[, N skipped]`.
+#   9. the counts per suite, then a last line `all: N passed, N failed[, N skipped]`.
 # Exits non-zero when any step fails, when a VM did not boot or report, when no kernel or
 # no systemd test ran, or (with CI=true) when a kernel or systemd test was skipped.
 #
-# Knobs: PYTHON (python3), GOVERNOR_TEST_RESULTS (results/: junit XML files),
+# Knobs: PYTHON (python3), GOVERNOR_TEST_RESULTS (results/: junit XML files and
+# kernel.log),
 # GOVERNOR_VM_MEM (2048 MiB), GOVERNOR_VM_CPUS (2), GOVERNOR_VM_TIMEOUT (4500 s),
 # GOVERNOR_SANDBOX_DIR (the sandbox cache), GOVERNOR_STRICT_KERNEL=1 (skips fail, as in CI).
 # Extra arguments are passed to every pytest run (e.g. `-k cgroupfs -x`).
@@ -31,6 +34,10 @@ REPO=$(pwd)
 RESULTS=${GOVERNOR_TEST_RESULTS:-$REPO/results}
 T0=$(date +%s)
 failures=()
+pg_ours=0
+# what the run started and must stop when it ends (the PostgreSQL test server, if ours)
+cleanup() { [ "$pg_ours" = 0 ] || sh scripts/pg-test-server.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 took() { printf '    (%ss)\n' "$(($(date +%s) - $1))"; }
@@ -43,17 +50,9 @@ bash scripts/setup.sh --test || die "scripts/setup.sh --test failed"
 took "$t"
 VPY=$REPO/.venv/bin/python
 
-# 4. static checks
-step "ruff"; t=$(date +%s)
-lint_dirs=(); for d in governor tests bench; do [ -d "$d" ] && lint_dirs+=("$d"); done
-.venv/bin/ruff check "${lint_dirs[@]}" || fail "ruff check ${lint_dirs[*]}"
-took "$t"
-step "mypy"; t=$(date +%s)
-.venv/bin/mypy || fail "mypy"
-took "$t"
-
 mkdir -p "$RESULTS"
-rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml" "$RESULTS/systemd.xml"
+rm -f "$RESULTS/unit.xml" "$RESULTS/kernel.xml" "$RESULTS/systemd.xml" \
+  "$RESULTS/kernel.log" "$RESULTS/kernel.failures"
 
 # services the host tests need: a throwaway PostgreSQL (scripts/pg-test-server.sh), started
 # here unless GOVERNOR_TEST_PG_URL is set or one is already running, stopped at exit if ours
@@ -63,7 +62,7 @@ if [ -z "${GOVERNOR_TEST_PG_URL:-}" ] && [ -f scripts/pg-test-server.sh ]; then
     export GOVERNOR_TEST_PG_URL=$pg_url
     echo "    already running: $pg_url"
   elif pg_env=$(sh scripts/pg-test-server.sh start); then
-    trap 'sh scripts/pg-test-server.sh stop >/dev/null 2>&1 || true' EXIT
+    pg_ours=1
     eval "$pg_env"
     echo "    started: $GOVERNOR_TEST_PG_URL"
   else
@@ -72,14 +71,7 @@ if [ -z "${GOVERNOR_TEST_PG_URL:-}" ] && [ -f scripts/pg-test-server.sh ]; then
   took "$t"
 fi
 
-# 5. unit tests on the host
-step "unit tests (host): pytest -m 'not kernel and not systemd'"; t=$(date +%s)
-rc=0
-"$VPY" -m pytest -m "not kernel and not systemd" -p no:cacheprovider -q --junitxml "$RESULTS/unit.xml" "$@" || rc=$?
-[ $rc -eq 0 ] || fail "unit tests: pytest exit $rc"
-took "$t"
-
-# 6. kernel tests: all of them in one VM boot.  Python runs ~14x slower in the guest, so the
+# 5. kernel tests: all of them in one VM boot.  Python runs ~14x slower in the guest, so the
 # host finds the files that hold the selected tests and the guest collects only those.
 # vm_suite LABEL MARKEXPR [exec options...] -- [pytest args...]: one boot, junit LABEL.xml
 vm_suite() {
@@ -96,6 +88,15 @@ vm_suite() {
     fail "$label tests: none collected on the host (pytest -m '$expr' --collect-only)"
     return
   fi
+  # the files named in VM_FIRST (when selected) run first, in that order
+  local first=() others=() f x
+  for f in ${VM_FIRST:-}; do
+    for x in "${files[@]}"; do [ "$x" = "$f" ] && first+=("$f"); done
+  done
+  for x in "${files[@]}"; do
+    case " ${VM_FIRST:-} " in *" $x "*) ;; *) others+=("$x") ;; esac
+  done
+  files=(${first[@]+"${first[@]}"} ${others[@]+"${others[@]}"})
   echo "    ${#files[@]} file(s): ${files[*]}"
   "$VPY" -m governor.sandbox.cli exec "${opts[@]}" \
     --mem "${GOVERNOR_VM_MEM:-2048}" --cpus "${GOVERNOR_VM_CPUS:-2}" \
@@ -111,7 +112,8 @@ vm_suite() {
     *) fail "$label tests: pytest exit $rc" ;;
   esac
 }
-step "kernel tests (sandbox VM, one boot): pytest -m 'kernel and not systemd'"; t=$(date +%s)
+step "kernel tests (sandbox VM, one boot, in the background): pytest -m 'kernel and not systemd'"
+kernel_t0=$(date +%s)
 # the fleet test (tests/kernel/test_fleet_kernel.py) reaches the host's PostgreSQL from the
 # guest: three guest addresses (one per simulated node) forwarded to its port on 127.0.0.1
 fleet=()
@@ -133,17 +135,60 @@ PY
     fleet+=(--env GOVERNOR_FLEET_PG_URL)
   fi
 fi
-vm_suite kernel "kernel and not systemd" "${fleet[@]}" -- "$@"
+# in the background, beside the host's checks and the systemd VM: its output goes to
+# kernel.log (printed when it ends), its failures to kernel.failures
+kernel_log=$RESULTS/kernel.log
+echo "    in the background: output in $kernel_log, printed when it ends"
+(
+  failures=()
+  VM_FIRST=tests/kernel/test_fleet_kernel.py
+  vm_suite kernel "kernel and not systemd" ${fleet[@]+"${fleet[@]}"} -- "$@"
+  took "$kernel_t0"
+  printf '%s\n' ${failures[@]+"${failures[@]}"} > "$RESULTS/kernel.failures"
+) > "$kernel_log" 2>&1 &
+kernel_pid=$!
+# a run that ends early (die, a signal) takes the VM down with it
+kill_tree() { local c; for c in $(pgrep -P "$1" || true); do kill_tree "$c"; done
+              kill "$1" 2>/dev/null || true; }
+trap 'kill_tree "$kernel_pid"; cleanup' EXIT
+
+# 6. static checks (beside the kernel suite)
+step "ruff"; t=$(date +%s)
+lint_dirs=(); for d in governor tests bench; do [ -d "$d" ] && lint_dirs+=("$d"); done
+.venv/bin/ruff check "${lint_dirs[@]}" || fail "ruff check ${lint_dirs[*]}"
+took "$t"
+step "mypy"; t=$(date +%s)
+.venv/bin/mypy || fail "mypy"
 took "$t"
 
-# 6b. systemd tests: all of them, wherever they are under tests/, in one boot of the VM with
-# systemd as PID 1 (about twice the bare boot; see docs/operations.md)
+# 7. unit tests on the host (beside the kernel suite)
+step "unit tests (host): pytest -m 'not kernel and not systemd'"; t=$(date +%s)
+rc=0
+"$VPY" -m pytest -m "not kernel and not systemd" -p no:cacheprovider -q --junitxml "$RESULTS/unit.xml" "$@" || rc=$?
+[ $rc -eq 0 ] || fail "unit tests: pytest exit $rc"
+took "$t"
+
+# 8. systemd tests: all of them, wherever they are under tests/, in one boot of a second VM
+# with systemd as PID 1 (about twice the bare boot; see docs/operations.md), beside the kernel
+# suite's
 step "systemd tests (sandbox VM with systemd as PID 1, one boot): pytest -m systemd"
 t=$(date +%s)
 vm_suite systemd systemd --systemd -- "$@"
 took "$t"
 
-# 7. summary: counts per suite, the failures, and the totals as the very last line
+# the kernel suite's end: its output, and its failures
+step "kernel tests: waiting for the VM (started $(($(date +%s) - kernel_t0)) s ago)"
+kt=$(date +%s)
+wait "$kernel_pid" || true
+cat "$kernel_log"
+if [ -f "$RESULTS/kernel.failures" ]; then
+  while IFS= read -r f; do [ -z "$f" ] || fail "$f"; done < "$RESULTS/kernel.failures"
+else
+  fail "kernel tests: the suite's shell ended without a result (see $kernel_log)"
+fi
+took "$kt"
+
+# 9. summary: counts per suite, the failures, and the totals as the very last line
 step "summary ($(($(date +%s) - T0))s in all; reports in $RESULTS)"
 for f in "${failures[@]}"; do echo "FAIL $f" >&2; done
 strict=(); [ "${CI:-}" = true ] && strict=(--strict-skips)

@@ -58,14 +58,18 @@ io_read_gib = "0.01"
 io_write_gib = "0.02"
 [tenants.acme]
 plan = "standard"
+cpu.max = "10000 100000"
 [tenants.acme.groups.web]
-cpu.max = "15000 100000"
+cpu.max = "5000 100000"
 [tenants.beta]
 plan = "standard"
 [tenants.beta.groups.batch]
-cpu.max = "15000 100000"
+cpu.max = "5000 100000"
 """
 
+#: a busy loop; every group it runs in is capped (acme's adhoc incarnations by acme's own
+#: cpu.max): the three nodes' loops together take under half of one CPU, so the ten minutes of
+#: churn leave the host's other test suites room to run beside them (scripts/test.sh)
 SPIN = ["sh", "-c", "while :; do :; done"]
 #: a process started every second (fork and exec churn), each doing a little work
 CHURN = ["sh", "-c", "while :; do dd if=/dev/zero of=/dev/null bs=64k count=300 "
