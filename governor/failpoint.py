@@ -110,6 +110,13 @@ _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+def armed(name: str) -> bool:
+    """Whether ``GOVERNOR_FAILPOINTS`` armed failpoint ``name``: a loop that would call it
+    for every item may pass no hook at all when not (issue #16: at 10,000 groups the
+    sampling pass's 10,000 calls from C were 2.5% of the daemon's Python time)."""
+    return _armed is not None and name in _armed
+
+
 def failpoint(name: str) -> None:
     """Fire failpoint ``name`` if ``GOVERNOR_FAILPOINTS`` armed it; otherwise nothing."""
     if _armed is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.policy import Policy
@@ -31,6 +32,11 @@ class DesiredState:
     def controllers(self) -> tuple[str, ...]:
         """The controllers the subtree enables for its tenants: the managed ones, then
         those of the generic controllers' files anywhere in the policy (cpuset...)."""
+        return self._controllers
+
+    @cached_property
+    def _controllers(self) -> tuple[str, ...]:
+        # once per state: every plan asks (a reconcile of 50 groups among 10,000 too)
         return (*MANAGED_CONTROLLERS, *extra_controllers(
             f for g in self.groups.values() for f, _ in g.files))
 

@@ -71,9 +71,10 @@ class DriftWatch:
         self._given = 0
 
     def watch(self, groups: Mapping[str, tuple[str, Iterable[str]]], *,
-              planned_all: bool = False) -> None:
+              planned_all: bool = False, partial: bool = False) -> None:
         """Watch ``groups`` (group -> (its cgroup path, managed files)) from now on;
-        groups no longer named are dropped.  ``planned_all``: every group was planned
+        groups no longer named are dropped, unless ``partial`` (these are some of the
+        groups watched: the others stay as they are).  ``planned_all``: every group was planned
         just now (a whole plan), so the next reconcile need not plan them all again; a
         write in the instant between that plan's read and a new watch is restored by the
         rolling sweep."""
@@ -84,12 +85,13 @@ class DriftWatch:
             self._full = False
             self._dirty.clear()
             self._takes = 1
-        for rel in [r for r in self._wd if r not in groups]:
-            ino.remove(self._wd.pop(rel))
-        for rel in [r for r in self._files if r not in groups]:
-            del self._files[rel]
-            self._slots[self._slot.pop(rel)].discard(rel)
-        self._unwatched &= set(groups)
+        if not partial:
+            for rel in [r for r in self._wd if r not in groups]:
+                ino.remove(self._wd.pop(rel))
+            for rel in [r for r in self._files if r not in groups]:
+                del self._files[rel]
+                self._slots[self._slot.pop(rel)].discard(rel)
+            self._unwatched &= set(groups)
         for rel, (path, files) in groups.items():
             self._files[rel] = frozenset(files)
             if rel not in self._slot:

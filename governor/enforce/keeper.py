@@ -82,6 +82,11 @@ class Enforcer:
         self.drift_watch = drift_watch
         #: groups planned by the reconciles so far (the drift watch keeps it small)
         self.reconciled_groups = 0
+        #: the desired state of the policy in force, made once per policy (a reconcile
+        #: that plans 50 groups must not rebuild 10,000: issue #16)
+        self._desired: tuple[Policy, DesiredState] | None = None
+        #: the desired state whose groups the drift watch watches
+        self._watched: DesiredState | None = None
         self._lock = threading.Lock()
 
     # -- policy versions -----------------------------------------------------------------
@@ -116,34 +121,43 @@ class Enforcer:
             self._apply(trigger, drift=False)
         return True
 
+    def desired(self) -> DesiredState:
+        """The desired state of the policy in force (made once per policy version)."""
+        assert self.policy is not None
+        if self._desired is None or self._desired[0] is not self.policy:
+            self._desired = (self.policy, desired_state(self.policy))
+        return self._desired[1]
+
     def _watch(self, desired: DesiredState, outcomes: list[Outcome], *,
-               planned_all: bool) -> None:
-        """Watch every group of ``desired`` (those made just now too); a group whose write
-        failed is planned again at the next reconcile."""
+               planned_all: bool, among: set[str] | None = None) -> None:
+        """Watch every group of ``desired`` (those made just now too), or only those
+        ``among`` (a reconcile of the same desired state: the others' watches stand); a
+        group whose write failed is planned again at the next reconcile."""
         assert self.drift_watch is not None
         groups: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for rel, g in desired.groups.items():
+        for rel, g in (desired.groups.items() if among is None else
+                       ((r, desired.groups[r]) for r in among if r in desired.groups)):
             try:
                 path = self.layout.path(rel)
             except GovernorError:
                 continue   # a name the driver cannot spell: noted by the plan
             files = tuple(f for f, _ in g.files)
             groups[rel] = (path, (*files, "cgroup.subtree_control") if g.enable else files)
-        self.drift_watch.watch(groups, planned_all=planned_all)
+        self.drift_watch.watch(groups, planned_all=planned_all, partial=among is not None)
         by_path = {path: rel for rel, (path, _) in groups.items()}
         self.drift_watch.mark(by_path[o.action.path] for o in outcomes
                               if not o.ok and o.action.path in by_path)
 
     def plan(self) -> Plan:
         assert self.policy is not None
-        return make_plan(self.fs, self.layout, desired_state(self.policy),
+        return make_plan(self.fs, self.layout, self.desired(),
                          previous=self.applied, iocost_devices=self.iocost_devices,
                          sys_block=self.sys_block)
 
     def _apply(self, trigger: str, *, drift: bool, only: set[str] | None = None,
                sweep: bool = True) -> list[Outcome]:
         assert self.policy is not None
-        desired = desired_state(self.policy)
+        desired = self.desired()
         plan = make_plan(self.fs, self.layout, desired, previous=self.applied,
                          iocost_devices=self.iocost_devices, sys_block=self.sys_block,
                          only=only, sweep=sweep)
@@ -173,7 +187,11 @@ class Enforcer:
                     "now": o.action.new, "kind": o.action.kind})
         self.applied = desired
         if self.drift_watch is not None:
-            self._watch(desired, outcomes, planned_all=only is None)
+            if only is not None and desired is self._watched:
+                self._watch(desired, outcomes, planned_all=False, among=only)
+            else:
+                self._watch(desired, outcomes, planned_all=only is None)
+                self._watched = desired
         failed = sum(not o.ok for o in outcomes)
         self.last_failed = failed
         if outcomes or not drift:

@@ -43,7 +43,7 @@ from governor.controllers import registry
 from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic
 from governor.errors import CgroupError, GroupGone
-from governor.failpoint import failpoint
+from governor.failpoint import armed, failpoint
 from governor.metering.controller_files import Enabled, enabled_by_parent
 from governor.metering.controller_files import as_stat_error as _as_stat_error
 from governor.metering.controller_files import read_capped as _read_capped
@@ -272,13 +272,14 @@ class Sampler:
         # the C accelerator runs this loop for the groups whose descriptors are all open
         # (fast tier), and hands back each group that needs the Python body below
         fast_pass = self._fast_pass if not slow else None
+        hook = failpoint if armed("metering.sample.group") else None
         entries, fast_read = self.reader.entries, self.reader.fast_read
         i, n = 0, len(paths)
         while i < n:
             if fast_pass is not None:
                 stop = min(n, i + FAST_CHUNK)
                 j = fast_pass(paths, i, entries, fast_read, prefix, latest, known_created,
-                              births, node, started, t0, samples, failpoint, stop)
+                              births, node, started, t0, samples, hook, stop)
                 if j >= n:
                     break
                 if j == stop and j > i:  # a chunk done: another thread may take the GIL

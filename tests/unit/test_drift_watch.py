@@ -194,3 +194,31 @@ def test_at_scale_a_reconcile_reads_a_twentieth_of_the_groups(tmp_path: Path) ->
     finally:
         watch.close()
         fs.close()
+
+
+def test_a_group_made_again_is_watched_again(
+        setup: tuple[Enforcer, Path, list[tuple[str, str]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconcile that plans a group whose watch ended (the directory went and came
+    back) watches it again, though it watches only the groups it planned; the policy's
+    desired state is not rebuilt by a reconcile."""
+    import governor.enforce.keeper as keeper
+
+    e, sub, reads = setup
+    for _ in range(3):   # past the turns of the slots that hold a group
+        e.reconcile()
+    made = []
+    monkeypatch.setattr(keeper, "desired_state", lambda p: made.append(p))
+    shutil.rmtree(sub / "acme/web")
+    web = create_child(sub / "acme", "web")     # as a runtime would make it again
+    (web / "memory.max").write_text("1073741824\n")
+    reads.clear()
+    # planned (its watch ended): its values are right, it is adopted as governor's
+    assert [o.action.kind for o in e.reconcile()] == ["mark"]
+    assert planned(reads) == {"governor.slice/acme/web"}
+    (web / "memory.max").write_text("max\n")    # behind governor's back: seen at once
+    reads.clear()
+    out = e.reconcile()
+    assert [(o.action.path, o.action.file) for o in out] == [
+        ("governor.slice/acme/web", "memory.max")]
+    assert made == []

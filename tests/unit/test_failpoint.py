@@ -163,3 +163,32 @@ def test_spool_drain_killed_after_commit_replays_without_duplicates(tmp_path: Pa
         assert c.execute(select(func.count()).select_from(Sample)).scalar_one() == 6
     engine.dispose()
     assert not spool
+
+
+SAMPLE = """
+import sys, tempfile
+from pathlib import Path
+from governor.cgroupfs.files import CgroupFS
+from governor.failpoint import armed
+from governor.metering.sampler import Sampler
+from tests.unit.cgroupfs_fake import create_groups
+root = Path(tempfile.mkdtemp())
+create_groups(root / "governor", 3)
+with CgroupFS(root, verify=False) as fs:
+    s = Sampler(fs, "governor", "n1", slow_every=100)
+    print(armed("metering.sample.group"), s._fast_pass is not None)
+    for _ in range(3):
+        print(len(s.sample().samples))
+"""
+
+
+@pytest.mark.parametrize("spec", ["metering.sample.group=sleep(0)", ""])
+def test_the_sampling_pass_hits_its_failpoint_per_group_only_when_armed(spec: str) -> None:
+    """Three passes over 3 groups and their 1 tenant: 12 hits when armed, whether the C
+    accelerator's loop reads them or the Python one (the first pass is slow: Python); none
+    disarmed, when the pass hands the C loop no hook at all (issue #16)."""
+    r = run(spec, SAMPLE)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0].split()[0] == str(bool(spec)) and lines[1:4] == ["4", "4", "4"]
+    assert r.stderr.count("failpoint metering.sample.group hit") == (12 if spec else 0)
