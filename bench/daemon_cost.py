@@ -164,6 +164,27 @@ def profile(pid: int, seconds: float, out: Path) -> None:
             print(f"    {n / max(total, 1) * 100:5.1f}%  {name}")
 
 
+WARNING = re.compile(r'ts=(?P<ts>\S+) .*msg="(?P<msg>sampling pass late|slow sampling pass)"'
+                     r'.*?(?P<what>(?:gap|duration)_s=[0-9.]+)')
+
+
+def late_and_slow(log: str, phases: list[tuple[str, float]]) -> str:
+    """The daemon's late and slow passes by the phase of the run they fell in (start-up,
+    warm-up, the measured window, the profile, the scrapes, the stop), with their gap or
+    duration: a pass made late by py-spy or a scrape is not the window's."""
+    from datetime import datetime
+
+    by: dict[str, list[str]] = collections.defaultdict(list)
+    for m in WARNING.finditer(log):
+        at = datetime.fromisoformat(m["ts"].replace("Z", "+00:00")).timestamp()
+        phase = next((name for name, t0 in reversed(phases) if at >= t0), phases[0][0])
+        by[phase].append(f"{'late' if 'late' in m['msg'] else 'slow'} {m['what']}")
+    if not by:
+        return "late or slow passes: none"
+    return "late or slow passes by phase: " + "; ".join(
+        f"{name}: {', '.join(by[name])}" for name, _ in phases if by.get(name))
+
+
 def scrape_cost(pid: int, url: str, scrapes: int, background: float, *, gzip: bool = True
                 ) -> tuple[float, int]:
     """The daemon's CPU seconds per scrape of /metrics (``gzip``: compressed, as Prometheus
@@ -283,6 +304,8 @@ def main() -> int:
     # 1. the whole daemon
     log = tmp / "daemon.log"
     t_start = time.monotonic()
+    #: (phase, wall clock at its start): where each late or slow pass fell
+    phases = [("start-up", time.time())]
     with log.open("w") as logf:
         d = subprocess.Popen([sys.executable, "-m", "governor", "run", "--config", str(cfg),
                               "--sample-interval", f"{args.interval:g}s"],
@@ -294,6 +317,7 @@ def main() -> int:
         return 1
     print(f"daemon started in {time.monotonic() - t_start:.0f} s (the policy applied)",
           flush=True)
+    phases.append(("warm-up", time.time()))
     sleepers = []
     for t in range((args.groups + 99) // 100):
         procs = ROOT / SUBTREE / f"t{t:02d}" / "g000" / "cgroup.procs"
@@ -301,20 +325,25 @@ def main() -> int:
             ["sleep", "100000"], preexec_fn=lambda p=procs: p.write_text(str(os.getpid()))))  # noqa: PLW1509
     # warm-up: a few passes after start-up
     time.sleep(3 * args.interval)
+    phases.append(("window", time.time()))
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval)
     print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
+        phases.append(("profile", time.time()))
         profile(d.pid, args.profile, tmp / "profile.txt")
     scrape = plain = None
     if args.scrapes > 0:
+        phases.append(("scrapes", time.time()))
         scrape = scrape_cost(d.pid, f"http://127.0.0.1:{port}/metrics", args.scrapes, d_cpu)
         plain = scrape_cost(d.pid, f"http://127.0.0.1:{port}/metrics", args.scrapes, d_cpu,
                             gzip=False)
+    phases.append(("stop", time.time()))
     d.send_signal(signal.SIGTERM)
     d.wait(300)
     text = log.read_text()
     stop = [ln for ln in text.splitlines() if "governor stopped" in ln]
     print(f"daemon: {stop[-1] if stop else 'no stop line'}")
+    print(late_and_slow(text, phases))
 
     # 2. the sampler alone, same tree (the daemon left the groups in place)
     s = subprocess.Popen([sys.executable, "-c", SAMPLER_ALONE, str(args.interval), SUBTREE],
