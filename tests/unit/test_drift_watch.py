@@ -207,8 +207,8 @@ def test_a_group_made_again_is_watched_again(
     e, sub, reads = setup
     for _ in range(3):   # past the turns of the slots that hold a group
         e.reconcile()
-    made = []
-    monkeypatch.setattr(keeper, "desired_state", lambda p: made.append(p))
+    made: list[object] = []
+    monkeypatch.setattr(keeper, "desired_state", made.append)
     shutil.rmtree(sub / "acme/web")
     web = create_child(sub / "acme", "web")     # as a runtime would make it again
     (web / "memory.max").write_text("1073741824\n")
