@@ -13,7 +13,7 @@ import pytest
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.tree import MANAGED_XATTR
-from governor.enforce.drift import DriftWatch
+from governor.enforce.drift import FULL_EVERY, DriftWatch
 from governor.enforce.keeper import Enforcer
 from tests.unit.cgroupfs_fake import create_child
 
@@ -34,6 +34,28 @@ def planned(reads: list[tuple[str, str]]) -> set[str]:
     return {r for r, _ in reads} - ROOT
 
 
+def enforcer(tmp_path: Path, root: Path, policy: str, *, full_every: int = FULL_EVERY
+             ) -> tuple[Enforcer, CgroupFS, DriftWatch, list[tuple[str, str]]]:
+    """An Enforcer over the fake tree at ``root`` with ``policy`` and a drift watch, and
+    the list every read of its cgroupfs is appended to (group, file)."""
+    pol = tmp_path / "policy.toml"
+    pol.write_text(policy)
+    pol.chmod(0o644)
+    fs = CgroupFS(root, verify=False)
+    reads: list[tuple[str, str]] = []
+    real = fs.read
+
+    def counting(rel: str, file: str) -> str:
+        reads.append((rel, file))
+        return real(rel, file)
+
+    fs.read = counting  # type: ignore[method-assign]
+    watch = DriftWatch(fs, full_every=full_every)
+    e = Enforcer(fs, "governor.slice", str(pol), sys_block=str(tmp_path / "none"),
+                 drift_watch=watch)
+    return e, fs, watch, reads
+
+
 @pytest.fixture(params=[50])
 def setup(tmp_path: Path, request: pytest.FixtureRequest
           ) -> Iterator[tuple[Enforcer, Path, list[tuple[str, str]]]]:
@@ -49,21 +71,7 @@ def setup(tmp_path: Path, request: pytest.FixtureRequest
     (acme / "cpu.weight").write_text("300\n")
     (acme / "web/memory.max").write_text("1073741824\n")
     (acme / "db/pids.max").write_text("50\n")
-    pol = tmp_path / "policy.toml"
-    pol.write_text(POLICY)
-    pol.chmod(0o644)
-    fs = CgroupFS(root, verify=False)
-    reads: list[tuple[str, str]] = []
-    real = fs.read
-
-    def counting(rel: str, file: str) -> str:
-        reads.append((rel, file))
-        return real(rel, file)
-
-    fs.read = counting  # type: ignore[method-assign]
-    watch = DriftWatch(fs, full_every=request.param)
-    e = Enforcer(fs, "governor.slice", str(pol), sys_block=str(tmp_path / "none"),
-                 drift_watch=watch)
+    e, fs, watch, reads = enforcer(tmp_path, root, POLICY, full_every=request.param)
     assert e.reload("start")
     try:
         yield e, sub, reads
@@ -161,21 +169,7 @@ def test_at_scale_a_reconcile_reads_a_twentieth_of_the_groups(tmp_path: Path) ->
         for g in range(99):
             (create_child(td, f"g{g:02d}") / "cpu.weight").write_text(f"{g + 1}\n")
             text.append(f"[tenants.t{t}.groups.g{g:02d}]\ncpu.weight = {g + 1}")
-    pol = tmp_path / "policy.toml"
-    pol.write_text("\n".join(text) + "\n")
-    pol.chmod(0o644)
-    fs = CgroupFS(root, verify=False)
-    reads: list[tuple[str, str]] = []
-    real = fs.read
-
-    def counting(rel: str, file: str) -> str:
-        reads.append((rel, file))
-        return real(rel, file)
-
-    fs.read = counting  # type: ignore[method-assign]
-    watch = DriftWatch(fs)
-    e = Enforcer(fs, "governor.slice", str(pol), sys_block=str(tmp_path / "none"),
-                 drift_watch=watch)
+    e, fs, watch, reads = enforcer(tmp_path, root, "\n".join(text) + "\n")
     try:
         assert e.reload("start")
         seen: list[str] = []
