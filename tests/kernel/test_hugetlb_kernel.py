@@ -178,18 +178,31 @@ def test_limit_refuses_the_third_page_and_governor_meters_bills_and_exports(
         held_from = time.monotonic()
         assert (group / "hugetlb.2MB.current").read_text() == "4194304\n"
 
-        def metric(name: str) -> int | None:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                          timeout=30).read().decode()
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                        timeout=30) as r:
+                body: bytes = r.read()
+            return body.decode()
+
+        def metric(name: str, body: str) -> int | None:
             for line in body.splitlines():
                 if line.startswith(name + "{") and 'group="huge"' in line \
                         and 'size="2MB"' in line:
                     return int(float(line.rsplit(" ", 1)[1]))
             return None
 
-        assert wait(lambda: metric("governor_hugetlb_usage_bytes") == 4 * 1024 * 1024, 60), \
-            metric("governor_hugetlb_usage_bytes")
-        assert metric("governor_hugetlb_max_events_total") == refused
+        # one scrape with both: 4 MiB alone may be the 3-page holder's moment between its
+        # MAP_POPULATE and its touch of the third page.  Measured in the VM: after
+        # the populate 2 pages are in and events max is 2, the touch makes it 3 (SIGBUS);
+        # a scrape of a pass in that moment showed 2 in CI
+        def both() -> tuple[int | None, int | None]:
+            body = scrape()
+            return (metric("governor_hugetlb_usage_bytes", body),
+                    metric("governor_hugetlb_max_events_total", body))
+
+        assert wait(lambda: both() == (4 * 1024 * 1024, refused), 60), (both(), refused)
+        # (the 2-page holder was refused nothing)
+        assert events_max(group) == refused
         time.sleep(20)
         p2.stdin.close()  # type: ignore[union-attr]
         assert p2.wait(timeout=60) == 0
