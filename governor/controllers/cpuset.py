@@ -10,7 +10,7 @@ systemd: ``AllowedCPUs=`` and ``AllowedMemoryNodes=`` (systemd.resource-control(
 
 Nothing here is billed: cpuset is a placement, not a quantity.  The effective lists are
 read back for display (``governor_cpuset_cpus``/``_mems`` and the status columns CPUS and
-MEMS) on the sampler's slow passes.
+MEMS) on each group's slow tier (governor/metering/tiers.py).
 """
 
 from __future__ import annotations

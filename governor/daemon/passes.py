@@ -122,17 +122,13 @@ class SamplingPass:
             self.db.lost(self.writer.last_error or "a write failed")
         return outcome
 
-    def _meter(self, samples: Sequence[Any], *, flush: bool = False,
-               slow: bool = False) -> None:
+    def _meter(self, samples: Sequence[Any], *, flush: bool = False) -> None:
         """Meter the pass just stored: in memory, against the previous pass's samples
         (nothing read back), held in :attr:`pending` and written every ``write_every``
         passes (and with ``flush``) in one transaction; or, when the store holds samples
         not metered yet, from the store's rows (the anchors are then resolved again).
-
-        ``slow``: the pass read the slow tier (memory.stat and the like, every
-        ``slow_every``-th): the write waits for the next pass, so that the two heaviest
-        steps never fall in one pass (with both every 6th they did, and at 10,000 groups
-        in the TCG VM that pass outlasted the 10 s interval, issue #16)."""
+        (The sampler spreads its slow tier over the passes, governor/metering/tiers.py, so
+        the pass that writes is no heavier for falling on a sixth pass.)"""
         from governor.metering.catchup import load_anchors, meter
         from governor.store.metered import write_metered
 
@@ -156,9 +152,7 @@ class SamplingPass:
                 # the rollups are made from what Pending merged, when it writes
                 step = self.meter.step(samples, resolved, with_rollups=False)
                 self.pending.add(step, w.ids)
-                due = self.pending.passes >= self.cfg.write_every
-                if flush or (due and not slow) or \
-                        self.pending.passes >= 2 * self.cfg.write_every:
+                if flush or self.pending.passes >= self.cfg.write_every:
                     with self.scope() as session:
                         write_metered(session=session, node_id=w.node_id,
                                       metered=self.pending.metered())
@@ -256,7 +250,7 @@ class SamplingPass:
             with self.writer.lock:
                 outcome = self._store(p.samples)
                 if outcome == "stored":
-                    self._meter(p.samples, flush=final, slow=p.slow)
+                    self._meter(p.samples, flush=final)
                 else:
                     self._meter_ready = False
                     self._draining(True)   # the drain job runs while the spool holds any

@@ -23,7 +23,7 @@ def enabled_by_parent(fs: CgroupFS) -> Enabled:
     at ``rel`` (relative to the cgroup root), from its parent's ``cgroup.subtree_control``
     (a controller's interface files exist in a group exactly when its parent enables it:
     cgroup-v2.rst "Enabling and Disabling").  Each parent is read once per function made
-    here (the sampler makes one a slow pass: about one read per tenant), so a controller
+    here (the sampler makes one a pass: about one read per tenant), so a controller
     enabled nowhere costs no open of an absent file per group (issue #16: at 1,000 groups
     the absent cpuset and hugetlb files were 12% of the daemon's CPU).  A parent that
     cannot be read gives every controller (their files are then tried, as always)."""

@@ -4,8 +4,9 @@ The groups sampled are what exists below the governor's subtree, two levels deep
 and their groups), whether or not the policy still names them: a group that left the policy
 but still has processes is still billed.  Reads go through the fd-caching
 :class:`~governor.cgroupfs.reader.StatReader`; a group that vanished is reported in
-``gone`` (and forgotten), never sampled as zeros.  ``memory.stat`` is read on every
-``slow_every``-th pass only.
+``gone`` (and forgotten), never sampled as zeros.  ``memory.stat`` (with the rest of the
+slow tier) is read of each group every ``slow_every``-th pass, a ``slow_every``-th of the
+groups in each pass (governor/metering/tiers.py).
 
 One bad group costs only its own sample (issue #15, item 2): a file that cannot be read
 (EIO, EACCES...) or whose text cannot be taken (not the kernel's format, not UTF-8, too
@@ -48,6 +49,7 @@ from governor.metering.controller_files import Enabled, enabled_by_parent
 from governor.metering.controller_files import as_stat_error as _as_stat_error
 from governor.metering.controller_files import read_capped as _read_capped
 from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
+from governor.metering.tiers import SlowTier
 
 log = logging.getLogger("governor.sampler")
 
@@ -66,7 +68,9 @@ class SamplePass:
     errors: list[str]    # one message per group whose sample failed (file, reason, text)
     started: datetime
     duration: float      # seconds of wall time for the whole pass
-    slow: bool           # whether memory.stat was read
+    #: whether every group's slow tier was read (the first pass, or ``slow_every`` 1);
+    #: otherwise each group reads it on its slot's passes (governor/metering/tiers.py)
+    slow: bool
 
 
 _EMPTY: Mapping[str, int] = {}
@@ -213,8 +217,9 @@ class Sampler:
             self.host = Host.probe()
         self._generic: tuple[Controller, ...] = registry.generic()
         #: the cgroup ids (one per group incarnation) where no generic controller had
-        #: files: not read again until the next slow pass
+        #: files: not read again until their group's slow tier comes round
         self._generic_absent: set[int] = set()
+        self._tier = SlowTier(self.slow_every)
 
     def close(self) -> None:
         self.reader.close()
@@ -237,6 +242,14 @@ class Sampler:
         else:
             self._births[path] = datetime.now(UTC)
 
+    def reads_slow_tier(self, path: str) -> bool:
+        """Whether the next pass reads the slow tier of ``path`` (relative to the subtree):
+        every group's on the first pass, then each group's on its slot's passes, every
+        ``slow_every``-th (a group the last pass did not list: False, until a pass has)."""
+        if self.passes == 0 or self.slow_every == 1:
+            return True
+        return self._tier.slot_of(path) == self.passes % self.slow_every
+
     def groups(self) -> list[str]:
         """Tenants and their groups below the subtree (paths relative to it)."""
         try:
@@ -247,7 +260,8 @@ class Sampler:
     def sample(self) -> SamplePass:
         started = datetime.now(UTC)
         t0 = time.monotonic()
-        slow = self.passes % self.slow_every == 0
+        phase = self.passes % self.slow_every
+        whole = self.passes == 0 or self.slow_every == 1  # every group's slow tier
         self.passes += 1
         samples: list[GroupSample] = []
         gone: list[str] = []
@@ -269,24 +283,34 @@ class Sampler:
         prefix, node = self.layout.sample_prefix(paths), self.node
         where = (prefix.__getitem__ if isinstance(prefix, dict)
                  else (lambda p, _pre=prefix: _pre + p))
+        # the groups that read their slow tier in this pass, by position (ascending)
+        n = len(paths)
+        marks: Sequence[int] = self._tier.marks(paths, phase)   # (slots kept up to date)
+        if whole:
+            marks = range(n)
         # the C accelerator runs this loop for the groups whose descriptors are all open
-        # (fast tier), and hands back each group that needs the Python body below
-        fast_pass = self._fast_pass if not slow else None
+        # up to the next marked group (fast tier), and hands back each group that needs
+        # the Python body below
+        fast_pass = self._fast_pass if not whole else None
         hook = failpoint if armed("metering.sample.group") else None
         entries, fast_read = self.reader.entries, self.reader.fast_read
-        i, n = 0, len(paths)
+        left = iter(marks)
+        i, mark = 0, next(left, n)
         while i < n:
-            if fast_pass is not None:
-                stop = min(n, i + FAST_CHUNK)
+            if fast_pass is not None and i < mark:
+                stop = min(mark, i + FAST_CHUNK)
                 j = fast_pass(paths, i, entries, fast_read, prefix, latest, known_created,
                               births, node, started, t0, samples, hook, stop)
                 if j >= n:
                     break
-                if j == stop and j > i:  # a chunk done: another thread may take the GIL
-                    i = j
+                if j == stop:  # a chunk done (or a marked group next): another thread
+                    i = j      # may take the GIL
                     continue
                 i = j
             path = paths[i]
+            slow = i == mark
+            if slow:
+                mark = next(left, n)
             i += 1
             mono = monotonic()  # each group stamped when it is read, not at pass start
             try:
@@ -316,28 +340,32 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
-        # which generic controllers each group has, from its parent (read on slow passes,
-        # once per parent, for both reads below)
-        enabled = enabled_by_parent(self.fs) if slow else None
+        # which generic controllers each marked group has, from its parent (read once per
+        # parent, for both reads below)
+        enabled = enabled_by_parent(self.fs)
+        slotted = [paths[k] for k in marks] if not whole else paths
         if self._generic:
-            samples = self._read_generic(samples, where, enabled, errors, failed)
-        self._read_effective(paths, where, gone, errors, failed, enabled=enabled)
+            samples = self._read_generic(samples, where, errors, failed, enabled=enabled,
+                                         slotted=None if whole else set(slotted),
+                                         prune=phase == 0)
+        self._read_effective(paths, where, gone, errors, failed, slotted=slotted,
+                             enabled=enabled)
         # a group that failed before and was sampled now (by either loop) reads right again
         for path in [p for p in failing if p not in failed]:
             del failing[path]
             log.info("sample read again", extra={"group": path})
-        return SamplePass(samples, gone, errors, started, time.monotonic() - t0, slow)
+        return SamplePass(samples, gone, errors, started, time.monotonic() - t0, whole)
 
     def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
-                        errors: list[str], failed: set[str], *, enabled: Enabled | None) -> None:
-        """:attr:`effective` of every group sampled on a slow pass: the generic
-        controllers' :meth:`~governor.controllers.base.Controller.read_effective` merged
-        (``cpuset.cpus.effective``...), each file read whole up to
+                        errors: list[str], failed: set[str], *, slotted: list[str],
+                        enabled: Enabled) -> None:
+        """:attr:`effective` of the groups whose slow tier this pass reads (``slotted``):
+        the generic controllers' :meth:`~governor.controllers.base.Controller.read_effective`
+        merged (``cpuset.cpus.effective``...), each file read whole up to
         :data:`EFFECTIVE_MAX` bytes.  A file that cannot be taken counts as the group's
         sample error (the group keeps its sample; its effective values are dropped); a
         gone group (or one whose sample failed) is forgotten on every pass.  Never
-        raises.  ``enabled``: the slow pass's :func:`enabled_by_parent` (None: a fast
-        pass, nothing read)."""
+        raises.  ``enabled``: the pass's :func:`enabled_by_parent`."""
         effective = self.effective
         skip = set(gone) | failed
         if effective:
@@ -345,9 +373,9 @@ class Sampler:
             for path in [p for p in effective if p not in live or p in skip]:
                 del effective[path]
         every = generic()
-        if enabled is None or not every:
+        if not every:
             return
-        for path in paths:
+        for path in slotted:
             if path in skip:
                 continue
             rel = where(path)
@@ -373,38 +401,43 @@ class Sampler:
                 effective.pop(path, None)
 
     def _read_generic(self, samples: list[GroupSample], where: Callable[[str], str],
-                      enabled: Enabled | None, errors: list[str], failed: set[str]
-                      ) -> list[GroupSample]:
+                      errors: list[str], failed: set[str], *, enabled: Enabled,
+                      slotted: set[str] | None, prune: bool) -> list[GroupSample]:
         """Set each sample's ``values`` from the generic controllers' files (tenants' own
         samples too); the samples kept (a read that failed drops its group's, counted as
         :meth:`_failed` counts a stat file's).  A group incarnation where no generic
-        controller has files is skipped until the next slow pass, which reads again (the
-        reader's own memory of absent files is dropped for those reads).  ``enabled``: the
-        slow pass's :func:`enabled_by_parent`, which keeps a group's reads to the
-        controllers its parent enables (None: a fast pass, which reads the groups that
-        had files on the last slow pass)."""
+        controller has files is skipped until its slow tier comes round, which reads again
+        (the reader's own memory of absent files is dropped for those reads).
+        ``slotted``: the groups whose slow tier this pass reads (None: all); their reads
+        keep to the controllers ``enabled`` (the pass's :func:`enabled_by_parent`) finds
+        enabled by the parent; the other groups read every generic controller's files they
+        had.  ``prune``: drop the ids of groups gone from the absent set (once a round)."""
         host = self.host
         assert host is not None  # (set in __post_init__)
         read_bytes, every = self.reader.read_bytes, self._generic
-        slow = enabled is not None
         absent = self._generic_absent
-        if slow:  # every group is read again (and the ids of groups gone are dropped)
-            absent = self._generic_absent = set()
+        if slotted is None:  # every group is read again (and the ids of groups gone dropped)
+            absent.clear()
+        elif prune and absent:
+            absent.intersection_update([s.cgroup_id for s in samples])
         kept: list[GroupSample] = []
         for s in samples:
-            if s.cgroup_id in absent:
+            path = s.path
+            slow = slotted is None or path in slotted
+            if slow:
+                absent.discard(s.cgroup_id)
+            elif s.cgroup_id in absent:
                 kept.append(s)
                 continue
-            path = s.path
             rel = where(path)
-            controllers = every if enabled is None else enabled(rel, every)
+            controllers = enabled(rel, every) if slow else every
             if not controllers:   # none enabled here: no file of theirs to open
                 absent.add(s.cgroup_id)
                 kept.append(s)
                 continue
 
-            def read(name: str, _rel: str = rel) -> bytes | None:
-                return read_bytes(_rel, name, recheck=slow)
+            def read(name: str, _rel: str = rel, _slow: bool = slow) -> bytes | None:
+                return read_bytes(_rel, name, recheck=_slow)
 
             values: dict[str, int] = {}
             try:

@@ -178,14 +178,14 @@ PASS_FAILPOINTS = {
 
 # the same with the derived rows written every 6th pass ([sampling] write_every = 6, the
 # default): the first pass meters what the store holds (a catch-up: the meter failpoint's
-# first hit), passes 2 to 7 are held, and written at the 8th (its second hit: the 7th
-# reads the slow tier, and a write never falls in such a pass); a death before that finds
-# the stored passes after the first not metered, and the restart's catch-up meters them
+# first hit), passes 2 to 7 are held and written at the 7th (its second hit); a death
+# before that finds the stored passes after the first not metered, and the restart's
+# catch-up meters them
 BATCHED_FAILPOINTS = {
     "metering.sample.group": ((KILL_PASS - 1) * len(GROUPS) + 2, KILL_PASS - 1, False),
     "store.write.before_commit": (KILL_PASS, KILL_PASS - 1, False),
     "store.write.after_commit": (KILL_PASS, KILL_PASS, False),
-    "store.meter.before_commit": (2, 8, False),
+    "store.meter.before_commit": (2, 7, False),
 }
 
 

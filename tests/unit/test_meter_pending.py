@@ -181,27 +181,25 @@ def test_write_every_is_checked(tmp_path: Path) -> None:
     assert load_config(f).write_every == 1
 
 
-def test_the_write_never_falls_in_a_slow_tier_pass(tmp_path: Path) -> None:
-    """The sampler reads its slow tier every 6th pass (the first included); with the writes
-    also due every 6th pass the two fell in one pass.  A write due in a slow pass waits
-    for the next one; the bills' rows are the same as written every pass."""
-    url = f"sqlite:///{tmp_path / 'slow'}.db"
+def test_the_write_falls_every_write_every_passes(tmp_path: Path) -> None:
+    """Pass 0 meters what the store holds (the catch-up); then write_every passes are held
+    and written together, and the last pass flushes what is held; the bills' rows are the
+    same as written every pass."""
+    url = f"sqlite:///{tmp_path / 'every'}.db"
     upgrade(url)
     db = Database(url)
     db.check()
-    d = daemon_for_store(db, tmp_path / "slow")
+    d = daemon_for_store(db, tmp_path / "every")
     d.cfg.write_every = 6
     all_passes = passes(30)
     written_at = []
     for i, batch in enumerate(all_passes):
         assert d._store(batch) == "stored"
         before = d.pending.passes
-        d._meter(batch, flush=i == len(all_passes) - 1, slow=i % 6 == 0)
+        d._meter(batch, flush=i == len(all_passes) - 1)
         if before and not d.pending:
             written_at.append(i)
-        assert d.pending.passes <= 6
+        assert d.pending.passes < 6
     db.dispose()
-    # pass 0 is the catch-up; 1-6 held, the 6th slow: written at 7; then every 6th
-    assert written_at == [7, 13, 19, 25, 29]
-    assert not any(i % 6 == 0 for i in written_at[:-1])
+    assert written_at == [6, 12, 18, 24, 29]
     assert stored(url)[:2] == run(tmp_path, "one", 1)[:2]

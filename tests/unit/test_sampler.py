@@ -58,11 +58,18 @@ def test_sampler_maps_raw_values_and_tiers(tmp_path: Path) -> None:
     assert db.memory_events_oom_kill is None and db.memory_stat_anon is None
     tenant = {x.path: x for x in p1.samples}["acme"]
     assert tenant.group is None
-    # later passes skip memory.stat until the slow tier comes round again
-    p2 = s.sample()
-    assert not p2.slow and all(x.memory_stat_anon is None for x in p2.samples)
-    assert s.sample().slow is False and s.sample().slow is True
     assert len({x.wall for x in p1.samples}) == 3  # stamped per read
+    # later passes read memory.stat of a group on its slot's passes only, one in
+    # slow_every (3): the others leave it None (not read: missing, not zero)
+    for _ in range(2):
+        seen = []
+        for _ in range(3):
+            due = s.reads_slow_tier("acme/web")
+            p = s.sample()
+            assert not p.slow
+            seen.append(({x.path: x for x in p.samples}["acme/web"].memory_stat_anon, due))
+        assert sorted(seen, key=lambda x: x[1]) == [(None, False), (None, False),
+                                                   (126976, True)]
 
 
 def test_sampler_reports_gone_groups(tmp_path: Path) -> None:
@@ -186,6 +193,13 @@ def _break(s: Sampler, group: Path, name: str, content: str | bytes | None) -> N
         f.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
+def slow_tier_of(s: Sampler, path: str) -> None:
+    """Make the sampler's next pass the one that reads ``path``'s slow tier."""
+    s.passes = 1
+    while not s.reads_slow_tier(path):
+        s.passes += 1
+
+
 @pytest.mark.parametrize("accelerated", READ_PATHS)
 @pytest.mark.parametrize(("name", "content", "reason"), [c[1:] for c in BAD_FILES],
                          ids=[c[0] for c in BAD_FILES])
@@ -199,17 +213,18 @@ def test_item2_one_bad_group_costs_only_its_own_sample(
     assert [x.path for x in s.sample().samples] == ["acme", "acme/db", "acme/web"]
     _break(s, bad, name, content)
     caplog.set_level(logging.INFO, logger="governor.sampler")
-    # passes 2, 3 are fast tier (the C loop when accelerated); pass 1000 reads memory.stat
-    s.passes = 1000 if name == "memory.stat" else 1
     for n in (1, 2):
+        if name == "memory.stat":
+            slow_tier_of(s, "acme/web")   # the pass that reads web's memory.stat
+        else:
+            s.passes = 1   # web's fast tier (the C loop when accelerated)
+            assert not s.reads_slow_tier("acme/web")
         p = s.sample()
         assert [x.path for x in p.samples] == ["acme", "acme/db"]  # the others: sampled
         assert p.gone == [] and len(p.errors) == 1
         assert f"acme/web/{name}" in p.errors[0] and f"({reason})" in p.errors[0] \
             if reason != "read" else "[EISDIR]" in p.errors[0]
         assert dict(+s.error_counts) == {reason: n}
-        if name == "memory.stat":
-            s.passes = 1000
     failed = [r for r in caplog.records if r.getMessage() == "sample failed"]
     assert len(failed) == 1 and failed[0].group == "acme/web"  # type: ignore[attr-defined]
     assert failed[0].reason == reason  # type: ignore[attr-defined]

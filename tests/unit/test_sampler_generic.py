@@ -89,17 +89,22 @@ def test_a_group_without_the_files_is_read_again_only_on_the_slow_tier(
     assert s.sample().slow
     db = "governor.slice/acme/db"
     assert calls.count(db) == 2  # one .current per size: none there
-    # hugetlb enabled in db since: not seen (nor read) on the fast tier
+    while not s.reads_slow_tier("acme/db"):
+        s.sample()
+    s.sample()   # db's own slow tier: still nothing there
+    # hugetlb enabled in db since: not seen (nor read) on the other passes of the round
     for name, text in HUGETLB.items():
         (root / db / name).write_text(text)
     calls.clear()
     for _ in range(3):
+        assert not s.reads_slow_tier("acme/db")
         p = s.sample()
         assert not p.slow and {x.path: x.values for x in p.samples}["acme/db"] is None
     assert db not in calls and calls  # the others are read on every pass
-    # the slow tier looks again (the reader's memory of the absent files too)
+    # db's slow tier looks again (the reader's memory of the absent files too)
+    assert s.reads_slow_tier("acme/db")
     p = s.sample()
-    assert p.slow and {x.path: x.values for x in p.samples}["acme/db"] == WEB_VALUES
+    assert {x.path: x.values for x in p.samples}["acme/db"] == WEB_VALUES
 
 
 @pytest.mark.parametrize("accelerated", READ_PATHS)
@@ -162,7 +167,8 @@ def test_a_controller_its_parent_does_not_enable_costs_no_open(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #16: a group's hugetlb files exist only where its parent enables hugetlb, so
     the sampler reads the parents' cgroup.subtree_control (once a pass each) and opens no
-    file of a controller enabled nowhere; once enabled, the next slow pass reads them."""
+    file of a controller enabled nowhere; once enabled, each group's next slow tier reads
+    them."""
     root = tree(tmp_path)
     sub, t = root / "governor.slice", root / "governor.slice/acme"
     enable(sub, t, controllers="cpu memory")   # hugetlb switched off for both levels
@@ -181,10 +187,10 @@ def test_a_controller_its_parent_does_not_enable_costs_no_open(
             "acme": None, "acme/web": None, "acme/db": None}
     assert calls == []
     # the files are there (left by the tree) but the kernel would not show them: once the
-    # parents enable hugetlb they are read, from the next slow pass on
+    # parents enable hugetlb they are read, from each group's next slow tier on
     enable(sub, t, controllers="cpu memory hugetlb")
-    p = s.sample()
-    assert p.slow
+    for _ in range(2):
+        p = s.sample()
     got = {x.path: x.values for x in p.samples}
     assert got["acme/web"] == WEB_VALUES and got["acme"] == WEB_VALUES
     assert got["acme/db"] is None
@@ -205,12 +211,12 @@ def test_an_unreadable_subtree_control_falls_back_to_the_files(
 
 
 @pytest.mark.parametrize("accelerated", READ_PATHS)
-def test_subtree_control_read_once_per_parent_and_only_on_slow_passes(
+def test_subtree_control_read_once_per_parent_and_only_for_the_slow_tier(
         tmp_path: Path, samplers: list[Sampler], accelerated: bool,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parents' cgroup.subtree_control is read on slow passes only (a fast pass reads
-    the groups that had files then), once per parent for the generic values and the
-    effective lists together."""
+    """The parents' cgroup.subtree_control is read for the groups whose slow tier the pass
+    reads only (the others read the files they had then), once per parent a pass for the
+    generic values and the effective lists together."""
     root = tree(tmp_path)
     s = sampler(root, samplers, accelerated, slow_every=3)
     reads: list[str] = []
@@ -225,8 +231,12 @@ def test_subtree_control_read_once_per_parent_and_only_on_slow_passes(
     p = s.sample()
     assert p.slow and {x.path: x.values for x in p.samples}["acme/web"] == WEB_VALUES
     assert sorted(reads) == ["governor.slice", "governor.slice/acme"]
-    reads.clear()
-    for _ in range(2):
+    parent = {"acme": "governor.slice", "acme/web": "governor.slice/acme",
+              "acme/db": "governor.slice/acme"}
+    for _ in range(2 * 3):
+        reads.clear()
+        due = [g for g in parent if s.reads_slow_tier(g)]
+        assert len(due) == 1   # 3 groups, slow_every 3: one a pass
         p = s.sample()
         assert not p.slow and {x.path: x.values for x in p.samples}["acme/web"] == WEB_VALUES
-    assert reads == []
+        assert reads == [parent[due[0]]]
