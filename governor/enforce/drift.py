@@ -8,7 +8,8 @@ watch, named after the file; a group directory removed ends its watch.  So a rec
 plans only the groups those events name.
 
 What no event can show (a write lost to a queue overflow, a group without a watch) is
-caught by a **rolling sweep**: each watched group has a slot among ``FULL_EVERY``, and each
+caught by a **rolling sweep**: each watched group has a slot among ``FULL_EVERY``
+(governor/rounds.py, which the sampler's slow tier uses too), and each
 reconcile also plans the groups of the next slot, so every group is read once every
 ``FULL_EVERY`` reconciles, a ``FULL_EVERY``-th of them at a time (at 10,000 groups a whole
 sweep in one reconcile read 40,000 files at once and made the sampling passes beside it
@@ -36,6 +37,7 @@ from governor.cgroupfs.inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
+from governor.rounds import Rounds
 
 log = logging.getLogger("governor.enforce")
 
@@ -64,11 +66,9 @@ class DriftWatch:
         self._unwatched: set[str] = set()
         self._full = True   # nothing watched yet: the first reconcile plans everything
         self._takes = 0
-        #: group -> its slot in the rolling sweep (planned when ``_takes % full_every`` is
-        #: it), given in the order groups are first watched; groups per slot
-        self._slot: dict[str, int] = {}
-        self._slots: list[set[str]] = [set() for _ in range(max(1, full_every))]
-        self._given = 0
+        #: each group's slot in the rolling sweep (planned when ``_takes % full_every``
+        #: is it; governor/rounds.py)
+        self._rounds = Rounds(max(1, full_every))
 
     def watch(self, groups: Mapping[str, tuple[str, Iterable[str]]], *,
               planned_all: bool = False, partial: bool = False) -> None:
@@ -90,15 +90,11 @@ class DriftWatch:
                 ino.remove(self._wd.pop(rel))
             for rel in [r for r in self._files if r not in groups]:
                 del self._files[rel]
-                self._slots[self._slot.pop(rel)].discard(rel)
+                self._rounds.drop(rel)
             self._unwatched &= set(groups)
         for rel, (path, files) in groups.items():
             self._files[rel] = frozenset(files)
-            if rel not in self._slot:
-                slot = self._given % len(self._slots)
-                self._given += 1
-                self._slot[rel] = slot
-                self._slots[slot].add(rel)
+            self._rounds.add(rel)
             if rel in self._wd:
                 continue
             try:
@@ -146,9 +142,9 @@ class DriftWatch:
             self._dirty.clear()
             self._takes = 1   # a whole plan: the sweep's round starts again after it
             return None, True
-        turn = self._takes % len(self._slots)
+        turn = self._takes % self._rounds.count
         self._takes += 1
-        out = self._dirty | self._unwatched | self._slots[turn]
+        out = self._dirty | self._unwatched | self._rounds.members(turn)
         self._dirty = set()
         return out, turn == 0
 
