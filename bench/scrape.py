@@ -10,7 +10,8 @@ Run: ``.venv/bin/python bench/scrape.py [--groups 1000] [--scrapes 30] [--passes
    scrapes come from a separate process (its CPU is not counted); this process's CPU time
    over them, divided by their number, is the cost of one scrape.  Goal: below one pass's
    reads.  Its parts are timed too: the render (C families, and the Python twin), the
-   gzip copy (level 1), the rest being the HTTP exchange.  Run in the VM
+   gzip copy (level 1: ISA-L's, governor/exporter/compress.py, and zlib's beside it), the
+   rest being the HTTP exchange.  Run in the VM
    (``governor sandbox exec -- .venv/bin/python bench/scrape.py``) they show what TCG
    makes of each: zlib's deflate loop suffers far more than the reads' system calls.
    (On the real kernel the reads cost more than these tmpfs reads, so the ratio there is
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.reader import raise_nofile_limit
 from governor.exporter import render as render_mod
+from governor.exporter.compress import ENGINE, gzip_member
 from governor.exporter.families import ACCELERATED, family_py
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
@@ -128,7 +130,8 @@ def main() -> int:
     t_render = best(lambda: render(snap))
     with mock.patch.object(render_mod, "family", family_py):
         t_render_py = best(lambda: render(snap))
-    t_gzip = best(lambda: gzip.compress(body, compresslevel=1, mtime=0))
+    t_gzip = best(lambda: gzip_member(body))
+    t_zlib = best(lambda: gzip.compress(body, compresslevel=1, mtime=0))
 
     def passes(n: int) -> list[float]:
         out = []
@@ -156,8 +159,8 @@ def main() -> int:
     print(f"  one scrape (render + gzip + send)       {scrape * 1e3:8.1f}   "
           f"ratio scrape / reads {scrape / read:.2f}")
     print(f"    render {t_render * 1e3:.1f} (C families{'' if ACCELERATED else ': not built'}; "
-          f"the Python twin {t_render_py * 1e3:.1f}), gzip level 1 {t_gzip * 1e3:.1f}, "
-          "the rest the HTTP exchange (best of 7)")
+          f"the Python twin {t_render_py * 1e3:.1f}), gzip level 1 {t_gzip * 1e3:.1f} "
+          f"({ENGINE}; zlib's {t_zlib * 1e3:.1f}), the rest the HTTP exchange (best of 7)")
     print("passes (read + publish), wall ms    p50      max")
     print(f"  alone                          {statistics.median(alone) * 1e3:8.1f} "
           f"{max(alone) * 1e3:8.1f}")

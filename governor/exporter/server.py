@@ -34,7 +34,6 @@ is answered 503 (plain HTTP) or closed (TLS) at once.  A malformed or non-ASCII
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import logging
 import socket
@@ -47,6 +46,7 @@ from typing import Any
 
 from governor.errors import ConfigError
 from governor.exporter.accept import QuietHTTPServer
+from governor.exporter.compress import gzip_member
 from governor.exporter.process import OwnMetrics
 from governor.exporter.render import CONTENT_TYPE, Rendering
 from governor.exporter.webconfig import Authenticator, WebConfig, load_web_config
@@ -192,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
                 # read them all), so the pass's gzip copy is never made again
                 if exp.own is not None:
                     own = exp.own.exposition()
-                    body += gzip.compress(own, compresslevel=1, mtime=0) if gz else own
+                    body += gzip_member(own) if gz else own
             except Exception:
                 log.exception("rendering the metrics failed")
                 self._send(500, b"rendering the metrics failed (see the daemon's log)\n",
