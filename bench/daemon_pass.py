@@ -11,10 +11,11 @@ warm-ups), so a stage that grows out of proportion shows at once, and a pass tha
 more than the others (``sample``'s max: the slow tier) too.  The real-kernel figures of the whole
 daemon are ``bench/run daemon_cost``.
 
-``meter`` is the daemon's way since issue #16 (``Meter.step`` against the previous pass's
-samples in memory, written with ``write_metered``); ``meter_db`` is the store's
-``meter()`` over the stored rows (the way before, and the catch-up after a start), run
-on a second node of the same database from the same samples, for comparison.
+``meter`` is the daemon's way since issue #16 (``Meter.step_into`` against the previous
+pass's samples in memory, into a ``Pending`` written each pass with ``write_metered``);
+``meter_db`` is the store's ``meter()`` over the stored rows (the way before, and the
+catch-up after a start), run on a second node of the same database from the same samples,
+for comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import gc
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +37,7 @@ from governor.cgroupfs.reader import raise_nofile_limit
 from governor.daemon import GC_YOUNG
 from governor.exporter.render import Health, Snapshot, render
 from governor.metering.catchup import load_anchors, meter
-from governor.metering.meter import Meter
+from governor.metering.meter import Meter, Pending
 from governor.metering.sampler import Sampler
 from governor.store.db import make_engine, scope_factory, upgrade
 from governor.store.metered import write_metered
@@ -60,6 +63,11 @@ class GcTimer:
         else:
             self.count += 1
             self.seconds += time.perf_counter() - self._t0
+
+
+def resolve(unknown: list[Any], *, session: Any, node_id: int, ids: Any) -> Any:
+    return load_anchors(session=session, node="bench", node_id=node_id, samples=unknown,
+                        ids=ids)
 
 
 def main() -> int:
@@ -92,12 +100,11 @@ def main() -> int:
                                          incarnations=inc)
         c2 = cpu()
         with scope() as session:
-            unknown = m.unknown(ps.samples)
-            resolved = load_anchors(session=session, node="bench", node_id=node_id,
-                                    samples=unknown, ids=ids) if unknown else None
-            step = m.step(ps.samples, resolved)
-            write_metered(session=session, node_id=node_id, metered=step, ids=ids)
-        m.advance(step)
+            pending: Pending[int] = Pending()
+            anchors = m.step_into(ps.samples, partial(
+                resolve, session=session, node_id=node_id, ids=ids), pending, ids)
+            write_metered(session=session, node_id=node_id, metered=pending.metered())
+        m.advance_to(anchors)
         c3 = cpu()
         other = [dataclasses.replace(s, node="bench-db") for s in ps.samples]
         with scope() as session:

@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -162,21 +163,19 @@ def main() -> int:
                 meter.forget()
                 ready = True
             else:
-                unknown = meter.unknown(ps.samples)
-                resolved = None
-                if unknown:
+                def resolve(unknown: list[Any]) -> Any:
                     with db.scope() as session:
-                        resolved = load_anchors(session=session, node="bench",
-                                                node_id=writer.node_id, samples=unknown,
-                                                ids=writer.ids)
-                step = meter.step(ps.samples, resolved, with_rollups=False)
-                pending.add(step, writer.ids)
+                        return load_anchors(session=session, node="bench",
+                                            node_id=writer.node_id, samples=unknown,
+                                            ids=writer.ids)
+
+                anchors = meter.step_into(ps.samples, resolve, pending, writer.ids)
                 if pending.passes >= args.write_every:
                     with db.scope() as session:
                         write_metered(session=session, node_id=writer.node_id,
                                       metered=pending.metered())
                     pending.clear()
-                meter.advance(step)
+                meter.advance_to(anchors)
         render(Snapshot(node="bench", groups=dict(sampler.latest),
                         samples={s.path: s for s in ps.samples}, limits={}, costs={},
                         pressure_warnings={}, health=Health(

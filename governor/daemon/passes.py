@@ -133,7 +133,7 @@ class SamplingPass:
         from governor.store.metered import write_metered
 
         node = self.cfg.node
-        step = None
+        anchors = None
         try:
             if not self._meter_ready:
                 self.pending.clear()  # the store's meter makes it again from the rows
@@ -143,15 +143,16 @@ class SamplingPass:
                 self.running_bills.invalidate()   # it may have filled settled hours
             else:
                 w = self.writer
-                unknown = self.meter.unknown(samples)
-                resolved = None
-                if unknown:
+
+                def resolve(unknown: list[Any]) -> Any:
                     with self.scope() as session:
-                        resolved = load_anchors(session=session, node=node,
-                                                node_id=w.node_id, samples=unknown, ids=w.ids)
-                # the rollups are made from what Pending merged, when it writes
-                step = self.meter.step(samples, resolved, with_rollups=False)
-                self.pending.add(step, w.ids)
+                        return load_anchors(session=session, node=node, node_id=w.node_id,
+                                            samples=unknown, ids=w.ids)
+
+                # one loop into what Pending holds (C), the anchors the meter does not
+                # hold resolved from the store; the rollups are made from what Pending
+                # merged, when it writes
+                anchors = self.meter.step_into(samples, resolve, self.pending, w.ids)
                 if flush or self.pending.passes >= self.cfg.write_every:
                     with self.scope() as session:
                         write_metered(session=session, node_id=w.node_id,
@@ -164,11 +165,11 @@ class SamplingPass:
             self.pending.clear()
             log.exception("metering failed")
             return
-        if step is None:
+        if anchors is None:
             self.meter.forget()
             self._meter_ready = True
         else:
-            self.meter.advance(step)
+            self.meter.advance_to(anchors)
 
     def _draining(self, on: bool) -> None:
         """Ask for the spool-drain job to run (while the spool holds anything) or to pause

@@ -2,6 +2,9 @@
  *
  *   interval(prev, cur) -> Interval | None | NotImplemented
  *   rollup_add(rollups, rkey, covered_us, quantities) -> None   (see its doc below)
+ *   step_into(samples, last, ids, span, acc, done, anchors, ...) -> (leftover, n, skipped)
+ *       Meter.step and Pending.add of a pass in one loop, for the samples whose
+ *       incarnation has an anchor in memory (governor/metering/meter.py, Meter.step_into)
  *
  * governor.metering.usage.interval_between for two samples of the same incarnation, the
  * case of nearly every group in nearly every pass: the counters' deltas (None when a
@@ -263,6 +266,146 @@ static PyObject *new_int_or_none(int known, long long v)
     return known ? PyLong_FromLongLong(v) : Py_NewRef(Py_None);
 }
 
+/* one interval of two samples of one incarnation, computed (no objects made) */
+typedef struct {
+    PyObject *pw, *cw;        /* prev.wall and cur.wall: new references when set */
+    long long dt_us;
+    int known[N_QUANTITIES];  /* 0: the quantity is unknown (None) */
+    long long q[N_QUANTITIES];
+} ival_t;
+
+/* usage.interval_between(prev, cur) for prev not None, computed into *iv: 1 an interval;
+ * 0 None (it cannot be known: cur not later, a reset); 2 the twin's case (NotImplemented);
+ * -1 an error set.  iv->pw and iv->cw are set (new references) on 1 and 0, else NULL. */
+static int compute(state_t *st, PyObject *prev, PyObject *cur, ival_t *iv)
+{
+    PyObject *pm = NULL, *cm = NULL;
+    int r = -1;
+    iv->pw = iv->cw = NULL;
+    if ((PyObject *)Py_TYPE(cur) != st->slot_type)
+        locate_slots(st, Py_TYPE(cur));
+    /* same group, same incarnation: else the twin (it raises, or counts from birth) */
+    PyObject *same_names[4] = {st->s_cgroup_id, st->s_node, st->s_tenant, st->s_group};
+    for (int i = 0; i < 4; i++) {
+        PyObject *a = get_attr(st, prev, same_names[i]);
+        if (a == NULL)
+            return -1;
+        PyObject *b = get_attr(st, cur, same_names[i]);
+        if (b == NULL) {
+            Py_DECREF(a);
+            return -1;
+        }
+        int eq = PyObject_RichCompareBool(a, b, Py_EQ);
+        Py_DECREF(a);
+        Py_DECREF(b);
+        if (eq < 0)
+            return -1;
+        if (!eq)
+            return 2;
+    }
+    iv->pw = get_attr(st, prev, st->s_wall);
+    if (iv->pw == NULL)
+        goto fail;
+    iv->cw = get_attr(st, cur, st->s_wall);
+    if (iv->cw == NULL)
+        goto fail;
+    int later = PyObject_RichCompareBool(iv->cw, iv->pw, Py_GT);
+    if (later < 0)
+        goto fail;
+    if (!later)
+        return 0;
+    /* counters: deltas, None when missing from either; a decrease is a reset */
+    long long delta[N_COUNTERS];
+    int known[N_COUNTERS];
+    for (int i = 0; i < N_COUNTERS; i++) {
+        long long b = 0, n = 0;
+        int kb = get_ll(st, prev, st->counters[i], &b);
+        if (kb == -1)
+            goto fail;
+        int kn = get_ll(st, cur, st->counters[i], &n);
+        if (kn == -1)
+            goto fail;
+        if (kb == -2 || kn == -2) {
+            r = 2;
+            goto fail;
+        }
+        known[i] = kb == 1 && kn == 1;
+        delta[i] = 0;
+        if (!known[i])
+            continue;
+        if (n < b)
+            return 0;
+        if (b < 0 && n > LLONG_MAX + b) {
+            r = 2;
+            goto fail;
+        }
+        delta[i] = n - b;
+    }
+    /* the monotonic length, rounded half to even as round() does */
+    pm = get_attr(st, prev, st->s_monotonic);
+    if (pm == NULL)
+        goto fail;
+    cm = get_attr(st, cur, st->s_monotonic);
+    if (cm == NULL)
+        goto fail;
+    if (!PyFloat_CheckExact(pm) || !PyFloat_CheckExact(cm)) {
+        r = 2;
+        goto fail;
+    }
+    double x = (PyFloat_AS_DOUBLE(cm) - PyFloat_AS_DOUBLE(pm)) * 1e6;
+    Py_CLEAR(pm);
+    Py_CLEAR(cm);
+    if (!(x > 0.5 && x < 9.0e18)) {   /* <= 0 after rounding (wall clock), NaN, huge */
+        r = 2;
+        goto fail;
+    }
+    double rx = nearbyint(x);   /* the default rounding mode: to nearest, ties to even */
+    long long dt_us = (long long)rx;
+    long long io[N_IO];
+    int k = io_totals(st, prev, cur, io);
+    if (k == -1)
+        goto fail;
+    if (k == -2) {
+        r = 2;
+        goto fail;
+    }
+    if (k == 0)
+        return 0;
+    long long mem = 0, sto = 0;
+    int mem_known = gauge_integral(st, prev, cur, st->s_memory_current, dt_us, &mem);
+    if (mem_known == -1)
+        goto fail;
+    if (mem_known == -2) {
+        r = 2;
+        goto fail;
+    }
+    int sto_known = gauge_integral(st, prev, cur, st->s_storage_bytes, dt_us, &sto);
+    if (sto_known == -1)
+        goto fail;
+    if (sto_known == -2) {
+        r = 2;
+        goto fail;
+    }
+    iv->dt_us = dt_us;
+    const int kq[N_QUANTITIES] = {known[I_CPU], known[I_USER], known[I_SYSTEM],
+                                  known[I_THROTTLED], mem_known, 1, 1, 1, 1, 1,
+                                  known[I_OOM], known[I_KILL], sto_known};
+    const long long vq[N_QUANTITIES] = {delta[I_CPU], delta[I_USER], delta[I_SYSTEM],
+                                        delta[I_THROTTLED], mem, io[0], io[1], io[2],
+                                        io[3], io[4], delta[I_OOM], delta[I_KILL], sto};
+    for (int i = 0; i < N_QUANTITIES; i++) {
+        iv->known[i] = kq[i];
+        iv->q[i] = kq[i] ? vq[i] : 0;
+    }
+    return 1;
+fail:
+    Py_XDECREF(pm);
+    Py_XDECREF(cm);
+    Py_CLEAR(iv->pw);
+    Py_CLEAR(iv->cw);
+    return r;
+}
+
 PyDoc_STRVAR(interval_doc,
 "interval(prev, cur, /) -> Interval | None | NotImplemented\n\n"
 "usage.interval_between(prev, cur) for two samples of one incarnation; NotImplemented\n"
@@ -280,135 +423,41 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     PyObject *prev = args[0], *cur = args[1];
-    PyObject *result = NULL, *pw = NULL, *cw = NULL, *pm = NULL, *cm = NULL;
     if (prev == Py_None)
         return Py_NewRef(Py_NotImplemented);
-    if ((PyObject *)Py_TYPE(cur) != st->slot_type)
-        locate_slots(st, Py_TYPE(cur));
-    /* same group, same incarnation: else the twin (it raises, or counts from birth) */
-    PyObject *same_names[4] = {st->s_cgroup_id, st->s_node, st->s_tenant, st->s_group};
-    for (int i = 0; i < 4; i++) {
-        PyObject *a = get_attr(st, prev, same_names[i]);
-        if (a == NULL)
-            return NULL;
-        PyObject *b = get_attr(st, cur, same_names[i]);
-        if (b == NULL) {
-            Py_DECREF(a);
-            return NULL;
-        }
-        int eq = PyObject_RichCompareBool(a, b, Py_EQ);
-        Py_DECREF(a);
-        Py_DECREF(b);
-        if (eq < 0)
-            return NULL;
-        if (!eq)
-            return Py_NewRef(Py_NotImplemented);
-    }
-    pw = get_attr(st, prev, st->s_wall);
-    if (pw == NULL)
-        goto done;
-    cw = get_attr(st, cur, st->s_wall);
-    if (cw == NULL)
-        goto done;
-    int later = PyObject_RichCompareBool(cw, pw, Py_GT);
-    if (later < 0)
-        goto done;
-    if (!later) {
+    ival_t iv;
+    int r = compute(st, prev, cur, &iv);
+    if (r == -1)
+        return NULL;
+    if (r == 2)
+        return Py_NewRef(Py_NotImplemented);
+    PyObject *result = NULL;
+    if (r == 0) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    /* counters: deltas, None when missing from either; a decrease is a reset */
-    long long delta[N_COUNTERS];
-    int known[N_COUNTERS];
-    for (int i = 0; i < N_COUNTERS; i++) {
-        long long b = 0, n = 0;
-        int kb = get_ll(st, prev, st->counters[i], &b);
-        if (kb == -1)
-            goto done;
-        int kn = get_ll(st, cur, st->counters[i], &n);
-        if (kn == -1)
-            goto done;
-        if (kb == -2 || kn == -2)
-            FALLBACK();
-        known[i] = kb == 1 && kn == 1;
-        if (!known[i])
-            continue;
-        if (n < b) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
-        if (b < 0 && n > LLONG_MAX + b)
-            FALLBACK();
-        delta[i] = n - b;
-    }
-    /* the monotonic length, rounded half to even as round() does */
-    pm = get_attr(st, prev, st->s_monotonic);
-    if (pm == NULL)
-        goto done;
-    cm = get_attr(st, cur, st->s_monotonic);
-    if (cm == NULL)
-        goto done;
-    if (!PyFloat_CheckExact(pm) || !PyFloat_CheckExact(cm))
-        FALLBACK();
-    double x = (PyFloat_AS_DOUBLE(cm) - PyFloat_AS_DOUBLE(pm)) * 1e6;
-    if (!(x > 0.5 && x < 9.0e18))   /* <= 0 after rounding (wall clock), NaN, huge */
-        FALLBACK();
-    double rx = nearbyint(x);   /* the default rounding mode: to nearest, ties to even */
-    long long dt_us = (long long)rx;
-    long long io[N_IO];
-    int k = io_totals(st, prev, cur, io);
-    if (k == -1)
-        goto done;
-    if (k == -2)
-        FALLBACK();
-    if (k == 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    long long mem = 0, sto = 0;
-    int mem_known = gauge_integral(st, prev, cur, st->s_memory_current, dt_us, &mem);
-    if (mem_known == -1)
-        goto done;
-    if (mem_known == -2)
-        FALLBACK();
-    int sto_known = gauge_integral(st, prev, cur, st->s_storage_bytes, dt_us, &sto);
-    if (sto_known == -1)
-        goto done;
-    if (sto_known == -2)
-        FALLBACK();
     PyObject *q = PyTuple_New(N_QUANTITIES);
     if (q == NULL)
         goto done;
-    PyObject *items[N_QUANTITIES] = {
-        new_int_or_none(known[I_CPU], delta[I_CPU]),
-        new_int_or_none(known[I_USER], delta[I_USER]),
-        new_int_or_none(known[I_SYSTEM], delta[I_SYSTEM]),
-        new_int_or_none(known[I_THROTTLED], delta[I_THROTTLED]),
-        new_int_or_none(mem_known, mem),
-        PyLong_FromLongLong(io[0]), PyLong_FromLongLong(io[1]), PyLong_FromLongLong(io[2]),
-        PyLong_FromLongLong(io[3]), PyLong_FromLongLong(io[4]),
-        new_int_or_none(known[I_OOM], delta[I_OOM]),
-        new_int_or_none(known[I_KILL], delta[I_KILL]),
-        new_int_or_none(sto_known, sto),
-    };
     int failed = 0;
     for (int i = 0; i < N_QUANTITIES; i++) {
-        if (items[i] == NULL)
+        PyObject *v = new_int_or_none(iv.known[i], iv.q[i]);
+        if (v == NULL)
             failed = 1;
-        PyTuple_SET_ITEM(q, i, items[i]);   /* a NULL item is fine in a tuple freed below */
+        PyTuple_SET_ITEM(q, i, v);   /* a NULL item is fine in a tuple freed below */
     }
     if (failed) {
         Py_DECREF(q);
         goto done;
     }
-    PyObject *dt = PyLong_FromLongLong(dt_us);
+    PyObject *dt = PyLong_FromLongLong(iv.dt_us);
     if (dt == NULL) {
         Py_DECREF(q);
         goto done;
     }
     /* Interval(prev.wall, cur.wall, dt_us, False, q): a NamedTuple is a tuple subclass,
      * made as its own _make makes it (tuple.__new__(cls, iterable)) */
-    PyObject *fields = PyTuple_Pack(5, pw, cw, dt, Py_False, q);
+    PyObject *fields = PyTuple_Pack(5, iv.pw, iv.cw, dt, Py_False, q);
     Py_DECREF(dt);
     Py_DECREF(q);
     if (fields == NULL)
@@ -420,10 +469,8 @@ static PyObject *interval(PyObject *module, PyObject *const *args, Py_ssize_t na
     result = PyTuple_Type.tp_new((PyTypeObject *)st->interval_type, targs, NULL);
     Py_DECREF(targs);
 done:
-    Py_XDECREF(pw);
-    Py_XDECREF(cw);
-    Py_XDECREF(pm);
-    Py_XDECREF(cm);
+    Py_XDECREF(iv.pw);
+    Py_XDECREF(iv.cw);
     return result;
 }
 
@@ -516,6 +563,316 @@ static PyObject *rollup_add(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(step_into_doc,
+"step_into(samples, last, ids, span, acc, done, anchors, pending_anchors, vseries, vprev,\n"
+"          hour_floor, hour, /) -> (leftover, samples, skipped)\n\n"
+"Meter.step (with_rollups=False) and Pending.add of it, for each sample whose\n"
+"incarnation has an anchor in ``last``: see governor/metering/meter.py, Meter.step_into.");
+
+/* [dt_us, 1, *quantities (unknown: 0)], a new list */
+static PyObject *new_acc(const ival_t *iv)
+{
+    PyObject *a = PyList_New(N_QUANTITIES + 2);
+    if (a == NULL)
+        return NULL;
+    PyObject *items[N_QUANTITIES + 2];
+    items[0] = PyLong_FromLongLong(iv->dt_us);
+    items[1] = PyLong_FromLong(1);
+    for (int i = 0; i < N_QUANTITIES; i++)
+        items[i + 2] = PyLong_FromLongLong(iv->q[i]);
+    int failed = 0;
+    for (int i = 0; i < N_QUANTITIES + 2; i++) {
+        if (items[i] == NULL)
+            failed = 1;
+        PyList_SET_ITEM(a, i, items[i]);
+    }
+    if (failed) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* acc += [dt_us, 1, *quantities], a known quantity that is not 0 only (rollup_add's rule) */
+static int acc_add(PyObject *acc, const ival_t *iv)
+{
+    if (!PyList_Check(acc) || PyList_GET_SIZE(acc) != N_QUANTITIES + 2) {
+        PyErr_SetString(PyExc_ValueError, "a pending entry is not a list of duration_us, "
+                        "pieces and one value per quantity");
+        return -1;
+    }
+    for (int i = -2; i < N_QUANTITIES; i++) {
+        long long v = i == -2 ? iv->dt_us : i == -1 ? 1 : iv->q[i];
+        if (i >= 0 && (!iv->known[i] || v == 0))
+            continue;
+        PyObject *old = PyList_GET_ITEM(acc, i + 2);
+        PyObject *sum = NULL;
+        if (PyLong_CheckExact(old)) {
+            int overflow = 0;
+            long long o = PyLong_AsLongLongAndOverflow(old, &overflow);
+            if (o == -1 && PyErr_Occurred())
+                return -1;
+            if (!overflow && !((v > 0 && o > LLONG_MAX - v) || (v < 0 && o < LLONG_MIN - v)))
+                sum = PyLong_FromLongLong(o + v);
+        }
+        if (sum == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            PyObject *pv = PyLong_FromLongLong(v);
+            if (pv == NULL)
+                return -1;
+            sum = PyNumber_Add(old, pv);
+            Py_DECREF(pv);
+            if (sum == NULL)
+                return -1;
+        }
+        PyList_SET_ITEM(acc, i + 2, sum);
+        Py_DECREF(old);
+    }
+    return 0;
+}
+
+/* the hour [*lo, *hi) that holds ``start`` (kept from the last call when it does):
+ * Pending.add's cache of hour_floor; 0, or -1 an error set */
+static int hour_of(PyObject *start, PyObject *hour_floor, PyObject *hour,
+                   PyObject **lo, PyObject **hi)
+{
+    if (*lo != NULL) {
+        int a = PyObject_RichCompareBool(*lo, start, Py_LE);
+        if (a < 0)
+            return -1;
+        if (a) {
+            int b = PyObject_RichCompareBool(start, *hi, Py_LT);
+            if (b < 0)
+                return -1;
+            if (b)
+                return 0;
+        }
+    }
+    PyObject *l = PyObject_CallOneArg(hour_floor, start);
+    if (l == NULL)
+        return -1;
+    PyObject *h = PyNumber_Add(l, hour);
+    if (h == NULL) {
+        Py_DECREF(l);
+        return -1;
+    }
+    Py_XSETREF(*lo, l);
+    Py_XSETREF(*hi, h);
+    return 0;
+}
+
+/* Pending.add of one interval (never from a birth) of the group id ``gid`` */
+static int pend(PyObject *span, PyObject *acc, PyObject *done, PyObject *gid,
+                const ival_t *iv, PyObject *hour_floor, PyObject *hour,
+                PyObject **lo, PyObject **hi)
+{
+    PyObject *sp = PyDict_GetItemWithError(span, gid);   /* borrowed */
+    if (sp == NULL && PyErr_Occurred())
+        return -1;
+    if (sp != NULL) {
+        if (!PyList_Check(sp) || PyList_GET_SIZE(sp) != 4) {
+            PyErr_SetString(PyExc_ValueError, "a pending span is not a list of start, end, "
+                            "the end of its hour and from_creation");
+            return -1;
+        }
+        int same = PyObject_RichCompareBool(PyList_GET_ITEM(sp, 1), iv->pw, Py_EQ);
+        if (same < 0)
+            return -1;
+        if (same) {
+            int within = PyObject_RichCompareBool(iv->cw, PyList_GET_ITEM(sp, 2), Py_LE);
+            if (within < 0)
+                return -1;
+            if (within) {
+                PyObject *a = PyDict_GetItemWithError(acc, gid);   /* borrowed */
+                if (a == NULL) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetObject(PyExc_KeyError, gid);
+                    return -1;
+                }
+                if (acc_add(a, iv) < 0)
+                    return -1;
+                Py_INCREF(iv->cw);
+                PyList_SetItem(sp, 1, iv->cw);   /* steals; drops the old end */
+                return 0;
+            }
+        }
+        /* the span is closed: done.append((gid, sp, acc.pop(gid))) */
+        PyObject *a = PyDict_GetItemWithError(acc, gid);
+        if (a == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, gid);
+            return -1;
+        }
+        PyObject *entry = PyTuple_Pack(3, gid, sp, a);
+        if (entry == NULL)
+            return -1;
+        int r = PyList_Append(done, entry);
+        Py_DECREF(entry);
+        if (r < 0 || PyDict_DelItem(acc, gid) < 0)
+            return -1;
+    }
+    if (hour_of(iv->pw, hour_floor, hour, lo, hi) < 0)
+        return -1;
+    int fits = PyObject_RichCompareBool(iv->cw, *hi, Py_LE);
+    if (fits < 0)
+        return -1;
+    PyObject *nsp = PyList_New(4);
+    if (nsp == NULL)
+        return -1;
+    PyList_SET_ITEM(nsp, 0, Py_NewRef(iv->pw));
+    PyList_SET_ITEM(nsp, 1, Py_NewRef(iv->cw));
+    PyList_SET_ITEM(nsp, 2, Py_NewRef(fits ? *hi : iv->pw));
+    PyList_SET_ITEM(nsp, 3, Py_NewRef(Py_False));
+    int r = PyDict_SetItem(span, gid, nsp);
+    Py_DECREF(nsp);
+    if (r < 0)
+        return -1;
+    PyObject *na = new_acc(iv);
+    if (na == NULL)
+        return -1;
+    r = PyDict_SetItem(acc, gid, na);
+    Py_DECREF(na);
+    return r;
+}
+
+static PyObject *step_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_Format(PyExc_TypeError, "step_into() takes 12 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *samples = args[0], *last = args[1], *ids = args[2], *span = args[3],
+        *acc = args[4], *done = args[5], *anchors = args[6], *pending_anchors = args[7],
+        *vseries = args[8], *vprev = args[9], *hour_floor = args[10], *hour = args[11];
+    if (!PyList_Check(samples) || !PyDict_Check(last) || !PyDict_Check(ids) ||
+            !PyDict_Check(span) || !PyDict_Check(acc) || !PyList_Check(done) ||
+            !PyDict_Check(anchors) || !PyDict_Check(pending_anchors) ||
+            !PyDict_Check(vseries) || !PyDict_Check(vprev)) {
+        PyErr_SetString(PyExc_TypeError, "step_into(samples: list, last: dict, ids: dict, "
+                        "span: dict, acc: dict, done: list, anchors: dict, "
+                        "pending_anchors: dict, vseries: dict, vprev: dict, hour_floor, "
+                        "hour)");
+        return NULL;
+    }
+    state_t *st = get_state(module);
+    PyObject *leftover = PyList_New(0);
+    if (leftover == NULL)
+        return NULL;
+    PyObject *lo = NULL, *hi = NULL, *s_values = NULL;
+    long long n = 0, skipped = 0;
+    s_values = PyUnicode_InternFromString("values");
+    if (s_values == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(samples); i++) {
+        PyObject *cur = PyList_GET_ITEM(samples, i);
+        if ((PyObject *)Py_TYPE(cur) != st->slot_type)
+            locate_slots(st, Py_TYPE(cur));
+        PyObject *t = get_attr(st, cur, st->s_tenant);
+        if (t == NULL)
+            goto error;
+        PyObject *g = get_attr(st, cur, st->s_group);
+        if (g == NULL) {
+            Py_DECREF(t);
+            goto error;
+        }
+        PyObject *c = get_attr(st, cur, st->s_cgroup_id);
+        if (c == NULL) {
+            Py_DECREF(t);
+            Py_DECREF(g);
+            goto error;
+        }
+        PyObject *key = PyTuple_Pack(3, t, g, c);
+        Py_DECREF(t);
+        Py_DECREF(g);
+        Py_DECREF(c);
+        if (key == NULL)
+            goto error;
+        /* a second sample of the key in this pass, or no anchor in memory: the twin's */
+        int again = PyDict_Contains(anchors, key);
+        PyObject *prev = again ? NULL : PyDict_GetItemWithError(last, key);   /* borrowed */
+        if (again < 0 || (prev == NULL && PyErr_Occurred())) {
+            Py_DECREF(key);
+            goto error;
+        }
+        if (prev == NULL) {
+            Py_DECREF(key);
+            if (PyList_Append(leftover, cur) < 0)
+                goto error;
+            continue;
+        }
+        ival_t iv;
+        int r = compute(st, prev, cur, &iv);
+        if (r == -1) {
+            Py_DECREF(key);
+            goto error;
+        }
+        if (r == 2) {
+            Py_DECREF(key);
+            if (PyList_Append(leftover, cur) < 0)
+                goto error;
+            continue;
+        }
+        if (r == 0) {
+            /* not later than its anchor: left out, as Meter.step leaves it (not counted);
+             * later but unknowable (a reset): counted as skipped, the new anchor */
+            int later = PyObject_RichCompareBool(iv.cw, iv.pw, Py_GT);
+            if (later <= 0) {
+                Py_DECREF(iv.pw);
+                Py_DECREF(iv.cw);
+                Py_DECREF(key);
+                if (later < 0)
+                    goto error;
+                continue;
+            }
+            skipped++;
+        }
+        PyObject *gid = PyDict_GetItemWithError(ids, key);   /* borrowed */
+        int bad = gid == NULL;
+        if (bad && !PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, key);
+        if (!bad && r == 1)
+            bad = pend(span, acc, done, gid, &iv, hour_floor, hour, &lo, &hi) < 0;
+        Py_DECREF(iv.pw);
+        Py_DECREF(iv.cw);
+        if (!bad)
+            bad = PyDict_SetItem(anchors, key, cur) < 0 ||
+                  PyDict_SetItem(pending_anchors, gid, cur) < 0;
+        if (!bad) {
+            /* the generic controllers' values are metered by meter_values, over the
+             * same pairs */
+            PyObject *vals = PyObject_GetAttr(cur, s_values);
+            bad = vals == NULL;
+            if (!bad && vals != Py_None) {
+                PyObject *one = PyList_New(1);
+                bad = one == NULL;
+                if (!bad) {
+                    PyList_SET_ITEM(one, 0, Py_NewRef(cur));
+                    bad = PyDict_SetItem(vseries, key, one) < 0 ||
+                          PyDict_SetItem(vprev, key, prev) < 0;
+                    Py_DECREF(one);
+                }
+            }
+            Py_XDECREF(vals);
+        }
+        Py_DECREF(key);
+        if (bad)
+            goto error;
+        n++;
+    }
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    Py_DECREF(s_values);
+    PyObject *res = Py_BuildValue("(NLL)", leftover, n, skipped);
+    return res;
+error:
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    Py_XDECREF(s_values);
+    Py_DECREF(leftover);
+    return NULL;
+}
+
 PyDoc_STRVAR(configure_doc,
 "configure(interval_type, /) -> None\n\n"
 "The Interval class (governor.metering.usage.Interval, a tuple subclass) to build.");
@@ -534,6 +891,7 @@ static PyObject *configure(PyObject *module, PyObject *arg)
 static PyMethodDef methods[] = {
     {"interval", (PyCFunction)(void (*)(void))interval, METH_FASTCALL, interval_doc},
     {"rollup_add", (PyCFunction)(void (*)(void))rollup_add, METH_FASTCALL, rollup_add_doc},
+    {"step_into", (PyCFunction)(void (*)(void))step_into, METH_FASTCALL, step_into_doc},
     {"configure", configure, METH_O, configure_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -23,6 +23,7 @@ from governor.accel import load
 from governor.metering.generic import PendingValues, Values, meter_values
 from governor.metering.rollup import HOUR, hour_floor, split_interval
 from governor.metering.sample import GroupSample
+from governor.metering.usage import _FAST as _FAST_INTERVAL
 from governor.metering.usage import Interval, interval_between
 
 K = TypeVar("K", bound=Hashable)
@@ -143,8 +144,18 @@ class Anchor:
     floor: datetime | None
 
 
-#: an incarnation not sampled for this many passes leaves memory (a removed group); if it
-#: comes back its anchor is resolved from the database again
+def _step_into_fast() -> Callable[..., tuple[list[GroupSample], int, int]] | None:
+    fast = load("governor.metering._fastmeter")
+    if fast is None or _FAST_INTERVAL is None:   # configured with the interval
+        return None
+    return fast.step_into  # type: ignore[no-any-return]
+
+
+#: ``_fastmeter.step_into`` (C), or None: Meter.step_into is then step + Pending.add
+_STEP_INTO: Final = _step_into_fast()
+
+#: an incarnation not sampled for this many passes (at most 59 more) leaves memory (a
+#: removed group); if it comes back its anchor is resolved from the database again
 KEEP_PASSES = 360
 
 
@@ -154,10 +165,11 @@ class Meter:
     A pass calls :meth:`unknown` (incarnations to resolve from the database), then
     :meth:`step` (pure: nothing changes here), hands the step to :class:`Pending` (the
     daemon writes what it holds every few passes, in one transaction) and calls
-    :meth:`advance`.  When a write fails, the daemon drops what :class:`Pending` holds and
-    calls :meth:`forget`, which drops everything here: the store then meters from its rows
-    (from the anchors it holds, which only move with a write) and the anchors are resolved
-    again.
+    :meth:`advance`.  The daemon does the first three in one call, :meth:`step_into`
+    (it resolves only what it finds unknown), and then :meth:`advance_to`.  When a write
+    fails, the daemon drops what :class:`Pending` holds and calls :meth:`forget`, which
+    drops everything here: the store then meters from its rows (from the anchors it holds,
+    which only move with a write) and the anchors are resolved again.
 
     An anchor in memory is always its incarnation's last metered sample, which is also its
     floor (``Anchor(s, s.wall)``): the sample itself is kept, so advancing a pass is two
@@ -168,8 +180,9 @@ class Meter:
         self.keep_passes = keep_passes
         #: each live incarnation's last metered sample
         self._last: dict[IncKey, GroupSample] = {}
-        #: the pass that last metered each
-        self._seen: dict[IncKey, int] = {}
+        #: at the last look for old anchors: each one's sample then, and at how many
+        #: looks in a row it was the same (no per-pass bookkeeping: issue #16)
+        self._marks: dict[IncKey, tuple[GroupSample, int]] = {}
         self._passes = 0
 
     def __len__(self) -> int:
@@ -177,7 +190,7 @@ class Meter:
 
     def forget(self) -> None:
         self._last.clear()
-        self._seen.clear()
+        self._marks.clear()
 
     def unknown(self, samples: Sequence[GroupSample]) -> list[GroupSample]:
         """The samples whose incarnation has no anchor in memory."""
@@ -186,17 +199,21 @@ class Meter:
 
     def step(self, samples: Sequence[GroupSample],
              resolved: Mapping[IncKey, Anchor] | None = None, *,
-             with_rollups: bool = True) -> Metered[IncKey]:
+             with_rollups: bool = True,
+             after: Mapping[IncKey, GroupSample] | None = None) -> Metered[IncKey]:
         """Meter ``samples`` (one pass: one sample per incarnation, or several in time
         order) against the anchors in memory and ``resolved`` (those :meth:`unknown`
         named).  Samples at or before an anchor's floor are ignored, as the store does
-        with samples that arrive late."""
+        with samples that arrive late.  ``after``: anchors newer than the ones in memory
+        (what :meth:`step_into` metered of the same pass), taken first."""
         last = self._last
         series: dict[IncKey, list[GroupSample]] = {}
         previous: dict[IncKey, GroupSample | None] = {}
         for s in samples:
             key = (s.tenant, s.group, s.cgroup_id)
-            prev = last.get(key)
+            prev = after.get(key) if after else None
+            if prev is None:
+                prev = last.get(key)
             if prev is not None:
                 if s.wall <= prev.wall:
                     continue
@@ -216,17 +233,80 @@ class Meter:
                 got.append(s)
         return pair_series(series, previous, with_rollups=with_rollups)
 
+    def step_into(self, samples: Sequence[GroupSample],
+                  resolve: Callable[[list[GroupSample]], Mapping[IncKey, Anchor] | None],
+                  pending: Pending[int],
+                  ids: Mapping[IncKey, int]) -> dict[IncKey, GroupSample]:
+        """:meth:`unknown`, ``resolve`` of those (the daemon's: their anchors from the
+        database), :meth:`step` (without rollups) and ``pending.add`` of it with ``ids``,
+        in one loop over the pass: the daemon's way (issue #16).  ``resolve`` is called
+        only when some sample's incarnation has no anchor in memory.  Returns the step's
+        anchors, for :meth:`advance_to` once what ``pending`` holds is safe.
+
+        The C accelerator (``_fastmeter.step_into``) meters every sample whose incarnation
+        has an anchor in memory straight into ``pending``'s growing intervals: no
+        Interval, no step's list, no second loop.  What it leaves (no anchor in memory,
+        a second sample of a key, any case :func:`~governor.metering.usage.interval_between`
+        hands to its Python twin) goes through :meth:`step` and :meth:`Pending.add` after
+        it, paired with what it metered.  The generic controllers' values are metered by
+        :func:`~governor.metering.generic.meter_values` over the same pairs.  Without the
+        accelerator this is the two calls.  The rows ``pending`` writes are the same
+        either way (tests/unit/test_meter_step_into.py)."""
+        fast = _STEP_INTO
+        if fast is None:
+            unknown = self.unknown(samples)
+            step = self.step(samples, resolve(unknown) if unknown else None,
+                             with_rollups=False)
+            pending.add(step, ids)
+            return step.anchors
+        anchors: dict[IncKey, GroupSample] = {}
+        vseries: dict[IncKey, list[GroupSample]] = {}
+        vprev: dict[IncKey, GroupSample | None] = {}
+        leftover, n, skipped = fast(
+            samples if isinstance(samples, list) else list(samples), self._last,
+            ids if isinstance(ids, dict) else dict(ids),
+            pending._span, pending._acc, pending._done, anchors, pending._anchors,
+            vseries, vprev, hour_floor, HOUR)
+        values = meter_values(vseries, vprev, with_rollups=False) if vseries else None
+        pending.add(Metered(n, [], {}, {}, skipped, values), ids)
+        if leftover:
+            unknown = [s for s in self.unknown(leftover)
+                       if (s.tenant, s.group, s.cgroup_id) not in anchors]
+            rest = self.step(leftover, resolve(unknown) if unknown else None,
+                             with_rollups=False, after=anchors)
+            pending.add(rest, ids, another_pass=False)
+            anchors.update(rest.anchors)
+        return anchors
+
     def advance(self, metered: Metered[IncKey]) -> None:
         """The step's rows are committed: its samples are the anchors now."""
+        self.advance_to(metered.anchors)
+
+    def advance_to(self, anchors: Mapping[IncKey, GroupSample]) -> None:
+        """:meth:`advance` with the step's anchors (what :meth:`step_into` returns)."""
         self._passes += 1
-        n = self._passes
-        self._last.update(metered.anchors)
-        self._seen.update(dict.fromkeys(metered.anchors, n))
-        if n % max(1, min(60, self.keep_passes)) == 0:
-            old = [k for k, seen in self._seen.items() if n - seen > self.keep_passes]
-            for k in old:
-                del self._last[k]
-                del self._seen[k]
+        last = self._last
+        last.update(anchors)
+        every = max(1, min(60, self.keep_passes))
+        if self._passes % every:
+            return
+        # every `every` passes: an anchor that is the same sample at enough looks in a
+        # row was not metered for keep_passes passes (at most `every` - 1 more)
+        looks = -(-self.keep_passes // every)
+        marks = self._marks
+        kept: dict[IncKey, tuple[GroupSample, int]] = {}
+        old = []
+        for k, s in last.items():
+            m = marks.get(k)
+            if m is None or m[0] is not s:
+                kept[k] = (s, 0)
+            elif m[1] + 1 >= looks:
+                old.append(k)
+            else:
+                kept[k] = (s, m[1] + 1)
+        for k in old:
+            del last[k]
+        self._marks = kept
 
 
 class Pending(Generic[K]):
@@ -275,10 +355,12 @@ class Pending(Generic[K]):
     def clear(self) -> None:
         self._reset()
 
-    def add(self, step: Metered[Any], ids: Mapping[Any, K]) -> None:
+    def add(self, step: Metered[Any], ids: Mapping[Any, K], *,
+            another_pass: bool = True) -> None:
         """Hold ``step``, its keys turned into this one's by ``ids`` (the daemon's:
-        incarnation keys into the store's group ids of the pass that made it)."""
-        self.passes += 1
+        incarnation keys into the store's group ids of the pass that made it);
+        ``another_pass=False``: the rest of the pass added last (Meter.step_into)."""
+        self.passes += another_pass
         self.samples += step.samples
         self.skipped += step.skipped
         span, acc, done, add = self._span, self._acc, self._done, rollup_add

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from governor.metering.catchup import load_anchors, meter
-from governor.metering.meter import Anchor, Meter, inc_key
+from governor.metering.meter import Anchor, Meter, Pending, inc_key
 from governor.metering.sample import GroupSample
 from governor.store.db import scope_factory
 from governor.store.metered import write_metered
@@ -138,19 +138,22 @@ def replay_mem(scope: Callable[[], AbstractContextManager[Session]],
                 meter(session=session, node="mem")
                 step = None
             else:
-                unknown = m.unknown(ss)
-                resolved: dict[Any, Anchor] | None = None
-                if unknown:
-                    resolved = load_anchors(session=session, node="mem", node_id=node_id,
-                                            samples=unknown, ids=ids)
-                    resolved_total += len(resolved)
-                step = m.step(ss, resolved)
-                write_metered(session=session, node_id=node_id, metered=step, ids=ids)
+                def resolve(unknown: list[GroupSample], session: Any = session,
+                            node_id: int = node_id, ids: Any = ids) -> dict[Any, Anchor]:
+                    nonlocal resolved_total
+                    got = load_anchors(session=session, node="mem", node_id=node_id,
+                                       samples=unknown, ids=ids)
+                    resolved_total += len(got)
+                    return got
+
+                pending: Pending[int] = Pending()
+                step = m.step_into(ss, resolve, pending, ids)
+                write_metered(session=session, node_id=node_id, metered=pending.metered())
         if step is None:
             m.forget()
             ready = True
         else:
-            m.advance(step)
+            m.advance_to(step)
     with scope() as session:
         meter(session=session, node="mem")
     return resolved_total
