@@ -108,11 +108,11 @@ class EventRecorder(WatcherState):
                     self._fed.update(fed)
                 self._poke()
         with self._lock:
-            settings = self._settings
+            settings = self._with_pressure   # the groups with thresholds, not every group
         for path, s in settings.items():
             st = latest.get(path)
             p = None if st is None else st.psi.get("memory")
-            if p is None or not s.pressure:
+            if p is None:
                 continue
             w = self._groups.get(path)
             armed = w is not None and w.psi_fd is not None

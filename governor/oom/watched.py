@@ -87,6 +87,7 @@ class WatcherState:
         self._unstored: list[OomEvent] = []
         self._last_warn: dict[str, float] = {}
         self._settings: dict[str, OomSettings] = {}
+        self._with_pressure: dict[str, OomSettings] = {}
         self._settings_changed = False
         self._inbox: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -130,6 +131,8 @@ class WatcherState:
         """The policy's OOM settings per group path (thread-safe; applied by the loop)."""
         with self._lock:
             self._settings = dict(settings)
+            #: the groups with pressure thresholds: what each pass checks (on_sample)
+            self._with_pressure = {p: s for p, s in self._settings.items() if s.pressure}
             self._settings_changed = True
         if self.actions is not None:
             self.actions.set_settings(settings)

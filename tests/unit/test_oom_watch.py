@@ -543,3 +543,37 @@ def test_groups_past_the_watch_limit_are_checked_with_each_pass_logged_once(
     assert sorted((e.group, e.kind, e.count) for e in got[2:]) == [
         ("x1", "oom", 2), ("x1", "oom_kill", 2), ("x3", "oom", 1), ("x3", "oom_kill", 1)]
     w.close()
+
+
+def test_each_pass_checks_the_pressure_thresholds_of_the_groups_that_have_them(
+        tree: Path) -> None:
+    """A pass's PSI averages against the policy's ``oom.pressure`` thresholds: a crossing
+    is queued for the watcher's loop; a group without thresholds is not looked at (issue
+    #16: only the groups with thresholds are walked each pass), and a new policy's
+    thresholds apply from the next pass."""
+    from governor.cgroupfs.parse import Psi, PsiLine
+    from governor.cgroupfs.reader import GroupStats
+    from governor.policy.model import OomSettings, PressureKey
+
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1")
+
+    def stats(some10: float, some60: float) -> GroupStats:
+        return GroupStats(cgroup_id=1, psi={"memory": Psi(
+            PsiLine(some10, some60, 0.0, 1), PsiLine(0.0, 0.0, 0.0, 0))})
+
+    hot = {"acme/a": stats(90.0, 50.0), "acme/b": stats(90.0, 50.0),
+           "acme/c": stats(90.0, 50.0)}
+    w.set_settings({"acme/a": OomSettings(pressure=((PressureKey.SOME_AVG60, 40.0),)),
+                    "acme/b": OomSettings(),   # no thresholds: never checked
+                    "acme/c": OomSettings(pressure=((PressureKey.SOME_AVG60, 60.0),))})
+    assert set(w._with_pressure) == {"acme/a", "acme/c"}
+    w.on_sample(hot)
+    assert w._inbox == [("acme/a", "some_avg60 50.0 >= 40.0")]
+    w._inbox.clear()
+    w.on_sample({"acme/a": stats(1.0, 1.0)})   # below: nothing
+    assert w._inbox == []
+    w.set_settings({"acme/b": OomSettings(pressure=((PressureKey.SOME_AVG60, 10.0),))})
+    w.on_sample(hot)
+    assert w._inbox == [("acme/b", "some_avg60 50.0 >= 10.0")]
+    w.close()
