@@ -48,6 +48,15 @@ DRAIN_STEP = 8
 DRAIN_PAUSE = 0.05
 
 
+def _render(snap: Any, samples: Sequence[Any]) -> bytes:
+    """The exposition of a pass: ``snap`` with the pass's ``samples`` by path."""
+    import dataclasses
+
+    from governor.exporter.render import render
+
+    return render(dataclasses.replace(snap, samples={s.path: s for s in samples}))
+
+
 class SamplingPass:
     """The :class:`~governor.daemon.Daemon`'s sampling pass, its storing, metering and
     publishing, the spool's drain job, and the health it reports."""
@@ -84,6 +93,8 @@ class SamplingPass:
     _last_pass: tuple[datetime, float, int] | None
     pass_seconds: tuple[int, float, float]
     _stored_last: bool
+    #: the policy whose limits the exposition shows, and those limits (_limits_of)
+    _limits_cache: tuple[Any, dict[str, Any]] | None = None
     #: the spool-drain job is scheduled (not paused); and whether it should be
     _drain_on = True
     _drain_wanted = True
@@ -233,7 +244,7 @@ class SamplingPass:
         return {} if pol is None else {g.path: g.storage_max for g in pol.groups()}
 
     def _sample(self, start: float, *, final: bool = False) -> None:
-        from governor.exporter.render import Health, Snapshot, render
+        from governor.exporter.render import Health, Snapshot
 
         if self._last_pass_start is not None and \
                 start - self._last_pass_start > 2 * self.cfg.sample_interval:
@@ -273,10 +284,7 @@ class SamplingPass:
         self.oom.on_sample(self.sampler.latest)
         pol = self.enforcer.policy
         self.exporter.set_policy(pol.digest if pol is not None else None)
-        limits = {}
-        if pol is not None:
-            limits.update({t.name: t.limits for t in pol.tenants.values()})
-            limits.update({g.path: g.limits for g in pol.groups()})
+        limits = self._limits_of(pol)
         health = Health(
             pass_duration=p.duration, last_success=self.last_success,
             groups_sampled=len(p.samples), placements=dict(self.placer.counters.placements),
@@ -292,12 +300,13 @@ class SamplingPass:
             exporter_dropped=self.exporter.dropped(),
             storage_full=dict(self.storage.full_counts))
         snap = Snapshot(
-            node=self.cfg.node, groups=dict(self.sampler.latest),
-            samples={s.path: s for s in p.samples}, limits=limits,
+            node=self.cfg.node, groups=dict(self.sampler.latest), limits=limits,
             costs=dict(self.costs), pressure_warnings=dict(self.oom.warnings),
             health=health, effective=dict(self.sampler.effective))
-        # rendered by the first scrape that asks for it, not here
-        self.exporter.publish(partial(render, snap), created=p.started.timestamp())
+        # rendered by the first scrape that asks for it, not here; the samples by path
+        # too (a pass no scrape asks for makes nothing for the exposition: issue #16)
+        self.exporter.publish(partial(_render, snap, p.samples),
+                              created=p.started.timestamp())
         self._last_pass = (p.started, p.duration, len(p.samples))
         self.exporter.set_problems(self.problems())
         self.notifier.notify(self.status_line())
@@ -305,6 +314,19 @@ class SamplingPass:
             self.slow_passes += 1
             log.warning("slow sampling pass", extra={"duration_s": round(p.duration, 3),
                                                      "interval_s": self.cfg.sample_interval})
+
+    def _limits_of(self, pol: Any) -> dict[str, Any]:
+        """The policy's limits per tenant and group path, for the exposition: made once
+        per policy (a reload makes a new one), not once per pass."""
+        cached = self._limits_cache
+        if cached is not None and cached[0] is pol:
+            return cached[1]
+        limits: dict[str, Any] = {}
+        if pol is not None:
+            limits.update({t.name: t.limits for t in pol.tenants.values()})
+            limits.update({g.path: g.limits for g in pol.groups()})
+        self._limits_cache = (pol, limits)
+        return limits
 
     def problems(self) -> list[str]:
         """What keeps the governor from being fully healthy now (empty: nothing)."""

@@ -1,0 +1,52 @@
+"""What a sampling pass hands the exporter (governor/daemon/passes.py): the policy's limits
+made once per policy, and the pass's samples by path made only when a scrape renders
+(issue #16: a pass no scrape asks for builds nothing for the exposition)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+from governor.daemon.passes import SamplingPass, _render
+from governor.exporter.render import Health, Snapshot, render
+from governor.policy import parse_policy
+from tests.helpers.db import make_sample
+
+POLICY = """
+[tenants.acme]
+memory.max = "1G"
+[tenants.acme.groups.web]
+memory.max = "256M"
+cpu.weight = 200
+"""
+
+
+def _policy(text: str) -> Any:
+    return parse_policy([("p.toml", text)], device_resolver=lambda _d: (254, 0))
+
+
+def test_the_limits_are_made_once_per_policy() -> None:
+    sp = SamplingPass.__new__(SamplingPass)
+    pol = _policy(POLICY)
+    first = sp._limits_of(pol)
+    assert set(first) == {"acme", "acme/web"}
+    assert first["acme/web"].memory_max == 256 << 20
+    assert sp._limits_of(pol) is first          # the same policy: not made again
+    other = _policy(POLICY.replace('"256M"', '"512M"'))
+    again = sp._limits_of(other)                # a reload: made from the new one
+    assert again is not first and again["acme/web"].memory_max == 512 << 20
+    assert sp._limits_of(None) == {}
+
+
+def test_the_rendering_has_the_samples_by_path() -> None:
+    t = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    samples = [make_sample(tenant="acme", group="web", wall=t, storage=12345),
+               make_sample(tenant="acme", group="db", cgroup_id=7, wall=t, storage=None)]
+    snap = Snapshot(node="n1", groups={}, health=Health(pass_duration=0.1,
+                                                        last_success=t.timestamp()))
+    body = _render(snap, samples)
+    assert body == render(dataclasses.replace(snap, samples={s.path: s for s in samples}))
+    lines = [ln for ln in body.splitlines() if ln.startswith(b"governor_storage_bytes{")]
+    # the web group's bytes; none for db, whose bytes were not measured (missing, not 0)
+    assert lines == [b'governor_storage_bytes{group="web",node="n1",tenant="acme"} 12345']
