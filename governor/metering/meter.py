@@ -180,9 +180,10 @@ class Meter:
         self.keep_passes = keep_passes
         #: each live incarnation's last metered sample
         self._last: dict[IncKey, GroupSample] = {}
-        #: at the last look for old anchors: each one's sample then, and at how many
-        #: looks in a row it was the same (no per-pass bookkeeping: issue #16)
-        self._marks: dict[IncKey, tuple[GroupSample, int]] = {}
+        #: at the last look for old anchors: each one's sample time then, and at how many
+        #: looks in a row it was the same (no per-pass bookkeeping: issue #16).  The time,
+        #: not the sample: a mark must not keep a pass's samples alive until the next look
+        self._marks: dict[IncKey, tuple[datetime, int]] = {}
         self._passes = 0
 
     def __len__(self) -> int:
@@ -290,20 +291,22 @@ class Meter:
         every = max(1, min(60, self.keep_passes))
         if self._passes % every:
             return
-        # every `every` passes: an anchor that is the same sample at enough looks in a
-        # row was not metered for keep_passes passes (at most `every` - 1 more)
+        # every `every` passes: an anchor whose time is the same at enough looks in a row
+        # was not metered for keep_passes passes (at most `every` - 1 more); a new anchor
+        # is always later than the one it replaces (step drops the others)
         looks = -(-self.keep_passes // every)
         marks = self._marks
-        kept: dict[IncKey, tuple[GroupSample, int]] = {}
+        kept: dict[IncKey, tuple[datetime, int]] = {}
         old = []
         for k, s in last.items():
             m = marks.get(k)
-            if m is None or m[0] is not s:
-                kept[k] = (s, 0)
+            wall = s.wall
+            if m is None or m[0] != wall:
+                kept[k] = (wall, 0)
             elif m[1] + 1 >= looks:
                 old.append(k)
             else:
-                kept[k] = (s, m[1] + 1)
+                kept[k] = (wall, m[1] + 1)
         for k in old:
             del last[k]
         self._marks = kept

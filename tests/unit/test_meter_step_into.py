@@ -201,3 +201,28 @@ def test_an_unknown_id_raises_and_the_daemon_drops_what_pending_holds() -> None:
     p: Pending[int] = Pending()
     with pytest.raises(KeyError):
         m.step_into(nxt, _unknown_resolver(), p, {})
+
+
+def test_an_anchor_not_metered_for_keep_passes_leaves_memory() -> None:
+    # keep_passes 6: looked at every 6 passes; a group gone leaves memory after 6 to 11
+    # passes without a sample, one sampled every pass never does, and the looks keep
+    # times, not samples (a pass's samples are not held until the next look)
+    m = Meter(keep_passes=6)
+    gone_at = 4
+    for i in range(30):
+        t = T0 + timedelta(seconds=10 * i)
+        batch = [make_sample(group="stay", cgroup_id=1, wall=t, cpu=i)]
+        if i < gone_at:
+            batch.append(make_sample(group="gone", cgroup_id=2, wall=t, cpu=i))
+        p: Pending[int] = Pending()
+        ids = {(s.tenant, s.group, s.cgroup_id): s.cgroup_id for s in batch}
+        m.advance_to(m.step_into(batch, _unknown_resolver(), p, ids))
+        held = {k[1] for k in m._last}
+        assert "stay" in held
+        unseen = i - (gone_at - 1)
+        if unseen < 6:
+            assert "gone" in held, i
+        elif unseen >= 12:
+            assert "gone" not in held, i
+        assert all(isinstance(mark[0], datetime) for mark in m._marks.values())
+    assert {k[1] for k in m._last} == {"stay"}
