@@ -759,10 +759,15 @@ static PyObject *step_into(PyObject *module, PyObject *const *args, Py_ssize_t n
     PyObject *leftover = PyList_New(0);
     if (leftover == NULL)
         return NULL;
-    PyObject *lo = NULL, *hi = NULL, *s_values = NULL;
+    PyObject *lo = NULL, *hi = NULL, *s_values = NULL, *held = NULL;
     long long n = 0, skipped = 0;
     s_values = PyUnicode_InternFromString("values");
     if (s_values == NULL)
+        goto error;
+    /* the keys of the samples left to the twin: a later sample of one of them is left
+     * too, so the twin pairs them in order */
+    held = PySet_New(NULL);
+    if (held == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(samples); i++) {
         PyObject *cur = PyList_GET_ITEM(samples, i);
@@ -788,16 +793,20 @@ static PyObject *step_into(PyObject *module, PyObject *const *args, Py_ssize_t n
         Py_DECREF(c);
         if (key == NULL)
             goto error;
-        /* a second sample of the key in this pass, or no anchor in memory: the twin's */
+        /* a second sample of the key in this pass, a key left to the twin already, or no
+         * anchor in memory: the twin's */
         int again = PyDict_Contains(anchors, key);
+        if (again == 0)
+            again = PySet_Contains(held, key);
         PyObject *prev = again ? NULL : PyDict_GetItemWithError(last, key);   /* borrowed */
         if (again < 0 || (prev == NULL && PyErr_Occurred())) {
             Py_DECREF(key);
             goto error;
         }
         if (prev == NULL) {
+            int bad = PySet_Add(held, key) < 0 || PyList_Append(leftover, cur) < 0;
             Py_DECREF(key);
-            if (PyList_Append(leftover, cur) < 0)
+            if (bad)
                 goto error;
             continue;
         }
@@ -808,8 +817,9 @@ static PyObject *step_into(PyObject *module, PyObject *const *args, Py_ssize_t n
             goto error;
         }
         if (r == 2) {
+            int bad = PySet_Add(held, key) < 0 || PyList_Append(leftover, cur) < 0;
             Py_DECREF(key);
-            if (PyList_Append(leftover, cur) < 0)
+            if (bad)
                 goto error;
             continue;
         }
@@ -863,12 +873,14 @@ static PyObject *step_into(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_XDECREF(lo);
     Py_XDECREF(hi);
     Py_DECREF(s_values);
+    Py_DECREF(held);
     PyObject *res = Py_BuildValue("(NLL)", leftover, n, skipped);
     return res;
 error:
     Py_XDECREF(lo);
     Py_XDECREF(hi);
     Py_XDECREF(s_values);
+    Py_XDECREF(held);
     Py_DECREF(leftover);
     return NULL;
 }

@@ -87,6 +87,15 @@ class World:
             out.append(dataclasses.replace(
                 s, wall=s.wall + timedelta(seconds=2), monotonic=s.monotonic + 2,
                 cpu_usage_usec=(s.cpu_usage_usec or 0) + 5))
+        if out and rng.random() < 0.1:
+            # a sample again, later, where the earlier one is the twin's case (a float):
+            # in either order, the two must be paired in time order
+            s = rng.choice([x for x in out if isinstance(x.memory_current, int)] or out)
+            out.remove(s)
+            out.append(dataclasses.replace(s, memory_current=float(s.memory_current or 0)))
+            out.append(dataclasses.replace(
+                s, wall=s.wall + timedelta(seconds=3), monotonic=s.monotonic + 3,
+                cpu_usage_usec=(s.cpu_usage_usec or 0) + 9))
         if out and rng.random() < 0.1:   # a sample not later than its anchor
             s = rng.choice(out)
             out.append(dataclasses.replace(s, wall=s.wall - timedelta(seconds=30)))
