@@ -23,7 +23,6 @@ from governor.accel import load
 from governor.metering.generic import PendingValues, Values, meter_values
 from governor.metering.rollup import HOUR, hour_floor, split_interval
 from governor.metering.sample import GroupSample
-from governor.metering.usage import _FAST as _FAST_INTERVAL
 from governor.metering.usage import Interval, interval_between
 
 K = TypeVar("K", bound=Hashable)
@@ -145,10 +144,9 @@ class Anchor:
 
 
 def _step_into_fast() -> Callable[..., tuple[list[GroupSample], int, int]] | None:
+    # (a build made for other quantities is refused when usage.py is imported, above)
     fast = load("governor.metering._fastmeter")
-    if fast is None or _FAST_INTERVAL is None:   # configured with the interval
-        return None
-    return fast.step_into  # type: ignore[no-any-return]
+    return None if fast is None else fast.step_into
 
 
 #: ``_fastmeter.step_into`` (C), or None: Meter.step_into is then step + Pending.add
