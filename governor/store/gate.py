@@ -31,6 +31,7 @@ from governor.store.errors import (
     SchemaTooNew,
     StoreError,
 )
+from governor.store.linkwatch import LinkWatch
 from governor.store.service import ensure_node
 
 log = logging.getLogger("governor.store")
@@ -105,6 +106,8 @@ class Database:
         self._scope: Callable[[], Any] | None = None
         self._lock = threading.Lock()
         self._logged: str | None = None
+        #: PostgreSQL: the backstop that cuts a connection whose link went dead
+        self.link_watch: LinkWatch | None = None
 
     # -- state ----------------------------------------------------------------------------
     def check(self) -> bool:
@@ -121,6 +124,8 @@ class Database:
                                               **PG_TCP_ARGS}
                     self.engine = make_engine(self.url, **kw)
                     self._scope = scope_factory(self.engine)
+                    if self._pg:
+                        self.link_watch = LinkWatch(self.engine, shown=self.shown)
                 check_schema(self.engine, config_hint=self.config_hint)
                 if self.node is not None:
                     assert self._scope is not None
@@ -175,5 +180,8 @@ class Database:
             yield session
 
     def dispose(self) -> None:
+        if self.link_watch is not None:
+            self.link_watch.stop()
+            self.link_watch = None
         if self.engine is not None:
             self.engine.dispose()

@@ -1,0 +1,151 @@
+"""A backstop for a PostgreSQL link that went dead under an open connection.
+
+libpq has no read timeout: a statement waits for its answer as long as the socket stays
+open.  The kernel's TCP settings the daemon asks for (:data:`governor.store.gate.PG_TCP_ARGS`:
+keepalives and ``TCP_USER_TIMEOUT``) end such a connection in about 20 s, but not in every
+state: in the fleet test (tests/kernel/test_fleet_kernel.py, a blackholed route) a pass once
+waited out the whole 60 s outage, with nothing logged, and went on when the route came back.
+
+:class:`LinkWatch` watches every open connection of the engine from its own thread, every
+:data:`CHECK_EVERY` seconds.  A live link answers something at least every keepalive
+round (10 s idle + 5 s: the peer acknowledges the probe), so a connection whose socket has
+received no acknowledgement for :data:`STALL` seconds (``tcpi_last_ack_recv`` of
+``TCP_INFO``) is dead.  Its socket is shut down (``shutdown(2)``, both ways): the statement
+waiting on it fails at once with libpq's "server closed the connection unexpectedly", the
+pass spools its samples and the database is checked again on the next pass, as for any
+other outage.  The connection is logged once, with how long the link had been silent.
+
+Only sockets are touched, never the connection objects (they belong to the threads using
+them): the socket is found again by its inode each time (a descriptor closed meanwhile,
+and its number reused, is left alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+from sqlalchemy import Engine, event
+
+log = logging.getLogger("governor.store")
+
+#: seconds without an acknowledgement from the server after which a link is dead: above a
+#: live link's longest silence (keepalives_idle 10 s + keepalives_interval 5 s) with room
+#: for a slow peer, and below the kernel's own give-up in the states where it does give up
+STALL: Final = 30.0
+#: seconds between two looks at the connections
+CHECK_EVERY: Final = 5.0
+
+#: struct tcp_info (linux/tcp.h): tcpi_state is its first byte (TCP_ESTABLISHED: 1), and
+#: the u32 tcpi_last_ack_recv is at byte 56 (after 8 bytes of u8 fields and eleven u32)
+_TCP_INFO_LEN: Final = 104
+_LAST_ACK_RECV_AT: Final = 56
+_TCP_ESTABLISHED: Final = 1
+
+
+def last_ack_ms(fd: int) -> int | None:
+    """Milliseconds since the socket ``fd`` last received an acknowledgement (``None``:
+    not an established TCP socket)."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    if len(info) < _LAST_ACK_RECV_AT + 4 or info[0] != _TCP_ESTABLISHED:
+        return None
+    return int(struct.unpack_from("=I", info, _LAST_ACK_RECV_AT)[0])
+
+
+class _Link:
+    """One connection's socket: its descriptor and inode when the connection was made."""
+
+    __slots__ = ("cut", "fd", "ino")
+
+    def __init__(self, fd: int, ino: int) -> None:
+        self.fd, self.ino, self.cut = fd, ino, False
+
+
+class LinkWatch:
+    """Watches the connections ``engine`` makes (see the module doc).  :meth:`stop` ends
+    the thread; ``stall`` and ``every`` are for tests."""
+
+    def __init__(self, engine: Engine, *, shown: str, stall: float = STALL,
+                 every: float = CHECK_EVERY,
+                 socket_of: Callable[[Any], int] | None = None) -> None:
+        self.shown = shown
+        self.stall_ms = int(stall * 1000)
+        self.every = every
+        #: connections cut so far
+        self.cuts = 0
+        self._socket_of = socket_of or _libpq_socket
+        self._links: weakref.WeakKeyDictionary[Any, _Link] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        event.listen(engine, "connect", self._connected)
+        self._thread = threading.Thread(target=self._run, name="db-link-watch", daemon=True)
+        self._thread.start()
+
+    def _connected(self, dbapi_connection: Any, _record: Any) -> None:
+        try:
+            fd = self._socket_of(dbapi_connection)
+            ino = os.fstat(fd).st_ino
+        except (OSError, ValueError, AttributeError) as e:
+            log.debug("database link not watched", extra={"error": str(e)})
+            return
+        with self._lock:
+            self._links[dbapi_connection] = _Link(fd, ino)
+
+    def check(self) -> int:
+        """One look at every connection: cut the dead ones; returns how many were cut."""
+        with self._lock:
+            links = list(self._links.values())
+        cut = 0
+        for link in links:
+            if not link.cut and self._check(link):
+                cut += 1
+        return cut
+
+    def _check(self, link: _Link) -> bool:
+        try:
+            fd = os.dup(link.fd)
+        except OSError:          # closed: the connection is gone
+            return False
+        try:
+            if os.fstat(fd).st_ino != link.ino:   # closed, and the number reused
+                return False
+            silent = last_ack_ms(fd)
+            if silent is None or silent < self.stall_ms:
+                return False
+            with socket.socket(fileno=os.dup(fd)) as s:
+                s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        link.cut = True
+        self.cuts += 1
+        log.warning("database link dead: connection cut", extra={
+            "database": self.shown, "silent_s": round(silent / 1000, 1),
+            "fix": "nothing acknowledged by the server for that long (a dropped route, a "
+                   "firewall, a host gone): the statement waiting on it fails, samples "
+                   "spool and are stored when the database answers again"})
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.check()
+            except Exception:   # never let the watch die quietly: it is a backstop
+                log.exception("database link watch failed a round")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _libpq_socket(dbapi_connection: Any) -> int:
+    """The socket of a psycopg (3) connection."""
+    return int(dbapi_connection.pgconn.socket)

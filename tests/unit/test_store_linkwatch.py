@@ -1,0 +1,165 @@
+"""The dead-link backstop (governor/store/linkwatch.py): a connection whose socket heard
+nothing from the server for ``stall`` seconds is cut, the statement waiting on it fails at
+once as a lost connection, and live or closed sockets are never touched.  The blackholed
+route itself is in the VM: tests/kernel/test_fleet_kernel.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from governor.store.db import upgrade
+from governor.store.gate import Database
+from governor.store.linkwatch import STALL, LinkWatch, last_ack_ms
+from tests.helpers.db import _pg_server_url, throwaway_database
+
+
+class _Conn:
+    """What the engine's "connect" event hands over: here, a bare socket's holder."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    srv = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    srv.close()
+    yield client, peer
+    client.close()
+    peer.close()
+
+
+def _watch(stall: float) -> LinkWatch:
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite://")
+    return LinkWatch(engine, shown="test", stall=stall, every=3600.0,
+                     socket_of=lambda c: c.sock.fileno())
+
+
+def test_last_ack_is_read_from_tcp_info(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, _peer = pair
+    client.sendall(b"x")
+    time.sleep(0.2)
+    ms = last_ack_ms(client.fileno())
+    assert ms is not None and 150 <= ms < 5000
+    with socket.socket() as unconnected:
+        assert last_ack_ms(unconnected.fileno()) is None
+
+
+def test_silent_link_cut_wakes_the_waiting_reader(
+        pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture) -> None:
+    client, _peer = pair
+    client.sendall(b"query")       # acknowledged; the "server" then says nothing
+    watch = _watch(stall=0.1)
+    try:
+        conn = _Conn(client)
+        watch._connected(conn, None)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(client.recv(10)))
+        reader.start()
+        time.sleep(0.3)
+        assert reader.is_alive()            # blocked, as libpq's wait would be
+        with caplog.at_level(logging.WARNING, logger="governor.store"):
+            assert watch.check() == 1
+        reader.join(5)
+        assert not reader.is_alive() and got == [b""]   # woken: the connection is over
+        assert watch.cuts == 1 and watch.check() == 0   # cut once, logged once
+        assert [r.msg for r in caplog.records] == ["database link dead: connection cut"]
+        assert caplog.records[0].__dict__["database"] == "test"
+    finally:
+        watch.stop()
+
+
+def test_live_link_is_left_alone(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, peer = pair
+    client.sendall(b"q")
+    peer.sendall(b"a")
+    watch = _watch(stall=STALL)
+    try:
+        conn = _Conn(client)
+        watch._connected(conn, None)
+        assert len(watch._links) == 1      # watched, and heard from within STALL
+        assert watch.check() == 0 and watch.cuts == 0
+        client.sendall(b"still here")
+        assert peer.recv(100).endswith(b"still here")
+    finally:
+        watch.stop()
+
+
+def test_a_closed_socket_whose_number_was_reused_is_not_touched() -> None:
+    watch = _watch(stall=0.0)
+    srv = socket.create_server(("127.0.0.1", 0))
+    try:
+        first = socket.create_connection(srv.getsockname())
+        a, _ = srv.accept()
+        conn = _Conn(first)
+        watch._connected(conn, None)
+        assert len(watch._links) == 1
+        fd = first.fileno()
+        first.close()
+        # another connection takes the same descriptor number
+        other = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+        if other.fileno() != fd:
+            os.dup2(other.fileno(), fd)
+            other.close()
+            other = socket.socket(fileno=fd)
+        assert watch.check() == 0
+        other.sendall(b"fine")
+        assert b.recv(10) == b"fine"
+        other.close()
+        a.close()
+        b.close()
+        del conn
+    finally:
+        srv.close()
+        watch.stop()
+
+
+def test_postgresql_statement_waiting_on_a_silent_server_fails_as_a_lost_connection(
+        tmp_path: Any) -> None:
+    """The daemon's own Database: a statement the server answers only after 20 s (nothing
+    on the link meanwhile, like a dead route) fails when the watch cuts the link, as a
+    lost connection (so the pass spools); the next check reconnects."""
+    with throwaway_database(_pg_server_url(), prefix="gov_t") as url:
+        upgrade(url)
+        db = Database(url)
+        try:
+            assert db.check() and db.link_watch is not None
+            db.link_watch.stall_ms = 1000
+            errors: list[BaseException] = []
+
+            def wait_for_server() -> None:
+                try:
+                    with db.scope() as c:
+                        c.execute(text("SELECT pg_sleep(20)"))
+                except BaseException as e:
+                    errors.append(e)
+
+            t0 = time.monotonic()
+            waiter = threading.Thread(target=wait_for_server)
+            waiter.start()
+            time.sleep(2.0)
+            assert db.link_watch.check() == 1
+            waiter.join(10)
+            took = time.monotonic() - t0
+            assert not waiter.is_alive() and took < 6, took
+            assert len(errors) == 1 and isinstance(errors[0], DBAPIError)
+            assert errors[0].connection_invalidated
+            with db.scope() as c:        # the pool's next connection is a fresh one
+                assert c.execute(text("SELECT 1")).scalar_one() == 1
+        finally:
+            db.dispose()
