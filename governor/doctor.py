@@ -236,12 +236,12 @@ def _accelerator_check() -> Check:
 
     from governor.cgroupfs import keepwarm, reader
     from governor.exporter import families
-    from governor.metering import sampler, usage
+    from governor.metering import tosample, usage
     from governor.placement import netlink, procfs
     from governor.store import bulk
 
     parts = (("governor.cgroupfs._fastread", reader.ACCELERATED),
-             ("governor.metering._fastsample", sampler.C_TO_SAMPLE is not None),
+             ("governor.metering._fastsample", tosample.C_TO_SAMPLE is not None),
              ("governor.metering._fastmeter", usage._FAST is not None),
              ("governor.exporter._fastrender", families.ACCELERATED is not None),
              ("governor.store._fastrows", bulk.sample_rows is not bulk._sample_rows_py),

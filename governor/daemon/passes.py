@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("governor.daemon")
 
+#: a pass running this long (and at least three intervals) is logged once with where its
+#: thread is: a pass waiting on something that never answers says what it waits on
+STUCK_AFTER = 30.0
+
 #: the spool's backlog drains by its own job (never inside a pass): this often at most,
 #: DRAIN_STEP batches per step, with DRAIN_PAUSE between steps for a pass to go in
 DRAIN_INTERVAL = 5.0
@@ -90,6 +94,9 @@ class SamplingPass:
     late_passes: int
     _last_pass_start: float | None
     _pass_running_since: float | None
+    #: the thread running the pass (while one runs), and whether it was logged as stuck
+    _pass_thread: int | None = None
+    _stuck_logged = False
     _last_pass: tuple[datetime, float, int] | None
     pass_seconds: tuple[int, float, float]
     _stored_last: bool
@@ -103,6 +110,7 @@ class SamplingPass:
         """One sampling pass: read, store (or spool), meter, watch, publish; ``final``:
         the last before exit, which writes every meter step held."""
         start = time.monotonic()
+        self._pass_thread, self._stuck_logged = threading.get_ident(), False
         self._pass_running_since = start
         try:
             self._sample(start, final=final)
@@ -113,6 +121,29 @@ class SamplingPass:
             self.pass_seconds = (n + 1, total + took, max(longest, took))
             if (n + 1) % TRIM_PASSES == 0:
                 trim_heap()   # what a burst (a reload, a drain, new groups) left free
+
+    def check_stuck(self, now: float) -> float | None:
+        """Called by the main loop: log once a pass running for :data:`STUCK_AFTER` (and
+        three intervals), with the innermost frames of its thread; returns when to look
+        again (None: no pass running)."""
+        since, tid = self._pass_running_since, self._pass_thread
+        if since is None or tid is None:
+            return None
+        due = since + max(STUCK_AFTER, 3 * self.cfg.sample_interval)
+        if now < due:
+            return due
+        if not self._stuck_logged:
+            self._stuck_logged = True
+            import sys
+            import traceback
+
+            frame = sys._current_frames().get(tid)
+            where = [] if frame is None else traceback.extract_stack(frame)[-8:]
+            log.warning("sampling pass still running", extra={
+                "running_s": round(now - since, 1),
+                "where": " <- ".join(f"{f.name} ({f.filename}:{f.lineno})"
+                                     for f in reversed(where))})
+        return None
 
     def _store(self, samples: Sequence[Any]) -> str:
         """Store a pass's samples, or spool them while the database is down; returns
@@ -253,6 +284,10 @@ class SamplingPass:
                 "gap_s": round(start - self._last_pass_start, 3)})
         self._last_pass_start = start
         p = self.sampler.sample()
+        if p.deferred:   # many groups new at once (a start): opened over several passes
+            log.info("groups left for the next pass", extra={
+                "deferred": len(p.deferred), "sampled": len(p.samples),
+                "why": "first reads past their share of the interval"})
         self.storage.fill(p.samples)
         outcome = "skipped"
         if self.db.check():   # while down: one attempt per pass (schema checked then)

@@ -46,6 +46,11 @@ from governor.metering.storage import StorageMeter
 
 log = logging.getLogger("governor.daemon")
 
+#: the share of the sampling interval a pass may spend reading groups for the first time
+#: (opening their descriptors): the others are read in the next passes, so a start at
+#: 10,000 groups keeps each pass within the interval (issue #16; Sampler.first_read_budget)
+FIRST_READ_SHARE = 0.4
+
 #: the main loop's shortest wait (while the watchdog is held back by a stuck pass)
 MIN_WAIT = 0.2
 
@@ -129,7 +134,8 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         log.info("cgroup driver", extra={"driver": self.tree.name, "why": self.tree.why,
                                          "subtree": layout.subtree})
         recorder = self.recorder = PolicyRecorder(self.db, cfg.node)
-        self.sampler = Sampler(self.fs, layout, cfg.node, slow_every=cfg.slow_every)
+        self.sampler = Sampler(self.fs, layout, cfg.node, slow_every=cfg.slow_every,
+                               first_read_budget=FIRST_READ_SHARE * cfg.sample_interval)
         self.enforcer = Enforcer(self.fs, layout, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
                                  on_created=self.sampler.expect_birth,
@@ -297,6 +303,9 @@ class Daemon(SamplingPass, Jobs, Wakeups):
                                                                 or now), 1),
                                       "watchdog_s": 2 * self.watchdog})
                 deadline = next_watch if self.watchdog is None else min(next_watch, next_ping)
+                stuck_check = self.check_stuck(now)
+                if stuck_check is not None:
+                    deadline = min(deadline, stuck_check)
                 if not self.reload_event.is_set() and not self.stop_event.is_set() and \
                         self._wait(max(MIN_WAIT, deadline - time.monotonic())):
                     next_watch = 0.0   # inotify: look now

@@ -51,7 +51,7 @@ class GroupSample:
     container's upper directory.  ``None`` when the group has no container storage measured
     (nothing measured on this host, a tenant's own sample, or the read failed: missing is not
     zero); 0 when measured and empty (a group without containers from images).  It is the last
-    field and the readers (:func:`~governor.metering.sampler.to_sample` and its C twin) leave
+    field and the readers (:func:`~governor.metering.tosample.to_sample` and its C twin) leave
     it ``None``: the pass sets it after the sample is built, through the slot's member
     descriptor (``GroupSample.storage_bytes.__set__``), as the readers set every field.
     """

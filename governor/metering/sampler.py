@@ -26,16 +26,15 @@ compares the two).  The loop reads through the reader's public
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from governor.accel import load
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.layout import Layout, as_layout
 from governor.cgroupfs.listing import GroupLister
@@ -48,8 +47,15 @@ from governor.failpoint import armed, failpoint
 from governor.metering.controller_files import Enabled, enabled_by_parent
 from governor.metering.controller_files import as_stat_error as _as_stat_error
 from governor.metering.controller_files import read_capped as _read_capped
-from governor.metering.sample import IO_FIELDS, GroupSample, IoCounters
+from governor.metering.sample import GroupSample
 from governor.metering.tiers import SlowTier
+from governor.metering.tosample import (
+    C_TO_SAMPLE,
+    SampleMaker,
+    _fastsample,
+    _set_values,
+    to_sample_at,
+)
 
 log = logging.getLogger("governor.sampler")
 
@@ -71,100 +77,9 @@ class SamplePass:
     #: whether every group's slow tier was read (the first pass, or ``slow_every`` 1);
     #: otherwise each group reads it on its slot's passes (governor/metering/tiers.py)
     slow: bool
-
-
-_EMPTY: Mapping[str, int] = {}
-_PSI_NAMES = {res: (f"{res}_some", f"{res}_full") for res in ("cpu", "memory", "io")}
-
-#: GroupSample's fields in the order of its dataclass fields, as to_sample lists them
-_SAMPLE_FIELDS = (
-    "node", "tenant", "group", "cgroup_id", "wall", "monotonic",
-    "cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_nr_periods",
-    "cpu_nr_throttled", "cpu_throttled_usec",
-    "memory_current", "memory_peak", "memory_swap_current",
-    "memory_events_low", "memory_events_high", "memory_events_max", "memory_events_oom",
-    "memory_events_oom_kill", "memory_events_oom_group_kill",
-    "memory_stat_anon", "memory_stat_file", "memory_stat_kernel", "memory_stat_sock",
-    "memory_stat_shmem", "pids_current", "io", "psi", "created", "storage_bytes",
-    "values")
-if tuple(f.name for f in dataclasses.fields(GroupSample)) != _SAMPLE_FIELDS:
-    raise ImportError("governor.metering.sampler: _SAMPLE_FIELDS is not GroupSample's "
-                      "fields in order")
-#: a setter for each field (its slot's member descriptor: GroupSample has __slots__)
-_SAMPLE_SETTERS = tuple(getattr(GroupSample, name).__set__ for name in _SAMPLE_FIELDS)
-_new = object.__new__
-#: the slot's member descriptor sets the frozen sample's generic values (as storage.py's)
-_set_values = getattr(GroupSample, "values").__set__  # noqa: B009 (the descriptor)
-
-
-def _make_sample(values: Sequence[object]) -> GroupSample:
-    """``GroupSample(*values)`` (values of all the fields, in order) at a fifth of the cost:
-    the frozen dataclass's ``__init__`` goes through ``object.__setattr__`` for each of its
-    32 fields, here each slot is set directly; ``__post_init__`` still checks the values.
-    (tests/unit/test_sampler.py compares the two.)"""
-    if len(values) != len(_SAMPLE_SETTERS):
-        raise TypeError(f"GroupSample takes {len(_SAMPLE_SETTERS)} values, not {len(values)}")
-    sample: GroupSample = _new(GroupSample)
-    for set_slot, value in zip(_SAMPLE_SETTERS, values):  # noqa: B905 (lengths checked)
-        set_slot(sample, value)
-    sample.__post_init__()
-    return sample
-
-
-def to_sample(st: GroupStats, *, node: str, path: str, wall: datetime, mono: float,
-              created: datetime | None = None) -> GroupSample:
-    """Map the reader's raw values onto the store's sample shape (no arithmetic)."""
-    tenant, _, group = path.partition("/")
-    cpu = (st.cpu or _EMPTY).get
-    ev = (st.memory_events or _EMPTY).get   # None (absent) and {} both give None values
-    ms = (st.memory_stat or _EMPTY).get
-    io: dict[str, IoCounters] = {}
-    if st.io:
-        for dev, c in st.io.items():
-            io[dev] = IoCounters(**{k: int(c.get(k, 0)) for k in IO_FIELDS})  # type: ignore[typeddict-item]
-    psi: dict[str, int] = {}
-    for res, p in st.psi.items():
-        names = _PSI_NAMES.get(res) or (f"{res}_some", f"{res}_full")
-        psi[names[0]] = p.some.total
-        if p.full is not None:
-            psi[names[1]] = p.full.total
-    return _make_sample((
-        node, tenant, group or None, st.cgroup_id, wall, mono,
-        cpu("usage_usec"), cpu("user_usec"), cpu("system_usec"), cpu("nr_periods"),
-        cpu("nr_throttled"), cpu("throttled_usec"),
-        st.memory_current, st.memory_peak, st.swap_current,
-        ev("low"), ev("high"), ev("max"), ev("oom"), ev("oom_kill"), ev("oom_group_kill"),
-        ms("anon"), ms("file"), ms("kernel"), ms("sock"), ms("shmem"),
-        st.pids_current, io, psi, created,
-        None,    # storage_bytes: not a cgroup file; set by the pass after (see GroupSample)
-        None))   # values: the generic controllers', set by the pass after (see GroupSample)
-
-
-def to_sample_at(  # noqa: PLR0917 (positional: the C accelerator's fallback call)
-        st: GroupStats, node: str, path: str, started: datetime, t0: float, mono: float,
-        created: datetime | None) -> GroupSample:
-    """:func:`to_sample` of a group read at ``mono`` in a pass that started at ``started``
-    (wall) and ``t0`` (monotonic): the sampler's call, and the C accelerator's fallback."""
-    return to_sample(st, node=node, path=path, wall=started + timedelta(seconds=mono - t0),
-                     mono=mono, created=created)
-
-
-SampleMaker = Callable[[GroupStats, str, str, datetime, float, float, datetime | None],
-                       GroupSample]
-
-
-#: the mapping onto GroupSample and the fast tier's loop in C
-#: (governor/metering/_fastsample.c), or None
-_fastsample = load("governor.metering._fastsample")
-
-
-def _c_to_sample() -> SampleMaker | None:
-    if _fastsample is None:
-        return None
-    _fastsample.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
-                                 py_to_sample=to_sample_at)
-    maker: SampleMaker = _fastsample.to_sample
-    return maker
+    #: groups listed but not read in this pass: read for the first time in a later one,
+    #: past :attr:`Sampler.first_read_budget` (neither sampled nor gone)
+    deferred: list[str] = field(default_factory=list)
 
 
 #: groups the C fast pass samples per call.  It holds the GIL while it runs: between two
@@ -173,8 +88,6 @@ def _c_to_sample() -> SampleMaker | None:
 #: groups).  bench/gil_wait.py measures what a waiting thread sees.
 FAST_CHUNK = 16
 
-#: the C :func:`to_sample_at` when the accelerator is in use, else None
-C_TO_SAMPLE: SampleMaker | None = _c_to_sample()
 
 
 @dataclass
@@ -195,6 +108,12 @@ class Sampler:
         default_factory=lambda: Counter(dict.fromkeys(SAMPLE_ERROR_REASONS, 0)))
     #: the host the generic controllers read on (huge page sizes...); None: probed
     host: Host | None = None
+    #: seconds of a pass that groups read for the first time (their descriptors opened: the
+    #: dearest read there is) may take; past it the other new groups are left for the next
+    #: passes (:attr:`SamplePass.deferred`), so that thousands of groups found at once (a
+    #: start at 10,000 groups) never hold one pass for longer than the interval.  None:
+    #: no bound (every group is read in the pass that lists it)
+    first_read_budget: float | None = None
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
@@ -276,6 +195,10 @@ class Sampler:
         for stale in [p for p in failing if p not in live]:
             del failing[stale]
         failed: set[str] = set()
+        deferred: list[str] = []
+        budget = self.first_read_budget
+        limit = math.inf if budget is None else budget
+        first_reads, opened = 0.0, 0   # seconds spent on groups read for the first time
         # the loop runs once per group per pass: names are looked up once, here
         read, make, monotonic = self.reader.read, self._make, time.monotonic
         latest, births, known_created = self.latest, self._births, self.created
@@ -313,8 +236,13 @@ class Sampler:
                 mark = next(left, n)
             i += 1
             mono = monotonic()  # each group stamped when it is read, not at pass start
+            rel = where(path)
+            new = rel not in entries
+            if new and first_reads >= limit and opened:   # (one a pass at least)
+                deferred.append(path)
+                continue
             try:
-                st = read(where(path), slow=slow)
+                st = read(rel, slow=slow)
             except GroupGone:
                 gone.append(path)
                 latest.pop(path, None)
@@ -340,6 +268,9 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
+            if new:
+                first_reads += monotonic() - mono
+                opened += 1
         # which generic controllers each marked group has, from its parent (read once per
         # parent, for both reads below)
         enabled = enabled_by_parent(self.fs)
@@ -348,13 +279,18 @@ class Sampler:
             samples = self._read_generic(samples, where, errors, failed, enabled=enabled,
                                          slotted=None if whole else set(slotted),
                                          prune=phase == 0)
+        if deferred:   # not read: neither their generic values nor effective ones
+            left_out = set(deferred)
+            slotted = [p for p in slotted if p not in left_out]
+            failed |= left_out
         self._read_effective(paths, where, gone, errors, failed, slotted=slotted,
                              enabled=enabled)
         # a group that failed before and was sampled now (by either loop) reads right again
         for path in [p for p in failing if p not in failed]:
             del failing[path]
             log.info("sample read again", extra={"group": path})
-        return SamplePass(samples, gone, errors, started, time.monotonic() - t0, whole)
+        return SamplePass(samples, gone, errors, started, time.monotonic() - t0, whole,
+                          deferred)
 
     def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
                         errors: list[str], failed: set[str], *, slotted: list[str],

@@ -21,7 +21,8 @@ import pytest
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.parse import Psi, PsiLine
 from governor.cgroupfs.reader import ACCELERATED, GroupStats
-from governor.metering.sampler import C_TO_SAMPLE, Sampler, to_sample_at
+from governor.metering.sampler import Sampler
+from governor.metering.tosample import C_TO_SAMPLE, to_sample_at
 from tests.unit.cgroupfs_fake import LEAF_FILES, create_child
 
 pytestmark = pytest.mark.skipif(

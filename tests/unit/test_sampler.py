@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_fast_sample_constructor_equals_the_dataclass_init(tmp_path: Path) -> No
     import dataclasses
 
     from governor.metering.sample import GroupSample
-    from governor.metering.sampler import _SAMPLE_FIELDS, _make_sample
+    from governor.metering.tosample import _SAMPLE_FIELDS, _make_sample
 
     root = tree(tmp_path)
     s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n")
@@ -280,3 +281,28 @@ def test_item2_sample_errors_metric(tmp_path: Path) -> None:
     got = parsed_samples(text)
     assert got[("governor_sample_errors_total", (("node", "n"), ("reason", "parse")))] == 2
     assert "# TYPE governor_sample_errors_total counter" in text
+
+
+def test_first_reads_past_the_budget_are_left_for_the_next_passes(tmp_path: Path) -> None:
+    """Groups read for the first time (their descriptors opened) take at most the
+    sampler's first_read_budget of a pass, one at least: the others are deferred, neither
+    sampled (missing, not zero) nor gone, and read in the next passes."""
+    root = tree(tmp_path)
+    full = Sampler(CgroupFS(root, verify=False), "governor.slice", "n")
+    whole = {x.path: x for x in full.sample().samples}
+    s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n", first_read_budget=0.0)
+    seen: list[list[str]] = []
+    for _ in range(4):
+        p = s.sample()
+        assert p.gone == [] and p.errors == []
+        got = [x.path for x in p.samples]
+        assert sorted(got + p.deferred) == ["acme", "acme/db", "acme/web"]
+        assert not set(got) & set(p.deferred)
+        seen.append(got)
+        for x in p.samples:   # each group's values as a pass without a budget reads them
+            assert x.cpu_usage_usec == whole[x.path].cpu_usage_usec
+            assert x.memory_current == whole[x.path].memory_current
+    # one new group a pass (a budget of 0 s), the groups already open every pass
+    assert [len(g) for g in seen] == [1, 2, 3, 3]
+    assert all(set(a) <= set(b) for a, b in itertools.pairwise(seen))
+    assert set(s.latest) == {"acme", "acme/db", "acme/web"}
