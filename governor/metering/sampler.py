@@ -51,9 +51,9 @@ from governor.metering.sample import GroupSample
 from governor.metering.tiers import SlowTier
 from governor.metering.tosample import (
     C_TO_SAMPLE,
+    FASTSAMPLE,
     SampleMaker,
-    _fastsample,
-    _set_values,
+    set_values,
     to_sample_at,
 )
 
@@ -120,8 +120,8 @@ class Sampler:
         fast = self.reader.fast_read is not None
         self._make: SampleMaker = C_TO_SAMPLE if fast and C_TO_SAMPLE else to_sample_at
         self._fast_pass: Callable[..., int] | None = None
-        if fast and C_TO_SAMPLE and _fastsample is not None:
-            self._fast_pass = _fastsample.sample_groups
+        if fast and C_TO_SAMPLE and FASTSAMPLE is not None:
+            self._fast_pass = FASTSAMPLE.sample_groups
         self.latest: dict[str, GroupStats] = {}
         self._births: dict[str, datetime] = {}
         #: group path -> the reasons already logged for it (until it reads right again)
@@ -394,7 +394,7 @@ class Sampler:
                 self._failed(path, e, errors, failed)
                 continue
             if values:
-                _set_values(s, values)
+                set_values(s, values)
             else:
                 absent.add(s.cgroup_id)
             kept.append(s)

@@ -36,7 +36,7 @@ if tuple(f.name for f in dataclasses.fields(GroupSample)) != _SAMPLE_FIELDS:
 _SAMPLE_SETTERS = tuple(getattr(GroupSample, name).__set__ for name in _SAMPLE_FIELDS)
 _new = object.__new__
 #: the slot's member descriptor sets the frozen sample's generic values (as storage.py's)
-_set_values = getattr(GroupSample, "values").__set__  # noqa: B009 (the descriptor)
+set_values = getattr(GroupSample, "values").__set__  # noqa: B009 (the descriptor)
 
 
 def _make_sample(values: Sequence[object]) -> GroupSample:
@@ -97,15 +97,15 @@ SampleMaker = Callable[[GroupStats, str, str, datetime, float, float, datetime |
 
 #: the mapping onto GroupSample and the fast tier's loop in C
 #: (governor/metering/_fastsample.c), or None
-_fastsample = load("governor.metering._fastsample")
+FASTSAMPLE = load("governor.metering._fastsample")
 
 
 def _c_to_sample() -> SampleMaker | None:
-    if _fastsample is None:
+    if FASTSAMPLE is None:
         return None
-    _fastsample.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
+    FASTSAMPLE.configure_sample(sample_type=GroupSample, sample_fields=_SAMPLE_FIELDS,
                                  py_to_sample=to_sample_at)
-    maker: SampleMaker = _fastsample.to_sample
+    maker: SampleMaker = FASTSAMPLE.to_sample
     return maker
 
 
