@@ -46,8 +46,8 @@ from governor.metering.storage import StorageMeter
 
 log = logging.getLogger("governor.daemon")
 
-#: the share of the sampling interval a pass may spend reading groups for the first time
-#: (opening their descriptors): the others are read in the next passes, so a start at
+#: how far into a pass, as a share of the sampling interval, groups are read for the first
+#: time (their descriptors opened); the others are read in the next passes, so a start at
 #: 10,000 groups keeps each pass within the interval (issue #16; Sampler.first_read_budget)
 FIRST_READ_SHARE = 0.4
 

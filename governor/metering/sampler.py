@@ -108,11 +108,11 @@ class Sampler:
         default_factory=lambda: Counter(dict.fromkeys(SAMPLE_ERROR_REASONS, 0)))
     #: the host the generic controllers read on (huge page sizes...); None: probed
     host: Host | None = None
-    #: seconds of a pass that groups read for the first time (their descriptors opened: the
-    #: dearest read there is) may take; past it the other new groups are left for the next
-    #: passes (:attr:`SamplePass.deferred`), so that thousands of groups found at once (a
-    #: start at 10,000 groups) never hold one pass for longer than the interval.  None:
-    #: no bound (every group is read in the pass that lists it)
+    #: seconds into a pass after which no group is read for the first time (its eleven
+    #: descriptors opened: the dearest read there is); the new groups met after that are
+    #: left for the next passes (:attr:`SamplePass.deferred`), so that thousands of groups
+    #: found at once (a start at 10,000 groups) are read over several passes, none of
+    #: them longer than the interval.  One new group a pass at least.  None: no bound
     first_read_budget: float | None = None
 
     def __post_init__(self) -> None:
@@ -198,7 +198,7 @@ class Sampler:
         deferred: list[str] = []
         budget = self.first_read_budget
         limit = math.inf if budget is None else budget
-        first_reads, opened = 0.0, 0   # seconds spent on groups read for the first time
+        opened = 0   # groups read for the first time in this pass
         # the loop runs once per group per pass: names are looked up once, here
         read, make, monotonic = self.reader.read, self._make, time.monotonic
         latest, births, known_created = self.latest, self._births, self.created
@@ -238,7 +238,7 @@ class Sampler:
             mono = monotonic()  # each group stamped when it is read, not at pass start
             rel = where(path)
             new = rel not in entries
-            if new and first_reads >= limit and opened:   # (one a pass at least)
+            if new and opened and mono - t0 >= limit:   # (one a pass at least)
                 deferred.append(path)
                 continue
             try:
@@ -268,9 +268,7 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
-            if new:
-                first_reads += monotonic() - mono
-                opened += 1
+            opened += new
         # which generic controllers each marked group has, from its parent (read once per
         # parent, for both reads below)
         enabled = enabled_by_parent(self.fs)
