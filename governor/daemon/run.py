@@ -48,7 +48,9 @@ log = logging.getLogger("governor.daemon")
 
 #: how far into a pass, as a share of the sampling interval, groups are read for the first
 #: time (their descriptors opened); the others are read in the next passes, so a start at
-#: 10,000 groups keeps each pass within the interval (issue #16; Sampler.first_read_budget)
+#: 10,000 groups is not one 75 s pass (issue #16; Sampler.first_read_budget).  The storing
+#: and metering of the groups a pass opened are not counted in: in the TCG VM the start's
+#: ramp still had passes of up to 18 s (bench/README.md, the 3dec4ab row)
 FIRST_READ_SHARE = 0.4
 
 #: the main loop's shortest wait (while the watchdog is held back by a stuck pass)

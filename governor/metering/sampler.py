@@ -111,8 +111,8 @@ class Sampler:
     #: seconds into a pass after which no group is read for the first time (its eleven
     #: descriptors opened: the dearest read there is); the new groups met after that are
     #: left for the next passes (:attr:`SamplePass.deferred`), so that thousands of groups
-    #: found at once (a start at 10,000 groups) are read over several passes, none of
-    #: them longer than the interval.  One new group a pass at least.  None: no bound
+    #: found at once (a start at 10,000 groups) are read over several passes, not all in
+    #: one.  One new group a pass at least.  None: no bound
     first_read_budget: float | None = None
 
     def __post_init__(self) -> None:
