@@ -7,6 +7,7 @@ every :data:`WATCH_INTERVAL`).  Between them the loop sleeps (issue #16: no wake
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import select
@@ -58,10 +59,16 @@ class Wakeups:
         # one, whose handler then runs only when its select() returns: the signal's
         # byte in the wake pipe ends that wait at once
         self._wakeup_before = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # SIGUSR1: every thread's stack to stderr (the log), written by the interpreter's
+        # own C handler, so it answers even when the main thread is blocked in a call that
+        # never returns to Python (docs/operations.md, "Where is it stuck?")
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
         return {sig: signal.signal(sig, self._on_signal)
                 for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
 
     def _restore_signals(self) -> None:
+        if self._signals_before:
+            faulthandler.unregister(signal.SIGUSR1)
         for sig, handler in self._signals_before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if self._signals_before:

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class Daemon:
     url: str
     proc: subprocess.Popen[bytes] | None = None
     events: list[str] = field(default_factory=list)
+    port: int = 0
 
     @property
     def log(self) -> Path:
@@ -117,12 +119,13 @@ class Daemon:
 
     def configure(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
         (self.workdir / "policy.toml").write_text(POLICY)
         (self.workdir / "config.toml").write_text(
             f'[governor]\ncgroup_root = "/sys/fs/cgroup"\nsubtree = "{self.sub.name}"\n'
             f'policy = "{self.workdir}/policy.toml"\nstate_dir = "{self.workdir}/state"\n'
             f'node = "{self.name}"\n[database]\nurl = "{self.url}"\n'
-            f'[exporter]\nlisten = "127.0.0.1:{free_port()}"\n')
+            f'[exporter]\nlisten = "127.0.0.1:{self.port}"\n')
         self.log.write_text("")
 
     def start(self) -> None:
@@ -144,6 +147,50 @@ class Daemon:
 
     def tail(self) -> str:
         return f"--- {self.name} ---\n" + self.log.read_text()[-3000:]
+
+    def diagnose(self, engine: Engine, path: str) -> str:
+        """What there is to know when this node did not store what the test waited for:
+        the process's state, every thread's stack (SIGUSR1 writes them to the log), its
+        health metrics, what the database holds of ``path`` from this node, the kernel's
+        last messages, and the end of the log."""
+        out = [f"--- {self.name}: {path} ---"]
+        if self.proc is None:
+            out.append("process: stopped by the test")
+        elif (rc := self.proc.poll()) is not None:
+            out.append(f"process: EXITED with {rc}")
+        else:
+            out.append(f"process: running (pid {self.proc.pid})")
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                            timeout=20) as r:
+                    text = r.read().decode()
+                out += [ln for ln in text.splitlines()
+                        if ln.startswith("governor_") and 'group="' not in ln]
+            except OSError as e:
+                out.append(f"/metrics: {e!r}")
+        try:
+            with engine.connect() as c:
+                rows = c.execute(
+                    select(Group.cgroup_id, func.count(Sample.ts), func.max(Sample.ts),
+                           func.max(Sample.cpu_usage_usec))
+                    .join(Sample, Sample.group_id == Group.id, isouter=True)
+                    .join(Node, Node.id == Group.node_id)
+                    .where(Node.name == self.name, Group.path == path)
+                    .group_by(Group.cgroup_id)).all()
+                last = c.execute(select(func.max(Sample.ts)).join(
+                    Group, Group.id == Sample.group_id).join(
+                    Node, Node.id == Group.node_id).where(Node.name == self.name)).scalar()
+            out += [f"stored: cgroup_id={r[0]} samples={r[1]} last={r[2]} max_cpu={r[3]}"
+                    for r in rows]
+            out.append(f"stored: this node's last sample at {last}")
+        except Exception as e:  # a diagnosis never hides the failure it explains
+            out.append(f"database: {e!r}")
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False)
+        out += ["dmesg:", *dmesg.stdout.splitlines()[-15:]]
+        out.append("log:\n" + self.log.read_text()[-12000:])
+        return "\n".join(out)
 
 
 @pytest.fixture
@@ -255,7 +302,8 @@ def test_three_nodes_one_postgresql_fleet_bill_equals_the_kernel(
                 frozen[(d.name, "acme/adhoc", ino)] = value
                 # the frozen counter stored (through the spool for node C), then removed
                 assert wait(lambda d=d, ino=ino, value=value: sampled(  # type: ignore[misc]
-                    engine, d.name, "acme/adhoc", ino, value), 300), d.tail()
+                    engine, d.name, "acme/adhoc", ino, value), 300), \
+                    f"cgroup_id={ino} value={value}\n" + d.diagnose(engine, "acme/adhoc")
                 g.rmdir()
         print(f"churn over at {time.monotonic() - t0:.0f} s", flush=True)
         for d in daemons:
@@ -266,7 +314,8 @@ def test_three_nodes_one_postgresql_fleet_bill_equals_the_kernel(
         for (node, path, ino), value in frozen.items():
             d = next(x for x in daemons if x.name == node)
             assert wait(lambda n=node, p=path, i=ino, v=value: metered_to(  # type: ignore[misc]
-                engine, n, p, i, v), 300), d.tail()
+                engine, n, p, i, v), 300), \
+                f"cgroup_id={ino} value={value}\n" + d.diagnose(engine, path)
         rcs = [d.stop() for d in daemons]
         assert rcs == [0, 0, 0], "".join(d.tail() for d in daemons)
         assert cycle >= 3 and time.monotonic() - t0 >= DURATION

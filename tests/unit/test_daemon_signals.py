@@ -90,6 +90,18 @@ def test_sigterm_during_startup_is_a_clean_exit(tmp_path: Path) -> None:
     assert not list((tmp_path / "state").glob("*.lock"))
 
 
+def test_sigusr1_dumps_every_thread_and_changes_nothing(tmp_path: Path) -> None:
+    """``kill -USR1``: the stack of every thread on stderr (the main thread's shows where it
+    is held: the failpoint's sleep), and the daemon goes on as if nothing happened."""
+    proc, out = _start(tmp_path, hold=3)
+    proc.send_signal(signal.SIGUSR1)
+    text = _finish(proc, out)
+    assert proc.returncode == 2 and "not on a cgroup2 filesystem" in text, text
+    dump = text[text.index("failpoint daemon.start hit 1"):]
+    assert "Current thread" in dump and "(most recent call first)" in dump, text
+    assert 'in failpoint' in dump, text
+
+
 def test_lock_file_not_left_by_a_failed_start(tmp_path: Path) -> None:
     proc, out = _start(tmp_path, hold=0.01)
     text = _finish(proc, out)
