@@ -323,16 +323,19 @@ def main() -> int:
         procs = ROOT / SUBTREE / f"t{t:02d}" / "g000" / "cgroup.procs"
         sleepers.append(subprocess.Popen(
             ["sleep", "100000"], preexec_fn=lambda p=procs: p.write_text(str(os.getpid()))))  # noqa: PLW1509
-    # warm-up: until every group has been read once (a pass defers the first reads past
-    # its share of the interval: at 10,000 groups in TCG a start opens them over a few
-    # minutes of passes; no new "groups left" line for two intervals), then a few passes
-    ramp, seen, quiet = time.monotonic(), -1, 0
-    while quiet < 2 and time.monotonic() - ramp < 3600:
-        now = log.read_text().count("groups left for the next pass")
-        quiet = quiet + 1 if now == seen else 0
-        seen = now
+    # warm-up: until every group has been read once (a start opens the groups over several
+    # passes, paced by what they cost: governor/daemon/pace.py; the daemon logs "every
+    # group read" when the last is opened), then a few passes
+    ramp = time.monotonic()
+    while time.monotonic() - ramp < 3600:
+        text = log.read_text()
+        if "every group read" in text or (
+                "groups left for the next pass" not in text
+                and time.monotonic() - ramp >= 2 * args.interval):
+            break
         time.sleep(args.interval)
-    print(f"every group read once: {seen} passes deferred some, "
+    done = [ln for ln in log.read_text().splitlines() if "every group read" in ln]
+    print(f"every group read once: {done[-1] if done else 'in the first pass'}; "
           f"{time.monotonic() - ramp:.0f} s of warm-up", flush=True)
     time.sleep(3 * args.interval)
     phases.append(("window", time.time()))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from governor.billing.running import RunningBills
     from governor.config import Config
     from governor.daemon.deferred import DeferredSink, PolicyRecorder
+    from governor.daemon.pace import OpenPace
     from governor.enforce.keeper import Enforcer
     from governor.exporter.server import Exporter
     from governor.metering.meter import Meter, Pending
@@ -102,6 +103,11 @@ class SamplingPass:
     _stored_last: bool
     #: the policy whose limits the exposition shows, and those limits (_limits_of)
     _limits_cache: tuple[Any, dict[str, Any]] | None = None
+    pace: OpenPace
+    #: seconds this pass spent looking up anchors of incarnations the meter did not hold
+    _anchors_s = 0.0
+    #: (monotonic start, sampler passes) of groups being opened over several passes
+    _opening: tuple[float, int] | None = None
     #: the spool-drain job is scheduled (not paused); and whether it should be
     _drain_on = True
     _drain_wanted = True
@@ -187,9 +193,13 @@ class SamplingPass:
                 w = self.writer
 
                 def resolve(unknown: list[Any]) -> Any:
-                    with self.scope() as session:
-                        return load_anchors(session=session, node=node, node_id=w.node_id,
-                                            samples=unknown, ids=w.ids)
+                    t0 = time.monotonic()
+                    try:
+                        with self.scope() as session:
+                            return load_anchors(session=session, node=node,
+                                                node_id=w.node_id, samples=unknown, ids=w.ids)
+                    finally:
+                        self._anchors_s += time.monotonic() - t0
 
                 # one loop into what Pending holds (C), the anchors the meter does not
                 # hold resolved from the store; the rollups are made from what Pending
@@ -283,11 +293,10 @@ class SamplingPass:
             log.warning("sampling pass late", extra={
                 "gap_s": round(start - self._last_pass_start, 3)})
         self._last_pass_start = start
+        new_before = self.writer.incarnations.new_s
+        self._anchors_s = 0.0
         p = self.sampler.sample()
-        if p.deferred:   # many groups new at once (a start): opened over several passes
-            log.info("groups left for the next pass", extra={
-                "deferred": len(p.deferred), "sampled": len(p.samples),
-                "why": "first reads past their share of the interval"})
+        self._log_opening(p)
         self.storage.fill(p.samples)
         outcome = "skipped"
         if self.db.check():   # while down: one attempt per pass (schema checked then)
@@ -345,10 +354,37 @@ class SamplingPass:
         self._last_pass = (p.started, p.duration, len(p.samples))
         self.exporter.set_problems(self.problems())
         self.notifier.notify(self.status_line())
+        if p.opened:
+            # what the opened groups cost (first reads, incarnation rows, anchors) paces how
+            # many the next pass opens (governor/daemon/pace.py)
+            self.sampler.first_read_max = self.pace.after(
+                groups=len(p.samples), opened=p.opened, took=time.monotonic() - start,
+                new_s=p.opened_s + self._anchors_s
+                + self.writer.incarnations.new_s - new_before)
         if p.duration > self.cfg.sample_interval:
             self.slow_passes += 1
             log.warning("slow sampling pass", extra={"duration_s": round(p.duration, 3),
                                                      "interval_s": self.cfg.sample_interval})
+
+    def _log_opening(self, p: Any) -> None:
+        """Many groups new at once (a start) are opened over several passes: the first such
+        pass and the one that ends it are logged at info level, the others at debug."""
+        if p.deferred:
+            if self._opening is None:
+                self._opening = (time.monotonic(), self.sampler.passes)
+                level = logging.INFO
+            else:
+                level = logging.DEBUG
+            log.log(level, "groups left for the next pass", extra={
+                "deferred": len(p.deferred), "sampled": len(p.samples),
+                "opened": p.opened, "next_opens_at_most": self.sampler.first_read_max,
+                "why": "first reads are paced (governor/daemon/pace.py)"})
+        elif self._opening is not None:
+            since, passes = self._opening
+            self._opening = None
+            log.info("every group read", extra={
+                "groups": len(p.samples), "passes": self.sampler.passes - passes + 1,
+                "seconds": round(time.monotonic() - since, 1)})
 
     def _limits_of(self, pol: Any) -> dict[str, Any]:
         """The policy's limits per tenant and group path, for the exposition: made once

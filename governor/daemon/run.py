@@ -33,6 +33,7 @@ from governor.config import Config
 from governor.daemon.deferred import DeferredSink, PolicyRecorder
 from governor.daemon.heap import limit_arenas, settle_heap
 from governor.daemon.jobs import COST_INTERVAL, RETENTION_INTERVAL, Jobs
+from governor.daemon.pace import OpenPace
 from governor.daemon.passes import DRAIN_INTERVAL, SamplingPass
 from governor.daemon.startup import apply_favordynmods, drift_watch, keep_warm_for
 from governor.daemon.wake import Wakeups
@@ -48,9 +49,9 @@ log = logging.getLogger("governor.daemon")
 
 #: how far into a pass, as a share of the sampling interval, groups are read for the first
 #: time (their descriptors opened); the others are read in the next passes, so a start at
-#: 10,000 groups is not one 75 s pass (issue #16; Sampler.first_read_budget).  The storing
-#: and metering of the groups a pass opened are not counted in: in the TCG VM the start's
-#: ramp still had passes of up to 18 s (bench/README.md, the 3dec4ab row)
+#: 10,000 groups is not one 75 s pass (issue #16; Sampler.first_read_budget).  How many a
+#: pass opens is also paced by what the last ones cost in all, their storing and metering
+#: included (governor/daemon/pace.py)
 FIRST_READ_SHARE = 0.4
 
 #: the main loop's shortest wait (while the watchdog is held back by a stuck pass)
@@ -136,8 +137,10 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         log.info("cgroup driver", extra={"driver": self.tree.name, "why": self.tree.why,
                                          "subtree": layout.subtree})
         recorder = self.recorder = PolicyRecorder(self.db, cfg.node)
+        self.pace = OpenPace(cfg.sample_interval)
         self.sampler = Sampler(self.fs, layout, cfg.node, slow_every=cfg.slow_every,
-                               first_read_budget=FIRST_READ_SHARE * cfg.sample_interval)
+                               first_read_budget=FIRST_READ_SHARE * cfg.sample_interval,
+                               first_read_max=self.pace.limit)
         self.enforcer = Enforcer(self.fs, layout, cfg.policy,
                                  iocost_devices=cfg.iocost_devices, recorder=recorder,
                                  on_created=self.sampler.expect_birth,

@@ -80,6 +80,10 @@ class SamplePass:
     #: groups listed but not read in this pass: read for the first time in a later one,
     #: past :attr:`Sampler.first_read_budget` (neither sampled nor gone)
     deferred: list[str] = field(default_factory=list)
+    #: groups read for the first time in this pass (their descriptors opened), and the
+    #: seconds those reads took (what :class:`~governor.daemon.pace.OpenPace` paces by)
+    opened: int = 0
+    opened_s: float = 0.0
 
 
 #: groups the C fast pass samples per call.  It holds the GIL while it runs: between two
@@ -114,6 +118,9 @@ class Sampler:
     #: found at once (a start at 10,000 groups) are read over several passes, not all in
     #: one.  One new group a pass at least.  None: no bound
     first_read_budget: float | None = None
+    #: the most groups a pass reads for the first time (the daemon sets it before each
+    #: pass from what the last ones cost: governor/daemon/pace.py); None: no bound
+    first_read_max: int | None = None
 
     def __post_init__(self) -> None:
         self.reader = StatReader(self.fs, accelerated=self.accelerated)
@@ -198,7 +205,9 @@ class Sampler:
         deferred: list[str] = []
         budget = self.first_read_budget
         limit = math.inf if budget is None else budget
+        most = math.inf if self.first_read_max is None else self.first_read_max
         opened = 0   # groups read for the first time in this pass
+        opened_s = 0.0
         # the loop runs once per group per pass: names are looked up once, here
         read, make, monotonic = self.reader.read, self._make, time.monotonic
         latest, births, known_created = self.latest, self._births, self.created
@@ -238,9 +247,11 @@ class Sampler:
             mono = monotonic()  # each group stamped when it is read, not at pass start
             rel = where(path)
             new = rel not in entries
-            if new and opened and mono - t0 >= limit:   # (one a pass at least)
-                deferred.append(path)
-                continue
+            if new:
+                if opened and (mono - t0 >= limit or opened >= most):  # one a pass at least
+                    deferred.append(path)
+                    continue
+                opened += 1
             try:
                 st = read(rel, slow=slow)
             except GroupGone:
@@ -268,7 +279,8 @@ class Sampler:
             known = known_created.get(path)
             created = known[1] if known is not None and known[0] == cid else None
             samples.append(make(st, node, path, started, t0, mono, created))
-            opened += new
+            if new:
+                opened_s += monotonic() - mono
         # which generic controllers each marked group has, from its parent (read once per
         # parent, for both reads below)
         enabled = enabled_by_parent(self.fs)
@@ -288,7 +300,7 @@ class Sampler:
             del failing[path]
             log.info("sample read again", extra={"group": path})
         return SamplePass(samples, gone, errors, started, time.monotonic() - t0, whole,
-                          deferred)
+                          deferred, opened, opened_s)
 
     def _read_effective(self, paths: list[str], where: Callable[[str], str], gone: list[str],
                         errors: list[str], failed: set[str], *, slotted: list[str],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -167,6 +168,9 @@ class Incarnations:
         self.ids: dict[tuple[int, str, str | None, int], int] = {}
         #: node name -> id (a node's row is never removed)
         self.node_ids: dict[str, int] = {}
+        #: seconds spent looking up and making the rows of incarnations not cached yet
+        #: (the dear part of a group's first pass: the daemon paces new groups by it)
+        self.new_s = 0.0
 
     def forget(self) -> None:
         self.ids.clear()
@@ -203,6 +207,7 @@ def _incarnation_ids(
             wanted[key] = s
     if not wanted:
         return ids
+    t0 = time.monotonic()
     by_path = {(s.path, s.cgroup_id): key for key, s in wanted.items()}
 
     def lookup(keys: Sequence[tuple[str, int]]) -> None:
@@ -249,6 +254,7 @@ def _incarnation_ids(
         lookup(missing)
     if cache is not None:
         cache.ids.update(((node_id, *key), ids[key]) for key in wanted)
+        cache.new_s += time.monotonic() - t0
     return ids
 
 

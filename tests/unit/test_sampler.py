@@ -306,3 +306,20 @@ def test_first_reads_past_the_budget_are_left_for_the_next_passes(tmp_path: Path
     assert [len(g) for g in seen] == [1, 2, 3, 3]
     assert all(set(a) <= set(b) for a, b in itertools.pairwise(seen))
     assert set(s.latest) == {"acme", "acme/db", "acme/web"}
+
+
+def test_first_reads_past_the_most_a_pass_opens_are_left_for_the_next_passes(
+        tmp_path: Path) -> None:
+    """first_read_max (the daemon's pace, governor/daemon/pace.py) bounds how many groups a
+    pass reads for the first time; the pass says how many it opened and what their reads
+    took."""
+    root = tree(tmp_path)
+    s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n", first_read_max=2)
+    p = s.sample()
+    assert (len(p.samples), len(p.deferred), p.opened) == (2, 1, 2)
+    assert p.opened_s > 0
+    s.first_read_max = 5
+    p = s.sample()
+    assert (len(p.samples), p.deferred, p.opened) == (3, [], 1)
+    p = s.sample()
+    assert (len(p.samples), p.deferred, p.opened, p.opened_s) == (3, [], 0, 0.0)
