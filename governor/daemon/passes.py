@@ -354,9 +354,9 @@ class SamplingPass:
         self._last_pass = (p.started, p.duration, len(p.samples))
         self.exporter.set_problems(self.problems())
         self.notifier.notify(self.status_line())
-        if p.opened:
-            # what the opened groups cost (first reads, incarnation rows, anchors) paces how
-            # many the next pass opens (governor/daemon/pace.py)
+        if p.samples:
+            # what the opened groups cost (first reads, incarnation rows, anchors) and the
+            # known ones paces how many the next pass opens (governor/daemon/pace.py)
             self.sampler.first_read_max = self.pace.after(
                 groups=len(p.samples), opened=p.opened, took=time.monotonic() - start,
                 new_s=p.opened_s + self._anchors_s

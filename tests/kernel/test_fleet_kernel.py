@@ -93,13 +93,26 @@ def start_in(group: Path, argv: list[str]) -> subprocess.Popen[bytes]:
 
 
 def freeze(group: Path, procs: list[subprocess.Popen[bytes]]) -> int:
-    """Kill everything in ``group``; its CPU counter, which no longer moves."""
+    """Kill everything in ``group``; its CPU counter, once it no longer moves.
+
+    An empty ``cgroup.procs`` is not yet a still counter: a task leaves the group's task
+    list in ``cgroup_exit()``, before its exit ends, and the CPU it runs until its last
+    switch is still charged to the group.  A read made in that window is a few
+    microseconds short of the counter the governor then reads (and bills): the counter is
+    read until two reads half a second apart agree."""
     (group / "cgroup.kill").write_text("1")
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=30)
     assert wait(lambda: not (group / "cgroup.procs").read_text().strip(), 30)
-    return counter(group)
+    reads = [counter(group)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        reads.append(counter(group))
+        if reads[-1] == reads[-2]:
+            return reads[-1]
+    raise AssertionError(f"{group}: usage_usec still moving 30 s after it emptied: {reads}")
 
 
 @dataclass

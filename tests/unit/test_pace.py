@@ -42,11 +42,27 @@ def test_known_groups_that_fill_the_interval_leave_the_floor() -> None:
     assert got == int(FLOOR_SHARE * 10.0 / 0.010)
 
 
-def test_a_pass_that_opened_nothing_changes_nothing() -> None:
+def test_a_pass_that_opened_nothing_keeps_the_limit() -> None:
     p = OpenPace(10.0)
     p.after(groups=1000, opened=100, took=2.9, new_s=2.0)
     assert p.after(groups=1000, opened=0, took=1.0, new_s=0.0) == 300
     assert p.after(groups=1000, opened=5, took=0.0, new_s=0.0) == 300  # nothing measured
+
+
+def test_the_dearest_known_cost_of_the_last_passes_is_the_one_planned_for() -> None:
+    """Every write_every-th pass writes the metered rows (dearer by seconds at 10,000
+    groups): the next pass may be that one, so the dearest pass of the window counts."""
+    p = OpenPace(10.0, window=3)
+    p.after(groups=1000, opened=100, took=2.9, new_s=2.0)           # known: 1 ms
+    p.after(groups=1000, opened=0, took=3.0, new_s=0.0)             # a write pass: 3 ms
+    assert p.per_known == pytest.approx(0.003)
+    got = p.after(groups=1100, opened=100, took=2.9, new_s=2.0)      # 1 ms again
+    assert p.per_known == pytest.approx(0.003)
+    # room: 7 s - 1,100 x 3 ms = 3.7 s, at 20 ms a group
+    assert abs(got - 3.7 / 0.020) <= 1
+    p.after(groups=1100, opened=0, took=1.1, new_s=0.0)
+    p.after(groups=1100, opened=0, took=1.1, new_s=0.0)             # the dear one is out
+    assert p.per_known == pytest.approx(0.001)
 
 
 def test_at_least_one_group_a_pass() -> None:
