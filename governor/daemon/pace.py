@@ -29,31 +29,37 @@ class OpenPace:
     """The most groups the next pass reads for the first time
     (:attr:`~governor.metering.sampler.Sampler.first_read_max`).
 
-    A known group's cost is taken as the dearest of the last ``window`` passes: passes are
-    not all alike (every ``write_every``-th writes the metered rows, 2 s at 10,000 groups
-    in the TCG VM), and the next one may be the dear one."""
+    Passes are not all alike: every ``write_every``-th one writes the metered rows (2 s
+    more at 10,000 groups in the TCG VM).  A known group's cost is kept for each kind of
+    pass, the dearer of its last two, and the next pass is planned with its own kind's
+    (the dearest kind's while its own is not measured yet)."""
 
-    def __init__(self, interval: float, window: int = 6) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
         #: what the next pass may open
         self.limit = FIRST
-        #: the last estimates (seconds per group): a new one, a known one
+        #: the last estimates (seconds per group): a new one, a known one in the next pass
         self.per_new = 0.0
         self.per_known = 0.0
-        self._known: deque[float] = deque(maxlen=max(1, window))
+        #: a known group's cost in the last two passes of each kind (True: writes)
+        self._known: dict[bool, deque[float]] = {}
 
-    def after(self, *, groups: int, opened: int, took: float, new_s: float) -> int:
+    def after(self, *, groups: int, opened: int, took: float, new_s: float,
+              wrote: bool = False, writes_next: bool = False) -> int:
         """The pass just ended sampled ``groups`` groups, ``opened`` of them for the first
         time, in ``took`` seconds in all, ``new_s`` of which went to the opened groups' first
-        reads, incarnation rows and anchors; returns (and keeps) what the next pass may
+        reads, incarnation rows and anchors; ``wrote``: it wrote the metered rows;
+        ``writes_next``: the next pass will.  Returns (and keeps) what the next pass may
         open.  Every pass is told (one that opened nothing measures the known groups)."""
         if took <= 0 or groups <= 0:
             return self.limit
         new_s = min(max(new_s, 0.0), took) if opened > 0 else 0.0
         known = groups - max(opened, 0)
         if known > 0:
-            self._known.append((took - new_s) / known)
-        self.per_known = max(self._known, default=0.0)
+            self._known.setdefault(wrote, deque(maxlen=2)).append((took - new_s) / known)
+        mine = self._known.get(writes_next)
+        self.per_known = max(mine) if mine else max(
+            (max(d) for d in self._known.values()), default=0.0)
         if opened <= 0:
             return self.limit
         self.per_new = max(new_s, 1e-6) / opened

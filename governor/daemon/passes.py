@@ -357,10 +357,15 @@ class SamplingPass:
         if p.samples:
             # what the opened groups cost (first reads, incarnation rows, anchors) and the
             # known ones paces how many the next pass opens (governor/daemon/pace.py)
+            # (a pass after which Pending holds nothing wrote the metered rows, or metered
+            # from the store: the dear kind; so will the next when it is the write_every-th)
+            pending = self.pending.passes
             self.sampler.first_read_max = self.pace.after(
                 groups=len(p.samples), opened=p.opened, took=time.monotonic() - start,
                 new_s=p.opened_s + self._anchors_s
-                + self.writer.incarnations.new_s - new_before)
+                + self.writer.incarnations.new_s - new_before,
+                wrote=pending == 0,
+                writes_next=not self._meter_ready or pending + 1 >= self.cfg.write_every)
         if p.duration > self.cfg.sample_interval:
             self.slow_passes += 1
             log.warning("slow sampling pass", extra={"duration_s": round(p.duration, 3),

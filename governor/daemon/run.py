@@ -137,7 +137,7 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         log.info("cgroup driver", extra={"driver": self.tree.name, "why": self.tree.why,
                                          "subtree": layout.subtree})
         recorder = self.recorder = PolicyRecorder(self.db, cfg.node)
-        self.pace = OpenPace(cfg.sample_interval, window=cfg.write_every)
+        self.pace = OpenPace(cfg.sample_interval)
         self.sampler = Sampler(self.fs, layout, cfg.node, slow_every=cfg.slow_every,
                                first_read_budget=FIRST_READ_SHARE * cfg.sample_interval,
                                first_read_max=self.pace.limit)

@@ -49,19 +49,31 @@ def test_a_pass_that_opened_nothing_keeps_the_limit() -> None:
     assert p.after(groups=1000, opened=5, took=0.0, new_s=0.0) == 300  # nothing measured
 
 
-def test_the_dearest_known_cost_of_the_last_passes_is_the_one_planned_for() -> None:
+def test_a_pass_that_writes_is_planned_with_the_cost_of_the_passes_that_write() -> None:
     """Every write_every-th pass writes the metered rows (dearer by seconds at 10,000
-    groups): the next pass may be that one, so the dearest pass of the window counts."""
-    p = OpenPace(10.0, window=3)
-    p.after(groups=1000, opened=100, took=2.9, new_s=2.0)           # known: 1 ms
-    p.after(groups=1000, opened=0, took=3.0, new_s=0.0)             # a write pass: 3 ms
+    groups): the pass before it plans for that, the others for a plain pass."""
+    p = OpenPace(10.0)
+    p.after(groups=1000, opened=100, took=2.9, new_s=2.0)              # plain: 1 ms
+    # a pass that writes: 3 ms a known group; the next is plain again
+    got = p.after(groups=1100, opened=100, took=2.0 + 3.0, new_s=2.0, wrote=True)
+    assert p.per_known == pytest.approx(0.001)
+    assert abs(got - (7.0 - 1100 * 0.001) / 0.020) <= 1
+    # the next writes: planned with 3 ms (room: 7 s - 1,200 x 3 ms)
+    got = p.after(groups=1200, opened=100, took=2.0 + 1.1, new_s=2.0, writes_next=True)
     assert p.per_known == pytest.approx(0.003)
-    got = p.after(groups=1100, opened=100, took=2.9, new_s=2.0)      # 1 ms again
+    assert abs(got - (7.0 - 1200 * 0.003) / 0.020) <= 1
+
+
+def test_a_kind_not_measured_yet_is_planned_with_the_dearest_known() -> None:
+    p = OpenPace(10.0)
+    p.after(groups=1000, opened=0, took=3.0, new_s=0.0, wrote=True)   # 3 ms
+    p.after(groups=1000, opened=0, took=1.0, new_s=0.0, writes_next=True)
     assert p.per_known == pytest.approx(0.003)
-    # room: 7 s - 1,100 x 3 ms = 3.7 s, at 20 ms a group
-    assert abs(got - 3.7 / 0.020) <= 1
-    p.after(groups=1100, opened=0, took=1.1, new_s=0.0)
-    p.after(groups=1100, opened=0, took=1.1, new_s=0.0)             # the dear one is out
+    p = OpenPace(10.0)
+    p.after(groups=1000, opened=0, took=3.0, new_s=0.0)                # plain, 3 ms
+    p.after(groups=1000, opened=0, took=1.0, new_s=0.0)                # plain, 1 ms
+    assert p.per_known == pytest.approx(0.003)                         # the dearer of two
+    p.after(groups=1000, opened=0, took=1.0, new_s=0.0)
     assert p.per_known == pytest.approx(0.001)
 
 
