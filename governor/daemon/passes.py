@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from governor.daemon.heap import TRIM_PASSES, trim_heap
+from governor.daemon.heap import TRIM_PASSES, settle_heap, trim_heap
 from governor.failpoint import failpoint
 
 if TYPE_CHECKING:
@@ -387,9 +387,12 @@ class SamplingPass:
         elif self._opening is not None:
             since, passes = self._opening
             self._opening = None
+            # what the groups opened since the start-up's freeze hold lives as long as they
+            # do: frozen too, out of the full collections' way (governor/daemon/heap.py)
+            frozen = settle_heap()
             log.info("every group read", extra={
                 "groups": len(p.samples), "passes": self.sampler.passes - passes + 1,
-                "seconds": round(time.monotonic() - since, 1)})
+                "seconds": round(time.monotonic() - since, 1), "heap_frozen": frozen})
 
     def _limits_of(self, pol: Any) -> dict[str, Any]:
         """The policy's limits per tenant and group path, for the exposition: made once

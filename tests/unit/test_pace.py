@@ -113,7 +113,12 @@ def _pass(deferred: int, sampled: int, opened: int) -> SimpleNamespace:
 
 
 def test_an_opening_over_several_passes_is_logged_at_its_start_and_end(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and its end freezes the heap again: the groups opened after the start-up's freeze
+    live as long as they exist, out of the full collections' way."""
+    settled: list[int] = []
+    monkeypatch.setattr("governor.daemon.passes.settle_heap",
+                        lambda: settled.append(1) or 12345)
     sp = SamplingPass.__new__(SamplingPass)
     sp.sampler = SimpleNamespace(passes=1, first_read_max=100)  # type: ignore[assignment]
     with caplog.at_level(logging.DEBUG, logger="governor.daemon"):
@@ -129,3 +134,4 @@ def test_an_opening_over_several_passes_is_logged_at_its_start_and_end(
     assert got == [(logging.INFO, "groups left for the next pass", 900, None),
                    (logging.DEBUG, "groups left for the next pass", 500, None),
                    (logging.INFO, "every group read", None, 3)]
+    assert settled == [1] and caplog.records[-1].__dict__["heap_frozen"] == 12345
