@@ -47,8 +47,8 @@ from governor.metering.storage import StorageMeter
 
 log = logging.getLogger("governor.daemon")
 
-#: how far into a pass, as a share of the sampling interval, groups are read for the first
-#: time (their descriptors opened); the others are read in the next passes, so a start at
+#: how long, as a share of the sampling interval, a pass's first reads of groups (their
+#: descriptors opened) may take; the others are read in the next passes, so a start at
 #: 10,000 groups is not one 75 s pass (issue #16; Sampler.first_read_budget).  How many a
 #: pass opens is also paced by what the last ones cost in all, their storing and metering
 #: included (governor/daemon/pace.py)

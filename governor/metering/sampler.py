@@ -112,11 +112,14 @@ class Sampler:
         default_factory=lambda: Counter(dict.fromkeys(SAMPLE_ERROR_REASONS, 0)))
     #: the host the generic controllers read on (huge page sizes...); None: probed
     host: Host | None = None
-    #: seconds into a pass after which no group is read for the first time (its eleven
-    #: descriptors opened: the dearest read there is); the new groups met after that are
-    #: left for the next passes (:attr:`SamplePass.deferred`), so that thousands of groups
-    #: found at once (a start at 10,000 groups) are read over several passes, not all in
-    #: one.  One new group a pass at least.  None: no bound
+    #: seconds of first reads (a group's eleven descriptors opened: the dearest read there
+    #: is) after which a pass reads no more groups for the first time; the new groups met
+    #: after that are left for the next passes (:attr:`SamplePass.deferred`), so that
+    #: thousands of groups found at once (a start at 10,000 groups) are read over several
+    #: passes, not all in one.  Counted over the first reads only: the known groups' reads
+    #: do not eat it (a pass's elapsed time did, and once the known groups' reads took that
+    #: long a slow host opened one group a pass).  One new group a pass at least.  None: no
+    #: bound
     first_read_budget: float | None = None
     #: the most groups a pass reads for the first time (the daemon sets it before each
     #: pass from what the last ones cost: governor/daemon/pace.py); None: no bound
@@ -248,7 +251,7 @@ class Sampler:
             rel = where(path)
             new = rel not in entries
             if new:
-                if opened and (mono - t0 >= limit or opened >= most):  # one a pass at least
+                if opened and (opened_s >= limit or opened >= most):  # one a pass at least
                     deferred.append(path)
                     continue
                 opened += 1
