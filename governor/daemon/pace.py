@@ -6,9 +6,9 @@ looked up in the store.  Thousands of groups found at once (a start at 10,000 gr
 tenant's batch of containers) are therefore taken over several passes, as many a pass as fit:
 what the last pass that opened groups spent on each of them (measured, not assumed) sets how
 many the next one opens, so that the whole pass -- the groups already known included -- ends
-within :data:`TARGET_SHARE` of the interval.  The sampler also stops opening groups once
-``first_read_budget`` of the pass has gone (governor/daemon/run.py, FIRST_READ_SHARE): the
-bound for a pass whose first reads are dearer than the last ones were.
+within :data:`TARGET_SHARE` of the interval.  The sampler also stops opening groups once a
+pass's first reads have taken ``first_read_budget`` (governor/daemon/run.py,
+FIRST_READ_SHARE): the bound for a pass whose first reads are dearer than the last ones were.
 """
 
 from __future__ import annotations

@@ -382,7 +382,7 @@ class SamplingPass:
                 level = logging.DEBUG
             log.log(level, "groups left for the next pass", extra={
                 "deferred": len(p.deferred), "sampled": len(p.samples),
-                "opened": p.opened, "next_opens_at_most": self.sampler.first_read_max,
+                "opened": p.opened, "opened_at_most": self.sampler.first_read_max,
                 "why": "first reads are paced (governor/daemon/pace.py)"})
         elif self._opening is not None:
             since, passes = self._opening
