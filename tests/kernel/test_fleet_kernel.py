@@ -336,7 +336,9 @@ def test_three_nodes_one_postgresql_fleet_bill_equals_the_kernel(
         assert [d.events for d in daemons] == [
             [], ["killed with SIGKILL, restarted"], ["database link blackholed for 60 s"]]
         c_log = daemons[2].log.read_text()
-        assert "samples not stored" in c_log or "database unreachable" in c_log, c_log[-3000:]
+        stuck = [ln for ln in c_log.splitlines() if "still running" in ln or "link dead" in ln]
+        assert "samples not stored" in c_log or "database unreachable" in c_log, \
+            "\n".join([*stuck, c_log[-3000:]])   # where a pass waited, in full
         check_fleet(engine, url, daemons, frozen, tmp_path)
     finally:
         if route_down:
