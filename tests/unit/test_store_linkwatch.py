@@ -1,5 +1,6 @@
 """The dead-link backstop (governor/store/linkwatch.py): a connection whose socket heard
-nothing from the server for ``stall`` seconds is cut, the statement waiting on it fails at
+nothing from the server for ``stall`` seconds, or whose queued bytes got no further for as
+long while acknowledgements still came in, is cut; the statement waiting on it fails at
 once as a lost connection, and live or closed sockets are never touched.  The blackholed
 route itself is in the VM: tests/kernel/test_fleet_kernel.py."""
 
@@ -14,12 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from governor.store.db import upgrade
 from governor.store.gate import Database
-from governor.store.linkwatch import STALL, LinkWatch, last_ack_ms
+from governor.store.linkwatch import STALL, LinkWatch, last_ack_ms, tcp_state
 from tests.helpers.db import _pg_server_url, throwaway_database
 
 
@@ -42,8 +43,6 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 def _watch(stall: float) -> LinkWatch:
-    from sqlalchemy import create_engine
-
     engine = create_engine("sqlite://")
     return LinkWatch(engine, shown="test", stall=stall, every=3600.0,
                      socket_of=lambda c: c.sock.fileno())
@@ -81,6 +80,87 @@ def test_silent_link_cut_wakes_the_waiting_reader(
         assert caplog.records[0].__dict__["database"] == "test"
     finally:
         watch.stop()
+
+
+def _fill(client: socket.socket) -> tuple[threading.Thread, list[BaseException]]:
+    """A writer thread that sends until the peer's receive buffer and our send buffer are
+    full and blocks there (as libpq's flush would), once the peer acknowledges nothing
+    more (its window shut); the errors its send ends with."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            client.sendall(b"x" * 16_000_000)
+        except OSError as e:
+            errors.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    last = -1
+    for _ in range(100):
+        time.sleep(0.2)
+        state = tcp_state(client.fileno())
+        assert state is not None and state.acked is not None
+        if state.acked == last and state.queued > 0:
+            return writer, errors
+        last = state.acked
+    raise AssertionError("the peer kept taking bytes")
+
+
+def test_bytes_that_get_no_further_are_cut_though_acks_come_in(
+        pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture) -> None:
+    """The state the VM probe found under a blackholed route: our bytes wait in the send
+    queue while acknowledgements still come in now and then (here a peer that reads
+    nothing, its window shut, answering the kernel's window probes), so the "silent" rule
+    may not hold (switched off here); no byte more acknowledged for ``stuck`` seconds cuts
+    the link, and the writer blocked on it is woken."""
+    client, _peer = pair
+    writer, errors = _fill(client)
+    watch = LinkWatch(create_engine("sqlite://"), shown="test", stall=3600.0, stuck=0.8,
+                      every=3600.0, socket_of=lambda c: c.sock.fileno())
+    try:
+        conn = _Conn(client)                  # held: the watch keeps connections weakly
+        watch._connected(conn, None)
+        assert watch.check() == 0             # first look: the wait starts now
+        time.sleep(0.5)
+        assert watch.check() == 0             # waiting, not yet for 0.8 s
+        time.sleep(0.5)
+        with caplog.at_level(logging.WARNING, logger="governor.store"):
+            assert watch.check() == 1
+        writer.join(5)
+        assert not writer.is_alive() and len(errors) == 1   # woken with an error
+        rec = caplog.records[-1]
+        assert rec.msg == "database link dead: connection cut"
+        assert rec.__dict__["queued_bytes"] > 0 and rec.__dict__["stuck_s"] >= 0.8
+        assert rec.__dict__["silent_s"] < 3600
+    finally:
+        watch.stop()
+
+
+def test_a_slow_reader_is_not_cut(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Queued bytes that are taken, however slowly, are no stall: each look that sees more
+    acknowledged starts the wait again."""
+    client, peer = pair
+    writer, errors = _fill(client)
+    watch = LinkWatch(create_engine("sqlite://"), shown="test", stall=3600.0, stuck=0.5,
+                      every=3600.0, socket_of=lambda c: c.sock.fileno())
+    try:
+        conn = _Conn(client)
+        watch._connected(conn, None)
+        assert len(watch._links) == 1
+        for _ in range(6):
+            assert watch.check() == 0
+            peer.recv(262144)     # some taken each time: the window opens again
+            time.sleep(0.3)
+        state = tcp_state(client.fileno())
+        assert state is not None and state.queued > 0   # still waiting, still moving
+        assert watch.check() == 0 and watch.cuts == 0
+        assert writer.is_alive() and not errors       # still writing, never cut
+    finally:
+        watch.stop()
+        client.shutdown(socket.SHUT_RDWR)   # ends the writer
+        writer.join(5)
+        assert not writer.is_alive()
 
 
 def test_live_link_is_left_alone(pair: tuple[socket.socket, socket.socket]) -> None:
