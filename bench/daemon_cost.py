@@ -76,17 +76,25 @@ def policy(groups: int) -> str:
     return "\n".join(out)
 
 
-def measure(pid: int, seconds: float, interval: float) -> tuple[float, float, int]:
-    """CPU share of one core, mean RSS MiB, max RSS KiB over ``seconds``."""
+def measure(pid: int, seconds: float, interval: float, *, name: str
+            ) -> tuple[float, float, int]:
+    """CPU share of one core, mean RSS MiB, max RSS KiB over ``seconds``; prints the RSS
+    of each minute of the window (its mean), so memory that grows shows as a trend."""
     c0, _ = usage(pid)
     t0 = time.monotonic()
-    rss: list[int] = []
+    rss: list[tuple[float, int]] = []
     while time.monotonic() - t0 < seconds:
         time.sleep(interval)
-        rss.append(usage(pid)[1])
+        rss.append((time.monotonic() - t0, usage(pid)[1]))
     c1, _ = usage(pid)
     wall = time.monotonic() - t0
-    return (c1 - c0) / wall, sum(rss) / len(rss) / 1024, max(rss)
+    minutes: dict[int, list[int]] = collections.defaultdict(list)
+    for t, kib in rss:
+        minutes[min(int(t // 60), max(0, int(seconds // 60) - 1))].append(kib)
+    print(f"{name} RSS by minute of the window, MiB: " + " ".join(
+        f"{sum(v) / len(v) / 1024:.1f}" for _, v in sorted(minutes.items())), flush=True)
+    values = [kib for _, kib in rss]
+    return (c1 - c0) / wall, sum(values) / len(values) / 1024, max(values)
 
 
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -278,6 +286,9 @@ def main() -> int:
     ap.add_argument("--host-calibration", type=float, default=0.0, metavar="MS",
                     help="the host's --calibrate figure: CPU shares are also shown divided "
                     "by the VM/host factor (the host-speed estimate)")
+    ap.add_argument("--daemon-only", action="store_true",
+                    help="measure the daemon alone (no sampler-alone window, no ratios): "
+                    "for its memory over a long window")
     ap.add_argument("--scrapes", type=int, default=10,
                     help="scrapes of the daemon's /metrics after its window (0: none)")
     args = ap.parse_args()
@@ -339,7 +350,7 @@ def main() -> int:
           f"{time.monotonic() - ramp:.0f} s of warm-up", flush=True)
     time.sleep(3 * args.interval)
     phases.append(("window", time.time()))
-    d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval)
+    d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval, name="daemon")
     print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
         phases.append(("profile", time.time()))
@@ -357,6 +368,13 @@ def main() -> int:
     stop = [ln for ln in text.splitlines() if "governor stopped" in ln]
     print(f"daemon: {stop[-1] if stop else 'no stop line'}")
     print(late_and_slow(text, phases))
+    if args.daemon_only:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+        print(f"governor run: CPU {d_cpu * 100:.2f}% of a core, RSS mean {d_rss:.1f} MiB, "
+              f"max {d_max / 1024:.1f} (no sampler alone: --daemon-only)")
+        return 0
 
     # 2. the sampler alone, same tree (the daemon left the groups in place)
     s = subprocess.Popen([sys.executable, "-c", SAMPLER_ALONE, str(args.interval), SUBTREE],
@@ -364,7 +382,7 @@ def main() -> int:
     assert s.stdout is not None
     first = s.stdout.readline().strip()
     time.sleep(2 * args.interval)
-    s_cpu, s_rss, s_max = measure(s.pid, seconds, args.interval)
+    s_cpu, s_rss, s_max = measure(s.pid, seconds, args.interval, name="sampler")
     print(f"sampler memory at the end of its window: {smaps(s.pid)}", flush=True)
     s.kill()
     s.wait()
