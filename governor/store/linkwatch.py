@@ -6,10 +6,10 @@ keepalives and ``TCP_USER_TIMEOUT``) end such a connection in about 20 s, but no
 state: in the fleet test (tests/kernel/test_fleet_kernel.py, a blackholed route) a pass once
 waited out the whole 60 s outage, with nothing logged, and went on when the route came back.
 A probe in the VM showed why: the statement's bytes sat unsent in the socket (the route
-refused them), while QEMU's side of the link went on sending acknowledgements every ~30 s;
-each one reset the kernel's zero-window probe count and its ``TCP_USER_TIMEOUT`` clock, and
-kept the link looking alive.  The statement went through when the route came back, 41 s
-later.
+refused them), while QEMU's side of the link went on sending acknowledgements (a few
+seconds to tens of seconds apart); each one reset the kernel's zero-window probe count and
+its ``TCP_USER_TIMEOUT`` clock, and kept the link looking alive.  The statement went
+through when the route came back, 41 s later.
 
 :class:`LinkWatch` watches every open connection of the engine from its own thread, every
 :data:`CHECK_EVERY` seconds.  A live link answers something at least every keepalive
@@ -124,8 +124,8 @@ class _Link:
 
 class LinkWatch:
     """Watches the connections ``engine`` makes (see the module doc).  :meth:`stop` ends
-    the thread; ``stall`` (both rules), ``stuck`` (the queue's rule alone, default
-    ``stall``) and ``every`` are for tests."""
+    the thread; ``stall`` (the silence rule, and the queue's unless ``stuck`` is given),
+    ``stuck`` and ``every`` are for tests."""
 
     def __init__(self, engine: Engine, *, shown: str, stall: float = STALL,
                  stuck: float | None = None, every: float = CHECK_EVERY,
