@@ -181,14 +181,20 @@ class LinkWatch:
                 why.update(queued_bytes=state.queued, stuck_s=round(stuck, 1))
             elif state.last_ack_ms < self.stall_ms:
                 return False
-            with socket.socket(fileno=os.dup(fd)) as s:
-                s.shutdown(socket.SHUT_RDWR)
+            # counted before the cut: whoever sees its statement fail sees the count
+            link.cut = True
+            self.cuts += 1
+            try:
+                with socket.socket(fileno=os.dup(fd)) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                link.cut = False
+                self.cuts -= 1
+                raise
         except OSError:
             return False
         finally:
             os.close(fd)
-        link.cut = True
-        self.cuts += 1
         log.warning("database link dead: connection cut", extra={
             "database": self.shown, **why,
             "fix": "nothing acknowledged by the server for silent_s, or the bytes waiting "

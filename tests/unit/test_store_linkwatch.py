@@ -66,15 +66,17 @@ def test_silent_link_cut_wakes_the_waiting_reader(
     try:
         conn = _Conn(client)
         watch._connected(conn, None)
-        got: list[bytes] = []
-        reader = threading.Thread(target=lambda: got.append(client.recv(10)))
+        got: list[tuple[bytes, int]] = []
+        # what the woken reader sees: the cut already counted (the daemon's pass and the
+        # kernel test look at the count once their statement fails)
+        reader = threading.Thread(target=lambda: got.append((client.recv(10), watch.cuts)))
         reader.start()
         time.sleep(0.3)
         assert reader.is_alive()            # blocked, as libpq's wait would be
         with caplog.at_level(logging.WARNING, logger="governor.store"):
             assert watch.check() == 1
         reader.join(5)
-        assert not reader.is_alive() and got == [b""]   # woken: the connection is over
+        assert not reader.is_alive() and got == [(b"", 1)]   # woken: the connection is over
         assert watch.cuts == 1 and watch.check() == 0   # cut once, logged once
         assert [r.msg for r in caplog.records] == ["database link dead: connection cut"]
         assert caplog.records[0].__dict__["database"] == "test"
