@@ -91,13 +91,6 @@ def tcp_state(fd: int) -> TcpState | None:
     return TcpState(int(struct.unpack_from("=I", info, _LAST_ACK_RECV_AT)[0]), queued, acked)
 
 
-def last_ack_ms(fd: int) -> int | None:
-    """Milliseconds since the socket ``fd`` last received an acknowledgement (``None``:
-    not an established TCP socket)."""
-    got = tcp_state(fd)
-    return None if got is None else got.last_ack_ms
-
-
 class _Link:
     """One connection's socket: its descriptor and inode when the connection was made, and
     since when (monotonic seconds) its queued bytes have been waiting with its count of
@@ -184,14 +177,12 @@ class LinkWatch:
             # counted before the cut: whoever sees its statement fail sees the count
             link.cut = True
             self.cuts += 1
-            try:
-                with socket.socket(fileno=os.dup(fd)) as s:
-                    s.shutdown(socket.SHUT_RDWR)
-            except OSError:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            if link.cut:      # the shutdown failed: not cut
                 link.cut = False
                 self.cuts -= 1
-                raise
-        except OSError:
             return False
         finally:
             os.close(fd)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from governor.store.db import upgrade
 from governor.store.gate import Database
-from governor.store.linkwatch import STALL, LinkWatch, last_ack_ms, tcp_state
+from governor.store.linkwatch import STALL, LinkWatch, tcp_state
 from tests.helpers.db import _pg_server_url, throwaway_database
 
 
@@ -52,10 +52,10 @@ def test_last_ack_is_read_from_tcp_info(pair: tuple[socket.socket, socket.socket
     client, _peer = pair
     client.sendall(b"x")
     time.sleep(0.2)
-    ms = last_ack_ms(client.fileno())
-    assert ms is not None and 150 <= ms < 5000
+    state = tcp_state(client.fileno())
+    assert state is not None and 150 <= state.last_ack_ms < 5000
     with socket.socket() as unconnected:
-        assert last_ack_ms(unconnected.fileno()) is None
+        assert tcp_state(unconnected.fileno()) is None
 
 
 def test_silent_link_cut_wakes_the_waiting_reader(
