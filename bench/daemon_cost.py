@@ -97,6 +97,39 @@ def measure(pid: int, seconds: float, interval: float, *, name: str
     return (c1 - c0) / wall, sum(values) / len(values) / 1024, max(values)
 
 
+STAGE = re.compile(r'^governor_pass_cpu_seconds_total\{node="[^"]*",stage="(\w+)"\} (\S+)$',
+                   re.M)
+
+
+def pass_cpu(port: int) -> dict[str, float]:
+    """The daemon's ``governor_pass_cpu_seconds_total`` by stage, from one scrape (made
+    outside the measured window: a scrape renders the exposition)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
+        text = r.read().decode()
+    return {stage: float(v) for stage, v in STAGE.findall(text)}
+
+
+def stage_split(before: dict[str, float], after: dict[str, float], cpu: float,
+                seconds: float, interval: float) -> str:
+    """The window's CPU of each pass stage, in ms a pass and as a share of one core, and
+    what the daemon spent beyond its passes (its other threads: placement, policy and
+    drift watches, exporter, jobs)."""
+    passes = seconds / interval
+    parts = []
+    total = 0.0
+    for stage, value in after.items():
+        d = value - before.get(stage, 0.0)
+        total += d
+        parts.append(f"{stage} {d / passes * 1e3:.1f} ms ({d / seconds * 100:.2f}%)")
+    beyond = cpu * seconds - total
+    return (f"the passes' CPU by stage (governor_pass_cpu_seconds_total, a pass every "
+            f"{interval:g} s): " + ", ".join(parts)
+            + f"; beyond the passes {beyond / passes * 1e3:.1f} ms a pass "
+            f"({beyond / seconds * 100:.2f}%)")
+
+
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -350,7 +383,10 @@ def main() -> int:
           f"{time.monotonic() - ramp:.0f} s of warm-up", flush=True)
     time.sleep(3 * args.interval)
     phases.append(("window", time.time()))
+    stages0 = pass_cpu(port)
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval, name="daemon")
+    stages = stage_split(stages0, pass_cpu(port), d_cpu, seconds, args.interval)
+    print(stages, flush=True)
     print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
         phases.append(("profile", time.time()))
@@ -395,6 +431,7 @@ def main() -> int:
     print(f"{'governor run':<16} {d_cpu * 100:>16.2f} {d_rss:>13.1f} {d_max / 1024:>12.1f}")
     print(f"{'sampler alone':<16} {s_cpu * 100:>16.2f} {s_rss:>13.1f} {s_max / 1024:>12.1f}")
     print(f"ratio daemon / sampler: CPU {d_cpu / s_cpu:.2f}x, RSS {d_rss / s_rss:.2f}x")
+    print(f"{stages}; the sampler alone {s_cpu * args.interval * 1e3:.1f} ms a pass")
     if args.host_calibration > 0:
         factor = calibrate() / args.host_calibration
         print(f"VM/host factor {factor:.1f} (metering and storing 1,000 samples: "

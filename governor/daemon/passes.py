@@ -52,6 +52,11 @@ DRAIN_INTERVAL = 5.0
 DRAIN_STEP = 8
 DRAIN_PAUSE = 0.05
 
+#: the stages of a pass whose CPU time is counted apart: the reads (what the sampler
+#: alone would cost), the raw samples stored (or spooled), the meter, and the rest of the
+#: pass (writable layers, OOM watch, the exposition's snapshot, status, pace)
+PASS_STAGES = ("read", "store", "meter", "other")
+
 
 def _render(snap: Any, samples: Sequence[Any]) -> bytes:
     """The exposition of a pass: ``snap`` with the pass's ``samples`` by path."""
@@ -108,6 +113,11 @@ class SamplingPass:
     _anchors_s = 0.0
     #: (monotonic start, sampler passes) of groups being opened over several passes
     _opening: tuple[float, int] | None = None
+    #: CPU seconds of the passes' thread by stage since start (:data:`PASS_STAGES`):
+    #: ``governor_pass_cpu_seconds_total``, and the stop line's split
+    pass_cpu: dict[str, float]
+    #: the pass thread's CPU clock when the last stage was counted
+    _cpu_mark = 0.0
     #: the spool-drain job is scheduled (not paused); and whether it should be
     _drain_on = True
     _drain_wanted = True
@@ -118,15 +128,23 @@ class SamplingPass:
         start = time.monotonic()
         self._pass_thread, self._stuck_logged = threading.get_ident(), False
         self._pass_running_since = start
+        self._cpu_mark = time.thread_time()
         try:
             self._sample(start, final=final)
         finally:
             self._pass_running_since = None
+            self._cpu_to("other")
             took = time.monotonic() - start
             n, total, longest = self.pass_seconds
             self.pass_seconds = (n + 1, total + took, max(longest, took))
             if (n + 1) % TRIM_PASSES == 0:
                 trim_heap()   # what a burst (a reload, a drain, new groups) left free
+
+    def _cpu_to(self, stage: str) -> None:
+        """Count the pass thread's CPU time since the last mark to ``stage``."""
+        now = time.thread_time()
+        self.pass_cpu[stage] += now - self._cpu_mark
+        self._cpu_mark = now
 
     def check_stuck(self, now: float) -> float | None:
         """Called by the main loop: log once a pass running for :data:`STUCK_AFTER` (and
@@ -295,7 +313,9 @@ class SamplingPass:
         self._last_pass_start = start
         new_before = self.writer.incarnations.new_s
         self._anchors_s = 0.0
+        self._cpu_to("other")
         p = self.sampler.sample()
+        self._cpu_to("read")
         self._log_opening(p)
         self.storage.fill(p.samples)
         outcome = "skipped"
@@ -304,9 +324,12 @@ class SamplingPass:
             self.oom_sink.flush()
         if p.samples:
             with self.writer.lock:
+                self._cpu_to("other")
                 outcome = self._store(p.samples)
+                self._cpu_to("store")
                 if outcome == "stored":
                     self._meter(p.samples, flush=final)
+                    self._cpu_to("meter")
                 else:
                     self._meter_ready = False
                     self._draining(True)   # the drain job runs while the spool holds any
@@ -341,6 +364,7 @@ class SamplingPass:
             spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
             sample_errors=dict(self.sampler.error_counts),
+            pass_cpu=dict(self.pass_cpu),
             exporter_dropped=self.exporter.dropped(),
             storage_full=dict(self.storage.full_counts))
         snap = Snapshot(

@@ -34,7 +34,7 @@ from governor.daemon.deferred import DeferredSink, PolicyRecorder
 from governor.daemon.heap import limit_arenas, settle_heap
 from governor.daemon.jobs import COST_INTERVAL, RETENTION_INTERVAL, Jobs
 from governor.daemon.pace import OpenPace
-from governor.daemon.passes import DRAIN_INTERVAL, SamplingPass
+from governor.daemon.passes import DRAIN_INTERVAL, PASS_STAGES, SamplingPass
 from governor.daemon.startup import apply_favordynmods, drift_watch, keep_warm_for
 from governor.daemon.wake import Wakeups
 from governor.driver import open_tree
@@ -199,6 +199,7 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         self._last_pass: tuple[datetime, float, int] | None = None
         #: whole passes (read, store, meter, publish): count, total and longest seconds
         self.pass_seconds = (0, 0.0, 0.0)
+        self.pass_cpu = dict.fromkeys(PASS_STAGES, 0.0)
         self._stored_last = True
 
     def _policy_applied(self) -> None:
@@ -351,5 +352,6 @@ class Daemon(SamplingPass, Jobs, Wakeups):
                 "late_passes": self.late_passes, "db_write_errors": self.db_write_errors,
                 "database_up": self.db.up, "spool_depth": self.spool.pending_samples(),
                 "pass_mean_s": round(self.pass_seconds[1] / max(self.pass_seconds[0], 1), 3),
-                "pass_max_s": round(self.pass_seconds[2], 3)})
+                "pass_max_s": round(self.pass_seconds[2], 3),
+                **{f"pass_cpu_{k}_s": round(v, 3) for k, v in self.pass_cpu.items()}})
         return 0

@@ -29,7 +29,7 @@ def _family(m: base.Metric, labels: list[str]) -> CounterMetricFamily | GaugeMet
 
 
 def _counted(m: base.Metric, label: str, node: str,
-             counts: Mapping[str, int]) -> CounterMetricFamily | GaugeMetricFamily:
+             counts: Mapping[str, float]) -> CounterMetricFamily | GaugeMetricFamily:
     """One counter family with a sample per ``label`` value."""
     fam = _family(m, ["node", label])
     for k, n in sorted(counts.items()):
@@ -144,12 +144,14 @@ class SnapshotCollector:
                 fam = _family(m, ["node"])
                 fam.add_metric([node], float(v))
                 yield fam
-        for m, label, counts in ((r.SPOOL_WRITE_ERRORS, "errno", h.spool_write_errors),
-                                 (r.ALERTS, "result", h.alerts),
-                                 (r.SAMPLE_ERRORS, "reason", h.sample_errors),
-                                 (r.EXPORTER_DROPPED, "reason", h.exporter_dropped)):
-            if counts:
-                yield _counted(m, label, node, counts)
+        counted: tuple[tuple[base.Metric, str, Mapping[str, float]], ...] = (
+            (r.SPOOL_WRITE_ERRORS, "errno", h.spool_write_errors),
+            (r.ALERTS, "result", h.alerts), (r.SAMPLE_ERRORS, "reason", h.sample_errors),
+            (r.PASS_CPU, "stage", h.pass_cpu),
+            (r.EXPORTER_DROPPED, "reason", h.exporter_dropped))
+        for m, label, values in counted:
+            if values:
+                yield _counted(m, label, node, values)
         if h.storage_full:
             fam = _family(r.STORAGE_FULL, ["tenant", "group", "node"])
             for path, n in h.storage_full.items():

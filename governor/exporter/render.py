@@ -104,6 +104,9 @@ class Health:
     alerts: Mapping[str, int] = field(default_factory=dict)
     #: groups whose sample failed, by reason, cumulative: ``Sampler.error_counts``
     sample_errors: Mapping[str, int] = field(default_factory=dict)
+    #: CPU seconds of the sampling passes' thread by stage ("read", "store", "meter",
+    #: "other"), cumulative: ``SamplingPass.pass_cpu``
+    pass_cpu: Mapping[str, float] = field(default_factory=dict)
     #: metrics-endpoint connections cut, by reason: ``Exporter.dropped()``
     exporter_dropped: Mapping[str, int] = field(default_factory=dict)
     #: times each group ("tenant/group") reached its storage.max: ``StorageMeter.
@@ -236,6 +239,11 @@ STORAGE_FULL: Final = _m("governor_storage_max_reached_total", COUNTER,
                          "Times the writable layers of a group's containers from images "
                          "reached its storage.max (their writes fail with EDQUOT until "
                          "space is freed or the limit raised).")
+PASS_CPU: Final = _m("governor_pass_cpu_seconds_total", COUNTER,
+                     "CPU time of the sampling passes by stage: read (the groups' counters), "
+                     "store (the raw samples, or the spool), meter (usage and rollups), "
+                     "other (the rest of a pass). The whole process's is "
+                     "process_cpu_seconds_total.")
 EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUNTER,
                              "Connections to the metrics endpoint cut by reason: over_limit "
                              "(past max_connections), timeout (past request_timeout).")
@@ -246,8 +254,8 @@ ALL_METRICS: Final[tuple[Metric, ...]] = (
     *(m for m, _, _ in PSI_METRICS), *(m for m, _ in IO_METRICS),
     *(m for m, _ in LIMIT_METRICS), PRESSURE_WARNINGS, COST, PASS_DURATION, LAST_SUCCESS,
     GROUPS_SAMPLED, PLACEMENTS, RELOADS, DRIFT, ENFORCE_ERRORS, POLICY_FAILED, DATABASE_UP,
-    DB_ERRORS, SPOOL_DEPTH, SPOOL_WRITE_ERRORS, ALERTS, SAMPLE_ERRORS, EXPORTER_DROPPED,
-    STORAGE_FULL,
+    DB_ERRORS, SPOOL_DEPTH, SPOOL_WRITE_ERRORS, ALERTS, SAMPLE_ERRORS, PASS_CPU,
+    EXPORTER_DROPPED, STORAGE_FULL,
 )
 
 
@@ -357,6 +365,7 @@ def render(snap: Snapshot) -> bytes:
                                            h.spool_write_errors))
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
     fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
+    fam(out, PASS_CPU, _by_label(PASS_CPU.name, "stage", node, h.pass_cpu))
     fam(out, EXPORTER_DROPPED, _by_label(EXPORTER_DROPPED.name, "reason", node,
                                          h.exporter_dropped))
     full = []
@@ -368,7 +377,7 @@ def render(snap: Snapshot) -> bytes:
     return "".join(out).encode()
 
 
-def _by_label(name: str, label: str, node: str, counts: Mapping[str, int]) -> list[str]:
+def _by_label(name: str, label: str, node: str, counts: Mapping[str, float]) -> list[str]:
     # label names sort: "file" < "node", "node" < "result"
     if label < "node":
         return [f'{name}{{{label}="{escape_label(k)}",node="{node}"}} {fmt_value(counts[k])}'

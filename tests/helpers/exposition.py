@@ -84,6 +84,7 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     db_write_errors=4, spool_depth=0, spool_write_errors={"ENOSPC": 2},
                     alerts={"ok": 2, "failed": 1},
                     sample_errors={"parse": 2, "read": 1},
+                    pass_cpu={"read": 12.375, "store": 4.0625, "meter": 1.5, "other": 0.25},
                     exporter_dropped={"over_limit": 3, "timeout": 1},
                     storage_full={"acme/web": 1, "acme/batch": 0})
     # the cpuset controller's read-back lists (Sampler.effective): every group, one in

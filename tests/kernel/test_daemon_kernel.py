@@ -234,6 +234,17 @@ def test_cpu_and_io_billed_like_the_kernel(gov: Gov) -> None:
     assert cpu == kernel_counter(s, "t/cpu", "cpu.stat", "usage_usec") - raw(
         gov, "t/cpu", "cpu_usage_usec")[0]
     assert billed(gov, "t/io", "io_wbytes") == 64 << 20     # to the byte
+    # the passes' CPU by stage (governor_pass_cpu_seconds_total), in the stop line: each
+    # stage ran and was counted, and together they are no more than the passes' wall time
+    # (one thread's CPU; a mark counted twice, or a stage not closed, would break that)
+    stop = re.findall(r'msg="governor stopped" passes=(\d+) .*pass_mean_s=([\d.]+) .*'
+                      r'pass_cpu_read_s=([\d.]+) pass_cpu_store_s=([\d.]+) '
+                      r'pass_cpu_meter_s=([\d.]+) pass_cpu_other_s=([\d.]+)',
+                      gov.log.read_text())
+    assert stop, gov.tail()
+    passes, mean, *stages = (float(x) for x in stop[-1])
+    assert all(v > 0 for v in stages), stages
+    assert sum(stages) <= passes * (mean + 0.001) + 0.01, (stages, passes, mean)
 
 
 def test_memory_billed_in_byte_seconds(gov: Gov) -> None:

@@ -75,7 +75,9 @@ def _one_group() -> Snapshot:
                     health=Health(pass_duration=0.25, last_success=1700000000.5,
                                   reloads={"ok": 1, "invalid": 2}, drift={"memory.max": 1},
                                   db_write_errors=0, spool_depth=5,
-                                  spool_write_errors={"ENOSPC": 2}))
+                                  spool_write_errors={"ENOSPC": 2},
+                                  pass_cpu={"read": 3.5, "store": 1.25, "meter": 0.5,
+                                            "other": 0.125}))
 
 
 def test_values_units_and_labels() -> None:
@@ -111,6 +113,8 @@ def test_values_units_and_labels() -> None:
     assert s[("governor_spool_depth", (("node", "n1"),))] == 5
     assert s[("governor_spool_write_errors_total", (("errno", "ENOSPC"), ("node", "n1")))] == 2
     assert s[("governor_last_sample_timestamp_seconds", (("node", "n1"),))] == 1700000000.5
+    assert s[("governor_pass_cpu_seconds_total", (("node", "n1"), ("stage", "read")))] == 3.5
+    assert s[("governor_pass_cpu_seconds_total", (("node", "n1"), ("stage", "other")))] == 0.125
     assert ("governor_placements_total", (("node", "n1"), ("result", "moved"))) not in s
 
 

@@ -50,3 +50,25 @@ def test_the_rendering_has_the_samples_by_path() -> None:
     lines = [ln for ln in body.splitlines() if ln.startswith(b"governor_storage_bytes{")]
     # the web group's bytes; none for db, whose bytes were not measured (missing, not 0)
     assert lines == [b'governor_storage_bytes{group="web",node="n1",tenant="acme"} 12345']
+
+
+def test_a_stage_is_counted_the_pass_threads_cpu_since_the_last_mark() -> None:
+    import time
+
+    from governor.daemon.passes import PASS_STAGES
+
+    sp = SamplingPass.__new__(SamplingPass)
+    sp.pass_cpu = dict.fromkeys(PASS_STAGES, 0.0)
+    sp._cpu_mark = time.thread_time()
+    end = time.thread_time() + 0.05
+    while time.thread_time() < end:   # 50 ms of this thread's CPU
+        pass
+    sp._cpu_to("store")
+    time.sleep(0.2)                   # waiting is not CPU
+    sp._cpu_to("meter")
+    assert 0.05 <= sp.pass_cpu["store"] < 0.5, sp.pass_cpu
+    assert sp.pass_cpu["meter"] < 0.02, sp.pass_cpu
+    assert sp.pass_cpu["read"] == sp.pass_cpu["other"] == 0.0
+    before = dict(sp.pass_cpu)
+    sp._cpu_to("read")                # counted from the last mark, not from the start
+    assert sp.pass_cpu["read"] < 0.02 and sp.pass_cpu["store"] == before["store"]
