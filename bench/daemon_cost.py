@@ -130,6 +130,34 @@ def stage_split(before: dict[str, float], after: dict[str, float], cpu: float,
             f"({beyond / seconds * 100:.2f}%)")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (its tid), from /proc/PID/task."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+THREAD = re.compile(r'^Thread (\d+) \((?:idle|active)[^)]*\): "([^"]*)"', re.M)
+
+
+def thread_split(pid: int, before: dict[int, float], after: dict[int, float],
+                 seconds: float, interval: float) -> str:
+    """The window's CPU of each of the daemon's threads, by name (``py-spy dump``), in ms
+    a pass, dearest first."""
+    spy = Path(sys.executable).with_name("py-spy")
+    r = subprocess.run([str(spy), "dump", "--pid", str(pid), "--nonblocking"],
+                       capture_output=True, text=True, check=False)
+    names = {int(tid): name for tid, name in THREAD.findall(r.stdout)}
+    passes = seconds / interval
+    spent = sorted(((after[t] - before.get(t, 0.0), names.get(t, f"tid {t}"))
+                    for t in after), reverse=True)
+    return "the daemon's threads in the window, ms a pass: " + ", ".join(
+        f"{name} {d / passes * 1e3:.1f}" for d, name in spent if d > 0)
+
+
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -384,9 +412,12 @@ def main() -> int:
     time.sleep(3 * args.interval)
     phases.append(("window", time.time()))
     stages0 = pass_cpu(port)
+    threads0 = thread_cpu(d.pid)
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval, name="daemon")
+    threads1 = thread_cpu(d.pid)
     stages = stage_split(stages0, pass_cpu(port), d_cpu, seconds, args.interval)
     print(stages, flush=True)
+    print(thread_split(d.pid, threads0, threads1, seconds, args.interval), flush=True)
     print(f"daemon memory at the end of its window: {smaps(d.pid)}", flush=True)
     if args.profile > 0:
         phases.append(("profile", time.time()))

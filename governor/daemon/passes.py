@@ -53,9 +53,10 @@ DRAIN_STEP = 8
 DRAIN_PAUSE = 0.05
 
 #: the stages of a pass whose CPU time is counted apart: the reads (what the sampler
-#: alone would cost), the raw samples stored (or spooled), the meter, and the rest of the
-#: pass (writable layers, OOM watch, the exposition's snapshot, status, pace)
-PASS_STAGES = ("read", "store", "meter", "other")
+#: alone would cost), the raw samples stored (or spooled), the meter, the rest of the
+#: pass (writable layers, OOM watch, the exposition's snapshot, status, pace), and the
+#: collector's runs in the pass's thread (out of whichever stage they fell in)
+PASS_STAGES = ("read", "store", "meter", "other", "gc")
 
 
 def _render(snap: Any, samples: Sequence[Any]) -> bytes:
@@ -118,6 +119,10 @@ class SamplingPass:
     pass_cpu: dict[str, float]
     #: the pass thread's CPU clock when the last stage was counted
     _cpu_mark = 0.0
+    #: CPU seconds of the collector's runs in the pass's thread since the last mark, and
+    #: the thread CPU clock at the start of the run in progress (:meth:`_gc_callback`)
+    _gc_s = 0.0
+    _gc_start: float | None = None
     #: the spool-drain job is scheduled (not paused); and whether it should be
     _drain_on = True
     _drain_wanted = True
@@ -141,10 +146,24 @@ class SamplingPass:
                 trim_heap()   # what a burst (a reload, a drain, new groups) left free
 
     def _cpu_to(self, stage: str) -> None:
-        """Count the pass thread's CPU time since the last mark to ``stage``."""
+        """Count the pass thread's CPU time since the last mark to ``stage``, but for the
+        collector's runs in it, which count to ``gc``."""
         now = time.thread_time()
-        self.pass_cpu[stage] += now - self._cpu_mark
+        spent, self._gc_s = self._gc_s, 0.0
+        self.pass_cpu[stage] += now - self._cpu_mark - spent
+        self.pass_cpu["gc"] += spent
         self._cpu_mark = now
+
+    def _gc_callback(self, phase: str, _info: dict[str, int]) -> None:
+        """``gc.callbacks``: time the collector's runs in the pass's thread (a run in
+        another thread is that thread's, beyond the passes)."""
+        if self._pass_running_since is None or threading.get_ident() != self._pass_thread:
+            return
+        if phase == "start":
+            self._gc_start = time.thread_time()
+        elif self._gc_start is not None:
+            self._gc_s += time.thread_time() - self._gc_start
+            self._gc_start = None
 
     def check_stuck(self, now: float) -> float | None:
         """Called by the main loop: log once a pass running for :data:`STUCK_AFTER` (and

@@ -16,6 +16,8 @@ running for longer than ``WatchdogSec=``: a stuck pass gets the daemon restarted
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import sys
@@ -214,9 +216,12 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         return self.watchdog is None or since is None or now - since <= 2 * self.watchdog
 
     def run(self) -> int:
+        gc.callbacks.append(self._gc_callback)   # the passes' "gc" stage
         try:
             return self._run()
         finally:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self._gc_callback)
             self.lock.release(remove=True)
             self._restore_signals()
             self._close_wake()

@@ -105,7 +105,7 @@ class Health:
     #: groups whose sample failed, by reason, cumulative: ``Sampler.error_counts``
     sample_errors: Mapping[str, int] = field(default_factory=dict)
     #: CPU seconds of the sampling passes' thread by stage ("read", "store", "meter",
-    #: "other"), cumulative: ``SamplingPass.pass_cpu``
+    #: "other", "gc"), cumulative: ``SamplingPass.pass_cpu``
     pass_cpu: Mapping[str, float] = field(default_factory=dict)
     #: metrics-endpoint connections cut, by reason: ``Exporter.dropped()``
     exporter_dropped: Mapping[str, int] = field(default_factory=dict)
@@ -242,8 +242,8 @@ STORAGE_FULL: Final = _m("governor_storage_max_reached_total", COUNTER,
 PASS_CPU: Final = _m("governor_pass_cpu_seconds_total", COUNTER,
                      "CPU time of the sampling passes by stage: read (the groups' counters), "
                      "store (the raw samples, or the spool), meter (usage and rollups), "
-                     "other (the rest of a pass). The whole process's is "
-                     "process_cpu_seconds_total.")
+                     "other (the rest of a pass), gc (the collector, within a pass). The whole "
+                     "process's is process_cpu_seconds_total.")
 EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUNTER,
                              "Connections to the metrics endpoint cut by reason: over_limit "
                              "(past max_connections), timeout (past request_timeout).")

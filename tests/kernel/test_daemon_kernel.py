@@ -239,11 +239,11 @@ def test_cpu_and_io_billed_like_the_kernel(gov: Gov) -> None:
     # (one thread's CPU; a mark counted twice, or a stage not closed, would break that)
     stop = re.findall(r'msg="governor stopped" passes=(\d+) .*pass_mean_s=([\d.]+) .*'
                       r'pass_cpu_read_s=([\d.]+) pass_cpu_store_s=([\d.]+) '
-                      r'pass_cpu_meter_s=([\d.]+) pass_cpu_other_s=([\d.]+)',
-                      gov.log.read_text())
+                      r'pass_cpu_meter_s=([\d.]+) pass_cpu_other_s=([\d.]+) '
+                      r'pass_cpu_gc_s=([\d.]+)', gov.log.read_text())
     assert stop, gov.tail()
     passes, mean, *stages = (float(x) for x in stop[-1])
-    assert all(v > 0 for v in stages), stages
+    assert all(v > 0 for v in stages[:4]), stages   # the collector may not have run
     assert sum(stages) <= passes * (mean + 0.001) + 0.01, (stages, passes, mean)
 
 

@@ -68,7 +68,38 @@ def test_a_stage_is_counted_the_pass_threads_cpu_since_the_last_mark() -> None:
     sp._cpu_to("meter")
     assert 0.05 <= sp.pass_cpu["store"] < 0.5, sp.pass_cpu
     assert sp.pass_cpu["meter"] < 0.02, sp.pass_cpu
-    assert sp.pass_cpu["read"] == sp.pass_cpu["other"] == 0.0
+    assert sp.pass_cpu["read"] == sp.pass_cpu["other"] == sp.pass_cpu["gc"] == 0.0
     before = dict(sp.pass_cpu)
     sp._cpu_to("read")                # counted from the last mark, not from the start
     assert sp.pass_cpu["read"] < 0.02 and sp.pass_cpu["store"] == before["store"]
+
+
+def test_the_collectors_runs_in_the_pass_count_to_gc_not_to_the_stage() -> None:
+    import gc
+    import threading
+    import time
+
+    from governor.daemon.passes import PASS_STAGES
+
+    sp = SamplingPass.__new__(SamplingPass)
+    sp.pass_cpu = dict.fromkeys(PASS_STAGES, 0.0)
+    sp._pass_running_since, sp._pass_thread = time.monotonic(), threading.get_ident()
+    sp._cpu_mark = time.thread_time()
+    gc.callbacks.append(sp._gc_callback)
+    try:
+        junk = [[i] for i in range(300_000)]   # a collection with something to traverse
+        gc.collect()
+        del junk
+        sp._cpu_to("store")
+        # a collection in another thread is not the pass's
+        t = threading.Thread(target=gc.collect)
+        t.start()
+        t.join()
+        sp._cpu_to("meter")
+    finally:
+        gc.callbacks.remove(sp._gc_callback)
+    assert sp.pass_cpu["gc"] > 0, sp.pass_cpu
+    assert sp.pass_cpu["store"] > 0, sp.pass_cpu   # the list made, beside the collection
+    assert sp.pass_cpu["meter"] < 0.02, sp.pass_cpu
+    # nothing counted twice: the stages add up to the thread's CPU between the marks
+    assert sp._gc_s == 0.0 and sp._gc_start is None
