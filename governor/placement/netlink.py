@@ -211,6 +211,17 @@ class Connector:
             raise
         return parse_messages(data)
 
+    def wake(self) -> None:
+        """End a :meth:`receive` waiting in another thread, now (it returns []): a
+        ``NLMSG_NOOP`` datagram sent to this socket's own port from a socket of the moment
+        (a unicast between user sockets needs no privilege).  So the listener can wait
+        without a short timeout while nothing happens: each timeout was a wake-up (about
+        0.1 ms of CPU on the host, 20 a sampling interval at 0.5 s) of an idle daemon.
+        Raises OSError when the datagram cannot be sent."""
+        hdr = NLMSGHDR.pack(NLMSGHDR.size, NLMSG_NOOP, 0, 0, 0)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR) as s:
+            s.sendto(hdr, (self.port, 0))
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.send(control_message(PROC_CN_MCAST_IGNORE, port=self.port))

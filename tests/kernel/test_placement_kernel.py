@@ -578,3 +578,35 @@ def test_keep_warm_opens_only_at_min_rate(world: tuple[CgroupFS, Enforcer, Path]
     c = placer.counters
     print(f"keep_warm_min_rate 5: 3 slow moves, no window; a burst of 10: "
           f"{c.keep_warm_windows} window(s), {c.keep_warm_writes} no-op migrations")
+
+
+def test_an_idle_listener_sleeps_until_an_event_and_stops_at_once(
+        world: tuple[CgroupFS, Enforcer, Path]) -> None:
+    """The listener waits without a short timeout while nothing happens (issue #16: its
+    wake-ups every 0.5 s were an idle daemon's CPU): it still places at once, and a stop
+    wakes it (Connector.wake) instead of waiting out the timeout (IDLE_TIMEOUT, 30 s)."""
+    from governor.placement.listener import IDLE_TIMEOUT
+
+    fs, enf, scratch = world
+    want = f"/{scratch.name}/t/storm"
+    placer = Placer(fs, scratch.name, lambda: enf.policy, exclude=())
+    assert placer.start() is True
+    stopped = False
+    sleep = None
+    try:
+        time.sleep(1.0)   # idle: the listener waits in its receive
+        sleep = subprocess.Popen(["sleep", "30"])
+        assert wait_for(sleep.pid, want, timeout=5) == want   # an event ends the wait
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        placer.stop()
+        stopped = True
+        took = time.monotonic() - t0
+    finally:
+        if not stopped:
+            placer.stop()
+        if sleep is not None:
+            sleep.kill()
+            sleep.wait()
+    assert IDLE_TIMEOUT >= 30 and took < 5, took   # woken, not timed out
+    assert placer._thread is None
