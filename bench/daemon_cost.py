@@ -201,6 +201,9 @@ def profile(pid: int, seconds: float, out: Path) -> None:
         return
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    #: by the outermost function of the daemon's own (governor/) in each stack: which
+    #: job or thread the time is spent for (the pass, the reconcile, a listener...)
+    roots: collections.Counter[str] = collections.Counter()
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -219,6 +222,8 @@ def profile(pid: int, seconds: float, out: Path) -> None:
         if not names:
             continue
         own[names[-1]] += n
+        mine = [name for name in names if "(governor/" in name]
+        roots[mine[0] if mine else names[0]] += n
         for name in set(names):
             incl[name] += n
     print(f"profile: {total} samples at 50 Hz over {seconds:.0f} s "
@@ -227,7 +232,8 @@ def profile(pid: int, seconds: float, out: Path) -> None:
     wrappers = ("(threading.py)", "(concurrent/", "(apscheduler/")
     incl = collections.Counter({k: v for k, v in incl.items()
                                 if not any(w in k for w in wrappers)})
-    for title, counter in (("own time", own), ("including callees", incl)):
+    for title, counter in (("own time", own), ("including callees", incl),
+                           ("the daemon's outermost function (job or thread)", roots)):
         print(f"  top 10 by {title}:")
         for name, n in counter.most_common(10):
             print(f"    {n / max(total, 1) * 100:5.1f}%  {name}")
