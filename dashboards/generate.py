@@ -194,6 +194,12 @@ def governor_health() -> dict[str, Any]:
                 "{{node}} cgroup write errors"),
                (f"sum by (result) (increase(governor_oom_alerts_total{{{n}}}"
                 "[$__rate_interval]))", "alerts {{result}}")], "short", 12, 24),
+        panel(9, "governor's own CPU by pass stage",
+              [(f"sum by (stage) (rate(governor_pass_cpu_seconds_total{{{n}}}"
+                "[$__rate_interval]))", "{{stage}}")], "percentunit", 0, 32,
+              desc="Share of one core the sampling passes spend on each stage: read (the "
+                   "counter files), store (the raw samples), meter, other, gc. The whole "
+                   "process's CPU is process_cpu_seconds_total."),
     ], variables(groups=False)[:2])
 
 
