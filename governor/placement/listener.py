@@ -76,6 +76,11 @@ class Listener:
         until = gate.moved(now, self.keep_warm)
         self.counters.keep_warm_windows += gate.opened - opened
         if until > now:
+            if self.warmer.background:
+                # a refusal since the writer's counts were last read (this process moved
+                # while the listener slept) is taken first: the path is read again, so the
+                # window opens where this process is now
+                self._warm_stats()
             self.warmer.moved(until)
 
     # -- the listener thread -------------------------------------------------------------
@@ -207,6 +212,16 @@ class Listener:
                     if now >= stats_due:
                         stats_due = now + WARM_STATS_EVERY
                         self._warm_stats()
+                    # while a window is open the listener wakes to read the writer's
+                    # counts; once it closed, it reads them a last time and sleeps
+                    if now < self.warmer.until:
+                        if not warm:
+                            conn.set_timeout(WARM_STATS_EVERY)
+                            warm = True
+                    elif warm:
+                        self._warm_stats()
+                        conn.set_timeout(IDLE_TIMEOUT)
+                        warm = False
                 else:
                     warm = self._keep_warm(conn, warm)
         finally:
