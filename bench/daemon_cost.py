@@ -99,35 +99,44 @@ def measure(pid: int, seconds: float, interval: float, *, name: str
 
 STAGE = re.compile(r'^governor_pass_cpu_seconds_total\{node="[^"]*",stage="(\w+)"\} (\S+)$',
                    re.M)
+JOB = re.compile(r'^governor_job_cpu_seconds_total\{job="([\w-]+)",node="[^"]*"\} (\S+)$',
+                 re.M)
 
 
-def pass_cpu(port: int) -> dict[str, float]:
-    """The daemon's ``governor_pass_cpu_seconds_total`` by stage, from one scrape (made
-    outside the measured window: a scrape renders the exposition)."""
+def pass_cpu(port: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The daemon's ``governor_pass_cpu_seconds_total`` by stage and
+    ``governor_job_cpu_seconds_total`` by job, from one scrape (made outside the measured
+    window: a scrape renders the exposition)."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
         text = r.read().decode()
-    return {stage: float(v) for stage, v in STAGE.findall(text)}
+    return ({stage: float(v) for stage, v in STAGE.findall(text)},
+            {job: float(v) for job, v in JOB.findall(text)})
 
 
-def stage_split(before: dict[str, float], after: dict[str, float], cpu: float,
+def stage_split(before: tuple[dict[str, float], dict[str, float]],
+                after: tuple[dict[str, float], dict[str, float]], cpu: float,
                 seconds: float, interval: float) -> str:
-    """The window's CPU of each pass stage, in ms a pass and as a share of one core, and
-    what the daemon spent beyond its passes (its other threads: placement, policy and
-    drift watches, exporter, jobs)."""
+    """The window's CPU of each pass stage, in ms a pass and as a share of one core, what
+    the daemon spent beyond its passes (its other threads: placement, policy and drift
+    watches, exporter, jobs), and of that what each scheduled job took."""
     passes = seconds / interval
     parts = []
     total = 0.0
-    for stage, value in after.items():
-        d = value - before.get(stage, 0.0)
+    for stage, value in after[0].items():
+        d = value - before[0].get(stage, 0.0)
         total += d
         parts.append(f"{stage} {d / passes * 1e3:.1f} ms ({d / seconds * 100:.2f}%)")
     beyond = cpu * seconds - total
+    jobs = [(job, value - before[1].get(job, 0.0)) for job, value in after[1].items()]
     return (f"the passes' CPU by stage (governor_pass_cpu_seconds_total, a pass every "
             f"{interval:g} s): " + ", ".join(parts)
             + f"; beyond the passes {beyond / passes * 1e3:.1f} ms a pass "
-            f"({beyond / seconds * 100:.2f}%)")
+            f"({beyond / seconds * 100:.2f}%), of which the jobs "
+            f"(governor_job_cpu_seconds_total) "
+            + (", ".join(f"{job} {d / passes * 1e3:.1f} ms"
+                         for job, d in sorted(jobs, key=lambda j: -j[1])) or "none"))
 
 
 def thread_cpu(pid: int) -> dict[int, float]:

@@ -117,6 +117,8 @@ class SamplingPass:
     #: CPU seconds of the passes' thread by stage since start (:data:`PASS_STAGES`):
     #: ``governor_pass_cpu_seconds_total``, and the stop line's split
     pass_cpu: dict[str, float]
+    #: CPU seconds of the scheduled jobs between the passes, by job id (Daemon._timed)
+    job_cpu: dict[str, float]
     #: the pass thread's CPU clock when the last stage was counted
     _cpu_mark = 0.0
     #: CPU seconds of the collector's runs in the pass's thread since the last mark, and
@@ -383,7 +385,7 @@ class SamplingPass:
             spool_write_errors=dict(self.spool.write_errors),
             alerts=dict(self.alerter.results) if self.alerter else {},
             sample_errors=dict(self.sampler.error_counts),
-            pass_cpu=dict(self.pass_cpu),
+            pass_cpu=dict(self.pass_cpu), job_cpu=dict(self.job_cpu),
             exporter_dropped=self.exporter.dropped(),
             storage_full=dict(self.storage.full_counts))
         snap = Snapshot(

@@ -147,7 +147,7 @@ class SnapshotCollector:
         counted: tuple[tuple[base.Metric, str, Mapping[str, float]], ...] = (
             (r.SPOOL_WRITE_ERRORS, "errno", h.spool_write_errors),
             (r.ALERTS, "result", h.alerts), (r.SAMPLE_ERRORS, "reason", h.sample_errors),
-            (r.PASS_CPU, "stage", h.pass_cpu),
+            (r.PASS_CPU, "stage", h.pass_cpu), (r.JOB_CPU, "job", h.job_cpu),
             (r.EXPORTER_DROPPED, "reason", h.exporter_dropped))
         for m, label, values in counted:
             if values:

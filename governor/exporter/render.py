@@ -107,6 +107,9 @@ class Health:
     #: CPU seconds of the sampling passes' thread by stage ("read", "store", "meter",
     #: "other", "gc"), cumulative: ``SamplingPass.pass_cpu``
     pass_cpu: Mapping[str, float] = field(default_factory=dict)
+    #: CPU seconds of the daemon's scheduled jobs between the passes ("reconcile",
+    #: "placement-rescan", "costs", "retention", "spool-drain"), cumulative: ``Daemon.job_cpu``
+    job_cpu: Mapping[str, float] = field(default_factory=dict)
     #: metrics-endpoint connections cut, by reason: ``Exporter.dropped()``
     exporter_dropped: Mapping[str, int] = field(default_factory=dict)
     #: times each group ("tenant/group") reached its storage.max: ``StorageMeter.
@@ -244,6 +247,10 @@ PASS_CPU: Final = _m("governor_pass_cpu_seconds_total", COUNTER,
                      "store (the raw samples, or the spool), meter (usage and rollups), "
                      "other (the rest of a pass), gc (the collector, within a pass). The whole "
                      "process's is process_cpu_seconds_total.")
+JOB_CPU: Final = _m("governor_job_cpu_seconds_total", COUNTER,
+                    "CPU time of the daemon's scheduled jobs between the sampling passes, "
+                    "by job: reconcile (drift restored), placement-rescan, costs (the "
+                    "billed-cost gauge), retention, spool-drain.")
 EXPORTER_DROPPED: Final = _m("governor_exporter_connections_dropped_total", COUNTER,
                              "Connections to the metrics endpoint cut by reason: over_limit "
                              "(past max_connections), timeout (past request_timeout).")
@@ -366,6 +373,7 @@ def render(snap: Snapshot) -> bytes:
     fam(out, ALERTS, _by_label(ALERTS.name, "result", node, h.alerts))
     fam(out, SAMPLE_ERRORS, _by_label(SAMPLE_ERRORS.name, "reason", node, h.sample_errors))
     fam(out, PASS_CPU, _by_label(PASS_CPU.name, "stage", node, h.pass_cpu))
+    fam(out, JOB_CPU, _by_label(JOB_CPU.name, "job", node, h.job_cpu))
     fam(out, EXPORTER_DROPPED, _by_label(EXPORTER_DROPPED.name, "reason", node,
                                          h.exporter_dropped))
     full = []

@@ -85,6 +85,7 @@ def snapshot(groups: int, *, tenants: int = 50, devices: int = 1, seed: int = 1,
                     alerts={"ok": 2, "failed": 1},
                     sample_errors={"parse": 2, "read": 1},
                     pass_cpu={"read": 12.375, "store": 4.0625, "meter": 1.5, "other": 0.25},
+                    job_cpu={"reconcile": 2.5, "placement-rescan": 0.125, "costs": 0.0625},
                     exporter_dropped={"over_limit": 3, "timeout": 1},
                     storage_full={"acme/web": 1, "acme/batch": 0})
     # the cpuset controller's read-back lists (Sampler.effective): every group, one in

@@ -77,7 +77,8 @@ def _one_group() -> Snapshot:
                                   db_write_errors=0, spool_depth=5,
                                   spool_write_errors={"ENOSPC": 2},
                                   pass_cpu={"read": 3.5, "store": 1.25, "meter": 0.5,
-                                            "other": 0.125}))
+                                            "other": 0.125},
+                                  job_cpu={"reconcile": 0.75, "placement-rescan": 0.25}))
 
 
 def test_values_units_and_labels() -> None:
@@ -115,6 +116,9 @@ def test_values_units_and_labels() -> None:
     assert s[("governor_last_sample_timestamp_seconds", (("node", "n1"),))] == 1700000000.5
     assert s[("governor_pass_cpu_seconds_total", (("node", "n1"), ("stage", "read")))] == 3.5
     assert s[("governor_pass_cpu_seconds_total", (("node", "n1"), ("stage", "other")))] == 0.125
+    assert s[("governor_job_cpu_seconds_total", (("job", "reconcile"), ("node", "n1")))] == 0.75
+    assert s[("governor_job_cpu_seconds_total", (("job", "placement-rescan"),
+                                                 ("node", "n1")))] == 0.25
     assert ("governor_placements_total", (("node", "n1"), ("result", "moved"))) not in s
 
 

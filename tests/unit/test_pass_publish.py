@@ -8,6 +8,8 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from governor.daemon.passes import SamplingPass, _render
 from governor.exporter.render import Health, Snapshot, render
 from governor.policy import parse_policy
@@ -103,3 +105,39 @@ def test_the_collectors_runs_in_the_pass_count_to_gc_not_to_the_stage() -> None:
     assert sp.pass_cpu["meter"] < 0.02, sp.pass_cpu
     # nothing counted twice: the stages add up to the thread's CPU between the marks
     assert sp._gc_s == 0.0 and sp._gc_start is None
+
+
+def test_a_job_is_counted_its_threads_cpu_per_run_and_listed_from_the_start() -> None:
+    import threading
+    import time
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from governor.daemon import Daemon
+
+    d = object.__new__(Daemon)
+    d.job_cpu = {}
+    d.scheduler = BackgroundScheduler(timezone="UTC")
+    d._add_job("reconcile", 3600, lambda: None)
+    assert d.job_cpu == {"reconcile": 0.0}   # a series from the start, before any run
+    assert d.scheduler.get_job("reconcile") is not None
+
+    def busy() -> None:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:   # 50 ms of this thread's CPU
+            pass
+        time.sleep(0.2)                   # waiting is not CPU
+        raise RuntimeError("a failed run is counted all the same")
+
+    run = d._timed("costs", busy)
+    # another thread's CPU meanwhile is not the job's
+    spin = threading.Thread(target=lambda: [i * i for i in range(2_000_000)])
+    spin.start()
+    with pytest.raises(RuntimeError):
+        run()
+    spin.join()
+    assert 0.05 <= d.job_cpu["costs"] < 0.15, d.job_cpu
+    first = d.job_cpu["costs"]
+    with pytest.raises(RuntimeError):
+        run()
+    assert d.job_cpu["costs"] >= first + 0.05, d.job_cpu   # added up over the runs
