@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from governor.metering.catchup import meter
@@ -298,3 +299,36 @@ def test_a_pass_of_many_groups_is_stored_exactly_and_a_replay_mixed_in_is_not_do
           for r in session.execute(select(SampleIo)).scalars()}
     assert io == {(s.group, s.wall, dev): tuple(c.values())
                   for s in everything for dev, c in s.io.items()}
+
+
+def test_cached_incarnations_known_groups_skip_the_lookup_new_ones_get_rows(session):  # noqa: F811
+    from governor.store.service import Incarnations, store_samples
+
+    inc = Incarnations()
+    one = make_sample(node="n1", group="web", cgroup_id=100, wall=T0)
+    two = make_sample(node="n1", group="db", cgroup_id=200, wall=T0)
+    node_id, ids = store_samples(session=session, node="n1", samples=[one, two],
+                                 incarnations=inc)
+    web, db = ids[("acme", "web", 100)], ids[("acme", "db", 200)]
+    assert web != db and _count(session, Group) == 2
+    # a pass of known groups: the node's cache itself, no row made or looked up
+    later = [make_sample(node="n1", group="web", cgroup_id=100, wall=T0 + timedelta(1)),
+             make_sample(node="n1", group="db", cgroup_id=200, wall=T0 + timedelta(1))]
+    _, again = store_samples(session=session, node="n1", samples=later, incarnations=inc)
+    assert again is inc.ids[node_id] and again[("acme", "web", 100)] == web
+    # web re-made (a new cgroup inode) among known ones: its own new row, the other's kept
+    remade = [make_sample(node="n1", group="web", cgroup_id=101, wall=T0 + timedelta(2)),
+              make_sample(node="n1", group="db", cgroup_id=200, wall=T0 + timedelta(2))]
+    _, third = store_samples(session=session, node="n1", samples=remade, incarnations=inc)
+    assert third[("acme", "web", 101)] not in (web, db) and third[("acme", "db", 200)] == db
+    assert _count(session, Group) == 3 and _count(session, Sample) == 6
+    assert inc.ids[node_id][("acme", "web", 101)] == third[("acme", "web", 101)]
+    # a sample of another node is refused, named
+    with pytest.raises(ValueError, match="'n2' passed to record_samples for 'n1'"):
+        store_samples(session=session, node="n1", samples=[
+            later[0], make_sample(node="n2", group="x", cgroup_id=1, wall=T0)],
+            incarnations=inc)
+    # forget (after a rollback): looked up again from the table, the same ids
+    inc.forget()
+    _, looked = store_samples(session=session, node="n1", samples=later, incarnations=inc)
+    assert looked[("acme", "web", 100)] == web and looked is not again
