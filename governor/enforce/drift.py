@@ -42,11 +42,14 @@ from governor.rounds import Rounds
 log = logging.getLogger("governor.enforce")
 
 #: every group is planned once every this many reconciles (the interval's 30 s: every
-#: 30 minutes), a FULL_EVERY-th of them each time.  It was 20 (10 minutes): at 1,000
-#: groups the sweep's 50 groups a reconcile (each group's directory, managed files and
-#: mark opened and read: 5 ms a group in the TCG VM) were 14% of the daemon's CPU (issue
-#: #16).  The sweep is the backstop for what no event shows; every write is an event
-FULL_EVERY = 60
+#: 2 hours), a FULL_EVERY-th of them each time.  It was 20 (10 minutes), then 60 (30
+#: minutes): at 1,000 groups the sweep's 17 groups a reconcile (each group's directory,
+#: managed files and mark opened and read: 5 to 9 ms a group in the TCG VM) were still
+#: 50 ms of the daemon's CPU a 10 s pass, 6% of it, more than anything else beyond the
+#: passes (governor_job_cpu_seconds_total, issue #16).  The sweep is only the backstop
+#: for what no event shows: every write(2) to an interface file is an event, an overflow
+#: plans everything, a group without a watch is planned at every reconcile
+FULL_EVERY = 240
 
 _MASK = IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED

@@ -155,7 +155,7 @@ def test_a_removed_group_is_planned_and_made_again(
 
 
 def test_at_scale_a_reconcile_reads_a_full_every_th_of_the_groups(tmp_path: Path) -> None:
-    """1,000 groups: each reconcile plans a FULL_EVERY-th of them (17 with FULL_EVERY 60;
+    """1,000 groups: each reconcile plans a FULL_EVERY-th of them (5 with FULL_EVERY 240;
     never all 1,000, as the whole sweep did), and FULL_EVERY reconciles plan each exactly
     once."""
     root = tmp_path / "cg"
