@@ -113,9 +113,9 @@ flat_chunks: Final = _flat_chunks_fast() or _flat_chunks_py
 
 #: most parameters one statement binds in the multi-row INSERTs of
 #: :func:`bulk_insert_ignore` (SQLite's limit before 3.32; 32766 since)
-_SQLITE_PARAMS = 999
+SQLITE_PARAMS = 999
 #: most rows per multi-row INSERT (beyond, a statement's text grows for ~nothing)
-_ROWS_PER_INSERT = 64
+ROWS_PER_INSERT = 64
 
 
 def _sqlite_ts(dt: datetime) -> str:
@@ -234,7 +234,7 @@ def _sqlite_inserts(table: str, columns: tuple[str, ...]) -> tuple[int, str, str
     """``(k, INSERT of k rows, INSERT of one row)`` into ``table``'s ``columns``, each
     ``ON CONFLICT DO NOTHING`` (the text is made once: SQLite's statement cache is keyed
     by it)."""
-    k = max(1, min(_ROWS_PER_INSERT, _SQLITE_PARAMS // len(columns)))
+    k = max(1, min(ROWS_PER_INSERT, SQLITE_PARAMS // len(columns)))
     row = f"({', '.join('?' * len(columns))})"
     head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 (our own names)
     return (k, f"{head}{', '.join([row] * k)} ON CONFLICT DO NOTHING",

@@ -7,9 +7,12 @@ caller owns the transaction.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select, update
@@ -17,7 +20,15 @@ from sqlalchemy import bindparam, select, update
 from governor.metering.meter import Metered
 from governor.metering.rollup import ROLLUP_QUANTITIES
 from governor.metering.sample import GroupSample, IoCounters
-from governor.store.bulk import COUNTER_COLUMNS, PSI_COLUMNS, bulk_insert_ignore, ts_converter
+from governor.store.bulk import (
+    COUNTER_COLUMNS,
+    PSI_COLUMNS,
+    ROWS_PER_INSERT,
+    SQLITE_PARAMS,
+    bulk_insert_ignore,
+    flat_chunks,
+    ts_converter,
+)
 from governor.store.db import connection_of
 from governor.store.service import chunks, dialect_insert
 from governor.store.tables import groups as _GROUPS
@@ -191,22 +202,27 @@ def write_metered(*, session: Executor, node_id: int, metered: Metered[Any],
     skipped), its rollups added into ``rollups_hourly``, and its anchors
     (``groups.metered_until``), each as one executemany.  Keys are group ids, or looked up
     in ``ids`` (the in-memory meter's incarnation keys)."""
-    gid = (lambda k: k) if ids is None else ids.__getitem__
     conv = ts_converter(session)
+    # (a Python-level call per row for the keys only when they need a look-up: the
+    # daemon's are group ids already)
+    usages = metered.usages if ids is None else [(ids[k], iv) for k, iv in metered.usages]
     usage_rows = [
-        (node_id, gid(k), conv(iv.end), conv(iv.start), iv.duration_us, iv.from_creation,
-         *(q if None not in (q := iv.quantities) else [x or 0 for x in q]))
-        for k, iv in metered.usages]
+        (node_id, k, conv(iv[1]), conv(iv[0]), iv[2], iv[3],
+         *(q if None not in (q := iv[4]) else [x or 0 for x in q]))
+        for k, iv in usages]
     if usage_rows:
         bulk_insert_ignore(session, "usage_intervals", _USAGE_COLUMNS, usage_rows,
                            ts_index=None)
+    gid = (lambda k: k) if ids is None else ids.__getitem__
     if metered.rollups:
-        upsert_rollups(session=session, node_id=node_id, rollups={
-            (gid(k), hour): q for (k, hour), q in metered.rollups.items()})
+        upsert_rollups(session=session, node_id=node_id, rollups=metered.rollups
+                       if ids is None else {(ids[k], hour): q
+                                            for (k, hour), q in metered.rollups.items()})
     if metered.values:  # the generic controllers' quantities (governor.store.values)
         write_values(session=session, node_id=node_id, values=metered.values, gid=gid)
     if metered.anchors:
-        _set_anchors(session, [(gid(k), s.wall) for k, s in metered.anchors.items()])
+        _set_anchors(session, [(k, s.wall) for k, s in metered.anchors.items()]
+                     if ids is None else [(ids[k], s.wall) for k, s in metered.anchors.items()])
 
 
 _USAGE_COLUMNS = ("node_id", "group_id", "end_ts", "start_ts", "duration_us",
@@ -215,20 +231,48 @@ _ROLLUP_NAMES = ("covered_us", "intervals", *ROLLUP_QUANTITIES)
 
 
 def _set_anchors(session: Executor, anchors: Sequence[tuple[int, datetime]]) -> None:
-    """``groups.metered_until`` of each ``(group id, time)``, one executemany."""
+    """``groups.metered_until`` of each ``(group id, time)``.  SQLite: ``UPDATE ... FROM``
+    a ``VALUES`` list of up to ``ROWS_PER_INSERT`` pairs a statement (3.33 and later) (a statement
+    step per pair was two thirds of the cost at 1,000 groups, issue #16); PostgreSQL: one
+    executemany."""
     if connection_of(session).dialect.name == "sqlite":
         conv = ts_converter(session)
         dbapi = connection_of(session).connection.driver_connection
+        pairs = [(gid, conv(ts)) for gid, ts in anchors]
+        if sqlite3.sqlite_version_info < (3, 33):   # no UPDATE ... FROM before 3.33
+            cur = dbapi.cursor()  # type: ignore[union-attr]
+            try:
+                cur.executemany("UPDATE groups SET metered_until = ? WHERE id = ?",
+                                [(ts, gid) for gid, ts in pairs])
+            finally:
+                cur.close()
+            return
+        k = ROWS_PER_INSERT
+        many = _anchor_update(k)
         cur = dbapi.cursor()  # type: ignore[union-attr]
         try:
-            cur.executemany("UPDATE groups SET metered_until = ? WHERE id = ?",
-                            [(conv(ts), gid) for gid, ts in anchors])
+            execute = cur.execute
+            for params in flat_chunks(pairs, k):
+                execute(many, params)
+            left = len(pairs) % k
+            if left:
+                cur.execute(_anchor_update(left),
+                            tuple(chain.from_iterable(pairs[len(pairs) - left:])))
         finally:
             cur.close()
         return
     session.execute(update(_GROUPS).where(_GROUPS.c.id == bindparam("gid")).values(
         metered_until=bindparam("ts")).execution_options(synchronize_session=False),
         [{"gid": gid, "ts": ts} for gid, ts in anchors])
+
+
+@functools.cache
+def _anchor_update(n: int) -> str:
+    """``UPDATE groups ... FROM (VALUES (?, ?), ...)`` of ``n`` (id, time) pairs (SQLite
+    3.33+; a group id named twice takes one of its times: the caller names each once)."""
+    values = ", ".join(["(?, ?)"] * n)
+    return (f"WITH v(id, ts) AS (VALUES {values}) "  # noqa: S608 (placeholders only)
+            "UPDATE groups SET metered_until = v.ts FROM v WHERE groups.id = v.id")
 
 
 def upsert_rollups(*, session: Executor, node_id: int,
@@ -239,16 +283,19 @@ def upsert_rollups(*, session: Executor, node_id: int,
     names = _ROLLUP_NAMES
     if connection_of(session).dialect.name == "sqlite":
         conv = ts_converter(session)
-        cols = ", ".join(("node_id", "group_id", "hour", *names))
-        marks = ", ".join("?" * (3 + len(names)))
-        sets = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+        rows = [(node_id, gid, conv(hour), *values) for (gid, hour), values in rollups.items()]
+        k = max(1, min(ROWS_PER_INSERT, SQLITE_PARAMS // (3 + len(names))))
         dbapi = connection_of(session).connection.driver_connection
         cur = dbapi.cursor()  # type: ignore[union-attr]
         try:
-            cur.executemany(
-                f"INSERT INTO rollups_hourly ({cols}) VALUES ({marks}) "  # noqa: S608
-                f"ON CONFLICT (node_id, group_id, hour) DO UPDATE SET {sets}",
-                [(node_id, gid, conv(hour), *values) for (gid, hour), values in rollups.items()])
+            # a statement step per k rows (each row's upsert is SQLite's own, as one by
+            # one), not per row: half the cost at 1,000 groups (issue #16)
+            execute, many = cur.execute, _rollup_upsert(k)
+            for params in flat_chunks(rows, k):
+                execute(many, params)
+            left = len(rows) % k
+            if left:
+                cur.executemany(_rollup_upsert(1), rows[len(rows) - left:])
         finally:
             cur.close()
         return
@@ -263,3 +310,15 @@ def upsert_rollups(*, session: Executor, node_id: int,
         for (gid, hour), values in rollups.items()
     ])
 
+
+@functools.cache
+def _rollup_upsert(n: int) -> str:
+    """``INSERT INTO rollups_hourly ... VALUES`` of ``n`` rows, each added into the row of
+    its key when there is one (``ON CONFLICT DO UPDATE SET x = x + excluded.x``)."""
+    names = _ROLLUP_NAMES
+    cols = ", ".join(("node_id", "group_id", "hour", *names))
+    row = "(" + ", ".join("?" * (3 + len(names))) + ")"
+    sets = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+    return (f"INSERT INTO rollups_hourly ({cols}) VALUES "  # noqa: S608 (our own names)
+            f"{', '.join([row] * n)} "
+            f"ON CONFLICT (node_id, group_id, hour) DO UPDATE SET {sets}")

@@ -332,3 +332,36 @@ def test_cached_incarnations_known_groups_skip_the_lookup_new_ones_get_rows(sess
     inc.forget()
     _, looked = store_samples(session=session, node="n1", samples=later, incarnations=inc)
     assert looked[("acme", "web", 100)] == web and looked is not again
+
+
+@pytest.mark.parametrize("old_sqlite", [False, True])
+def test_rollups_and_anchors_of_many_groups_in_multi_row_statements(
+        session, monkeypatch: pytest.MonkeyPatch, old_sqlite: bool) -> None:  # noqa: F811
+    """130 groups (two full statements of 64 and a remainder of 2 on SQLite): each group's
+    rollup is added into its own row, twice over, and each anchor lands on its group."""
+    import sqlite3
+
+    from governor.metering.rollup import ROLLUP_QUANTITIES
+    from governor.store.metered import _set_anchors, upsert_rollups
+    from governor.store.service import store_samples
+
+    if old_sqlite:   # SQLite before 3.33 has no UPDATE ... FROM: one UPDATE a group
+        monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    batch = [make_sample(node="n1", group=f"g{i:03d}", cgroup_id=1000 + i, wall=T0)
+             for i in range(130)]
+    node_id, ids = store_samples(session=session, node="n1", samples=batch)
+    gids = [ids[("acme", f"g{i:03d}", 1000 + i)] for i in range(130)]
+    hour = T0.replace(minute=0)
+    names = 2 + len(ROLLUP_QUANTITIES)   # covered_us, intervals and the quantities
+    rollups = {(gid, hour): [i, 1, *range(i, i + names - 2)] for i, gid in enumerate(gids)}
+    upsert_rollups(session=session, node_id=node_id, rollups=rollups)
+    upsert_rollups(session=session, node_id=node_id, rollups=rollups)
+    _set_anchors(session, [(gid, T0 + timedelta(seconds=i)) for i, gid in enumerate(gids)])
+    session.commit()
+    got = {r.group_id: r for r in session.execute(select(HourlyRollup))
+           .scalars()}
+    assert len(got) == 130
+    for i, gid in enumerate(gids):
+        assert (got[gid].covered_us, got[gid].intervals, got[gid].cpu_usec) == (2 * i, 2, 2 * i)
+    anchors = dict(session.execute(select(Group.id, Group.metered_until)).tuples().all())
+    assert all(anchors[gid] == T0 + timedelta(seconds=i) for i, gid in enumerate(gids))
