@@ -59,6 +59,7 @@ static const char *IO_KEYS[6] = {"rbytes", "wbytes", "rios", "wios", "dbytes", "
 
 typedef struct {
     int reader_ready; /* configure_reader() was called */
+    int trust_file;   /* the file whose cache slot may hold a trusted value (-1: none) */
     /* the fast files: kind, GroupStats field index (or pressure key), Python fallback */
     int n_files;
     int f_kind[MAX_FILES];
@@ -439,7 +440,7 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
     int own = S->buf_busy;
     char *buf = own ? PyMem_RawMalloc(BUF) : S->buf;
     S->buf_busy = 1;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *mark = NULL; /* mark: the trusted file's, while read */
     char *big = NULL; /* a heap buffer for a file larger than BUF (rare: io.stat of
                        * hundreds of devices), as big as it took */
     if (psi == NULL || buf == NULL) {
@@ -450,6 +451,24 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
     for (int i = 0; i < S->n_files; i++) {
         if (fd[i] < 0)
             continue;
+        /* the trusted file (memory.events): its cache slot may be a 1-tuple, a mark "watched:
+         * read it, and trust what was read", or a 3-tuple (text, value, True), a value
+         * nothing changed since (no inotify event since it was read, the OOM watch says:
+         * on each event it puts a new mark there), handed out without a read */
+        PyObject *slot = PyList_GET_ITEM(cache, i), *v;
+        Py_CLEAR(mark);
+        if (i == S->trust_file && PyTuple_CheckExact(slot)) {
+            if (PyTuple_GET_SIZE(slot) == 3) {
+                Py_INCREF(slot);
+                v = fresh(PyTuple_GET_ITEM(slot, 1));
+                Py_DECREF(slot);
+                if (v == NULL)
+                    goto done;
+                goto got;
+            }
+            if (PyTuple_GET_SIZE(slot) == 1)
+                mark = Py_NewRef(slot); /* held: compared after the read */
+        }
         ssize_t n;
         char *data = buf;
         do
@@ -482,7 +501,7 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
         /* the unchanged text of a file is not parsed again: its value is the one parsed
          * last time (immutable ints and Psi shared, dicts copied: every GroupStats has
          * its own); reader.py's Python path does the same for the pressure files */
-        PyObject *last = PyList_GET_ITEM(cache, i), *v;
+        PyObject *last = PyList_GET_ITEM(cache, i);
         if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2 &&
             PyBytes_CheckExact(PyTuple_GET_ITEM(last, 0)) &&
             PyBytes_GET_SIZE(PyTuple_GET_ITEM(last, 0)) == n &&
@@ -497,7 +516,12 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
             if (b == NULL)
                 goto done;
             PyObject *parsed = parse_file(S, i, data, n);
-            PyObject *entry = parsed == NULL ? NULL : PyTuple_Pack(2, b, parsed);
+            /* marked: trusted from now on, unless the mark changed meanwhile (the parser
+             * or a finalizer let the OOM watch's thread run, and an event came since this
+             * read): then the new mark stays, and the next pass reads again */
+            PyObject *entry = parsed == NULL ? NULL : mark == NULL ? PyTuple_Pack(2, b, parsed)
+                : PyList_GET_ITEM(cache, i) == mark ? PyTuple_Pack(3, b, parsed, Py_True)
+                : Py_NewRef(PyList_GET_ITEM(cache, i));
             Py_DECREF(b);
             v = entry == NULL ? NULL : fresh(parsed);
             Py_XDECREF(parsed);
@@ -511,6 +535,7 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
                 goto done;
             }
         }
+    got:
         if (S->f_kind[i] == K_PSI) {
             int e = PyDict_SetItem(psi, S->f_key[i], v);
             Py_DECREF(v);
@@ -527,6 +552,7 @@ static PyObject *do_read(fr_state *S, PyObject *fds, PyObject *cache, PyObject *
     Py_SETREF(values[S->stats_psi_field], Py_NewRef(psi));
     result = new_slotted(S->stats_type, S->stats_descr, values, S->n_stats_fields);
 done:
+    Py_XDECREF(mark);
     for (int j = 0; j < S->n_stats_fields; j++)
         Py_XDECREF(values[j]);
     Py_XDECREF(psi);
@@ -570,12 +596,17 @@ static int index_of(PyObject *names, PyObject *name) {
 static PyObject *configure_reader(PyObject *self, PyObject *args, PyObject *kw) {
     fr_state *S = state_of(self);
     static char *kwlist[] = {"stats_type", "stats_fields", "files", "psi_type",
-                             "psiline_type", NULL};
+                             "psiline_type", "trusted", NULL};
     PyObject *st, *sf, *files, *pt, *plt;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!O!", kwlist, &PyType_Type, &st,
+    int trusted = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!O!|i", kwlist, &PyType_Type, &st,
                                      &PyTuple_Type, &sf, &PyTuple_Type, &files, &PyType_Type,
-                                     &pt, &PyType_Type, &plt))
+                                     &pt, &PyType_Type, &plt, &trusted))
         return NULL;
+    if (trusted < -1 || trusted >= PyTuple_GET_SIZE(files) || trusted >= MAX_FILES) {
+        PyErr_SetString(PyExc_ValueError, "trusted: a file's index, or -1");
+        return NULL;
+    }
     S->reader_ready = 0;
     PyObject *pnames = Py_BuildValue("(ss)", "some", "full");
     PyObject *plnames = Py_BuildValue("(ssss)", "avg10", "avg60", "avg300", "total");
@@ -621,6 +652,7 @@ static PyObject *configure_reader(PyObject *self, PyObject *args, PyObject *kw) 
         }
     }
     S->n_files = (int)PyTuple_GET_SIZE(files);
+    S->trust_file = trusted;
     Py_XSETREF(S->stats_type, (PyTypeObject *)Py_NewRef(st));
     Py_XSETREF(S->psi_type, (PyTypeObject *)Py_NewRef(pt));
     Py_XSETREF(S->psiline_type, (PyTypeObject *)Py_NewRef(plt));

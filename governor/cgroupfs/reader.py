@@ -179,8 +179,14 @@ def _accelerated() -> bool:
         return False
     _fastread.configure_reader(
         stats_type=GroupStats, stats_fields=tuple(GroupStats.__dataclass_fields__),
-        files=_FAST_SPEC, psi_type=Psi, psiline_type=PsiLine)
+        files=_FAST_SPEC, psi_type=Psi, psiline_type=PsiLine, trusted=EVENTS)
     return True
+
+
+#: the position in FAST_FILES of ``memory.events``, the file whose value the C path may
+#: hand out unread while the OOM watch says nothing changed (StatReader.events_watched);
+#: -1: not a fast file
+EVENTS: int = FAST_FILES.index("memory.events") if "memory.events" in FAST_FILES else -1
 
 
 #: whether the C accelerator reads the fast files (``governor doctor`` reports it)
@@ -204,8 +210,12 @@ class GroupFiles:
         #: per pressure file, the raw bytes last read and their Psi (immutable, so the
         #: unchanged text of an idle group is not parsed again)
         self.psi: list[tuple[bytes, Psi] | None] = [None, None, None]
-        #: the C path's cache: per fast file, the raw bytes last read and their value
-        self.cache: list[tuple[bytes, object] | None] = [None] * len(FAST_FILES)
+        #: the C path's cache: per fast file, the raw bytes last read and their value;
+        #: ``memory.events``' slot (:data:`EVENTS`) may also hold a mark, ``(n,)``: the
+        #: file is watched, read it and trust what is read; then ``(bytes, value, True)``:
+        #: nothing changed it since, its value is handed out unread
+        #: (:meth:`StatReader.events_watched`)
+        self.cache: list[tuple[Any, ...] | None] = [None] * len(FAST_FILES)
 
     def resolve_fast(self) -> None:
         fds = self.fds
@@ -241,6 +251,9 @@ class StatReader:
         self._cpu_stat = FlatKeyedBytes("cpu.stat")
         self._memory_events = FlatKeyedBytes("memory.events")
         self._memory_stat = FlatKeyedBytes("memory.stat")
+        #: groups (directories) whose memory.events is watched (:meth:`events_watched`)
+        self._watched: set[str] = set()
+        self._marks = 0
 
     @property
     def fast_read(self) -> Callable[[tuple[int, ...], list[Any], int], GroupStats] | None:
@@ -289,9 +302,51 @@ class StatReader:
             except OSError as e:
                 raise self.fs._error("read", rel, None, e) from e
             g = GroupFiles(dirfd, os.fstat(dirfd).st_ino)
+            if rel in self._watched and EVENTS >= 0:
+                g.cache[EVENTS] = self._mark()
             self._groups[rel] = g
             self.open_fds += 1
         return g
+
+    # -- memory.events, told by an inotify watch -----------------------------------------
+    # The kernel notifies every change of a group's memory.events ("A value change in this
+    # file generates a file modified event", cgroup-v2.rst).  The OOM watch has a watch on
+    # each group's and reads the file on each event; while it says nothing changed, the
+    # C path hands out the value it read last instead of reading the file again (one
+    # pread of ten a group a pass; issue #16).  Each call is one store into a list under
+    # the GIL, which the C read holds from its read to its store: an event's mark is never
+    # lost between them.  The slow tier reads it again all the same (:meth:`read`), so a
+    # missed event costs at most ``slow_every`` passes of staleness, never a count.
+
+    def _mark(self) -> tuple[int]:
+        """A new mark (a new object each time: the C read compares identities)."""
+        self._marks += 1
+        return (self._marks,)
+
+    def events_watched(self, rel: str) -> None:
+        """``rel``'s memory.events is watched from now on: read it once more, then trust it
+        until :meth:`events_changed`."""
+        self._watched.add(rel)
+        g = self._groups.get(rel)
+        if g is not None and EVENTS >= 0:
+            g.cache[EVENTS] = self._mark()
+
+    def events_changed(self, rel: str) -> None:
+        """An event (or a lost one, an overflow) on ``rel``'s memory.events: read it at the
+        next pass, and trust that read."""
+        g = self._groups.get(rel)
+        if g is not None and EVENTS >= 0 and rel in self._watched:
+            g.cache[EVENTS] = self._mark()
+
+    def events_unwatched(self, rel: str | None = None) -> None:
+        """``rel``'s memory.events (every group's: None) is no longer watched: read it
+        every pass."""
+        rels = list(self._watched) if rel is None else [rel]
+        for r in rels:
+            self._watched.discard(r)
+            g = self._groups.get(r)
+            if g is not None and EVENTS >= 0:
+                g.cache[EVENTS] = None
 
     def _raw(self, rel: str, g: GroupFiles, name: str) -> bytes | None:
         fd = g.fds.get(name)
@@ -404,6 +459,10 @@ class StatReader:
         fast = g.fast
         raw: list[bytes | None]
         if fast is not None and self._read_fast is not None:
+            if slow and EVENTS >= 0 and len(g.cache[EVENTS] or ()) == 3:
+                # the slow tier reads memory.events again even while trusted: what an
+                # event lost would leave stale lasts slow_every passes at most
+                g.cache[EVENTS] = self._mark()
             try:
                 st: GroupStats = self._read_fast(fast, g.cache, g.ino)
             except (OSError, ValueError):

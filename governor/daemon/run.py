@@ -179,6 +179,8 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         self.oom = OomWatcher(self.fs, layout, cfg.node,
                               actions=OomActions(alerter=self.alerter), kmsg=KmsgReader(),
                               sink=self.oom_sink, unwatched_from_samples=True)
+        # its watches on memory.events spare the passes a read of it while unchanged
+        self.oom.events_listener = self.sampler.events_trust()
         self.exporter = Exporter.from_config(cfg, own_metrics=True)
         self.exporter.set_problems([self.db.problem or "database down"] if not self.db.up
                                    else [])
@@ -358,6 +360,10 @@ class Daemon(SamplingPass, Jobs, Wakeups):
         finally:
             self.notifier.notify("STOPPING=1", "STATUS=stopping: a last sample, then exit")
             self.scheduler.shutdown(wait=True)   # the job in progress finishes
+            # the last pass reads every group's memory.events, trusted or not: the
+            # stored counters end as the kernel's (an event the watch has not seen yet)
+            self.oom.events_listener = None
+            self.sampler.reader.events_unwatched(None)
             try:
                 self.sample(final=True)          # the last samples, stored before exit
             except Exception:

@@ -42,7 +42,7 @@ from governor.cgroupfs.reader import GroupStats, StatFileError, StatReader
 from governor.controllers import registry
 from governor.controllers.base import Controller, Host, ValueReadError
 from governor.controllers.registry import generic
-from governor.errors import CgroupError, GroupGone
+from governor.errors import CgroupError, GovernorError, GroupGone
 from governor.failpoint import armed, failpoint
 from governor.metering.controller_files import Enabled, enabled_by_parent
 from governor.metering.controller_files import as_stat_error as _as_stat_error
@@ -149,6 +149,11 @@ class Sampler:
         #: files: not read again until their group's slow tier comes round
         self._generic_absent: set[int] = set()
         self._tier = SlowTier(self.slow_every)
+
+    def events_trust(self) -> EventsTrust:
+        """What the OOM watch tells of its watches on the groups' ``memory.events``, turned
+        into this sampler's reads of them (``OomWatcher.events_listener``)."""
+        return EventsTrust(self.reader, self.layout)
 
     def close(self) -> None:
         self.reader.close()
@@ -430,3 +435,40 @@ class Sampler:
 
 def by_path(samples: list[GroupSample]) -> Mapping[str, GroupSample]:
     return {s.path: s for s in samples}
+
+
+class EventsTrust:
+    """The OOM watch's ``EventsListener`` (governor/oom/watched.py) for a sampler's
+    reader: while a group's ``memory.events`` is watched and no event came since the
+    sampler read it, the pass hands out that value instead of reading the file again
+    (:meth:`StatReader.events_watched`; issue #16: one pread of the ten a group a pass).
+    The watcher's paths are the sampler's; a path the layout cannot spell is left read
+    every pass."""
+
+    def __init__(self, reader: StatReader, layout: Layout) -> None:
+        self.reader = reader
+        self.layout = layout
+
+    def _rel(self, path: str) -> str | None:
+        try:
+            return self.layout.path(path)
+        except GovernorError:   # a name no directory has (InvalidName)
+            return None
+
+    def watched(self, path: str) -> None:
+        rel = self._rel(path)
+        if rel is not None:
+            self.reader.events_watched(rel)
+
+    def changed(self, path: str) -> None:
+        rel = self._rel(path)
+        if rel is not None:
+            self.reader.events_changed(rel)
+
+    def unwatched(self, path: str | None) -> None:
+        if path is None:
+            self.reader.events_unwatched(None)
+            return
+        rel = self._rel(path)
+        if rel is not None:
+            self.reader.events_unwatched(rel)

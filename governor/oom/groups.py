@@ -172,6 +172,8 @@ class GroupWatches(EventRecorder):
             self._groups[w.path] = w
             if w.wd is None:
                 self._unwatched.add(w.path)
+            elif self.events_listener is not None:
+                self.events_listener.watched(w.path)
             self._apply(w, counters, missed=startup, batch=events)
         if events:
             self._emit(events)
@@ -182,6 +184,8 @@ class GroupWatches(EventRecorder):
         self._unwatched.discard(path)
         if w is None:
             return
+        if w.wd is not None and self.events_listener is not None:
+            self.events_listener.unwatched(path)
         if w.wd is not None:
             self._by_wd.pop(w.wd, None)
             if self.inotify is not None:

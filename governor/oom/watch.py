@@ -84,6 +84,7 @@ class OomWatcher(GroupWatches):
         for where, why in inbox:
             self._pressure(where, why)
         changed: set[str] = set()
+        listener = self.events_listener
         for fd, mask in ready:
             if fd == self._wake:
                 with contextlib.suppress(BlockingIOError):
@@ -93,6 +94,9 @@ class OomWatcher(GroupWatches):
                     if emask & IN_Q_OVERFLOW:   # events lost: look at everything
                         changed.update(self._groups)
                         self._rescan_due = True
+                        if listener is not None:
+                            for path in self._groups:
+                                listener.changed(path)
                         continue
                     if wd in self._dir_wds:
                         if emask & IN_IGNORED:   # the directory is gone
@@ -108,7 +112,11 @@ class OomWatcher(GroupWatches):
                         if gone is not None:
                             gone.wd = None
                             self._unwatched.add(hit)
+                        if listener is not None:
+                            listener.unwatched(hit)
                         continue
+                    if listener is not None:
+                        listener.changed(hit)
                     changed.add(hit)
             elif fd in self._by_psi and mask & (select.EPOLLPRI | select.EPOLLERR):
                 if mask & select.EPOLLERR:  # the group went away under the trigger
@@ -169,6 +177,8 @@ class OomWatcher(GroupWatches):
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.events_listener is not None:   # no event is seen from now on
+            self.events_listener.unwatched(None)
 
     def close(self) -> None:
         self.stop()

@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from governor.cgroupfs.files import CgroupFS
 from governor.cgroupfs.inotify import Inotify
@@ -49,6 +50,20 @@ class Pending:
     event: OomEvent
     deadline: float
     victims: list[Victim] = field(default_factory=list)
+
+
+class EventsListener(Protocol):
+    """Told, from the watcher's thread, what its inotify watches on the groups'
+    ``memory.events`` say: :meth:`watched` once a group's file is watched (after the watch
+    is set, so a change from then on is an event), :meth:`changed` on each event on it (or
+    when events may have been lost: a queue overflow), :meth:`unwatched` when its watch
+    ended (the group gone, or the watcher closing: ``None``, every group)."""
+
+    def watched(self, path: str) -> None: ...
+
+    def changed(self, path: str) -> None: ...
+
+    def unwatched(self, path: str | None) -> None: ...
 
 
 class WatcherState:
@@ -108,6 +123,9 @@ class WatcherState:
         self._fed_last: dict[str, Mapping[str, int]] = {}
         self._unwatchable = 0   # groups this rescan could not watch (logged once a rescan)
         self._unwatchable_error = ""
+        #: told which groups' memory.events is watched, and of each event on it (the
+        #: daemon's sampler: it hands out the last value read while nothing changed)
+        self.events_listener: EventsListener | None = None
         # one epoll set, kept (issue #16: a poll() set built anew twice a second registered
         # every PSI trigger each time, and the kernel polled each one)
         self._ep = select.epoll()

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from governor.cgroupfs import parse
 from governor.cgroupfs.files import CgroupFS
 from governor.exporter.render import Health, Snapshot, render
 from governor.exporter.server import Exporter
@@ -173,6 +174,7 @@ def gov(scratch_subtree: Path, tmp_path: Path) -> Iterator[Gov]:
     watcher = OomWatcher(fs, s.name, "vm", sink=sink, actions=actions, kmsg=kmsg,
                          victim_wait=0.3, rescan_interval=0.5)
     sampler = Sampler(fs, s.name, "vm")
+    watcher.events_listener = sampler.events_trust()   # as the daemon wires them
     exporter = Exporter("127.0.0.1:0", stale_after=10)
     exporter.start()
     g = Gov(s, fs, sink, watcher, sampler, exporter, receiver, alerter)
@@ -270,6 +272,45 @@ def test_oom_kill_recorded_with_victim_metric_webhook_and_prometheus_alertmanage
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_memory_events_unread_while_unchanged_and_read_after_a_kill(gov: Gov) -> None:
+    """Issue #16: with the OOM watch's inotify watch on a group's memory.events, the passes
+    hand out the value read last instead of reading the file (one read of ten a group a
+    pass) until the kernel notifies a change; a real OOM kill is such a change, and the
+    next passes read it, though the slow tier (which reads it regardless) is a thousand
+    passes away."""
+    from governor.cgroupfs.reader import ACCELERATED, EVENTS
+
+    g = gov
+    grp = make_group(g, "k", {"memory.max": str(32 << 20), "memory.swap.max": "0"},
+                     OomSettings(actions=("log",)))
+    sampler = Sampler(g.fs, g.scratch.name, "vm", slow_every=1000)
+    g.watcher.events_listener = sampler.events_trust()
+    g.watcher.start()
+    try:
+        def latest() -> Any:
+            sampler.sample()
+            return sampler.latest["t/k"]
+
+        wait_for(lambda: g.watcher._groups.get("t/k") is not None, 30, "the group watched")
+        for _ in range(4):   # opened, marked, then read and trusted (slow slots passed)
+            assert latest().memory_events["oom_kill"] == 0
+        rel = f"{g.scratch.name}/t/k"
+        slot = sampler.reader.entries[rel].cache[EVENTS]
+        if ACCELERATED:      # the value is handed out unread
+            assert slot is not None and len(slot) == 3, slot
+        kill_one(grp)
+        kernel = parse.parse_flat_keyed((grp / "memory.events").read_text(), "memory.events")
+        assert kernel["oom_kill"] == 1
+        st = wait_for(lambda: (s := latest()).memory_events["oom_kill"] == 1 and s, 10,
+                      "the kill in a pass (the watch's event)", step=0.2)
+        assert st.memory_events == kernel
+        if ACCELERATED:      # and trusted again from that read on
+            slot = sampler.reader.entries[rel].cache[EVENTS]
+            assert slot is not None and len(slot) == 3, slot
+    finally:
+        sampler.close()
 
 
 def test_two_quick_kills_count_two_and_group_kill_takes_the_whole_group(gov: Gov) -> None:

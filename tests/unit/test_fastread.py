@@ -215,3 +215,94 @@ def test_files_larger_than_the_read_buffer_read_the_same(
             e = r.entries["g"]
             assert r.fast_read is not None and e.fast is not None
             assert r.fast_read(e.fast, e.cache, e.ino) == st
+
+
+EVENTS_TEXT = "low 0\nhigh {high}\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"
+
+
+def _events(g: Path, high: int) -> None:
+    (g / "memory.events").write_text(EVENTS_TEXT.format(high=high))
+
+
+def test_watched_memory_events_are_handed_out_unread_until_an_event(
+        fs: CgroupFS, tmp_path: Path) -> None:
+    """While the OOM watch says nothing changed a group's memory.events, the C path hands
+    out the value it read last (no read: a change nobody told of is not seen); an event
+    has it read again; the slow tier reads it again regardless; unwatched, every read
+    reads it."""
+    g = create_child(tmp_path, "g")
+    _events(g, 1)
+    with StatReader(fs, accelerated=True) as r:
+        r.events_watched("g")                    # before the reader has the group
+        assert r.read("g").memory_events["high"] == 1   # opened: the Python path
+        _events(g, 2)
+        assert r.read("g").memory_events["high"] == 2   # marked: read, and trusted
+        _events(g, 3)                                   # a change no event told of
+        assert r.read("g").memory_events["high"] == 2   # handed out unread
+        assert r.read("g").memory_events is not r.read("g").memory_events  # fresh dicts
+        r.events_changed("g")                           # the watch saw it
+        assert r.read("g").memory_events["high"] == 3
+        _events(g, 4)
+        assert r.read("g").memory_events["high"] == 3
+        assert r.read("g", slow=True).memory_events["high"] == 4   # the slow tier reads
+        _events(g, 5)
+        assert r.read("g").memory_events["high"] == 4   # and trusts that read again
+        r.events_changed("other")                       # another group's: nothing here
+        assert r.read("g").memory_events["high"] == 4
+        r.events_unwatched("g")
+        assert r.read("g").memory_events["high"] == 5
+        _events(g, 6)
+        r.events_changed("g")                           # not watched now: no mark
+        assert r.read("g").memory_events["high"] == 6
+        _events(g, 7)
+        assert r.read("g").memory_events["high"] == 7   # every read reads
+        # watched again, then all unwatched at once (the watcher closing)
+        r.events_watched("g")
+        assert r.read("g").memory_events["high"] == 7
+        _events(g, 8)
+        r.events_unwatched(None)
+        assert r.read("g").memory_events["high"] == 8
+
+
+def test_an_event_during_the_read_keeps_its_mark(
+        fs: CgroupFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event that comes while the C path reads a marked file (its Python parser ran,
+    and let the watcher's thread in) is not lost: what was read is not trusted, the next
+    read reads again."""
+    from governor.cgroupfs import reader as reader_mod
+    from governor.cgroupfs.parse import FlatKeyedBytes
+
+    g = create_child(tmp_path, "g")
+    odd = "low  0\nhigh {high}\n"    # not the kernel's exact layout: the Python parser
+    (g / "memory.events").write_text(odd.format(high=1))
+    with StatReader(fs, accelerated=True) as r:
+        r.events_watched("g")
+        r.read("g")
+        parse = FlatKeyedBytes.__call__
+        events: list[int] = []
+
+        def parse_during_an_event(self: FlatKeyedBytes, data: bytes) -> Any:
+            if self.fmt == "memory.events" and not events:
+                events.append(1)
+                r.events_changed("g")    # the watcher's thread, meanwhile
+            return parse(self, data)
+
+        monkeypatch.setattr(FlatKeyedBytes, "__call__", parse_during_an_event)
+        assert r.read("g").memory_events["high"] == 1 and events == [1]
+        monkeypatch.setattr(FlatKeyedBytes, "__call__", parse)
+        (g / "memory.events").write_text(odd.format(high=2))
+        assert r.read("g").memory_events["high"] == 2   # read again, not trusted
+        entry = r.entries["g"].cache[reader_mod.EVENTS]
+        assert entry is not None and len(entry) == 3    # that read is trusted
+        (g / "memory.events").write_text(odd.format(high=3))
+        assert r.read("g").memory_events["high"] == 2
+
+
+def test_the_python_path_reads_memory_events_every_time(fs: CgroupFS, tmp_path: Path) -> None:
+    g = create_child(tmp_path, "g")
+    _events(g, 1)
+    with StatReader(fs, accelerated=False) as r:
+        r.events_watched("g")
+        for high in (1, 2, 3):
+            _events(g, high)
+            assert r.read("g").memory_events["high"] == high

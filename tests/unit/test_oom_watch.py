@@ -577,3 +577,81 @@ def test_each_pass_checks_the_pressure_thresholds_of_the_groups_that_have_them(
     w.on_sample(hot)
     assert w._inbox == [("acme/b", "some_avg60 50.0 >= 10.0")]
     w.close()
+
+
+def test_the_events_listener_hears_watched_changed_and_unwatched(tree: Path) -> None:
+    """What the watcher tells the daemon's sampler of its watches on memory.events: each
+    watched group once watched, an event on a group's file as that group's change, a
+    group's removal (its watch's IN_IGNORED) as unwatched, and every group unwatched when
+    it stops."""
+    import shutil
+
+    heard: list[tuple[str, str | None]] = []
+
+    class Listener:
+        def watched(self, path: str) -> None:
+            heard.append(("watched", path))
+
+        def changed(self, path: str) -> None:
+            heard.append(("changed", path))
+
+        def unwatched(self, path: str | None) -> None:
+            heard.append(("unwatched", path))
+
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", victim_wait=0.0)
+    w.events_listener = Listener()
+    w.rescan(startup=True)
+    assert sorted(heard) == [("watched", "acme"), ("watched", "acme/batch"),
+                             ("watched", "acme/web")]
+    heard.clear()
+    write_events(tree / "gov/acme/web", high=2)
+    w.poll_once(1.0)
+    assert heard == [("changed", "acme/web")]
+    heard.clear()
+    w.poll_once(0.1)
+    assert heard == []                    # nothing changed: nothing heard
+    shutil.rmtree(tree / "gov/acme/batch")
+    w.poll_once(1.0)                      # the watch's IN_IGNORED
+    assert ("unwatched", "acme/batch") in heard
+    assert not [h for h in heard if h[1] != "acme/batch"]
+    heard.clear()
+    w.stop()
+    assert heard == [("unwatched", None)]
+    w.close()
+
+
+def test_an_unwatchable_group_is_never_told_watched(tree: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the inotify watch limit a group has no watch: the sampler must read its
+    memory.events every pass, so the listener never hears of it."""
+    import errno
+
+    from governor.cgroupfs.inotify import Inotify
+
+    real = Inotify.add
+
+    def add(self: Inotify, path: str, *a: object, **kw: object) -> int:
+        if path.endswith("web/memory.events"):
+            raise OSError(errno.ENOSPC, "no watch left")
+        return real(self, path, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Inotify, "add", add)
+    heard: list[str] = []
+
+    class Listener:
+        def watched(self, path: str) -> None:
+            heard.append(path)
+
+        def changed(self, path: str) -> None:
+            pass
+
+        def unwatched(self, path: str | None) -> None:
+            pass
+
+    fs = CgroupFS(tree, verify=False)
+    w = OomWatcher(fs, "gov", "n1", victim_wait=0.0, unwatched_from_samples=True)
+    w.events_listener = Listener()
+    w.rescan(startup=True)
+    assert sorted(heard) == ["acme", "acme/batch"]
+    w.close()

@@ -323,3 +323,36 @@ def test_first_reads_past_the_most_a_pass_opens_are_left_for_the_next_passes(
     assert (len(p.samples), p.deferred, p.opened) == (3, [], 1)
     p = s.sample()
     assert (len(p.samples), p.deferred, p.opened, p.opened_s) == (3, [], 0, 0.0)
+
+
+def test_the_oom_watchs_events_spare_the_passes_a_read_of_memory_events(
+        tmp_path: Path) -> None:
+    """The daemon's wiring: the OOM watch tells the sampler (Sampler.events_trust) which
+    groups' memory.events it watches; their passes hand out the value read last until it
+    tells of an event (the C path: the pure-Python one reads every time).  A path the
+    layout cannot spell is ignored."""
+    from governor.cgroupfs.reader import ACCELERATED
+
+    root = tree(tmp_path)
+    web = root / "governor.slice/acme/web"
+    text = (web / "memory.events").read_text()
+    s = Sampler(CgroupFS(root, verify=False), "governor.slice", "n", slow_every=1000)
+    trust = s.events_trust()
+    trust.watched("acme/web")
+    trust.watched("acme/../../etc")          # no directory has it: nothing happens
+    trust.changed("no/such")
+
+    def kills() -> int | None:
+        return {x.path: x for x in s.sample().samples}["acme/web"].memory_events_oom_kill
+
+    # opened, then read once more and trusted; the first passes also carry the three
+    # groups' slow tiers (slots 0, 1, 2 of 1000), which read it again all the same
+    assert [kills() for _ in range(4)] == [0, 0, 0, 0]
+    (web / "memory.events").write_text(text.replace("oom_kill 0", "oom_kill 3"))
+    assert kills() == (0 if ACCELERATED else 3)   # no event told: handed out unread (C)
+    trust.changed("acme/web")
+    assert kills() == 3
+    (web / "memory.events").write_text(text.replace("oom_kill 0", "oom_kill 4"))
+    trust.unwatched(None)                    # the watch closing: read every pass again
+    assert kills() == 4
+    s.close()
