@@ -134,7 +134,7 @@ class _TsCache(dict[datetime, str]):
     as an interval's start; converted once.
 
     A dict whose ``__missing__`` converts, so a hit is a C-level lookup (``cache[dt]``, no
-    Python call: 5,000 of them a pass at 1,000 groups).  :func:`insert_samples` starts a
+    Python call: 5,000 of them a pass at 1,000 groups).  :func:`pass_rows` starts a
     generation each pass (:meth:`turn`), which drops the times converted two generations
     ago, so the cache holds two passes' times, not more (it once kept up to 100,000 times
     and their datetimes alive: 15 MiB of a daemon at 1,000 groups, growing for eight
@@ -278,17 +278,24 @@ def value_rows(samples: Sequence[GroupSample], ids: Mapping[IncKey, int], node_i
     return rows
 
 
-def insert_samples(session: Executor, samples: Sequence[GroupSample],
-                   ids: Mapping[IncKey, int], node_id: int) -> None:
-    """The ``samples``, ``sample_io`` and ``sample_values`` rows of one pass, each skipped
-    when stored already
-    (``ids``: each sample's incarnation id)."""
+def pass_rows(session: Executor, samples: Sequence[GroupSample], ids: Mapping[IncKey, int],
+              node_id: int) -> Rows:
+    """The ``samples`` and ``sample_io`` rows of one pass (:func:`sample_rows`), its
+    times in the store's format; KeyError, before any row is stored, when ``ids`` lacks
+    a sample's incarnation.  Starts a generation of the SQLite time cache: call it once
+    a pass (a second call for the same pass converts its times again, nothing worse)."""
     cache = None
     if connection_of(session).dialect.name == "sqlite":
         _SQLITE_TS.turn()   # a pass: its times, and the last pass's (its intervals' starts)
         cache = _SQLITE_TS
-    rows, io_rows = sample_rows(samples, ids, node_id, cache)
-    bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows, ts_index=None)
-    bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, io_rows, ts_index=None)
+    return sample_rows(samples, ids, node_id, cache)
+
+
+def insert_pass(session: Executor, rows: Rows, samples: Sequence[GroupSample],
+                ids: Mapping[IncKey, int], node_id: int) -> None:
+    """Store a pass's :func:`pass_rows` and its samples' ``sample_values`` rows."""
+    cache = _SQLITE_TS if connection_of(session).dialect.name == "sqlite" else None
+    bulk_insert_ignore(session, "samples", _SAMPLE_COLUMNS, rows[0], ts_index=None)
+    bulk_insert_ignore(session, "sample_io", _IO_COLUMNS, rows[1], ts_index=None)
     bulk_insert_ignore(session, "sample_values", _VALUE_COLUMNS,
                        value_rows(samples, ids, node_id, cache), ts_index=None)

@@ -24,7 +24,7 @@ from sqlalchemy.sql.dml import Insert
 from governor.errors import UnknownNode
 from governor.metering.meter import IncKey
 from governor.metering.sample import GroupSample
-from governor.store.bulk import insert_samples
+from governor.store.bulk import insert_pass, pass_rows
 from governor.store.db import connection_of
 from governor.store.errors import NodeNameTaken, StoreError
 from governor.store.tables import applied_policies as _APPLIED
@@ -310,9 +310,20 @@ def store_samples(*, session: Executor, node: str, samples: Sequence[GroupSample
         node_id = ensure_node(session=session, name=node)
         if incarnations is not None:
             incarnations.node_ids[node] = node_id
+    known = incarnations.ids.get(node_id) if incarnations is not None else None
+    if known:
+        # the common pass: every incarnation cached.  The row builder looks each one up
+        # anyway (C), so it is the check: no loop of its own (issue #16)
+        try:
+            rows = pass_rows(session, samples, known, node_id)
+        except KeyError:   # a new incarnation among them: its row made below
+            pass
+        else:
+            insert_pass(session, rows, samples, known, node_id)
+            return node_id, known
     ids = _incarnation_ids(session=session, node_id=node_id, samples=samples,
                            cache=incarnations)
-    insert_samples(session, samples, ids, node_id)
+    insert_pass(session, pass_rows(session, samples, ids, node_id), samples, ids, node_id)
     return node_id, ids
 
 
