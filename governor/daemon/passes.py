@@ -398,7 +398,8 @@ class SamplingPass:
                               created=p.started.timestamp())
         self._last_pass = (p.started, p.duration, len(p.samples))
         self.exporter.set_problems(self.problems())
-        self.notifier.notify(self.status_line())
+        if self.notifier.enabled:   # (the status line is not made for nobody)
+            self.notifier.notify(self.status_line())
         if p.samples:
             # what the opened groups cost (first reads, incarnation rows, anchors) and the
             # known ones paces how many the next pass opens (governor/daemon/pace.py)
