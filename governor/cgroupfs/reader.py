@@ -338,6 +338,11 @@ class StatReader:
         if g is not None and EVENTS >= 0 and rel in self._watched:
             g.cache[EVENTS] = self._mark()
 
+    @property
+    def events_watched_count(self) -> int:
+        """How many groups' memory.events are watched now (the stop line's)."""
+        return len(self._watched)
+
     def events_unwatched(self, rel: str | None = None) -> None:
         """``rel``'s memory.events (every group's: None) is no longer watched: read it
         every pass."""

@@ -363,6 +363,7 @@ class Daemon(SamplingPass, Jobs, Wakeups):
             # the last pass reads every group's memory.events, trusted or not: the
             # stored counters end as the kernel's (an event the watch has not seen yet)
             self.oom.events_listener = None
+            events_watched = self.sampler.reader.events_watched_count
             self.sampler.reader.events_unwatched(None)
             try:
                 self.sample(final=True)          # the last samples, stored before exit
@@ -385,6 +386,8 @@ class Daemon(SamplingPass, Jobs, Wakeups):
                 "database_up": self.db.up, "spool_depth": self.spool.pending_samples(),
                 "pass_mean_s": round(self.pass_seconds[1] / max(self.pass_seconds[0], 1), 3),
                 "pass_max_s": round(self.pass_seconds[2], 3),
+                # groups whose memory.events the passes read only after an event
+                "memory_events_watched": events_watched,
                 **{f"pass_cpu_{k}_s": round(v, 3) for k, v in self.pass_cpu.items()},
                 **{f"job_cpu_{k.replace('-', '_')}_s": round(v, 3)
                    for k, v in sorted(self.job_cpu.items())}})

@@ -245,6 +245,10 @@ def test_cpu_and_io_billed_like_the_kernel(gov: Gov) -> None:
     passes, mean, *stages = (float(x) for x in stop[-1])
     assert all(v > 0 for v in stages[:4]), stages   # the collector may not have run
     assert sum(stages) <= passes * (mean + 0.001) + 0.01, (stages, passes, mean)
+    # every group's memory.events was watched (the OOM watch's inotify), so the passes
+    # read it only after an event: t, t/cpu, t/io and the others of the policy
+    watched = re.findall(r"memory_events_watched=(\d+)", gov.log.read_text())
+    assert watched and int(watched[-1]) >= 3, gov.tail()
     # the scheduled jobs' CPU (governor_job_cpu_seconds_total), there for each job
     jobs = dict(re.findall(r"job_cpu_(\w+?)_s=([\d.]+)", gov.log.read_text()))
     assert set(jobs) == {"reconcile", "retention", "spool_drain", "costs",
