@@ -202,20 +202,9 @@ def _incarnation_ids(
     cache: Incarnations | None = None,
 ) -> dict[IncKey, int]:
     """Map ``(tenant, group, cgroup_id)`` of ``samples`` to incarnation ids, creating rows
-    (the key record_samples uses: no path string built per sample).
-
-    With a ``cache`` whose node's incarnations include every sample's, the answer is that
-    node's cache itself (it may hold more incarnations than ``samples``: look keys up in
-    it, do not list it): a pass whose groups are all known costs one C-level look-up per
-    sample, no Python loop (issue #16: 1,000 of them a pass, ~4% of the daemon's CPU)."""
-    if cache is not None:
-        known = cache.ids.setdefault(node_id, {})
-        if not isinstance(samples, Sequence):
-            samples = list(samples)
-        if all(map(known.__contains__, map(_INC_KEY, samples))):
-            return known
-    else:
-        known = {}
+    (the key record_samples uses: no path string built per sample); ``cache`` keeps them
+    (:func:`store_samples` skips this when it holds every sample's)."""
+    known = cache.ids.setdefault(node_id, {}) if cache is not None else {}
     wanted: dict[IncKey, GroupSample] = {}
     ids: dict[IncKey, int] = {}
     for s in samples:
