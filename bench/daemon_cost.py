@@ -354,6 +354,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--write-every", type=int, default=None, metavar="N",
+                    help="the daemon's [sampling] write_every (default: the daemon's own)")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--profile", type=float, default=120.0, metavar="SECONDS")
     ap.add_argument("--calibrate", action="store_true",
@@ -383,10 +385,13 @@ def main() -> int:
     cfg.write_text(
         f'[governor]\ncgroup_root = "{ROOT}"\nsubtree = "{SUBTREE}"\npolicy = "{pol}"\n'
         f'state_dir = "{tmp}/state"\nnode = "vm"\n[database]\nurl = "{db}"\n'
-        f'[exporter]\nlisten = "127.0.0.1:{port}"\n')
+        f'[exporter]\nlisten = "127.0.0.1:{port}"\n'
+        + ("" if args.write_every is None else f"[sampling]\nwrite_every = {args.write_every}\n"))
     seconds = args.minutes * 60
     print(f"daemon_cost: {args.groups} groups, interval {args.interval:g} s, "
-          f"{args.minutes:g} min each, {os.cpu_count()} vCPUs", flush=True)
+          f"{args.minutes:g} min each, {os.cpu_count()} vCPUs"
+          + ("" if args.write_every is None else f", write_every {args.write_every}"),
+          flush=True)
 
     # 1. the whole daemon
     log = tmp / "daemon.log"
