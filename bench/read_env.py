@@ -30,18 +30,16 @@ import argparse
 import os
 import select
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from vmtree import tenants_of_100
+
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.reader import raise_nofile_limit
-from governor.cgroupfs.tree import create, move, remove
 from governor.daemon.heap import trim_heap
 from governor.metering.sampler import Sampler
 
@@ -82,18 +80,9 @@ def main() -> int:
         return 2
     raise_nofile_limit()
     fs = CgroupFS(Path("/sys/fs/cgroup"))
-    scratch = f"readenv-{uuid.uuid4().hex[:8]}"
-    sleepers = []
     stop = threading.Event()
     rd, wr = os.pipe()
-    try:
-        for i in range(args.groups):
-            t, g = divmod(i, 100)
-            create(fs, f"{scratch}/t{t:02d}/g{g:03d}", MANAGED_CONTROLLERS)
-            if g == 0:
-                proc = subprocess.Popen(["sleep", "3600"])
-                move(fs, f"{scratch}/t{t:02d}/g{g:03d}", proc.pid)
-                sleepers.append(proc)
+    with tenants_of_100(fs, args.groups, prefix="readenv") as scratch:
         sampler = Sampler(fs, scratch, "vm")
         for _ in range(3):   # files opened, the slow tier's first round
             sampler.sample()
@@ -141,12 +130,7 @@ def main() -> int:
             passes("plain after")
             print(f"round {r + 1}: " + ", ".join(
                 f"{c} {statistics.median(times[c]) * 1e3:.1f}" for c in CONDITIONS), flush=True)
-    finally:
         stop.set()
-        for s in sleepers:
-            s.kill()
-            s.wait()
-        remove(fs, scratch)
     base = statistics.median(times["plain"])
     print(f"Sampler.sample() at {args.groups} groups, CPU ms a pass (median of "
           f"{args.rounds * args.passes} passes each), ratio to plain:")

@@ -35,21 +35,18 @@ import argparse
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.schema import CreateTable
+from vmtree import tenants_of_100
 
 from governor.cgroupfs.files import CgroupFS
-from governor.cgroupfs.managed import MANAGED_CONTROLLERS
 from governor.cgroupfs.reader import raise_nofile_limit
-from governor.cgroupfs.tree import create, move, remove
 from governor.metering.catchup import load_anchors
 from governor.metering.meter import IncKey, Meter, Pending
 from governor.metering.sampler import Sampler
@@ -111,17 +108,8 @@ def main() -> int:
         return 2
     raise_nofile_limit()
     fs = CgroupFS(Path("/sys/fs/cgroup"))
-    scratch = f"floor-{uuid.uuid4().hex[:8]}"
-    sleepers = []
     tmp = tempfile.mkdtemp(prefix="governor-floor-")
-    try:
-        for i in range(args.groups):
-            t, g = divmod(i, 100)
-            create(fs, f"{scratch}/t{t:02d}/g{g:03d}", MANAGED_CONTROLLERS)
-            if g == 0:
-                proc = subprocess.Popen(["sleep", "3600"])
-                move(fs, f"{scratch}/t{t:02d}/g{g:03d}", proc.pid)
-                sleepers.append(proc)
+    with tenants_of_100(fs, args.groups, prefix="floor") as scratch:
         sampler = Sampler(fs, scratch, "vm")
         bare = BareStore(f"{tmp}/bare.db")
         url = f"sqlite:///{tmp}/governor.db"
@@ -169,11 +157,6 @@ def main() -> int:
                                 strict=True):
                     spent[k].append(v)
             time.sleep(max(0.0, args.interval - (time.thread_time() - t0)))
-    finally:
-        for s in sleepers:
-            s.kill()
-            s.wait()
-        remove(fs, scratch)
     mean = {k: statistics.mean(v) * 1e3 for k, v in spent.items()}
     reads = mean["reads"]
     print(f"store floor at {n} groups ({args.groups} + tenants), {args.passes} passes "
