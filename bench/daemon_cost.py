@@ -26,6 +26,10 @@ samples it for that long (``py-spy record --nonblocking --format raw``, every th
 time left out) and the top 10 functions by own time and by time including callees are
 printed: where the daemon's CPU goes, on the real kernel.  ``--groups 10000`` also prints
 the passes' durations (from the daemon's log at stop) against the interval.
+
+``--scrape-every SECONDS`` (default 0: none): during the daemon's window, scrape its
+/metrics every SECONDS as Prometheus does (gzip asked), so that the window's CPU and RSS
+are those of a daemon being scraped; the scrapes' count and body size are printed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -269,6 +274,45 @@ def late_and_slow(log: str, phases: list[tuple[str, float]]) -> str:
         f"{name}: {', '.join(by[name])}" for name, _ in phases if by.get(name))
 
 
+class Scraper:
+    """Scrapes ``url`` every ``every`` seconds in a thread, as Prometheus does (gzip asked,
+    the body read whole), until :meth:`stop`; prints how many scrapes and their size
+    (``every`` 0: does nothing)."""
+
+    def __init__(self, url: str, every: float) -> None:
+        self.url, self.every = url, every
+        self.done = threading.Event()
+        self.count = self.failed = self.size = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(self.url, headers={"Accept-Encoding": "gzip"})
+        nxt = time.monotonic()
+        while not self.done.is_set():
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    self.size = len(r.read())
+                self.count += 1
+            except OSError:
+                self.failed += 1
+            nxt += self.every
+            self.done.wait(max(0.0, nxt - time.monotonic()))
+
+    def start(self) -> None:
+        if self.every > 0:
+            self.thread.start()
+
+    def stop(self) -> None:
+        if self.every > 0:
+            self.done.set()
+            self.thread.join()
+            print(f"scraped /metrics every {self.every:g} s in the window: {self.count} "
+                  f"scrapes ({self.failed} failed), {self.size / 1024:.0f} KiB gzipped each",
+                  flush=True)
+
+
 def scrape_cost(pid: int, url: str, scrapes: int, background: float, *, gzip: bool = True
                 ) -> tuple[float, int]:
     """The daemon's CPU seconds per scrape of /metrics (``gzip``: compressed, as Prometheus
@@ -369,6 +413,9 @@ def main() -> int:
                     "for its memory over a long window")
     ap.add_argument("--scrapes", type=int, default=10,
                     help="scrapes of the daemon's /metrics after its window (0: none)")
+    ap.add_argument("--scrape-every", type=float, default=0.0, metavar="SECONDS",
+                    help="scrape /metrics every SECONDS during the daemon's window, as "
+                    "Prometheus would (0: no scrape in the window)")
     args = ap.parse_args()
     if args.calibrate:
         print(f"{calibrate():.2f}")
@@ -433,7 +480,10 @@ def main() -> int:
     phases.append(("window", time.time()))
     stages0 = pass_cpu(port)
     threads0 = thread_cpu(d.pid)
+    scraper = Scraper(f"http://127.0.0.1:{port}/metrics", args.scrape_every)
+    scraper.start()
     d_cpu, d_rss, d_max = measure(d.pid, seconds, args.interval, name="daemon")
+    scraper.stop()
     threads1 = thread_cpu(d.pid)
     stages = stage_split(stages0, pass_cpu(port), d_cpu, seconds, args.interval)
     print(stages, flush=True)
