@@ -286,6 +286,7 @@ class Scraper:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        import http.client
         import urllib.request
 
         req = urllib.request.Request(self.url, headers={"Accept-Encoding": "gzip"})
@@ -295,7 +296,7 @@ class Scraper:
                 with urllib.request.urlopen(req, timeout=60) as r:
                     self.size = len(r.read())
                 self.count += 1
-            except OSError:
+            except (OSError, http.client.HTTPException):   # refused, reset, cut short
                 self.failed += 1
             nxt += self.every
             self.done.wait(max(0.0, nxt - time.monotonic()))
